@@ -1,0 +1,5 @@
+//! `keyhole-broker`: the sidecar in every job pod that resolves the job's secret references
+//! (Kubernetes Secrets, HashiCorp Vault), delivers them as files on a memory-backed volume,
+//! masks them out of the job log and revokes and wipes them when the job ends.
+
+pub mod mask;

@@ -1,0 +1,199 @@
+use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+use secrecy::{ExposeSecret, SecretSlice};
+use zeroize::Zeroizing;
+
+/// Shortest value (in bytes) that is masked; see the module docs for why there is a floor.
+pub const MIN_MASKED_LEN: usize = 8;
+
+/// The compiled set of byte patterns to mask, built once per job from its secret values.
+///
+/// Patterns are kept in zeroizing buffers; the search automaton necessarily holds its own copy,
+/// which lives only as long as the job's masker.
+pub struct MaskSet {
+    automaton: Option<AhoCorasick>,
+    patterns: Vec<Zeroizing<Vec<u8>>>,
+    longest: usize,
+}
+
+impl std::fmt::Debug for MaskSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MaskSet")
+            .field("patterns", &self.patterns.len())
+            .field("longest", &self.longest)
+            .finish()
+    }
+}
+
+impl MaskSet {
+    /// Builds the set from secret values; values shorter than [`MIN_MASKED_LEN`] are skipped.
+    pub fn new<'a>(values: impl IntoIterator<Item = &'a SecretSlice<u8>>) -> Self {
+        let mut patterns: Vec<Zeroizing<Vec<u8>>> = Vec::new();
+        for value in values {
+            for form in encoded_forms(value.expose_secret()) {
+                if form.len() >= MIN_MASKED_LEN && !patterns.contains(&form) {
+                    patterns.push(form);
+                }
+            }
+        }
+        let longest = patterns.iter().map(|p| p.len()).max().unwrap_or(0);
+        let automaton = (!patterns.is_empty()).then(|| {
+            AhoCorasick::builder()
+                .match_kind(MatchKind::Standard)
+                .kind(Some(AhoCorasickKind::DFA))
+                .build(patterns.iter().map(|p| p.as_slice()))
+                .or_else(|_| {
+                    // Too many patterns for a DFA within aho-corasick's size limits: fall back.
+                    AhoCorasick::builder()
+                        .match_kind(MatchKind::Standard)
+                        .build(patterns.iter().map(|p| p.as_slice()))
+                })
+                .expect("literal patterns always build")
+        });
+        Self {
+            automaton,
+            patterns,
+            longest,
+        }
+    }
+
+    /// Number of distinct byte patterns (all forms of all values).
+    pub fn len(&self) -> usize {
+        self.patterns.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.patterns.is_empty()
+    }
+
+    /// Length of the longest pattern: how far a match can reach back across a chunk boundary.
+    pub fn longest(&self) -> usize {
+        self.longest
+    }
+
+    /// Byte ranges of every occurrence of every pattern in `haystack` (overlapping included).
+    pub(crate) fn occurrences<'a>(
+        &'a self,
+        haystack: &'a [u8],
+    ) -> impl Iterator<Item = (usize, usize)> + 'a {
+        self.automaton
+            .iter()
+            .flat_map(move |ac| ac.find_overlapping_iter(haystack))
+            .map(|m| (m.start(), m.end()))
+    }
+
+    /// Length of the longest suffix of `haystack` that is a proper prefix of some pattern: bytes
+    /// that may still become part of a match when more input arrives.
+    pub(crate) fn pending_suffix(&self, haystack: &[u8]) -> usize {
+        let max = haystack.len().min(self.longest.saturating_sub(1));
+        (1..=max)
+            .rev()
+            .find(|&k| {
+                let tail = &haystack[haystack.len() - k..];
+                self.patterns.iter().any(|p| p.len() > k && p.starts_with(tail))
+            })
+            .unwrap_or(0)
+    }
+}
+
+/// Every form of one value that a job might print.
+fn encoded_forms(value: &[u8]) -> Vec<Zeroizing<Vec<u8>>> {
+    let mut forms = vec![Zeroizing::new(value.to_vec())];
+    for engine in [&STANDARD, &STANDARD_NO_PAD, &URL_SAFE, &URL_SAFE_NO_PAD] {
+        forms.push(Zeroizing::new(engine.encode(value).into_bytes()));
+    }
+    forms.push(percent_encode(value, false));
+    forms.push(percent_encode(value, true));
+    if value.contains(&b'\n') {
+        for line in value.split(|&b| b == b'\n') {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            forms.push(Zeroizing::new(line.to_vec()));
+        }
+        if !value.windows(2).any(|w| w == b"\r\n") {
+            let mut crlf = Zeroizing::new(Vec::with_capacity(value.len() * 2));
+            for &b in value {
+                if b == b'\n' {
+                    crlf.push(b'\r');
+                }
+                crlf.push(b);
+            }
+            forms.push(crlf);
+        }
+    }
+    forms
+}
+
+/// RFC 3986 percent-encoding (unreserved bytes stay), upper- or lower-case hex.
+fn percent_encode(value: &[u8], lowercase: bool) -> Zeroizing<Vec<u8>> {
+    let hex: &[u8; 16] = if lowercase {
+        b"0123456789abcdef"
+    } else {
+        b"0123456789ABCDEF"
+    };
+    let mut out = Zeroizing::new(Vec::with_capacity(value.len() * 3));
+    for &b in value {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b);
+        } else {
+            out.extend_from_slice(&[b'%', hex[usize::from(b >> 4)], hex[usize::from(b & 15)]]);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(values: &[&str]) -> MaskSet {
+        let secrets: Vec<SecretSlice<u8>> =
+            values.iter().map(|v| SecretSlice::from(v.as_bytes().to_vec())).collect();
+        MaskSet::new(&secrets)
+    }
+
+    #[test]
+    fn forms_include_base64_and_percent_encodings() {
+        let forms: Vec<Vec<u8>> = encoded_forms(b"p@ss word/+?").into_iter().map(|f| f.to_vec()).collect();
+        let has = |s: &str| forms.iter().any(|f| f == s.as_bytes());
+        assert!(has("p@ss word/+?"));
+        assert!(has("cEBzcyB3b3JkLys/"));
+        assert!(has("cEBzcyB3b3JkLys_"));
+        assert!(has("p%40ss%20word%2F%2B%3F"));
+        assert!(has("p%40ss%20word%2f%2b%3f"));
+    }
+
+    #[test]
+    fn multi_line_values_mask_each_line_and_crlf_form() {
+        let forms: Vec<Vec<u8>> = encoded_forms(b"line-one-secret\nline-two-secret")
+            .into_iter()
+            .map(|f| f.to_vec())
+            .collect();
+        assert!(forms.contains(&b"line-one-secret".to_vec()));
+        assert!(forms.contains(&b"line-two-secret".to_vec()));
+        assert!(forms.contains(&b"line-one-secret\r\nline-two-secret".to_vec()));
+    }
+
+    #[test]
+    fn short_values_are_not_masked() {
+        let s = set(&["short", "long-enough"]);
+        assert!(s.patterns.iter().all(|p| p.len() >= MIN_MASKED_LEN));
+        assert!(!s.patterns.iter().any(|p| p.as_slice() == b"short"));
+    }
+
+    #[test]
+    fn debug_shows_counts_not_values() {
+        let s = set(&["hunter2-secret-value"]);
+        let shown = format!("{s:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("patterns"));
+    }
+
+    #[test]
+    fn pending_suffix_finds_a_partial_secret_at_the_end() {
+        let s = set(&["abcdefghij"]);
+        assert_eq!(s.pending_suffix(b"xxxxabcd"), 4);
+        assert_eq!(s.pending_suffix(b"xxxxabcx"), 0);
+        assert_eq!(s.pending_suffix(b""), 0);
+    }
+}

@@ -1,0 +1,5 @@
+//! `keyhole-runner`: turns GitLab CI jobs into hardened Kubernetes pods whose secrets arrive
+//! through the `keyhole-broker` sidecar, streams their logs back and cleans up.
+//!
+//! The library holds the pure core (job model, pod builder, config) so that tests and the
+//! binary share it; Kubernetes and GitLab I/O sit in thin modules at the edges.

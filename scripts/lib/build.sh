@@ -1,0 +1,142 @@
+# `scripts/testbed build`: builds every third-party part from pinned Go modules through wrapper
+# modules generated here (never committed), caching each under $KEYHOLE_CACHE/bin/<part>-<version>.
+
+# build_part NAME VERSION FUNC: runs FUNC in a fresh wrapper dir unless the cached output exists.
+build_part() {
+  local name=$1 version=$2 func=$3
+  local out="$KEYHOLE_CACHE/bin/$name-$version"
+  if [[ -f "$out/.complete" ]]; then
+    log "$name $version: cached in $out"
+    return 0
+  fi
+  local work="$KEYHOLE_CACHE/wrappers/$name-$version" logf="$KEYHOLE_CACHE/logs/build-$name-$version.log"
+  rm -rf "$work" "$out"
+  mkdir -p "$work" "$out" "$(dirname "$logf")"
+  log "$name $version: building (log: $logf)"
+  local start=$SECONDS
+  # The subshell's own errexit must apply, so it may not run in an `if`/`||` context.
+  local rc
+  set +e
+  (
+    set -e
+    cd "$work"
+    "$func" "$version" "$out"
+  ) >"$logf" 2>&1
+  rc=$?
+  set -e
+  if ((rc != 0)); then
+    tail -n 25 "$logf" >&2
+    rm -rf "$out"
+    die "building $name $version failed; full log: $logf. Check that the Go module proxy serves it (go list -m), then rerun 'scripts/testbed build'."
+  fi
+  touch "$out/.complete"
+  log "$name $version: built in $((SECONDS - start))s"
+}
+
+wrapper_init() {
+  printf 'module local.test/%s\n\ngo %s\n' "$1" "${2:-1.24.0}" >go.mod
+  [[ -n "${3:-}" ]] && printf 'godebug default=%s\n' "$3" >>go.mod
+  return 0
+}
+
+build_etcd() {
+  local v=$1 out=$2
+  wrapper_init etcdbin
+  go get -tool "go.etcd.io/etcd/server/v3@$v" "go.etcd.io/etcd/etcdctl/v3@$v"
+  go mod tidy
+  CGO_ENABLED=0 go build -trimpath -o "$out/etcd" go.etcd.io/etcd/server/v3
+  CGO_ENABLED=0 go build -trimpath -o "$out/etcdctl" go.etcd.io/etcd/etcdctl/v3
+}
+
+build_kubernetes() {
+  local v=$1 out=$2 minor
+  minor=$(cut -d. -f2 <<<"$v")
+  wrapper_init k8sbins 1.24.0 go1.24
+  local gomod
+  gomod=$(go mod download -json "k8s.io/kubernetes@$v" | jq -r .GoMod)
+  # k8s.io/kubernetes requires its staging modules at v0.0.0 and replaces them with local dirs;
+  # a consumer pins each to the published v0.MINOR.PATCH tag instead.
+  sed -n 's|^\s*\(k8s.io/[^ ]*\) => ./staging/.*|\1|p' "$gomod" | while read -r m; do
+    go mod edit -replace="$m=$m@v0.${v#v1.}"
+  done
+  local cmds=(kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl)
+  local pkgs=()
+  for c in "${cmds[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$c"); done
+  go get -tool "${pkgs[@]/%/@$v}"
+  go mod tidy
+  local ldf="-s -w"
+  for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ldf+=" -X $p.gitVersion=$v -X $p.gitMajor=1 -X $p.gitMinor=$minor -X $p.gitTreeState=clean -X $p.buildDate=1970-01-01T00:00:00Z"
+  done
+  CGO_ENABLED=0 go build -trimpath -ldflags "$ldf" -o "$out/" "${pkgs[@]}"
+}
+
+build_containerd() {
+  local v=$1 out=$2
+  wrapper_init ctrdbin 1.24.0
+  local pkgs=(github.com/containerd/containerd/v2/cmd/containerd
+    github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2
+    github.com/containerd/containerd/v2/cmd/ctr)
+  go get -tool "${pkgs[@]/%/@$v}"
+  go mod tidy
+  CGO_ENABLED=0 go build -trimpath -tags no_btrfs \
+    -ldflags "-s -w -X github.com/containerd/containerd/v2/version.Version=$v" -o "$out/" "${pkgs[@]}"
+}
+
+build_runc() {
+  local v=$1 out=$2
+  wrapper_init runcbin 1.23.0
+  go get -tool "github.com/opencontainers/runc@$v"
+  go mod tidy
+  # nsexec is C, so cgo is mandatory; seccomp is what RuntimeDefault profiles need.
+  CGO_ENABLED=1 go build -trimpath -tags seccomp \
+    -ldflags "-s -w -X main.version=${v#v}" -o "$out/runc" github.com/opencontainers/runc
+}
+
+build_vault() {
+  local v=$1 out=$2
+  wrapper_init vaultbin 1.24.0
+  # Vault's own go.mod replaces api/sdk with in-tree copies; a wrapper uses published tags instead.
+  go mod edit -replace=github.com/ma314smith/signedxml@v1.1.1=github.com/moov-io/signedxml@v1.1.1
+  go mod edit -replace=github.com/99designs/keyring=github.com/Jeffail/keyring@v1.2.3
+  go get -tool "github.com/hashicorp/vault@$v"
+  go mod tidy
+  CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$out/vault" github.com/hashicorp/vault
+}
+
+build_helm() {
+  local v=$1 out=$2
+  wrapper_init helmbin 1.24.0
+  go get -tool "helm.sh/helm/v3/cmd/helm@$v"
+  go mod tidy
+  CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$v" \
+    -o "$out/helm" helm.sh/helm/v3/cmd/helm
+}
+
+# Debian packages the bed needs: libseccomp for building runc, CNI plugins, busybox for the job
+# image, gcc for the pause binary, openssl for the PKI.
+APT_PACKAGES=(libseccomp-dev pkg-config containernetworking-plugins iptables busybox-static openssl jq git ca-certificates iproute2 procps curl gcc libc6-dev)
+
+install_debian_packages() {
+  local missing=()
+  for p in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")
+  done
+  ((${#missing[@]} == 0)) && return 0
+  log "installing Debian packages: ${missing[*]}"
+  apt-get update -qq >/dev/null || die "apt-get update failed; check the machine reaches Debian's mirror"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null ||
+    die "apt-get install ${missing[*]} failed"
+}
+
+cmd_build() {
+  install_debian_packages
+  local only=${1:-all}
+  [[ $only == all || $only == etcd ]] && build_part etcd "$ETCD_VERSION" build_etcd
+  [[ $only == all || $only == kubernetes ]] && build_part kubernetes "$KUBERNETES_VERSION" build_kubernetes
+  [[ $only == all || $only == containerd ]] && build_part containerd "$CONTAINERD_VERSION" build_containerd
+  [[ $only == all || $only == runc ]] && build_part runc "$RUNC_VERSION" build_runc
+  [[ $only == all || $only == helm ]] && build_part helm "$HELM_VERSION" build_helm
+  [[ $only == all || $only == vault ]] && build_part vault "$VAULT_VERSION" build_vault
+  log "build complete: binaries under $KEYHOLE_CACHE/bin"
+}

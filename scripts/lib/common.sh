@@ -1,0 +1,31 @@
+# Shared settings for scripts/testbed: pinned versions, cache and state locations, logging.
+# Sourced, never run. Every version here keys a cache directory, so bumping one rebuilds only that part.
+
+KUBERNETES_VERSION=${KUBERNETES_VERSION:-v1.34.4}
+ETCD_VERSION=${ETCD_VERSION:-v3.6.16}
+CONTAINERD_VERSION=${CONTAINERD_VERSION:-v2.2.9}
+# Vault: the Go proxy here resolves tags only (no commit pseudo-versions), so OpenBao (untagged
+# module path) is out, and Vault builds against the published sdk/api tags its go.mod requires
+# instead of its in-tree copies.
+VAULT_VERSION=${VAULT_VERSION:-v1.21.4}
+# Debian bookworm's runc 1.1.5 cannot start containers for containerd 2.2 on this kernel
+# ("can't get final child's PID from pipe"), so runc is built too (cgo, seccomp).
+RUNC_VERSION=${RUNC_VERSION:-v1.3.7}
+HELM_VERSION=${HELM_VERSION:-v3.19.5}
+PAUSE_IMAGE=${PAUSE_IMAGE:-registry.k8s.io/pause:3.10}
+
+# Builds survive `down` and new clones: they live outside the work tree, keyed by version.
+KEYHOLE_CACHE=${KEYHOLE_CACHE:-/var/cache/keyhole-testbed}
+# Running state (PKI, data dirs, pids, logs) of one bed; `down` removes it.
+KEYHOLE_TESTBED_DIR=${KEYHOLE_TESTBED_DIR:-/var/lib/keyhole-testbed}
+
+export GOMODCACHE="$KEYHOLE_CACHE/go/mod"
+export GOCACHE="$KEYHOLE_CACHE/go/build"
+export GOFLAGS="-mod=mod"
+export GOTOOLCHAIN=local
+
+log() { printf '\033[1mtestbed:\033[0m %s\n' "$*" >&2; }
+die() {
+  printf '\033[1;31mtestbed: error:\033[0m %s\n' "$*" >&2
+  exit 1
+}

@@ -1,0 +1,62 @@
+# Local images without a registry: a root filesystem directory becomes a single-layer
+# docker-archive, imported into containerd's k8s.io namespace. Pods use them with
+# imagePullPolicy IfNotPresent/Never. Adding an image is one line in import_images.
+
+# add_image REF ROOTFS_DIR ENTRYPOINT_JSON [USER]
+add_image() {
+  local ref=$1 rootfs=$2 entrypoint=$3 user=${4:-}
+  local work
+  work=$(mktemp -d "$KEYHOLE_TESTBED_DIR/image.XXXXXX")
+  tar --sort=name --owner=0 --group=0 --numeric-owner --mtime=@0 -C "$rootfs" -cf "$work/layer.tar" .
+  local diff config_sha
+  diff=$(sha256sum "$work/layer.tar" | cut -d' ' -f1)
+  jq -cn --arg diff "sha256:$diff" --argjson ep "$entrypoint" --arg user "$user" '{
+    architecture: "amd64", os: "linux",
+    config: {Entrypoint: $ep, User: $user, Env: ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]},
+    rootfs: {type: "layers", diff_ids: [$diff]}}' >"$work/config.json"
+  config_sha=$(sha256sum "$work/config.json" | cut -d' ' -f1)
+  mv "$work/config.json" "$work/$config_sha.json"
+  jq -cn --arg c "$config_sha.json" --arg ref "$ref" '[{Config: $c, RepoTags: [$ref], Layers: ["layer.tar"]}]' \
+    >"$work/manifest.json"
+  tar -C "$work" -cf "$work.tar" manifest.json "$config_sha.json" layer.tar
+  local ctr=("$(bin_dir)/ctr" --address "$RUN_DIR/containerd.sock" -n k8s.io)
+  if ! "${ctr[@]}" images import --platform linux/amd64 "$work.tar" >>"$(log_file images)" 2>&1 &&
+    ! "${ctr[@]}" images import --local --platform linux/amd64 "$work.tar" >>"$(log_file images)" 2>&1; then
+    rm -rf "$work" "$work.tar"
+    fail_up "importing image $ref into containerd failed; see $(log_file images)"
+  fi
+  rm -rf "$work" "$work.tar"
+  log "image $ref imported"
+}
+
+pause_rootfs() {
+  local dir=$1
+  mkdir -p "$dir"
+  gcc -static -O2 -o "$dir/pause" "$HERE/lib/pause.c" || fail_up "compiling the pause binary failed (needs gcc, libc6-dev)"
+}
+
+# A small job image: busybox (sh and coreutils-like applets) with a non-root user 1000.
+busybox_rootfs() {
+  local dir=$1
+  mkdir -p "$dir"/{bin,etc,tmp,home/keyhole,builds}
+  cp /bin/busybox "$dir/bin/busybox"
+  local applet
+  for applet in $("$dir/bin/busybox" --list); do
+    [[ $applet == busybox ]] || ln -sf busybox "$dir/bin/$applet"
+  done
+  printf 'root:x:0:0:root:/root:/bin/sh\nkeyhole:x:1000:1000:keyhole:/home/keyhole:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n' >"$dir/etc/passwd"
+  printf 'root:x:0:\nkeyhole:x:1000:\nnobody:x:65534:\n' >"$dir/etc/group"
+  chmod 1777 "$dir/tmp"
+  chown 1000:1000 "$dir/home/keyhole" "$dir/builds"
+}
+
+import_images() {
+  : >"$(log_file images)"
+  local tmp
+  tmp=$(mktemp -d "$KEYHOLE_TESTBED_DIR/rootfs.XXXXXX")
+  pause_rootfs "$tmp/pause"
+  add_image "$PAUSE_IMAGE" "$tmp/pause" '["/pause"]' 65535
+  busybox_rootfs "$tmp/busybox"
+  add_image keyhole.local/busybox:1 "$tmp/busybox" '["/bin/sh"]'
+  rm -rf "$tmp"
+}

@@ -1,0 +1,372 @@
+# `scripts/testbed up|down|status|env`: starts and stops the bed's processes, each recorded by pid.
+
+NODE_NAME=keyhole-node
+# The bed's own bridge: the node address, the pod gateway and the only place pods can reach.
+# Nothing is routed or NATed beyond it.
+BRIDGE=kh0
+NODE_IP=10.213.0.1
+POD_SUBNET=10.213.0.0/24
+SERVICE_RANGE=10.96.0.0/24
+SERVICE_IP=10.96.0.1
+APISERVER_URL="https://$NODE_IP:6443"
+ETCD_URL=http://127.0.0.1:23790
+VAULT_PORT=8200
+RUN_DIR=/run/keyhole-testbed
+
+bin_dir() { echo "$KEYHOLE_TESTBED_DIR/bin"; }
+pid_file() { echo "$KEYHOLE_TESTBED_DIR/pids/$1.pid"; }
+log_file() { echo "$KEYHOLE_TESTBED_DIR/logs/$1.log"; }
+
+pid_alive() { [[ -f $(pid_file "$1") ]] && kill -0 "$(cat "$(pid_file "$1")")" 2>/dev/null; }
+
+# start NAME CMD...: runs CMD in the background, records its pid, logs to logs/NAME.log.
+start() {
+  local name=$1
+  shift
+  if pid_alive "$name"; then
+    log "$name already running (pid $(cat "$(pid_file "$name")"))"
+    return 0
+  fi
+  setsid "$@" >"$(log_file "$name")" 2>&1 </dev/null &
+  echo $! >"$(pid_file "$name")"
+}
+
+# wait_for NAME SECONDS CHECK...: polls CHECK until it succeeds; on timeout names the part and its log.
+wait_for() {
+  local name=$1 limit=$2
+  shift 2
+  local deadline=$((SECONDS + limit))
+  until "$@" >/dev/null 2>&1; do
+    if ! pid_alive "$name"; then
+      tail -n 20 "$(log_file "$name")" >&2 || true
+      fail_up "$name exited during start-up; its log is $(log_file "$name")"
+    fi
+    ((SECONDS < deadline)) || fail_up "$name did not become ready within ${limit}s; its log is $(log_file "$name")"
+    sleep 0.5
+  done
+  log "$name ready"
+}
+
+fail_up() {
+  printf '\033[1;31mtestbed: error:\033[0m %s\n' "$*" >&2
+  echo "testbed: stopping what this 'up' started; try 'scripts/testbed build' if a binary is missing, or read the log above" >&2
+  cmd_down >/dev/null 2>&1 || true
+  exit 1
+}
+
+link_binaries() {
+  local b
+  b=$(bin_dir)
+  mkdir -p "$b"
+  local part
+  for part in "etcd-$ETCD_VERSION" "kubernetes-$KUBERNETES_VERSION" "containerd-$CONTAINERD_VERSION" "runc-$RUNC_VERSION" \
+    "helm-$HELM_VERSION" "vault-$VAULT_VERSION"; do
+    [[ -f $KEYHOLE_CACHE/bin/$part/.complete ]] || die "$part is not built; run 'scripts/testbed build' first"
+    ln -sf "$KEYHOLE_CACHE/bin/$part"/* "$b/"
+  done
+}
+
+kubectl_admin() { "$(bin_dir)/kubectl" --kubeconfig "$KEYHOLE_TESTBED_DIR/admin.kubeconfig" "$@"; }
+vault_admin() { VAULT_ADDR="http://127.0.0.1:$VAULT_PORT" VAULT_TOKEN="$(cat "$KEYHOLE_TESTBED_DIR/vault-root-token")" "$(bin_dir)/vault" "$@"; }
+
+setup_network() {
+  if ! ip link show "$BRIDGE" >/dev/null 2>&1; then
+    ip link add "$BRIDGE" type bridge || fail_up "cannot create bridge $BRIDGE (needs root and the bridge module)"
+    echo "$BRIDGE" >"$KEYHOLE_TESTBED_DIR/created-bridge"
+  fi
+  ip addr replace "$NODE_IP/24" dev "$BRIDGE"
+  ip link set "$BRIDGE" up
+  mkdir -p "$KEYHOLE_TESTBED_DIR/cni/net.d" "$KEYHOLE_TESTBED_DIR/cni/ipam"
+  # No ipMasq, no default route: pods reach only the bridge subnet (this node and each other).
+  cat >"$KEYHOLE_TESTBED_DIR/cni/net.d/10-keyhole.conflist" <<JSON
+{"cniVersion":"1.0.0","name":"keyhole","plugins":[
+ {"type":"bridge","bridge":"$BRIDGE","isGateway":true,"ipMasq":false,"hairpinMode":true,
+  "ipam":{"type":"host-local","dataDir":"$KEYHOLE_TESTBED_DIR/cni/ipam",
+          "ranges":[[{"subnet":"$POD_SUBNET","rangeStart":"10.213.0.10","gateway":"$NODE_IP"}]]}},
+ {"type":"loopback"}]}
+JSON
+  : >"$KEYHOLE_TESTBED_DIR/resolv.conf"
+}
+
+start_etcd() {
+  start etcd "$(bin_dir)/etcd" --name keyhole --data-dir "$KEYHOLE_TESTBED_DIR/etcd" \
+    --listen-client-urls "$ETCD_URL" --advertise-client-urls "$ETCD_URL" \
+    --listen-peer-urls http://127.0.0.1:23800 --initial-advertise-peer-urls http://127.0.0.1:23800 \
+    --initial-cluster keyhole=http://127.0.0.1:23800 --unsafe-no-fsync=true --log-level warn
+  wait_for etcd 60 curl -fsS "$ETCD_URL/readyz"
+}
+
+start_apiserver() {
+  local p=$KEYHOLE_TESTBED_DIR/pki
+  start kube-apiserver "$(bin_dir)/kube-apiserver" \
+    --etcd-servers="$ETCD_URL" --bind-address="$NODE_IP" --advertise-address="$NODE_IP" --secure-port=6443 \
+    --tls-cert-file="$p/apiserver.crt" --tls-private-key-file="$p/apiserver.key" --client-ca-file="$p/ca.crt" \
+    --authorization-mode=Node,RBAC --anonymous-auth=true \
+    --service-account-issuer="$APISERVER_URL" --service-account-key-file="$p/sa.pub" \
+    --service-account-signing-key-file="$p/sa.key" --api-audiences="$APISERVER_URL" \
+    --service-cluster-ip-range="$SERVICE_RANGE" --enable-admission-plugins=NodeRestriction \
+    --kubelet-client-certificate="$p/apiserver-kubelet-client.crt" \
+    --kubelet-client-key="$p/apiserver-kubelet-client.key" --allow-privileged=true \
+    --kubelet-preferred-address-types=InternalIP \
+    --enable-priority-and-fairness=false --profiling=false --v=1
+  wait_for kube-apiserver 120 curl -fsS --cacert "$p/ca.crt" "$APISERVER_URL/readyz"
+}
+
+start_controllers() {
+  local d=$KEYHOLE_TESTBED_DIR p=$KEYHOLE_TESTBED_DIR/pki
+  start kube-controller-manager "$(bin_dir)/kube-controller-manager" \
+    --kubeconfig="$d/controller-manager.kubeconfig" --authentication-kubeconfig="$d/controller-manager.kubeconfig" \
+    --authorization-kubeconfig="$d/controller-manager.kubeconfig" --service-account-private-key-file="$p/sa.key" \
+    --root-ca-file="$p/ca.crt" --use-service-account-credentials=true --leader-elect=false \
+    --bind-address=127.0.0.1 --secure-port=10257 --controllers='*,-cloud-node-lifecycle' --v=1
+  start kube-scheduler "$(bin_dir)/kube-scheduler" --kubeconfig="$d/scheduler.kubeconfig" \
+    --authentication-kubeconfig="$d/scheduler.kubeconfig" --authorization-kubeconfig="$d/scheduler.kubeconfig" \
+    --leader-elect=false --bind-address=127.0.0.1 --secure-port=10259 --v=1
+  wait_for kube-controller-manager 90 curl -fsSk https://127.0.0.1:10257/healthz
+  wait_for kube-scheduler 90 curl -fsSk https://127.0.0.1:10259/healthz
+}
+
+start_containerd() {
+  local d=$KEYHOLE_TESTBED_DIR
+  mkdir -p "$RUN_DIR" "$d/containerd"
+  cat >"$d/containerd.toml" <<TOML
+version = 3
+root = "$d/containerd"
+state = "$RUN_DIR/containerd"
+[grpc]
+  address = "$RUN_DIR/containerd.sock"
+[plugins.'io.containerd.cri.v1.images']
+  snapshotter = "overlayfs"
+[plugins.'io.containerd.cri.v1.images'.pinned_images]
+  sandbox = "$PAUSE_IMAGE"
+[plugins.'io.containerd.cri.v1.runtime']
+  # This machine's root lacks CAP_SYS_RESOURCE, so the kubelet's negative oom_score_adj for
+  # sandboxes (-998) cannot be set; clamp to containerd's own value instead.
+  restrict_oom_score_adj = true
+[plugins.'io.containerd.cri.v1.runtime'.containerd]
+  default_runtime_name = "runc"
+[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
+  runtime_type = "io.containerd.runc.v2"
+[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
+  BinaryName = "$(bin_dir)/runc"
+  Root = "$RUN_DIR/runc"
+  SystemdCgroup = false
+[plugins.'io.containerd.cri.v1.runtime'.cni]
+  bin_dirs = ["/usr/lib/cni"]
+  conf_dir = "$d/cni/net.d"
+TOML
+  start containerd env PATH="$(bin_dir):$PATH" "$(bin_dir)/containerd" --config "$d/containerd.toml"
+  wait_for containerd 60 "$(bin_dir)/ctr" --address "$RUN_DIR/containerd.sock" version
+}
+
+start_kubelet() {
+  local d=$KEYHOLE_TESTBED_DIR
+  mkdir -p "$d/kubelet" "$d/pod-logs"
+  cat >"$d/kubelet.yaml" <<YAML
+apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+containerRuntimeEndpoint: unix://$RUN_DIR/containerd.sock
+cgroupDriver: cgroupfs
+failCgroupV1: false
+failSwapOn: false
+address: $NODE_IP
+healthzBindAddress: 127.0.0.1
+readOnlyPort: 0
+authentication:
+  anonymous: {enabled: false}
+  webhook: {enabled: true}
+  x509: {clientCAFile: $d/pki/ca.crt}
+authorization: {mode: Webhook}
+clusterDomain: cluster.local
+resolvConf: $d/resolv.conf
+podLogsDir: $d/pod-logs
+rotateCertificates: false
+serverTLSBootstrap: false
+evictionHard: {memory.available: "200Mi", nodefs.available: "1%", imagefs.available: "1%", nodefs.inodesFree: "1%"}
+imageGCHighThresholdPercent: 100
+imageGCLowThresholdPercent: 99
+serializeImagePulls: false
+maxPods: 60
+YAML
+  start kubelet "$(bin_dir)/kubelet" --config="$d/kubelet.yaml" --kubeconfig="$d/kubelet.kubeconfig" \
+    --root-dir="$d/kubelet" --cert-dir="$d/kubelet/pki" --hostname-override="$NODE_NAME" --node-ip="$NODE_IP" --v=1
+  wait_for kubelet 90 curl -fsS http://127.0.0.1:10248/healthz
+  wait_for kubelet 90 node_ready
+}
+
+node_ready() {
+  [[ $(kubectl_admin get node "$NODE_NAME" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}') == True ]]
+}
+
+start_vault() {
+  local d=$KEYHOLE_TESTBED_DIR
+  head -c 24 /dev/urandom | base64 | tr -d '+/=' >"$d/vault-root-token"
+  chmod 600 "$d/vault-root-token"
+  # Second listener on the bridge so broker pods reach Vault; the first (dev) one is loopback.
+  cat >"$d/vault-listener.hcl" <<HCL
+listener "tcp" {
+  address = "$NODE_IP:$VAULT_PORT"
+  tls_disable = true
+}
+HCL
+  start vault "$(bin_dir)/vault" server -dev -dev-root-token-id="$(cat "$d/vault-root-token")" \
+    -dev-listen-address="127.0.0.1:$VAULT_PORT" -config="$d/vault-listener.hcl" -log-level=warn
+  wait_for vault 60 curl -fsS "http://127.0.0.1:$VAULT_PORT/v1/sys/health"
+}
+
+configure_vault() {
+  local d=$KEYHOLE_TESTBED_DIR
+  vault_admin secrets enable -path=kv -version=2 kv >/dev/null
+  vault_admin secrets enable -path=kv1 -version=1 kv >/dev/null
+  # Vault's token reviewer: an SA allowed to call TokenReview.
+  kubectl_admin -n kube-system create serviceaccount vault-auth >/dev/null
+  kubectl_admin create clusterrolebinding vault-auth-delegator --clusterrole=system:auth-delegator \
+    --serviceaccount=kube-system:vault-auth >/dev/null
+  local reviewer
+  reviewer=$(kubectl_admin -n kube-system create token vault-auth --duration=48h)
+  vault_admin auth enable kubernetes >/dev/null
+  vault_admin write auth/kubernetes/config kubernetes_host="$APISERVER_URL" \
+    kubernetes_ca_cert=@"$d/pki/ca.crt" token_reviewer_jwt="$reviewer" disable_local_ca_jwt=true >/dev/null
+  vault_admin auth enable jwt >/dev/null
+  vault_admin write auth/jwt/config jwt_validation_pubkeys=@"$d/pki/jwt-signing.pub" \
+    bound_issuer="$JWT_ISSUER" >/dev/null
+  log "vault configured: kv (v2), kv1 (v1), secret (v2), auth kubernetes + jwt"
+}
+
+JWT_ISSUER=https://gitlab.keyhole.test
+
+write_env() {
+  local d=$KEYHOLE_TESTBED_DIR
+  cat >"$d/env" <<ENV
+export KEYHOLE_TESTBED_DIR=$d
+export KUBECONFIG=$d/admin.kubeconfig
+export VAULT_ADDR=http://127.0.0.1:$VAULT_PORT
+export VAULT_TOKEN=$(cat "$d/vault-root-token")
+export KEYHOLE_VAULT_POD_ADDR=http://$NODE_IP:$VAULT_PORT
+export KEYHOLE_APISERVER_URL=$APISERVER_URL
+export KEYHOLE_JWT_ISSUER=$JWT_ISSUER
+export KEYHOLE_JWT_SIGNING_KEY=$d/pki/jwt-signing.key
+export KEYHOLE_NODE_NAME=$NODE_NAME
+export PATH=$d/bin:\$PATH
+ENV
+}
+
+cmd_up() {
+  [[ $(id -u) == 0 ]] || die "the test bed needs root (kubelet, containerd, bridge)"
+  if [[ -f $KEYHOLE_TESTBED_DIR/env ]] && cmd_status >/dev/null 2>&1; then
+    log "already up; 'scripts/testbed env' prints its settings"
+    return 0
+  fi
+  cmd_down >/dev/null 2>&1 || true
+  local t0=$SECONDS
+  mkdir -p "$KEYHOLE_TESTBED_DIR"/{pids,logs}
+  link_binaries
+  generate_pki
+  write_kubeconfig "$KEYHOLE_TESTBED_DIR/admin.kubeconfig" admin
+  write_kubeconfig "$KEYHOLE_TESTBED_DIR/controller-manager.kubeconfig" controller-manager
+  write_kubeconfig "$KEYHOLE_TESTBED_DIR/scheduler.kubeconfig" scheduler
+  write_kubeconfig "$KEYHOLE_TESTBED_DIR/kubelet.kubeconfig" kubelet
+  setup_network
+  start_etcd
+  start_apiserver
+  start_controllers
+  start_containerd
+  import_images
+  start_kubelet
+  start_vault
+  configure_vault
+  write_env
+  log "up in $((SECONDS - t0))s; run: eval \"\$(scripts/testbed env)\""
+}
+
+stop_pid() { # name
+  local f
+  f=$(pid_file "$1")
+  [[ -f $f ]] || return 0
+  local pid
+  pid=$(cat "$f")
+  if kill -0 "$pid" 2>/dev/null; then
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 1 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
+  rm -f "$f"
+}
+
+# Containers the bed's containerd started: kill their tasks, then any shim still serving our socket.
+stop_containers() {
+  local ctr=("$(bin_dir)/ctr" --address "$RUN_DIR/containerd.sock" -n k8s.io)
+  if pid_alive containerd; then
+    local t
+    for t in $("${ctr[@]}" tasks ls -q 2>/dev/null); do "${ctr[@]}" tasks kill -s KILL "$t" >/dev/null 2>&1 || true; done
+  fi
+}
+
+stop_shims() {
+  local p
+  for p in /proc/[0-9]*; do
+    if { tr '\0' ' ' <"$p/cmdline"; } 2>/dev/null | grep -q "containerd-shim-runc-v2.*$RUN_DIR/containerd.sock"; then
+      kill -KILL "${p#/proc/}" 2>/dev/null || true
+    fi
+  done
+}
+
+unmount_under() { # dir: unmounts every mount below it, deepest first
+  local dir=$1
+  awk -v d="$dir" '$2 ~ "^"d {print $2}' /proc/mounts | sort -r | while read -r m; do
+    umount -l "$m" 2>/dev/null || true
+  done
+}
+
+cmd_down() {
+  local d=$KEYHOLE_TESTBED_DIR
+  [[ -d $d ]] || return 0
+  if pid_alive kube-apiserver && pid_alive kubelet; then
+    # Let the kubelet tear pods down through CRI so their network namespaces and mounts go too.
+    kubectl_admin delete pods --all --all-namespaces --grace-period=0 --force --wait=false >/dev/null 2>&1 || true
+    local deadline=$((SECONDS + 30))
+    while ((SECONDS < deadline)) && [[ -n $("$(bin_dir)/ctr" --address "$RUN_DIR/containerd.sock" -n k8s.io tasks ls -q 2>/dev/null) ]]; do
+      sleep 0.5
+    done
+  fi
+  stop_pid vault
+  stop_pid kubelet
+  stop_containers
+  stop_pid kube-scheduler
+  stop_pid kube-controller-manager
+  stop_pid kube-apiserver
+  stop_pid etcd
+  stop_pid containerd
+  stop_shims
+  unmount_under "$d/"
+  unmount_under "$RUN_DIR/"
+  if [[ -f $d/created-bridge ]]; then ip link del "$(cat "$d/created-bridge")" 2>/dev/null || true; fi
+  rm -rf "$d" "$RUN_DIR"
+  log "down"
+}
+
+cmd_status() {
+  local d=$KEYHOLE_TESTBED_DIR p=$KEYHOLE_TESTBED_DIR/pki ok=0
+  check() {
+    local name=$1
+    shift
+    if pid_alive "$name" && "$@" >/dev/null 2>&1; then echo "$name: up (pid $(cat "$(pid_file "$name")"))"; else
+      echo "$name: DOWN (log: $(log_file "$name"))"
+      ok=1
+    fi
+  }
+  [[ -f $d/env ]] || { echo "test bed not up: run 'scripts/testbed up'"; return 1; }
+  check etcd curl -fsS "$ETCD_URL/readyz"
+  check kube-apiserver curl -fsS --cacert "$p/ca.crt" "$APISERVER_URL/readyz"
+  check kube-controller-manager curl -fsSk https://127.0.0.1:10257/healthz
+  check kube-scheduler curl -fsSk https://127.0.0.1:10259/healthz
+  check containerd "$(bin_dir)/ctr" --address "$RUN_DIR/containerd.sock" version
+  check kubelet node_ready
+  check vault curl -fsS "http://127.0.0.1:$VAULT_PORT/v1/sys/health"
+  return $ok
+}
+
+cmd_env() {
+  [[ -f $KEYHOLE_TESTBED_DIR/env ]] || die "test bed not up: run 'scripts/testbed up'"
+  cat "$KEYHOLE_TESTBED_DIR/env"
+}

@@ -1,0 +1,162 @@
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::ServiceAccount;
+use kube::api::PostParams;
+use kube::config::{AuthInfo, KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client, Config};
+
+/// Settings the bed writes to `$KEYHOLE_TESTBED_DIR/env` at `up` (see `scripts/testbed env`).
+#[derive(Debug, Clone)]
+pub struct BedEnv {
+    pub testbed_dir: PathBuf,
+    pub kubeconfig: PathBuf,
+    pub vault_addr: String,
+    pub vault_token: String,
+    /// Vault's address as pods see it (on the bed's bridge, not loopback).
+    pub vault_pod_addr: String,
+    pub apiserver_url: String,
+    pub jwt_issuer: String,
+    pub jwt_signing_key: PathBuf,
+    pub node_name: String,
+}
+
+impl BedEnv {
+    /// Reads the env file of the running bed, or explains how to start one.
+    pub fn load() -> Result<Self> {
+        let dir = std::env::var_os("KEYHOLE_TESTBED_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/var/lib/keyhole-testbed"));
+        let file = dir.join("env");
+        let text = std::fs::read_to_string(&file).with_context(|| {
+            format!(
+                "test bed not up: {} is missing; run `scripts/testbed up` (after `scripts/testbed build`)",
+                file.display()
+            )
+        })?;
+        Self::parse(&text).with_context(|| format!("reading {}", file.display()))
+    }
+
+    fn parse(text: &str) -> Result<Self> {
+        let vars: HashMap<&str, &str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("export "))
+            .filter_map(|l| l.split_once('='))
+            .collect();
+        let get = |k: &str| -> Result<String> {
+            vars.get(k)
+                .map(|v| v.to_string())
+                .with_context(|| format!("{k} is not set in the bed's env file; rerun `scripts/testbed up`"))
+        };
+        Ok(Self {
+            testbed_dir: get("KEYHOLE_TESTBED_DIR")?.into(),
+            kubeconfig: get("KUBECONFIG")?.into(),
+            vault_addr: get("VAULT_ADDR")?,
+            vault_token: get("VAULT_TOKEN")?,
+            vault_pod_addr: get("KEYHOLE_VAULT_POD_ADDR")?,
+            apiserver_url: get("KEYHOLE_APISERVER_URL")?,
+            jwt_issuer: get("KEYHOLE_JWT_ISSUER")?,
+            jwt_signing_key: get("KEYHOLE_JWT_SIGNING_KEY")?.into(),
+            node_name: get("KEYHOLE_NODE_NAME")?,
+        })
+    }
+
+    /// A binary the bed built (kubectl, etcdctl, vault, helm, ...).
+    pub fn bin(&self, name: &str) -> PathBuf {
+        self.testbed_dir.join("bin").join(name)
+    }
+}
+
+/// A connection to the running bed as its administrator.
+#[derive(Clone)]
+pub struct TestBed {
+    pub env: BedEnv,
+    pub client: Client,
+    admin_config: Config,
+}
+
+impl std::fmt::Debug for TestBed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestBed").field("env", &self.env.testbed_dir).finish()
+    }
+}
+
+impl TestBed {
+    /// Connects to the bed, panicking with the command to run when it is not up.
+    pub async fn connect() -> Self {
+        match Self::try_connect().await {
+            Ok(bed) => bed,
+            Err(e) => panic!("{e:#}"),
+        }
+    }
+
+    async fn try_connect() -> Result<Self> {
+        install_crypto_provider();
+        let env = BedEnv::load()?;
+        let kubeconfig = Kubeconfig::read_from(&env.kubeconfig)
+            .with_context(|| format!("reading kubeconfig {}", env.kubeconfig.display()))?;
+        let admin_config =
+            Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
+        let client = Client::try_from(admin_config.clone())?;
+        client.apiserver_version().await.with_context(|| {
+            format!(
+                "test bed not up: kube-apiserver at {} does not answer; run `scripts/testbed status`, then `scripts/testbed up`",
+                env.apiserver_url
+            )
+        })?;
+        Ok(Self {
+            env,
+            client,
+            admin_config,
+        })
+    }
+
+    /// A client that authenticates with a bearer token only (e.g. a ServiceAccount's), so RBAC
+    /// decides what it may do.
+    pub fn client_with_token(&self, token: &str) -> Result<Client> {
+        let mut config = self.admin_config.clone();
+        config.auth_info = AuthInfo {
+            token: Some(token.to_owned().into()),
+            ..AuthInfo::default()
+        };
+        Ok(Client::try_from(config)?)
+    }
+
+    /// Issues a short-lived token for a ServiceAccount through the TokenRequest API.
+    pub async fn service_account_token(
+        &self,
+        namespace: &str,
+        service_account: &str,
+        audiences: &[&str],
+    ) -> Result<String> {
+        let api: Api<ServiceAccount> = Api::namespaced(self.client.clone(), namespace);
+        let request = TokenRequest {
+            spec: TokenRequestSpec {
+                audiences: audiences.iter().map(|a| a.to_string()).collect(),
+                expiration_seconds: Some(600),
+                bound_object_ref: None,
+            },
+            ..TokenRequest::default()
+        };
+        let issued = api
+            .create_token_request(service_account, &PostParams::default(), &request)
+            .await
+            .with_context(|| format!("TokenRequest for {namespace}/{service_account}"))?;
+        issued
+            .status
+            .map(|s| s.token)
+            .context("TokenRequest returned no status")
+    }
+
+    /// Path of a file in the bed's state directory.
+    pub fn path(&self, relative: impl AsRef<Path>) -> PathBuf {
+        self.env.testbed_dir.join(relative)
+    }
+}
+
+/// kube and reqwest share one rustls provider; install it once per process.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}

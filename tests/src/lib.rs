@@ -1,0 +1,16 @@
+//! Fixtures for Keyhole's integration and end-to-end tests on the real test bed
+//! (`scripts/testbed up`): kube-apiserver, etcd, kubelet, containerd and Vault on this machine.
+//!
+//! Every test connects through [`TestBed::connect`], works in its own [`TestNamespace`] and leaves
+//! nothing behind. When the bed is not up, tests fail loudly with the command to run; they never
+//! pass silently.
+
+mod bed;
+mod namespace;
+mod pods;
+mod vault;
+
+pub use bed::{BedEnv, TestBed};
+pub use namespace::TestNamespace;
+pub use pods::{pod_logs, run_pod_to_completion, wait_for_pod};
+pub use vault::VaultAdmin;

@@ -1,0 +1,72 @@
+use anyhow::{Context, Result};
+use reqwest::StatusCode;
+use serde_json::Value;
+
+use crate::BedEnv;
+
+/// The bed's Vault as its root: test set-up (roles, policies, secrets) and raw logins.
+#[derive(Debug, Clone)]
+pub struct VaultAdmin {
+    http: reqwest::Client,
+    addr: String,
+    token: String,
+}
+
+impl VaultAdmin {
+    pub fn new(env: &BedEnv) -> Self {
+        crate::bed::install_crypto_provider();
+        Self {
+            http: reqwest::Client::new(),
+            addr: env.vault_addr.clone(),
+            token: env.vault_token.clone(),
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}/v1/{}", self.addr, path.trim_start_matches('/'))
+    }
+
+    /// `PUT /v1/<path>` as root; fails on any non-2xx answer with Vault's error text.
+    pub async fn write(&self, path: &str, body: Value) -> Result<Option<Value>> {
+        let resp = self
+            .http
+            .put(self.url(path))
+            .header("X-Vault-Token", &self.token)
+            .json(&body)
+            .send()
+            .await
+            .with_context(|| format!("Vault write {path}"))?;
+        let status = resp.status();
+        let text = resp.text().await?;
+        anyhow::ensure!(status.is_success(), "Vault write {path}: {status}: {text}");
+        Ok(if text.is_empty() { None } else { Some(serde_json::from_str(&text)?) })
+    }
+
+    /// `GET /v1/<path>` as root.
+    pub async fn read(&self, path: &str) -> Result<(StatusCode, Value)> {
+        let resp = self
+            .http
+            .get(self.url(path))
+            .header("X-Vault-Token", &self.token)
+            .send()
+            .await
+            .with_context(|| format!("Vault read {path}"))?;
+        let status = resp.status();
+        let text = resp.text().await?;
+        Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
+    }
+
+    /// An unauthenticated login call (`auth/<mount>/login`), returning Vault's status and body.
+    pub async fn login(&self, mount: &str, body: Value) -> Result<(StatusCode, Value)> {
+        let resp = self
+            .http
+            .put(self.url(&format!("auth/{mount}/login")))
+            .json(&body)
+            .send()
+            .await
+            .with_context(|| format!("Vault login on {mount}"))?;
+        let status = resp.status();
+        let text = resp.text().await?;
+        Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
+    }
+}

@@ -1,0 +1,492 @@
+//! Proof that each part of the test bed is real: RBAC, TokenRequest + Vault kubernetes auth,
+//! Vault JWT auth, PodSecurity admission, the kubelet running pods, projected volumes and native
+//! sidecars, and garbage collection of owned objects. Needs `scripts/testbed up`.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use keyhole_tests::{TestBed, TestNamespace, VaultAdmin, pod_logs, run_pod_to_completion};
+use kube::api::{DeleteParams, ObjectMeta, PostParams};
+use kube::runtime::wait::{await_condition, conditions};
+use kube::{Api, Resource};
+use serde_json::json;
+
+const BUSYBOX: &str = "keyhole.local/busybox:1";
+
+fn secret(name: &str, data: &[(&str, &str)]) -> Secret {
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..ObjectMeta::default()
+        },
+        string_data: Some(
+            data.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        ),
+        ..Secret::default()
+    }
+}
+
+fn service_account(name: &str) -> ServiceAccount {
+    ServiceAccount {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..ObjectMeta::default()
+        },
+        ..ServiceAccount::default()
+    }
+}
+
+fn pod_from_json(value: serde_json::Value) -> Pod {
+    serde_json::from_value(value).expect("test pod JSON matches the Pod schema")
+}
+
+fn is_forbidden(err: &kube::Error) -> bool {
+    matches!(err, kube::Error::Api(s) if s.code == 403)
+}
+
+/// A restricted-compliant security context for containers.
+fn restricted_container_security() -> serde_json::Value {
+    json!({
+        "allowPrivilegeEscalation": false,
+        "capabilities": {"drop": ["ALL"]},
+        "runAsNonRoot": true,
+        "seccompProfile": {"type": "RuntimeDefault"}
+    })
+}
+
+#[tokio::test]
+async fn rbac_resource_names_decide_which_secret_a_service_account_may_get() {
+    let bed = TestBed::connect().await;
+    let ns = TestNamespace::create(&bed.client, "rbac", &[]).await.unwrap();
+    let secrets: Api<Secret> = ns.api();
+    for name in ["a", "b"] {
+        secrets
+            .create(&PostParams::default(), &secret(name, &[("k", "v")]))
+            .await
+            .unwrap();
+    }
+    ns.api::<ServiceAccount>()
+        .create(&PostParams::default(), &service_account("job"))
+        .await
+        .unwrap();
+    let token = bed.service_account_token(&ns.name, "job", &[]).await.unwrap();
+    let as_job: Api<Secret> = Api::namespaced(bed.client_with_token(&token).unwrap(), &ns.name);
+
+    let denied = as_job.get("a").await.expect_err("a ServiceAccount with no Role must be denied");
+    assert!(is_forbidden(&denied), "expected 403, got {denied:?}");
+
+    let role = Role {
+        metadata: ObjectMeta {
+            name: Some("read-a".into()),
+            ..ObjectMeta::default()
+        },
+        rules: Some(vec![PolicyRule {
+            api_groups: Some(vec![String::new()]),
+            resources: Some(vec!["secrets".into()]),
+            resource_names: Some(vec!["a".into()]),
+            verbs: vec!["get".into()],
+            ..PolicyRule::default()
+        }]),
+    };
+    ns.api::<Role>().create(&PostParams::default(), &role).await.unwrap();
+    let binding = RoleBinding {
+        metadata: ObjectMeta {
+            name: Some("job-read-a".into()),
+            ..ObjectMeta::default()
+        },
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".into(),
+            kind: "Role".into(),
+            name: "read-a".into(),
+        },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".into(),
+            name: "job".into(),
+            namespace: Some(ns.name.clone()),
+            ..Subject::default()
+        }]),
+    };
+    ns.api::<RoleBinding>()
+        .create(&PostParams::default(), &binding)
+        .await
+        .unwrap();
+
+    // The RBAC authorizer learns of new bindings through its informer: allow it a moment.
+    let mut got = as_job.get("a").await;
+    for _ in 0..50 {
+        if got.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        got = as_job.get("a").await;
+    }
+    let a = got.expect("resourceNames: [a] must allow get on a");
+    assert_eq!(a.metadata.name.as_deref(), Some("a"));
+
+    let denied_b = as_job.get("b").await.expect_err("b is not in resourceNames");
+    assert!(is_forbidden(&denied_b), "expected 403 for b, got {denied_b:?}");
+    let denied_list = as_job
+        .list(&Default::default())
+        .await
+        .expect_err("get on named secrets does not grant list");
+    assert!(is_forbidden(&denied_list), "expected 403 for list, got {denied_list:?}");
+}
+
+#[tokio::test]
+async fn vault_kubernetes_auth_accepts_only_the_bound_service_account_and_audience() {
+    let bed = TestBed::connect().await;
+    let vault = VaultAdmin::new(&bed.env);
+    let ns = TestNamespace::create(&bed.client, "vaultk8s", &[]).await.unwrap();
+    for sa in ["app", "other"] {
+        ns.api::<ServiceAccount>()
+            .create(&PostParams::default(), &service_account(sa))
+            .await
+            .unwrap();
+    }
+    let role = format!("{}-app", ns.name);
+    vault
+        .write(
+            &format!("auth/kubernetes/role/{role}"),
+            json!({
+                "bound_service_account_names": ["app"],
+                "bound_service_account_namespaces": [ns.name],
+                "audience": "vault",
+                "token_policies": ["default"],
+                "token_ttl": "60s"
+            }),
+        )
+        .await
+        .unwrap();
+
+    let login = |jwt: String| {
+        let vault = vault.clone();
+        let role = role.clone();
+        async move { vault.login("kubernetes", json!({"role": role, "jwt": jwt})).await.unwrap() }
+    };
+
+    let app_token = bed.service_account_token(&ns.name, "app", &["vault"]).await.unwrap();
+    let (status, body) = login(app_token).await;
+    assert!(status.is_success(), "bound SA must log in: {status} {body}");
+    let client_token = body["auth"]["client_token"].as_str().expect("a Vault token");
+    assert_eq!(
+        body["auth"]["metadata"]["service_account_name"], "app",
+        "Vault must know which SA logged in"
+    );
+
+    let other_token = bed.service_account_token(&ns.name, "other", &["vault"]).await.unwrap();
+    let (status, body) = login(other_token).await;
+    assert_eq!(status.as_u16(), 403, "an unbound SA must be refused: {body}");
+
+    let wrong_audience = bed.service_account_token(&ns.name, "app", &["not-vault"]).await.unwrap();
+    let (status, body) = login(wrong_audience).await;
+    assert_eq!(status.as_u16(), 403, "a token for another audience must be refused: {body}");
+
+    // Leave nothing behind on Vault: revoke the token, delete the role.
+    reqwest::Client::new()
+        .put(format!("{}/v1/auth/token/revoke-self", bed.env.vault_addr))
+        .header("X-Vault-Token", client_token)
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap();
+    reqwest::Client::new()
+        .delete(format!("{}/v1/auth/kubernetes/role/{role}", bed.env.vault_addr))
+        .header("X-Vault-Token", &bed.env.vault_token)
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn vault_jwt_auth_trusts_id_tokens_signed_by_the_test_key_only() {
+    use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+
+    let bed = TestBed::connect().await;
+    let vault = VaultAdmin::new(&bed.env);
+    let role = format!("jwt-test-{}", std::process::id());
+    vault
+        .write(
+            &format!("auth/jwt/role/{role}"),
+            json!({
+                "role_type": "jwt",
+                "user_claim": "sub",
+                "bound_audiences": ["https://vault.keyhole.test"],
+                "bound_claims": {"project_path": "group/app", "ref_protected": "true"},
+                "token_policies": ["default"],
+                "token_ttl": "60s"
+            }),
+        )
+        .await
+        .unwrap();
+
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims = |project: &str| {
+        json!({
+            "iss": bed.env.jwt_issuer, "aud": "https://vault.keyhole.test",
+            "sub": format!("project_path:{project}:ref_type:branch:ref:main"),
+            "project_path": project, "ref_protected": "true",
+            "iat": now, "nbf": now, "exp": now + 300
+        })
+    };
+    let pem = std::fs::read(&bed.env.jwt_signing_key).unwrap();
+    let key = EncodingKey::from_rsa_pem(&pem).unwrap();
+    let sign = |c: serde_json::Value| encode(&Header::new(Algorithm::RS256), &c, &key).unwrap();
+
+    let (status, body) = vault
+        .login("jwt", json!({"role": role, "jwt": sign(claims("group/app"))}))
+        .await
+        .unwrap();
+    assert!(status.is_success(), "a token with the bound claims must log in: {status} {body}");
+
+    let (status, body) = vault
+        .login("jwt", json!({"role": role, "jwt": sign(claims("group/other"))}))
+        .await
+        .unwrap();
+    assert_eq!(status.as_u16(), 403, "a token for another project must be refused: {body}");
+
+    let stranger = EncodingKey::from_rsa_pem(&strange_key()).unwrap();
+    let forged = encode(&Header::new(Algorithm::RS256), &claims("group/app"), &stranger).unwrap();
+    let (status, body) = vault.login("jwt", json!({"role": role, "jwt": forged})).await.unwrap();
+    assert!(
+        status.is_client_error(),
+        "a token signed by another key must be refused: {status} {body}"
+    );
+
+    if let Some(token) = body["auth"]["client_token"].as_str() {
+        panic!("forged token got a Vault token ({} chars)", token.len());
+    }
+    reqwest::Client::new()
+        .delete(format!("{}/v1/auth/jwt/role/{role}", bed.env.vault_addr))
+        .header("X-Vault-Token", &bed.env.vault_token)
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap();
+}
+
+/// A fresh RSA key that Vault has never seen.
+fn strange_key() -> Vec<u8> {
+    let out = std::process::Command::new("openssl")
+        .args(["genrsa", "2048"])
+        .output()
+        .expect("openssl is installed by scripts/testbed build");
+    assert!(out.status.success());
+    out.stdout
+}
+
+#[tokio::test]
+async fn pod_security_restricted_rejects_privileged_pods_and_admits_compliant_ones() {
+    let bed = TestBed::connect().await;
+    let ns = TestNamespace::create(
+        &bed.client,
+        "psa",
+        &[
+            ("pod-security.kubernetes.io/enforce", "restricted"),
+            ("pod-security.kubernetes.io/enforce-version", "latest"),
+        ],
+    )
+    .await
+    .unwrap();
+    let pods: Api<Pod> = ns.api();
+
+    let privileged = pod_from_json(json!({
+        "metadata": {"name": "privileged"},
+        "spec": {"containers": [{"name": "c", "image": BUSYBOX, "imagePullPolicy": "Never",
+            "command": ["true"], "securityContext": {"privileged": true}}]}
+    }));
+    let err = pods
+        .create(&PostParams::default(), &privileged)
+        .await
+        .expect_err("a privileged pod must be rejected in a restricted namespace");
+    match &err {
+        kube::Error::Api(s) => {
+            assert_eq!(s.code, 403, "{s:?}");
+            assert!(s.message.contains("violates PodSecurity"), "{}", s.message);
+            assert!(s.message.contains("privileged"), "{}", s.message);
+        }
+        other => panic!("expected an admission rejection, got {other:?}"),
+    }
+
+    let compliant = pod_from_json(json!({
+        "metadata": {"name": "compliant"},
+        "spec": {
+            "restartPolicy": "Never",
+            "securityContext": {"runAsNonRoot": true, "runAsUser": 1000, "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [{"name": "c", "image": BUSYBOX, "imagePullPolicy": "Never",
+                "command": ["sh", "-c", "id -u"], "securityContext": restricted_container_security()}]}
+    }));
+    let done = run_pod_to_completion(&pods, &compliant).await.unwrap();
+    assert_eq!(done.status.unwrap().phase.as_deref(), Some("Succeeded"));
+    assert_eq!(pod_logs(&pods, "compliant", "c").await.unwrap().trim(), "1000");
+}
+
+#[tokio::test]
+async fn busybox_pod_runs_on_the_kubelet_and_reports_its_log_and_exit_code() {
+    let bed = TestBed::connect().await;
+    let ns = TestNamespace::create(&bed.client, "run", &[]).await.unwrap();
+    let pods: Api<Pod> = ns.api();
+    let pod = pod_from_json(json!({
+        "metadata": {"name": "busybox"},
+        "spec": {"restartPolicy": "Never", "containers": [{"name": "job", "image": BUSYBOX,
+            "imagePullPolicy": "Never",
+            "command": ["sh", "-c", "echo hello from $(hostname); echo to-stderr >&2; exit 3"]}]}
+    }));
+    let done = run_pod_to_completion(&pods, &pod).await.unwrap();
+    let status = done.status.unwrap();
+    assert_eq!(status.phase.as_deref(), Some("Failed"));
+    let terminated = status.container_statuses.unwrap()[0]
+        .state
+        .as_ref()
+        .and_then(|s| s.terminated.clone())
+        .expect("the container terminated");
+    assert_eq!(terminated.exit_code, 3);
+    assert_eq!(done.spec.unwrap().node_name.as_deref(), Some(bed.env.node_name.as_str()));
+
+    let log = pod_logs(&pods, "busybox", "job").await.unwrap();
+    assert_eq!(log, "hello from busybox\nto-stderr\n");
+}
+
+#[tokio::test]
+async fn projected_volume_memory_volume_and_native_sidecar_behave_as_keyhole_needs() {
+    let bed = TestBed::connect().await;
+    let ns = TestNamespace::create(&bed.client, "sidecar", &[]).await.unwrap();
+    ns.api::<Secret>()
+        .create(&PostParams::default(), &secret("job-inputs", &[("job-token", "tok-123456789")]))
+        .await
+        .unwrap();
+    let pods: Api<Pod> = ns.api();
+    let main_script = r#"
+        test -f /shared/sidecar-started && echo "sidecar-first=yes"
+        for f in token annotations job-token; do echo "$f=$(stat -Lc '%a %g' /inputs/$f)"; done
+        echo "token-parts=$(tr '.' '\n' < /inputs/token | wc -l)"
+        echo "annotation=$(grep secrets.keyhole.dev/DB /inputs/annotations)"
+        echo "job-token=$(cat /inputs/job-token)"
+        echo "secrets-fs=$(awk '$2 == "/keyhole/secrets" {print $3}' /proc/mounts)"
+        echo "sa-token-mounted=$(test -e /var/run/secrets/kubernetes.io/serviceaccount/token && echo yes || echo no)"
+    "#;
+    let sidecar_script = r#"
+        trap 'echo sidecar-got-term; exit 0' TERM
+        echo started > /shared/sidecar-started
+        while true; do sleep 1; done
+    "#;
+    let pod = pod_from_json(json!({
+        "metadata": {"name": "sidecar", "annotations": {"secrets.keyhole.dev/DB": "vault:kv/db#password"}},
+        "spec": {
+            "restartPolicy": "Never",
+            "automountServiceAccountToken": false,
+            "terminationGracePeriodSeconds": 10,
+            "securityContext": {"runAsNonRoot": true, "runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000,
+                "seccompProfile": {"type": "RuntimeDefault"}},
+            "volumes": [
+                {"name": "inputs", "projected": {"defaultMode": 0o440, "sources": [
+                    {"serviceAccountToken": {"audience": "vault", "expirationSeconds": 600, "path": "token"}},
+                    {"downwardAPI": {"items": [{"path": "annotations", "fieldRef": {"fieldPath": "metadata.annotations"}}]}},
+                    {"secret": {"name": "job-inputs", "items": [{"key": "job-token", "path": "job-token"}]}}]}},
+                {"name": "secrets", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}},
+                {"name": "shared", "emptyDir": {}}
+            ],
+            "initContainers": [{"name": "broker", "image": BUSYBOX, "imagePullPolicy": "Never",
+                "restartPolicy": "Always", "command": ["sh", "-c", sidecar_script],
+                "startupProbe": {"exec": {"command": ["test", "-f", "/shared/sidecar-started"]},
+                    "periodSeconds": 1, "failureThreshold": 30},
+                "securityContext": restricted_container_security(),
+                "volumeMounts": [{"name": "shared", "mountPath": "/shared"}]}],
+            "containers": [{"name": "build", "image": BUSYBOX, "imagePullPolicy": "Never",
+                "command": ["sh", "-c", main_script],
+                "securityContext": restricted_container_security(),
+                "volumeMounts": [
+                    {"name": "inputs", "mountPath": "/inputs", "readOnly": true},
+                    {"name": "secrets", "mountPath": "/keyhole/secrets", "readOnly": true},
+                    {"name": "shared", "mountPath": "/shared", "readOnly": true}]}]
+        }
+    }));
+    let done = run_pod_to_completion(&pods, &pod).await.unwrap();
+    let status = done.status.unwrap();
+    assert_eq!(
+        status.phase.as_deref(),
+        Some("Succeeded"),
+        "the pod completes once the build container exits, although the sidecar loops forever"
+    );
+
+    let log = pod_logs(&pods, "sidecar", "build").await.unwrap();
+    let lines: BTreeMap<&str, &str> = log.lines().filter_map(|l| l.split_once('=')).collect();
+    assert_eq!(lines.get("sidecar-first"), Some(&"yes"), "log: {log}");
+    for file in ["token", "annotations", "job-token"] {
+        assert_eq!(lines.get(file), Some(&"440 1000"), "mode/group of {file}; log: {log}");
+    }
+    assert_eq!(lines.get("token-parts"), Some(&"3"), "a JWT has three parts; log: {log}");
+    assert_eq!(
+        lines.get("annotation"),
+        Some(&r#"secrets.keyhole.dev/DB="vault:kv/db#password""#),
+        "log: {log}"
+    );
+    assert_eq!(lines.get("job-token"), Some(&"tok-123456789"), "log: {log}");
+    assert_eq!(lines.get("secrets-fs"), Some(&"tmpfs"), "log: {log}");
+    assert_eq!(lines.get("sa-token-mounted"), Some(&"no"), "log: {log}");
+
+    let sidecar = &status.init_container_statuses.unwrap()[0];
+    let sidecar_end = sidecar
+        .state
+        .as_ref()
+        .and_then(|s| s.terminated.as_ref())
+        .expect("the sidecar is stopped after the build container exits");
+    assert_eq!(sidecar_end.exit_code, 0);
+    let build_end = status.container_statuses.unwrap()[0]
+        .state
+        .as_ref()
+        .and_then(|s| s.terminated.clone())
+        .expect("build container terminated");
+    assert!(sidecar_end.finished_at.as_ref().unwrap().0 >= build_end.finished_at.unwrap().0);
+    let sidecar_log = pod_logs(&pods, "sidecar", "broker").await.unwrap();
+    assert!(sidecar_log.contains("sidecar-got-term"), "sidecar log: {sidecar_log}");
+}
+
+#[tokio::test]
+async fn deleting_a_pod_garbage_collects_the_secret_it_owns() {
+    let bed = TestBed::connect().await;
+    let ns = TestNamespace::create(&bed.client, "gc", &[]).await.unwrap();
+    let pods: Api<Pod> = ns.api();
+    let pod = pod_from_json(json!({
+        "metadata": {"name": "owner"},
+        "spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": BUSYBOX,
+            "imagePullPolicy": "Never", "command": ["sleep", "3600"]}],
+            "terminationGracePeriodSeconds": 0}
+    }));
+    let pod = pods.create(&PostParams::default(), &pod).await.unwrap();
+    let mut owned = secret("owned", &[("k", "v")]);
+    owned.metadata.owner_references = Some(vec![OwnerReference {
+        api_version: "v1".into(),
+        kind: "Pod".into(),
+        name: "owner".into(),
+        uid: pod.meta().uid.clone().unwrap(),
+        ..OwnerReference::default()
+    }]);
+    owned.immutable = Some(true);
+    let secrets: Api<Secret> = ns.api();
+    let owned = secrets.create(&PostParams::default(), &owned).await.unwrap();
+    let uid = owned.metadata.uid.unwrap();
+
+    pods.delete("owner", &DeleteParams::default()).await.unwrap();
+    let gone = tokio::time::timeout(
+        Duration::from_secs(120),
+        await_condition(secrets.clone(), "owned", conditions::is_deleted(&uid)),
+    )
+    .await
+    .expect("the garbage collector removes the owned Secret")
+    .unwrap();
+    assert!(gone.is_none());
+    let err = secrets.get("owned").await.expect_err("the Secret is gone");
+    assert!(matches!(err, kube::Error::Api(s) if s.code == 404));
+}
