@@ -16,7 +16,10 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 
 /// Secrets from a small alphabet so they overlap and nest often.
 fn secret() -> impl Strategy<Value = Vec<u8>> {
-    prop::collection::vec(prop::sample::select(b"ab01-\n".to_vec()), MIN_MASKED_LEN..24)
+    prop::collection::vec(
+        prop::sample::select(b"ab01-\n".to_vec()),
+        MIN_MASKED_LEN..24,
+    )
 }
 
 fn piece(secrets: Vec<Vec<u8>>) -> impl Strategy<Value = Vec<u8>> {

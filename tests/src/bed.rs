@@ -46,9 +46,9 @@ impl BedEnv {
             .filter_map(|l| l.split_once('='))
             .collect();
         let get = |k: &str| -> Result<String> {
-            vars.get(k)
-                .map(|v| v.to_string())
-                .with_context(|| format!("{k} is not set in the bed's env file; rerun `scripts/testbed up`"))
+            vars.get(k).map(|v| v.to_string()).with_context(|| {
+                format!("{k} is not set in the bed's env file; rerun `scripts/testbed up`")
+            })
         };
         Ok(Self {
             testbed_dir: get("KEYHOLE_TESTBED_DIR")?.into(),
@@ -74,12 +74,14 @@ impl BedEnv {
 pub struct TestBed {
     pub env: BedEnv,
     pub client: Client,
-    admin_config: Config,
+    pub(crate) admin_config: Config,
 }
 
 impl std::fmt::Debug for TestBed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TestBed").field("env", &self.env.testbed_dir).finish()
+        f.debug_struct("TestBed")
+            .field("env", &self.env.testbed_dir)
+            .finish()
     }
 }
 

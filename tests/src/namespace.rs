@@ -4,30 +4,44 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use anyhow::Result;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{DeleteParams, ObjectMeta, PostParams};
-use kube::{Api, Client};
+use kube::{Api, Client, Config};
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// A namespace of one test, deleted when the test ends (also when it panics).
 pub struct TestNamespace {
     client: Client,
+    /// Drop deletes through a client of its own: `client`'s worker task lives on the test's
+    /// runtime, which is blocked while Drop runs.
+    config: Config,
     pub name: String,
 }
 
 impl std::fmt::Debug for TestNamespace {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TestNamespace").field("name", &self.name).finish()
+        f.debug_struct("TestNamespace")
+            .field("name", &self.name)
+            .finish()
     }
 }
 
 impl TestNamespace {
     /// Creates `kh-<prefix>-<unique>` with the given labels.
-    pub async fn create(client: &Client, prefix: &str, labels: &[(&str, &str)]) -> Result<Self> {
+    pub async fn create(
+        bed: &crate::TestBed,
+        prefix: &str,
+        labels: &[(&str, &str)],
+    ) -> Result<Self> {
+        let client = &bed.client;
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)?
             .subsec_nanos();
-        let name = format!("kh-{prefix}-{}-{n}-{:x}", std::process::id(), nanos & 0xffff);
+        let name = format!(
+            "kh-{prefix}-{}-{n}-{:x}",
+            std::process::id(),
+            nanos & 0xffff
+        );
         let ns = Namespace {
             metadata: ObjectMeta {
                 name: Some(name.clone()),
@@ -46,6 +60,7 @@ impl TestNamespace {
             .await?;
         Ok(Self {
             client: client.clone(),
+            config: bed.admin_config.clone(),
             name,
         })
     }
@@ -61,7 +76,7 @@ impl TestNamespace {
 
 impl Drop for TestNamespace {
     fn drop(&mut self) {
-        let client = self.client.clone();
+        let config = self.config.clone();
         let name = self.name.clone();
         // Drop cannot await; delete from a helper thread with its own runtime.
         let _ = std::thread::spawn(move || {
@@ -70,6 +85,9 @@ impl Drop for TestNamespace {
                 .build()
                 .expect("a current-thread runtime");
             rt.block_on(async move {
+                let Ok(client) = Client::try_from(config) else {
+                    return;
+                };
                 let _ = Api::<Namespace>::all(client)
                     .delete(&name, &DeleteParams::background())
                     .await;

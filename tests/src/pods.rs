@@ -2,16 +2,17 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
 use kube::api::{LogParams, PostParams};
 use kube::runtime::wait::await_condition;
-use kube::Api;
 
 /// Upper bound for a pod to finish in tests; a deadline against hangs, not a speed assertion.
 const POD_DEADLINE: Duration = Duration::from_secs(180);
 
 fn finished(pod: Option<&Pod>) -> bool {
     matches!(
-        pod.and_then(|p| p.status.as_ref()).and_then(|s| s.phase.as_deref()),
+        pod.and_then(|p| p.status.as_ref())
+            .and_then(|s| s.phase.as_deref()),
         Some("Succeeded" | "Failed")
     )
 }
@@ -29,7 +30,9 @@ pub async fn wait_for_pod(
         Ok(Err(e)) => Err(e).context("watching pod"),
         Err(_) => {
             let status = api.get(name).await.ok().and_then(|p| p.status);
-            bail!("pod {name} did not reach the expected state in {POD_DEADLINE:?}; status: {status:#?}")
+            bail!(
+                "pod {name} did not reach the expected state in {POD_DEADLINE:?}; status: {status:#?}"
+            )
         }
     }
 }

@@ -39,7 +39,11 @@ impl VaultAdmin {
         let status = resp.status();
         let text = resp.text().await?;
         anyhow::ensure!(status.is_success(), "Vault write {path}: {status}: {text}");
-        Ok(if text.is_empty() { None } else { Some(serde_json::from_str(&text)?) })
+        Ok(if text.is_empty() {
+            None
+        } else {
+            Some(serde_json::from_str(&text)?)
+        })
     }
 
     /// `GET /v1/<path>` as root.

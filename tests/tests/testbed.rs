@@ -62,7 +62,7 @@ fn restricted_container_security() -> serde_json::Value {
 #[tokio::test]
 async fn rbac_resource_names_decide_which_secret_a_service_account_may_get() {
     let bed = TestBed::connect().await;
-    let ns = TestNamespace::create(&bed.client, "rbac", &[]).await.unwrap();
+    let ns = TestNamespace::create(&bed, "rbac", &[]).await.unwrap();
     let secrets: Api<Secret> = ns.api();
     for name in ["a", "b"] {
         secrets
@@ -74,10 +74,16 @@ async fn rbac_resource_names_decide_which_secret_a_service_account_may_get() {
         .create(&PostParams::default(), &service_account("job"))
         .await
         .unwrap();
-    let token = bed.service_account_token(&ns.name, "job", &[]).await.unwrap();
+    let token = bed
+        .service_account_token(&ns.name, "job", &[])
+        .await
+        .unwrap();
     let as_job: Api<Secret> = Api::namespaced(bed.client_with_token(&token).unwrap(), &ns.name);
 
-    let denied = as_job.get("a").await.expect_err("a ServiceAccount with no Role must be denied");
+    let denied = as_job
+        .get("a")
+        .await
+        .expect_err("a ServiceAccount with no Role must be denied");
     assert!(is_forbidden(&denied), "expected 403, got {denied:?}");
 
     let role = Role {
@@ -93,7 +99,10 @@ async fn rbac_resource_names_decide_which_secret_a_service_account_may_get() {
             ..PolicyRule::default()
         }]),
     };
-    ns.api::<Role>().create(&PostParams::default(), &role).await.unwrap();
+    ns.api::<Role>()
+        .create(&PostParams::default(), &role)
+        .await
+        .unwrap();
     let binding = RoleBinding {
         metadata: ObjectMeta {
             name: Some("job-read-a".into()),
@@ -128,20 +137,29 @@ async fn rbac_resource_names_decide_which_secret_a_service_account_may_get() {
     let a = got.expect("resourceNames: [a] must allow get on a");
     assert_eq!(a.metadata.name.as_deref(), Some("a"));
 
-    let denied_b = as_job.get("b").await.expect_err("b is not in resourceNames");
-    assert!(is_forbidden(&denied_b), "expected 403 for b, got {denied_b:?}");
+    let denied_b = as_job
+        .get("b")
+        .await
+        .expect_err("b is not in resourceNames");
+    assert!(
+        is_forbidden(&denied_b),
+        "expected 403 for b, got {denied_b:?}"
+    );
     let denied_list = as_job
         .list(&Default::default())
         .await
         .expect_err("get on named secrets does not grant list");
-    assert!(is_forbidden(&denied_list), "expected 403 for list, got {denied_list:?}");
+    assert!(
+        is_forbidden(&denied_list),
+        "expected 403 for list, got {denied_list:?}"
+    );
 }
 
 #[tokio::test]
 async fn vault_kubernetes_auth_accepts_only_the_bound_service_account_and_audience() {
     let bed = TestBed::connect().await;
     let vault = VaultAdmin::new(&bed.env);
-    let ns = TestNamespace::create(&bed.client, "vaultk8s", &[]).await.unwrap();
+    let ns = TestNamespace::create(&bed, "vaultk8s", &[]).await.unwrap();
     for sa in ["app", "other"] {
         ns.api::<ServiceAccount>()
             .create(&PostParams::default(), &service_account(sa))
@@ -166,25 +184,49 @@ async fn vault_kubernetes_auth_accepts_only_the_bound_service_account_and_audien
     let login = |jwt: String| {
         let vault = vault.clone();
         let role = role.clone();
-        async move { vault.login("kubernetes", json!({"role": role, "jwt": jwt})).await.unwrap() }
+        async move {
+            vault
+                .login("kubernetes", json!({"role": role, "jwt": jwt}))
+                .await
+                .unwrap()
+        }
     };
 
-    let app_token = bed.service_account_token(&ns.name, "app", &["vault"]).await.unwrap();
+    let app_token = bed
+        .service_account_token(&ns.name, "app", &["vault"])
+        .await
+        .unwrap();
     let (status, body) = login(app_token).await;
     assert!(status.is_success(), "bound SA must log in: {status} {body}");
-    let client_token = body["auth"]["client_token"].as_str().expect("a Vault token");
+    let client_token = body["auth"]["client_token"]
+        .as_str()
+        .expect("a Vault token");
     assert_eq!(
         body["auth"]["metadata"]["service_account_name"], "app",
         "Vault must know which SA logged in"
     );
 
-    let other_token = bed.service_account_token(&ns.name, "other", &["vault"]).await.unwrap();
+    let other_token = bed
+        .service_account_token(&ns.name, "other", &["vault"])
+        .await
+        .unwrap();
     let (status, body) = login(other_token).await;
-    assert_eq!(status.as_u16(), 403, "an unbound SA must be refused: {body}");
+    assert_eq!(
+        status.as_u16(),
+        403,
+        "an unbound SA must be refused: {body}"
+    );
 
-    let wrong_audience = bed.service_account_token(&ns.name, "app", &["not-vault"]).await.unwrap();
+    let wrong_audience = bed
+        .service_account_token(&ns.name, "app", &["not-vault"])
+        .await
+        .unwrap();
     let (status, body) = login(wrong_audience).await;
-    assert_eq!(status.as_u16(), 403, "a token for another audience must be refused: {body}");
+    assert_eq!(
+        status.as_u16(),
+        403,
+        "a token for another audience must be refused: {body}"
+    );
 
     // Leave nothing behind on Vault: revoke the token, delete the role.
     reqwest::Client::new()
@@ -196,7 +238,10 @@ async fn vault_kubernetes_auth_accepts_only_the_bound_service_account_and_audien
         .error_for_status()
         .unwrap();
     reqwest::Client::new()
-        .delete(format!("{}/v1/auth/kubernetes/role/{role}", bed.env.vault_addr))
+        .delete(format!(
+            "{}/v1/auth/kubernetes/role/{role}",
+            bed.env.vault_addr
+        ))
         .header("X-Vault-Token", &bed.env.vault_token)
         .send()
         .await
@@ -244,20 +289,41 @@ async fn vault_jwt_auth_trusts_id_tokens_signed_by_the_test_key_only() {
     let sign = |c: serde_json::Value| encode(&Header::new(Algorithm::RS256), &c, &key).unwrap();
 
     let (status, body) = vault
-        .login("jwt", json!({"role": role, "jwt": sign(claims("group/app"))}))
+        .login(
+            "jwt",
+            json!({"role": role, "jwt": sign(claims("group/app"))}),
+        )
         .await
         .unwrap();
-    assert!(status.is_success(), "a token with the bound claims must log in: {status} {body}");
+    assert!(
+        status.is_success(),
+        "a token with the bound claims must log in: {status} {body}"
+    );
 
     let (status, body) = vault
-        .login("jwt", json!({"role": role, "jwt": sign(claims("group/other"))}))
+        .login(
+            "jwt",
+            json!({"role": role, "jwt": sign(claims("group/other"))}),
+        )
         .await
         .unwrap();
-    assert_eq!(status.as_u16(), 403, "a token for another project must be refused: {body}");
+    assert_eq!(
+        status.as_u16(),
+        403,
+        "a token for another project must be refused: {body}"
+    );
 
     let stranger = EncodingKey::from_rsa_pem(&strange_key()).unwrap();
-    let forged = encode(&Header::new(Algorithm::RS256), &claims("group/app"), &stranger).unwrap();
-    let (status, body) = vault.login("jwt", json!({"role": role, "jwt": forged})).await.unwrap();
+    let forged = encode(
+        &Header::new(Algorithm::RS256),
+        &claims("group/app"),
+        &stranger,
+    )
+    .unwrap();
+    let (status, body) = vault
+        .login("jwt", json!({"role": role, "jwt": forged}))
+        .await
+        .unwrap();
     assert!(
         status.is_client_error(),
         "a token signed by another key must be refused: {status} {body}"
@@ -290,7 +356,7 @@ fn strange_key() -> Vec<u8> {
 async fn pod_security_restricted_rejects_privileged_pods_and_admits_compliant_ones() {
     let bed = TestBed::connect().await;
     let ns = TestNamespace::create(
-        &bed.client,
+        &bed,
         "psa",
         &[
             ("pod-security.kubernetes.io/enforce", "restricted"),
@@ -329,13 +395,16 @@ async fn pod_security_restricted_rejects_privileged_pods_and_admits_compliant_on
     }));
     let done = run_pod_to_completion(&pods, &compliant).await.unwrap();
     assert_eq!(done.status.unwrap().phase.as_deref(), Some("Succeeded"));
-    assert_eq!(pod_logs(&pods, "compliant", "c").await.unwrap().trim(), "1000");
+    assert_eq!(
+        pod_logs(&pods, "compliant", "c").await.unwrap().trim(),
+        "1000"
+    );
 }
 
 #[tokio::test]
 async fn busybox_pod_runs_on_the_kubelet_and_reports_its_log_and_exit_code() {
     let bed = TestBed::connect().await;
-    let ns = TestNamespace::create(&bed.client, "run", &[]).await.unwrap();
+    let ns = TestNamespace::create(&bed, "run", &[]).await.unwrap();
     let pods: Api<Pod> = ns.api();
     let pod = pod_from_json(json!({
         "metadata": {"name": "busybox"},
@@ -352,7 +421,10 @@ async fn busybox_pod_runs_on_the_kubelet_and_reports_its_log_and_exit_code() {
         .and_then(|s| s.terminated.clone())
         .expect("the container terminated");
     assert_eq!(terminated.exit_code, 3);
-    assert_eq!(done.spec.unwrap().node_name.as_deref(), Some(bed.env.node_name.as_str()));
+    assert_eq!(
+        done.spec.unwrap().node_name.as_deref(),
+        Some(bed.env.node_name.as_str())
+    );
 
     let log = pod_logs(&pods, "busybox", "job").await.unwrap();
     assert_eq!(log, "hello from busybox\nto-stderr\n");
@@ -361,18 +433,21 @@ async fn busybox_pod_runs_on_the_kubelet_and_reports_its_log_and_exit_code() {
 #[tokio::test]
 async fn projected_volume_memory_volume_and_native_sidecar_behave_as_keyhole_needs() {
     let bed = TestBed::connect().await;
-    let ns = TestNamespace::create(&bed.client, "sidecar", &[]).await.unwrap();
+    let ns = TestNamespace::create(&bed, "sidecar", &[]).await.unwrap();
     ns.api::<Secret>()
-        .create(&PostParams::default(), &secret("job-inputs", &[("job-token", "tok-123456789")]))
+        .create(
+            &PostParams::default(),
+            &secret("job-inputs", &[("job-token", "tok-123456789")]),
+        )
         .await
         .unwrap();
     let pods: Api<Pod> = ns.api();
     let main_script = r#"
         test -f /shared/sidecar-started && echo "sidecar-first=yes"
         for f in token annotations job-token; do echo "$f=$(stat -Lc '%a %g' /inputs/$f)"; done
-        echo "token-parts=$(tr '.' '\n' < /inputs/token | wc -l)"
+        echo "token-parts=$(awk -F. '{print NF}' /inputs/token)"
         echo "annotation=$(grep secrets.keyhole.dev/DB /inputs/annotations)"
-        echo "job-token=$(cat /inputs/job-token)"
+        echo "job-token-value=$(cat /inputs/job-token)"
         echo "secrets-fs=$(awk '$2 == "/keyhole/secrets" {print $3}' /proc/mounts)"
         echo "sa-token-mounted=$(test -e /var/run/secrets/kubernetes.io/serviceaccount/token && echo yes || echo no)"
     "#;
@@ -424,15 +499,34 @@ async fn projected_volume_memory_volume_and_native_sidecar_behave_as_keyhole_nee
     let lines: BTreeMap<&str, &str> = log.lines().filter_map(|l| l.split_once('=')).collect();
     assert_eq!(lines.get("sidecar-first"), Some(&"yes"), "log: {log}");
     for file in ["token", "annotations", "job-token"] {
-        assert_eq!(lines.get(file), Some(&"440 1000"), "mode/group of {file}; log: {log}");
+        // The kubelet writes the serviceAccountToken source 0600 and, with fsGroup, adds group
+        // read (0640); the other sources take defaultMode. Nobody else may read any of them.
+        let expected = if file == "token" {
+            "640 1000"
+        } else {
+            "440 1000"
+        };
+        assert_eq!(
+            lines.get(file),
+            Some(&expected),
+            "mode/group of {file}; log: {log}"
+        );
     }
-    assert_eq!(lines.get("token-parts"), Some(&"3"), "a JWT has three parts; log: {log}");
+    assert_eq!(
+        lines.get("token-parts"),
+        Some(&"3"),
+        "a JWT has three parts; log: {log}"
+    );
     assert_eq!(
         lines.get("annotation"),
         Some(&r#"secrets.keyhole.dev/DB="vault:kv/db#password""#),
         "log: {log}"
     );
-    assert_eq!(lines.get("job-token"), Some(&"tok-123456789"), "log: {log}");
+    assert_eq!(
+        lines.get("job-token-value"),
+        Some(&"tok-123456789"),
+        "log: {log}"
+    );
     assert_eq!(lines.get("secrets-fs"), Some(&"tmpfs"), "log: {log}");
     assert_eq!(lines.get("sa-token-mounted"), Some(&"no"), "log: {log}");
 
@@ -450,13 +544,16 @@ async fn projected_volume_memory_volume_and_native_sidecar_behave_as_keyhole_nee
         .expect("build container terminated");
     assert!(sidecar_end.finished_at.as_ref().unwrap().0 >= build_end.finished_at.unwrap().0);
     let sidecar_log = pod_logs(&pods, "sidecar", "broker").await.unwrap();
-    assert!(sidecar_log.contains("sidecar-got-term"), "sidecar log: {sidecar_log}");
+    assert!(
+        sidecar_log.contains("sidecar-got-term"),
+        "sidecar log: {sidecar_log}"
+    );
 }
 
 #[tokio::test]
 async fn deleting_a_pod_garbage_collects_the_secret_it_owns() {
     let bed = TestBed::connect().await;
-    let ns = TestNamespace::create(&bed.client, "gc", &[]).await.unwrap();
+    let ns = TestNamespace::create(&bed, "gc", &[]).await.unwrap();
     let pods: Api<Pod> = ns.api();
     let pod = pod_from_json(json!({
         "metadata": {"name": "owner"},
@@ -475,10 +572,15 @@ async fn deleting_a_pod_garbage_collects_the_secret_it_owns() {
     }]);
     owned.immutable = Some(true);
     let secrets: Api<Secret> = ns.api();
-    let owned = secrets.create(&PostParams::default(), &owned).await.unwrap();
+    let owned = secrets
+        .create(&PostParams::default(), &owned)
+        .await
+        .unwrap();
     let uid = owned.metadata.uid.unwrap();
 
-    pods.delete("owner", &DeleteParams::default()).await.unwrap();
+    pods.delete("owner", &DeleteParams::default())
+        .await
+        .unwrap();
     let gone = tokio::time::timeout(
         Duration::from_secs(120),
         await_condition(secrets.clone(), "owned", conditions::is_deleted(&uid)),

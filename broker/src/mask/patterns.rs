@@ -91,7 +91,9 @@ impl MaskSet {
             .rev()
             .find(|&k| {
                 let tail = &haystack[haystack.len() - k..];
-                self.patterns.iter().any(|p| p.len() > k && p.starts_with(tail))
+                self.patterns
+                    .iter()
+                    .any(|p| p.len() > k && p.starts_with(tail))
             })
             .unwrap_or(0)
     }
@@ -147,14 +149,19 @@ mod tests {
     use super::*;
 
     fn set(values: &[&str]) -> MaskSet {
-        let secrets: Vec<SecretSlice<u8>> =
-            values.iter().map(|v| SecretSlice::from(v.as_bytes().to_vec())).collect();
+        let secrets: Vec<SecretSlice<u8>> = values
+            .iter()
+            .map(|v| SecretSlice::from(v.as_bytes().to_vec()))
+            .collect();
         MaskSet::new(&secrets)
     }
 
     #[test]
     fn forms_include_base64_and_percent_encodings() {
-        let forms: Vec<Vec<u8>> = encoded_forms(b"p@ss word/+?").into_iter().map(|f| f.to_vec()).collect();
+        let forms: Vec<Vec<u8>> = encoded_forms(b"p@ss word/+?")
+            .into_iter()
+            .map(|f| f.to_vec())
+            .collect();
         let has = |s: &str| forms.iter().any(|f| f == s.as_bytes());
         assert!(has("p@ss word/+?"));
         assert!(has("cEBzcyB3b3JkLys/"));

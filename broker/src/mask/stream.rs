@@ -74,8 +74,11 @@ impl StreamMasker {
     /// complete (callers choose `limit` so), so ranges are final; a masked range that runs past
     /// `limit` is remembered in `covered`.
     fn emit(&mut self, limit: usize, out: &mut Vec<u8>) {
-        let mut ranges: Vec<(usize, usize)> =
-            self.set.occurrences(&self.held).filter(|&(start, _)| start < limit).collect();
+        let mut ranges: Vec<(usize, usize)> = self
+            .set
+            .occurrences(&self.held)
+            .filter(|&(start, _)| start < limit)
+            .collect();
         ranges.sort_unstable();
         let mut end = self.covered;
         for (start, stop) in ranges {
@@ -116,8 +119,10 @@ mod tests {
     use super::*;
 
     fn set(values: &[&[u8]]) -> Arc<MaskSet> {
-        let secrets: Vec<SecretSlice<u8>> =
-            values.iter().map(|v| SecretSlice::from(v.to_vec())).collect();
+        let secrets: Vec<SecretSlice<u8>> = values
+            .iter()
+            .map(|v| SecretSlice::from(v.to_vec()))
+            .collect();
         Arc::new(MaskSet::new(&secrets))
     }
 
@@ -127,12 +132,18 @@ mod tests {
 
     #[test]
     fn masks_a_value_and_keeps_the_rest() {
-        assert_eq!(masked(&[b"s3cr3t-pass"], b"pw=s3cr3t-pass ok\n"), "pw=[MASKED] ok\n");
+        assert_eq!(
+            masked(&[b"s3cr3t-pass"], b"pw=s3cr3t-pass ok\n"),
+            "pw=[MASKED] ok\n"
+        );
     }
 
     #[test]
     fn short_secret_inside_longer_one_leaves_nothing_of_the_longer_visible() {
-        let out = masked(&[b"abcdefgh", b"xxabcdefghyy-longer"], b"1 xxabcdefghyy-longer 2 abcdefgh 3");
+        let out = masked(
+            &[b"abcdefgh", b"xxabcdefghyy-longer"],
+            b"1 xxabcdefghyy-longer 2 abcdefgh 3",
+        );
         assert_eq!(out, "1 [MASKED] 2 [MASKED] 3");
     }
 
@@ -145,7 +156,10 @@ mod tests {
 
     #[test]
     fn base64_and_url_encoded_forms_are_masked() {
-        let out = masked(&[b"p@ss word/+?"], b"a cEBzcyB3b3JkLys/ b p%40ss%20word%2F%2B%3F c");
+        let out = masked(
+            &[b"p@ss word/+?"],
+            b"a cEBzcyB3b3JkLys/ b p%40ss%20word%2F%2B%3F c",
+        );
         assert_eq!(out, "a [MASKED] b [MASKED] c");
     }
 
