@@ -3,3 +3,4 @@
 //! masks them out of the job log and revokes and wipes them when the job ends.
 
 pub mod mask;
+pub mod reference;

@@ -67,7 +67,7 @@ fn run_chunked(set: &Arc<MaskSet>, input: &[u8], cuts: &[usize]) -> Vec<u8> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(2000))]
+    #![proptest_config(ProptestConfig::with_cases(1000))]
 
     #[test]
     fn no_secret_survives_any_chunking((secrets, log, cuts) in case()) {

@@ -1,0 +1,295 @@
+use super::name::printable;
+use super::{KvEngine, SecretName, SecretRef, Source, VaultRef};
+
+/// Job variables whose names start with this carry Keyhole references; the rest of the name
+/// is the secret's name.
+pub const KEYHOLE_VARIABLE_PREFIX: &str = "KEYHOLE_SECRET_";
+
+const K8S_FORM: &str = "k8s:<secret>[/<key>][?file=false]";
+const VAULT_FORM: &str =
+    "vault:<mount>/<path>[?version=<n>&engine=kv-v1|kv-v2&file=false][#<field>]";
+
+/// A reference that cannot be used, with what was wrong and what is expected.
+///
+/// References name locations, not values, so echoing them is safe.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("secret {name}: reference {reference:?} {problem}; expected {expected}")]
+pub struct ReferenceError {
+    pub name: String,
+    pub reference: String,
+    pub problem: String,
+    pub expected: &'static str,
+}
+
+/// Parses one Keyhole reference, e.g. `vault:kv/team/api#key` for the secret `API_KEY`.
+///
+/// Grammar (also in `docs/secrets.md`):
+/// ```text
+/// k8s:<secret>[/<key>][?file=false]
+/// vault:<mount>/<path>[?<option>&...][#<field>]   option: version=<n> | engine=kv-v1|kv-v2 | file=false
+/// ```
+pub fn parse_keyhole(name: &str, reference: &str) -> Result<SecretRef, ReferenceError> {
+    let fail = |problem: String, expected: &'static str| ReferenceError {
+        name: printable(name),
+        reference: printable(reference),
+        problem,
+        expected,
+    };
+    let name = SecretName::new(name)
+        .map_err(|e| fail(format!("has a bad name: {e}"), "a shell variable name"))?;
+    let reference = reference.trim();
+    if let Some(rest) = reference.strip_prefix("k8s:") {
+        parse_k8s(name, rest).map_err(|p| fail(p, K8S_FORM))
+    } else if let Some(rest) = reference.strip_prefix("vault:") {
+        parse_vault(name, rest).map_err(|p| fail(p, VAULT_FORM))
+    } else {
+        Err(fail(
+            "names no known source".into(),
+            "k8s:<secret>[/<key>] or vault:<mount>/<path>[#<field>]",
+        ))
+    }
+}
+
+fn parse_k8s(name: SecretName, rest: &str) -> Result<SecretRef, String> {
+    let (location, options) = split_options(rest);
+    let (secret, key) = match location.split_once('/') {
+        Some((secret, key)) => (secret, Some(key)),
+        None => (location, None),
+    };
+    if !is_dns_subdomain(secret) {
+        return Err(format!(
+            "has {:?} as Secret name, which is not a valid Kubernetes name (lower-case letters, digits, '-' and '.')",
+            printable(secret)
+        ));
+    }
+    if let Some(key) = key
+        && !is_secret_key(key)
+    {
+        return Err(format!(
+            "has {:?} as key, which is not a valid Secret key (letters, digits, '-', '_' and '.')",
+            printable(key)
+        ));
+    }
+    let mut file = true;
+    for (k, v) in options? {
+        match k {
+            "file" => file = parse_bool(v)?,
+            other => return Err(format!("has the unknown option {:?}", printable(other))),
+        }
+    }
+    Ok(SecretRef {
+        name,
+        source: Source::Kubernetes {
+            secret: secret.to_owned(),
+            key: key.map(str::to_owned),
+        },
+        file,
+    })
+}
+
+fn parse_vault(name: SecretName, rest: &str) -> Result<SecretRef, String> {
+    let (rest, field) = match rest.split_once('#') {
+        Some((rest, field)) => (rest, Some(field)),
+        None => (rest, None),
+    };
+    let (location, options) = split_options(rest);
+    let Some((mount, path)) = location.split_once('/') else {
+        return Err("has no path after the mount".into());
+    };
+    check_vault_path("mount", mount)?;
+    check_vault_path("path", path)?;
+    if let Some(field) = field
+        && (field.is_empty() || field.chars().any(char::is_control))
+    {
+        return Err("has an empty or unprintable field after '#'".into());
+    }
+    let mut vault = VaultRef {
+        mount: mount.to_owned(),
+        path: path.to_owned(),
+        field: field.map(str::to_owned),
+        engine: KvEngine::Detect,
+        version: None,
+        server: None,
+    };
+    let mut file = true;
+    for (k, v) in options? {
+        match k {
+            "version" => {
+                let n: u64 = v.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+                    format!("has version {:?}, not a positive number", printable(v))
+                })?;
+                vault.version = Some(n);
+            }
+            "engine" => {
+                vault.engine = match v {
+                    "kv-v1" | "kv1" => KvEngine::V1,
+                    "kv-v2" | "kv2" => KvEngine::V2,
+                    other => return Err(format!("has the unknown engine {:?}", printable(other))),
+                }
+            }
+            "file" => file = parse_bool(v)?,
+            other => return Err(format!("has the unknown option {:?}", printable(other))),
+        }
+    }
+    if vault.version.is_some() && vault.engine == KvEngine::V1 {
+        return Err("pins a version, which KV v1 does not keep".into());
+    }
+    Ok(SecretRef {
+        name,
+        source: Source::Vault(vault),
+        file,
+    })
+}
+
+type Options<'a> = Result<Vec<(&'a str, &'a str)>, String>;
+
+fn split_options(s: &str) -> (&str, Options<'_>) {
+    let Some((location, query)) = s.split_once('?') else {
+        return (s, Ok(Vec::new()));
+    };
+    let options = query
+        .split('&')
+        .map(|pair| {
+            pair.split_once('=')
+                .filter(|(k, v)| !k.is_empty() && !v.is_empty())
+                .ok_or_else(|| format!("has the malformed option {:?}", printable(pair)))
+        })
+        .collect();
+    (location, options)
+}
+
+fn parse_bool(v: &str) -> Result<bool, String> {
+    match v {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        other => Err(format!(
+            "has file={:?}; use true or false",
+            printable(other)
+        )),
+    }
+}
+
+fn check_vault_path(what: &str, p: &str) -> Result<(), String> {
+    if p.is_empty() {
+        return Err(format!("has an empty {what}"));
+    }
+    for segment in p.split('/') {
+        if segment.is_empty() || segment == "." || segment == ".." {
+            return Err(format!("has an empty, '.' or '..' segment in its {what}"));
+        }
+        if segment
+            .chars()
+            .any(|c| c.is_control() || c.is_whitespace() || c == '?' || c == '#')
+        {
+            return Err(format!(
+                "has whitespace or control characters in its {what}"
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn is_dns_subdomain(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+fn is_secret_key(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s != "."
+        && s != ".."
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vault(r: &SecretRef) -> &VaultRef {
+        match &r.source {
+            Source::Vault(v) => v,
+            other => panic!("not vault: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn kubernetes_key_and_whole_secret() {
+        let r = parse_keyhole("REGISTRY_TOKEN", "k8s:registry-credentials/token").unwrap();
+        assert_eq!(
+            r.source,
+            Source::Kubernetes {
+                secret: "registry-credentials".into(),
+                key: Some("token".into())
+            }
+        );
+        assert!(r.file);
+        let all = parse_keyhole("CREDS", "k8s:registry-credentials?file=false").unwrap();
+        assert_eq!(
+            all.source,
+            Source::Kubernetes {
+                secret: "registry-credentials".into(),
+                key: None
+            }
+        );
+        assert!(!all.file);
+    }
+
+    #[test]
+    fn vault_field_version_engine() {
+        let r = parse_keyhole("API_KEY", "vault:kv/team/api?version=3&engine=kv-v2#key").unwrap();
+        let v = vault(&r);
+        assert_eq!((v.mount.as_str(), v.path.as_str()), ("kv", "team/api"));
+        assert_eq!(v.field.as_deref(), Some("key"));
+        assert_eq!(v.version, Some(3));
+        assert_eq!(v.engine, KvEngine::V2);
+        let whole = parse_keyhole("CONFIG", "vault:kv1/app/config").unwrap();
+        assert_eq!(vault(&whole).field, None);
+        assert_eq!(vault(&whole).engine, KvEngine::Detect);
+    }
+
+    #[test]
+    fn display_round_trips() {
+        for text in [
+            "k8s:a/b",
+            "k8s:a",
+            "vault:kv/x/y#f",
+            "vault:kv/x?version=2&engine=kv-v2#f",
+            "vault:kv1/x?engine=kv-v1",
+        ] {
+            let r = parse_keyhole("N", text).unwrap();
+            assert_eq!(r.source.to_string(), text);
+        }
+    }
+
+    #[test]
+    fn errors_name_the_secret_the_problem_and_the_form() {
+        let cases = [
+            ("X", "vault:kv", "no path after the mount"),
+            ("X", "vault:kv/../etc#f", "'..' segment"),
+            ("X", "vault:kv/a?version=0", "not a positive number"),
+            ("X", "vault:kv/a?engine=pki", "unknown engine"),
+            ("X", "vault:kv1/a?engine=kv-v1&version=2", "KV v1"),
+            ("X", "k8s:Bad_Name/key", "not a valid Kubernetes name"),
+            ("X", "k8s:ok/bad key", "not a valid Secret key"),
+            ("X", "k8s:ok?color=red", "unknown option"),
+            ("X", "ssm:/a/b", "no known source"),
+            ("../x", "k8s:a/b", "bad name"),
+        ];
+        for (name, text, problem) in cases {
+            let err = parse_keyhole(name, text).expect_err(text);
+            let shown = err.to_string();
+            assert!(shown.contains(problem), "{text}: {shown}");
+            assert!(shown.contains("expected"), "{shown}");
+        }
+    }
+}

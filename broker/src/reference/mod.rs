@@ -1,0 +1,99 @@
+//! Secret references: what a job asks for, by name and location, never a value.
+//!
+//! Two sources feed the same model. Keyhole references come from job variables named
+//! `KEYHOLE_SECRET_<NAME>` (see [`parse_keyhole`] and `docs/secrets.md` for the grammar); GitLab's
+//! own `secrets:` keyword arrives in the job payload (see [`from_gitlab_secrets`]).
+
+mod gitlab;
+mod keyhole;
+mod name;
+
+pub use gitlab::{GitlabSecretsError, from_gitlab_secrets};
+pub use keyhole::{KEYHOLE_VARIABLE_PREFIX, ReferenceError, parse_keyhole};
+pub use name::{NameError, SecretName};
+
+/// One secret a job asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretRef {
+    pub name: SecretName,
+    pub source: Source,
+    /// GitLab file semantics: `true` delivers a file whose path is the variable's value;
+    /// `false` exports the value as an environment variable from the broker's env file.
+    pub file: bool,
+}
+
+/// Where a secret's value lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// A Secret in the job's namespace, read with the job's ServiceAccount token.
+    Kubernetes {
+        secret: String,
+        /// One key; `None` means all keys, delivered as a JSON object.
+        key: Option<String>,
+    },
+    Vault(VaultRef),
+}
+
+/// A value in a Vault KV engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VaultRef {
+    pub mount: String,
+    pub path: String,
+    /// One field; `None` means the whole secret as a JSON object.
+    pub field: Option<String>,
+    pub engine: KvEngine,
+    /// A pinned KV v2 version.
+    pub version: Option<u64>,
+    /// Server settings from GitLab's payload; `None` uses the broker's configured server.
+    pub server: Option<VaultServer>,
+}
+
+/// The KV engine version of a mount.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KvEngine {
+    /// Asked of Vault (`sys/internal/ui/mounts/<mount>`) at resolve time.
+    Detect,
+    V1,
+    V2,
+}
+
+/// Vault server and auth settings that GitLab sends with each `secrets:` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VaultServer {
+    pub url: String,
+    pub namespace: Option<String>,
+    /// Auth method mount path, e.g. `jwt`.
+    pub auth_path: String,
+    pub role: Option<String>,
+    /// Name of the job variable holding the ID token (GitLab's `$VAULT_ID_TOKEN`), without `$`.
+    pub jwt_variable: Option<String>,
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Kubernetes { secret, key: None } => write!(f, "k8s:{secret}"),
+            Source::Kubernetes {
+                secret,
+                key: Some(key),
+            } => write!(f, "k8s:{secret}/{key}"),
+            Source::Vault(v) => {
+                write!(f, "vault:{}/{}", v.mount, v.path)?;
+                let mut sep = '?';
+                if let Some(version) = v.version {
+                    write!(f, "{sep}version={version}")?;
+                    sep = '&';
+                }
+                match v.engine {
+                    KvEngine::Detect => {}
+                    KvEngine::V1 => write!(f, "{sep}engine=kv-v1")?,
+                    KvEngine::V2 => write!(f, "{sep}engine=kv-v2")?,
+                }
+                if let Some(field) = &v.field {
+                    write!(f, "#{field}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
