@@ -2,5 +2,6 @@
 //! (Kubernetes Secrets, HashiCorp Vault), delivers them as files on a memory-backed volume,
 //! masks them out of the job log and revokes and wipes them when the job ends.
 
+pub mod contract;
 pub mod mask;
 pub mod reference;

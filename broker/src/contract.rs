@@ -1,0 +1,68 @@
+//! The pod contract between `keyhole-runner` (which builds job pods) and `keyhole-broker` (which
+//! runs in them). Both compile against this module, so a pod the runner builds is always one the
+//! broker understands. Each item says who writes it and who reads it.
+
+/// Name of the broker's native-sidecar container (an init container with
+/// `restartPolicy: Always`). Written by the runner; read by the runner when it reports a
+/// broker failure.
+pub const BROKER_CONTAINER: &str = "keyhole-broker";
+
+/// Name of the job's build container. Written by the runner.
+pub const BUILD_CONTAINER: &str = "build";
+
+/// The projected volume holding the broker's inputs (ServiceAccount token, reference
+/// annotations, the per-job Secret). Mounted into the broker alone; the build container never
+/// sees it. Written by the runner (pod spec); read by the broker.
+pub const INPUTS_VOLUME: &str = "keyhole-inputs";
+/// Where [`INPUTS_VOLUME`] is mounted in the broker.
+pub const INPUTS_DIR: &str = "/keyhole/inputs";
+/// File in [`INPUTS_DIR`]: the projected ServiceAccount token (audience [`VAULT_AUDIENCE`] by
+/// default, short expiry). Written by the kubelet; read by the broker for every login.
+pub const INPUT_SA_TOKEN: &str = "token";
+/// File in [`INPUTS_DIR`]: the pod's annotations (downward API, `key="value"` lines), carrying
+/// the references under [`REFERENCE_ANNOTATION_PREFIX`]. Written by the kubelet.
+pub const INPUT_ANNOTATIONS: &str = "annotations";
+/// Directory in [`INPUTS_DIR`]: the keys of the per-job Secret (job token, masked variables,
+/// ID tokens), one file each. Written by the kubelet from the runner's Secret.
+pub const INPUT_JOB_SECRET_DIR: &str = "job";
+
+/// Pod annotation prefix for secret references: `secrets.keyhole.dev/<NAME>: <reference>`.
+/// Names and locations only, never values. Written by the runner; read by the broker.
+pub const REFERENCE_ANNOTATION_PREFIX: &str = "secrets.keyhole.dev/";
+
+/// Default audience of the projected ServiceAccount token (a Vault role's `audience`).
+pub const VAULT_AUDIENCE: &str = "vault";
+
+/// The memory-backed (`emptyDir.medium: Memory`) volume the broker writes secrets to and the
+/// build container mounts read-only.
+pub const SECRETS_VOLUME: &str = "keyhole-secrets";
+/// Where [`SECRETS_VOLUME`] is mounted in both containers. One file per secret, named after the
+/// secret; written by the broker (mode 0400/0440), read by the job.
+pub const SECRETS_DIR: &str = "/keyhole/secrets";
+/// File in [`SECRETS_DIR`]: `export NAME='value'` lines for `file: false` secrets. Written by the
+/// broker; sourced by the generated job script.
+pub const ENV_FILE: &str = ".env";
+/// File in [`SECRETS_DIR`]: present once every secret is written. Written by the broker last;
+/// read by its startup probe (`keyhole-broker ready`).
+pub const READY_MARKER: &str = ".ready";
+
+/// A small `emptyDir` both containers mount, for the log pipe. Written by the runner (pod spec).
+pub const RUNTIME_VOLUME: &str = "keyhole-run";
+/// Where [`RUNTIME_VOLUME`] is mounted in both containers.
+pub const RUNTIME_DIR: &str = "/keyhole/run";
+/// FIFO in [`RUNTIME_DIR`]: the build script writes its output here; the broker masks it and
+/// writes it to its own stdout, the only path to the container log. Created by the broker.
+pub const LOG_FIFO: &str = "log";
+
+/// Exit codes of `keyhole-broker run`. Read by the runner to choose the job's failure reason.
+pub mod exit_code {
+    /// Clean shutdown after the job.
+    pub const OK: i32 = 0;
+    /// A reference could not be resolved (denied, missing, malformed): a job configuration
+    /// error the user must fix.
+    pub const SECRETS_FAILED: i32 = 64;
+    /// The broker's own configuration or inputs are wrong: a runner/deployment error.
+    pub const BAD_INPUTS: i32 = 65;
+    /// Vault or the apiserver could not be reached in time: an infrastructure error.
+    pub const UNAVAILABLE: i32 = 69;
+}
