@@ -3,5 +3,6 @@
 //! masks them out of the job log and revokes and wipes them when the job ends.
 
 pub mod contract;
+pub mod delivery;
 pub mod mask;
 pub mod reference;
