@@ -6,3 +6,4 @@ pub mod contract;
 pub mod delivery;
 pub mod mask;
 pub mod reference;
+pub mod vault;

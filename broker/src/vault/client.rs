@@ -1,0 +1,632 @@
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use reqwest::header::{HeaderMap, HeaderValue};
+use reqwest::{Method, Url};
+use secrecy::{ExposeSecret, SecretSlice, SecretString};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use zeroize::Zeroizing;
+
+use super::{RetryPolicy, VaultError};
+use crate::reference::KvEngine;
+
+/// How to reach one Vault server.
+#[derive(Debug, Clone)]
+pub struct VaultConfig {
+    pub addr: String,
+    /// Addresses the broker may send a token to; `addr` must be one of them (same origin).
+    pub allowed_addresses: Vec<String>,
+    pub namespace: Option<String>,
+    /// PEM bundle of CAs to trust instead of the system roots.
+    pub ca_bundle: Option<Vec<u8>>,
+    pub retry: RetryPolicy,
+    pub request_timeout: Duration,
+}
+
+/// How the broker proves who it is.
+#[derive(Debug, Clone)]
+pub enum LoginMethod {
+    /// Kubernetes auth with the pod's projected ServiceAccount token, re-read on each login
+    /// because the kubelet rotates it.
+    Kubernetes {
+        mount: String,
+        role: String,
+        token_file: PathBuf,
+    },
+    /// JWT auth with the job's GitLab ID token.
+    Jwt {
+        mount: String,
+        role: Option<String>,
+        jwt: SecretString,
+    },
+}
+
+/// A Vault token. `Debug` shows the accessor, never the token.
+pub struct Token {
+    value: SecretString,
+    pub accessor: String,
+    pub ttl: Duration,
+    pub renewable: bool,
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Token")
+            .field("accessor", &self.accessor)
+            .field("ttl", &self.ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A lease on a dynamic secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub id: String,
+    pub ttl: Duration,
+    pub renewable: bool,
+}
+
+/// A value read from Vault, with the KV version it came from (v2 only).
+pub struct KvValue {
+    pub value: SecretSlice<u8>,
+    pub version: Option<u64>,
+}
+
+impl std::fmt::Debug for KvValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KvValue")
+            .field("version", &self.version)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug)]
+pub struct VaultClient {
+    http: reqwest::Client,
+    base: Url,
+    config: VaultConfig,
+    token: Option<Token>,
+}
+
+#[derive(Deserialize)]
+struct AuthBlock {
+    client_token: SecretString,
+    #[serde(default)]
+    accessor: String,
+    #[serde(default)]
+    lease_duration: u64,
+    #[serde(default)]
+    renewable: bool,
+}
+
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(borrow, default)]
+    data: Option<&'a RawValue>,
+    #[serde(default)]
+    lease_id: String,
+    #[serde(default)]
+    lease_duration: u64,
+    #[serde(default)]
+    renewable: bool,
+}
+
+#[derive(Deserialize)]
+struct KvV2Data<'a> {
+    #[serde(borrow, default)]
+    data: Option<&'a RawValue>,
+    #[serde(default)]
+    metadata: Option<KvV2Metadata>,
+}
+
+#[derive(Deserialize)]
+struct KvV2Metadata {
+    version: Option<u64>,
+}
+
+impl VaultClient {
+    /// Checks the address against the allow-list and builds the HTTP client.
+    pub fn new(config: VaultConfig) -> Result<Self, VaultError> {
+        let base = Url::parse(&config.addr).map_err(|e| VaultError::Unreachable {
+            addr: config.addr.clone(),
+            reason: format!("not a URL: {e}"),
+        })?;
+        let allowed = config
+            .allowed_addresses
+            .iter()
+            .any(|a| Url::parse(a).is_ok_and(|u| u.origin() == base.origin()));
+        if !allowed {
+            return Err(VaultError::NotAllowed {
+                addr: config.addr.clone(),
+            });
+        }
+        let mut headers = HeaderMap::new();
+        headers.insert("X-Vault-Request", HeaderValue::from_static("true"));
+        if let Some(ns) = &config.namespace {
+            let value = HeaderValue::from_str(ns).map_err(|_| VaultError::BadResponse {
+                what: "the Vault namespace setting".into(),
+                detail: "it is not a valid header value".into(),
+            })?;
+            headers.insert("X-Vault-Namespace", value);
+        }
+        let mut builder = reqwest::Client::builder()
+            .default_headers(headers)
+            .timeout(config.request_timeout)
+            .redirect(reqwest::redirect::Policy::none());
+        if let Some(pem) = &config.ca_bundle {
+            let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| {
+                VaultError::Unreachable {
+                    addr: config.addr.clone(),
+                    reason: format!("the CA bundle is not valid PEM: {e}"),
+                }
+            })?;
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let http = builder.build().map_err(|e| VaultError::Unreachable {
+            addr: config.addr.clone(),
+            reason: e.to_string(),
+        })?;
+        Ok(Self {
+            http,
+            base,
+            config,
+            token: None,
+        })
+    }
+
+    pub fn token(&self) -> Option<&Token> {
+        self.token.as_ref()
+    }
+
+    /// Logs in once; later calls use the token.
+    pub async fn login(&mut self, method: &LoginMethod) -> Result<&Token, VaultError> {
+        let (mount, body) = match method {
+            LoginMethod::Kubernetes {
+                mount,
+                role,
+                token_file,
+            } => {
+                let jwt =
+                    Zeroizing::new(std::fs::read_to_string(token_file).map_err(|source| {
+                        VaultError::TokenFile {
+                            path: token_file.display().to_string(),
+                            source,
+                        }
+                    })?);
+                (mount, login_body(Some(role), jwt.trim()))
+            }
+            LoginMethod::Jwt { mount, role, jwt } => {
+                (mount, login_body(role.as_deref(), jwt.expose_secret()))
+            }
+        };
+        let what = format!("login at auth/{mount}");
+        let path = format!("auth/{}/login", mount.trim_matches('/'));
+        let resp = self.call(Method::PUT, &path, Some(&body), &what).await?;
+        #[derive(Deserialize)]
+        struct LoginResponse {
+            auth: AuthBlock,
+        }
+        let parsed: LoginResponse = parse(&resp, &what)?;
+        let token = Token {
+            value: parsed.auth.client_token,
+            accessor: parsed.auth.accessor,
+            ttl: Duration::from_secs(parsed.auth.lease_duration),
+            renewable: parsed.auth.renewable,
+        };
+        Ok(self.token.insert(token))
+    }
+
+    /// Asks Vault which KV version a mount runs.
+    pub async fn kv_engine(&self, mount: &str) -> Result<KvEngine, VaultError> {
+        let what = format!("mount lookup of {mount}");
+        let resp = self
+            .call(
+                Method::GET,
+                &format!("sys/internal/ui/mounts/{}", mount.trim_matches('/')),
+                None,
+                &what,
+            )
+            .await?;
+        #[derive(Deserialize)]
+        struct MountInfo {
+            data: MountData,
+        }
+        #[derive(Deserialize)]
+        struct MountData {
+            #[serde(rename = "type")]
+            kind: String,
+            #[serde(default)]
+            options: Option<BTreeMap<String, String>>,
+        }
+        let info: MountInfo = parse(&resp, &what)?;
+        match info.data.kind.as_str() {
+            "kv" | "generic" => {}
+            other => {
+                return Err(VaultError::BadResponse {
+                    what,
+                    detail: format!("{mount} is a {other:?} engine, not KV"),
+                });
+            }
+        }
+        let v2 = info
+            .data
+            .options
+            .as_ref()
+            .and_then(|o| o.get("version"))
+            .is_some_and(|v| v == "2");
+        Ok(if v2 { KvEngine::V2 } else { KvEngine::V1 })
+    }
+
+    /// Reads a KV secret: one field, or the whole secret as a JSON object.
+    pub async fn read_kv(
+        &self,
+        mount: &str,
+        path: &str,
+        engine: KvEngine,
+        version: Option<u64>,
+        field: Option<&str>,
+    ) -> Result<KvValue, VaultError> {
+        let engine = match engine {
+            KvEngine::Detect => self.kv_engine(mount).await?,
+            known => known,
+        };
+        let mount = mount.trim_matches('/');
+        let path = path.trim_matches('/');
+        let shown = format!("{mount}/{path}");
+        let api_path = match (engine, version) {
+            (KvEngine::V2, Some(v)) => format!("{mount}/data/{path}?version={v}"),
+            (KvEngine::V2, None) => format!("{mount}/data/{path}"),
+            _ => format!("{mount}/{path}"),
+        };
+        let what = format!("read of {shown}");
+        let resp = self
+            .call(Method::GET, &api_path, None, &what)
+            .await
+            .map_err(|e| match e {
+                VaultError::NotFound { .. } => VaultError::NotFound {
+                    path: shown.clone(),
+                },
+                other => other,
+            })?;
+        let envelope: Envelope<'_> = parse(&resp, &what)?;
+        let (data, version) = if engine == KvEngine::V2 {
+            let inner: KvV2Data<'_> = envelope
+                .data
+                .map(|d| serde_json::from_str(d.get()))
+                .transpose()
+                .map_err(|e| bad(&what, e))?
+                .ok_or_else(|| VaultError::NotFound {
+                    path: shown.clone(),
+                })?;
+            (inner.data, inner.metadata.and_then(|m| m.version))
+        } else {
+            (envelope.data, None)
+        };
+        let data = data
+            .filter(|d| d.get() != "null")
+            .ok_or_else(|| VaultError::NotFound {
+                path: shown.clone(),
+            })?;
+        let value = extract(data, field, &shown)?;
+        Ok(KvValue { value, version })
+    }
+
+    /// Reads a dynamic secret (database credentials, PKI certificate, ...) and its lease.
+    pub async fn read_leased(
+        &self,
+        path: &str,
+        field: Option<&str>,
+    ) -> Result<(KvValue, Lease), VaultError> {
+        let path = path.trim_matches('/');
+        let what = format!("read of {path}");
+        let resp = self.call(Method::GET, path, None, &what).await?;
+        let envelope: Envelope<'_> = parse(&resp, &what)?;
+        let data = envelope
+            .data
+            .ok_or_else(|| VaultError::NotFound { path: path.into() })?;
+        let value = extract(data, field, path)?;
+        let lease = Lease {
+            id: envelope.lease_id,
+            ttl: Duration::from_secs(envelope.lease_duration),
+            renewable: envelope.renewable,
+        };
+        Ok((
+            KvValue {
+                value,
+                version: None,
+            },
+            lease,
+        ))
+    }
+
+    /// Renews a lease, asking for `increment` more time.
+    pub async fn renew_lease(
+        &self,
+        lease_id: &str,
+        increment: Duration,
+    ) -> Result<Lease, VaultError> {
+        let body = Zeroizing::new(
+            serde_json::json!({"lease_id": lease_id, "increment": increment.as_secs()})
+                .to_string()
+                .into_bytes(),
+        );
+        let what = format!("renewal of lease {lease_id}");
+        let resp = self
+            .call(Method::PUT, "sys/leases/renew", Some(&body), &what)
+            .await?;
+        let envelope: Envelope<'_> = parse(&resp, &what)?;
+        Ok(Lease {
+            id: envelope.lease_id,
+            ttl: Duration::from_secs(envelope.lease_duration),
+            renewable: envelope.renewable,
+        })
+    }
+
+    pub async fn revoke_lease(&self, lease_id: &str) -> Result<(), VaultError> {
+        let body = Zeroizing::new(
+            serde_json::json!({"lease_id": lease_id})
+                .to_string()
+                .into_bytes(),
+        );
+        self.call(
+            Method::PUT,
+            "sys/leases/revoke",
+            Some(&body),
+            &format!("revocation of lease {lease_id}"),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Revokes the broker's own token (and with it any lease it still holds).
+    pub async fn revoke_self(&mut self) -> Result<(), VaultError> {
+        if self.token.is_none() {
+            return Ok(());
+        }
+        self.call(
+            Method::PUT,
+            "auth/token/revoke-self",
+            None,
+            "token revocation",
+        )
+        .await?;
+        self.token = None;
+        Ok(())
+    }
+
+    /// One API call with retries; returns the body in a zeroizing buffer.
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Zeroizing<Vec<u8>>>,
+        what: &str,
+    ) -> Result<Zeroizing<Vec<u8>>, VaultError> {
+        let url = self
+            .base
+            .join(&format!("v1/{path}"))
+            .map_err(|e| bad(what, e))?;
+        self.config
+            .retry
+            .run(|| async {
+                let mut req = self.http.request(method.clone(), url.clone());
+                if let Some(token) = &self.token {
+                    let mut value = HeaderValue::from_str(token.value.expose_secret())
+                        .map_err(|_| bad(what, "the token is not a valid header value"))?;
+                    value.set_sensitive(true);
+                    req = req.header("X-Vault-Token", value);
+                }
+                if let Some(body) = body {
+                    req = req
+                        .header("Content-Type", "application/json")
+                        .body(body.to_vec());
+                }
+                let mut resp = req.send().await.map_err(|e| VaultError::Unreachable {
+                    addr: self.config.addr.clone(),
+                    reason: error_chain(&e),
+                })?;
+                let status = resp.status().as_u16();
+                let mut buf = Zeroizing::new(Vec::with_capacity(
+                    resp.content_length().unwrap_or(4096).min(1 << 20) as usize,
+                ));
+                while let Some(chunk) = resp.chunk().await.map_err(|e| VaultError::Unreachable {
+                    addr: self.config.addr.clone(),
+                    reason: error_chain(&e),
+                })? {
+                    if buf.capacity() - buf.len() < chunk.len() {
+                        let mut bigger =
+                            Zeroizing::new(Vec::with_capacity((buf.len() + chunk.len()) * 2));
+                        bigger.extend_from_slice(&buf);
+                        buf = bigger;
+                    }
+                    buf.extend_from_slice(&chunk);
+                }
+                if (200..300).contains(&status) {
+                    return Ok(buf);
+                }
+                let detail = vault_errors(&buf);
+                Err(match status {
+                    403 => VaultError::Denied {
+                        what: what.to_owned(),
+                        detail,
+                    },
+                    404 => VaultError::NotFound {
+                        path: path.to_owned(),
+                    },
+                    503 if detail.contains("sealed") => VaultError::Sealed {
+                        addr: self.config.addr.clone(),
+                    },
+                    _ => VaultError::Status {
+                        what: what.to_owned(),
+                        status,
+                        detail,
+                    },
+                })
+            })
+            .await
+    }
+}
+
+fn login_body(role: Option<&str>, jwt: &str) -> Zeroizing<Vec<u8>> {
+    #[derive(serde::Serialize)]
+    struct Body<'a> {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        role: Option<&'a str>,
+        jwt: &'a str,
+    }
+    let mut out = Zeroizing::new(Vec::with_capacity(jwt.len() + 64));
+    serde_json::to_writer(&mut *out, &Body { role, jwt }).expect("serializing strings cannot fail");
+    out
+}
+
+fn parse<'a, T: Deserialize<'a>>(body: &'a [u8], what: &str) -> Result<T, VaultError> {
+    serde_json::from_slice(body).map_err(|e| bad(what, e))
+}
+
+fn bad(what: &str, e: impl std::fmt::Display) -> VaultError {
+    VaultError::BadResponse {
+        what: what.to_owned(),
+        detail: e.to_string(),
+    }
+}
+
+/// One field of a secret's data, or all of it as JSON. Strings arrive as their bytes; other
+/// JSON values as their JSON text.
+fn extract(
+    data: &RawValue,
+    field: Option<&str>,
+    path: &str,
+) -> Result<SecretSlice<u8>, VaultError> {
+    let Some(field) = field else {
+        return Ok(SecretSlice::from(data.get().as_bytes().to_vec()));
+    };
+    let fields: BTreeMap<String, &RawValue> =
+        serde_json::from_str(data.get()).map_err(|e| bad(&format!("read of {path}"), e))?;
+    let raw = fields.get(field).ok_or_else(|| VaultError::MissingField {
+        path: path.to_owned(),
+        field: field.to_owned(),
+        present: fields
+            .keys()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .join(", "),
+    })?;
+    if raw.get().starts_with('"') {
+        let s: SecretString =
+            serde_json::from_str(raw.get()).map_err(|e| bad(&format!("read of {path}"), e))?;
+        Ok(SecretSlice::from(s.expose_secret().as_bytes().to_vec()))
+    } else {
+        Ok(SecretSlice::from(raw.get().as_bytes().to_vec()))
+    }
+}
+
+/// Vault's `{"errors": [...]}` text; Vault's error messages carry no secret values.
+fn vault_errors(body: &[u8]) -> String {
+    #[derive(Deserialize)]
+    struct Errors {
+        #[serde(default)]
+        errors: Vec<String>,
+    }
+    match serde_json::from_slice::<Errors>(body) {
+        Ok(e) if !e.errors.is_empty() => e.errors.join("; "),
+        _ => "(no error text)".into(),
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(s: &str) -> Box<RawValue> {
+        RawValue::from_string(s.to_owned()).unwrap()
+    }
+
+    #[test]
+    fn extracts_string_fields_as_bytes_and_others_as_json() {
+        let data = raw(r#"{"password":"p\"w\n","port":5432,"nested":{"a":1}}"#);
+        assert_eq!(
+            extract(&data, Some("password"), "kv/db")
+                .unwrap()
+                .expose_secret(),
+            b"p\"w\n"
+        );
+        assert_eq!(
+            extract(&data, Some("port"), "kv/db")
+                .unwrap()
+                .expose_secret(),
+            b"5432"
+        );
+        assert_eq!(
+            extract(&data, Some("nested"), "kv/db")
+                .unwrap()
+                .expose_secret(),
+            br#"{"a":1}"#
+        );
+        assert_eq!(
+            extract(&data, None, "kv/db").unwrap().expose_secret(),
+            data.get().as_bytes()
+        );
+    }
+
+    #[test]
+    fn missing_field_lists_the_fields_that_exist() {
+        let data = raw(r#"{"user":"u","password":"p"}"#);
+        let err = extract(&data, Some("pasword"), "kv/db")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("no field \"pasword\"") && err.contains("password, user"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn address_must_be_on_the_allow_list() {
+        let config = VaultConfig {
+            addr: "https://evil.example:8200".into(),
+            allowed_addresses: vec!["https://vault.example:8200".into()],
+            namespace: None,
+            ca_bundle: None,
+            retry: RetryPolicy::default(),
+            request_timeout: Duration::from_secs(5),
+        };
+        let err = VaultClient::new(config).unwrap_err();
+        assert!(matches!(err, VaultError::NotAllowed { .. }), "{err}");
+    }
+
+    #[test]
+    fn token_debug_hides_the_token() {
+        let token = Token {
+            value: SecretString::from("hvs.very-secret-token"),
+            accessor: "acc".into(),
+            ttl: Duration::from_secs(60),
+            renewable: true,
+        };
+        let shown = format!("{token:?}");
+        assert!(!shown.contains("very-secret"), "{shown}");
+    }
+
+    #[test]
+    fn vault_error_text_is_extracted() {
+        assert_eq!(
+            vault_errors(br#"{"errors":["permission denied"]}"#),
+            "permission denied"
+        );
+        assert_eq!(vault_errors(b"garbage"), "(no error text)");
+    }
+}

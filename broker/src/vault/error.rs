@@ -1,0 +1,50 @@
+/// What went wrong talking to Vault, and whether trying again could help.
+#[derive(Debug, thiserror::Error)]
+pub enum VaultError {
+    #[error(
+        "Vault at {addr} is not on the broker's allow-list; add it to vault.allowed_addresses or fix the reference"
+    )]
+    NotAllowed { addr: String },
+    #[error(
+        "Vault at {addr} could not be reached: {reason}; check the address and that Vault is running"
+    )]
+    Unreachable { addr: String, reason: String },
+    #[error("Vault at {addr} is sealed; unseal it (vault operator unseal) and rerun the job")]
+    Sealed { addr: String },
+    #[error(
+        "Vault denied {what}: {detail}; check the Vault role's bound service account/claims and its policies"
+    )]
+    Denied { what: String, detail: String },
+    #[error("Vault has nothing at {path}; check the mount, path and version")]
+    NotFound { path: String },
+    #[error("the secret at {path} has no field {field:?}; fields present: {present}")]
+    MissingField {
+        path: String,
+        field: String,
+        present: String,
+    },
+    #[error("Vault answered {what} with status {status}: {detail}")]
+    Status {
+        what: String,
+        status: u16,
+        detail: String,
+    },
+    #[error("Vault's answer to {what} was not understood: {detail}")]
+    BadResponse { what: String, detail: String },
+    #[error("reading the login token from {path}: {source}")]
+    TokenFile {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+impl VaultError {
+    /// Transient failures are retried with backoff; denied, missing and sealed are final.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            VaultError::Unreachable { .. } => true,
+            VaultError::Status { status, .. } => matches!(status, 429 | 500 | 502 | 504),
+            _ => false,
+        }
+    }
+}

@@ -1,0 +1,14 @@
+//! A thin Vault client for exactly what the broker needs: Kubernetes and JWT login, KV v1/v2
+//! reads, mount detection, lease renewal and revocation, token revocation.
+//!
+//! Written on reqwest rather than vaultrs because vaultrs keeps the token as a plain `String`
+//! and has no `sys/leases` calls; here the token is a `SecretString`, response bodies are read
+//! into zeroizing buffers, and secret fields are borrowed from them rather than copied.
+
+mod client;
+mod error;
+mod retry;
+
+pub use client::{KvValue, Lease, LoginMethod, Token, VaultClient, VaultConfig};
+pub use error::VaultError;
+pub use retry::RetryPolicy;
