@@ -5,9 +5,12 @@ KUBERNETES_VERSION=${KUBERNETES_VERSION:-v1.34.4}
 ETCD_VERSION=${ETCD_VERSION:-v3.6.16}
 CONTAINERD_VERSION=${CONTAINERD_VERSION:-v2.2.9}
 # Vault: the Go proxy here resolves tags only (no commit pseudo-versions), so OpenBao (untagged
-# module path) is out, and Vault builds against the published sdk/api tags its go.mod requires
-# instead of its in-tree copies.
-VAULT_VERSION=${VAULT_VERSION:-v1.21.4}
+# module path) is out, and Vault must build against a published sdk tag instead of its in-tree
+# copy. Tried: 1.21.4 (sdk 0.21/0.25.1: PkiCertificateCounter, ActivationFunc missing), 1.20.0
+# (sdk 0.18/0.19: Download vs IsPQC split), 1.19.5 with its own sdk 0.15.2 (PluginTier
+# missing). 1.19.5 with sdk v0.17.0 compiles.
+VAULT_VERSION=${VAULT_VERSION:-v1.19.5}
+VAULT_SDK_VERSION=${VAULT_SDK_VERSION:-v0.17.0}
 # Debian bookworm's runc 1.1.5 cannot start containers for containerd 2.2 on this kernel
 # ("can't get final child's PID from pipe"), so runc is built too (cgo, seccomp).
 RUNC_VERSION=${RUNC_VERSION:-v1.3.7}

@@ -60,7 +60,7 @@ link_binaries() {
   mkdir -p "$b"
   local part
   for part in "etcd-$ETCD_VERSION" "kubernetes-$KUBERNETES_VERSION" "containerd-$CONTAINERD_VERSION" "runc-$RUNC_VERSION" \
-    "helm-$HELM_VERSION" "vault-$VAULT_VERSION"; do
+    "helm-$HELM_VERSION" "vault-$VAULT_VERSION-sdk$VAULT_SDK_VERSION"; do
     [[ -f $KEYHOLE_CACHE/bin/$part/.complete ]] || die "$part is not built; run 'scripts/testbed build' first"
     ln -sf "$KEYHOLE_CACHE/bin/$part"/* "$b/"
   done

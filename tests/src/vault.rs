@@ -46,6 +46,21 @@ impl VaultAdmin {
         })
     }
 
+    /// `PUT /v1/<path>` as root, returning Vault's status and body whatever they are.
+    pub async fn write_status(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        let resp = self
+            .http
+            .put(self.url(path))
+            .header("X-Vault-Token", &self.token)
+            .json(&body)
+            .send()
+            .await
+            .expect("Vault answers");
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
     /// `GET /v1/<path>` as root.
     pub async fn read(&self, path: &str) -> Result<(StatusCode, Value)> {
         let resp = self
