@@ -19,6 +19,10 @@ pub const INPUTS_DIR: &str = "/keyhole/inputs";
 /// File in [`INPUTS_DIR`]: the projected ServiceAccount token (audience [`VAULT_AUDIENCE`] by
 /// default, short expiry). Written by the kubelet; read by the broker for every login.
 pub const INPUT_SA_TOKEN: &str = "token";
+/// File in [`INPUTS_DIR`]: a projected ServiceAccount token for the Kubernetes API (default
+/// audience), used to read `k8s:` references as the job's ServiceAccount. Written by the
+/// kubelet; read by the broker's Kubernetes client (re-read when it rotates).
+pub const INPUT_KUBE_TOKEN: &str = "kube-token";
 /// File in [`INPUTS_DIR`]: the pod's annotations (downward API, `key="value"` lines), carrying
 /// the references under [`REFERENCE_ANNOTATION_PREFIX`]. Written by the kubelet.
 pub const INPUT_ANNOTATIONS: &str = "annotations";

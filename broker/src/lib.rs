@@ -4,6 +4,11 @@
 
 pub mod contract;
 pub mod delivery;
+pub mod inputs;
+pub mod kube_secrets;
 pub mod mask;
+pub mod pump;
 pub mod reference;
+pub mod resolve;
+pub mod run;
 pub mod vault;

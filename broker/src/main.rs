@@ -1,11 +1,136 @@
-use clap::Parser;
+use std::path::PathBuf;
+use std::time::Duration;
 
-/// Delivers a job's secrets as files and masks them out of its log.
+use clap::{Args, Parser, Subcommand};
+use keyhole_broker::contract;
+use keyhole_broker::delivery::Ownership;
+use keyhole_broker::run::{KubeSettings, RunConfig, VaultSettings, run};
+
+/// Delivers a job's secrets as files and masks them out of its log. Runs as a native sidecar
+/// in each Keyhole job pod; see docs/broker.md.
 #[derive(Debug, Parser)]
 #[command(name = "keyhole-broker", version, about)]
-struct Cli {}
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
 
-fn main() -> anyhow::Result<()> {
-    let _cli = Cli::parse();
-    Ok(())
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Resolve, deliver, mask the job log until SIGTERM, then revoke and wipe.
+    Run(Box<RunArgs>),
+    /// Startup probe: exits 0 once every secret is delivered.
+    Ready {
+        #[arg(long, env = "KEYHOLE_SECRETS_DIR", default_value = contract::SECRETS_DIR)]
+        secrets_dir: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    #[arg(long, env = "KEYHOLE_INPUTS_DIR", default_value = contract::INPUTS_DIR)]
+    inputs_dir: PathBuf,
+    #[arg(long, env = "KEYHOLE_SECRETS_DIR", default_value = contract::SECRETS_DIR)]
+    secrets_dir: PathBuf,
+    #[arg(long, env = "KEYHOLE_RUNTIME_DIR", default_value = contract::RUNTIME_DIR)]
+    runtime_dir: PathBuf,
+    /// Vault address; without it `vault:` references fail with a clear message.
+    #[arg(long, env = "KEYHOLE_VAULT_ADDR")]
+    vault_addr: Option<String>,
+    /// Comma-separated Vault addresses the broker may send a token to.
+    #[arg(long, env = "KEYHOLE_VAULT_ALLOWED", value_delimiter = ',')]
+    vault_allowed: Vec<String>,
+    #[arg(long, env = "KEYHOLE_VAULT_NAMESPACE")]
+    vault_namespace: Option<String>,
+    #[arg(long, env = "KEYHOLE_VAULT_CA_FILE")]
+    vault_ca_file: Option<PathBuf>,
+    #[arg(long, env = "KEYHOLE_VAULT_AUTH_MOUNT", default_value = "kubernetes")]
+    vault_auth_mount: String,
+    /// Vault role the job's ServiceAccount logs in as.
+    #[arg(long, env = "KEYHOLE_VAULT_ROLE", default_value = "")]
+    vault_role: String,
+    /// Total time to keep retrying an unreachable Vault, in seconds.
+    #[arg(long, env = "KEYHOLE_VAULT_DEADLINE", default_value_t = 30)]
+    vault_deadline: u64,
+    /// Kubernetes API URL for `k8s:` references.
+    #[arg(long, env = "KEYHOLE_KUBE_API")]
+    kube_api: Option<String>,
+    #[arg(
+        long,
+        env = "KEYHOLE_KUBE_CA_FILE",
+        default_value = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
+    )]
+    kube_ca_file: PathBuf,
+    #[arg(long, env = "KEYHOLE_NAMESPACE", default_value = "default")]
+    namespace: String,
+    /// Owner uid of the secret files (default: the broker's own).
+    #[arg(long, env = "KEYHOLE_FILE_UID")]
+    file_uid: Option<u32>,
+    /// Group of the secret files; makes them 0440 instead of 0400.
+    #[arg(long, env = "KEYHOLE_FILE_GID")]
+    file_gid: Option<u32>,
+    /// Allow writing secrets to a disk-backed directory (not recommended).
+    #[arg(long, env = "KEYHOLE_ALLOW_DISK")]
+    allow_disk: bool,
+    #[arg(long, env = "KEYHOLE_CONCURRENCY", default_value_t = 16)]
+    concurrency: usize,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let code = match cli.command {
+        Command::Ready { secrets_dir } => {
+            i32::from(!secrets_dir.join(contract::READY_MARKER).exists())
+        }
+        Command::Run(args) => {
+            let args = *args;
+            let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("keyhole-broker: error: starting the runtime: {e}");
+                    std::process::exit(contract::exit_code::BAD_INPUTS);
+                }
+            };
+            runtime.block_on(run(run_config(args)))
+        }
+    };
+    std::process::exit(code);
+}
+
+fn run_config(a: RunArgs) -> RunConfig {
+    let owner = a.file_uid.map(|uid| Ownership {
+        uid,
+        gid: a.file_gid,
+    });
+    RunConfig {
+        inputs_dir: a.inputs_dir,
+        secrets_dir: a.secrets_dir,
+        runtime_dir: a.runtime_dir,
+        vault: a.vault_addr.map(|addr| VaultSettings {
+            allowed_addresses: if a.vault_allowed.is_empty() {
+                vec![addr.clone()]
+            } else {
+                a.vault_allowed
+            },
+            addr,
+            namespace: a.vault_namespace,
+            ca_file: a.vault_ca_file,
+            auth_mount: a.vault_auth_mount,
+            role: a.vault_role,
+        }),
+        kube: a.kube_api.map(|api_url| KubeSettings {
+            api_url,
+            ca_file: a.kube_ca_file,
+            namespace: a.namespace,
+        }),
+        owner,
+        allow_disk: a.allow_disk,
+        concurrency: a.concurrency,
+        vault_deadline: Duration::from_secs(a.vault_deadline),
+    }
 }

@@ -60,3 +60,31 @@ import_images() {
   add_image keyhole.local/busybox:1 "$tmp/busybox" '["/bin/sh"]'
   rm -rf "$tmp"
 }
+
+# An image holding one dynamically linked binary and the shared libraries it needs (no shell),
+# e.g. the broker: `scripts/testbed image keyhole.local/broker:dev target/release/keyhole-broker`.
+binary_rootfs() { # dir binary
+  local dir=$1 binary=$2
+  mkdir -p "$dir/usr/local/bin" "$dir/tmp"
+  chmod 1777 "$dir/tmp"
+  cp "$binary" "$dir/usr/local/bin/"
+  # TLS clients (rustls' platform verifier) want the system CA bundle even when given a CA.
+  mkdir -p "$dir/etc/ssl/certs"
+  cp /etc/ssl/certs/ca-certificates.crt "$dir/etc/ssl/certs/"
+  local lib
+  for lib in $(ldd "$binary" | grep -o '/[^ ]*'); do
+    mkdir -p "$dir$(dirname "$lib")"
+    cp -L "$lib" "$dir$lib"
+  done
+}
+
+cmd_image() {
+  local ref=${1:?usage: scripts/testbed image REF BINARY} binary=${2:?usage: scripts/testbed image REF BINARY}
+  [[ -x $binary ]] || die "$binary is not an executable; build it first (cargo build --release)"
+  pid_alive containerd || die "test bed not up: run 'scripts/testbed up'"
+  local tmp
+  tmp=$(mktemp -d "$KEYHOLE_TESTBED_DIR/rootfs.XXXXXX")
+  binary_rootfs "$tmp" "$binary"
+  add_image "$ref" "$tmp" "[\"/usr/local/bin/$(basename "$binary")\"]" 1000
+  rm -rf "$tmp"
+}

@@ -162,13 +162,12 @@ impl VaultClient {
                     reason: format!("the CA bundle is not valid PEM: {e}"),
                 }
             })?;
-            for cert in certs {
-                builder = builder.add_root_certificate(cert);
-            }
+            // A configured bundle replaces the system roots: trust exactly what was asked for.
+            builder = builder.tls_certs_only(certs);
         }
         let http = builder.build().map_err(|e| VaultError::Unreachable {
             addr: config.addr.clone(),
-            reason: e.to_string(),
+            reason: format!("setting up the HTTP client: {}", error_chain(&e)),
         })?;
         Ok(Self {
             http,

@@ -1,0 +1,290 @@
+//! `keyhole-broker run`: resolve → write → ready → mask the log → on SIGTERM drain, revoke,
+//! wipe. The I/O edge that ties the pure modules together.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use secrecy::SecretSlice;
+use tokio::sync::watch;
+
+use crate::contract::{self, exit_code};
+use crate::delivery::{Ownership, SecretFiles, WriteOptions};
+use crate::inputs;
+use crate::kube_secrets::service_account_of;
+use crate::mask::{MIN_MASKED_LEN, MaskSet, StreamMasker};
+use crate::resolve::{KubeSource, VaultSource, resolve_all};
+use crate::vault::{LoginMethod, RetryPolicy, VaultConfig};
+
+/// Settings of one broker run (from flags and `KEYHOLE_*` environment variables).
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    pub inputs_dir: PathBuf,
+    pub secrets_dir: PathBuf,
+    pub runtime_dir: PathBuf,
+    pub vault: Option<VaultSettings>,
+    pub kube: Option<KubeSettings>,
+    pub owner: Option<Ownership>,
+    pub allow_disk: bool,
+    pub concurrency: usize,
+    pub vault_deadline: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct VaultSettings {
+    pub addr: String,
+    pub allowed_addresses: Vec<String>,
+    pub namespace: Option<String>,
+    pub ca_file: Option<PathBuf>,
+    pub auth_mount: String,
+    pub role: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct KubeSettings {
+    pub api_url: String,
+    pub ca_file: PathBuf,
+    pub namespace: String,
+}
+
+/// Runs the sidecar to completion and returns its exit code (see [`contract::exit_code`]).
+pub async fn run(config: RunConfig) -> i32 {
+    let annotations = match inputs::read_annotations(&config.inputs_dir) {
+        Ok(a) => a,
+        Err(e) => return fail(exit_code::BAD_INPUTS, &[e.to_string()]),
+    };
+    let refs = match inputs::references_from_annotations(&annotations) {
+        Ok(r) => r,
+        Err(errors) => {
+            let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            return fail(exit_code::SECRETS_FAILED, &lines);
+        }
+    };
+    let job_secret = match inputs::read_job_secret(&config.inputs_dir) {
+        Ok(s) => s,
+        Err(e) => return fail(exit_code::BAD_INPUTS, &[e.to_string()]),
+    };
+    eprintln!("keyhole-broker: resolving {} secret(s)", refs.len());
+    let vault = match config
+        .vault
+        .as_ref()
+        .map(|v| vault_source(v, &config))
+        .transpose()
+    {
+        Ok(v) => v,
+        Err(e) => return fail(exit_code::BAD_INPUTS, &[e]),
+    };
+    let kube = match &config.kube {
+        None => None,
+        Some(k) => match kube_source(k, &config).await {
+            Ok(k) => Some(k),
+            Err(e) => return fail(exit_code::BAD_INPUTS, &[e]),
+        },
+    };
+    let outcome = match resolve_all(refs, vault, kube, config.concurrency).await {
+        Ok(o) => o,
+        Err(failures) => {
+            let lines: Vec<String> = failures.iter().map(ToString::to_string).collect();
+            return fail(exit_code::SECRETS_FAILED, &lines);
+        }
+    };
+    let mut vault_client = outcome.vault;
+    let write = WriteOptions {
+        dir: config.secrets_dir.clone(),
+        owner: config.owner,
+        allow_disk: config.allow_disk,
+    };
+    let mut files = match SecretFiles::write_all(&write, &outcome.resolved) {
+        Ok(f) => f,
+        Err(e) => {
+            revoke(&mut vault_client).await;
+            return fail(exit_code::SECRETS_FAILED, &[e.to_string()]);
+        }
+    };
+    for entry in &outcome.audit {
+        let version = entry
+            .version
+            .map(|v| format!(" version={v}"))
+            .unwrap_or_default();
+        eprintln!(
+            "keyhole-broker: audit secret={} source={} path={}{version}",
+            entry.name,
+            entry.source,
+            config.secrets_dir.join(&entry.name).display()
+        );
+    }
+    let values: Vec<&SecretSlice<u8>> = outcome
+        .resolved
+        .iter()
+        .map(|r| &r.value)
+        .chain(job_secret.values())
+        .collect();
+    for r in &outcome.resolved {
+        if secrecy::ExposeSecret::expose_secret(&r.value).len() < MIN_MASKED_LEN {
+            eprintln!(
+                "keyhole-broker: warning: secret {} is shorter than {MIN_MASKED_LEN} bytes and cannot be masked in the log",
+                r.name
+            );
+        }
+    }
+    let masker = StreamMasker::new(Arc::new(MaskSet::new(values)));
+    let fifo = config.runtime_dir.join(contract::LOG_FIFO);
+    if let Err(e) = crate::pump::create_fifo(&fifo) {
+        files.wipe();
+        revoke(&mut vault_client).await;
+        return fail(
+            exit_code::BAD_INPUTS,
+            &[format!("creating the log pipe {}: {e}", fifo.display())],
+        );
+    }
+    let ready = config.secrets_dir.join(contract::READY_MARKER);
+    if let Err(e) = std::fs::write(&ready, b"") {
+        files.wipe();
+        revoke(&mut vault_client).await;
+        return fail(
+            exit_code::BAD_INPUTS,
+            &[format!("writing {}: {e}", ready.display())],
+        );
+    }
+    eprintln!(
+        "keyhole-broker: {} secret(s) delivered; ready",
+        outcome.resolved.len()
+    );
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_termination().await;
+        let _ = stop_tx.send(true);
+    });
+    let pumped = crate::pump::pump(&fifo, masker, tokio::io::stdout(), stop_rx).await;
+    files.wipe();
+    let _ = std::fs::remove_file(&ready);
+    let _ = std::fs::remove_file(&fifo);
+    revoke(&mut vault_client).await;
+    match pumped {
+        Ok(()) => exit_code::OK,
+        Err(e) => fail(
+            exit_code::BAD_INPUTS,
+            &[format!("relaying the job log: {e}")],
+        ),
+    }
+}
+
+fn fail(code: i32, lines: &[String]) -> i32 {
+    for line in lines {
+        eprintln!("keyhole-broker: error: {line}");
+    }
+    code
+}
+
+async fn revoke(client: &mut Option<crate::vault::VaultClient>) {
+    if let Some(c) = client.as_mut() {
+        match c.revoke_self().await {
+            Ok(()) => eprintln!("keyhole-broker: Vault token revoked"),
+            Err(e) => eprintln!("keyhole-broker: warning: revoking the Vault token: {e}"),
+        }
+    }
+}
+
+async fn wait_for_termination() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => std::future::pending().await,
+    }
+}
+
+fn vault_source(v: &VaultSettings, config: &RunConfig) -> Result<VaultSource, String> {
+    let ca_bundle = v
+        .ca_file
+        .as_ref()
+        .map(|p| {
+            std::fs::read(p)
+                .map_err(|e| format!("reading the Vault CA bundle {}: {e}", p.display()))
+        })
+        .transpose()?;
+    Ok(VaultSource {
+        config: VaultConfig {
+            addr: v.addr.clone(),
+            allowed_addresses: v.allowed_addresses.clone(),
+            namespace: v.namespace.clone(),
+            ca_bundle,
+            retry: RetryPolicy {
+                deadline: config.vault_deadline,
+                ..RetryPolicy::default()
+            },
+            request_timeout: Duration::from_secs(10),
+        },
+        login: LoginMethod::Kubernetes {
+            mount: v.auth_mount.clone(),
+            role: v.role.clone(),
+            token_file: config.inputs_dir.join(contract::INPUT_SA_TOKEN),
+        },
+    })
+}
+
+async fn kube_source(k: &KubeSettings, config: &RunConfig) -> Result<KubeSource, String> {
+    use kube::config::{
+        AuthInfo, Cluster, Context, KubeConfigOptions, Kubeconfig, NamedAuthInfo, NamedCluster,
+        NamedContext,
+    };
+    let token_file = config.inputs_dir.join(contract::INPUT_KUBE_TOKEN);
+    let token = std::fs::read_to_string(&token_file).map_err(|e| {
+        format!(
+            "reading the ServiceAccount token {}: {e}",
+            token_file.display()
+        )
+    })?;
+    let account = service_account_of(token.trim()).unwrap_or_else(|| "(unknown)".into());
+    drop(zeroize::Zeroizing::new(token));
+    let kubeconfig = Kubeconfig {
+        clusters: vec![NamedCluster {
+            name: "job".into(),
+            cluster: Some(Cluster {
+                server: Some(k.api_url.clone()),
+                certificate_authority: Some(k.ca_file.display().to_string()),
+                ..Cluster::default()
+            }),
+            other: Default::default(),
+        }],
+        auth_infos: vec![NamedAuthInfo {
+            name: "job".into(),
+            auth_info: Some(AuthInfo {
+                token_file: Some(token_file.display().to_string()),
+                ..AuthInfo::default()
+            }),
+            other: Default::default(),
+        }],
+        contexts: vec![NamedContext {
+            name: "job".into(),
+            context: Some(Context {
+                cluster: "job".into(),
+                user: Some("job".into()),
+                namespace: Some(k.namespace.clone()),
+                ..Context::default()
+            }),
+            other: Default::default(),
+        }],
+        current_context: Some("job".into()),
+        ..Kubeconfig::default()
+    };
+    let kube_config =
+        kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+            .await
+            .map_err(|e| format!("configuring the Kubernetes client: {e}"))?;
+    let client = kube::Client::try_from(kube_config)
+        .map_err(|e| format!("creating the Kubernetes client: {e}"))?;
+    Ok(KubeSource {
+        api: kube::Api::namespaced(client, &k.namespace),
+        namespace: k.namespace.clone(),
+        account,
+    })
+}

@@ -1,0 +1,332 @@
+//! The broker as a native sidecar in a real job pod on the bed: it logs in to Vault with the
+//! pod's projected token, reads a Kubernetes Secret as the job's ServiceAccount, delivers both,
+//! masks them in the job log, and wipes and revokes at the end. Needs `scripts/testbed up` and
+//! the broker image (`scripts/testbed image keyhole.local/broker:dev target/release/keyhole-broker`,
+//! done by `scripts/test-all`).
+
+use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
+use k8s_openapi::api::rbac::v1::Role;
+use keyhole_tests::{TestBed, TestNamespace, VaultAdmin, pod_logs, run_pod_to_completion};
+use kube::Api;
+use kube::api::PostParams;
+use serde_json::json;
+
+const BROKER_IMAGE: &str = "keyhole.local/broker:dev";
+const BUSYBOX: &str = "keyhole.local/busybox:1";
+
+fn restricted() -> serde_json::Value {
+    json!({"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]},
+           "runAsNonRoot": true, "seccompProfile": {"type": "RuntimeDefault"}})
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    let out = std::process::Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write as _;
+            child.stdin.take().unwrap().write_all(data)?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+async fn create<K>(api: &Api<K>, value: serde_json::Value)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    let object: K = serde_json::from_value(value).unwrap();
+    api.create(&PostParams::default(), &object).await.unwrap();
+}
+
+struct JobSetup {
+    bed: TestBed,
+    ns: TestNamespace,
+    db_password: String,
+    app_token: String,
+}
+
+async fn job_setup(tag: &str) -> JobSetup {
+    let bed = TestBed::connect().await;
+    let vault = VaultAdmin::new(&bed.env);
+    let ns = TestNamespace::create(
+        &bed,
+        tag,
+        &[("pod-security.kubernetes.io/enforce", "restricted")],
+    )
+    .await
+    .unwrap();
+    let name = ns.name.clone();
+    let db_password = format!("db-pass-{name}-\"quoted\" $HOME 'x'");
+    let app_token = format!("app-token-{name}-0123456789");
+    create(
+        &ns.api::<ServiceAccount>(),
+        json!({"metadata": {"name": "job"}}),
+    )
+    .await;
+    create(
+        &ns.api::<Secret>(),
+        json!({"metadata": {"name": "app-creds"}, "stringData": {"token": app_token}}),
+    )
+    .await;
+    create(
+        &ns.api::<Secret>(),
+        json!({"metadata": {"name": "not-yours"}, "stringData": {"token": "forbidden-value-1234"}}),
+    )
+    .await;
+    create(
+        &ns.api::<Role>(),
+        json!({"metadata": {"name": "read-app-creds"}, "rules": [{"apiGroups": [""], "resources": ["secrets"],
+               "resourceNames": ["app-creds"], "verbs": ["get"]}]}),
+    )
+    .await;
+    create(
+        &ns.api::<k8s_openapi::api::rbac::v1::RoleBinding>(),
+        json!({"metadata": {"name": "job-read-app-creds"},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "read-app-creds"},
+               "subjects": [{"kind": "ServiceAccount", "name": "job", "namespace": name}]}),
+    )
+    .await;
+    vault
+        .write(
+            &format!("kv/data/{name}/db"),
+            json!({"data": {"password": db_password}}),
+        )
+        .await
+        .unwrap();
+    vault
+        .write(
+            &format!("sys/policies/acl/{name}"),
+            json!({"policy": format!("path \"kv/data/{name}/*\" {{ capabilities = [\"read\"] }}\npath \"sys/internal/ui/mounts/*\" {{ capabilities = [\"read\"] }}")}),
+        )
+        .await
+        .unwrap();
+    vault
+        .write(
+            &format!("auth/kubernetes/role/{name}"),
+            json!({"bound_service_account_names": ["job"], "bound_service_account_namespaces": [name],
+                   "audience": "vault", "token_policies": [name], "token_ttl": "300s"}),
+        )
+        .await
+        .unwrap();
+    JobSetup {
+        bed,
+        ns,
+        db_password,
+        app_token,
+    }
+}
+
+fn job_pod(setup: &JobSetup, annotations: serde_json::Value, script: &str) -> Pod {
+    let env = &setup.bed.env;
+    serde_json::from_value(json!({
+        "metadata": {"name": "job", "annotations": annotations},
+        "spec": {
+            "restartPolicy": "Never",
+            "serviceAccountName": "job",
+            "automountServiceAccountToken": false,
+            "terminationGracePeriodSeconds": 10,
+            "securityContext": {"runAsNonRoot": true, "runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000,
+                                "seccompProfile": {"type": "RuntimeDefault"}},
+            "volumes": [
+                {"name": "keyhole-inputs", "projected": {"sources": [
+                    {"serviceAccountToken": {"audience": "vault", "expirationSeconds": 600, "path": "token"}},
+                    {"serviceAccountToken": {"expirationSeconds": 600, "path": "kube-token"}},
+                    {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+                    {"downwardAPI": {"items": [{"path": "annotations", "fieldRef": {"fieldPath": "metadata.annotations"}}]}}]}},
+                {"name": "keyhole-secrets", "emptyDir": {"medium": "Memory", "sizeLimit": "4Mi"}},
+                {"name": "keyhole-run", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}
+            ],
+            "initContainers": [{
+                "name": "keyhole-broker", "image": BROKER_IMAGE, "imagePullPolicy": "Never",
+                "restartPolicy": "Always", "args": ["run"],
+                "env": [
+                    {"name": "KEYHOLE_VAULT_ADDR", "value": env.vault_pod_addr},
+                    {"name": "KEYHOLE_VAULT_ROLE", "value": setup.ns.name},
+                    {"name": "KEYHOLE_VAULT_DEADLINE", "value": "5"},
+                    {"name": "KEYHOLE_KUBE_API", "value": env.apiserver_url},
+                    {"name": "KEYHOLE_KUBE_CA_FILE", "value": "/keyhole/inputs/ca.crt"},
+                    {"name": "KEYHOLE_NAMESPACE", "value": setup.ns.name}
+                ],
+                "startupProbe": {"exec": {"command": ["/usr/local/bin/keyhole-broker", "ready"]},
+                                 "periodSeconds": 1, "failureThreshold": 60},
+                "securityContext": restricted(),
+                "volumeMounts": [
+                    {"name": "keyhole-inputs", "mountPath": "/keyhole/inputs", "readOnly": true},
+                    {"name": "keyhole-secrets", "mountPath": "/keyhole/secrets"},
+                    {"name": "keyhole-run", "mountPath": "/keyhole/run"}]
+            }],
+            "containers": [{
+                "name": "build", "image": BUSYBOX, "imagePullPolicy": "Never",
+                "command": ["sh", "-c", script],
+                "securityContext": restricted(),
+                "volumeMounts": [
+                    {"name": "keyhole-secrets", "mountPath": "/keyhole/secrets", "readOnly": true},
+                    {"name": "keyhole-run", "mountPath": "/keyhole/run"}]
+            }]
+        }
+    }))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn broker_delivers_vault_and_kubernetes_secrets_and_masks_them_in_the_job_log() {
+    let setup = job_setup("brokerpod").await;
+    let ns = &setup.ns.name;
+    let script = r#"
+        exec > /keyhole/run/log 2>&1
+        . /keyhole/secrets/.env
+        echo "db=$(cat /keyhole/secrets/DB_PASSWORD)"
+        echo "app=$APP_TOKEN"
+        echo "db-b64=$(base64 < /keyhole/secrets/DB_PASSWORD | tr -d '\n')"
+        echo "db-sha=$(sha256sum < /keyhole/secrets/DB_PASSWORD | cut -d' ' -f1)"
+        echo "db-mode=$(stat -c '%a %u' /keyhole/secrets/DB_PASSWORD)"
+        touch /keyhole/secrets/x 2>/dev/null && echo "secrets-writable" || echo "secrets-read-only"
+        test -e /keyhole/inputs && echo "inputs-visible" || echo "inputs-hidden"
+        test -e /var/run/secrets/kubernetes.io/serviceaccount/token && echo "sa-token-visible" || echo "no-sa-token"
+        echo "job done"
+    "#;
+    let pod = job_pod(
+        &setup,
+        json!({
+            "secrets.keyhole.dev/DB_PASSWORD": format!("vault:kv/{ns}/db#password"),
+            "secrets.keyhole.dev/APP_TOKEN": "k8s:app-creds/token?file=false"
+        }),
+        script,
+    );
+    let pods: Api<Pod> = setup.ns.api();
+    let done = run_pod_to_completion(&pods, &pod).await.unwrap();
+    let log = pod_logs(&pods, "job", "keyhole-broker").await.unwrap();
+    assert_eq!(
+        done.status.as_ref().unwrap().phase.as_deref(),
+        Some("Succeeded"),
+        "broker log:\n{log}"
+    );
+
+    for line in [
+        "db=[MASKED]",
+        "app=[MASKED]",
+        "db-b64=[MASKED]",
+        &format!("db-sha={}", sha256_hex(setup.db_password.as_bytes())),
+        "db-mode=400 1000",
+        "secrets-read-only",
+        "inputs-hidden",
+        "no-sa-token",
+        "job done",
+        "Vault token revoked",
+    ] {
+        assert!(log.contains(line), "missing {line:?} in broker log:\n{log}");
+    }
+    assert!(
+        log.contains("audit secret=DB_PASSWORD source=vault:kv/"),
+        "{log}"
+    );
+    assert!(log.contains("version=1"), "{log}");
+    for secret in [setup.db_password.as_str(), setup.app_token.as_str()] {
+        assert!(
+            !log.contains(secret),
+            "a secret value reached the log:\n{log}"
+        );
+    }
+    let build_log = pod_logs(&pods, "job", "build").await.unwrap();
+    assert_eq!(
+        build_log, "",
+        "the build container's output goes only through the broker"
+    );
+    let spec = serde_json::to_string(&done).unwrap();
+    for secret in [setup.db_password.as_str(), setup.app_token.as_str()] {
+        assert!(
+            !spec.contains(secret),
+            "a secret value is in the pod object"
+        );
+    }
+}
+
+#[tokio::test]
+async fn broker_refuses_a_secret_the_service_account_may_not_read_and_the_job_never_starts() {
+    let setup = job_setup("brokerdeny").await;
+    let ns = &setup.ns.name;
+    let pod = job_pod(
+        &setup,
+        json!({
+            "secrets.keyhole.dev/DB_PASSWORD": format!("vault:kv/{ns}/db#password"),
+            "secrets.keyhole.dev/STOLEN": "k8s:not-yours/token"
+        }),
+        "echo the job must not run > /keyhole/run/log",
+    );
+    let pods: Api<Pod> = setup.ns.api();
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+    // The broker exits with the contract's failure code and restarts (restartPolicy Always);
+    // wait for its first termination.
+    let failed = keyhole_tests::wait_for_pod(&pods, "job", |p: Option<&Pod>| {
+        p.and_then(|p| p.status.as_ref())
+            .and_then(|s| s.init_container_statuses.as_ref())
+            .and_then(|c| c.first())
+            .is_some_and(|c| {
+                c.last_state
+                    .as_ref()
+                    .and_then(|s| s.terminated.as_ref())
+                    .is_some()
+                    || c.state
+                        .as_ref()
+                        .and_then(|s| s.terminated.as_ref())
+                        .is_some()
+            })
+    })
+    .await
+    .unwrap();
+    let status = &failed.status.unwrap().init_container_statuses.unwrap()[0];
+    let terminated = status
+        .last_state
+        .as_ref()
+        .and_then(|s| s.terminated.clone())
+        .or_else(|| status.state.as_ref().and_then(|s| s.terminated.clone()))
+        .unwrap();
+    assert_eq!(
+        terminated.exit_code,
+        keyhole_broker::contract::exit_code::SECRETS_FAILED
+    );
+    let log = pods
+        .logs(
+            "job",
+            &kube::api::LogParams {
+                container: Some("keyhole-broker".into()),
+                previous: status.restart_count > 0,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(
+        log.contains(&format!(
+            "service account {ns}/job may not read secret not-yours in namespace {ns}"
+        )),
+        "{log}"
+    );
+    assert!(!log.contains("forbidden-value-1234"));
+    let build = pods
+        .get("job")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .container_statuses
+        .unwrap_or_default();
+    assert!(
+        build.iter().all(
+            |c| c.state.as_ref().and_then(|s| s.running.as_ref()).is_none()
+                && c.state
+                    .as_ref()
+                    .and_then(|s| s.terminated.as_ref())
+                    .is_none()
+        ),
+        "the build container never started: {build:?}"
+    );
+}
