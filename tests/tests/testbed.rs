@@ -594,3 +594,80 @@ async fn deleting_a_pod_garbage_collects_the_secret_it_owns() {
     let err = secrets.get("owned").await.expect_err("the Secret is gone");
     assert!(matches!(err, kube::Error::Api(s) if s.code == 404));
 }
+
+#[tokio::test]
+async fn validating_admission_policy_rejects_what_its_cel_expression_forbids() {
+    use k8s_openapi::api::admissionregistration::v1::{
+        ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+    };
+    let bed = TestBed::connect().await;
+    let ns = TestNamespace::create(&bed, "vap", &[]).await.unwrap();
+    let name = format!("{}-no-hostpath", ns.name);
+    let policies: Api<ValidatingAdmissionPolicy> = Api::all(bed.client.clone());
+    let bindings: Api<ValidatingAdmissionPolicyBinding> = Api::all(bed.client.clone());
+    let policy: ValidatingAdmissionPolicy = serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {"failurePolicy": "Fail",
+            "matchConstraints": {"resourceRules": [{"apiGroups": [""], "apiVersions": ["v1"],
+                "operations": ["CREATE"], "resources": ["pods"]}]},
+            "validations": [{"expression": "!has(object.spec.volumes) || object.spec.volumes.all(v, !has(v.hostPath))",
+                "message": "hostPath volumes are not allowed here"}]}
+    }))
+    .unwrap();
+    policies
+        .create(&PostParams::default(), &policy)
+        .await
+        .unwrap();
+    let binding: ValidatingAdmissionPolicyBinding = serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {"policyName": name, "validationActions": ["Deny"],
+            "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns.name}}}}
+    }))
+    .unwrap();
+    bindings
+        .create(&PostParams::default(), &binding)
+        .await
+        .unwrap();
+
+    let pods: Api<Pod> = ns.api();
+    let host_path = pod_from_json(json!({
+        "metadata": {"generateName": "hostpath-"},
+        "spec": {"containers": [{"name": "c", "image": BUSYBOX, "imagePullPolicy": "Never", "command": ["true"]}],
+            "volumes": [{"name": "h", "hostPath": {"path": "/etc"}}]}
+    }));
+    // The apiserver compiles new policies asynchronously: allow it a few seconds.
+    let mut rejection = None;
+    for _ in 0..100 {
+        match pods.create(&PostParams::default(), &host_path).await {
+            Err(kube::Error::Api(s)) => {
+                rejection = Some(s);
+                break;
+            }
+            Ok(created) => {
+                let _ = pods
+                    .delete(
+                        created.metadata.name.as_deref().unwrap(),
+                        &DeleteParams::default(),
+                    )
+                    .await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(other) => panic!("unexpected error: {other:?}"),
+        }
+    }
+    let _ = bindings.delete(&name, &DeleteParams::default()).await;
+    let _ = policies.delete(&name, &DeleteParams::default()).await;
+    let rejection = rejection.expect("the policy never took effect");
+    assert!(
+        rejection
+            .message
+            .contains("hostPath volumes are not allowed here"),
+        "{rejection:?}"
+    );
+
+    let plain = pod_from_json(json!({
+        "metadata": {"name": "plain"},
+        "spec": {"containers": [{"name": "c", "image": BUSYBOX, "imagePullPolicy": "Never", "command": ["true"]}]}
+    }));
+    pods.create(&PostParams::default(), &plain).await.unwrap();
+}
