@@ -44,7 +44,7 @@ fn main() {
             )
             .as_bytes(),
         );
-        if line % 50 == 0 {
+        if line.is_multiple_of(50) {
             let v = &values[(next() % 100) as usize];
             match next() % 3 {
                 0 => block.extend_from_slice(v),
