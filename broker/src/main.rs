@@ -85,8 +85,9 @@ fn main() {
         Command::Run(args) => {
             let args = *args;
             let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
+            // One thread: the work is a few dozen concurrent requests and a pipe; more
+            // threads would only add memory and start-up time.
+            let runtime = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
             {
