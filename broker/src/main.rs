@@ -4,7 +4,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use keyhole_broker::contract;
 use keyhole_broker::delivery::Ownership;
-use keyhole_broker::run::{KubeSettings, RunConfig, VaultSettings, run};
+use keyhole_broker::run::{AuthMethod, KubeSettings, RunConfig, VaultSettings, run};
 
 /// Delivers a job's secrets as files and masks them out of its log. Runs as a native sidecar
 /// in each Keyhole job pod; see docs/broker.md.
@@ -46,7 +46,17 @@ struct RunArgs {
     vault_ca_file: Option<PathBuf>,
     #[arg(long, env = "KEYHOLE_VAULT_AUTH_MOUNT", default_value = "kubernetes")]
     vault_auth_mount: String,
-    /// Vault role the job's ServiceAccount logs in as.
+    /// `kubernetes` (the pod's ServiceAccount token) or `jwt` (the job's GitLab ID token).
+    #[arg(long, env = "KEYHOLE_VAULT_AUTH_METHOD", default_value = "kubernetes", value_parser = ["kubernetes", "jwt"])]
+    vault_auth_method: String,
+    /// With `jwt`: the per-job Secret key holding the ID token.
+    #[arg(
+        long,
+        env = "KEYHOLE_VAULT_JWT_INPUT",
+        default_value = "VAULT_ID_TOKEN"
+    )]
+    vault_jwt_input: String,
+    /// Vault role the job logs in as (for `jwt`, empty means the mount's default role).
     #[arg(long, env = "KEYHOLE_VAULT_ROLE", default_value = "")]
     vault_role: String,
     /// Total time to keep retrying an unreachable Vault, in seconds.
@@ -123,6 +133,13 @@ fn run_config(a: RunArgs) -> RunConfig {
             ca_file: a.vault_ca_file,
             auth_mount: a.vault_auth_mount,
             role: a.vault_role,
+            method: if a.vault_auth_method == "jwt" {
+                AuthMethod::Jwt {
+                    input_key: a.vault_jwt_input,
+                }
+            } else {
+                AuthMethod::Kubernetes
+            },
         }),
         kube: a.kube_api.map(|api_url| KubeSettings {
             api_url,

@@ -38,6 +38,16 @@ pub struct VaultSettings {
     pub ca_file: Option<PathBuf>,
     pub auth_mount: String,
     pub role: String,
+    pub method: AuthMethod,
+}
+
+/// How the broker logs in to Vault.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthMethod {
+    /// Kubernetes auth with the pod's projected ServiceAccount token.
+    Kubernetes,
+    /// JWT auth with a GitLab ID token the runner put in the per-job Secret under this key.
+    Jwt { input_key: String },
 }
 
 #[derive(Debug, Clone)]
@@ -68,7 +78,7 @@ pub async fn run(config: RunConfig) -> i32 {
     let vault = match config
         .vault
         .as_ref()
-        .map(|v| vault_source(v, &config))
+        .map(|v| vault_source(v, &config, &job_secret))
         .transpose()
     {
         Ok(v) => v,
@@ -157,6 +167,7 @@ pub async fn run(config: RunConfig) -> i32 {
         let _ = stop_tx.send(true);
     });
     let pumped = crate::pump::pump(&fifo, masker, tokio::io::stdout(), stop_rx).await;
+    eprintln!("keyhole-broker: job ended; wiping secrets");
     files.wipe();
     let _ = std::fs::remove_file(&ready);
     let _ = std::fs::remove_file(&fifo);
@@ -177,11 +188,19 @@ fn fail(code: i32, lines: &[String]) -> i32 {
     code
 }
 
+/// Revocation must finish inside the pod's termination grace period, whatever the retry
+/// policy for reads says; a token that outlives this still expires at its TTL.
+const REVOKE_DEADLINE: Duration = Duration::from_secs(5);
+
 async fn revoke(client: &mut Option<crate::vault::VaultClient>) {
     if let Some(c) = client.as_mut() {
-        match c.revoke_self().await {
-            Ok(()) => eprintln!("keyhole-broker: Vault token revoked"),
-            Err(e) => eprintln!("keyhole-broker: warning: revoking the Vault token: {e}"),
+        match tokio::time::timeout(REVOKE_DEADLINE, c.revoke_self()).await {
+            Ok(Ok(())) => eprintln!("keyhole-broker: Vault token revoked"),
+            Ok(Err(e)) => eprintln!("keyhole-broker: warning: revoking the Vault token: {e}"),
+            Err(_) => eprintln!(
+                "keyhole-broker: warning: revoking the Vault token took over {}s; it expires at its TTL",
+                REVOKE_DEADLINE.as_secs()
+            ),
         }
     }
 }
@@ -202,7 +221,11 @@ async fn wait_for_termination() {
     }
 }
 
-fn vault_source(v: &VaultSettings, config: &RunConfig) -> Result<VaultSource, String> {
+fn vault_source(
+    v: &VaultSettings,
+    config: &RunConfig,
+    job_secret: &std::collections::BTreeMap<String, SecretSlice<u8>>,
+) -> Result<VaultSource, String> {
     let ca_bundle = v
         .ca_file
         .as_ref()
@@ -211,6 +234,29 @@ fn vault_source(v: &VaultSettings, config: &RunConfig) -> Result<VaultSource, St
                 .map_err(|e| format!("reading the Vault CA bundle {}: {e}", p.display()))
         })
         .transpose()?;
+    let login = match &v.method {
+        AuthMethod::Kubernetes => LoginMethod::Kubernetes {
+            mount: v.auth_mount.clone(),
+            role: v.role.clone(),
+            token_file: config.inputs_dir.join(contract::INPUT_SA_TOKEN),
+        },
+        AuthMethod::Jwt { input_key } => {
+            let token = job_secret.get(input_key).ok_or_else(|| {
+                format!(
+                    "Vault JWT auth needs the ID token {input_key:?} in the job's inputs ({}/{}), which has none; declare it under id_tokens",
+                    config.inputs_dir.display(),
+                    contract::INPUT_JOB_SECRET_DIR
+                )
+            })?;
+            let text = std::str::from_utf8(secrecy::ExposeSecret::expose_secret(token))
+                .map_err(|_| format!("the ID token {input_key:?} is not UTF-8"))?;
+            LoginMethod::Jwt {
+                mount: v.auth_mount.clone(),
+                role: (!v.role.is_empty()).then(|| v.role.clone()),
+                jwt: text.trim().into(),
+            }
+        }
+    };
     Ok(VaultSource {
         config: VaultConfig {
             addr: v.addr.clone(),
@@ -223,11 +269,7 @@ fn vault_source(v: &VaultSettings, config: &RunConfig) -> Result<VaultSource, St
             },
             request_timeout: Duration::from_secs(10),
         },
-        login: LoginMethod::Kubernetes {
-            mount: v.auth_mount.clone(),
-            role: v.role.clone(),
-            token_file: config.inputs_dir.join(contract::INPUT_SA_TOKEN),
-        },
+        login,
     })
 }
 

@@ -124,8 +124,31 @@ async fn job_setup(tag: &str) -> JobSetup {
     }
 }
 
-fn job_pod(setup: &JobSetup, annotations: serde_json::Value, script: &str) -> Pod {
+/// A job pod with the broker as native sidecar. `vault_env` picks the Vault login (role,
+/// method); `extra_sources` adds projected sources (e.g. the per-job Secret).
+fn job_pod(
+    setup: &JobSetup,
+    annotations: serde_json::Value,
+    script: &str,
+    vault_env: serde_json::Value,
+    extra_sources: serde_json::Value,
+) -> Pod {
     let env = &setup.bed.env;
+    let mut sources = vec![
+        json!({"serviceAccountToken": {"audience": "vault", "expirationSeconds": 600, "path": "token"}}),
+        json!({"serviceAccountToken": {"expirationSeconds": 600, "path": "kube-token"}}),
+        json!({"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}}),
+        json!({"downwardAPI": {"items": [{"path": "annotations", "fieldRef": {"fieldPath": "metadata.annotations"}}]}}),
+    ];
+    sources.extend(extra_sources.as_array().cloned().unwrap_or_default());
+    let mut broker_env = vec![
+        json!({"name": "KEYHOLE_VAULT_ADDR", "value": env.vault_pod_addr}),
+        json!({"name": "KEYHOLE_VAULT_DEADLINE", "value": "5"}),
+        json!({"name": "KEYHOLE_KUBE_API", "value": env.apiserver_url}),
+        json!({"name": "KEYHOLE_KUBE_CA_FILE", "value": "/keyhole/inputs/ca.crt"}),
+        json!({"name": "KEYHOLE_NAMESPACE", "value": setup.ns.name}),
+    ];
+    broker_env.extend(vault_env.as_array().cloned().unwrap_or_default());
     serde_json::from_value(json!({
         "metadata": {"name": "job", "annotations": annotations},
         "spec": {
@@ -136,25 +159,14 @@ fn job_pod(setup: &JobSetup, annotations: serde_json::Value, script: &str) -> Po
             "securityContext": {"runAsNonRoot": true, "runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000,
                                 "seccompProfile": {"type": "RuntimeDefault"}},
             "volumes": [
-                {"name": "keyhole-inputs", "projected": {"sources": [
-                    {"serviceAccountToken": {"audience": "vault", "expirationSeconds": 600, "path": "token"}},
-                    {"serviceAccountToken": {"expirationSeconds": 600, "path": "kube-token"}},
-                    {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
-                    {"downwardAPI": {"items": [{"path": "annotations", "fieldRef": {"fieldPath": "metadata.annotations"}}]}}]}},
+                {"name": "keyhole-inputs", "projected": {"sources": sources}},
                 {"name": "keyhole-secrets", "emptyDir": {"medium": "Memory", "sizeLimit": "4Mi"}},
                 {"name": "keyhole-run", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}
             ],
             "initContainers": [{
                 "name": "keyhole-broker", "image": BROKER_IMAGE, "imagePullPolicy": "Never",
                 "restartPolicy": "Always", "args": ["run"],
-                "env": [
-                    {"name": "KEYHOLE_VAULT_ADDR", "value": env.vault_pod_addr},
-                    {"name": "KEYHOLE_VAULT_ROLE", "value": setup.ns.name},
-                    {"name": "KEYHOLE_VAULT_DEADLINE", "value": "5"},
-                    {"name": "KEYHOLE_KUBE_API", "value": env.apiserver_url},
-                    {"name": "KEYHOLE_KUBE_CA_FILE", "value": "/keyhole/inputs/ca.crt"},
-                    {"name": "KEYHOLE_NAMESPACE", "value": setup.ns.name}
-                ],
+                "env": broker_env,
                 "startupProbe": {"exec": {"command": ["/usr/local/bin/keyhole-broker", "ready"]},
                                  "periodSeconds": 1, "failureThreshold": 60},
                 "securityContext": restricted(),
@@ -200,6 +212,8 @@ async fn broker_delivers_vault_and_kubernetes_secrets_and_masks_them_in_the_job_
             "secrets.keyhole.dev/APP_TOKEN": "k8s:app-creds/token?file=false"
         }),
         script,
+        json!([{"name": "KEYHOLE_VAULT_ROLE", "value": ns}]),
+        json!([]),
     );
     let pods: Api<Pod> = setup.ns.api();
     let done = run_pod_to_completion(&pods, &pod).await.unwrap();
@@ -260,6 +274,8 @@ async fn broker_refuses_a_secret_the_service_account_may_not_read_and_the_job_ne
             "secrets.keyhole.dev/STOLEN": "k8s:not-yours/token"
         }),
         "echo the job must not run > /keyhole/run/log",
+        json!([{"name": "KEYHOLE_VAULT_ROLE", "value": ns}]),
+        json!([]),
     );
     let pods: Api<Pod> = setup.ns.api();
     pods.create(&PostParams::default(), &pod).await.unwrap();
@@ -328,5 +344,64 @@ async fn broker_refuses_a_secret_the_service_account_may_not_read_and_the_job_ne
                     .is_none()
         ),
         "the build container never started: {build:?}"
+    );
+}
+
+#[tokio::test]
+async fn broker_logs_in_to_vault_with_the_jobs_gitlab_id_token() {
+    use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+
+    let setup = job_setup("brokerjwt").await;
+    let ns = setup.ns.name.clone();
+    let vault = VaultAdmin::new(&setup.bed.env);
+    vault
+        .write(
+            &format!("auth/jwt/role/{ns}"),
+            json!({"role_type": "jwt", "user_claim": "sub", "bound_audiences": ["https://vault.keyhole.test"],
+                   "bound_claims": {"project_path": "group/app", "ref_protected": "true"},
+                   "token_policies": [ns], "token_ttl": "120s"}),
+        )
+        .await
+        .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims = json!({"iss": setup.bed.env.jwt_issuer, "aud": "https://vault.keyhole.test",
+        "sub": "project_path:group/app:ref_type:branch:ref:main", "project_path": "group/app",
+        "ref_protected": "true", "iat": now, "nbf": now, "exp": now + 600});
+    let key =
+        EncodingKey::from_rsa_pem(&std::fs::read(&setup.bed.env.jwt_signing_key).unwrap()).unwrap();
+    let id_token = encode(&Header::new(Algorithm::RS256), &claims, &key).unwrap();
+    create(
+        &setup.ns.api::<Secret>(),
+        json!({"metadata": {"name": "job-inputs"}, "stringData": {"VAULT_ID_TOKEN": id_token}}),
+    )
+    .await;
+    let pod = job_pod(
+        &setup,
+        json!({"secrets.keyhole.dev/DB_PASSWORD": format!("vault:kv/{ns}/db?engine=kv-v2#password")}),
+        "exec > /keyhole/run/log 2>&1; echo \"db=$(cat /keyhole/secrets/DB_PASSWORD)\"; echo job done",
+        json!([{"name": "KEYHOLE_VAULT_AUTH_METHOD", "value": "jwt"},
+               {"name": "KEYHOLE_VAULT_AUTH_MOUNT", "value": "jwt"},
+               {"name": "KEYHOLE_VAULT_ROLE", "value": ns}]),
+        json!([{"secret": {"name": "job-inputs", "items": [{"key": "VAULT_ID_TOKEN", "path": "job/VAULT_ID_TOKEN"}]}}]),
+    );
+    let pods: Api<Pod> = setup.ns.api();
+    let done = run_pod_to_completion(&pods, &pod).await.unwrap();
+    let log = pod_logs(&pods, "job", "keyhole-broker").await.unwrap();
+    assert_eq!(
+        done.status.unwrap().phase.as_deref(),
+        Some("Succeeded"),
+        "broker log:\n{log}"
+    );
+    assert!(
+        log.contains("db=[MASKED]") && log.contains("job done"),
+        "{log}"
+    );
+    assert!(log.contains("Vault token revoked"), "{log}");
+    assert!(
+        !log.contains(&setup.db_password) && !log.contains(&id_token),
+        "{log}"
     );
 }
