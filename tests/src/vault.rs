@@ -46,6 +46,29 @@ impl VaultAdmin {
         })
     }
 
+    /// Lets the ServiceAccount `job` of namespace `namespace` log in (kubernetes auth, audience
+    /// `vault`, role and policy both named after the namespace) and read `paths`.
+    pub async fn grant_job_in_namespace(&self, namespace: &str, paths: &[String]) -> Result<()> {
+        let mut policy: String = paths
+            .iter()
+            .map(|p| format!("path \"{p}\" {{ capabilities = [\"read\"] }}\n"))
+            .collect();
+        policy.push_str("path \"sys/internal/ui/mounts/*\" { capabilities = [\"read\"] }\n");
+        self.write(
+            &format!("sys/policies/acl/{namespace}"),
+            serde_json::json!({"policy": policy}),
+        )
+        .await?;
+        self.write(
+            &format!("auth/kubernetes/role/{namespace}"),
+            serde_json::json!({"bound_service_account_names": ["job"],
+                "bound_service_account_namespaces": [namespace], "audience": "vault",
+                "token_policies": [namespace], "token_ttl": "300s"}),
+        )
+        .await?;
+        Ok(())
+    }
+
     /// `PUT /v1/<path>` as root, returning Vault's status and body whatever they are.
     pub async fn write_status(&self, path: &str, body: Value) -> (StatusCode, Value) {
         let resp = self

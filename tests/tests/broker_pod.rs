@@ -102,18 +102,7 @@ async fn job_setup(tag: &str) -> JobSetup {
         .await
         .unwrap();
     vault
-        .write(
-            &format!("sys/policies/acl/{name}"),
-            json!({"policy": format!("path \"kv/data/{name}/*\" {{ capabilities = [\"read\"] }}\npath \"sys/internal/ui/mounts/*\" {{ capabilities = [\"read\"] }}")}),
-        )
-        .await
-        .unwrap();
-    vault
-        .write(
-            &format!("auth/kubernetes/role/{name}"),
-            json!({"bound_service_account_names": ["job"], "bound_service_account_namespaces": [name],
-                   "audience": "vault", "token_policies": [name], "token_ttl": "300s"}),
-        )
+        .grant_job_in_namespace(&name, &[format!("kv/data/{name}/*")])
         .await
         .unwrap();
     JobSetup {

@@ -67,20 +67,9 @@ impl Fixture {
             .unwrap();
         let name = ns.name.clone();
         vault
-            .write(
-                &format!("sys/policies/acl/{name}"),
-                json!({"policy": format!(
-                    "path \"kv/data/{name}/*\" {{ capabilities = [\"read\"] }}\n\
-                     path \"kv1/{name}/*\" {{ capabilities = [\"read\"] }}\n\
-                     path \"sys/internal/ui/mounts/*\" {{ capabilities = [\"read\"] }}")}),
-            )
-            .await
-            .unwrap();
-        vault
-            .write(
-                &format!("auth/kubernetes/role/{name}"),
-                json!({"bound_service_account_names": ["job"], "bound_service_account_namespaces": [name],
-                       "audience": "vault", "token_policies": [name], "token_ttl": "120s"}),
+            .grant_job_in_namespace(
+                &name,
+                &[format!("kv/data/{name}/*"), format!("kv1/{name}/*")],
             )
             .await
             .unwrap();

@@ -297,7 +297,7 @@ impl VaultClient {
                 .data
                 .map(|d| serde_json::from_str(d.get()))
                 .transpose()
-                .map_err(|e| bad(&what, e))?
+                .map_err(|e| json_error(&what, &e))?
                 .ok_or_else(|| VaultError::NotFound {
                     path: shown.clone(),
                 })?;
@@ -483,7 +483,21 @@ fn login_body(role: Option<&str>, jwt: &str) -> Zeroizing<Vec<u8>> {
 }
 
 fn parse<'a, T: Deserialize<'a>>(body: &'a [u8], what: &str) -> Result<T, VaultError> {
-    serde_json::from_slice(body).map_err(|e| bad(what, e))
+    serde_json::from_slice(body).map_err(|e| json_error(what, &e))
+}
+
+/// serde_json's messages can quote the offending value, which may be a secret; keep only the
+/// kind of error and where it was.
+fn json_error(what: &str, e: &serde_json::Error) -> VaultError {
+    bad(
+        what,
+        format!(
+            "{:?} JSON error at line {} column {}",
+            e.classify(),
+            e.line(),
+            e.column()
+        ),
+    )
 }
 
 fn bad(what: &str, e: impl std::fmt::Display) -> VaultError {
@@ -504,7 +518,7 @@ fn extract(
         return Ok(SecretSlice::from(data.get().as_bytes().to_vec()));
     };
     let fields: BTreeMap<String, &RawValue> =
-        serde_json::from_str(data.get()).map_err(|e| bad(&format!("read of {path}"), e))?;
+        serde_json::from_str(data.get()).map_err(|e| json_error(&format!("read of {path}"), &e))?;
     let raw = fields.get(field).ok_or_else(|| VaultError::MissingField {
         path: path.to_owned(),
         field: field.to_owned(),
@@ -515,8 +529,8 @@ fn extract(
             .join(", "),
     })?;
     if raw.get().starts_with('"') {
-        let s: SecretString =
-            serde_json::from_str(raw.get()).map_err(|e| bad(&format!("read of {path}"), e))?;
+        let s: SecretString = serde_json::from_str(raw.get())
+            .map_err(|e| json_error(&format!("read of {path}"), &e))?;
         Ok(SecretSlice::from(s.expose_secret().as_bytes().to_vec()))
     } else {
         Ok(SecretSlice::from(raw.get().as_bytes().to_vec()))
@@ -618,6 +632,16 @@ mod tests {
         };
         let shown = format!("{token:?}");
         assert!(!shown.contains("very-secret"), "{shown}");
+    }
+
+    #[test]
+    fn parse_errors_never_quote_the_value() {
+        let data = raw(r#""hunter2-not-an-object""#);
+        let err = extract(&data, Some("password"), "kv/db")
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("hunter2"), "{err}");
+        assert!(err.contains("line 1"), "{err}");
     }
 
     #[test]
