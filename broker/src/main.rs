@@ -95,9 +95,10 @@ fn main() {
         Command::Run(args) => {
             let args = *args;
             let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-            // One thread: the work is a few dozen concurrent requests and a pipe; more
-            // threads would only add memory and start-up time.
-            let runtime = match tokio::runtime::Builder::new_current_thread()
+            // One worker: the work is a few dozen concurrent requests and a pipe. (A
+            // current-thread runtime sometimes stalled the final Vault revocation.)
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
                 .enable_all()
                 .build()
             {

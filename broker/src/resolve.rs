@@ -120,6 +120,16 @@ pub async fn resolve_all(
     }
     if !failures.is_empty() {
         failures.sort_by(|a, b| a.name.cmp(&b.name));
+        // Nothing is delivered, so the token has no further use.
+        if let Some(mut c) = client
+            && tokio::time::timeout(std::time::Duration::from_secs(5), c.revoke_self())
+                .await
+                .is_err()
+        {
+            eprintln!(
+                "keyhole-broker: warning: revoking the Vault token timed out; it expires at its TTL"
+            );
+        }
         return Err(failures);
     }
     resolved.sort_by(|a, b| a.name.cmp(&b.name));

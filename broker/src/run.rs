@@ -190,12 +190,16 @@ fn fail(code: i32, lines: &[String]) -> i32 {
 
 /// Revocation must finish inside the pod's termination grace period, whatever the retry
 /// policy for reads says; a token that outlives this still expires at its TTL.
-const REVOKE_DEADLINE: Duration = Duration::from_secs(5);
+const REVOKE_DEADLINE: Duration = Duration::from_secs(10);
 
 async fn revoke(client: &mut Option<crate::vault::VaultClient>) {
     if let Some(c) = client.as_mut() {
+        let started = std::time::Instant::now();
         match tokio::time::timeout(REVOKE_DEADLINE, c.revoke_self()).await {
-            Ok(Ok(())) => eprintln!("keyhole-broker: Vault token revoked"),
+            Ok(Ok(())) => eprintln!(
+                "keyhole-broker: Vault token revoked ({} ms)",
+                started.elapsed().as_millis()
+            ),
             Ok(Err(e)) => eprintln!("keyhole-broker: warning: revoking the Vault token: {e}"),
             Err(_) => eprintln!(
                 "keyhole-broker: warning: revoking the Vault token took over {}s; it expires at its TTL",

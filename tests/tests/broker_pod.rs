@@ -144,7 +144,7 @@ fn job_pod(
             "restartPolicy": "Never",
             "serviceAccountName": "job",
             "automountServiceAccountToken": false,
-            "terminationGracePeriodSeconds": 10,
+            "terminationGracePeriodSeconds": 30,
             "securityContext": {"runAsNonRoot": true, "runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000,
                                 "seccompProfile": {"type": "RuntimeDefault"}},
             "volumes": [
