@@ -26,18 +26,23 @@ impl VaultAdmin {
         format!("{}/v1/{}", self.addr, path.trim_start_matches('/'))
     }
 
-    /// `PUT /v1/<path>` as root; fails on any non-2xx answer with Vault's error text.
-    pub async fn write(&self, path: &str, body: Value) -> Result<Option<Value>> {
+    /// `PUT /v1/<path>` as root: Vault's status and body text.
+    async fn put(&self, path: &str, body: &Value) -> Result<(StatusCode, String)> {
         let resp = self
             .http
             .put(self.url(path))
             .header("X-Vault-Token", &self.token)
-            .json(&body)
+            .json(body)
             .send()
             .await
             .with_context(|| format!("Vault write {path}"))?;
         let status = resp.status();
-        let text = resp.text().await?;
+        Ok((status, resp.text().await?))
+    }
+
+    /// `PUT /v1/<path>` as root; fails on any non-2xx answer with Vault's error text.
+    pub async fn write(&self, path: &str, body: Value) -> Result<Option<Value>> {
+        let (status, text) = self.put(path, &body).await?;
         anyhow::ensure!(status.is_success(), "Vault write {path}: {status}: {text}");
         Ok(if text.is_empty() {
             None
@@ -71,16 +76,7 @@ impl VaultAdmin {
 
     /// `PUT /v1/<path>` as root, returning Vault's status and body whatever they are.
     pub async fn write_status(&self, path: &str, body: Value) -> (StatusCode, Value) {
-        let resp = self
-            .http
-            .put(self.url(path))
-            .header("X-Vault-Token", &self.token)
-            .json(&body)
-            .send()
-            .await
-            .expect("Vault answers");
-        let status = resp.status();
-        let text = resp.text().await.unwrap_or_default();
+        let (status, text) = self.put(path, &body).await.expect("Vault answers");
         (status, serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 

@@ -26,6 +26,15 @@ fn config(addr: &str) -> VaultConfig {
     }
 }
 
+/// A JWT login that never gets as far as checking the token (Vault down or sealed).
+fn placeholder_jwt_login() -> LoginMethod {
+    LoginMethod::Jwt {
+        mount: "jwt".into(),
+        role: None,
+        jwt: "x.y.z".into(),
+    }
+}
+
 /// A namespace, a ServiceAccount `job`, a policy reading `kv/data/<ns>/*` and `kv1/<ns>/*`, a
 /// kubernetes-auth role bound to it, and a token file for that SA.
 struct Fixture {
@@ -267,14 +276,7 @@ async fn revoking_the_token_makes_vault_forget_it() {
 async fn unreachable_vault_is_retried_then_reported_with_the_address() {
     let mut client = VaultClient::new(config("http://127.0.0.1:1")).unwrap();
     let start = std::time::Instant::now();
-    let err = client
-        .login(&LoginMethod::Jwt {
-            mount: "jwt".into(),
-            role: None,
-            jwt: "x.y.z".into(),
-        })
-        .await
-        .unwrap_err();
+    let err = client.login(&placeholder_jwt_login()).await.unwrap_err();
     assert!(matches!(err, VaultError::Unreachable { .. }), "{err}");
     assert!(err.to_string().contains("127.0.0.1:1"), "{err}");
     assert!(
@@ -333,14 +335,7 @@ async fn a_sealed_vault_is_reported_as_sealed_without_retrying() {
         .error_for_status()
         .unwrap();
     let mut client = VaultClient::new(config(&addr)).unwrap();
-    let err = client
-        .login(&LoginMethod::Jwt {
-            mount: "jwt".into(),
-            role: None,
-            jwt: "x.y.z".into(),
-        })
-        .await
-        .unwrap_err();
+    let err = client.login(&placeholder_jwt_login()).await.unwrap_err();
     let _ = child.kill();
     let _ = child.wait();
     assert!(matches!(err, VaultError::Sealed { .. }), "{err}");

@@ -88,6 +88,8 @@ pub struct VaultClient {
     base: Url,
     config: VaultConfig,
     token: Option<Token>,
+    /// KV version per mount, asked once per job rather than once per reference.
+    engines: std::sync::Mutex<BTreeMap<String, KvEngine>>,
 }
 
 #[derive(Deserialize)]
@@ -174,6 +176,7 @@ impl VaultClient {
             base,
             config,
             token: None,
+            engines: std::sync::Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -260,6 +263,19 @@ impl VaultClient {
         Ok(if v2 { KvEngine::V2 } else { KvEngine::V1 })
     }
 
+    async fn cached_kv_engine(&self, mount: &str) -> Result<KvEngine, VaultError> {
+        let key = mount.trim_matches('/').to_owned();
+        let known = self.engines.lock().ok().and_then(|m| m.get(&key).copied());
+        if let Some(engine) = known {
+            return Ok(engine);
+        }
+        let engine = self.kv_engine(&key).await?;
+        if let Ok(mut m) = self.engines.lock() {
+            m.insert(key, engine);
+        }
+        Ok(engine)
+    }
+
     /// Reads a KV secret: one field, or the whole secret as a JSON object.
     pub async fn read_kv(
         &self,
@@ -270,7 +286,7 @@ impl VaultClient {
         field: Option<&str>,
     ) -> Result<KvValue, VaultError> {
         let engine = match engine {
-            KvEngine::Detect => self.kv_engine(mount).await?,
+            KvEngine::Detect => self.cached_kv_engine(mount).await?,
             known => known,
         };
         let mount = mount.trim_matches('/');
