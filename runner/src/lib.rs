@@ -1,5 +1,9 @@
 //! `keyhole-runner`: turns GitLab CI jobs into hardened Kubernetes pods whose secrets arrive
 //! through the `keyhole-broker` sidecar, streams their logs back and cleans up.
 //!
-//! The library holds the pure core (job model, pod builder, config) so that tests and the
-//! binary share it; Kubernetes and GitLab I/O sit in thin modules at the edges.
+//! The library holds the pure core (job model, pod builder, config, script) so that tests and
+//! the binary share it; Kubernetes and GitLab I/O sit in thin modules at the edges.
+
+pub mod gitlab;
+pub mod job;
+pub mod pipeline;

@@ -1,0 +1,1 @@
+//! The GitLab side: the Runner API client and the job payload.

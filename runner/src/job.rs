@@ -1,0 +1,133 @@
+//! The job model: one CI job, whatever its origin. A GitLab job payload
+//! ([`crate::gitlab::payload`]) and a job of a local `.gitlab-ci.yml` ([`crate::pipeline`]) both
+//! become a [`Job`], so the pod builder and the executor have one input to handle.
+//!
+//! Values that may be secret (the job token, non-public variables) are [`SecretString`]s: they
+//! reach the per-job Kubernetes Secret and nothing else, and no `Debug` prints them.
+
+use std::time::Duration;
+
+use secrecy::SecretString;
+
+/// One CI job, ready to be turned into a pod.
+#[derive(Debug, Clone)]
+pub struct Job {
+    /// GitLab's job id; local jobs (`keyhole-runner exec`) get a process-unique number.
+    pub id: u64,
+    pub name: String,
+    pub stage: String,
+    pub project: Project,
+    pub git: GitCheckout,
+    /// The build container's image; `None` uses the runner's default image.
+    pub image: Option<Image>,
+    pub services: Vec<Service>,
+    /// Every job variable, predefined `CI_*` ones included, in GitLab's order (later wins).
+    pub variables: Vec<Variable>,
+    pub before_script: Vec<String>,
+    pub script: Vec<String>,
+    pub after_script: Vec<String>,
+    /// The job's timeout; `None` uses the runner's default.
+    pub timeout: Option<Duration>,
+    /// GitLab `secrets:` entries as GitLab sent them (JSON), converted and validated by the
+    /// runner with `keyhole_broker::reference::from_gitlab_secrets`.
+    pub gitlab_secrets: Option<serde_json::Value>,
+    /// The CI job token; `None` for local jobs.
+    pub token: Option<SecretString>,
+}
+
+/// The project a job belongs to: the identity that service-account rules match on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Project {
+    pub id: u64,
+    /// `group/subgroup/project`.
+    pub path: String,
+}
+
+/// What to check out and how.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GitCheckout {
+    /// Repository URL without credentials (the job token travels separately).
+    pub repo_url: Option<String>,
+    pub sha: String,
+    /// Branch or tag name.
+    pub ref_name: String,
+    pub ref_is_tag: bool,
+    pub protected: bool,
+    pub refspecs: Vec<String>,
+    /// `GIT_DEPTH`; `None` or `Some(0)` is a full clone.
+    pub depth: Option<u32>,
+    pub strategy: GitStrategy,
+}
+
+/// GitLab's `GIT_STRATEGY`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum GitStrategy {
+    /// No checkout: the job works in an empty project directory.
+    None,
+    /// Fetch into the existing directory (in a fresh pod, same as clone).
+    #[default]
+    Fetch,
+    Clone,
+}
+
+/// A container image and how GitLab says to start it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Image {
+    pub name: String,
+    /// `image:entrypoint`: `Some(vec![])` clears the image's entrypoint.
+    pub entrypoint: Option<Vec<String>>,
+    /// `image:pull_policy`: `always`, `if-not-present`, `never`.
+    pub pull_policy: Vec<String>,
+}
+
+/// A `services:` entry: a container beside the build container.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Service {
+    pub image: Image,
+    /// `alias`; GitLab accepts several, comma- or space-separated.
+    pub aliases: Vec<String>,
+    pub command: Option<Vec<String>>,
+    pub variables: Vec<(String, String)>,
+}
+
+/// A job variable as GitLab sends it.
+#[derive(Debug, Clone)]
+pub struct Variable {
+    pub key: String,
+    pub value: SecretString,
+    /// Predefined, non-sensitive (`CI_*` and `variables:` of the YAML). Public variables may be
+    /// put in the pod spec; all others travel in the per-job Secret.
+    pub public: bool,
+    pub masked: bool,
+    /// A file variable: the job sees a path whose file holds the value.
+    pub file: bool,
+    /// `raw`: no `$VAR` expansion.
+    pub raw: bool,
+}
+
+impl Variable {
+    /// A public, plain variable (the shape of `variables:` in a `.gitlab-ci.yml`).
+    pub fn public(key: impl Into<String>, value: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            value: SecretString::from(value.into()),
+            public: true,
+            masked: false,
+            file: false,
+            raw: false,
+        }
+    }
+}
+
+impl Job {
+    /// The last value of a public variable, for settings like `GIT_STRATEGY` that GitLab reads
+    /// from variables.
+    pub fn public_variable(&self, key: &str) -> Option<&str> {
+        use secrecy::ExposeSecret;
+        self.variables
+            .iter()
+            .rev()
+            .find(|v| v.public && v.key == key)
+            .map(|v| v.value.expose_secret())
+    }
+}

@@ -1,0 +1,1 @@
+//! Local `.gitlab-ci.yml` files for `keyhole-runner exec` and `render`.
