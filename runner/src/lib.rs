@@ -4,6 +4,12 @@
 //! The library holds the pure core (job model, pod builder, config, script) so that tests and
 //! the binary share it; Kubernetes and GitLab I/O sit in thin modules at the edges.
 
+pub mod config;
+pub mod execute;
 pub mod gitlab;
 pub mod job;
 pub mod pipeline;
+pub mod pod;
+pub mod prepare;
+pub mod script;
+pub mod secrets;

@@ -1,0 +1,428 @@
+//! Reading `config.toml`: typed parse, one warning for keys Keyhole does not use, environment
+//! overrides, and checks that catch mistakes at start instead of at the first job.
+
+use std::path::Path;
+
+use secrecy::SecretString;
+
+use super::model::{Config, RunnerConfig};
+
+/// A config file that cannot be used, with where and what to change.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {source}; pass an existing file with --config")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("{path}: {key}: {message}")]
+    Invalid {
+        path: String,
+        key: String,
+        message: String,
+    },
+}
+
+/// A loaded config and the keys it ignored (printed once as a warning by the binary).
+#[derive(Debug)]
+pub struct Loaded {
+    pub config: Config,
+    pub ignored_keys: Vec<String>,
+}
+
+const TOP_KEYS: &[&str] = &[
+    "concurrent",
+    "check_interval",
+    "listen_address",
+    "log_format",
+    "log_level",
+    "shutdown_timeout",
+    "runners",
+];
+const RUNNER_KEYS: &[&str] = &[
+    "name",
+    "url",
+    "token",
+    "executor",
+    "limit",
+    "output_limit",
+    "builds_dir",
+    "environment",
+    "kubernetes",
+    "keyhole",
+];
+const KUBERNETES_KEYS: &[&str] = &[
+    "host",
+    "namespace",
+    "image",
+    "service_account",
+    "service_account_overwrite_allowed",
+    "cpu_limit",
+    "cpu_limit_overwrite_max_allowed",
+    "cpu_request",
+    "cpu_request_overwrite_max_allowed",
+    "memory_limit",
+    "memory_limit_overwrite_max_allowed",
+    "memory_request",
+    "memory_request_overwrite_max_allowed",
+    "ephemeral_storage_limit",
+    "ephemeral_storage_request",
+    "service_cpu_limit",
+    "service_cpu_request",
+    "service_memory_limit",
+    "service_memory_request",
+    "helper_cpu_limit",
+    "helper_cpu_request",
+    "helper_memory_limit",
+    "helper_memory_request",
+    "allowed_images",
+    "allowed_services",
+    "pull_policy",
+    "allowed_pull_policies",
+    "image_pull_secrets",
+    "node_selector",
+    "node_selector_overwrite_allowed",
+    "node_tolerations",
+    "pod_labels",
+    "pod_labels_overwrite_allowed",
+    "pod_annotations",
+    "pod_annotations_overwrite_allowed",
+    "pod_termination_grace_period_seconds",
+    "priority_class_name",
+    "runtime_class_name",
+    "scheduler_name",
+    "dns_policy",
+    "poll_timeout",
+    "pod_security_context",
+];
+const POD_SECURITY_KEYS: &[&str] = &[
+    "run_as_user",
+    "run_as_group",
+    "fs_group",
+    "supplemental_groups",
+];
+const KEYHOLE_KEYS: &[&str] = &[
+    "broker_image",
+    "vault_addr",
+    "vault_allowed",
+    "vault_namespace",
+    "vault_auth_mount",
+    "vault_role",
+    "vault_audience",
+    "token_expiration_seconds",
+    "kube_api",
+    "service_account_rules",
+];
+
+/// Reads and checks a config file, then applies the environment overrides in `env`.
+pub fn load_file(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Loaded, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    load_str(&text, &path.display().to_string(), env)
+}
+
+/// [`load_file`] without the file system, for tests and `verify`.
+pub fn load_str(
+    text: &str,
+    path: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Loaded, ConfigError> {
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| ConfigError::Parse {
+            path: path.into(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+    let ignored_keys = ignored_keys(&table);
+    let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        path: path.into(),
+        message: e.to_string().trim_end().to_string(),
+    })?;
+    apply_env(&mut config, env);
+    check(&config, path)?;
+    Ok(Loaded {
+        config,
+        ignored_keys,
+    })
+}
+
+fn unknown_in(table: &toml::Table, known: &[&str], prefix: &str, out: &mut Vec<String>) {
+    out.extend(
+        table
+            .keys()
+            .filter(|k| !known.contains(&k.as_str()))
+            .map(|k| format!("{prefix}{k}")),
+    );
+}
+
+fn ignored_keys(table: &toml::Table) -> Vec<String> {
+    let mut out = Vec::new();
+    unknown_in(table, TOP_KEYS, "", &mut out);
+    let runners = table.get("runners").and_then(|r| r.as_array());
+    for (i, runner) in runners.into_iter().flatten().enumerate() {
+        let Some(runner) = runner.as_table() else {
+            continue;
+        };
+        let prefix = format!("runners[{i}].");
+        unknown_in(runner, RUNNER_KEYS, &prefix, &mut out);
+        if let Some(k) = runner.get("kubernetes").and_then(|k| k.as_table()) {
+            let prefix = format!("runners[{i}].kubernetes.");
+            unknown_in(k, KUBERNETES_KEYS, &prefix, &mut out);
+            if let Some(p) = k.get("pod_security_context").and_then(|p| p.as_table()) {
+                unknown_in(
+                    p,
+                    POD_SECURITY_KEYS,
+                    &format!("{prefix}pod_security_context."),
+                    &mut out,
+                );
+            }
+        }
+        if let Some(k) = runner.get("keyhole").and_then(|k| k.as_table()) {
+            unknown_in(k, KEYHOLE_KEYS, &format!("runners[{i}].keyhole."), &mut out);
+        }
+    }
+    out
+}
+
+/// Environment overrides for the first runner, so a Deployment can keep the token in a Secret
+/// and the rest in a ConfigMap.
+fn apply_env(config: &mut Config, env: &dyn Fn(&str) -> Option<String>) {
+    if config.runners.is_empty() {
+        config.runners.push(RunnerConfig::default());
+    }
+    let runner = &mut config.runners[0];
+    if let Some(token) = env("KEYHOLE_RUNNER_TOKEN").filter(|t| !t.is_empty()) {
+        runner.token = Some(SecretString::from(token));
+    }
+    if let Some(url) = env("KEYHOLE_RUNNER_URL").filter(|u| !u.is_empty()) {
+        runner.url = url;
+    }
+    if let Some(ns) = env("KEYHOLE_NAMESPACE").filter(|n| !n.is_empty()) {
+        runner.kubernetes.namespace = ns;
+    }
+    if let Some(image) = env("KEYHOLE_BROKER_IMAGE").filter(|i| !i.is_empty()) {
+        runner.keyhole.broker_image = image;
+    }
+    if let Some(addr) = env("KEYHOLE_VAULT_ADDR").filter(|a| !a.is_empty()) {
+        runner.keyhole.vault_addr = Some(addr);
+    }
+}
+
+fn invalid(path: &str, key: String, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        path: path.into(),
+        key,
+        message: message.into(),
+    }
+}
+
+fn check_regex(path: &str, key: String, value: Option<&String>) -> Result<(), ConfigError> {
+    if let Some(re) = value {
+        regex::Regex::new(re).map_err(|e| invalid(path, key, format!("not a valid regex: {e}")))?;
+    }
+    Ok(())
+}
+
+fn check(config: &Config, path: &str) -> Result<(), ConfigError> {
+    if config.concurrent == 0 {
+        return Err(invalid(path, "concurrent".into(), "must be at least 1"));
+    }
+    for (i, r) in config.runners.iter().enumerate() {
+        let key = |k: &str| format!("runners[{i}].{k}");
+        if r.executor != "kubernetes" {
+            return Err(invalid(
+                path,
+                key("executor"),
+                format!(
+                    "{:?} is not supported; Keyhole runs jobs only as Kubernetes pods: use \"kubernetes\"",
+                    r.executor
+                ),
+            ));
+        }
+        if !(r.url.is_empty() || r.url.starts_with("https://") || r.url.starts_with("http://")) {
+            return Err(invalid(
+                path,
+                key("url"),
+                "must start with https:// or http://",
+            ));
+        }
+        let k = &r.kubernetes;
+        for (name, value) in [
+            (
+                "service_account_overwrite_allowed",
+                &k.service_account_overwrite_allowed,
+            ),
+            (
+                "node_selector_overwrite_allowed",
+                &k.node_selector_overwrite_allowed,
+            ),
+            (
+                "pod_labels_overwrite_allowed",
+                &k.pod_labels_overwrite_allowed,
+            ),
+            (
+                "pod_annotations_overwrite_allowed",
+                &k.pod_annotations_overwrite_allowed,
+            ),
+        ] {
+            check_regex(path, key(&format!("kubernetes.{name}")), value.as_ref())?;
+        }
+        for (n, rule) in r.keyhole.service_account_rules.iter().enumerate() {
+            let rk = |f: &str| key(&format!("keyhole.service_account_rules[{n}].{f}"));
+            check_regex(path, rk("project_regex"), rule.project_regex.as_ref())?;
+            check_regex(path, rk("ref_regex"), rule.ref_regex.as_ref())?;
+            if rule.service_account.is_empty() {
+                return Err(invalid(
+                    path,
+                    rk("service_account"),
+                    "must name a ServiceAccount",
+                ));
+            }
+        }
+        for addr in r.keyhole.vault_addr.iter().chain(&r.keyhole.vault_allowed) {
+            if !(addr.starts_with("https://") || addr.starts_with("http://")) {
+                return Err(invalid(
+                    path,
+                    key("keyhole.vault_addr"),
+                    format!("{addr:?} must start with https:// or http://"),
+                ));
+            }
+        }
+        for entry in &r.environment {
+            if !entry.contains('=') {
+                return Err(invalid(
+                    path,
+                    key("environment"),
+                    format!("{entry:?} must be KEY=VALUE"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::ExposeSecret;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn reads_gitlab_runner_shape_and_lists_ignored_keys_once() {
+        let text = r#"
+concurrent = 4
+[[runners]]
+name = "k"
+url = "https://gitlab.example.com"
+token = "glrt-xyz"
+executor = "kubernetes"
+[runners.kubernetes]
+namespace = "jobs"
+cpu_request = "100m"
+privileged = true
+helper_image = "x"
+[runners.kubernetes.pod_security_context]
+run_as_user = 2000
+selinux_type = "x"
+[runners.cache]
+Type = "s3"
+[runners.keyhole]
+vault_addr = "http://10.0.0.1:8200"
+[[runners.keyhole.service_account_rules]]
+project = "acme/app"
+protected = true
+service_account = "app-deployer"
+"#;
+        let loaded = load_str(text, "c.toml", &no_env).unwrap();
+        let r = &loaded.config.runners[0];
+        assert_eq!(loaded.config.concurrent, 4);
+        assert_eq!(r.kubernetes.namespace, "jobs");
+        assert_eq!(r.kubernetes.cpu_request.as_deref(), Some("100m"));
+        assert_eq!(r.kubernetes.pod_security_context.run_as_user, 2000);
+        assert_eq!(
+            r.keyhole.service_account_rules[0].service_account,
+            "app-deployer"
+        );
+        assert_eq!(r.token.as_ref().unwrap().expose_secret(), "glrt-xyz");
+        assert_eq!(
+            loaded.ignored_keys,
+            vec![
+                "runners[0].cache",
+                "runners[0].kubernetes.helper_image",
+                "runners[0].kubernetes.privileged",
+                "runners[0].kubernetes.pod_security_context.selinux_type",
+            ]
+        );
+    }
+
+    #[test]
+    fn environment_overrides_the_token_and_namespace() {
+        let env = |k: &str| match k {
+            "KEYHOLE_RUNNER_TOKEN" => Some("glrt-env".to_string()),
+            "KEYHOLE_NAMESPACE" => Some("ns2".to_string()),
+            _ => None,
+        };
+        let loaded = load_str("[[runners]]\ntoken = \"glrt-file\"\n", "c.toml", &env).unwrap();
+        let r = &loaded.config.runners[0];
+        assert_eq!(r.token.as_ref().unwrap().expose_secret(), "glrt-env");
+        assert_eq!(r.kubernetes.namespace, "ns2");
+    }
+
+    #[test]
+    fn type_errors_name_the_file_line_and_key() {
+        let err = load_str("concurrent = \"four\"\n", "c.toml", &no_env)
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("c.toml: "), "{err}");
+        assert!(err.contains("line 1"), "{err}");
+        assert!(err.contains("concurrent"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_say_which_key_and_what_to_do() {
+        let err = load_str("[[runners]]\nexecutor = \"docker\"\n", "c.toml", &no_env)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("runners[0].executor") && err.contains("use \"kubernetes\""),
+            "{err}"
+        );
+        let err = load_str(
+            "[[runners]]\n[runners.kubernetes]\nservice_account_overwrite_allowed = \"(\"\n",
+            "c.toml",
+            &no_env,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("service_account_overwrite_allowed") && err.contains("regex"),
+            "{err}"
+        );
+        let err = load_str(
+            "[[runners]]\n[[runners.keyhole.service_account_rules]]\nproject = \"a\"\nservice_acount = \"x\"\n",
+            "c.toml",
+            &no_env,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("service_acount"), "{err}");
+    }
+
+    #[test]
+    fn the_token_never_shows_in_debug() {
+        let loaded = load_str(
+            "[[runners]]\ntoken = \"glrt-secret-123\"\n",
+            "c.toml",
+            &no_env,
+        )
+        .unwrap();
+        assert!(!format!("{:?}", loaded.config).contains("glrt-secret-123"));
+    }
+}

@@ -1,0 +1,10 @@
+//! Runner configuration: gitlab-runner's `config.toml` shape plus `[runners.keyhole]`.
+//! See `docs/configuration.md` for every key.
+
+mod load;
+mod model;
+mod rules;
+
+pub use load::{ConfigError, Loaded, load_file, load_str};
+pub use model::*;
+pub use rules::{JobIdentity, ServiceAccountChoice, choose_service_account};

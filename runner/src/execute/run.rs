@@ -1,0 +1,336 @@
+//! Running one job pod on the cluster (the I/O edge): create → watch (no polling) → follow the
+//! broker's masked log into the trace → exit code → delete. The Secret is owned by the pod, so
+//! deleting the pod removes it too.
+
+use std::time::Duration;
+
+use futures::{AsyncBufReadExt, StreamExt};
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use keyhole_broker::contract;
+use kube::api::{DeleteParams, LogParams, PostParams, PropagationPolicy};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client};
+use tokio::sync::{mpsc, watch};
+
+use super::status::{ContainerView, FailureKind, Outcome, broker_failure, observe, progress_line};
+use crate::pod::JobObjects;
+
+/// What the job's controller (GitLab's `Job-Status`, a signal) asks of a running job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    Run,
+    /// Stop the script, still run `after_script`.
+    Cancel,
+    /// Stop now; no `after_script`.
+    Abort,
+}
+
+/// One job to run.
+pub struct JobRun {
+    pub client: Client,
+    pub objects: JobObjects,
+    pub timeout: Duration,
+    /// How long the pod may take to start (scheduling, image pull, secrets).
+    pub start_timeout: Duration,
+    /// Trace bytes beyond this are dropped with a note (gitlab-runner's `output_limit`).
+    pub output_limit: u64,
+    /// Where the trace goes (the GitLab trace sender, or the terminal).
+    pub trace: mpsc::Sender<Vec<u8>>,
+    pub control: watch::Receiver<Control>,
+}
+
+impl std::fmt::Debug for JobRun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobRun")
+            .field("pod", &self.objects.pod.metadata.name)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Writes runner lines into the trace, in GitLab's colours.
+#[derive(Debug, Clone)]
+pub struct TraceWriter(pub mpsc::Sender<Vec<u8>>);
+
+impl TraceWriter {
+    pub async fn info(&self, line: &str) {
+        let _ = self
+            .0
+            .send(format!("\x1b[36;1m{line}\x1b[0;m\n").into_bytes())
+            .await;
+    }
+    pub async fn warn(&self, line: &str) {
+        let _ = self
+            .0
+            .send(format!("\x1b[0;33mWARNING: {line}\x1b[0;m\n").into_bytes())
+            .await;
+    }
+    pub async fn error(&self, line: &str) {
+        let _ = self
+            .0
+            .send(format!("\x1b[31;1mERROR: {line}\x1b[0;m\n").into_bytes())
+            .await;
+    }
+    pub async fn raw(&self, bytes: Vec<u8>) {
+        let _ = self.0.send(bytes).await;
+    }
+}
+
+fn failed(kind: FailureKind, exit_code: Option<i32>, message: impl Into<String>) -> Outcome {
+    Outcome::Failed {
+        kind,
+        exit_code,
+        message: message.into(),
+    }
+}
+
+/// Follows the broker's log (the job's masked output) into the trace until the broker exits.
+async fn follow_log(pods: Api<Pod>, name: String, trace: TraceWriter, limit: u64) {
+    let params = LogParams {
+        container: Some(contract::BROKER_CONTAINER.into()),
+        follow: true,
+        ..LogParams::default()
+    };
+    let mut stream = match pods.log_stream(&name, &params).await {
+        Ok(s) => s,
+        Err(e) => {
+            trace.warn(&format!("cannot follow the job log: {e}")).await;
+            return;
+        }
+    };
+    let mut sent: u64 = 0;
+    loop {
+        let chunk = match stream.fill_buf().await {
+            Ok([]) => break,
+            Ok(buf) => buf.to_vec(),
+            Err(e) => {
+                trace.warn(&format!("the job log stream broke: {e}")).await;
+                break;
+            }
+        };
+        stream.consume_unpin(chunk.len());
+        if sent >= limit {
+            continue;
+        }
+        let room = (limit - sent) as usize;
+        sent += chunk.len() as u64;
+        if chunk.len() > room {
+            trace.raw(chunk[..room].to_vec()).await;
+            trace
+                .warn(&format!(
+                    "Job's log exceeded limit of {} KiB; the rest is not shown.",
+                    limit / 1024
+                ))
+                .await;
+        } else {
+            trace.raw(chunk).await;
+        }
+    }
+}
+
+/// The broker's log when it ended before we could follow it (its error lines say why).
+async fn broker_log_after_exit(pods: &Api<Pod>, name: &str) -> String {
+    for previous in [false, true] {
+        let params = LogParams {
+            container: Some(contract::BROKER_CONTAINER.into()),
+            previous,
+            ..LogParams::default()
+        };
+        if let Ok(text) = pods.logs(name, &params).await
+            && !text.is_empty()
+        {
+            return text;
+        }
+    }
+    String::new()
+}
+
+/// Runs the job to an outcome and always deletes its pod.
+pub async fn execute(mut run: JobRun) -> Outcome {
+    let trace = TraceWriter(run.trace.clone());
+    let pod = run.objects.pod.clone();
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let ns = pod.metadata.namespace.clone().unwrap_or_default();
+    let pods: Api<Pod> = Api::namespaced(run.client.clone(), &ns);
+    let secrets: Api<Secret> = Api::namespaced(run.client.clone(), &ns);
+
+    trace.info(&format!("Creating pod {ns}/{name}")).await;
+    let created = match pods.create(&PostParams::default(), &pod).await {
+        Ok(p) => p,
+        Err(e) => {
+            let msg = format!("the cluster refused the job pod {ns}/{name}: {e}");
+            trace.error(&msg).await;
+            return failed(FailureKind::System, None, msg);
+        }
+    };
+    let mut secret = run.objects.secret.clone();
+    secret.metadata.owner_references = Some(vec![OwnerReference {
+        api_version: "v1".into(),
+        kind: "Pod".into(),
+        name: name.clone(),
+        uid: created.metadata.uid.clone().unwrap_or_default(),
+        ..OwnerReference::default()
+    }]);
+    if let Err(e) = secrets.create(&PostParams::default(), &secret).await {
+        let msg = format!("creating the job's Secret {ns}/{name}: {e}");
+        trace.error(&msg).await;
+        delete_pod(&pods, &name, 0).await;
+        return failed(FailureKind::System, None, msg);
+    }
+
+    let grace = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.termination_grace_period_seconds)
+        .unwrap_or(30);
+    let events = watcher(
+        pods.clone(),
+        watcher::Config::default().fields(&format!("metadata.name={name}")),
+    )
+    .default_backoff();
+    let mut events = std::pin::pin!(events);
+    let deadline = tokio::time::sleep(run.timeout);
+    let mut deadline = std::pin::pin!(deadline);
+    let start_deadline = tokio::time::sleep(run.start_timeout);
+    let mut start_deadline = std::pin::pin!(start_deadline);
+    let mut started = false;
+    let mut last_progress = String::new();
+    let mut last_view = None;
+    let mut log_task: Option<tokio::task::JoinHandle<()>> = None;
+    let mut delete_grace = grace;
+
+    let outcome = loop {
+        tokio::select! {
+            event = events.next() => {
+                let pod = match event {
+                    Some(Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p))) => p,
+                    Some(Ok(watcher::Event::Delete(_))) => {
+                        break failed(FailureKind::System, None, "the job pod was deleted by someone else");
+                    }
+                    Some(Ok(_)) => continue,
+                    Some(Err(e)) => {
+                        trace.warn(&format!("watching the pod: {e}; retrying")).await;
+                        continue;
+                    }
+                    None => break failed(FailureKind::System, None, "the pod watch ended"),
+                };
+                let v = observe(&pod);
+                if !started {
+                    let line = progress_line(&v);
+                    if line != last_progress {
+                        trace.info(&line).await;
+                        last_progress = line;
+                    }
+                }
+                if log_task.is_none() && matches!(v.broker, ContainerView::Running { .. }) {
+                    log_task = Some(tokio::spawn(follow_log(
+                        pods.clone(),
+                        name.clone(),
+                        trace.clone(),
+                        run.output_limit.saturating_mul(1024),
+                    )));
+                }
+                if matches!(v.build, ContainerView::Running { .. } | ContainerView::Terminated { .. }) {
+                    started = true;
+                }
+                if let Some((container, reason, message)) = &v.image_problem {
+                    break failed(FailureKind::ImagePull, None, format!("container {container} cannot get its image: {reason}: {message}"));
+                }
+                let broker_exit = match &v.broker {
+                    ContainerView::Terminated { exit_code, .. } if *exit_code != 0 => Some(*exit_code),
+                    _ => v.broker_last_exit.filter(|c| *c != 0),
+                };
+                if let (Some(code), false) = (broker_exit, started) {
+                    let (kind, message) = broker_failure(code);
+                    break failed(kind, None, message);
+                }
+                if let ContainerView::Terminated { exit_code, reason, .. } = &v.build {
+                    break match (*exit_code, reason.as_str()) {
+                        (0, _) => Outcome::Success,
+                        (code, "OOMKilled") => failed(FailureKind::Script, Some(code), format!("the build container ran out of memory (OOMKilled, exit code {code}); raise its memory limit")),
+                        (code, _) => failed(FailureKind::Script, Some(code), format!("exit code {code}")),
+                    };
+                }
+                if v.phase == "Failed" {
+                    let reason = v.reason.clone().unwrap_or_default();
+                    let message = v.message.clone().unwrap_or_default();
+                    break match reason.as_str() {
+                        "DeadlineExceeded" => failed(FailureKind::Timeout, None, "the pod reached its active deadline"),
+                        "Evicted" => failed(FailureKind::System, None, format!("the pod was evicted: {message}")),
+                        _ => failed(FailureKind::System, None, format!("the pod failed: {reason} {message}")),
+                    };
+                }
+                last_view = Some(v);
+            }
+            _ = &mut deadline => {
+                trace.error(&format!("Job timed out after {}s; stopping it (after_script still runs)", run.timeout.as_secs())).await;
+                break failed(FailureKind::Timeout, None, format!("execution took longer than {}s", run.timeout.as_secs()));
+            }
+            _ = &mut start_deadline, if !started => {
+                let detail = last_view.as_ref().map(progress_line).unwrap_or_else(|| "no status yet".into());
+                let kind = if last_view.as_ref().is_some_and(|v| v.unschedulable.is_some()) { FailureKind::Unschedulable } else { FailureKind::System };
+                break failed(kind, None, format!("the pod did not start within {}s ({detail})", run.start_timeout.as_secs()));
+            }
+            changed = run.control.changed() => {
+                let control = if changed.is_ok() { *run.control.borrow() } else { Control::Abort };
+                match control {
+                    Control::Run => continue,
+                    Control::Cancel => {
+                        trace.info("Job canceled: stopping the script; after_script still runs").await;
+                        break failed(FailureKind::Canceled, None, "canceled");
+                    }
+                    Control::Abort => {
+                        delete_grace = 0;
+                        break failed(FailureKind::Canceled, None, "aborted");
+                    }
+                }
+            }
+        }
+    };
+
+    delete_pod(&pods, &name, delete_grace).await;
+    match log_task {
+        Some(task) => {
+            let wait = Duration::from_secs(u64::try_from(delete_grace).unwrap_or(0) + 15);
+            if tokio::time::timeout(wait, task).await.is_err() {
+                trace
+                    .warn("the job log did not end in time; the trace may miss its last lines")
+                    .await;
+            }
+        }
+        None => {
+            if let Outcome::Failed {
+                kind: FailureKind::Secrets | FailureKind::System,
+                ..
+            } = &outcome
+            {
+                let log = broker_log_after_exit(&pods, &name).await;
+                if !log.is_empty() {
+                    trace.raw(log.into_bytes()).await;
+                }
+            }
+        }
+    }
+    if let Outcome::Failed { kind, message, .. } = &outcome
+        && *kind != FailureKind::Script
+    {
+        trace.error(message).await;
+    }
+    outcome
+}
+
+/// Deletes the job pod (background propagation: its Secret follows). A pod that is already
+/// gone is fine.
+pub async fn delete_pod(pods: &Api<Pod>, name: &str, grace_seconds: i64) {
+    let params = DeleteParams {
+        grace_period_seconds: Some(u32::try_from(grace_seconds).unwrap_or(0)),
+        propagation_policy: Some(PropagationPolicy::Background),
+        ..DeleteParams::default()
+    };
+    if let Err(e) = pods.delete(name, &params).await
+        && !matches!(&e, kube::Error::Api(s) if s.code == 404)
+    {
+        tracing::warn!(pod = name, error = %e, "deleting the job pod failed; the reaper will retry");
+    }
+}

@@ -1,0 +1,259 @@
+//! Reading a job pod's status (pure): what to tell the user while it starts, and when it has
+//! reached an end the job cannot recover from.
+
+use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
+use keyhole_broker::contract;
+
+/// How a job ended, before it is mapped to GitLab's states.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    Failed {
+        kind: FailureKind,
+        exit_code: Option<i32>,
+        message: String,
+    },
+}
+
+/// Why a job failed; decides GitLab's `failure_reason`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The script exited non-zero.
+    Script,
+    /// The job ran past its timeout.
+    Timeout,
+    /// GitLab or the user canceled it.
+    Canceled,
+    /// An image could not be pulled.
+    ImagePull,
+    /// The broker could not deliver the job's secrets (a job configuration problem).
+    Secrets,
+    /// The pod could not be scheduled in time.
+    Unschedulable,
+    /// Everything else: the cluster, the broker's deployment, the runner.
+    System,
+}
+
+/// One container's state, flattened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ContainerView {
+    Absent,
+    Waiting {
+        reason: String,
+        message: String,
+    },
+    Running {
+        started: bool,
+    },
+    Terminated {
+        exit_code: i32,
+        reason: String,
+        message: String,
+    },
+}
+
+/// What the executor needs to know about the pod at one moment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodView {
+    pub phase: String,
+    /// The scheduler's message when the pod cannot be placed.
+    pub unschedulable: Option<String>,
+    /// The pod-level failure reason (e.g. `DeadlineExceeded`, `Evicted`).
+    pub reason: Option<String>,
+    pub message: Option<String>,
+    pub broker: ContainerView,
+    /// The broker's last termination, also after the kubelet restarted it.
+    pub broker_last_exit: Option<i32>,
+    pub build: ContainerView,
+    /// Any container stuck on an image: `(container, reason, message)`.
+    pub image_problem: Option<(String, String, String)>,
+}
+
+fn view(status: Option<&ContainerStatus>) -> ContainerView {
+    let Some(s) = status else {
+        return ContainerView::Absent;
+    };
+    let state = s.state.clone().unwrap_or_default();
+    if let Some(t) = state.terminated {
+        return ContainerView::Terminated {
+            exit_code: t.exit_code,
+            reason: t.reason.unwrap_or_default(),
+            message: t.message.unwrap_or_default(),
+        };
+    }
+    if state.running.is_some() {
+        return ContainerView::Running {
+            started: s.started.unwrap_or(false),
+        };
+    }
+    match state.waiting {
+        Some(w) => ContainerView::Waiting {
+            reason: w.reason.unwrap_or_default(),
+            message: w.message.unwrap_or_default(),
+        },
+        None => ContainerView::Absent,
+    }
+}
+
+const IMAGE_ERRORS: &[&str] = &[
+    "ErrImagePull",
+    "ImagePullBackOff",
+    "InvalidImageName",
+    "ErrImageNeverPull",
+];
+
+/// Flattens a pod's status.
+pub fn observe(pod: &Pod) -> PodView {
+    let status = pod.status.clone().unwrap_or_default();
+    let init = status.init_container_statuses.unwrap_or_default();
+    let main = status.container_statuses.unwrap_or_default();
+    let broker = init.iter().find(|s| s.name == contract::BROKER_CONTAINER);
+    let unschedulable = status
+        .conditions
+        .unwrap_or_default()
+        .into_iter()
+        .find(|c| c.type_ == "PodScheduled" && c.status == "False")
+        .map(|c| c.message.unwrap_or_else(|| c.reason.unwrap_or_default()));
+    let image_problem = init.iter().chain(main.iter()).find_map(|s| {
+        let w = s.state.as_ref()?.waiting.as_ref()?;
+        let reason = w.reason.clone()?;
+        IMAGE_ERRORS.contains(&reason.as_str()).then(|| {
+            (
+                s.name.clone(),
+                reason,
+                w.message.clone().unwrap_or_default(),
+            )
+        })
+    });
+    PodView {
+        phase: status.phase.unwrap_or_default(),
+        unschedulable,
+        reason: status.reason,
+        message: status.message,
+        broker: view(broker),
+        broker_last_exit: broker
+            .and_then(|b| b.last_state.as_ref())
+            .and_then(|s| s.terminated.as_ref())
+            .map(|t| t.exit_code),
+        build: view(main.iter().find(|s| s.name == contract::BUILD_CONTAINER)),
+        image_problem,
+    }
+}
+
+/// A short human line for the pod's progress, printed when it changes.
+pub fn progress_line(v: &PodView) -> String {
+    if let Some(m) = &v.unschedulable {
+        return format!("Waiting for the pod to be scheduled: {m}");
+    }
+    let container = |name: &str, c: &ContainerView| match c {
+        ContainerView::Absent => format!("{name} not created"),
+        ContainerView::Waiting { reason, .. } if reason.is_empty() => format!("{name} waiting"),
+        ContainerView::Waiting { reason, .. } => format!("{name} {reason}"),
+        ContainerView::Running { started: false } => format!("{name} starting"),
+        ContainerView::Running { started: true } => format!("{name} running"),
+        ContainerView::Terminated { exit_code, .. } => format!("{name} exited {exit_code}"),
+    };
+    let broker = match &v.broker {
+        ContainerView::Running { started: false } => "secrets resolving".to_string(),
+        ContainerView::Running { started: true } => "secrets delivered".to_string(),
+        other => container("broker", other),
+    };
+    format!(
+        "Pod {}: {broker}, {}",
+        if v.phase.is_empty() {
+            "Pending"
+        } else {
+            &v.phase
+        },
+        container("build", &v.build)
+    )
+}
+
+/// The broker's exit codes, explained for the job log.
+pub fn broker_failure(code: i32) -> (FailureKind, String) {
+    use contract::exit_code;
+    match code {
+        exit_code::SECRETS_FAILED => (
+            FailureKind::Secrets,
+            "the job's secrets could not be delivered (see the keyhole-broker lines above); the script did not run".into(),
+        ),
+        exit_code::BAD_INPUTS => (
+            FailureKind::System,
+            format!("keyhole-broker refused its inputs (exit {code}); this is a runner or deployment problem, see the lines above"),
+        ),
+        exit_code::UNAVAILABLE => (
+            FailureKind::System,
+            "Vault or the Kubernetes API could not be reached in time; the script did not run".into(),
+        ),
+        other => (
+            FailureKind::System,
+            format!("keyhole-broker exited with code {other} before the script ran"),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pod(status: serde_json::Value) -> Pod {
+        serde_json::from_value(json!({"metadata": {"name": "p"}, "status": status})).unwrap()
+    }
+
+    #[test]
+    fn pending_unschedulable_pods_say_why() {
+        let v = observe(&pod(json!({"phase": "Pending", "conditions": [
+            {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": "0/1 nodes are available: 1 Insufficient memory."}
+        ]})));
+        assert_eq!(
+            v.unschedulable.as_deref(),
+            Some("0/1 nodes are available: 1 Insufficient memory.")
+        );
+        assert!(progress_line(&v).contains("Insufficient memory"));
+    }
+
+    #[test]
+    fn image_pull_errors_of_any_container_are_found() {
+        let v = observe(&pod(json!({"phase": "Pending",
+            "initContainerStatuses": [{"name": "keyhole-broker", "image": "b", "imageID": "", "ready": false, "restartCount": 0, "started": true, "state": {"running": {}}}],
+            "containerStatuses": [{"name": "build", "image": "x", "imageID": "", "ready": false, "restartCount": 0,
+                "state": {"waiting": {"reason": "ErrImageNeverPull", "message": "image x not present"}}}]})));
+        assert_eq!(
+            v.image_problem,
+            Some((
+                "build".into(),
+                "ErrImageNeverPull".into(),
+                "image x not present".into()
+            ))
+        );
+        assert_eq!(v.broker, ContainerView::Running { started: true });
+        assert!(progress_line(&v).contains("secrets delivered"));
+    }
+
+    #[test]
+    fn a_restarted_broker_keeps_its_last_exit_code() {
+        let v = observe(&pod(json!({"phase": "Pending",
+            "initContainerStatuses": [{"name": "keyhole-broker", "image": "b", "imageID": "", "ready": false, "restartCount": 1,
+                "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                "lastState": {"terminated": {"exitCode": 64}}}]})));
+        assert_eq!(v.broker_last_exit, Some(64));
+        assert_eq!(broker_failure(64).0, FailureKind::Secrets);
+        assert_eq!(broker_failure(69).0, FailureKind::System);
+    }
+
+    #[test]
+    fn the_build_exit_code_and_oom_reason_are_read() {
+        let v = observe(&pod(json!({"phase": "Running",
+            "containerStatuses": [{"name": "build", "image": "x", "imageID": "", "ready": false, "restartCount": 0,
+                "state": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}}]})));
+        assert_eq!(
+            v.build,
+            ContainerView::Terminated {
+                exit_code: 137,
+                reason: "OOMKilled".into(),
+                message: String::new()
+            }
+        );
+    }
+}

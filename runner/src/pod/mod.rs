@@ -1,0 +1,44 @@
+//! Job → Kubernetes objects (pure) and their names.
+
+mod build;
+mod quantity;
+
+pub use build::{
+    AFTER_SCRIPT_TIMEOUT, DEFAULT_JOB_TIMEOUT, JOB_ID_LABEL, JobObjects, MANAGED_BY,
+    MANAGED_BY_LABEL, PodError, PodRequest, RUNNER_LABEL, build_job_objects, image_allowed,
+    label_value,
+};
+pub use quantity::{parse_quantity, resolve_override};
+
+/// `kh-<job id>-<suffix>`: unique per attempt, and the name the per-job Secret shares.
+pub fn pod_name(job_id: u64, suffix: &str) -> String {
+    format!("kh-{job_id}-{suffix}")
+}
+
+/// Six random `[a-z0-9]` characters for [`pod_name`].
+pub fn random_suffix() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut out = String::with_capacity(6);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default(),
+    );
+    let mut n = h.finish();
+    for _ in 0..6 {
+        let d = (n % 36) as u8;
+        out.push(if d < 10 {
+            (b'0' + d) as char
+        } else {
+            (b'a' + d - 10) as char
+        });
+        n /= 36;
+    }
+    out
+}
+
+pub mod samples;
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,126 @@
+use super::samples::{SAMPLE_SECRET_VALUES, sample_jobs, sample_runner};
+use super::*;
+use crate::job::Variable;
+use crate::secrets::collect;
+
+const VAULT: &str = "http://10.213.0.1:8200";
+
+fn render(name: &str, job: &crate::job::Job) -> JobObjects {
+    let runner = sample_runner("jobs", VAULT, "keyhole.local/broker:dev");
+    let secrets = collect(job, &runner.keyhole, "keyhole-job").unwrap();
+    build_job_objects(&PodRequest {
+        job,
+        runner: &runner,
+        pod_name: pod_name(job.id, name.replace('_', "").get(..6).unwrap_or("abcdef")),
+        service_account: "keyhole-job".into(),
+        secrets: &secrets,
+    })
+    .unwrap()
+}
+
+#[test]
+fn sample_pods_match_their_snapshots() {
+    for (name, job) in sample_jobs(VAULT) {
+        let objects = render(name, &job);
+        insta::assert_yaml_snapshot!(format!("{name}_pod"), objects.pod);
+        // The Secret's values are the secrets themselves: snapshot only its keys.
+        let keys: Vec<&String> = objects.secret.data.as_ref().unwrap().keys().collect();
+        insta::assert_yaml_snapshot!(format!("{name}_secret_keys"), keys);
+    }
+}
+
+#[test]
+fn no_secret_value_reaches_the_pod_spec() {
+    for (name, job) in sample_jobs(VAULT) {
+        let objects = render(name, &job);
+        let pod = serde_json::to_string(&objects.pod).unwrap();
+        for value in SAMPLE_SECRET_VALUES {
+            assert!(!pod.contains(value), "{name}: {value} in the pod spec");
+        }
+        let debug = format!("{job:?}");
+        for value in SAMPLE_SECRET_VALUES {
+            assert!(
+                !debug.contains(value),
+                "{name}: {value} in Debug of the job"
+            );
+        }
+    }
+}
+
+#[test]
+fn only_the_broker_mounts_its_inputs_and_the_build_container_reads_secrets_read_only() {
+    let (_, job) = sample_jobs(VAULT).remove(1);
+    let pod = render("x", &job).pod;
+    let spec = pod.spec.unwrap();
+    assert_eq!(spec.automount_service_account_token, Some(false));
+    for c in &spec.containers {
+        let mounts = c.volume_mounts.clone().unwrap_or_default();
+        assert!(
+            mounts
+                .iter()
+                .all(|m| m.name != keyhole_broker::contract::INPUTS_VOLUME),
+            "{}",
+            c.name
+        );
+        if let Some(m) = mounts
+            .iter()
+            .find(|m| m.name == keyhole_broker::contract::SECRETS_VOLUME)
+        {
+            assert_eq!(m.read_only, Some(true), "{}", c.name);
+        }
+        let sc = c.security_context.clone().unwrap();
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert_eq!(sc.capabilities.unwrap().drop, Some(vec!["ALL".to_string()]));
+    }
+    let broker = &spec.init_containers.unwrap()[0];
+    assert_eq!(broker.restart_policy.as_deref(), Some("Always"));
+}
+
+#[test]
+fn resource_overrides_are_capped_and_refused_above_the_cap() {
+    let (_, mut job) = sample_jobs(VAULT).remove(1);
+    let pod = render("x", &job).pod;
+    let build = &pod.spec.unwrap().containers[0];
+    let limits = build.resources.clone().unwrap().limits.unwrap();
+    assert_eq!(limits["memory"].0, "512Mi");
+    job.variables
+        .push(Variable::public("KUBERNETES_MEMORY_LIMIT", "8Gi"));
+    let runner = sample_runner("jobs", VAULT, "b");
+    let secrets = collect(&job, &runner.keyhole, "sa").unwrap();
+    let err = build_job_objects(&PodRequest {
+        job: &job,
+        runner: &runner,
+        pod_name: "p".into(),
+        service_account: "sa".into(),
+        secrets: &secrets,
+    })
+    .unwrap_err();
+    assert!(err.0.contains("above the runner's maximum 1Gi"), "{err}");
+}
+
+#[test]
+fn images_off_the_allow_list_are_refused() {
+    assert!(image_allowed("alpine:3.20", &["alpine:*".into()]));
+    assert!(!image_allowed("evil/alpine:3.20", &["alpine:*".into()]));
+    assert!(image_allowed(
+        "registry.local/team/x:1",
+        &["registry.local/**".into()]
+    ));
+    assert!(!image_allowed(
+        "registry.local/team/x:1",
+        &["registry.local/*".into()]
+    ));
+}
+
+#[test]
+fn pod_names_are_valid_dns_labels() {
+    for _ in 0..100 {
+        let n = pod_name(u64::MAX, &random_suffix());
+        assert!(
+            n.len() <= 63
+                && n.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'),
+            "{n}"
+        );
+    }
+}

@@ -1,0 +1,377 @@
+//! The runner's executor on the real bed: job → pod with the broker → masked trace → outcome →
+//! pod and Secret gone. Jobs are built in code here; `runner_exec.rs` and `runner_gitlab.rs`
+//! drive the same path from a `.gitlab-ci.yml` and from the coordinator.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use keyhole_runner::config::RunnerConfig;
+use keyhole_runner::execute::{Control, FailureKind, JobRun, Outcome, execute};
+use keyhole_runner::job::{Image, Job, Variable};
+use keyhole_runner::pod::samples::{sample_jobs, sample_runner};
+use keyhole_runner::prepare::prepare;
+use keyhole_tests::{TestBed, TestNamespace, VaultAdmin};
+use kube::Api;
+use kube::api::{ListParams, PostParams};
+use serde_json::json;
+use tokio::sync::{mpsc, watch};
+
+struct Setup {
+    bed: TestBed,
+    ns: TestNamespace,
+    runner: RunnerConfig,
+}
+
+async fn create<K>(api: &Api<K>, value: serde_json::Value)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    api.create(
+        &PostParams::default(),
+        &serde_json::from_value(value).unwrap(),
+    )
+    .await
+    .unwrap();
+}
+
+async fn setup(tag: &str) -> Setup {
+    let bed = TestBed::connect().await;
+    let ns = TestNamespace::create(
+        &bed,
+        tag,
+        &[("pod-security.kubernetes.io/enforce", "restricted")],
+    )
+    .await
+    .unwrap();
+    create(
+        &ns.api::<ServiceAccount>(),
+        json!({"metadata": {"name": "job"}}),
+    )
+    .await;
+    let mut runner = sample_runner(
+        &ns.name,
+        &bed.env.vault_pod_addr,
+        "keyhole.local/broker:dev",
+    );
+    runner.kubernetes.service_account = "job".into();
+    runner.kubernetes.image = "keyhole.local/busybox:1".into();
+    runner.kubernetes.pull_policy.0 = vec!["never".into()];
+    runner.kubernetes.pod_termination_grace_period_seconds = Some(20);
+    runner.keyhole.vault_role = Some(ns.name.clone());
+    runner.keyhole.kube_api = bed.env.apiserver_url.clone();
+    Setup { bed, ns, runner }
+}
+
+fn job(id: u64, script: &[&str]) -> Job {
+    let (_, mut j) = sample_jobs("unused").remove(0);
+    j.id = id;
+    j.script = script.iter().map(|s| s.to_string()).collect();
+    j
+}
+
+struct Ran {
+    outcome: Outcome,
+    trace: String,
+}
+
+async fn run_job(
+    s: &Setup,
+    job: &Job,
+    timeout: Duration,
+    control: watch::Receiver<Control>,
+) -> Ran {
+    let prepared = prepare(job, &s.runner).unwrap_or_else(|e| panic!("{e:?}"));
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(64);
+    let collector = tokio::spawn(async move {
+        let mut all = Vec::new();
+        while let Some(chunk) = rx.recv().await {
+            all.extend(chunk);
+        }
+        all
+    });
+    let outcome = execute(JobRun {
+        client: s.bed.client.clone(),
+        objects: prepared.objects,
+        timeout,
+        start_timeout: Duration::from_secs(90),
+        output_limit: 4096,
+        trace: tx,
+        control,
+    })
+    .await;
+    let trace = String::from_utf8_lossy(&collector.await.unwrap()).into_owned();
+    Ran { outcome, trace }
+}
+
+fn never_cancel() -> watch::Receiver<Control> {
+    let (tx, rx) = watch::channel(Control::Run);
+    std::mem::forget(tx);
+    rx
+}
+
+/// No pod or Secret of the job is left (GC deletes the Secret with the pod).
+async fn assert_cleaned_up(s: &Setup) {
+    let pods: Api<Pod> = s.ns.api();
+    let secrets: Api<Secret> = s.ns.api();
+    let lp = ListParams::default().labels("app.kubernetes.io/managed-by=keyhole-runner");
+    for _ in 0..120 {
+        let p = pods.list(&lp).await.unwrap().items.len();
+        let sec = secrets.list(&lp).await.unwrap().items.len();
+        if p == 0 && sec == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    panic!("job pod or Secret still present after 60 s");
+}
+
+#[tokio::test]
+async fn a_job_runs_its_script_reports_success_and_leaves_nothing_behind() {
+    let s = setup("runhello").await;
+    let r = run_job(
+        &s,
+        &job(1, &["echo hello from $CI_JOB_NAME", "id -u"]),
+        Duration::from_secs(120),
+        never_cancel(),
+    )
+    .await;
+    assert_eq!(r.outcome, Outcome::Success, "{}", r.trace);
+    assert!(
+        r.trace.contains("$ echo hello from $CI_JOB_NAME"),
+        "{}",
+        r.trace
+    );
+    assert!(r.trace.contains("hello from hello\n"), "{}", r.trace);
+    assert!(r.trace.contains("\n1000\n"), "{}", r.trace);
+    assert!(r.trace.contains("Creating pod"), "{}", r.trace);
+    assert_cleaned_up(&s).await;
+}
+
+#[tokio::test]
+async fn a_failing_script_fails_the_job_with_its_exit_code_and_after_script_runs() {
+    let s = setup("runfail").await;
+    let mut j = job(2, &["echo before", "exit 3", "echo never"]);
+    j.after_script = vec!["echo after ran".into()];
+    let r = run_job(&s, &j, Duration::from_secs(120), never_cancel()).await;
+    match &r.outcome {
+        Outcome::Failed {
+            kind: FailureKind::Script,
+            exit_code: Some(3),
+            ..
+        } => {}
+        other => panic!("{other:?}\n{}", r.trace),
+    }
+    assert!(r.trace.contains("after ran"), "{}", r.trace);
+    assert!(!r.trace.contains("never\n"), "{}", r.trace);
+    assert_cleaned_up(&s).await;
+}
+
+#[tokio::test]
+async fn secrets_from_vault_and_kubernetes_reach_the_script_masked() {
+    let s = setup("runsecrets").await;
+    let ns = s.ns.name.clone();
+    let vault = VaultAdmin::new(&s.bed.env);
+    let db = format!("db-{ns}-\"q\" $HOME 'x' ✓");
+    let api_key = format!("api-key-{ns}-0123456789");
+    vault
+        .write(
+            &format!("kv/data/{ns}/db"),
+            json!({"data": {"password": db}}),
+        )
+        .await
+        .unwrap();
+    vault
+        .grant_job_in_namespace(&ns, &[format!("kv/data/{ns}/*")])
+        .await
+        .unwrap();
+    create(
+        &s.ns.api::<Secret>(),
+        json!({"metadata": {"name": "api-credentials"}, "stringData": {"key": api_key}}),
+    )
+    .await;
+    create(&s.ns.api::<Role>(), json!({"metadata": {"name": "r"}, "rules": [{"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["api-credentials"], "verbs": ["get"]}]})).await;
+    create(&s.ns.api::<RoleBinding>(), json!({"metadata": {"name": "r"}, "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "r"},
+        "subjects": [{"kind": "ServiceAccount", "name": "job", "namespace": ns}]})).await;
+    let mut j = job(
+        3,
+        &[
+            "echo \"db=$(cat \"$DB_PASSWORD\")\"",
+            "echo \"key=$API_KEY\"",
+            "echo \"path=$DB_PASSWORD\"",
+            "stat -c '%a %u' \"$DB_PASSWORD\"",
+        ],
+    );
+    j.variables.push(Variable::public(
+        "KEYHOLE_SECRET_DB_PASSWORD",
+        format!("vault:kv/{ns}/db#password"),
+    ));
+    j.variables.push(Variable::public(
+        "KEYHOLE_SECRET_API_KEY",
+        "k8s:api-credentials/key?file=false",
+    ));
+    let r = run_job(&s, &j, Duration::from_secs(120), never_cancel()).await;
+    assert_eq!(r.outcome, Outcome::Success, "{}", r.trace);
+    for line in [
+        "db=[MASKED]",
+        "key=[MASKED]",
+        "path=/keyhole/secrets/DB_PASSWORD",
+        "400 1000",
+        "audit secret=DB_PASSWORD",
+    ] {
+        assert!(r.trace.contains(line), "missing {line:?}:\n{}", r.trace);
+    }
+    assert!(
+        !r.trace.contains(&db) && !r.trace.contains(&api_key),
+        "a value leaked:\n{}",
+        r.trace
+    );
+    assert_cleaned_up(&s).await;
+}
+
+#[tokio::test]
+async fn a_secret_the_service_account_may_not_read_fails_the_job_before_the_script() {
+    let s = setup("rundeny").await;
+    create(
+        &s.ns.api::<Secret>(),
+        json!({"metadata": {"name": "not-yours"}, "stringData": {"k": "forbidden-value-1234"}}),
+    )
+    .await;
+    let mut j = job(4, &["echo script ran"]);
+    j.variables
+        .push(Variable::public("KEYHOLE_SECRET_STOLEN", "k8s:not-yours/k"));
+    let r = run_job(&s, &j, Duration::from_secs(120), never_cancel()).await;
+    match &r.outcome {
+        Outcome::Failed {
+            kind: FailureKind::Secrets,
+            ..
+        } => {}
+        other => panic!("{other:?}\n{}", r.trace),
+    }
+    assert!(
+        r.trace.contains("may not read secret not-yours"),
+        "{}",
+        r.trace
+    );
+    assert!(!r.trace.contains("script ran"), "{}", r.trace);
+    assert!(!r.trace.contains("forbidden-value-1234"), "{}", r.trace);
+    assert_cleaned_up(&s).await;
+}
+
+#[tokio::test]
+async fn an_image_that_does_not_exist_fails_as_an_image_pull_failure() {
+    let s = setup("runimage").await;
+    let mut j = job(5, &["true"]);
+    j.image = Some(Image {
+        name: "keyhole.local/does-not-exist:1".into(),
+        ..Image::default()
+    });
+    let r = run_job(&s, &j, Duration::from_secs(120), never_cancel()).await;
+    match &r.outcome {
+        Outcome::Failed {
+            kind: FailureKind::ImagePull,
+            message,
+            ..
+        } => {
+            assert!(
+                message.contains("keyhole.local/does-not-exist:1")
+                    || message.contains("ErrImageNeverPull"),
+                "{message}"
+            );
+        }
+        other => panic!("{other:?}\n{}", r.trace),
+    }
+    assert_cleaned_up(&s).await;
+}
+
+#[tokio::test]
+async fn a_job_past_its_timeout_is_stopped_and_after_script_still_runs() {
+    let s = setup("runtimeout").await;
+    let mut j = job(6, &["echo started", "sleep 600"]);
+    j.after_script = vec!["echo after timeout".into()];
+    let r = run_job(&s, &j, Duration::from_secs(8), never_cancel()).await;
+    match &r.outcome {
+        Outcome::Failed {
+            kind: FailureKind::Timeout,
+            ..
+        } => {}
+        other => panic!("{other:?}\n{}", r.trace),
+    }
+    assert!(r.trace.contains("started"), "{}", r.trace);
+    assert!(r.trace.contains("after timeout"), "{}", r.trace);
+    assert_cleaned_up(&s).await;
+}
+
+#[tokio::test]
+async fn cancel_stops_the_script_runs_after_script_and_deletes_the_pod() {
+    let s = setup("runcancel").await;
+    let mut j = job(7, &["echo started", "sleep 600", "echo never"]);
+    j.after_script = vec!["echo after cancel".into()];
+    let (tx, rx) = watch::channel(Control::Run);
+    let pods: Api<Pod> = s.ns.api();
+    let canceller = tokio::spawn(async move {
+        // Cancel once the build container runs.
+        loop {
+            let list = pods.list(&ListParams::default()).await.unwrap();
+            let running = list.items.iter().any(|p| {
+                p.status
+                    .as_ref()
+                    .and_then(|st| st.container_statuses.as_ref())
+                    .is_some_and(|cs| {
+                        cs.iter().any(|c| {
+                            c.name == "build"
+                                && c.state.as_ref().is_some_and(|st| st.running.is_some())
+                        })
+                    })
+            });
+            if running {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        tx.send(Control::Cancel).unwrap();
+        tx
+    });
+    let r = run_job(&s, &j, Duration::from_secs(300), rx).await;
+    drop(canceller.await.unwrap());
+    match &r.outcome {
+        Outcome::Failed {
+            kind: FailureKind::Canceled,
+            ..
+        } => {}
+        other => panic!("{other:?}\n{}", r.trace),
+    }
+    assert!(r.trace.contains("started"), "{}", r.trace);
+    assert!(r.trace.contains("after cancel"), "{}", r.trace);
+    assert!(!r.trace.contains("never\n"), "{}", r.trace);
+    assert_cleaned_up(&s).await;
+}
+
+#[tokio::test]
+async fn every_snapshot_pod_is_admitted_by_a_restricted_namespace() {
+    let s = setup("runadmit").await;
+    create(
+        &s.ns.api::<ServiceAccount>(),
+        json!({"metadata": {"name": "keyhole-job"}}),
+    )
+    .await;
+    let pods: Api<Pod> = s.ns.api();
+    for (name, job) in sample_jobs(&s.bed.env.vault_pod_addr) {
+        let runner = sample_runner(
+            &s.ns.name,
+            &s.bed.env.vault_pod_addr,
+            "keyhole.local/broker:dev",
+        );
+        let prepared = prepare(&job, &runner).unwrap_or_else(|e| panic!("{name}: {e:?}"));
+        pods.create(
+            &PostParams {
+                dry_run: true,
+                ..PostParams::default()
+            },
+            &prepared.objects.pod,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{name}: the apiserver refused the pod: {e}"));
+    }
+}
