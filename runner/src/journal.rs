@@ -1,0 +1,168 @@
+//! The in-flight job journal: one small file per running job, so a runner that crashed and
+//! restarted (same pod, same memory-backed volume) can still tell GitLab how its jobs ended
+//! instead of leaving them "running" until GitLab's own timeout. gitlab-runner loses them.
+//!
+//! An entry holds the job token (needed to report the job), so the directory must be on a
+//! memory-backed volume private to the runner; files are 0600 and removed when the job ends.
+
+use std::io::Write as _;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use zeroize::Zeroizing;
+
+/// One running job, as written to the journal.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub job_id: u64,
+    pub namespace: String,
+    pub pod_name: String,
+    pub token: SecretString,
+}
+
+#[derive(Deserialize)]
+struct Stored {
+    job_id: u64,
+    namespace: String,
+    pod_name: String,
+    token: String,
+}
+
+/// A journal directory.
+#[derive(Debug, Clone)]
+pub struct Journal {
+    dir: PathBuf,
+}
+
+impl Journal {
+    /// Opens (creates, mode 0700) the directory.
+    pub fn open(dir: &Path) -> std::io::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        Ok(Self { dir: dir.into() })
+    }
+
+    fn path(&self, job_id: u64) -> PathBuf {
+        self.dir.join(format!("job-{job_id}.json"))
+    }
+
+    /// Records a job before its pod is created; written atomically.
+    pub fn record(&self, entry: &Entry) -> std::io::Result<()> {
+        let text = Zeroizing::new(
+            serde_json::json!({
+                "job_id": entry.job_id,
+                "namespace": entry.namespace,
+                "pod_name": entry.pod_name,
+                "token": entry.token.expose_secret(),
+            })
+            .to_string(),
+        );
+        let tmp = self.dir.join(format!(".job-{}.tmp", entry.job_id));
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, self.path(entry.job_id))
+    }
+
+    /// Forgets a job once GitLab has its final state.
+    pub fn remove(&self, job_id: u64) {
+        let _ = std::fs::remove_file(self.path(job_id));
+    }
+
+    /// Jobs a previous run of this runner left unfinished. Unreadable entries are removed and
+    /// reported by path, never by content.
+    pub fn unfinished(&self) -> (Vec<Entry>, Vec<String>) {
+        let mut entries = Vec::new();
+        let mut problems = Vec::new();
+        let Ok(dir) = std::fs::read_dir(&self.dir) else {
+            return (entries, problems);
+        };
+        for file in dir.flatten() {
+            let path = file.path();
+            let name = file.file_name().to_string_lossy().into_owned();
+            if !(name.starts_with("job-") && name.ends_with(".json")) {
+                continue;
+            }
+            let parsed = std::fs::read(&path)
+                .ok()
+                .map(Zeroizing::new)
+                .and_then(|bytes| serde_json::from_slice::<Stored>(&bytes).ok());
+            match parsed {
+                Some(s) => entries.push(Entry {
+                    job_id: s.job_id,
+                    namespace: s.namespace,
+                    pod_name: s.pod_name,
+                    token: SecretString::from(s.token),
+                }),
+                None => {
+                    problems.push(format!(
+                        "{} is not a journal entry; removed",
+                        path.display()
+                    ));
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+        }
+        entries.sort_by_key(|e| e.job_id);
+        (entries, problems)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmpdir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("keyhole-journal-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    #[test]
+    fn records_survive_a_restart_and_are_private() {
+        let dir = tmpdir("a");
+        let j = Journal::open(&dir).unwrap();
+        j.record(&Entry {
+            job_id: 7,
+            namespace: "ns".into(),
+            pod_name: "kh-7-abc".into(),
+            token: SecretString::from("glcbt-secret"),
+        })
+        .unwrap();
+        let mode = std::fs::metadata(dir.join("job-7.json"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let again = Journal::open(&dir).unwrap();
+        let (entries, problems) = again.unfinished();
+        assert!(problems.is_empty());
+        assert_eq!(entries.len(), 1);
+        assert_eq!(entries[0].pod_name, "kh-7-abc");
+        assert_eq!(entries[0].token.expose_secret(), "glcbt-secret");
+        assert!(!format!("{:?}", entries[0]).contains("glcbt-secret"));
+        again.remove(7);
+        assert!(again.unfinished().0.is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn garbage_entries_are_removed_and_reported_without_content() {
+        let dir = tmpdir("b");
+        let j = Journal::open(&dir).unwrap();
+        std::fs::write(dir.join("job-9.json"), "token=hunter2").unwrap();
+        let (entries, problems) = j.unfinished();
+        assert!(entries.is_empty());
+        assert_eq!(problems.len(), 1);
+        assert!(!problems[0].contains("hunter2"));
+        assert!(!dir.join("job-9.json").exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
