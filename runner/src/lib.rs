@@ -8,6 +8,7 @@ pub mod config;
 pub mod execute;
 pub mod gitlab;
 pub mod job;
+pub mod local;
 pub mod journal;
 pub mod metrics;
 pub mod pipeline;
