@@ -403,8 +403,13 @@ async fn plain_manifests_equal_the_charts_rendering() {
         .env("HELM", bed.env.bin("helm"));
     run_ok(&mut script).unwrap();
     let committed = repo_dir().join("deploy/manifests");
-    for file in ["kustomization.yaml", "namespace.yaml", "keyhole.yaml"] {
-        let fresh = std::fs::read_to_string(out.join(file)).unwrap();
+    let files = ["kustomization.yaml", "namespace.yaml", "keyhole.yaml"];
+    let fresh: Vec<String> = files
+        .iter()
+        .map(|f| std::fs::read_to_string(out.join(f)).unwrap())
+        .collect();
+    let _ = std::fs::remove_dir_all(&out);
+    for (file, fresh) in files.iter().zip(fresh) {
         let kept = std::fs::read_to_string(committed.join(file))
             .unwrap_or_else(|e| panic!("deploy/manifests/{file}: {e}"));
         assert!(
@@ -412,7 +417,6 @@ async fn plain_manifests_equal_the_charts_rendering() {
             "deploy/manifests/{file} differs from the chart's rendering: run scripts/render-manifests and commit"
         );
     }
-    let _ = std::fs::remove_dir_all(&out);
 }
 
 // === On the bed ===
