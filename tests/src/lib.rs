@@ -5,12 +5,16 @@
 //! nothing behind. When the bed is not up, tests fail loudly with the command to run; they never
 //! pass silently.
 
+mod access;
 mod bed;
+mod helm;
 mod namespace;
 mod pods;
 mod vault;
 
+pub use access::{Access, service_account_may, wait_until_allowed};
 pub use bed::{BedEnv, TestBed};
+pub use helm::{HelmRelease, bed_command, bed_script, chart_dir, repo_dir, run, run_ok};
 pub use namespace::TestNamespace;
 pub use pods::{pod_logs, run_pod_to_completion, wait_for_pod};
 pub use vault::VaultAdmin;

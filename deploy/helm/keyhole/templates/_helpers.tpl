@@ -1,0 +1,103 @@
+{{/* Names. */}}
+{{- define "keyhole.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "keyhole.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "keyhole.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "keyhole.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "keyhole.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "keyhole.labels" -}}
+helm.sh/chart: {{ include "keyhole.chart" . }}
+{{ include "keyhole.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
+{{/* The runner's own ServiceAccount (in the release namespace). */}}
+{{- define "keyhole.runnerServiceAccount" -}}
+{{- printf "%s-runner" (include "keyhole.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* The user name the apiserver gives the runner's ServiceAccount: the admission policy matches on it. */}}
+{{- define "keyhole.runnerUsername" -}}
+{{- printf "system:serviceaccount:%s:%s" .Release.Namespace (include "keyhole.runnerServiceAccount" .) -}}
+{{- end -}}
+
+{{- define "keyhole.tokenSecretName" -}}
+{{- default (printf "%s-token" (include "keyhole.fullname" .)) .Values.runner.token.secretName -}}
+{{- end -}}
+
+{{/* Cluster-scoped names must not clash between releases of the same name in other namespaces. */}}
+{{- define "keyhole.clusterName" -}}
+{{- printf "%s-%s" (include "keyhole.fullname" .) .Release.Namespace -}}
+{{- end -}}
+
+{{/* Labels every runner-made job pod and Secret carries (the runner's contract). */}}
+{{- define "keyhole.jobLabels" -}}
+app.kubernetes.io/managed-by: keyhole-runner
+keyhole.dev/runner: {{ .Values.runner.name | quote }}
+{{- end -}}
+
+{{/*
+Tenants grouped by job ServiceAccount, as JSON {"<sa>": ["<secret>", ...]}: several projects may
+share one account, which then gets the union of their Secrets. Fails when a tenant reuses the
+default job ServiceAccount, which must stay without permissions.
+*/}}
+{{- define "keyhole.tenantAccounts" -}}
+{{- $bySA := dict -}}
+{{- range $i, $t := .Values.tenants -}}
+{{- if eq $t.serviceAccount $.Values.jobs.serviceAccount.name -}}
+{{- fail (printf "tenants[%d].serviceAccount is %q, the default job ServiceAccount (jobs.serviceAccount.name), which must have no permissions: give the tenant an account of its own" $i $t.serviceAccount) -}}
+{{- end -}}
+{{- $cur := get $bySA $t.serviceAccount | default list -}}
+{{- $_ := set $bySA $t.serviceAccount (concat $cur ($t.secrets | default list) | uniq | sortAlpha) -}}
+{{- end -}}
+{{- toJson $bySA -}}
+{{- end -}}
+
+{{/* ServiceAccounts job pods may run as, as a JSON list (sorted, unique). */}}
+{{- define "keyhole.allowedServiceAccounts" -}}
+{{- $all := list .Values.jobs.serviceAccount.name -}}
+{{- range .Values.tenants -}}
+{{- $all = append $all .serviceAccount -}}
+{{- end -}}
+{{- $all = concat $all .Values.jobs.extraAllowedServiceAccounts -}}
+{{- toJson ($all | uniq | sortAlpha) -}}
+{{- end -}}
+
+{{/* A value as TOML: strings, booleans, numbers (integers stay integers), lists, tables (inline). */}}
+{{- define "keyhole.toml" -}}
+{{- if kindIs "string" . -}}
+{{- toJson . -}}
+{{- else if kindIs "bool" . -}}
+{{- . -}}
+{{- else if or (kindIs "float64" .) (kindIs "int" .) (kindIs "int64" .) -}}
+{{- if eq (float64 .) (floor .) -}}{{- int64 . -}}{{- else -}}{{- . -}}{{- end -}}
+{{- else if kindIs "slice" . -}}
+[{{- range $i, $e := . -}}{{- if $i }}, {{ end -}}{{- include "keyhole.toml" $e -}}{{- end -}}]
+{{- else if kindIs "map" . -}}
+{{- $m := . -}}
+{ {{- range $i, $k := keys $m | sortAlpha -}}{{- if $i }},{{ end }} {{ toJson $k }} = {{ include "keyhole.toml" (get $m $k) -}}{{- end }} }
+{{- else -}}
+{{- fail (printf "runner.kubernetes: a value of kind %s cannot be written to config.toml; use a string, number, boolean, list or map" (kindOf .)) -}}
+{{- end -}}
+{{- end -}}
