@@ -13,7 +13,12 @@ use crate::prepare::prepare;
 
 /// Runs `job` and writes its trace to `out`. Ctrl-C cancels it (after_script still runs); a
 /// second Ctrl-C aborts.
-pub async fn exec_job<W>(job: &Job, runner: &RunnerConfig, client: kube::Client, mut out: W) -> Outcome
+pub async fn exec_job<W>(
+    job: &Job,
+    runner: &RunnerConfig,
+    client: kube::Client,
+    mut out: W,
+) -> Outcome
 where
     W: tokio::io::AsyncWrite + Unpin + Send + 'static,
 {

@@ -1,11 +1,257 @@
-use clap::Parser;
+//! The `keyhole-runner` binary: flags, logging, exit codes. The work is in the library.
 
-/// Runs GitLab CI jobs as hardened Kubernetes pods.
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use keyhole_runner::config::{Config, LogFormat, RunnerConfig, load_file, load_str};
+use keyhole_runner::job::Job;
+use keyhole_runner::pipeline::{LoadOptions, load_job};
+
+/// Runs GitLab CI jobs as hardened Kubernetes pods whose secrets arrive through the
+/// keyhole-broker sidecar. See docs/runner.md.
 #[derive(Debug, Parser)]
 #[command(name = "keyhole-runner", version, about)]
-struct Cli {}
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
 
-fn main() -> anyhow::Result<()> {
-    let _cli = Cli::parse();
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Take jobs from GitLab (the runner service).
+    Run {
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// Run one job of a local .gitlab-ci.yml on the cluster, without GitLab.
+    Exec(LocalArgs),
+    /// Print the Kubernetes objects a job would get, without a cluster.
+    Render(LocalArgs),
+    /// Check the config, the GitLab token, cluster permissions and Vault settings.
+    Verify {
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+struct ConfigArgs {
+    /// gitlab-runner style config.toml (see docs/configuration.md).
+    #[arg(
+        long,
+        short,
+        env = "KEYHOLE_CONFIG",
+        default_value = "/etc/keyhole/config.toml"
+    )]
+    config: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct LocalArgs {
+    /// The pipeline file.
+    file: PathBuf,
+    /// The job to run.
+    job: String,
+    /// Optional config.toml; without it the defaults and the flags below apply.
+    #[arg(long, short, env = "KEYHOLE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Namespace for the job pod.
+    #[arg(long, short)]
+    namespace: Option<String>,
+    /// ServiceAccount the job runs as (otherwise the config's rules decide).
+    #[arg(long)]
+    service_account: Option<String>,
+    /// Vault address for `vault:` references.
+    #[arg(long)]
+    vault_addr: Option<String>,
+    /// Vault role for kubernetes auth (default: the ServiceAccount's name).
+    #[arg(long)]
+    vault_role: Option<String>,
+    /// Kubernetes API URL as pods see it, for `k8s:` references.
+    #[arg(long)]
+    kube_api: Option<String>,
+    /// The broker image.
+    #[arg(long)]
+    broker_image: Option<String>,
+    /// Image pull policy for every image (always, if-not-present, never).
+    #[arg(long)]
+    pull_policy: Option<String>,
+    /// Project path the job pretends to belong to (for ServiceAccount rules).
+    #[arg(long, default_value = "local/project")]
+    project: String,
+    /// Treat the ref as protected (for ServiceAccount rules).
+    #[arg(long)]
+    protected: bool,
+}
+
+fn env(key: &str) -> Option<String> {
+    std::env::var(key).ok()
+}
+
+fn load_config(path: &Path) -> Result<Config> {
+    let loaded = load_file(path, &env)?;
+    if !loaded.ignored_keys.is_empty() {
+        eprintln!(
+            "keyhole-runner: warning: {}: ignoring keys Keyhole does not use: {}",
+            path.display(),
+            loaded.ignored_keys.join(", ")
+        );
+    }
+    Ok(loaded.config)
+}
+
+/// The runner settings for `exec`/`render`: the config file (or defaults), then the flags.
+fn local_runner(args: &LocalArgs) -> Result<RunnerConfig> {
+    let config = match &args.config {
+        Some(path) => load_config(path)?,
+        None => load_str("", "(defaults)", &env)?.config,
+    };
+    let mut runner = config.runners.into_iter().next().unwrap_or_default();
+    if let Some(ns) = &args.namespace {
+        runner.kubernetes.namespace = ns.clone();
+    }
+    if let Some(sa) = &args.service_account {
+        runner.kubernetes.service_account = sa.clone();
+        runner.keyhole.service_account_rules.clear();
+    }
+    if let Some(v) = &args.vault_addr {
+        runner.keyhole.vault_addr = Some(v.clone());
+    }
+    if let Some(v) = &args.vault_role {
+        runner.keyhole.vault_role = Some(v.clone());
+    }
+    if let Some(v) = &args.kube_api {
+        runner.keyhole.kube_api = v.clone();
+    }
+    if let Some(v) = &args.broker_image {
+        runner.keyhole.broker_image = v.clone();
+    }
+    if let Some(v) = &args.pull_policy {
+        runner.kubernetes.pull_policy.0 = vec![v.clone()];
+    }
+    Ok(runner)
+}
+
+fn local_job(args: &LocalArgs, runner: &RunnerConfig) -> Result<Job> {
+    let project_dir = args
+        .file
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
+    let opts = LoadOptions {
+        project_dir,
+        ci_project_dir: format!(
+            "{}/{}",
+            runner.builds_dir.trim_end_matches('/'),
+            args.project
+        ),
+        job_id: keyhole_runner::local::local_job_id(),
+    };
+    let mut job = load_job(&args.file, &args.job, &opts)?;
+    job.project.path = args.project.clone();
+    job.git.protected = args.protected;
+    Ok(job)
+}
+
+fn init_logging(format: LogFormat, level: Option<&str>) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level.unwrap_or("info")))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn kube_client(runner: &RunnerConfig) -> Result<kube::Client> {
+    let mut config = kube::Config::infer()
+        .await
+        .context("finding the cluster: set KUBECONFIG or run in a pod")?;
+    if let Some(host) = &runner.kubernetes.host {
+        config.cluster_url = host
+            .parse()
+            .with_context(|| format!("runners.kubernetes.host {host:?} is not a URL"))?;
+    }
+    kube::Client::try_from(config).context("creating the Kubernetes client")
+}
+
+fn render(args: &LocalArgs) -> Result<()> {
+    let runner = local_runner(args)?;
+    let job = local_job(args, &runner)?;
+    let name = keyhole_runner::pod::pod_name(job.id, "render");
+    let prepared = keyhole_runner::prepare::prepare_named(&job, &runner, name)
+        .map_err(|errors| anyhow::anyhow!(errors.join("\n")))?;
+    let mut secret = prepared.objects.secret;
+    // The Secret's values are the job's secrets: show the keys only.
+    if let Some(data) = secret.data.as_mut() {
+        for value in data.values_mut() {
+            *value = k8s_openapi::ByteString(b"<redacted>".to_vec());
+        }
+    }
+    secret.metadata.owner_references = None;
+    let mut out = String::new();
+    out.push_str("# The per-job Secret (values redacted); owned by the pod once it exists.\n");
+    out.push_str(&keyhole_runner::render::to_yaml(&secret)?);
+    out.push_str("---\n");
+    out.push_str(&keyhole_runner::render::to_yaml(&prepared.objects.pod)?);
+    print!("{out}");
     Ok(())
+}
+
+async fn exec(args: &LocalArgs) -> Result<i32> {
+    let runner = local_runner(args)?;
+    let job = local_job(args, &runner)?;
+    let client = kube_client(&runner).await?;
+    let outcome = keyhole_runner::local::exec_job(&job, &runner, client, tokio::io::stdout()).await;
+    Ok(keyhole_runner::local::exit_code(&outcome))
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let result = match cli.command {
+        Command::Render(args) => render(&args).map(|()| 0),
+        Command::Exec(args) => runtime().and_then(|rt| rt.block_on(exec(&args))),
+        Command::Run { config } => runtime().and_then(|rt| rt.block_on(run(&config.config))),
+        Command::Verify { config } => runtime().and_then(|rt| rt.block_on(verify(&config.config))),
+    };
+    match result {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("keyhole-runner: error: {e:#}");
+            std::process::exit(2);
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")
+}
+
+async fn run(path: &Path) -> Result<i32> {
+    let config = load_config(path)?;
+    init_logging(config.log_format, config.log_level.as_deref());
+    keyhole_runner::service::run(config).await?;
+    Ok(0)
+}
+
+async fn verify(path: &Path) -> Result<i32> {
+    let config = load_config(path)?;
+    let report = keyhole_runner::verify::verify(&config).await;
+    for line in &report.lines {
+        println!("{line}");
+    }
+    if report.problems == 0 {
+        Ok(0)
+    } else {
+        bail!("{} problem(s) found", report.problems)
+    }
 }

@@ -16,6 +16,8 @@ VAULT_SDK_VERSION=${VAULT_SDK_VERSION:-v0.17.0}
 RUNC_VERSION=${RUNC_VERSION:-v1.3.7}
 HELM_VERSION=${HELM_VERSION:-v3.19.5}
 PAUSE_IMAGE=${PAUSE_IMAGE:-registry.k8s.io/pause:3.10}
+# The checkout image (busybox + git); the runner's default git_image.
+GIT_IMAGE=${GIT_IMAGE:-keyhole.local/git:2}
 
 # Builds survive `down` and new clones: they live outside the work tree, keyed by version.
 KEYHOLE_CACHE=${KEYHOLE_CACHE:-/var/cache/keyhole-testbed}

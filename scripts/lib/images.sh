@@ -50,6 +50,27 @@ busybox_rootfs() {
   chown 1000:1000 "$dir/home/keyhole" "$dir/builds"
 }
 
+# The checkout image: busybox plus this machine's git and its HTTP helper (and their libraries),
+# for the init container that clones a job's repository before the script runs.
+git_rootfs() {
+  local dir=$1
+  busybox_rootfs "$dir"
+  local file lib
+  for file in /usr/bin/git /usr/lib/git-core/git-remote-http; do
+    [[ -x $file ]] || fail_up "$file is missing: install git (apt-get install git)"
+    mkdir -p "$dir$(dirname "$file")"
+    cp -L "$file" "$dir$file"
+    for lib in $(ldd "$file" | grep -o '/[^ ]*'); do
+      mkdir -p "$dir$(dirname "$lib")"
+      cp -L "$lib" "$dir$lib"
+    done
+  done
+  ln -sf git-remote-http "$dir/usr/lib/git-core/git-remote-https"
+  ln -sf /usr/bin/git "$dir/usr/lib/git-core/git"
+  mkdir -p "$dir/etc/ssl/certs"
+  cp /etc/ssl/certs/ca-certificates.crt "$dir/etc/ssl/certs/"
+}
+
 import_images() {
   : >"$(log_file images)"
   local tmp
@@ -58,6 +79,8 @@ import_images() {
   add_image "$PAUSE_IMAGE" "$tmp/pause" '["/pause"]' 65535
   busybox_rootfs "$tmp/busybox"
   add_image keyhole.local/busybox:1 "$tmp/busybox" '["/bin/sh"]'
+  git_rootfs "$tmp/git"
+  add_image "$GIT_IMAGE" "$tmp/git" '["/usr/bin/git"]' 1000
   rm -rf "$tmp"
 }
 

@@ -105,6 +105,7 @@ const POD_SECURITY_KEYS: &[&str] = &[
 ];
 const KEYHOLE_KEYS: &[&str] = &[
     "broker_image",
+    "git_image",
     "vault_addr",
     "vault_allowed",
     "vault_namespace",

@@ -244,6 +244,8 @@ impl Default for PodSecurityContext {
 #[serde(default)]
 pub struct KeyholeConfig {
     pub broker_image: String,
+    /// Image of the init container that checks out the job's repository (needs `sh` and `git`).
+    pub git_image: String,
     /// Vault address the broker uses for `vault:` references; unset: `vault:` fails the job.
     pub vault_addr: Option<String>,
     /// Vault addresses a job's GitLab `secrets:` may name; the broker sends its token nowhere
@@ -267,6 +269,7 @@ impl Default for KeyholeConfig {
     fn default() -> Self {
         Self {
             broker_image: "keyhole.local/broker:dev".into(),
+            git_image: "keyhole.local/git:2".into(),
             vault_addr: None,
             vault_allowed: Vec::new(),
             vault_namespace: None,

@@ -245,6 +245,11 @@ pub async fn execute(mut run: JobRun) -> Outcome {
                     let (kind, message) = broker_failure(code);
                     break failed(kind, None, message);
                 }
+                if let ContainerView::Terminated { exit_code, .. } = &v.checkout
+                    && *exit_code != 0
+                {
+                    break failed(FailureKind::System, None, format!("checking out the repository failed (exit code {exit_code}); see the lines above"));
+                }
                 if let ContainerView::Terminated { exit_code, reason, .. } = &v.build {
                     break match (*exit_code, reason.as_str()) {
                         (0, _) => Outcome::Success,

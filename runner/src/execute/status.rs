@@ -65,6 +65,8 @@ pub struct PodView {
     /// The broker's last termination, also after the kubelet restarted it.
     pub broker_last_exit: Option<i32>,
     pub build: ContainerView,
+    /// The repository checkout init container, if the job has one.
+    pub checkout: ContainerView,
     /// Any container stuck on an image: `(container, reason, message)`.
     pub image_problem: Option<(String, String, String)>,
 }
@@ -136,6 +138,10 @@ pub fn observe(pod: &Pod) -> PodView {
             .and_then(|s| s.terminated.as_ref())
             .map(|t| t.exit_code),
         build: view(main.iter().find(|s| s.name == contract::BUILD_CONTAINER)),
+        checkout: view(
+            init.iter()
+                .find(|s| s.name == crate::pod::CHECKOUT_CONTAINER),
+        ),
         image_problem,
     }
 }

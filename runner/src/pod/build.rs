@@ -516,6 +516,24 @@ pub fn build_job_objects(req: &PodRequest<'_>) -> Result<JobObjects, PodError> {
         containers.push(c);
     }
 
+    let mut init_containers = vec![broker];
+    let mut volumes = vec![
+        json!({"name": contract::INPUTS_VOLUME, "projected": {"sources": sources}}),
+        json!({"name": contract::SECRETS_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}}),
+        json!({"name": contract::RUNTIME_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}),
+        json!({"name": "builds", "emptyDir": {}}),
+    ];
+    if let Some((container, volume)) = super::checkout::checkout(
+        job,
+        &runner.keyhole.git_image,
+        &req.pod_name,
+        &project_dir,
+        &restricted(),
+    ) {
+        init_containers.push(container);
+        volumes.push(volume);
+    }
+
     let timeout = job.timeout.unwrap_or(DEFAULT_JOB_TIMEOUT);
     let grace = k
         .pod_termination_grace_period_seconds
@@ -535,14 +553,9 @@ pub fn build_job_objects(req: &PodRequest<'_>) -> Result<JobObjects, PodError> {
             "supplementalGroups": security.supplemental_groups,
             "seccompProfile": {"type": "RuntimeDefault"}
         },
-        "initContainers": [broker],
+        "initContainers": init_containers,
         "containers": containers,
-        "volumes": [
-            {"name": contract::INPUTS_VOLUME, "projected": {"sources": sources}},
-            {"name": contract::SECRETS_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}},
-            {"name": contract::RUNTIME_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}},
-            {"name": "builds", "emptyDir": {}}
-        ]
+        "volumes": volumes
     });
     if !host_aliases.is_empty() {
         spec["hostAliases"] = json!([{"ip": "127.0.0.1", "hostnames": host_aliases}]);

@@ -1,6 +1,7 @@
 //! Job → Kubernetes objects (pure) and their names.
 
 mod build;
+mod checkout;
 mod quantity;
 
 pub use build::{
@@ -8,6 +9,7 @@ pub use build::{
     MANAGED_BY_LABEL, PodError, PodRequest, RUNNER_LABEL, build_job_objects, image_allowed,
     label_value,
 };
+pub use checkout::{CHECKOUT_CONTAINER, CHECKOUT_VOLUME};
 pub use quantity::{parse_quantity, resolve_override};
 
 /// `kh-<job id>-<suffix>`: unique per attempt, and the name the per-job Secret shares.

@@ -105,7 +105,16 @@ pub fn sample_jobs(vault_addr: &str) -> Vec<(&'static str, Job)> {
     refs.token = Some(SecretString::from("glcbt-64_SAMPLEjobtoken0001"));
 
     let mut gitlab = base(1003, "gitlab-secrets");
-    gitlab.git.protected = true;
+    gitlab.git = GitCheckout {
+        repo_url: Some("https://gitlab.example.com/acme/app.git".into()),
+        sha: "2a3b4c5d6e7f80912a3b4c5d6e7f80912a3b4c5d".into(),
+        ref_name: "main".into(),
+        ref_is_tag: false,
+        protected: true,
+        refspecs: vec!["+refs/heads/main:refs/remotes/origin/main".into()],
+        depth: Some(20),
+        strategy: crate::job::GitStrategy::Fetch,
+    };
     gitlab.variables.push(secret_var(
         "VAULT_ID_TOKEN",
         "eyJhbGciOiJSUzI1NiJ9.SAMPLE.idtoken",
