@@ -18,3 +18,5 @@ pub mod reaper;
 pub mod render;
 pub mod script;
 pub mod secrets;
+pub mod service;
+pub mod verify;

@@ -168,18 +168,6 @@ fn init_logging(format: LogFormat, level: Option<&str>) {
     }
 }
 
-async fn kube_client(runner: &RunnerConfig) -> Result<kube::Client> {
-    let mut config = kube::Config::infer()
-        .await
-        .context("finding the cluster: set KUBECONFIG or run in a pod")?;
-    if let Some(host) = &runner.kubernetes.host {
-        config.cluster_url = host
-            .parse()
-            .with_context(|| format!("runners.kubernetes.host {host:?} is not a URL"))?;
-    }
-    kube::Client::try_from(config).context("creating the Kubernetes client")
-}
-
 fn render(args: &LocalArgs) -> Result<()> {
     let runner = local_runner(args)?;
     let job = local_job(args, &runner)?;
@@ -206,7 +194,7 @@ fn render(args: &LocalArgs) -> Result<()> {
 async fn exec(args: &LocalArgs) -> Result<i32> {
     let runner = local_runner(args)?;
     let job = local_job(args, &runner)?;
-    let client = kube_client(&runner).await?;
+    let client = keyhole_runner::service::kube_client(&runner).await?;
     let outcome = keyhole_runner::local::exec_job(&job, &runner, client, tokio::io::stdout()).await;
     Ok(keyhole_runner::local::exit_code(&outcome))
 }

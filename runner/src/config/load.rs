@@ -106,6 +106,7 @@ const POD_SECURITY_KEYS: &[&str] = &[
 const KEYHOLE_KEYS: &[&str] = &[
     "broker_image",
     "git_image",
+    "journal_dir",
     "vault_addr",
     "vault_allowed",
     "vault_namespace",

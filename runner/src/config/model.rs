@@ -244,6 +244,8 @@ impl Default for PodSecurityContext {
 #[serde(default)]
 pub struct KeyholeConfig {
     pub broker_image: String,
+    /// Where the runner journals its running jobs (memory-backed volume; see docs/runner.md).
+    pub journal_dir: String,
     /// Image of the init container that checks out the job's repository (needs `sh` and `git`).
     pub git_image: String,
     /// Vault address the broker uses for `vault:` references; unset: `vault:` fails the job.
@@ -270,6 +272,7 @@ impl Default for KeyholeConfig {
         Self {
             broker_image: "keyhole.local/broker:dev".into(),
             git_image: "keyhole.local/git:2".into(),
+            journal_dir: "/var/lib/keyhole-runner/jobs".into(),
             vault_addr: None,
             vault_allowed: Vec::new(),
             vault_namespace: None,

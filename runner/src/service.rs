@@ -1,0 +1,437 @@
+//! `keyhole-runner run`: the GitLab service. Long-polls for jobs, runs up to `concurrent` at
+//! once, reports each to the end (the final state is retried until GitLab has it), recovers
+//! jobs a crashed predecessor left behind, reaps orphaned pods, and on SIGTERM stops taking
+//! jobs and lets running ones finish within `shutdown_timeout`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use secrecy::SecretString;
+use tokio::sync::{Semaphore, mpsc, watch};
+use tracing::{Instrument, error, info, info_span, warn};
+
+use crate::config::{Config, RunnerConfig};
+use crate::execute::{Control, FailureKind, JobRun, Outcome, TraceWriter, execute};
+use crate::gitlab::{
+    ClientConfig, FailureReason, GitlabClient, JobOutcome, JobPayload, JobRequest, RemoteStatus,
+};
+use crate::journal::{Entry, Journal};
+use crate::metrics::Metrics;
+use crate::prepare::prepare;
+
+/// How often the reaper looks for orphaned pods.
+const REAP_INTERVAL: Duration = Duration::from_secs(300);
+
+/// Shared state of the running service.
+#[derive(Clone)]
+struct Service {
+    runner: Arc<RunnerConfig>,
+    gitlab: GitlabClient,
+    kube: kube::Client,
+    metrics: Metrics,
+    journal: Option<Journal>,
+    /// Running jobs and their control channels (cancel/abort).
+    active: Arc<Mutex<BTreeMap<u64, watch::Sender<Control>>>>,
+}
+
+/// The kube client for a runner: `runners.kubernetes.host` if set, else in-cluster or
+/// `KUBECONFIG`.
+pub async fn kube_client(runner: &RunnerConfig) -> Result<kube::Client> {
+    let mut config = kube::Config::infer()
+        .await
+        .context("finding the cluster: set KUBECONFIG or run the runner in a pod")?;
+    if let Some(host) = &runner.kubernetes.host {
+        config.cluster_url = host
+            .parse()
+            .with_context(|| format!("runners.kubernetes.host {host:?} is not a URL"))?;
+    }
+    kube::Client::try_from(config).context("creating the Kubernetes client")
+}
+
+/// The GitLab client for a runner.
+pub fn gitlab_client(runner: &RunnerConfig) -> Result<GitlabClient> {
+    let token: SecretString = runner.token.clone().context(
+        "no runner token: set [[runners]] token or KEYHOLE_RUNNER_TOKEN (the glrt-… token from GitLab)",
+    )?;
+    anyhow::ensure!(
+        !runner.url.is_empty(),
+        "no GitLab URL: set [[runners]] url or KEYHOLE_RUNNER_URL"
+    );
+    Ok(GitlabClient::new(ClientConfig::new(runner.url.clone(), token))?)
+}
+
+/// Runs the service until SIGTERM/SIGINT.
+pub async fn run(config: Config) -> Result<()> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    run_until(config, stop_rx).await
+}
+
+/// [`run`] with the stop signal given (tests stop it without signals).
+pub async fn run_until(config: Config, mut stop: watch::Receiver<bool>) -> Result<()> {
+    let runner = config
+        .runners
+        .first()
+        .cloned()
+        .context("the config has no [[runners]] entry")?;
+    let metrics = Metrics::new();
+    if let Some(addr) = &config.listen_address {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("listen_address {addr:?}: cannot listen"))?;
+        info!(address = %addr, "serving /healthz, /readyz and /metrics");
+        tokio::spawn(crate::metrics::serve(listener, metrics.clone()));
+    }
+    let kube = kube_client(&runner).await?;
+    let gitlab = gitlab_client(&runner)?;
+    gitlab
+        .verify()
+        .await
+        .context("GitLab refused the runner token")?;
+    kube.apiserver_version()
+        .await
+        .context("the Kubernetes API server does not answer")?;
+    metrics.set_ready(true);
+    info!(runner = %runner.name, url = %runner.url, namespace = %runner.kubernetes.namespace, "runner ready");
+
+    let journal = match Journal::open(&PathBuf::from(&runner.keyhole.journal_dir)) {
+        Ok(j) => Some(j),
+        Err(e) => {
+            warn!(dir = %runner.keyhole.journal_dir, error = %e, "no job journal: jobs of a crashed runner will not be reported until GitLab times them out");
+            None
+        }
+    };
+    let service = Service {
+        runner: Arc::new(runner),
+        gitlab,
+        kube,
+        metrics,
+        journal,
+        active: Arc::new(Mutex::new(BTreeMap::new())),
+    };
+    service.recover().await;
+    service.reap().await;
+    let reaper = {
+        let s = service.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(REAP_INTERVAL).await;
+                s.reap().await;
+            }
+        })
+    };
+
+    let limit = match service.runner.limit {
+        0 => config.concurrent,
+        n => n.min(config.concurrent),
+    };
+    let slots = Arc::new(Semaphore::new(limit));
+    let mut running = tokio::task::JoinSet::new();
+    let mut last_update: Option<String> = None;
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => p.context("job slots closed")?,
+            _ = stop.changed() => break,
+        };
+        let asked = Instant::now();
+        let answer = tokio::select! {
+            a = service.gitlab.request_job(last_update.as_deref()) => a,
+            _ = stop.changed() => break,
+        };
+        match answer {
+            Ok(JobRequest::Job(payload)) => {
+                backoff = Duration::from_secs(1);
+                let s = service.clone();
+                let received = Instant::now();
+                running.spawn(async move {
+                    s.handle(*payload, received).await;
+                    drop(permit);
+                });
+            }
+            Ok(JobRequest::NoJob { last_update: lu }) => {
+                backoff = Duration::from_secs(1);
+                if lu.is_some() {
+                    last_update = lu;
+                }
+                drop(permit);
+                // GitLab answered at once (no long poll in front of it): wait check_interval.
+                if asked.elapsed() < Duration::from_secs(1) {
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(config.check_interval)) => {}
+                        _ = stop.changed() => break,
+                    }
+                }
+            }
+            Ok(JobRequest::Unreadable { job_id, token, error }) => {
+                drop(permit);
+                service.metrics.gitlab_error("jobs/request");
+                warn!(job = job_id, error = %error, "job payload unreadable; failing the job");
+                let session = service.gitlab.job_session(job_id, token);
+                let _ = session
+                    .trace()
+                    .append(format!("\x1b[31;1mERROR: keyhole-runner cannot read this job: {error}\x1b[0;m\n").as_bytes())
+                    .await;
+                let _ = session
+                    .finish(JobOutcome::Failed { reason: FailureReason::RunnerSystemFailure, exit_code: None })
+                    .await;
+            }
+            Err(e) => {
+                drop(permit);
+                service.metrics.gitlab_error("jobs/request");
+                warn!(error = %e, retry_in = ?backoff, "requesting a job failed");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stop.changed() => break,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(60));
+            }
+        }
+    }
+
+    service.metrics.set_ready(false);
+    reaper.abort();
+    let grace = Duration::from_secs(config.shutdown_timeout);
+    info!(jobs = running.len(), grace = ?grace, "stopping: no new jobs; waiting for running ones");
+    let drained = tokio::time::timeout(grace, async {
+        while running.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        warn!("shutdown grace period over: aborting the remaining jobs");
+        for control in service.active.lock().unwrap_or_else(|e| e.into_inner()).values() {
+            let _ = control.send(Control::Abort);
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(60), async {
+            while running.join_next().await.is_some() {}
+        })
+        .await;
+    }
+    info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => std::future::pending().await,
+    }
+}
+
+/// GitLab's failure reason for an outcome.
+pub fn failure_reason(kind: FailureKind) -> FailureReason {
+    match kind {
+        FailureKind::Script | FailureKind::Canceled => FailureReason::ScriptFailure,
+        FailureKind::Timeout => FailureReason::JobExecutionTimeout,
+        FailureKind::ImagePull => FailureReason::ImagePullFailure,
+        FailureKind::Secrets => FailureReason::RunnerConfigurationError,
+        FailureKind::Unschedulable => FailureReason::StuckOrTimeoutFailure,
+        FailureKind::System => FailureReason::RunnerSystemFailure,
+    }
+}
+
+impl Service {
+    /// Reports the jobs a crashed predecessor left running, and deletes their pods.
+    async fn recover(&self) {
+        let Some(journal) = &self.journal else { return };
+        let (entries, problems) = journal.unfinished();
+        for p in problems {
+            warn!("{p}");
+        }
+        for entry in entries {
+            info!(job = entry.job_id, pod = %entry.pod_name, "reporting a job a previous runner process left running");
+            let pods = kube::Api::namespaced(self.kube.clone(), &entry.namespace);
+            crate::execute::delete_pod(&pods, &entry.pod_name, 0).await;
+            let session = self.gitlab.job_session(entry.job_id, entry.token.clone());
+            let _ = session
+                .trace()
+                .append(b"\n\x1b[31;1mERROR: keyhole-runner restarted while this job ran; the job was stopped and its pod deleted\x1b[0;m\n")
+                .await;
+            match session
+                .finish(JobOutcome::Failed { reason: FailureReason::RunnerSystemFailure, exit_code: None })
+                .await
+            {
+                Ok(()) => info!(job = entry.job_id, "recovered job reported as failed"),
+                Err(e) => warn!(job = entry.job_id, error = %e, "reporting a recovered job failed"),
+            }
+            journal.remove(entry.job_id);
+        }
+    }
+
+    async fn reap(&self) {
+        let active: BTreeSet<u64> = self
+            .active
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .copied()
+            .collect();
+        match crate::reaper::reap(&self.kube, &self.runner.kubernetes.namespace, &self.runner.name, &active).await {
+            Ok(names) if !names.is_empty() => info!(pods = ?names, "deleted orphaned job pods"),
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "looking for orphaned pods failed"),
+        }
+    }
+
+    async fn handle(&self, payload: JobPayload, received: Instant) {
+        let job = payload.job;
+        let span = info_span!("job", id = job.id, name = %job.name, project = %job.project.path);
+        async move {
+            let Some(token) = job.token.clone() else {
+                error!("the job has no token; GitLab sent an incomplete job");
+                return;
+            };
+            let session = self
+                .gitlab
+                .job_session(job.id, token.clone())
+                .with_failure_reasons(payload.features.failure_reasons.clone());
+            match session.keep_alive().await {
+                Ok(RemoteStatus::Gone) => {
+                    warn!("GitLab withdrew the job before it started");
+                    return;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.metrics.gitlab_error("jobs/:id");
+                    warn!(error = %e, "accepting the job failed; it stays with GitLab");
+                    return;
+                }
+            }
+            self.metrics.job_started();
+            let (control_tx, control_rx) = watch::channel(Control::Run);
+            self.active
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(job.id, control_tx.clone());
+            // GitLab's word on the job (from every PUT/PATCH answer) drives cancel and abort.
+            let mut status = session.status();
+            let watcher = tokio::spawn(async move {
+                while status.changed().await.is_ok() {
+                    let s = *status.borrow();
+                    if s.must_abort() {
+                        let _ = control_tx.send(Control::Abort);
+                    } else if s.cancel_requested() {
+                        let _ = control_tx.send(Control::Cancel);
+                    }
+                }
+            });
+            let (trace_tx, mut trace_rx) = mpsc::channel::<Vec<u8>>(256);
+            let sender = session.trace();
+            let forwarder = tokio::spawn(async move {
+                while let Some(chunk) = trace_rx.recv().await {
+                    if sender.append(&chunk).await.is_err() {
+                        // GitLab dropped the job: keep draining so the executor never blocks.
+                        while trace_rx.recv().await.is_some() {}
+                        break;
+                    }
+                }
+            });
+            let trace = TraceWriter(trace_tx.clone());
+            trace
+                .info(&format!(
+                    "Running with keyhole-runner {} on {} (namespace {})",
+                    env!("CARGO_PKG_VERSION"),
+                    self.runner.name,
+                    self.runner.kubernetes.namespace
+                ))
+                .await;
+            let outcome = match prepare(&job, &self.runner) {
+                Err(errors) => {
+                    for e in &errors {
+                        trace.error(e).await;
+                    }
+                    Outcome::Failed {
+                        kind: FailureKind::Secrets,
+                        exit_code: None,
+                        message: "the job cannot run on this runner as configured".into(),
+                    }
+                }
+                Ok(prepared) => {
+                    trace
+                        .info(&format!(
+                            "ServiceAccount {} ({})",
+                            prepared.service_account.name, prepared.service_account.reason
+                        ))
+                        .await;
+                    let pod_name = prepared.objects.pod.metadata.name.clone().unwrap_or_default();
+                    if let Some(j) = &self.journal
+                        && let Err(e) = j.record(&Entry {
+                            job_id: job.id,
+                            namespace: self.runner.kubernetes.namespace.clone(),
+                            pod_name: pod_name.clone(),
+                            token: token.clone(),
+                        })
+                    {
+                        warn!(error = %e, "writing the job journal failed");
+                    }
+                    info!(pod = %pod_name, added_ms = received.elapsed().as_millis() as u64, "creating the job pod");
+                    execute(JobRun {
+                        client: self.kube.clone(),
+                        objects: prepared.objects,
+                        timeout: prepared.timeout,
+                        start_timeout: Duration::from_secs(self.runner.kubernetes.poll_timeout),
+                        output_limit: self.runner.output_limit,
+                        trace: trace_tx.clone(),
+                        control: control_rx,
+                    })
+                    .await
+                }
+            };
+            let ended = Instant::now();
+            let result = match &outcome {
+                Outcome::Success => {
+                    trace.info("Job succeeded").await;
+                    JobOutcome::Success
+                }
+                Outcome::Failed { kind, exit_code, message } => {
+                    trace.error(&format!("Job failed: {message}")).await;
+                    JobOutcome::Failed {
+                        reason: failure_reason(*kind),
+                        exit_code: *exit_code,
+                    }
+                }
+            };
+            drop(trace);
+            drop(trace_tx);
+            let _ = forwarder.await;
+            info!(final_ms = ended.elapsed().as_millis() as u64, outcome = ?result, "reporting the job");
+            let label = match &result {
+                JobOutcome::Success => "success",
+                JobOutcome::Failed { reason, .. } => reason.as_str(),
+            };
+            match session.finish(result).await {
+                Ok(()) => {}
+                Err(e) => {
+                    self.metrics.gitlab_error("jobs/:id");
+                    warn!(error = %e, "GitLab did not take the final state");
+                }
+            }
+            watcher.abort();
+            if let Some(j) = &self.journal {
+                j.remove(job.id);
+            }
+            self.active.lock().unwrap_or_else(|e| e.into_inner()).remove(&job.id);
+            self.metrics.job_finished(label, received.elapsed());
+        }
+        .instrument(span)
+        .await;
+    }
+}
+
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service").field("runner", &self.runner.name).finish_non_exhaustive()
+    }
+}

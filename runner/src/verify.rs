@@ -1,0 +1,170 @@
+//! `keyhole-runner verify`: the checks a platform engineer would otherwise make by hand after
+//! a deploy, each with a line saying what is wrong and what to do.
+
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+};
+use kube::Api;
+use kube::api::PostParams;
+
+use crate::config::{Config, RunnerConfig};
+
+/// What `verify` found.
+#[derive(Debug, Default)]
+pub struct VerifyReport {
+    pub lines: Vec<String>,
+    pub problems: usize,
+}
+
+impl VerifyReport {
+    fn ok(&mut self, line: impl Into<String>) {
+        self.lines.push(format!("ok       {}", line.into()));
+    }
+    fn problem(&mut self, line: impl Into<String>) {
+        self.problems += 1;
+        self.lines.push(format!("PROBLEM  {}", line.into()));
+    }
+    fn note(&mut self, line: impl Into<String>) {
+        self.lines.push(format!("note     {}", line.into()));
+    }
+}
+
+/// What the runner must be allowed in its jobs namespace: `(verb, resource, subresource)`.
+pub const NEEDED: &[(&str, &str, &str)] = &[
+    ("create", "pods", ""),
+    ("get", "pods", ""),
+    ("list", "pods", ""),
+    ("watch", "pods", ""),
+    ("delete", "pods", ""),
+    ("get", "pods", "log"),
+    ("create", "secrets", ""),
+    ("delete", "secrets", ""),
+];
+
+/// What it should NOT be allowed: reading Secrets would let a runner bug leak every job's.
+pub const UNWANTED: &[(&str, &str, &str)] = &[
+    ("get", "secrets", ""),
+    ("list", "secrets", ""),
+];
+
+async fn may(client: &kube::Client, ns: &str, (verb, resource, sub): (&str, &str, &str)) -> Result<bool, kube::Error> {
+    let review = SelfSubjectAccessReview {
+        spec: SelfSubjectAccessReviewSpec {
+            resource_attributes: Some(ResourceAttributes {
+                namespace: Some(ns.into()),
+                verb: Some(verb.into()),
+                resource: Some(resource.into()),
+                subresource: (!sub.is_empty()).then(|| sub.into()),
+                ..ResourceAttributes::default()
+            }),
+            ..SelfSubjectAccessReviewSpec::default()
+        },
+        ..SelfSubjectAccessReview::default()
+    };
+    let answer = Api::<SelfSubjectAccessReview>::all(client.clone())
+        .create(&PostParams::default(), &review)
+        .await?;
+    Ok(answer.status.is_some_and(|s| s.allowed))
+}
+
+fn what((verb, resource, sub): (&str, &str, &str)) -> String {
+    if sub.is_empty() {
+        format!("{verb} {resource}")
+    } else {
+        format!("{verb} {resource}/{sub}")
+    }
+}
+
+/// Runs every check for the first `[[runners]]` entry.
+pub async fn verify(config: &Config) -> VerifyReport {
+    let mut report = VerifyReport::default();
+    let Some(runner) = config.runners.first() else {
+        report.problem("the config has no [[runners]] entry; add one (see docs/configuration.md)");
+        return report;
+    };
+    report.ok(format!("config: runner {:?}, namespace {}, concurrent {}", runner.name, runner.kubernetes.namespace, config.concurrent));
+    check_gitlab(runner, &mut report).await;
+    check_cluster(runner, &mut report).await;
+    check_vault(runner, &mut report).await;
+    report
+}
+
+async fn check_gitlab(runner: &RunnerConfig, report: &mut VerifyReport) {
+    match crate::service::gitlab_client(runner) {
+        Err(e) => report.problem(format!("GitLab: {e:#}")),
+        Ok(client) => match client.verify().await {
+            Ok(()) => report.ok(format!("GitLab {} accepts the runner token", runner.url)),
+            Err(e) => report.problem(format!("GitLab {}: {e}", runner.url)),
+        },
+    }
+}
+
+async fn check_cluster(runner: &RunnerConfig, report: &mut VerifyReport) {
+    let client = match crate::service::kube_client(runner).await {
+        Ok(c) => c,
+        Err(e) => return report.problem(format!("Kubernetes: {e:#}")),
+    };
+    match client.apiserver_version().await {
+        Ok(v) => report.ok(format!("Kubernetes API server answers (v{}.{})", v.major, v.minor)),
+        Err(e) => return report.problem(format!("Kubernetes API server: {e}")),
+    }
+    let ns = &runner.kubernetes.namespace;
+    let mut missing = Vec::new();
+    for need in NEEDED {
+        match may(&client, ns, *need).await {
+            Ok(true) => {}
+            Ok(false) => missing.push(what(*need)),
+            Err(e) => return report.problem(format!("asking the API server what the runner may do: {e}")),
+        }
+    }
+    if missing.is_empty() {
+        report.ok(format!("the runner may do what it needs in namespace {ns}"));
+    } else {
+        report.problem(format!(
+            "in namespace {ns} the runner may not: {}; grant them with a Role (deploy/ has one)",
+            missing.join(", ")
+        ));
+    }
+    let mut extra = Vec::new();
+    for unwanted in UNWANTED {
+        if may(&client, ns, *unwanted).await.unwrap_or(false) {
+            extra.push(what(*unwanted));
+        }
+    }
+    if extra.is_empty() {
+        report.ok("the runner cannot read Secrets (least privilege)");
+    } else {
+        report.problem(format!(
+            "the runner may {} in {ns}: it needs only create/delete; remove the extra rights so a runner bug cannot read job Secrets",
+            extra.join(", ")
+        ));
+    }
+}
+
+async fn check_vault(runner: &RunnerConfig, report: &mut VerifyReport) {
+    let k = &runner.keyhole;
+    report.ok(format!("broker image {}", k.broker_image));
+    let Some(addr) = &k.vault_addr else {
+        report.note("no vault_addr: vault: references will fail jobs (k8s: references still work)");
+        return;
+    };
+    let url = format!("{}/v1/sys/health", addr.trim_end_matches('/'));
+    let client = match reqwest::Client::builder().timeout(std::time::Duration::from_secs(5)).build() {
+        Ok(c) => c,
+        Err(e) => return report.problem(format!("HTTP client: {e}")),
+    };
+    match client.get(&url).send().await {
+        Ok(r) => match r.status().as_u16() {
+            200 | 429 | 472 | 473 => report.ok(format!("Vault {addr} is up and unsealed")),
+            503 => report.problem(format!("Vault {addr} is sealed; jobs with vault: references will fail until it is unsealed")),
+            501 => report.problem(format!("Vault {addr} is not initialized")),
+            s => report.problem(format!("Vault {addr} answered {s} to sys/health")),
+        },
+        Err(e) => report.note(format!(
+            "Vault {addr} cannot be reached from here ({e}); job pods may still reach it, check the NetworkPolicy"
+        )),
+    }
+    if !k.vault_allowed.is_empty() && !k.vault_allowed.iter().any(|a| a.trim_end_matches('/') == addr.trim_end_matches('/')) {
+        report.note("vault_allowed does not list vault_addr; GitLab secrets: naming vault_addr will be refused");
+    }
+}
