@@ -22,11 +22,15 @@ pub(crate) fn resolve(config: &mut Map) -> Result<(), PipelineError> {
         check(config, key, &mut Vec::new(), &mut heights)?;
     }
     let mut done = HashSet::new();
+    let mut budget = MAX_EXTENDED_NODES;
     for key in &keys {
-        merge(config, key, &mut done);
+        merge(config, key, &mut done, &mut budget)?;
     }
     Ok(())
 }
+
+/// Most nodes that `extends:` may copy into jobs (every job gets its own copy of its bases).
+const MAX_EXTENDED_NODES: usize = 1_000_000;
 
 /// The entries `key` extends, if it extends any.
 fn extends_of<'m>(config: &'m Map, key: &str) -> Option<&'m Node> {
@@ -105,20 +109,36 @@ fn check(
 
 /// Replaces `key`'s definition by its bases' merged definitions with its own keys on top.
 /// Runs after [`check`], so chains are finite and at most 11 deep.
-fn merge(config: &mut Map, key: &str, done: &mut HashSet<String>) {
+fn merge(
+    config: &mut Map,
+    key: &str,
+    done: &mut HashSet<String>,
+    budget: &mut usize,
+) -> Result<(), PipelineError> {
     if !done.insert(key.to_owned()) {
-        return;
+        return Ok(());
     }
     let Some(bases) = extends_of(config, key).and_then(|e| base_names(e).ok()) else {
-        return;
+        return Ok(());
     };
     for base in &bases {
-        merge(config, base, done);
+        merge(config, base, done, budget)?;
     }
     let mut merged = Map::new();
     for base in &bases {
-        if let Some(map) = config.get(base.as_str()).and_then(Node::as_map) {
-            deep_merge(&mut merged, map.clone());
+        if let Some(node) = config.get(base.as_str()) {
+            let Some((count, _)) = node.measure(*budget) else {
+                return Err(PipelineError::config(
+                    &node.at,
+                    Some(key),
+                    Some("extends"),
+                    format!("`extends` copies more than {MAX_EXTENDED_NODES} values into jobs"),
+                ));
+            };
+            *budget -= count;
+            if let Value::Map(map) = &node.value {
+                deep_merge(&mut merged, map.clone());
+            }
         }
     }
     if let Some(slot) = config.get_mut(key) {
@@ -127,6 +147,7 @@ fn merge(config: &mut Map, key: &str, done: &mut HashSet<String>) {
         }
         slot.value = Value::Map(merged);
     }
+    Ok(())
 }
 
 fn chain(ancestors: &[String], key: &str) -> String {
@@ -244,5 +265,19 @@ mod tests {
         let reversed: String = chain(13).lines().rev().map(|l| format!("{l}\n")).collect();
         let err = resolved(&reversed).unwrap_err().to_string();
         assert!(err.contains("nests too deep"), "{err}");
+    }
+
+    #[test]
+    fn copies_into_jobs_are_bounded() {
+        let err = resolved(&format!(
+            ".big: {{v: [{}]}}\n{}",
+            vec!["x"; 50_000].join(", "),
+            (0..30)
+                .map(|i| format!("j{i}: {{extends: .big}}\n"))
+                .collect::<String>()
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("copies more than"), "{err}");
     }
 }

@@ -226,14 +226,18 @@ pub(crate) struct Includer<'s> {
     count: usize,
     /// Files being included right now (outermost first), to spot cycles.
     stack: Vec<String>,
+    /// Anchor and alias copies left for the whole pipeline.
+    copy_budget: usize,
     pub(crate) warnings: Vec<String>,
 }
 
 impl<'s> Includer<'s> {
-    pub(crate) fn new(source: &'s dyn IncludeSource, top_file: &str) -> Self {
+    /// `copy_budget`: what the top file left of the pipeline's anchor and alias copies.
+    pub(crate) fn new(source: &'s dyn IncludeSource, top_file: &str, copy_budget: usize) -> Self {
         Self {
             source,
             count: 0,
+            copy_budget,
             stack: vec![normalize(top_file).unwrap_or_else(|| top_file.to_owned())],
             warnings: Vec::new(),
         }
@@ -294,7 +298,7 @@ impl<'s> Includer<'s> {
             Err(e) => return Err(fail(format!("cannot read it: {e}"))),
         };
         let file: Arc<str> = Arc::from(path);
-        let node = yaml::load_config(&text, &file)?;
+        let node = yaml::load_config_with(&text, &file, &mut self.copy_budget)?;
         let map = match node.value {
             Value::Map(map) => map,
             Value::Null => return Err(fail("the file is empty".to_owned())),

@@ -99,6 +99,9 @@ const JOB_KEYS: &[&str] = &[
 
 const DEFAULT_STAGES: &[&str] = &["build", "test", "deploy"];
 
+/// GitLab's longest job name.
+const MAX_JOB_NAME: usize = 255;
+
 /// The jobs `keyhole-runner exec` can run, in file order: not reserved, not hidden, mappings,
 /// not trigger jobs.
 pub(crate) fn runnable_names(config: &Map) -> Vec<String> {
@@ -137,6 +140,14 @@ pub(crate) fn build(
         reason: reason.to_owned(),
         available: available(),
     };
+    if name.len() > MAX_JOB_NAME {
+        return Err(PipelineError::config(
+            &node.at,
+            None,
+            None,
+            format!("a job name has at most {MAX_JOB_NAME} characters (GitLab's limit)"),
+        ));
+    }
     if name.starts_with('.') {
         return Err(not_runnable(
             "is hidden (its name starts with `.`): a template for other jobs, not a job",

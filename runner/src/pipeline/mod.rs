@@ -98,7 +98,8 @@ pub fn parse_pipeline(
     includes: &dyn IncludeSource,
 ) -> Result<Pipeline, PipelineError> {
     let file: Arc<str> = Arc::from(file_name);
-    let root = yaml::load_config(text, &file)?;
+    let mut copy_budget = yaml::MAX_ALIAS_NODES;
+    let root = yaml::load_config_with(text, &file, &mut copy_budget)?;
     let config = match root.value {
         yaml::Value::Map(map) => map,
         yaml::Value::Null => {
@@ -121,7 +122,7 @@ pub fn parse_pipeline(
             ));
         }
     };
-    let mut includer = include::Includer::new(includes, file_name);
+    let mut includer = include::Includer::new(includes, file_name, copy_budget);
     let mut config = includer.expand(config)?;
     extends::resolve(&mut config)?;
     let config = reference::resolve(config)?;

@@ -14,9 +14,9 @@ use super::{
 /// How many references may nest inside one another.
 pub const MAX_REFERENCE_DEPTH: usize = 10;
 
-/// Most nodes that resolving references may produce (hostile input could otherwise make
-/// references fan out exponentially).
-const MAX_RESOLVED_NODES: usize = 2_000_000;
+/// Most nodes the configuration may have once references are resolved (hostile input could
+/// otherwise make references fan out exponentially).
+const MAX_RESOLVED_NODES: usize = 3_000_000;
 
 /// Resolves every `!reference` of the configuration.
 pub(crate) fn resolve(config: Map) -> Result<Map, PipelineError> {

@@ -308,6 +308,9 @@ fn job_shape_errors_name_job_and_key() {
     assert!(err.contains("a job is a mapping"), "{err}");
     let err = job_err("job: {run: [{name: a}]}\n", "job");
     assert!(err.contains("`run:`"), "{err}");
+    let long = "j".repeat(256);
+    let err = job_err(&format!("{long}: {{script: [a]}}\n"), &long);
+    assert!(err.contains("at most 255 characters"), "{err}");
     let err = job_err("- a\n", "job");
     assert!(err.contains("the file is a list"), "{err}");
     let err = job_err("", "job");

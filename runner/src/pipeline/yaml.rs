@@ -19,8 +19,9 @@ use super::error::{Location, PipelineError};
 /// the bound keeps every later pass's recursion shallow.
 pub(crate) const MAX_DEPTH: usize = 100;
 
-/// Most nodes that aliases may add to one document (each alias copies its anchor's tree).
-pub(crate) const MAX_ALIAS_NODES: usize = 1_000_000;
+/// Most nodes that anchors and aliases may copy in a whole pipeline, all included files together
+/// (an anchor keeps a copy of its tree, each alias copies it again).
+pub(crate) const MAX_ALIAS_NODES: usize = 500_000;
 
 const CORE_TAG: &str = "tag:yaml.org,2002:";
 
@@ -138,8 +139,19 @@ pub(crate) fn deep_merge(into: &mut Map, from: Map) {
 
 /// Loads the CI configuration of one file: its single document, or the second one when the
 /// first is a `spec:` header. Empty text gives a null node.
+#[cfg(test)]
 pub(crate) fn load_config(text: &str, file: &Arc<str>) -> Result<Node, PipelineError> {
-    let mut docs = load(text, file)?;
+    load_config_with(text, file, &mut MAX_ALIAS_NODES.clone())
+}
+
+/// [`load_config`] drawing anchor and alias copies from `copy_budget`, which a pipeline shares
+/// across all its files (see [`MAX_ALIAS_NODES`]).
+pub(crate) fn load_config_with(
+    text: &str,
+    file: &Arc<str>,
+    copy_budget: &mut usize,
+) -> Result<Node, PipelineError> {
+    let mut docs = load(text, file, copy_budget)?;
     match docs.len() {
         0 => Ok(Node::new(Value::Null, Location::file_start(file))),
         1 => Ok(docs.remove(0)),
@@ -182,20 +194,21 @@ pub(crate) fn load_config(text: &str, file: &Arc<str>) -> Result<Node, PipelineE
 }
 
 /// Parses every document of `text`.
-pub(crate) fn load(text: &str, file: &Arc<str>) -> Result<Vec<Node>, PipelineError> {
+fn load(text: &str, file: &Arc<str>, copy_budget: &mut usize) -> Result<Vec<Node>, PipelineError> {
     let mut loader = Loader {
         file,
         docs: Vec::new(),
         root: None,
         stack: Vec::new(),
         anchors: HashMap::new(),
-        alias_budget: MAX_ALIAS_NODES,
+        alias_budget: *copy_budget,
     };
     let mut parser = Parser::new_from_str(text);
     while let Some(next) = parser.next_event() {
         let (event, span) = next.map_err(|e| syntax_error(file, &e))?;
         loader.on_event(event, span)?;
     }
+    *copy_budget = loader.alias_budget;
     Ok(loader.docs)
 }
 
@@ -371,6 +384,15 @@ impl Loader<'_> {
         Ok(())
     }
 
+    fn bomb(&self, at: &Location) -> PipelineError {
+        self.error(
+            at,
+            format!(
+                "anchors and aliases copy more than {MAX_ALIAS_NODES} nodes; is this a YAML bomb?"
+            ),
+        )
+    }
+
     fn alias(&mut self, id: usize, at: Location) -> Result<Node, PipelineError> {
         let Some(anchored) = self.anchors.get(&id) else {
             return Err(self.error(
@@ -401,6 +423,10 @@ impl Loader<'_> {
     /// Hands a finished node to its parent (or makes it the document's root).
     fn finish(&mut self, node: Node, anchor: usize, form: KeyForm) -> Result<(), PipelineError> {
         if anchor > 0 {
+            let Some((count, _)) = node.measure(self.alias_budget) else {
+                return Err(self.bomb(&node.at));
+            };
+            self.alias_budget -= count;
             self.anchors.insert(anchor, node.clone());
         }
         match self.stack.last_mut() {
@@ -823,6 +849,18 @@ mod tests {
         let deep = format!("{}{}", "[".repeat(MAX_DEPTH + 1), "]".repeat(MAX_DEPTH + 1));
         let err = load_config(&deep, &file()).unwrap_err().to_string();
         assert!(err.contains("nest deeper"), "{err}");
+        // Anchors wrapped around a big alias copy it at every level: bounded too.
+        let big = format!("a0: &a0 [{}]\n", vec!["x"; 20_000].join(", "));
+        let mut nested = String::from("b: ");
+        for i in 0..60 {
+            nested.push_str(&format!("&p{i} ["));
+        }
+        nested.push_str("*a0");
+        nested.push_str(&"]".repeat(60));
+        let err = load_config(&format!("{big}{nested}\n"), &file())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("YAML bomb"), "{err}");
         let dashes = "- ".repeat(50_000);
         assert!(load_config(&dashes, &file()).is_err());
     }
