@@ -33,6 +33,19 @@ pub struct Job {
     pub gitlab_secrets: Option<serde_json::Value>,
     /// The CI job token; `None` for local jobs.
     pub token: Option<SecretString>,
+    /// The job's `id_tokens:` as declared (GitLab sends the minted JWTs as variables). Kept for
+    /// local jobs, which have no GitLab to mint them, so `exec` can say which tokens the job
+    /// expects; empty for GitLab jobs.
+    pub id_tokens: Vec<IdTokenRequest>,
+}
+
+/// One `id_tokens:` entry: the variable GitLab would put a JWT in, and the JWT's audiences.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdTokenRequest {
+    /// The variable name (`VAULT_ID_TOKEN`).
+    pub name: String,
+    /// `aud:`, one or more audiences.
+    pub aud: Vec<String>,
 }
 
 /// The project a job belongs to: the identity that service-account rules match on.
