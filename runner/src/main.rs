@@ -83,6 +83,10 @@ struct LocalArgs {
     /// Treat the ref as protected (for ServiceAccount rules).
     #[arg(long)]
     protected: bool,
+    /// An ID token for the job's `id_tokens:` (no GitLab mints one locally): NAME=FILE, the
+    /// file holding the JWT. Delivered like GitLab's: a masked variable.
+    #[arg(long = "id-token", value_name = "NAME=FILE")]
+    id_tokens: Vec<String>,
 }
 
 fn env(key: &str) -> Option<String> {
@@ -152,6 +156,21 @@ fn local_job(args: &LocalArgs, runner: &RunnerConfig) -> Result<Job> {
     let mut job = load_job(&args.file, &args.job, &opts)?;
     job.project.path = args.project.clone();
     job.git.protected = args.protected;
+    for spec in &args.id_tokens {
+        let (name, file) = spec
+            .split_once('=')
+            .with_context(|| format!("--id-token {spec:?}: expected NAME=FILE"))?;
+        let jwt = std::fs::read_to_string(file)
+            .with_context(|| format!("--id-token {name}: reading {file}"))?;
+        job.variables.push(keyhole_runner::job::Variable {
+            key: name.to_string(),
+            value: secrecy::SecretString::from(jwt.trim().to_string()),
+            public: false,
+            masked: true,
+            file: false,
+            raw: true,
+        });
+    }
     Ok(job)
 }
 

@@ -216,6 +216,7 @@ mod tests {
             timeout: None,
             gitlab_secrets: gitlab,
             token: None,
+            id_tokens: Vec::new(),
         }
     }
 

@@ -50,6 +50,7 @@ fn base(id: u64, name: &str) -> Job {
         timeout: None,
         gitlab_secrets: None,
         token: None,
+        id_tokens: Vec::new(),
     }
 }
 
