@@ -6,11 +6,13 @@
 //! pass silently.
 
 mod bed;
+pub mod coordinator;
 mod namespace;
 mod pods;
 mod vault;
 
 pub use bed::{BedEnv, TestBed};
+pub use coordinator::{Coordinator, CoordinatorOptions};
 pub use namespace::TestNamespace;
 pub use pods::{pod_logs, run_pod_to_completion, wait_for_pod};
 pub use vault::VaultAdmin;
