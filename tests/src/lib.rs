@@ -7,6 +7,7 @@
 
 mod access;
 mod bed;
+pub mod coordinator;
 mod helm;
 mod namespace;
 mod pods;
@@ -14,6 +15,7 @@ mod vault;
 
 pub use access::{Access, service_account_may, wait_until_allowed};
 pub use bed::{BedEnv, TestBed};
+pub use coordinator::{Coordinator, CoordinatorOptions};
 pub use helm::{HelmRelease, bed_command, bed_script, chart_dir, repo_dir, run, run_ok};
 pub use namespace::TestNamespace;
 pub use pods::{pod_logs, run_pod_to_completion, wait_for_pod};
