@@ -83,6 +83,7 @@ pub struct ProjectFiles {
 const MAX_WALK: usize = 100_000;
 
 impl ProjectFiles {
+    /// The files under `root`, the project directory.
     pub fn new(root: impl Into<PathBuf>) -> Self {
         Self { root: root.into() }
     }
