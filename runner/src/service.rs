@@ -60,7 +60,10 @@ pub fn gitlab_client(runner: &RunnerConfig) -> Result<GitlabClient> {
         !runner.url.is_empty(),
         "no GitLab URL: set [[runners]] url or KEYHOLE_RUNNER_URL"
     );
-    Ok(GitlabClient::new(ClientConfig::new(runner.url.clone(), token))?)
+    Ok(GitlabClient::new(ClientConfig::new(
+        runner.url.clone(),
+        token,
+    ))?)
 }
 
 /// Runs the service until SIGTERM/SIGINT.
@@ -169,7 +172,11 @@ pub async fn run_until(config: Config, mut stop: watch::Receiver<bool>) -> Resul
                     }
                 }
             }
-            Ok(JobRequest::Unreadable { job_id, token, error }) => {
+            Ok(JobRequest::Unreadable {
+                job_id,
+                token,
+                error,
+            }) => {
                 drop(permit);
                 service.metrics.gitlab_error("jobs/request");
                 warn!(job = job_id, error = %error, "job payload unreadable; failing the job");
@@ -179,7 +186,10 @@ pub async fn run_until(config: Config, mut stop: watch::Receiver<bool>) -> Resul
                     .append(format!("\x1b[31;1mERROR: keyhole-runner cannot read this job: {error}\x1b[0;m\n").as_bytes())
                     .await;
                 let _ = session
-                    .finish(JobOutcome::Failed { reason: FailureReason::RunnerSystemFailure, exit_code: None })
+                    .finish(JobOutcome::Failed {
+                        reason: FailureReason::RunnerSystemFailure,
+                        exit_code: None,
+                    })
                     .await;
             }
             Err(e) => {
@@ -205,7 +215,12 @@ pub async fn run_until(config: Config, mut stop: watch::Receiver<bool>) -> Resul
     .await;
     if drained.is_err() {
         warn!("shutdown grace period over: aborting the remaining jobs");
-        for control in service.active.lock().unwrap_or_else(|e| e.into_inner()).values() {
+        for control in service
+            .active
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+        {
             let _ = control.send(Control::Abort);
         }
         let _ = tokio::time::timeout(Duration::from_secs(60), async {
@@ -219,7 +234,10 @@ pub async fn run_until(config: Config, mut stop: watch::Receiver<bool>) -> Resul
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(mut term), Ok(mut int)) => {
             tokio::select! {
                 _ = term.recv() => {}
@@ -260,7 +278,10 @@ impl Service {
                 .append(b"\n\x1b[31;1mERROR: keyhole-runner restarted while this job ran; the job was stopped and its pod deleted\x1b[0;m\n")
                 .await;
             match session
-                .finish(JobOutcome::Failed { reason: FailureReason::RunnerSystemFailure, exit_code: None })
+                .finish(JobOutcome::Failed {
+                    reason: FailureReason::RunnerSystemFailure,
+                    exit_code: None,
+                })
                 .await
             {
                 Ok(()) => info!(job = entry.job_id, "recovered job reported as failed"),
@@ -278,7 +299,14 @@ impl Service {
             .keys()
             .copied()
             .collect();
-        match crate::reaper::reap(&self.kube, &self.runner.kubernetes.namespace, &self.runner.name, &active).await {
+        match crate::reaper::reap(
+            &self.kube,
+            &self.runner.kubernetes.namespace,
+            &self.runner.name,
+            &active,
+        )
+        .await
+        {
             Ok(names) if !names.is_empty() => info!(pods = ?names, "deleted orphaned job pods"),
             Ok(_) => {}
             Err(e) => warn!(error = %e, "looking for orphaned pods failed"),
@@ -432,6 +460,8 @@ impl Service {
 
 impl std::fmt::Debug for Service {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Service").field("runner", &self.runner.name).finish_non_exhaustive()
+        f.debug_struct("Service")
+            .field("runner", &self.runner.name)
+            .finish_non_exhaustive()
     }
 }

@@ -42,12 +42,13 @@ pub const NEEDED: &[(&str, &str, &str)] = &[
 ];
 
 /// What it should NOT be allowed: reading Secrets would let a runner bug leak every job's.
-pub const UNWANTED: &[(&str, &str, &str)] = &[
-    ("get", "secrets", ""),
-    ("list", "secrets", ""),
-];
+pub const UNWANTED: &[(&str, &str, &str)] = &[("get", "secrets", ""), ("list", "secrets", "")];
 
-async fn may(client: &kube::Client, ns: &str, (verb, resource, sub): (&str, &str, &str)) -> Result<bool, kube::Error> {
+async fn may(
+    client: &kube::Client,
+    ns: &str,
+    (verb, resource, sub): (&str, &str, &str),
+) -> Result<bool, kube::Error> {
     let review = SelfSubjectAccessReview {
         spec: SelfSubjectAccessReviewSpec {
             resource_attributes: Some(ResourceAttributes {
@@ -82,7 +83,10 @@ pub async fn verify(config: &Config) -> VerifyReport {
         report.problem("the config has no [[runners]] entry; add one (see docs/configuration.md)");
         return report;
     };
-    report.ok(format!("config: runner {:?}, namespace {}, concurrent {}", runner.name, runner.kubernetes.namespace, config.concurrent));
+    report.ok(format!(
+        "config: runner {:?}, namespace {}, concurrent {}",
+        runner.name, runner.kubernetes.namespace, config.concurrent
+    ));
     check_gitlab(runner, &mut report).await;
     check_cluster(runner, &mut report).await;
     check_vault(runner, &mut report).await;
@@ -105,7 +109,10 @@ async fn check_cluster(runner: &RunnerConfig, report: &mut VerifyReport) {
         Err(e) => return report.problem(format!("Kubernetes: {e:#}")),
     };
     match client.apiserver_version().await {
-        Ok(v) => report.ok(format!("Kubernetes API server answers (v{}.{})", v.major, v.minor)),
+        Ok(v) => report.ok(format!(
+            "Kubernetes API server answers (v{}.{})",
+            v.major, v.minor
+        )),
         Err(e) => return report.problem(format!("Kubernetes API server: {e}")),
     }
     let ns = &runner.kubernetes.namespace;
@@ -114,7 +121,9 @@ async fn check_cluster(runner: &RunnerConfig, report: &mut VerifyReport) {
         match may(&client, ns, *need).await {
             Ok(true) => {}
             Ok(false) => missing.push(what(*need)),
-            Err(e) => return report.problem(format!("asking the API server what the runner may do: {e}")),
+            Err(e) => {
+                return report.problem(format!("asking the API server what the runner may do: {e}"));
+            }
         }
     }
     if missing.is_empty() {
@@ -149,7 +158,10 @@ async fn check_vault(runner: &RunnerConfig, report: &mut VerifyReport) {
         return;
     };
     let url = format!("{}/v1/sys/health", addr.trim_end_matches('/'));
-    let client = match reqwest::Client::builder().timeout(std::time::Duration::from_secs(5)).build() {
+    let client = match reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(5))
+        .build()
+    {
         Ok(c) => c,
         Err(e) => return report.problem(format!("HTTP client: {e}")),
     };
@@ -164,7 +176,12 @@ async fn check_vault(runner: &RunnerConfig, report: &mut VerifyReport) {
             "Vault {addr} cannot be reached from here ({e}); job pods may still reach it, check the NetworkPolicy"
         )),
     }
-    if !k.vault_allowed.is_empty() && !k.vault_allowed.iter().any(|a| a.trim_end_matches('/') == addr.trim_end_matches('/')) {
+    if !k.vault_allowed.is_empty()
+        && !k
+            .vault_allowed
+            .iter()
+            .any(|a| a.trim_end_matches('/') == addr.trim_end_matches('/'))
+    {
         report.note("vault_allowed does not list vault_addr; GitLab secrets: naming vault_addr will be refused");
     }
 }
