@@ -6,11 +6,15 @@
 //! pass silently.
 
 mod bed;
+mod broker_process;
 mod namespace;
 mod pods;
+mod redis;
 mod vault;
 
-pub use bed::{BedEnv, TestBed};
+pub use bed::{BedEnv, RedisEnv, TestBed};
+pub use broker_process::{BrokerDirs, BrokerExit, BrokerProcess, broker_binary};
 pub use namespace::TestNamespace;
 pub use pods::{pod_logs, run_pod_to_completion, wait_for_pod};
+pub use redis::{Redis, Reply};
 pub use vault::VaultAdmin;
