@@ -27,8 +27,22 @@ pub const INPUT_KUBE_TOKEN: &str = "kube-token";
 /// the references under [`REFERENCE_ANNOTATION_PREFIX`]. Written by the kubelet.
 pub const INPUT_ANNOTATIONS: &str = "annotations";
 /// Directory in [`INPUTS_DIR`]: the keys of the per-job Secret (job token, masked variables,
-/// ID tokens), one file each. Written by the kubelet from the runner's Secret.
+/// ID tokens), one file each. Written by the kubelet from the runner's Secret. Every value in
+/// it is masked in the job log. Keys starting with [`JOB_VARIABLE_PREFIX`] or
+/// [`JOB_FILE_VARIABLE_PREFIX`] are delivered to the job; other keys are inputs for the broker
+/// alone (e.g. the ID token for Vault JWT login) and are not delivered.
 pub const INPUT_JOB_SECRET_DIR: &str = "job";
+/// Per-job Secret key prefix of a plain job variable: key `var.<NAME>` makes the broker append
+/// `export NAME='value'` to [`ENV_FILE`], quoted like a `file: false` secret. `<NAME>` must be a
+/// shell variable name and may not also name a secret reference. Written by the runner (for
+/// values only it has: CI_JOB_TOKEN, masked variables, ID tokens the job uses); read by the
+/// broker.
+pub const JOB_VARIABLE_PREFIX: &str = "var.";
+/// Per-job Secret key prefix of a GitLab file variable: key `file.<NAME>` makes the broker write
+/// the value to `SECRETS_DIR/<NAME>` (same modes as secrets) and append
+/// `export NAME='SECRETS_DIR/<NAME>'` to [`ENV_FILE`]. Same name rules as
+/// [`JOB_VARIABLE_PREFIX`]. Written by the runner; read by the broker.
+pub const JOB_FILE_VARIABLE_PREFIX: &str = "file.";
 
 /// Pod annotation prefix for secret references: `secrets.keyhole.dev/<NAME>: <reference>`.
 /// Names and locations only, never values. Written by the runner; read by the broker.
@@ -43,8 +57,9 @@ pub const SECRETS_VOLUME: &str = "keyhole-secrets";
 /// Where [`SECRETS_VOLUME`] is mounted in both containers. One file per secret, named after the
 /// secret; written by the broker (mode 0400/0440), read by the job.
 pub const SECRETS_DIR: &str = "/keyhole/secrets";
-/// File in [`SECRETS_DIR`]: `export NAME='value'` lines for `file: false` secrets. Written by the
-/// broker; sourced by the generated job script.
+/// File in [`SECRETS_DIR`]: `export NAME='value'` lines for `file: false` secrets and job
+/// variables (and `export NAME='<path>'` for file variables). Written by the broker; sourced by
+/// the generated job script.
 pub const ENV_FILE: &str = ".env";
 /// File in [`SECRETS_DIR`]: present once every secret is written. Written by the broker last;
 /// read by its startup probe (`keyhole-broker ready`).
@@ -63,10 +78,13 @@ pub mod exit_code {
     /// Clean shutdown after the job.
     pub const OK: i32 = 0;
     /// A reference could not be resolved (denied, missing, malformed): a job configuration
-    /// error the user must fix.
+    /// error the user must fix. Wins over the codes below when failures are mixed, since
+    /// retrying cannot fix it.
     pub const SECRETS_FAILED: i32 = 64;
-    /// The broker's own configuration or inputs are wrong: a runner/deployment error.
+    /// The broker's own configuration or inputs are wrong (settings, allow-list, per-job
+    /// Secret keys, a job variable clashing with a secret): a runner/deployment error.
     pub const BAD_INPUTS: i32 = 65;
-    /// Vault or the apiserver could not be reached in time: an infrastructure error.
+    /// Vault or the apiserver could not be reached in time, or Vault is sealed: an
+    /// infrastructure error; the job may succeed when retried.
     pub const UNAVAILABLE: i32 = 69;
 }

@@ -9,6 +9,8 @@ use kube::Api;
 use secrecy::SecretSlice;
 use zeroize::Zeroizing;
 
+use crate::blame::Blame;
+
 /// A `k8s:` reference that could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum KubeSecretError {
@@ -39,6 +41,17 @@ pub enum KubeSecretError {
         namespace: String,
         detail: String,
     },
+}
+
+impl KubeSecretError {
+    /// Whose fix this error needs: an API server that fails is the platform's; the rest is the
+    /// job's reference or its RBAC grant.
+    pub fn blame(&self) -> Blame {
+        match self {
+            KubeSecretError::Api { .. } => Blame::Platform,
+            _ => Blame::Reference,
+        }
+    }
 }
 
 /// Reads one key, or all keys as a JSON object of strings.

@@ -2,10 +2,13 @@
 //! (Kubernetes Secrets, HashiCorp Vault), delivers them as files on a memory-backed volume,
 //! masks them out of the job log and revokes and wipes them when the job ends.
 
+pub mod blame;
 pub mod contract;
 pub mod delivery;
 pub mod inputs;
+pub mod job_vars;
 pub mod kube_secrets;
+pub mod leases;
 pub mod mask;
 pub mod pump;
 pub mod reference;

@@ -1,5 +1,6 @@
-//! `keyhole-broker run`: resolve → write → ready → mask the log → on SIGTERM drain, revoke,
-//! wipe. The I/O edge that ties the pure modules together.
+//! `keyhole-broker run`: resolve → write (secrets and job variables) → ready → mask the log
+//! and renew leases → on SIGTERM drain, wipe, revoke leases and token. The I/O edge that ties
+//! the pure modules together.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -8,12 +9,15 @@ use std::time::Duration;
 use secrecy::SecretSlice;
 use tokio::sync::watch;
 
+use crate::blame::Blame;
 use crate::contract::{self, exit_code};
-use crate::delivery::{Ownership, SecretFiles, WriteOptions};
+use crate::delivery::{DeliveryError, Ownership, SecretFiles, WriteOptions};
 use crate::inputs;
+use crate::job_vars::{self, JobVariable, VariableKind};
 use crate::kube_secrets::service_account_of;
+use crate::leases::VaultSession;
 use crate::mask::{MIN_MASKED_LEN, MaskSet, StreamMasker};
-use crate::resolve::{KubeSource, VaultSource, resolve_all};
+use crate::resolve::{AuditEntry, KubeSource, Outcome, VaultSource, resolve_all};
 use crate::vault::{LoginMethod, RetryPolicy, VaultConfig};
 
 /// Settings of one broker run (from flags and `KEYHOLE_*` environment variables).
@@ -74,7 +78,20 @@ pub async fn run(config: RunConfig) -> i32 {
         Ok(s) => s,
         Err(e) => return fail(exit_code::BAD_INPUTS, &[e.to_string()]),
     };
-    eprintln!("keyhole-broker: resolving {} secret(s)", refs.len());
+    let variables = match job_vars::job_variables(&job_secret)
+        .and_then(|v| job_vars::check_clashes(&v, &refs).map(|()| v))
+    {
+        Ok(v) => v,
+        Err(errors) => {
+            let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            return fail(exit_code::BAD_INPUTS, &lines);
+        }
+    };
+    eprintln!(
+        "keyhole-broker: resolving {} secret(s); {} job variable(s) from the per-job Secret",
+        refs.len(),
+        variables.len()
+    );
     let vault = match config
         .vault
         .as_ref()
@@ -95,41 +112,40 @@ pub async fn run(config: RunConfig) -> i32 {
         Ok(o) => o,
         Err(failures) => {
             let lines: Vec<String> = failures.iter().map(ToString::to_string).collect();
-            return fail(exit_code::SECRETS_FAILED, &lines);
+            return fail(
+                Blame::exit_code_of(failures.iter().map(|f| f.blame)),
+                &lines,
+            );
         }
     };
-    let mut vault_client = outcome.vault;
+    let Outcome {
+        resolved,
+        audit,
+        vault: mut session,
+    } = outcome;
+    let secret_count = resolved.len();
+    // Secrets first, then variables: one all-or-nothing write.
+    let mut deliveries = resolved;
+    deliveries.extend(variables.iter().map(JobVariable::to_resolved));
     let write = WriteOptions {
         dir: config.secrets_dir.clone(),
         owner: config.owner,
         allow_disk: config.allow_disk,
     };
-    let mut files = match SecretFiles::write_all(&write, &outcome.resolved) {
+    let mut files = match SecretFiles::write_all(&write, &deliveries) {
         Ok(f) => f,
         Err(e) => {
-            revoke(&mut vault_client).await;
-            return fail(exit_code::SECRETS_FAILED, &[e.to_string()]);
+            end_session(session).await;
+            let code = match e {
+                DeliveryError::EnvFile(_) => exit_code::SECRETS_FAILED,
+                _ => exit_code::BAD_INPUTS,
+            };
+            return fail(code, &[e.to_string()]);
         }
     };
-    for entry in &outcome.audit {
-        let version = entry
-            .version
-            .map(|v| format!(" version={v}"))
-            .unwrap_or_default();
-        eprintln!(
-            "keyhole-broker: audit secret={} source={} path={}{version}",
-            entry.name,
-            entry.source,
-            config.secrets_dir.join(&entry.name).display()
-        );
-    }
-    let values: Vec<&SecretSlice<u8>> = outcome
-        .resolved
-        .iter()
-        .map(|r| &r.value)
-        .chain(job_secret.values())
-        .collect();
-    for r in &outcome.resolved {
+    log_audit(&config, &audit, &variables);
+    let secrets = &deliveries[..secret_count];
+    for r in secrets {
         if secrecy::ExposeSecret::expose_secret(&r.value).len() < MIN_MASKED_LEN {
             eprintln!(
                 "keyhole-broker: warning: secret {} is shorter than {MIN_MASKED_LEN} bytes and cannot be masked in the log",
@@ -137,11 +153,17 @@ pub async fn run(config: RunConfig) -> i32 {
             );
         }
     }
+    // Every value of the per-job Secret is masked, variables and broker inputs alike.
+    let values: Vec<&SecretSlice<u8>> = secrets
+        .iter()
+        .map(|r| &r.value)
+        .chain(job_secret.values())
+        .collect();
     let masker = StreamMasker::new(Arc::new(MaskSet::new(values)));
     let fifo = config.runtime_dir.join(contract::LOG_FIFO);
     if let Err(e) = crate::pump::create_fifo(&fifo) {
         files.wipe();
-        revoke(&mut vault_client).await;
+        end_session(session).await;
         return fail(
             exit_code::BAD_INPUTS,
             &[format!("creating the log pipe {}: {e}", fifo.display())],
@@ -150,15 +172,16 @@ pub async fn run(config: RunConfig) -> i32 {
     let ready = config.secrets_dir.join(contract::READY_MARKER);
     if let Err(e) = std::fs::write(&ready, b"") {
         files.wipe();
-        revoke(&mut vault_client).await;
+        let _ = std::fs::remove_file(&fifo);
+        end_session(session).await;
         return fail(
             exit_code::BAD_INPUTS,
             &[format!("writing {}: {e}", ready.display())],
         );
     }
     eprintln!(
-        "keyhole-broker: {} secret(s) delivered; ready",
-        outcome.resolved.len()
+        "keyhole-broker: {secret_count} secret(s) and {} job variable(s) delivered; ready",
+        variables.len()
     );
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -166,12 +189,21 @@ pub async fn run(config: RunConfig) -> i32 {
         wait_for_termination().await;
         let _ = stop_tx.send(true);
     });
-    let pumped = crate::pump::pump(&fifo, masker, tokio::io::stdout(), stop_rx).await;
+    // Leases are renewed while the job runs; both stop at SIGTERM.
+    let keep_alive = async {
+        if let Some(s) = session.as_mut() {
+            s.keep_alive(stop_rx.clone()).await;
+        }
+    };
+    let (pumped, ()) = tokio::join!(
+        crate::pump::pump(&fifo, masker, tokio::io::stdout(), stop_rx.clone()),
+        keep_alive
+    );
     eprintln!("keyhole-broker: job ended; wiping secrets");
     files.wipe();
     let _ = std::fs::remove_file(&ready);
     let _ = std::fs::remove_file(&fifo);
-    revoke(&mut vault_client).await;
+    end_session(session).await;
     match pumped {
         Ok(()) => exit_code::OK,
         Err(e) => fail(
@@ -188,24 +220,44 @@ fn fail(code: i32, lines: &[String]) -> i32 {
     code
 }
 
-/// Revocation must finish inside the pod's termination grace period, whatever the retry
-/// policy for reads says; a token that outlives this still expires at its TTL.
-const REVOKE_DEADLINE: Duration = Duration::from_secs(10);
+/// One line per delivered secret and variable: name, source, where it went, version or lease.
+/// Never a value.
+fn log_audit(config: &RunConfig, audit: &[AuditEntry], variables: &[JobVariable]) {
+    for entry in audit {
+        let version = entry
+            .version
+            .map(|v| format!(" version={v}"))
+            .unwrap_or_default();
+        let lease = entry
+            .lease
+            .as_ref()
+            .map(|l| format!(" lease={l}"))
+            .unwrap_or_default();
+        eprintln!(
+            "keyhole-broker: audit secret={} source={} path={}{version}{lease}",
+            entry.name,
+            entry.source,
+            config.secrets_dir.join(&entry.name).display()
+        );
+    }
+    for v in variables {
+        let path = match v.kind {
+            VariableKind::Plain => config.secrets_dir.join(contract::ENV_FILE),
+            VariableKind::File => config.secrets_dir.join(v.name.as_str()),
+        };
+        eprintln!(
+            "keyhole-broker: audit variable={} source=job-secret:{} path={}",
+            v.name,
+            v.key,
+            path.display()
+        );
+    }
+}
 
-async fn revoke(client: &mut Option<crate::vault::VaultClient>) {
-    if let Some(c) = client.as_mut() {
-        let started = std::time::Instant::now();
-        match tokio::time::timeout(REVOKE_DEADLINE, c.revoke_self()).await {
-            Ok(Ok(())) => eprintln!(
-                "keyhole-broker: Vault token revoked ({} ms)",
-                started.elapsed().as_millis()
-            ),
-            Ok(Err(e)) => eprintln!("keyhole-broker: warning: revoking the Vault token: {e}"),
-            Err(_) => eprintln!(
-                "keyhole-broker: warning: revoking the Vault token took over {}s; it expires at its TTL",
-                REVOKE_DEADLINE.as_secs()
-            ),
-        }
+/// Revokes the leases and the token, if Vault was used.
+async fn end_session(session: Option<VaultSession>) {
+    if let Some(s) = session {
+        s.end().await;
     }
 }
 
@@ -245,11 +297,11 @@ fn vault_source(
             token_file: config.inputs_dir.join(contract::INPUT_SA_TOKEN),
         },
         AuthMethod::Jwt { input_key } => {
-            let token = job_secret.get(input_key).ok_or_else(|| {
+            let token = job_vars::broker_input(job_secret, input_key).ok_or_else(|| {
                 format!(
-                    "Vault JWT auth needs the ID token {input_key:?} in the job's inputs ({}/{}), which has none; declare it under id_tokens",
-                    config.inputs_dir.display(),
-                    contract::INPUT_JOB_SECRET_DIR
+                    "Vault JWT auth needs the ID token {input_key:?} in the job's inputs ({dir}/{var}{input_key} or {dir}/{input_key}), which has neither; declare it under id_tokens",
+                    dir = config.inputs_dir.join(contract::INPUT_JOB_SECRET_DIR).display(),
+                    var = contract::JOB_VARIABLE_PREFIX,
                 )
             })?;
             let text = std::str::from_utf8(secrecy::ExposeSecret::expose_secret(token))

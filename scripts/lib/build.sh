@@ -119,6 +119,40 @@ build_helm() {
     -o "$out/helm" helm.sh/helm/v3/cmd/helm
 }
 
+# Redis from Debian's packages, unpacked (apt-get download + dpkg -x) into the cache: no
+# service is installed or started, and its libraries are found through a wrapper script.
+build_redis() {
+  local v=$1 out=$2 debver
+  debian_version() { apt-cache madison redis-tools | awk -v v="$v" '$3 ~ ("^[0-9]+:" v "-") {print $3; exit}'; }
+  debver=$(debian_version)
+  if [[ -z $debver ]]; then
+    apt-get update -qq
+    debver=$(debian_version)
+  fi
+  [[ -n $debver ]] || { echo "no Debian build of redis $v on this machine's mirrors (apt-cache madison redis-tools)" >&2; exit 1; }
+  # apt-get download writes as the _apt user when it can; a private dir it may enter avoids a warning.
+  chmod 755 .
+  apt-get download "redis-tools=$debver" "redis-server=$debver" libjemalloc2 liblzf1
+  local deb
+  for deb in ./*.deb; do dpkg -x "$deb" "$out/.root"; done
+  local libdir
+  libdir=$(dirname "$(find "$out/.root/usr/lib" -name 'libjemalloc.so.2' | head -n1)")
+  local tool
+  for tool in redis-server redis-cli; do
+    cat >"$out/$tool" <<SH
+#!/bin/sh
+# Debian's $tool $debver, unpacked by 'scripts/testbed build': run it with its own libraries.
+LD_LIBRARY_PATH="$libdir\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}" exec "$out/.root/usr/bin/$tool" "\$@"
+SH
+    chmod 755 "$out/$tool"
+  done
+  if LD_LIBRARY_PATH=$libdir ldd "$out/.root/usr/bin/redis-check-rdb" | grep 'not found'; then
+    echo "redis needs libraries this machine lacks (above); install them with apt-get" >&2
+    exit 1
+  fi
+  "$out/redis-server" --version | grep -q "v=$v " || { echo "unpacked redis-server is not $v" >&2; exit 1; }
+}
+
 # Debian packages the bed needs: libseccomp for building runc, CNI plugins, busybox for the job
 # image, gcc for the pause binary, openssl for the PKI.
 APT_PACKAGES=(libseccomp-dev pkg-config containernetworking-plugins iptables busybox-static openssl jq git ca-certificates iproute2 procps curl gcc libc6-dev)
@@ -144,5 +178,6 @@ cmd_build() {
   [[ $only == all || $only == runc ]] && build_part runc "$RUNC_VERSION" build_runc
   [[ $only == all || $only == helm ]] && build_part helm "$HELM_VERSION" build_helm
   [[ $only == all || $only == vault ]] && build_part vault "$VAULT_VERSION" build_vault "$VAULT_VERSION-sdk$VAULT_SDK_VERSION"
+  [[ $only == all || $only == redis ]] && build_part redis "$REDIS_VERSION" build_redis
   log "build complete: binaries under $KEYHOLE_CACHE/bin"
 }

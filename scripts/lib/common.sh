@@ -15,6 +15,11 @@ VAULT_SDK_VERSION=${VAULT_SDK_VERSION:-v0.17.0}
 # ("can't get final child's PID from pipe"), so runc is built too (cgo, seccomp).
 RUNC_VERSION=${RUNC_VERSION:-v1.3.7}
 HELM_VERSION=${HELM_VERSION:-v3.19.5}
+# Redis for Vault's built-in redis-database-plugin (dynamic secrets with leases): Debian
+# bookworm's build of this upstream version, unpacked into the cache rather than installed (no
+# service, no postinst). The newest Debian revision of it is taken, since security fixes arrive
+# as new revisions and old ones leave the mirror.
+REDIS_VERSION=${REDIS_VERSION:-7.0.15}
 PAUSE_IMAGE=${PAUSE_IMAGE:-registry.k8s.io/pause:3.10}
 # The checkout image (busybox + git); the runner's default git_image.
 GIT_IMAGE=${GIT_IMAGE:-keyhole.local/git:2}

@@ -4,6 +4,11 @@ NODE_NAME=keyhole-node
 # The bed's own bridge: the node address, the pod gateway and the only place pods can reach.
 # Nothing is routed or NATed beyond it.
 BRIDGE=kh0
+# A fixed (locally administered) MAC for the bridge. Without one, Linux gives a bridge the
+# lowest MAC among its ports, so it changed whenever a pod's veth came or went, and running
+# pods kept sending to the old gateway MAC until their ARP entry expired: requests to Vault
+# from a broker stalled for seconds whenever other pods started or stopped.
+BRIDGE_MAC=02:6b:68:00:00:01
 NODE_IP=10.213.0.1
 POD_SUBNET=10.213.0.0/24
 SERVICE_RANGE=10.96.0.0/24
@@ -11,6 +16,9 @@ SERVICE_IP=10.96.0.1
 APISERVER_URL="https://$NODE_IP:6443"
 ETCD_URL=http://127.0.0.1:23790
 VAULT_PORT=8200
+# Redis for Vault's database secrets engine; on the bridge too, so job pods can use the
+# credentials they get.
+REDIS_PORT=16379
 RUN_DIR=/run/keyhole-testbed
 
 bin_dir() { echo "$KEYHOLE_TESTBED_DIR/bin"; }
@@ -60,7 +68,7 @@ link_binaries() {
   mkdir -p "$b"
   local part
   for part in "etcd-$ETCD_VERSION" "kubernetes-$KUBERNETES_VERSION" "containerd-$CONTAINERD_VERSION" "runc-$RUNC_VERSION" \
-    "helm-$HELM_VERSION" "vault-$VAULT_VERSION-sdk$VAULT_SDK_VERSION"; do
+    "helm-$HELM_VERSION" "vault-$VAULT_VERSION-sdk$VAULT_SDK_VERSION" "redis-$REDIS_VERSION"; do
     [[ -f $KEYHOLE_CACHE/bin/$part/.complete ]] || die "$part is not built; run 'scripts/testbed build' first"
     ln -sf "$KEYHOLE_CACHE/bin/$part"/* "$b/"
   done
@@ -69,11 +77,16 @@ link_binaries() {
 kubectl_admin() { "$(bin_dir)/kubectl" --kubeconfig "$KEYHOLE_TESTBED_DIR/admin.kubeconfig" "$@"; }
 vault_admin() { VAULT_ADDR="http://127.0.0.1:$VAULT_PORT" VAULT_TOKEN="$(cat "$KEYHOLE_TESTBED_DIR/vault-root-token")" "$(bin_dir)/vault" "$@"; }
 
+pin_bridge_mac() {
+  [[ $(cat "/sys/class/net/$BRIDGE/address") == "$BRIDGE_MAC" ]] || ip link set "$BRIDGE" address "$BRIDGE_MAC"
+}
+
 setup_network() {
   if ! ip link show "$BRIDGE" >/dev/null 2>&1; then
     ip link add "$BRIDGE" type bridge || fail_up "cannot create bridge $BRIDGE (needs root and the bridge module)"
     echo "$BRIDGE" >"$KEYHOLE_TESTBED_DIR/created-bridge"
   fi
+  pin_bridge_mac
   ip addr replace "$NODE_IP/24" dev "$BRIDGE"
   ip link set "$BRIDGE" up
   mkdir -p "$KEYHOLE_TESTBED_DIR/cni/net.d" "$KEYHOLE_TESTBED_DIR/cni/ipam"
@@ -235,6 +248,48 @@ configure_vault() {
 
 JWT_ISSUER=https://gitlab.keyhole.test
 
+redis_cli_admin() {
+  REDISCLI_AUTH="$(cat "$KEYHOLE_TESTBED_DIR/redis-password")" "$(bin_dir)/redis-cli" -h 127.0.0.1 -p "$REDIS_PORT" "$@"
+}
+redis_ping() { [[ $(redis_cli_admin ping) == PONG ]]; }
+
+# Redis with a generated admin password (the `default` user), in memory only. The password is
+# in a 0600 config file, never on a command line.
+start_redis() {
+  local d=$KEYHOLE_TESTBED_DIR
+  if [[ ! -s $d/redis-password ]]; then
+    (umask 077 && head -c 24 /dev/urandom | base64 | tr -d '+/=\n' >"$d/redis-password")
+  fi
+  mkdir -p "$d/redis"
+  (
+    umask 077
+    cat >"$d/redis.conf" <<CONF
+bind 127.0.0.1 $NODE_IP
+port $REDIS_PORT
+protected-mode yes
+requirepass $(cat "$d/redis-password")
+save ""
+appendonly no
+dir $d/redis
+CONF
+  )
+  start redis "$(bin_dir)/redis-server" "$d/redis.conf"
+  wait_for redis 30 redis_ping
+}
+
+# Vault's database engine at database/ on that Redis, with a role whose users live seconds
+# (default_ttl 6s, max_ttl 60s), so tests see renewals and expiry within a job.
+configure_database() {
+  local d=$KEYHOLE_TESTBED_DIR
+  vault_admin secrets list -format=json | jq -e '."database/"' >/dev/null 2>&1 ||
+    vault_admin secrets enable database >/dev/null
+  vault_admin write database/config/redis plugin_name=redis-database-plugin host=127.0.0.1 \
+    port="$REDIS_PORT" tls=false username=default password=@"$d/redis-password" allowed_roles='*' >/dev/null
+  vault_admin write database/roles/short-lived db_name=redis \
+    creation_statements='["~*", "+@read", "+ping"]' default_ttl=6s max_ttl=60s >/dev/null
+  log "vault configured: database/ (redis at 127.0.0.1:$REDIS_PORT), role short-lived (ttl 6s, max 60s)"
+}
+
 write_env() {
   local d=$KEYHOLE_TESTBED_DIR
   cat >"$d/env" <<ENV
@@ -247,13 +302,26 @@ export KEYHOLE_APISERVER_URL=$APISERVER_URL
 export KEYHOLE_JWT_ISSUER=$JWT_ISSUER
 export KEYHOLE_JWT_SIGNING_KEY=$d/pki/jwt-signing.key
 export KEYHOLE_NODE_NAME=$NODE_NAME
+export KEYHOLE_REDIS_ADDR=127.0.0.1:$REDIS_PORT
+export KEYHOLE_REDIS_POD_ADDR=$NODE_IP:$REDIS_PORT
+export KEYHOLE_REDIS_PASSWORD_FILE=$d/redis-password
 export PATH=$d/bin:\$PATH
 ENV
 }
 
 cmd_up() {
   [[ $(id -u) == 0 ]] || die "the test bed needs root (kubelet, containerd, bridge)"
-  if [[ -f $KEYHOLE_TESTBED_DIR/env ]] && cmd_status >/dev/null 2>&1; then
+  if [[ -f $KEYHOLE_TESTBED_DIR/env ]] && core_status >/dev/null 2>&1; then
+    # Beds started before these were fixed get them in place.
+    pin_bridge_mac
+    if ! { pid_alive redis && redis_ping >/dev/null 2>&1; }; then
+      # A bed started before Redis was part of it: add Redis without disturbing the rest.
+      log "adding redis to the running bed"
+      link_binaries
+      start_redis
+      configure_database
+      write_env
+    fi
     log "already up; 'scripts/testbed env' prints its settings"
     return 0
   fi
@@ -275,6 +343,8 @@ cmd_up() {
   start_kubelet
   start_vault
   configure_vault
+  start_redis
+  configure_database
   write_env
   log "up in $((SECONDS - t0))s; run: eval \"\$(scripts/testbed env)\""
 }
@@ -330,6 +400,7 @@ cmd_down() {
     done
   fi
   stop_pid vault
+  stop_pid redis
   stop_pid kubelet
   stop_containers
   stop_pid kube-scheduler
@@ -344,6 +415,9 @@ cmd_down() {
   rm -rf "$d" "$RUN_DIR"
   log "down"
 }
+
+# Every part but Redis: what `up` needs running to add Redis to a bed in place.
+core_status() { cmd_status --core; }
 
 cmd_status() {
   local d=$KEYHOLE_TESTBED_DIR p=$KEYHOLE_TESTBED_DIR/pki ok=0
@@ -363,6 +437,7 @@ cmd_status() {
   check containerd "$(bin_dir)/ctr" --address "$RUN_DIR/containerd.sock" version
   check kubelet node_ready
   check vault curl -fsS "http://127.0.0.1:$VAULT_PORT/v1/sys/health"
+  [[ ${1:-} == --core ]] || check redis redis_ping
   return $ok
 }
 

@@ -21,6 +21,19 @@ pub struct BedEnv {
     pub jwt_issuer: String,
     pub jwt_signing_key: PathBuf,
     pub node_name: String,
+    /// Redis behind Vault's `database/` engine; `None` on a bed started before Redis was part
+    /// of it (`scripts/testbed up` adds it in place).
+    pub redis: Option<RedisEnv>,
+}
+
+/// Where the bed's Redis listens and where its admin password is.
+#[derive(Debug, Clone)]
+pub struct RedisEnv {
+    /// `127.0.0.1:<port>`, for the tests.
+    pub addr: String,
+    /// On the bed's bridge, for pods.
+    pub pod_addr: String,
+    pub password_file: PathBuf,
 }
 
 impl BedEnv {
@@ -60,6 +73,18 @@ impl BedEnv {
             jwt_issuer: get("KEYHOLE_JWT_ISSUER")?,
             jwt_signing_key: get("KEYHOLE_JWT_SIGNING_KEY")?.into(),
             node_name: get("KEYHOLE_NODE_NAME")?,
+            redis: match (
+                get("KEYHOLE_REDIS_ADDR"),
+                get("KEYHOLE_REDIS_POD_ADDR"),
+                get("KEYHOLE_REDIS_PASSWORD_FILE"),
+            ) {
+                (Ok(addr), Ok(pod_addr), Ok(file)) => Some(RedisEnv {
+                    addr,
+                    pod_addr,
+                    password_file: file.into(),
+                }),
+                _ => None,
+            },
         })
     }
 

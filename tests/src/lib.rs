@@ -7,16 +7,20 @@
 
 mod access;
 mod bed;
+mod broker_process;
 pub mod coordinator;
 mod helm;
 mod namespace;
 mod pods;
+mod redis;
 mod vault;
 
 pub use access::{Access, service_account_may, wait_until_allowed};
-pub use bed::{BedEnv, TestBed};
+pub use bed::{BedEnv, RedisEnv, TestBed};
+pub use broker_process::{BrokerDirs, BrokerExit, BrokerProcess, broker_binary};
 pub use coordinator::{Coordinator, CoordinatorOptions};
 pub use helm::{HelmRelease, bed_command, bed_script, chart_dir, repo_dir, run, run_ok};
 pub use namespace::TestNamespace;
 pub use pods::{pod_logs, run_pod_to_completion, wait_for_pod};
+pub use redis::{Redis, Reply};
 pub use vault::VaultAdmin;

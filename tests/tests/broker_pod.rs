@@ -1,6 +1,7 @@
 //! The broker as a native sidecar in a real job pod on the bed: it logs in to Vault with the
-//! pod's projected token, reads a Kubernetes Secret as the job's ServiceAccount, delivers both,
-//! masks them in the job log, and wipes and revokes at the end. Needs `scripts/testbed up` and
+//! pod's projected token, reads a Kubernetes Secret as the job's ServiceAccount, delivers both
+//! and the job variables of the per-job Secret, masks them in the job log, keeps a dynamic
+//! secret's lease alive while the job runs, and wipes and revokes at the end. Needs `scripts/testbed up` and
 //! the broker image (`scripts/testbed image keyhole.local/broker:dev target/release/keyhole-broker`,
 //! done by `scripts/test-all`).
 
@@ -181,11 +182,24 @@ fn job_pod(
 async fn broker_delivers_vault_and_kubernetes_secrets_and_masks_them_in_the_job_log() {
     let setup = job_setup("brokerpod").await;
     let ns = &setup.ns.name;
+    let ci_job_token = format!("glcbt-64_{ns}-ci-job-token");
+    let deploy_config = format!("apiVersion: v1\nkind: Config\ntoken: file-var-{ns}\n");
+    create(
+        &setup.ns.api::<Secret>(),
+        json!({"metadata": {"name": "job-inputs"},
+               "stringData": {"var.CI_JOB_TOKEN": ci_job_token, "file.DEPLOY_CONFIG": deploy_config}}),
+    )
+    .await;
     let script = r#"
         exec > /keyhole/run/log 2>&1
         . /keyhole/secrets/.env
         echo "db=$(cat /keyhole/secrets/DB_PASSWORD)"
         echo "app=$APP_TOKEN"
+        echo "job-token=$CI_JOB_TOKEN"
+        echo "job-token-sha=$(printf '%s' "$CI_JOB_TOKEN" | sha256sum | cut -d' ' -f1)"
+        echo "deploy-config-path=$DEPLOY_CONFIG"
+        echo "deploy-config-sha=$(sha256sum < "$DEPLOY_CONFIG" | cut -d' ' -f1)"
+        echo "deploy-config-mode=$(stat -c '%a %u' "$DEPLOY_CONFIG")"
         echo "db-b64=$(base64 < /keyhole/secrets/DB_PASSWORD | tr -d '\n')"
         echo "db-sha=$(sha256sum < /keyhole/secrets/DB_PASSWORD | cut -d' ' -f1)"
         echo "db-mode=$(stat -c '%a %u' /keyhole/secrets/DB_PASSWORD)"
@@ -202,7 +216,9 @@ async fn broker_delivers_vault_and_kubernetes_secrets_and_masks_them_in_the_job_
         }),
         script,
         json!([{"name": "KEYHOLE_VAULT_ROLE", "value": ns}]),
-        json!([]),
+        json!([{"secret": {"name": "job-inputs", "items": [
+            {"key": "var.CI_JOB_TOKEN", "path": "job/var.CI_JOB_TOKEN"},
+            {"key": "file.DEPLOY_CONFIG", "path": "job/file.DEPLOY_CONFIG"}]}}]),
     );
     let pods: Api<Pod> = setup.ns.api();
     let done = run_pod_to_completion(&pods, &pod).await.unwrap();
@@ -218,6 +234,13 @@ async fn broker_delivers_vault_and_kubernetes_secrets_and_masks_them_in_the_job_
         "app=[MASKED]",
         "db-b64=[MASKED]",
         &format!("db-sha={}", sha256_hex(setup.db_password.as_bytes())),
+        "job-token=[MASKED]",
+        &format!("job-token-sha={}", sha256_hex(ci_job_token.as_bytes())),
+        "deploy-config-path=/keyhole/secrets/DEPLOY_CONFIG",
+        &format!("deploy-config-sha={}", sha256_hex(deploy_config.as_bytes())),
+        "deploy-config-mode=400 1000",
+        "audit variable=CI_JOB_TOKEN source=job-secret:var.CI_JOB_TOKEN path=/keyhole/secrets/.env",
+        "audit variable=DEPLOY_CONFIG source=job-secret:file.DEPLOY_CONFIG path=/keyhole/secrets/DEPLOY_CONFIG",
         "db-mode=400 1000",
         "secrets-read-only",
         "inputs-hidden",
@@ -232,7 +255,12 @@ async fn broker_delivers_vault_and_kubernetes_secrets_and_masks_them_in_the_job_
         "{log}"
     );
     assert!(log.contains("version=1"), "{log}");
-    for secret in [setup.db_password.as_str(), setup.app_token.as_str()] {
+    for secret in [
+        setup.db_password.as_str(),
+        setup.app_token.as_str(),
+        ci_job_token.as_str(),
+        &format!("file-var-{ns}"),
+    ] {
         assert!(
             !log.contains(secret),
             "a secret value reached the log:\n{log}"
@@ -392,5 +420,196 @@ async fn broker_logs_in_to_vault_with_the_jobs_gitlab_id_token() {
     assert!(
         !log.contains(&setup.db_password) && !log.contains(&id_token),
         "{log}"
+    );
+}
+
+/// Vault's view of a lease's expiry (`sys/leases/lookup`), as seconds since the epoch.
+async fn lease_expiry(vault: &VaultAdmin, lease_id: &str) -> f64 {
+    let (status, body) = vault
+        .write_status("sys/leases/lookup", json!({"lease_id": lease_id}))
+        .await;
+    assert!(status.is_success(), "lookup of {lease_id}: {body}");
+    let text = body["data"]["expire_time"].as_str().expect("expire_time");
+    let out = std::process::Command::new("date")
+        .args(["-d", text, "+%s.%N"])
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn broker_delivers_dynamic_credentials_renews_their_lease_and_revokes_it_when_the_job_ends() {
+    use futures::{AsyncBufReadExt as _, TryStreamExt as _};
+    use kube::api::{AttachParams, LogParams};
+
+    const CREDS: &str = "database/creds/short-lived";
+    let setup = job_setup("brokerdyn").await;
+    let ns = setup.ns.name.clone();
+    let vault = VaultAdmin::new(&setup.bed.env);
+    vault
+        .write(
+            &format!("sys/policies/acl/{ns}"),
+            json!({"policy": format!(
+                "path \"{CREDS}\" {{ capabilities = [\"read\"] }}\n\
+                 path \"sys/internal/ui/mounts/*\" {{ capabilities = [\"read\"] }}\n\
+                 path \"sys/leases/revoke\" {{ capabilities = [\"update\"] }}\n")}),
+        )
+        .await
+        .unwrap();
+    let redis = setup
+        .bed
+        .env
+        .redis
+        .clone()
+        .expect("the bed has no Redis: run `scripts/testbed build && scripts/testbed up`");
+    let (redis_host, redis_port) = redis.pod_addr.split_once(':').unwrap();
+    // The job proves the credentials work by talking RESP to Redis itself, then waits until
+    // the test has seen a renewal (it creates /keyhole/run/done).
+    let script = format!(
+        r#"
+        exec > /keyhole/run/log 2>&1
+        u=$(cat /keyhole/secrets/REDIS_USER); p=$(cat /keyhole/secrets/REDIS_PASSWORD)
+        mkfifo /tmp/redis-in
+        nc {redis_host} {redis_port} < /tmp/redis-in > /tmp/redis-out &
+        exec 3>/tmp/redis-in
+        printf '*3\r\n$4\r\nAUTH\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n*1\r\n$4\r\nPING\r\n*1\r\n$4\r\nQUIT\r\n' ${{#u}} "$u" ${{#p}} "$p" >&3
+        wait $!
+        exec 3>&-
+        echo "redis-says=$(tr -d '\r' < /tmp/redis-out | tr '\n' ' ')"
+        i=0
+        while [ ! -e /keyhole/run/done ] && [ $i -lt 600 ]; do sleep 0.2; i=$((i + 1)); done
+        echo "job done"
+        "#
+    );
+    let pod = job_pod(
+        &setup,
+        json!({
+            "secrets.keyhole.dev/REDIS_USER": format!("vault:{CREDS}#username"),
+            "secrets.keyhole.dev/REDIS_PASSWORD": format!("vault:{CREDS}#password"),
+        }),
+        &script,
+        json!([{"name": "KEYHOLE_VAULT_ROLE", "value": ns}]),
+        json!([]),
+    );
+    let pods: Api<Pod> = setup.ns.api();
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+    keyhole_tests::wait_for_pod(&pods, "job", |p: Option<&Pod>| {
+        p.and_then(|p| p.status.as_ref())
+            .and_then(|s| s.init_container_statuses.as_ref())
+            .and_then(|c| c.first())
+            .is_some_and(|c| c.started == Some(true))
+    })
+    .await
+    .unwrap();
+
+    // Follow the broker's log: the lease id from the audit line, then a renewal, each checked
+    // on Vault's side.
+    let mut lines = pods
+        .log_stream(
+            "job",
+            &LogParams {
+                follow: true,
+                container: Some("keyhole-broker".into()),
+                ..LogParams::default()
+            },
+        )
+        .await
+        .unwrap()
+        .lines();
+    let mut seen = String::new();
+    let mut lease = None;
+    let mut first_expiry = None;
+    let mut said = false;
+    let deadline = std::time::Duration::from_secs(120);
+    let followed = tokio::time::timeout(deadline, async {
+        while let Some(line) = lines.try_next().await.unwrap() {
+            seen.push_str(&line);
+            seen.push('\n');
+            said |= line.contains("redis-says=+OK +PONG +OK");
+            if lease.is_none()
+                && line.contains("audit secret=REDIS_USER")
+                && let Some(id) = line
+                    .split_whitespace()
+                    .find_map(|w| w.strip_prefix("lease="))
+            {
+                first_expiry = Some(lease_expiry(&vault, id).await);
+                lease = Some(id.to_owned());
+            }
+            if let Some(id) = &lease
+                && said
+                && seen.contains(&format!("lease {id} renewed; ttl "))
+            {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(
+        followed.is_ok(),
+        "no lease renewal in the broker log:\n{seen}"
+    );
+    let lease = lease.expect("a lease id on the audit line");
+    let renewed_expiry = lease_expiry(&vault, &lease).await;
+    assert!(
+        renewed_expiry > first_expiry.unwrap(),
+        "Vault moved the lease's expiry forward: {first_expiry:?} -> {renewed_expiry}"
+    );
+    assert!(
+        seen.contains(&format!(
+            "audit secret=REDIS_PASSWORD source=vault:{CREDS}#password path=/keyhole/secrets/REDIS_PASSWORD lease={lease}"
+        )),
+        "both fields come from one lease:\n{seen}"
+    );
+
+    // Let the job finish.
+    let mut touch = pods
+        .exec(
+            "job",
+            ["touch", "/keyhole/run/done"],
+            &AttachParams::default().container("build").stderr(false),
+        )
+        .await
+        .unwrap();
+    let touched = touch.take_status().unwrap().await;
+    touch.join().await.unwrap();
+    assert_eq!(
+        touched.and_then(|s| s.status).as_deref(),
+        Some("Success"),
+        "exec touch in the build container"
+    );
+    let done = keyhole_tests::wait_for_pod(&pods, "job", |p: Option<&Pod>| {
+        matches!(
+            p.and_then(|p| p.status.as_ref())
+                .and_then(|s| s.phase.as_deref()),
+            Some("Succeeded" | "Failed")
+        )
+    })
+    .await
+    .unwrap();
+    let log = pod_logs(&pods, "job", "keyhole-broker").await.unwrap();
+    assert_eq!(
+        done.status.unwrap().phase.as_deref(),
+        Some("Succeeded"),
+        "broker log:\n{log}"
+    );
+    for line in [
+        "redis-says=+OK +PONG +OK",
+        "job done",
+        &format!("lease {lease} revoked"),
+        "Vault token revoked",
+    ] {
+        assert!(log.contains(line), "missing {line:?} in broker log:\n{log}");
+    }
+    let (status, body) = vault
+        .write_status("sys/leases/lookup", json!({"lease_id": lease}))
+        .await;
+    assert_eq!(
+        status.as_u16(),
+        400,
+        "Vault no longer knows the lease: {body}"
     );
 }

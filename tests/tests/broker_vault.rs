@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ServiceAccount;
-use keyhole_broker::reference::KvEngine;
+use keyhole_broker::reference::Engine;
 use keyhole_broker::vault::{LoginMethod, RetryPolicy, VaultClient, VaultConfig, VaultError};
 use keyhole_tests::{TestBed, TestNamespace, VaultAdmin};
 use kube::api::{ObjectMeta, PostParams};
@@ -35,8 +35,9 @@ fn placeholder_jwt_login() -> LoginMethod {
     }
 }
 
-/// A namespace, a ServiceAccount `job`, a policy reading `kv/data/<ns>/*` and `kv1/<ns>/*`, a
-/// kubernetes-auth role bound to it, and a token file for that SA.
+/// A namespace, a ServiceAccount `job`, a policy reading `kv/data/<ns>/*`, `kv1/<ns>/*` and the
+/// bed's dynamic Redis credentials, a kubernetes-auth role bound to it, and a token file for
+/// that SA.
 struct Fixture {
     bed: TestBed,
     vault: VaultAdmin,
@@ -78,7 +79,12 @@ impl Fixture {
         vault
             .grant_job_in_namespace(
                 &name,
-                &[format!("kv/data/{name}/*"), format!("kv1/{name}/*")],
+                &[
+                    format!("kv/data/{name}/*"),
+                    format!("kv1/{name}/*"),
+                    // Vault answers a mount lookup only to a token with a grant under it.
+                    "database/creds/short-lived".to_owned(),
+                ],
             )
             .await
             .unwrap();
@@ -134,21 +140,21 @@ async fn reads_kv_v2_fields_whole_secrets_and_pinned_versions() {
     let path = format!("{ns}/db");
 
     let latest = client
-        .read_kv("kv", &path, KvEngine::Detect, None, Some("password"))
+        .read_kv("kv", &path, Engine::Detect, None, Some("password"))
         .await
         .unwrap();
     assert_eq!(latest.value.expose_secret(), b"second-pass");
     assert_eq!(latest.version, Some(2));
 
     let pinned = client
-        .read_kv("kv", &path, KvEngine::V2, Some(1), Some("password"))
+        .read_kv("kv", &path, Engine::KvV2, Some(1), Some("password"))
         .await
         .unwrap();
     assert_eq!(pinned.value.expose_secret(), b"first-pass");
     assert_eq!(pinned.version, Some(1));
 
     let whole = client
-        .read_kv("kv", &path, KvEngine::V2, None, None)
+        .read_kv("kv", &path, Engine::KvV2, None, None)
         .await
         .unwrap();
     let parsed: serde_json::Value = serde_json::from_slice(whole.value.expose_secret()).unwrap();
@@ -156,7 +162,7 @@ async fn reads_kv_v2_fields_whole_secrets_and_pinned_versions() {
 }
 
 #[tokio::test]
-async fn reads_kv_v1_and_detects_the_engine() {
+async fn reads_kv_v1_and_detects_the_engine_of_kv_and_other_mounts() {
     let f = Fixture::new("vkv1").await;
     let ns = &f.ns.name;
     f.vault
@@ -164,13 +170,15 @@ async fn reads_kv_v1_and_detects_the_engine() {
         .await
         .unwrap();
     let client = f.client().await;
-    assert_eq!(client.kv_engine("kv1").await.unwrap(), KvEngine::V1);
-    assert_eq!(client.kv_engine("kv").await.unwrap(), KvEngine::V2);
+    assert_eq!(client.engine_of("kv1").await.unwrap(), Engine::KvV1);
+    assert_eq!(client.engine_of("kv").await.unwrap(), Engine::KvV2);
+    // Anything but KV is dynamic: the bed's database engine.
+    assert_eq!(client.engine_of("database").await.unwrap(), Engine::Dynamic);
     let v = client
         .read_kv(
             "kv1",
             &format!("{ns}/api"),
-            KvEngine::Detect,
+            Engine::Detect,
             None,
             Some("key"),
         )
@@ -194,7 +202,7 @@ async fn missing_path_missing_field_and_denied_path_say_what_is_wrong() {
     let client = f.client().await;
 
     let missing = client
-        .read_kv("kv", &format!("{ns}/nope"), KvEngine::V2, None, Some("x"))
+        .read_kv("kv", &format!("{ns}/nope"), Engine::KvV2, None, Some("x"))
         .await
         .unwrap_err();
     assert!(matches!(missing, VaultError::NotFound { .. }), "{missing}");
@@ -207,7 +215,7 @@ async fn missing_path_missing_field_and_denied_path_say_what_is_wrong() {
         .read_kv(
             "kv",
             &format!("{ns}/db"),
-            KvEngine::V2,
+            Engine::KvV2,
             None,
             Some("passwd"),
         )
@@ -226,7 +234,7 @@ async fn missing_path_missing_field_and_denied_path_say_what_is_wrong() {
         .await
         .unwrap();
     let denied = client
-        .read_kv("kv", "other-team/db", KvEngine::V2, None, Some("password"))
+        .read_kv("kv", "other-team/db", Engine::KvV2, None, Some("password"))
         .await
         .unwrap_err();
     assert!(matches!(denied, VaultError::Denied { .. }), "{denied}");

@@ -1,4 +1,3 @@
-use secrecy::{ExposeSecret, SecretSlice};
 use zeroize::Zeroizing;
 
 use crate::reference::SecretName;
@@ -12,21 +11,21 @@ pub struct EnvFileError {
     pub name: String,
 }
 
-/// Renders `export NAME='value'` lines that the job script sources for `file: false` secrets.
+/// Renders `export NAME='value'` lines that the job script sources for `file: false` secrets
+/// and job variables.
 ///
 /// Values are single-quoted with `'` written as `'\''`, so no byte of a value is ever
 /// interpreted by the shell. The result is a zeroizing buffer.
 pub fn render_env_file<'a>(
-    entries: impl IntoIterator<Item = (&'a SecretName, &'a SecretSlice<u8>)>,
+    entries: impl IntoIterator<Item = (&'a SecretName, &'a [u8])>,
 ) -> Result<Zeroizing<Vec<u8>>, EnvFileError> {
     let entries: Vec<_> = entries.into_iter().collect();
     let capacity = entries
         .iter()
-        .map(|(n, v)| n.as_str().len() + v.expose_secret().len() * 4 + 12)
+        .map(|(n, v)| n.as_str().len() + v.len() * 4 + 12)
         .sum();
     let mut out = Zeroizing::new(Vec::with_capacity(capacity));
     for (name, value) in entries {
-        let value = value.expose_secret();
         if value.contains(&0) {
             return Err(EnvFileError {
                 name: name.to_string(),
@@ -55,8 +54,7 @@ mod tests {
     fn quotes_so_the_shell_reads_back_the_exact_bytes() {
         let name = SecretName::new("TRICKY").unwrap();
         let raw = b"it's $HOME `id` \"q\" \\ \n line2 \xc3\xa9".to_vec();
-        let value = SecretSlice::from(raw.clone());
-        let file = render_env_file([(&name, &value)]).unwrap();
+        let file = render_env_file([(&name, raw.as_slice())]).unwrap();
         let script = [&file[..], b"printf '%s' \"$TRICKY\""].concat();
         let out = std::process::Command::new("sh")
             .arg("-c")
@@ -69,8 +67,8 @@ mod tests {
     #[test]
     fn refuses_nul_by_name() {
         let name = SecretName::new("BIN").unwrap();
-        let value = SecretSlice::from(vec![1, 0, 2]);
-        let err = render_env_file([(&name, &value)]).unwrap_err();
+        let value = [1u8, 0, 2];
+        let err = render_env_file([(&name, &value[..])]).unwrap_err();
         assert!(err.to_string().contains("secret BIN"));
     }
 }

@@ -10,11 +10,30 @@ use super::mounts::{MountCheckError, filesystem_of, is_memory_backed};
 use crate::contract;
 use crate::reference::SecretName;
 
-/// One resolved secret, ready to deliver.
+/// One resolved secret or job variable, ready to deliver.
 pub struct Resolved {
     pub name: SecretName,
     pub value: SecretSlice<u8>,
-    pub file: bool,
+    pub delivery: Delivery,
+}
+
+/// How a value reaches the job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// The file `<dir>/NAME` (a `file: true` secret; the runner points `$NAME` at it).
+    File,
+    /// `export NAME='value'` in the env file (a `file: false` secret, a plain job variable).
+    Env,
+    /// The file `<dir>/NAME` and `export NAME='<dir>/NAME'` in the env file (a GitLab file
+    /// variable, whose value the job expects to be the file's path).
+    FileAndPath,
+}
+
+impl Delivery {
+    /// The delivery a reference's `file=` option asks for.
+    pub fn for_reference(file: bool) -> Self {
+        if file { Self::File } else { Self::Env }
+    }
 }
 
 impl std::fmt::Debug for Resolved {
@@ -22,7 +41,7 @@ impl std::fmt::Debug for Resolved {
         f.debug_struct("Resolved")
             .field("name", &self.name)
             .field("value", &"[REDACTED]")
-            .field("file", &self.file)
+            .field("delivery", &self.delivery)
             .finish()
     }
 }
@@ -71,8 +90,8 @@ pub struct SecretFiles {
 }
 
 impl SecretFiles {
-    /// Writes every secret (files for `file: true`, one env file for the rest), atomically per
-    /// file, and either all of them or none.
+    /// Writes every value (files for [`Delivery::File`] and [`Delivery::FileAndPath`], one env
+    /// file for the exports), atomically per file, and either all of them or none.
     pub fn write_all(options: &WriteOptions, secrets: &[Resolved]) -> Result<Self, DeliveryError> {
         if !options.allow_disk {
             let fs_type = filesystem_of(&options.dir)?;
@@ -101,13 +120,29 @@ impl SecretFiles {
         options: &WriteOptions,
         secrets: &[Resolved],
     ) -> Result<(), DeliveryError> {
-        for secret in secrets.iter().filter(|s| s.file) {
+        for secret in secrets.iter().filter(|s| s.delivery != Delivery::Env) {
             self.write_one(options, secret.name.as_str(), secret.value.expose_secret())?;
         }
-        let env: Vec<_> = secrets
+        // Paths are not secret; they sit next to the values only to share one env file.
+        let paths: Vec<Vec<u8>> = secrets
             .iter()
-            .filter(|s| !s.file)
-            .map(|s| (&s.name, &s.value))
+            .map(|s| match s.delivery {
+                Delivery::FileAndPath => self
+                    .dir
+                    .join(s.name.as_str())
+                    .into_os_string()
+                    .into_encoded_bytes(),
+                _ => Vec::new(),
+            })
+            .collect();
+        let env: Vec<(&SecretName, &[u8])> = secrets
+            .iter()
+            .zip(&paths)
+            .filter_map(|(s, path)| match s.delivery {
+                Delivery::File => None,
+                Delivery::Env => Some((&s.name, s.value.expose_secret())),
+                Delivery::FileAndPath => Some((&s.name, path.as_slice())),
+            })
             .collect();
         if !env.is_empty() {
             let rendered = render_env_file(env)?;
@@ -196,7 +231,7 @@ mod tests {
         Resolved {
             name: SecretName::new(name).unwrap(),
             value: SecretSlice::from(value.to_vec()),
-            file,
+            delivery: Delivery::for_reference(file),
         }
     }
 
@@ -239,6 +274,52 @@ mod tests {
             0,
             "wipe leaves nothing"
         );
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn file_variables_get_a_file_and_an_export_of_its_path() {
+        let dir = shm_dir("filevar");
+        let options = WriteOptions {
+            dir: dir.clone(),
+            owner: None,
+            allow_disk: false,
+        };
+        let mut files = SecretFiles::write_all(
+            &options,
+            &[
+                Resolved {
+                    name: SecretName::new("KUBECONFIG").unwrap(),
+                    value: SecretSlice::from(b"apiVersion: v1\n".to_vec()),
+                    delivery: Delivery::FileAndPath,
+                },
+                secret("TOKEN", b"t0ken-value", false),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            fs::read(dir.join("KUBECONFIG")).unwrap(),
+            b"apiVersion: v1\n"
+        );
+        let mode = fs::metadata(dir.join("KUBECONFIG"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o400);
+        let env = fs::read(dir.join(".env")).unwrap();
+        let script = [&env[..], b"printf '%s|%s' \"$KUBECONFIG\" \"$TOKEN\""].concat();
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&script))
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8(out.stdout).unwrap(),
+            format!("{}|t0ken-value", dir.join("KUBECONFIG").display())
+        );
+        files.wipe();
+        assert_eq!(fs::read_dir(&dir).unwrap().count(), 0);
         fs::remove_dir_all(dir).unwrap();
     }
 

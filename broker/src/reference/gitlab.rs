@@ -1,6 +1,6 @@
 use serde::Deserialize;
 
-use super::{KvEngine, SecretName, SecretRef, Source, VaultRef, VaultServer};
+use super::{Engine, SecretName, SecretRef, Source, VaultRef, VaultServer};
 
 /// A `secrets:` entry from the GitLab job payload that Keyhole cannot use.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -87,8 +87,8 @@ pub fn from_gitlab_secrets(
             )));
         };
         let engine = match vault.engine.name.as_str() {
-            "kv-v2" => KvEngine::V2,
-            "kv-v1" | "generic" => KvEngine::V1,
+            "kv-v2" => Engine::KvV2,
+            "kv-v1" | "generic" => Engine::KvV1,
             other => {
                 return Err(entry_err(format!(
                     "engine {other:?} is not supported; use kv-v2, kv-v1 or generic"
@@ -173,7 +173,7 @@ mod tests {
             ("ops", "production/db")
         );
         assert_eq!(v.field.as_deref(), Some("password"));
-        assert_eq!(v.engine, KvEngine::V2);
+        assert_eq!(v.engine, Engine::KvV2);
         let server = v.server.as_ref().unwrap();
         assert_eq!(server.url, "https://vault.example.com:8200");
         assert_eq!(server.auth_path, "jwt");

@@ -1,5 +1,5 @@
 use super::name::printable;
-use super::{KvEngine, SecretName, SecretRef, Source, VaultRef};
+use super::{Engine, SecretName, SecretRef, Source, VaultRef};
 
 /// Job variables whose names start with this carry Keyhole references; the rest of the name
 /// is the secret's name.
@@ -7,7 +7,7 @@ pub const KEYHOLE_VARIABLE_PREFIX: &str = "KEYHOLE_SECRET_";
 
 const K8S_FORM: &str = "k8s:<secret>[/<key>][?file=false]";
 const VAULT_FORM: &str =
-    "vault:<mount>/<path>[?version=<n>&engine=kv-v1|kv-v2&file=false][#<field>]";
+    "vault:<mount>/<path>[?version=<n>&engine=kv-v1|kv-v2|dynamic&file=false][#<field>]";
 
 /// A reference that cannot be used, with what was wrong and what is expected.
 ///
@@ -26,8 +26,12 @@ pub struct ReferenceError {
 /// Grammar (also in `docs/secrets.md`):
 /// ```text
 /// k8s:<secret>[/<key>][?file=false]
-/// vault:<mount>/<path>[?<option>&...][#<field>]   option: version=<n> | engine=kv-v1|kv-v2 | file=false
+/// vault:<mount>/<path>[?<option>&...][#<field>]
+///     option: version=<n> | engine=kv-v1|kv-v2|dynamic | file=false
 /// ```
+///
+/// A `vault:` reference to a mount that is not KV (detected at resolve time, or stated with
+/// `engine=dynamic`) is a dynamic read: `vault:database/creds/app#password`.
 pub fn parse_keyhole(name: &str, reference: &str) -> Result<SecretRef, ReferenceError> {
     let fail = |problem: String, expected: &'static str| ReferenceError {
         name: printable(name),
@@ -107,7 +111,7 @@ fn parse_vault(name: SecretName, rest: &str) -> Result<SecretRef, String> {
         mount: mount.to_owned(),
         path: path.to_owned(),
         field: field.map(str::to_owned),
-        engine: KvEngine::Detect,
+        engine: Engine::Detect,
         version: None,
         server: None,
     };
@@ -122,8 +126,9 @@ fn parse_vault(name: SecretName, rest: &str) -> Result<SecretRef, String> {
             }
             "engine" => {
                 vault.engine = match v {
-                    "kv-v1" | "kv1" => KvEngine::V1,
-                    "kv-v2" | "kv2" => KvEngine::V2,
+                    "kv-v1" | "kv1" => Engine::KvV1,
+                    "kv-v2" | "kv2" => Engine::KvV2,
+                    "dynamic" => Engine::Dynamic,
                     other => return Err(format!("has the unknown engine {:?}", printable(other))),
                 }
             }
@@ -131,8 +136,17 @@ fn parse_vault(name: SecretName, rest: &str) -> Result<SecretRef, String> {
             other => return Err(format!("has the unknown option {:?}", printable(other))),
         }
     }
-    if vault.version.is_some() && vault.engine == KvEngine::V1 {
-        return Err("pins a version, which KV v1 does not keep".into());
+    match (vault.version, vault.engine) {
+        (Some(_), Engine::KvV1) => {
+            return Err("pins a version, which KV v1 does not keep".into());
+        }
+        (Some(_), Engine::Dynamic) => {
+            return Err(
+                "pins a version, which a dynamic secret does not have (each read issues a new one)"
+                    .into(),
+            );
+        }
+        _ => {}
     }
     Ok(SecretRef {
         name,
@@ -251,10 +265,29 @@ mod tests {
         assert_eq!((v.mount.as_str(), v.path.as_str()), ("kv", "team/api"));
         assert_eq!(v.field.as_deref(), Some("key"));
         assert_eq!(v.version, Some(3));
-        assert_eq!(v.engine, KvEngine::V2);
+        assert_eq!(v.engine, Engine::KvV2);
         let whole = parse_keyhole("CONFIG", "vault:kv1/app/config").unwrap();
         assert_eq!(vault(&whole).field, None);
-        assert_eq!(vault(&whole).engine, KvEngine::Detect);
+        assert_eq!(vault(&whole).engine, Engine::Detect);
+    }
+
+    #[test]
+    fn dynamic_reads_are_detected_or_stated() {
+        // Without an engine option the mount type decides at resolve time.
+        let detected = parse_keyhole("DB_PASSWORD", "vault:database/creds/app#password").unwrap();
+        let v = vault(&detected);
+        assert_eq!(
+            (v.mount.as_str(), v.path.as_str()),
+            ("database", "creds/app")
+        );
+        assert_eq!(v.engine, Engine::Detect);
+        let stated = parse_keyhole(
+            "DB_USER",
+            "vault:database/creds/app?engine=dynamic#username",
+        )
+        .unwrap();
+        assert_eq!(vault(&stated).engine, Engine::Dynamic);
+        assert_eq!(vault(&stated).field.as_deref(), Some("username"));
     }
 
     #[test]
@@ -265,6 +298,7 @@ mod tests {
             "vault:kv/x/y#f",
             "vault:kv/x?version=2&engine=kv-v2#f",
             "vault:kv1/x?engine=kv-v1",
+            "vault:database/creds/app?engine=dynamic#password",
         ] {
             let r = parse_keyhole("N", text).unwrap();
             assert_eq!(r.source.to_string(), text);
@@ -279,6 +313,11 @@ mod tests {
             ("X", "vault:kv/a?version=0", "not a positive number"),
             ("X", "vault:kv/a?engine=pki", "unknown engine"),
             ("X", "vault:kv1/a?engine=kv-v1&version=2", "KV v1"),
+            (
+                "X",
+                "vault:db/creds/a?engine=dynamic&version=2",
+                "dynamic secret",
+            ),
             ("X", "k8s:Bad_Name/key", "not a valid Kubernetes name"),
             ("X", "k8s:ok/bad key", "not a valid Secret key"),
             ("X", "k8s:ok?color=red", "unknown option"),

@@ -34,27 +34,37 @@ pub enum Source {
     Vault(VaultRef),
 }
 
-/// A value in a Vault KV engine.
+/// A value in Vault: a field of a KV secret, or of a dynamic secret (database credentials and
+/// the like), which Vault issues with a lease.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VaultRef {
     pub mount: String,
     pub path: String,
     /// One field; `None` means the whole secret as a JSON object.
     pub field: Option<String>,
-    pub engine: KvEngine,
+    pub engine: Engine,
     /// A pinned KV v2 version.
     pub version: Option<u64>,
     /// Server settings from GitLab's payload; `None` uses the broker's configured server.
     pub server: Option<VaultServer>,
 }
 
-/// The KV engine version of a mount.
+/// What kind of secrets engine serves a mount; it decides the API path and whether a read
+/// comes with a lease.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KvEngine {
-    /// Asked of Vault (`sys/internal/ui/mounts/<mount>`) at resolve time.
+pub enum Engine {
+    /// Asked of Vault (`sys/internal/ui/mounts/<mount>`) at resolve time: type `kv` (or
+    /// `generic`) is KV, with its version option; anything else is dynamic.
     Detect,
-    V1,
-    V2,
+    /// KV version 1: `GET <mount>/<path>`.
+    KvV1,
+    /// KV version 2: `GET <mount>/data/<path>`, versions may be pinned.
+    KvV2,
+    /// Any other engine (database, PKI, AWS, ...): `GET <mount>/<path>` issues a new secret with
+    /// a lease, which the broker renews during the job and revokes at its end. Several fields of
+    /// one path in one job come from one read, so they belong together (a username and its
+    /// password).
+    Dynamic,
 }
 
 /// Vault server and auth settings that GitLab sends with each `secrets:` entry.
@@ -85,9 +95,10 @@ impl std::fmt::Display for Source {
                     sep = '&';
                 }
                 match v.engine {
-                    KvEngine::Detect => {}
-                    KvEngine::V1 => write!(f, "{sep}engine=kv-v1")?,
-                    KvEngine::V2 => write!(f, "{sep}engine=kv-v2")?,
+                    Engine::Detect => {}
+                    Engine::KvV1 => write!(f, "{sep}engine=kv-v1")?,
+                    Engine::KvV2 => write!(f, "{sep}engine=kv-v2")?,
+                    Engine::Dynamic => write!(f, "{sep}engine=dynamic")?,
                 }
                 if let Some(field) = &v.field {
                     write!(f, "#{field}")?;

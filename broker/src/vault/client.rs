@@ -10,7 +10,7 @@ use serde_json::value::RawValue;
 use zeroize::Zeroizing;
 
 use super::{RetryPolicy, VaultError};
-use crate::reference::KvEngine;
+use crate::reference::Engine;
 
 /// How to reach one Vault server.
 #[derive(Debug, Clone)]
@@ -60,12 +60,46 @@ impl std::fmt::Debug for Token {
     }
 }
 
-/// A lease on a dynamic secret.
+/// A lease on a dynamic secret. The id is not a secret: it is the handle to renew and revoke
+/// the lease, and it goes into the audit line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
     pub id: String,
     pub ttl: Duration,
     pub renewable: bool,
+}
+
+/// One read of a dynamic secret: every field of it (kept in a zeroizing buffer so that several
+/// references to one path share one lease) and its lease, if Vault gave one.
+pub struct DynamicSecret {
+    path: String,
+    body: Zeroizing<Vec<u8>>,
+    pub lease: Option<Lease>,
+}
+
+impl std::fmt::Debug for DynamicSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DynamicSecret")
+            .field("path", &self.path)
+            .field("lease", &self.lease)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DynamicSecret {
+    /// One field of the secret, or all of it as a JSON object.
+    pub fn field(&self, field: Option<&str>) -> Result<SecretSlice<u8>, VaultError> {
+        let what = format!("read of {}", self.path);
+        let envelope: Envelope<'_> = parse(&self.body, &what)?;
+        let data =
+            envelope
+                .data
+                .filter(|d| d.get() != "null")
+                .ok_or_else(|| VaultError::NotFound {
+                    path: self.path.clone(),
+                })?;
+        extract(data, field, &self.path)
+    }
 }
 
 /// A value read from Vault, with the KV version it came from (v2 only).
@@ -88,8 +122,8 @@ pub struct VaultClient {
     base: Url,
     config: VaultConfig,
     token: Option<Token>,
-    /// KV version per mount, asked once per job rather than once per reference.
-    engines: std::sync::Mutex<BTreeMap<String, KvEngine>>,
+    /// Engine per mount, asked once per job rather than once per reference.
+    engines: std::sync::Mutex<BTreeMap<String, Engine>>,
 }
 
 #[derive(Deserialize)]
@@ -222,8 +256,8 @@ impl VaultClient {
         Ok(self.token.insert(token))
     }
 
-    /// Asks Vault which KV version a mount runs.
-    pub async fn kv_engine(&self, mount: &str) -> Result<KvEngine, VaultError> {
+    /// Asks Vault what serves a mount: KV (and which version) or a dynamic engine.
+    pub async fn engine_of(&self, mount: &str) -> Result<Engine, VaultError> {
         let what = format!("mount lookup of {mount}");
         let resp = self
             .call(
@@ -245,31 +279,28 @@ impl VaultClient {
             options: Option<BTreeMap<String, String>>,
         }
         let info: MountInfo = parse(&resp, &what)?;
-        match info.data.kind.as_str() {
-            "kv" | "generic" => {}
-            other => {
-                return Err(VaultError::BadResponse {
-                    what,
-                    detail: format!("{mount} is a {other:?} engine, not KV"),
-                });
-            }
-        }
-        let v2 = info
-            .data
-            .options
-            .as_ref()
-            .and_then(|o| o.get("version"))
-            .is_some_and(|v| v == "2");
-        Ok(if v2 { KvEngine::V2 } else { KvEngine::V1 })
+        Ok(engine_from_mount(
+            &info.data.kind,
+            info.data
+                .options
+                .as_ref()
+                .and_then(|o| o.get("version"))
+                .map(String::as_str),
+        ))
     }
 
-    async fn cached_kv_engine(&self, mount: &str) -> Result<KvEngine, VaultError> {
+    /// The engine a reference states, or else the one Vault reports for its mount (asked once
+    /// per mount per job).
+    pub async fn resolve_engine(&self, mount: &str, stated: Engine) -> Result<Engine, VaultError> {
+        if stated != Engine::Detect {
+            return Ok(stated);
+        }
         let key = mount.trim_matches('/').to_owned();
         let known = self.engines.lock().ok().and_then(|m| m.get(&key).copied());
         if let Some(engine) = known {
             return Ok(engine);
         }
-        let engine = self.kv_engine(&key).await?;
+        let engine = self.engine_of(&key).await?;
         if let Ok(mut m) = self.engines.lock() {
             m.insert(key, engine);
         }
@@ -281,20 +312,22 @@ impl VaultClient {
         &self,
         mount: &str,
         path: &str,
-        engine: KvEngine,
+        engine: Engine,
         version: Option<u64>,
         field: Option<&str>,
     ) -> Result<KvValue, VaultError> {
-        let engine = match engine {
-            KvEngine::Detect => self.cached_kv_engine(mount).await?,
-            known => known,
-        };
+        let engine = self.resolve_engine(mount, engine).await?;
+        if engine == Engine::Dynamic {
+            return Err(VaultError::NotKv {
+                mount: mount.trim_matches('/').to_owned(),
+            });
+        }
         let mount = mount.trim_matches('/');
         let path = path.trim_matches('/');
         let shown = format!("{mount}/{path}");
         let api_path = match (engine, version) {
-            (KvEngine::V2, Some(v)) => format!("{mount}/data/{path}?version={v}"),
-            (KvEngine::V2, None) => format!("{mount}/data/{path}"),
+            (Engine::KvV2, Some(v)) => format!("{mount}/data/{path}?version={v}"),
+            (Engine::KvV2, None) => format!("{mount}/data/{path}"),
             _ => format!("{mount}/{path}"),
         };
         let what = format!("read of {shown}");
@@ -308,7 +341,7 @@ impl VaultClient {
                 other => other,
             })?;
         let envelope: Envelope<'_> = parse(&resp, &what)?;
-        let (data, version) = if engine == KvEngine::V2 {
+        let (data, version) = if engine == Engine::KvV2 {
             let inner: KvV2Data<'_> = envelope
                 .data
                 .map(|d| serde_json::from_str(d.get()))
@@ -330,32 +363,24 @@ impl VaultClient {
         Ok(KvValue { value, version })
     }
 
-    /// Reads a dynamic secret (database credentials, PKI certificate, ...) and its lease.
-    pub async fn read_leased(
-        &self,
-        path: &str,
-        field: Option<&str>,
-    ) -> Result<(KvValue, Lease), VaultError> {
-        let path = path.trim_matches('/');
-        let what = format!("read of {path}");
-        let resp = self.call(Method::GET, path, None, &what).await?;
-        let envelope: Envelope<'_> = parse(&resp, &what)?;
-        let data = envelope
-            .data
-            .ok_or_else(|| VaultError::NotFound { path: path.into() })?;
-        let value = extract(data, field, path)?;
-        let lease = Lease {
-            id: envelope.lease_id,
+    /// Reads a dynamic secret (database credentials, a certificate, ...): one `GET` that makes
+    /// Vault issue a new secret and a lease on it. Read each path once per job and take its
+    /// fields from the result, so that fields that belong together come from one lease.
+    pub async fn read_dynamic(&self, mount: &str, path: &str) -> Result<DynamicSecret, VaultError> {
+        let shown = format!("{}/{}", mount.trim_matches('/'), path.trim_matches('/'));
+        let what = format!("read of {shown}");
+        let body = self.call(Method::GET, &shown, None, &what).await?;
+        let envelope: Envelope<'_> = parse(&body, &what)?;
+        let lease = (!envelope.lease_id.is_empty()).then(|| Lease {
+            id: envelope.lease_id.clone(),
             ttl: Duration::from_secs(envelope.lease_duration),
             renewable: envelope.renewable,
-        };
-        Ok((
-            KvValue {
-                value,
-                version: None,
-            },
+        });
+        Ok(DynamicSecret {
+            path: shown,
+            body,
             lease,
-        ))
+        })
     }
 
     /// Renews a lease, asking for `increment` more time.
@@ -381,6 +406,28 @@ impl VaultClient {
         })
     }
 
+    /// Renews the broker's own token (`auth/token/renew-self`), asking for `increment` more
+    /// time; returns the TTL Vault granted. Leases live no longer than the token that made them.
+    pub async fn renew_self(&self, increment: Duration) -> Result<Duration, VaultError> {
+        let body = Zeroizing::new(
+            serde_json::json!({"increment": increment.as_secs()})
+                .to_string()
+                .into_bytes(),
+        );
+        let what = "renewal of the Vault token";
+        let resp = self
+            .call(Method::PUT, "auth/token/renew-self", Some(&body), what)
+            .await?;
+        #[derive(Deserialize)]
+        struct RenewResponse {
+            auth: AuthBlock,
+        }
+        let parsed: RenewResponse = parse(&resp, what)?;
+        Ok(Duration::from_secs(parsed.auth.lease_duration))
+    }
+
+    /// Revokes one lease (`sys/leases/revoke`): the dynamic secret stops working now rather
+    /// than at its TTL.
     pub async fn revoke_lease(&self, lease_id: &str) -> Result<(), VaultError> {
         let body = Zeroizing::new(
             serde_json::json!({"lease_id": lease_id})
@@ -486,6 +533,16 @@ impl VaultClient {
     }
 }
 
+/// A mount's engine from its type and options: `kv`/`generic` are KV (version 2 when the
+/// `version` option says so), anything else issues dynamic secrets.
+fn engine_from_mount(kind: &str, version: Option<&str>) -> Engine {
+    match (kind, version) {
+        ("kv" | "generic", Some("2")) => Engine::KvV2,
+        ("kv" | "generic", _) => Engine::KvV1,
+        _ => Engine::Dynamic,
+    }
+}
+
 fn login_body(role: Option<&str>, jwt: &str) -> Zeroizing<Vec<u8>> {
     #[derive(serde::Serialize)]
     struct Body<'a> {
@@ -561,7 +618,14 @@ fn vault_errors(body: &[u8]) -> String {
         errors: Vec<String>,
     }
     match serde_json::from_slice::<Errors>(body) {
-        Ok(e) if !e.errors.is_empty() => e.errors.join("; "),
+        // Vault's texts span lines ("1 error occurred:\n\t* permission denied\n\n"); a log
+        // line must not.
+        Ok(e) if !e.errors.is_empty() => e
+            .errors
+            .iter()
+            .map(|t| t.split_whitespace().collect::<Vec<_>>().join(" "))
+            .collect::<Vec<_>>()
+            .join("; "),
         _ => "(no error text)".into(),
     }
 }
@@ -625,6 +689,45 @@ mod tests {
     }
 
     #[test]
+    fn mount_types_map_to_engines() {
+        assert_eq!(engine_from_mount("kv", Some("2")), Engine::KvV2);
+        assert_eq!(engine_from_mount("kv", Some("1")), Engine::KvV1);
+        assert_eq!(engine_from_mount("kv", None), Engine::KvV1);
+        assert_eq!(engine_from_mount("generic", None), Engine::KvV1);
+        assert_eq!(engine_from_mount("database", None), Engine::Dynamic);
+        assert_eq!(engine_from_mount("pki", None), Engine::Dynamic);
+    }
+
+    #[test]
+    fn dynamic_secret_fields_come_from_one_body_and_debug_hides_it() {
+        let secret = DynamicSecret {
+            path: "database/creds/app".into(),
+            body: Zeroizing::new(
+                br#"{"lease_id":"database/creds/app/abc","lease_duration":6,"renewable":true,"data":{"username":"v-app-1","password":"hunter2-pass"}}"#
+                    .to_vec(),
+            ),
+            lease: Some(Lease {
+                id: "database/creds/app/abc".into(),
+                ttl: Duration::from_secs(6),
+                renewable: true,
+            }),
+        };
+        assert_eq!(
+            secret.field(Some("username")).unwrap().expose_secret(),
+            b"v-app-1"
+        );
+        assert_eq!(
+            secret.field(Some("password")).unwrap().expose_secret(),
+            b"hunter2-pass"
+        );
+        let err = secret.field(Some("pass")).unwrap_err().to_string();
+        assert!(err.contains("password, username"), "{err}");
+        let shown = format!("{secret:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("database/creds/app/abc"), "{shown}");
+    }
+
+    #[test]
     fn address_must_be_on_the_allow_list() {
         let config = VaultConfig {
             addr: "https://evil.example:8200".into(),
@@ -665,6 +768,10 @@ mod tests {
         assert_eq!(
             vault_errors(br#"{"errors":["permission denied"]}"#),
             "permission denied"
+        );
+        assert_eq!(
+            vault_errors(br#"{"errors":["1 error occurred:\n\t* permission denied\n\n"]}"#),
+            "1 error occurred: * permission denied"
         );
         assert_eq!(vault_errors(b"garbage"), "(no error text)");
     }

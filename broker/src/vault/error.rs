@@ -1,3 +1,5 @@
+use crate::blame::Blame;
+
 /// What went wrong talking to Vault, and whether trying again could help.
 #[derive(Debug, thiserror::Error)]
 pub enum VaultError {
@@ -23,6 +25,10 @@ pub enum VaultError {
         field: String,
         present: String,
     },
+    #[error(
+        "Vault mount {mount} is not a KV engine, so it has no KV versions; drop engine=kv-v1/kv-v2 and version= from the reference"
+    )]
+    NotKv { mount: String },
     #[error("Vault answered {what} with status {status}: {detail}")]
     Status {
         what: String,
@@ -39,6 +45,18 @@ pub enum VaultError {
 }
 
 impl VaultError {
+    /// Whose fix this error needs.
+    pub fn blame(&self) -> Blame {
+        match self {
+            VaultError::Unreachable { .. } | VaultError::Sealed { .. } => Blame::Platform,
+            VaultError::Status { status, .. } if *status == 429 || *status >= 500 => {
+                Blame::Platform
+            }
+            VaultError::NotAllowed { .. } | VaultError::TokenFile { .. } => Blame::Settings,
+            _ => Blame::Reference,
+        }
+    }
+
     /// Transient failures are retried with backoff; denied, missing and sealed are final.
     pub fn is_transient(&self) -> bool {
         match self {

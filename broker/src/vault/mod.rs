@@ -1,5 +1,6 @@
 //! A thin Vault client for exactly what the broker needs: Kubernetes and JWT login, KV v1/v2
-//! reads, mount detection, lease renewal and revocation, token revocation.
+//! reads, dynamic reads with their leases, mount detection, lease and token renewal and
+//! revocation.
 //!
 //! Written on reqwest rather than vaultrs because vaultrs keeps the token as a plain `String`
 //! and has no `sys/leases` calls; here the token is a `SecretString`, response bodies are read
@@ -9,6 +10,6 @@ mod client;
 mod error;
 mod retry;
 
-pub use client::{KvValue, Lease, LoginMethod, Token, VaultClient, VaultConfig};
+pub use client::{DynamicSecret, KvValue, Lease, LoginMethod, Token, VaultClient, VaultConfig};
 pub use error::VaultError;
 pub use retry::RetryPolicy;

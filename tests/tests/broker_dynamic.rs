@@ -1,0 +1,259 @@
+//! Dynamic secrets through `keyhole-broker run` (a child process) against the bed's real Vault
+//! database engine and Redis: the credentials work, their lease is renewed while the job runs
+//! (seen on Vault's side), the token too when it would end first, and SIGTERM revokes the
+//! lease (the Redis user is gone) and the token. Needs `scripts/testbed up` (with Redis) and a
+//! built broker (`cargo build -p keyhole-broker`).
+
+use k8s_openapi::api::core::v1::ServiceAccount;
+use keyhole_broker::contract::exit_code;
+use keyhole_tests::{BrokerDirs, BrokerProcess, Redis, Reply, TestBed, TestNamespace, VaultAdmin};
+use kube::api::PostParams;
+use serde_json::{Value, json};
+
+/// The bed's role: users live 6 s unless renewed, 60 s at most (`scripts/lib/up.sh`).
+const CREDS: &str = "database/creds/short-lived";
+
+struct Job {
+    bed: TestBed,
+    vault: VaultAdmin,
+    ns: TestNamespace,
+    dirs: BrokerDirs,
+}
+
+impl Job {
+    /// A namespace whose ServiceAccount `job` logs in to Vault (kubernetes auth, role named
+    /// after the namespace) with a token of `token_ttl`, and may read the bed's Redis
+    /// credentials and revoke its own leases.
+    async fn new(tag: &str, token_ttl: &str) -> Self {
+        let bed = TestBed::connect().await;
+        let vault = VaultAdmin::new(&bed.env);
+        let ns = TestNamespace::create(&bed, tag, &[]).await.unwrap();
+        let name = ns.name.clone();
+        let sa: ServiceAccount =
+            serde_json::from_value(json!({"metadata": {"name": "job"}})).unwrap();
+        ns.api::<ServiceAccount>()
+            .create(&PostParams::default(), &sa)
+            .await
+            .unwrap();
+        let policy = format!(
+            "path \"{CREDS}\" {{ capabilities = [\"read\"] }}\n\
+             path \"sys/internal/ui/mounts/*\" {{ capabilities = [\"read\"] }}\n\
+             path \"sys/leases/revoke\" {{ capabilities = [\"update\"] }}\n"
+        );
+        vault
+            .write(
+                &format!("sys/policies/acl/{name}"),
+                json!({"policy": policy}),
+            )
+            .await
+            .unwrap();
+        vault
+            .write(
+                &format!("auth/kubernetes/role/{name}"),
+                json!({"bound_service_account_names": ["job"],
+                       "bound_service_account_namespaces": [name], "audience": "vault",
+                       "token_policies": [name], "token_ttl": token_ttl, "token_max_ttl": "120s"}),
+            )
+            .await
+            .unwrap();
+        let dirs = BrokerDirs::new(tag).unwrap();
+        dirs.write_service_account_tokens(&bed, &name, "job")
+            .await
+            .unwrap();
+        Self {
+            bed,
+            vault,
+            ns,
+            dirs,
+        }
+    }
+
+    fn settings(&self) -> Vec<(String, String)> {
+        self.dirs
+            .bed_settings(&self.bed, &self.ns.name, &self.ns.name)
+    }
+
+    /// Vault's view of a lease (`sys/leases/lookup`), as root.
+    async fn lookup(&self, lease_id: &str) -> (u16, Value) {
+        let (status, body) = self
+            .vault
+            .write_status("sys/leases/lookup", json!({"lease_id": lease_id}))
+            .await;
+        (status.as_u16(), body)
+    }
+
+    async fn expire_time(&self, lease_id: &str) -> String {
+        let (status, body) = self.lookup(lease_id).await;
+        assert_eq!(status, 200, "lookup of {lease_id}: {body}");
+        body["data"]["expire_time"]
+            .as_str()
+            .expect("expire_time")
+            .to_owned()
+    }
+}
+
+/// The lease id on a secret's audit line.
+fn lease_of(stderr: &str, secret: &str) -> String {
+    let line = stderr
+        .lines()
+        .find(|l| l.contains(&format!("audit secret={secret} ")))
+        .unwrap_or_else(|| panic!("no audit line for {secret}:\n{stderr}"));
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix("lease="))
+        .unwrap_or_else(|| panic!("no lease on {line:?}"))
+        .to_owned()
+}
+
+/// RFC 3339 timestamps from one Vault compare as strings once their fractions are padded;
+/// compare them as parsed seconds to be safe.
+fn seconds(rfc3339: &str) -> f64 {
+    let out = std::process::Command::new("date")
+        .args(["-d", rfc3339, "+%s.%N"])
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn dynamic_credentials_work_are_renewed_and_are_revoked_at_sigterm() {
+    // A token TTL (9 s) just over the lease's (6 s): the broker must renew both.
+    let job = Job::new("dyn", "9s").await;
+    job.dirs
+        .write_references(&[
+            ("REDIS_USER", &format!("vault:{CREDS}#username")),
+            ("REDIS_PASSWORD", &format!("vault:{CREDS}#password")),
+        ])
+        .unwrap();
+    let mut broker = BrokerProcess::spawn(&job.settings()).unwrap();
+    let stderr = broker.wait_ready().await.unwrap();
+
+    // Two fields of one path: one read, one lease.
+    assert_eq!(
+        stderr
+            .lines()
+            .filter(|l| l.contains(&format!(
+                "reading REDIS_PASSWORD, REDIS_USER from vault:{CREDS} (dynamic"
+            )))
+            .count(),
+        1,
+        "{stderr}"
+    );
+    let lease = lease_of(&stderr, "REDIS_USER");
+    assert_eq!(lease_of(&stderr, "REDIS_PASSWORD"), lease, "{stderr}");
+    assert!(lease.starts_with(&format!("{CREDS}/")), "{lease}");
+
+    // The credentials work, together (they came from one read).
+    let user = std::fs::read_to_string(job.dirs.secrets.join("REDIS_USER")).unwrap();
+    let password = std::fs::read_to_string(job.dirs.secrets.join("REDIS_PASSWORD")).unwrap();
+    let redis_addr = job
+        .bed
+        .env
+        .redis
+        .as_ref()
+        .expect("the bed has Redis")
+        .addr
+        .clone();
+    let mut as_job = Redis::connect(&redis_addr).await.unwrap();
+    assert!(
+        as_job.auth(&user, &password).await.unwrap(),
+        "AUTH as {user}"
+    );
+    assert_eq!(
+        as_job.command(&["PING"]).await.unwrap(),
+        Reply::Simple("PONG".into())
+    );
+    let mut admin = Redis::admin(&job.bed.env).await.unwrap();
+    assert!(admin.acl_users().await.unwrap().contains(&user));
+
+    // Renewed during the job: Vault moves the lease's expiry forward.
+    let first_expiry = job.expire_time(&lease).await;
+    let renewed = format!("lease {lease} renewed; ttl ");
+    broker
+        .wait_for_stderr("a lease renewal", |s| s.contains(&renewed))
+        .await
+        .unwrap();
+    let later_expiry = job.expire_time(&lease).await;
+    assert!(
+        seconds(&later_expiry) > seconds(&first_expiry),
+        "expire_time {first_expiry} -> {later_expiry}"
+    );
+    // The token (9 s) would end before the lease it keeps alive: renewed too.
+    broker
+        .wait_for_stderr("a token renewal", |s| {
+            s.contains("Vault token renewed; ttl ")
+        })
+        .await
+        .unwrap();
+    // Still alive past the first 6 s TTL and the 9 s token TTL: the credentials still work.
+    let renewed_twice = |s: &str| s.matches(&renewed).count() >= 3;
+    broker
+        .wait_for_stderr("three lease renewals", renewed_twice)
+        .await
+        .unwrap();
+    let mut again = Redis::connect(&redis_addr).await.unwrap();
+    assert!(again.auth(&user, &password).await.unwrap());
+
+    broker.terminate().unwrap();
+    let exit = broker.wait().await.unwrap();
+    assert_eq!(exit.code, Some(exit_code::OK), "{}", exit.stderr);
+    assert!(
+        exit.stderr.contains(&format!("lease {lease} revoked")),
+        "{}",
+        exit.stderr
+    );
+    assert!(
+        exit.stderr.contains("Vault token revoked"),
+        "{}",
+        exit.stderr
+    );
+    for value in [&user, &password] {
+        assert!(!exit.stderr.contains(value.as_str()), "{}", exit.stderr);
+    }
+    let (status, body) = job.lookup(&lease).await;
+    assert_eq!(status, 400, "Vault no longer knows the lease: {body}");
+    assert!(
+        !admin.acl_users().await.unwrap().contains(&user),
+        "the Redis user is gone"
+    );
+    let mut after = Redis::connect(&redis_addr).await.unwrap();
+    assert!(!after.auth(&user, &password).await.unwrap());
+    assert_eq!(job.dirs.secret_files().unwrap(), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn a_failed_renewal_is_logged_and_the_job_goes_on() {
+    let job = Job::new("dynfail", "120s").await;
+    job.dirs
+        .write_references(&[("REDIS_PASSWORD", &format!("vault:{CREDS}#password"))])
+        .unwrap();
+    let mut broker = BrokerProcess::spawn(&job.settings()).unwrap();
+    let stderr = broker.wait_ready().await.unwrap();
+    let lease = lease_of(&stderr, "REDIS_PASSWORD");
+    // Someone revokes the lease behind the broker's back: its next renewal must fail.
+    job.vault
+        .write("sys/leases/revoke", json!({"lease_id": lease}))
+        .await
+        .unwrap();
+    let failed = format!("warning: renewing lease {lease} failed: ");
+    let stderr = broker
+        .wait_for_stderr("a failed renewal", |s| s.contains(&failed))
+        .await
+        .unwrap();
+    let line = stderr.lines().find(|l| l.contains(&failed)).unwrap();
+    assert!(
+        line.contains("the secrets from it (REDIS_PASSWORD) stop working when it ends, in at most")
+            && line.ends_with("the job goes on"),
+        "{line}"
+    );
+    // The job goes on: its log is still relayed.
+    job.dirs.write_job_log("still running\n").unwrap();
+    broker.terminate().unwrap();
+    let exit = broker.wait().await.unwrap();
+    assert_eq!(exit.code, Some(exit_code::OK), "{}", exit.stderr);
+    assert!(exit.stdout.contains("still running"), "{}", exit.stdout);
+    assert_eq!(job.dirs.secret_files().unwrap(), Vec::<String>::new());
+}

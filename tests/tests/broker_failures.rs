@@ -1,0 +1,532 @@
+//! `keyhole-broker run` as a child process against the bed's real Vault and API server: every
+//! way it can fail, each with its message and exit code and no file left behind; and the
+//! success case, whose output carries no secret value. Needs `scripts/testbed up` and a built
+//! broker (`cargo build -p keyhole-broker`; see `keyhole_tests::broker_binary`).
+
+use std::net::TcpListener;
+
+use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use keyhole_broker::contract::exit_code;
+use keyhole_tests::{BrokerDirs, BrokerExit, BrokerProcess, TestBed, TestNamespace, VaultAdmin};
+use kube::Api;
+use kube::api::PostParams;
+use serde_json::json;
+
+const DB_PASSWORD: &str = "db-pass-'quoted' $HOME \"x\" 0123";
+const DB_USER: &str = "app-user-0123456789";
+const APP_TOKEN: &str = "app-token-k8s-0123456789";
+const FORBIDDEN: &str = "forbidden-value-0123456789";
+const OTHER_TEAM: &str = "other-team-secret-0123456789";
+
+async fn create<K>(api: &Api<K>, value: serde_json::Value)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    let object: K = serde_json::from_value(value).unwrap();
+    api.create(&PostParams::default(), &object).await.unwrap();
+}
+
+/// A job namespace with ServiceAccount `job`: Vault may read `kv/<ns>/*` (the secret `db`
+/// holds password and user), RBAC lets it get the Secret `app-creds` but not `not-yours`; the
+/// broker's inputs hold real tokens of that ServiceAccount.
+struct Job {
+    bed: TestBed,
+    ns: TestNamespace,
+    dirs: BrokerDirs,
+}
+
+impl Job {
+    async fn new(tag: &str) -> Self {
+        let bed = TestBed::connect().await;
+        let vault = VaultAdmin::new(&bed.env);
+        let ns = TestNamespace::create(&bed, tag, &[]).await.unwrap();
+        let name = ns.name.clone();
+        create(
+            &ns.api::<ServiceAccount>(),
+            json!({"metadata": {"name": "job"}}),
+        )
+        .await;
+        create(
+            &ns.api::<Secret>(),
+            json!({"metadata": {"name": "app-creds"}, "stringData": {"token": APP_TOKEN}}),
+        )
+        .await;
+        create(
+            &ns.api::<Secret>(),
+            json!({"metadata": {"name": "not-yours"}, "stringData": {"token": FORBIDDEN}}),
+        )
+        .await;
+        create(
+            &ns.api::<Role>(),
+            json!({"metadata": {"name": "read-app-creds"}, "rules": [{"apiGroups": [""],
+                   "resources": ["secrets"], "resourceNames": ["app-creds"], "verbs": ["get"]}]}),
+        )
+        .await;
+        create(
+            &ns.api::<RoleBinding>(),
+            json!({"metadata": {"name": "job-read-app-creds"},
+                   "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "read-app-creds"},
+                   "subjects": [{"kind": "ServiceAccount", "name": "job", "namespace": name}]}),
+        )
+        .await;
+        vault
+            .write(
+                &format!("kv/data/{name}/db"),
+                json!({"data": {"password": DB_PASSWORD, "user": DB_USER}}),
+            )
+            .await
+            .unwrap();
+        vault
+            .write(
+                &format!("kv/data/other-team-{name}/db"),
+                json!({"data": {"password": OTHER_TEAM}}),
+            )
+            .await
+            .unwrap();
+        vault
+            .grant_job_in_namespace(&name, &[format!("kv/data/{name}/*")])
+            .await
+            .unwrap();
+        let dirs = BrokerDirs::new(tag).unwrap();
+        dirs.write_service_account_tokens(&bed, &name, "job")
+            .await
+            .unwrap();
+        Self { bed, ns, dirs }
+    }
+
+    fn settings(&self) -> Vec<(String, String)> {
+        self.dirs
+            .bed_settings(&self.bed, &self.ns.name, &self.ns.name)
+    }
+
+    /// Runs the broker with `refs` and `settings` to its exit (it must fail before ready).
+    async fn run_to_failure(
+        &self,
+        refs: &[(&str, &str)],
+        settings: Vec<(String, String)>,
+    ) -> BrokerExit {
+        self.dirs.write_references(refs).unwrap();
+        let broker = BrokerProcess::spawn(&settings).unwrap();
+        let exit = broker.wait().await.unwrap();
+        self.assert_nothing_left(&exit);
+        exit
+    }
+
+    fn assert_nothing_left(&self, exit: &BrokerExit) {
+        assert_eq!(
+            self.dirs.secret_files().unwrap(),
+            Vec::<String>::new(),
+            "files left in the secrets directory; stderr:\n{}",
+            exit.stderr
+        );
+        for value in [DB_PASSWORD, DB_USER, APP_TOKEN, FORBIDDEN, OTHER_TEAM] {
+            assert!(
+                !exit.stderr.contains(value) && !exit.stdout.contains(value),
+                "a secret value reached the broker's output:\n{}",
+                exit.stderr
+            );
+        }
+    }
+}
+
+fn error_lines(stderr: &str) -> Vec<&str> {
+    stderr
+        .lines()
+        .filter(|l| l.starts_with("keyhole-broker: error: "))
+        .collect()
+}
+
+/// A loopback port with nothing listening on it.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn with(mut settings: Vec<(String, String)>, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+    for (k, v) in extra {
+        settings.retain(|(key, _)| key != k);
+        settings.push(((*k).to_owned(), (*v).to_owned()));
+    }
+    settings
+}
+
+#[tokio::test]
+async fn success_delivers_secrets_and_job_variables_and_no_value_reaches_its_output() {
+    let job = Job::new("bfok").await;
+    let ns = &job.ns.name;
+    let ci_job_token = "glcbt-64_ci-job-token-0123456789";
+    let deploy_config = "apiVersion: v1\nkind: Config\nsecret: file-var-0123456789\n";
+    let id_token = "eyJhbGciOi.id-token-payload-0123456789.sig";
+    job.dirs
+        .write_input("job/var.CI_JOB_TOKEN", ci_job_token.as_bytes())
+        .unwrap();
+    job.dirs
+        .write_input("job/file.DEPLOY_CONFIG", deploy_config.as_bytes())
+        .unwrap();
+    job.dirs
+        .write_input("job/VAULT_ID_TOKEN", id_token.as_bytes())
+        .unwrap();
+    job.dirs
+        .write_references(&[
+            ("DB_PASSWORD", &format!("vault:kv/{ns}/db#password")),
+            ("APP_TOKEN", "k8s:app-creds/token?file=false"),
+        ])
+        .unwrap();
+    let mut broker = BrokerProcess::spawn(&job.settings()).unwrap();
+    let stderr = broker.wait_ready().await.unwrap();
+    assert!(
+        stderr.contains("2 secret(s) and 2 job variable(s) delivered; ready"),
+        "{stderr}"
+    );
+
+    let secrets = &job.dirs.secrets;
+    assert_eq!(
+        job.dirs.secret_files().unwrap(),
+        [".env", ".ready", "DB_PASSWORD", "DEPLOY_CONFIG"],
+        "the bare input VAULT_ID_TOKEN is not delivered"
+    );
+    assert_eq!(
+        std::fs::read_to_string(secrets.join("DB_PASSWORD")).unwrap(),
+        DB_PASSWORD
+    );
+    assert_eq!(
+        std::fs::read_to_string(secrets.join("DEPLOY_CONFIG")).unwrap(),
+        deploy_config
+    );
+    // What the job script sees after sourcing the env file.
+    let seen = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(r#". "$1/.env"; printf '%s\n%s\n%s\n%s' "$CI_JOB_TOKEN" "$DEPLOY_CONFIG" "$APP_TOKEN" "${VAULT_ID_TOKEN:-unset}""#)
+        .arg("sh")
+        .arg(secrets)
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8(seen.stdout).unwrap(),
+        format!(
+            "{ci_job_token}\n{}\n{APP_TOKEN}\nunset",
+            secrets.join("DEPLOY_CONFIG").display()
+        )
+    );
+
+    job.dirs
+        .write_job_log(&format!(
+            "db={DB_PASSWORD}\napp={APP_TOKEN}\njob-token={ci_job_token}\nid={id_token}\nconfig-line=secret: file-var-0123456789\njob done\n"
+        ))
+        .unwrap();
+    broker.terminate().unwrap();
+    let exit = broker.wait().await.unwrap();
+    assert_eq!(exit.code, Some(exit_code::OK), "{}", exit.stderr);
+    for line in [
+        "db=[MASKED]",
+        "app=[MASKED]",
+        "job-token=[MASKED]",
+        "id=[MASKED]",
+        "job done",
+    ] {
+        assert!(exit.stdout.contains(line), "{line:?} in:\n{}", exit.stdout);
+    }
+    for value in [ci_job_token, id_token, "file-var-0123456789"] {
+        assert!(
+            !exit.stdout.contains(value) && !exit.stderr.contains(value),
+            "a job variable's value reached the output:\n{}\n{}",
+            exit.stdout,
+            exit.stderr
+        );
+    }
+    assert!(
+        exit.stderr
+            .contains("audit variable=CI_JOB_TOKEN source=job-secret:var.CI_JOB_TOKEN"),
+        "{}",
+        exit.stderr
+    );
+    assert!(
+        exit.stderr
+            .contains("audit variable=DEPLOY_CONFIG source=job-secret:file.DEPLOY_CONFIG"),
+        "{}",
+        exit.stderr
+    );
+    assert!(
+        exit.stderr.contains("Vault token revoked"),
+        "{}",
+        exit.stderr
+    );
+    job.assert_nothing_left(&exit);
+}
+
+#[tokio::test]
+async fn vault_down_is_unavailable_after_the_deadline() {
+    let job = Job::new("bfdown").await;
+    let addr = format!("http://127.0.0.1:{}", free_port());
+    let ns = &job.ns.name;
+    let exit = job
+        .run_to_failure(
+            &[("DB_PASSWORD", &format!("vault:kv/{ns}/db#password"))],
+            with(
+                job.settings(),
+                &[
+                    ("KEYHOLE_VAULT_ADDR", &addr),
+                    ("KEYHOLE_VAULT_DEADLINE", "2"),
+                ],
+            ),
+        )
+        .await;
+    assert_eq!(exit.code, Some(exit_code::UNAVAILABLE), "{}", exit.stderr);
+    let errors = error_lines(&exit.stderr);
+    assert_eq!(errors.len(), 1, "{}", exit.stderr);
+    assert!(
+        errors[0].contains(&format!("secret DB_PASSWORD (vault:kv/{ns}/db#password)"))
+            && errors[0].contains(&format!("Vault at {addr} could not be reached"))
+            && errors[0].contains("check the address and that Vault is running"),
+        "{}",
+        errors[0]
+    );
+}
+
+#[tokio::test]
+async fn a_sealed_vault_is_unavailable() {
+    // Sealing the shared Vault would break other tests: start a dev server of our own.
+    let job = Job::new("bfseal").await;
+    let port = free_port();
+    let addr = format!("http://127.0.0.1:{port}");
+    let mut vault = std::process::Command::new(job.bed.env.bin("vault"))
+        .args([
+            "server",
+            "-dev",
+            "-dev-root-token-id=root",
+            &format!("-dev-listen-address=127.0.0.1:{port}"),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("the bed's vault binary");
+    let http = reqwest::Client::new();
+    let healthy = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+        loop {
+            if http
+                .get(format!("{addr}/v1/sys/health"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    let sealed = match healthy {
+        Ok(()) => http
+            .put(format!("{addr}/v1/sys/seal"))
+            .header("X-Vault-Token", "root")
+            .send()
+            .await
+            .map(|r| r.status().is_success()),
+        Err(_) => Ok(false),
+    };
+    let exit = if matches!(sealed, Ok(true)) {
+        Some(
+            job.run_to_failure(
+                &[("DB_PASSWORD", "vault:kv/app/db#password")],
+                with(job.settings(), &[("KEYHOLE_VAULT_ADDR", &addr)]),
+            )
+            .await,
+        )
+    } else {
+        None
+    };
+    let _ = vault.kill();
+    let _ = vault.wait();
+    let exit = exit.expect("our own dev Vault started and was sealed");
+    assert_eq!(exit.code, Some(exit_code::UNAVAILABLE), "{}", exit.stderr);
+    let errors = error_lines(&exit.stderr);
+    assert!(
+        errors.len() == 1
+            && errors[0].contains(&format!(
+                "Vault at {addr} is sealed; unseal it (vault operator unseal) and rerun the job"
+            )),
+        "{}",
+        exit.stderr
+    );
+}
+
+#[tokio::test]
+async fn permission_denied_missing_path_and_missing_field_fail_the_job_each_with_its_reason() {
+    let job = Job::new("bfdeny").await;
+    let ns = &job.ns.name;
+    let exit = job
+        .run_to_failure(
+            &[
+                ("DENIED", &format!("vault:kv/other-team-{ns}/db#password")),
+                ("MISSING", &format!("vault:kv/{ns}/nope#password")),
+                ("FIELD", &format!("vault:kv/{ns}/db#passwd")),
+                ("FINE", &format!("vault:kv/{ns}/db#password")),
+            ],
+            job.settings(),
+        )
+        .await;
+    assert_eq!(
+        exit.code,
+        Some(exit_code::SECRETS_FAILED),
+        "{}",
+        exit.stderr
+    );
+    // One line per failed reference, sorted by name; the readable one is not reported.
+    let errors = error_lines(&exit.stderr);
+    assert_eq!(errors.len(), 3, "{}", exit.stderr);
+    assert!(
+        errors[0].starts_with(&format!(
+            "keyhole-broker: error: secret DENIED (vault:kv/other-team-{ns}/db#password): Vault denied read of kv/other-team-{ns}/db: "
+        )) && errors[0].contains("permission denied")
+            && errors[0].ends_with(
+                "; check the Vault role's bound service account/claims and its policies"
+            ),
+        "{}",
+        errors[0]
+    );
+    assert_eq!(
+        errors[1],
+        format!(
+            "keyhole-broker: error: secret FIELD (vault:kv/{ns}/db#passwd): the secret at kv/{ns}/db has no field \"passwd\"; fields present: password, user"
+        )
+    );
+    assert_eq!(
+        errors[2],
+        format!(
+            "keyhole-broker: error: secret MISSING (vault:kv/{ns}/nope#password): Vault has nothing at kv/{ns}/nope; check the mount, path and version"
+        )
+    );
+    assert!(
+        exit.stderr.contains("Vault token revoked"),
+        "{}",
+        exit.stderr
+    );
+}
+
+#[tokio::test]
+async fn a_bad_reference_fails_before_anything_is_read() {
+    let job = Job::new("bfref").await;
+    let exit = job
+        .run_to_failure(
+            &[
+                ("API_KEY", "vault:kv/team/api?version=0#key"),
+                ("X", "vault:kv"),
+            ],
+            job.settings(),
+        )
+        .await;
+    assert_eq!(
+        exit.code,
+        Some(exit_code::SECRETS_FAILED),
+        "{}",
+        exit.stderr
+    );
+    let errors = error_lines(&exit.stderr);
+    assert_eq!(errors.len(), 2, "{}", exit.stderr);
+    assert!(
+        errors[0].contains(
+            "secret API_KEY: reference \"vault:kv/team/api?version=0#key\" has version \"0\", not a positive number; expected vault:"
+        ),
+        "{}",
+        errors[0]
+    );
+    assert!(
+        errors[1].contains("secret X: reference \"vault:kv\" has no path after the mount"),
+        "{}",
+        errors[1]
+    );
+    assert!(
+        !exit.stderr.contains("logging in to Vault"),
+        "nothing is read: {}",
+        exit.stderr
+    );
+}
+
+#[tokio::test]
+async fn an_address_off_the_allow_list_gets_no_request() {
+    let job = Job::new("bfallow").await;
+    // A listener of our own as the "Vault": any request would show up as a connection.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = format!("http://{}", listener.local_addr().unwrap());
+    let exit = job
+        .run_to_failure(
+            &[("DB_PASSWORD", "vault:kv/app/db#password")],
+            with(
+                job.settings(),
+                &[
+                    ("KEYHOLE_VAULT_ADDR", &addr),
+                    ("KEYHOLE_VAULT_ALLOWED", "https://vault.example.com:8200"),
+                ],
+            ),
+        )
+        .await;
+    assert_eq!(exit.code, Some(exit_code::BAD_INPUTS), "{}", exit.stderr);
+    let errors = error_lines(&exit.stderr);
+    assert!(
+        errors.len() == 1
+            && errors[0].contains(&format!(
+                "Vault at {addr} is not on the broker's allow-list; add it to vault.allowed_addresses"
+            )),
+        "{}",
+        exit.stderr
+    );
+    match listener.accept() {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => panic!("the broker connected to an address off the allow-list: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_kubernetes_secret_the_service_account_may_not_read_fails_the_job() {
+    let job = Job::new("bfk8s").await;
+    let ns = &job.ns.name;
+    let exit = job
+        .run_to_failure(
+            &[
+                ("STOLEN", "k8s:not-yours/token"),
+                ("APP_TOKEN", "k8s:app-creds/token"),
+            ],
+            job.settings(),
+        )
+        .await;
+    assert_eq!(
+        exit.code,
+        Some(exit_code::SECRETS_FAILED),
+        "{}",
+        exit.stderr
+    );
+    assert_eq!(
+        error_lines(&exit.stderr),
+        [format!(
+            "keyhole-broker: error: secret STOLEN (k8s:not-yours/token): service account {ns}/job may not read secret not-yours in namespace {ns}; grant it get on that Secret (Role with resourceNames: [not-yours])"
+        )]
+    );
+}
+
+#[tokio::test]
+async fn a_job_variable_named_like_a_secret_is_refused_naming_both() {
+    let job = Job::new("bfclash").await;
+    let ns = &job.ns.name;
+    job.dirs
+        .write_input("job/var.DB_PASSWORD", b"from-gitlab-0123456789")
+        .unwrap();
+    let exit = job
+        .run_to_failure(
+            &[("DB_PASSWORD", &format!("vault:kv/{ns}/db#password"))],
+            job.settings(),
+        )
+        .await;
+    assert_eq!(exit.code, Some(exit_code::BAD_INPUTS), "{}", exit.stderr);
+    assert_eq!(
+        error_lines(&exit.stderr),
+        [format!(
+            "keyhole-broker: error: job variable DB_PASSWORD (per-job Secret key \"var.DB_PASSWORD\") and secret DB_PASSWORD (vault:kv/{ns}/db#password) both define $DB_PASSWORD; rename the variable or the secret"
+        )]
+    );
+    assert!(!exit.stderr.contains("from-gitlab-0123456789"));
+}
