@@ -276,7 +276,7 @@ fn vault_server(vars: &Variables, jwt: String) -> Result<Json, String> {
 mod tests {
     use std::sync::Arc;
 
-    use keyhole_broker::reference::{KvEngine, Source, from_gitlab_secrets};
+    use keyhole_broker::reference::{Engine, Source, from_gitlab_secrets};
 
     use super::*;
     use crate::pipeline::{variables, yaml::load_config};
@@ -334,7 +334,7 @@ mod tests {
         assert_eq!((v.mount.as_str(), v.path.as_str()), ("kv-v2", "team/db"));
         assert_eq!(
             (v.field.as_deref(), v.engine),
-            (Some("password"), KvEngine::V2)
+            (Some("password"), Engine::KvV2)
         );
         let server = v.server.as_ref().unwrap();
         assert_eq!(server.jwt_variable.as_deref(), Some("MY_JWT"));
