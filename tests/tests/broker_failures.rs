@@ -137,6 +137,17 @@ fn error_lines(stderr: &str) -> Vec<&str> {
         .collect()
 }
 
+/// A Vault dev server of this test's own, stopped (by its pid) when the test ends, panics
+/// included.
+struct OwnVault(std::process::Child);
+
+impl Drop for OwnVault {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A loopback port with nothing listening on it.
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -293,55 +304,45 @@ async fn a_sealed_vault_is_unavailable() {
     let job = Job::new("bfseal").await;
     let port = free_port();
     let addr = format!("http://127.0.0.1:{port}");
-    let mut vault = std::process::Command::new(job.bed.env.bin("vault"))
-        .args([
-            "server",
-            "-dev",
-            "-dev-root-token-id=root",
-            &format!("-dev-listen-address=127.0.0.1:{port}"),
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("the bed's vault binary");
+    let _vault = OwnVault(
+        std::process::Command::new(job.bed.env.bin("vault"))
+            .args([
+                "server",
+                "-dev",
+                "-dev-root-token-id=root",
+                &format!("-dev-listen-address=127.0.0.1:{port}"),
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("the bed's vault binary"),
+    );
     let http = reqwest::Client::new();
-    let healthy = tokio::time::timeout(std::time::Duration::from_secs(60), async {
-        loop {
-            if http
-                .get(format!("{addr}/v1/sys/health"))
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success())
-            {
-                break;
-            }
+    tokio::time::timeout(std::time::Duration::from_secs(60), async {
+        while !http
+            .get(format!("{addr}/v1/sys/health"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
     })
-    .await;
-    let sealed = match healthy {
-        Ok(()) => http
-            .put(format!("{addr}/v1/sys/seal"))
-            .header("X-Vault-Token", "root")
-            .send()
-            .await
-            .map(|r| r.status().is_success()),
-        Err(_) => Ok(false),
-    };
-    let exit = if matches!(sealed, Ok(true)) {
-        Some(
-            job.run_to_failure(
-                &[("DB_PASSWORD", "vault:kv/app/db#password")],
-                with(job.settings(), &[("KEYHOLE_VAULT_ADDR", &addr)]),
-            )
-            .await,
+    .await
+    .expect("our own dev Vault starts");
+    http.put(format!("{addr}/v1/sys/seal"))
+        .header("X-Vault-Token", "root")
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .expect("our own dev Vault seals");
+    let exit = job
+        .run_to_failure(
+            &[("DB_PASSWORD", "vault:kv/app/db#password")],
+            with(job.settings(), &[("KEYHOLE_VAULT_ADDR", &addr)]),
         )
-    } else {
-        None
-    };
-    let _ = vault.kill();
-    let _ = vault.wait();
-    let exit = exit.expect("our own dev Vault started and was sealed");
+        .await;
     assert_eq!(exit.code, Some(exit_code::UNAVAILABLE), "{}", exit.stderr);
     let errors = error_lines(&exit.stderr);
     assert!(

@@ -303,23 +303,36 @@ async fn an_address_off_the_allow_list_gets_no_request() {
     assert!(err.to_string().contains("allow-list"), "{err}");
 }
 
+/// A Vault dev server of the test's own, stopped (by its pid) when the test ends, panics
+/// included.
+struct OwnVault(std::process::Child);
+
+impl Drop for OwnVault {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[tokio::test]
 async fn a_sealed_vault_is_reported_as_sealed_without_retrying() {
     // Sealing the shared Vault would break other tests: start a dev server of our own.
     let bed = TestBed::connect().await;
     let port = 18200 + (std::process::id() % 500) as u16;
     let addr = format!("http://127.0.0.1:{port}");
-    let mut child = std::process::Command::new(bed.env.bin("vault"))
-        .args([
-            "server",
-            "-dev",
-            "-dev-root-token-id=root",
-            &format!("-dev-listen-address=127.0.0.1:{port}"),
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("the bed's vault binary");
+    let _vault = OwnVault(
+        std::process::Command::new(bed.env.bin("vault"))
+            .args([
+                "server",
+                "-dev",
+                "-dev-root-token-id=root",
+                &format!("-dev-listen-address=127.0.0.1:{port}"),
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("the bed's vault binary"),
+    );
     let http = reqwest::Client::new();
     let mut up = false;
     for _ in 0..100 {
@@ -344,8 +357,6 @@ async fn a_sealed_vault_is_reported_as_sealed_without_retrying() {
         .unwrap();
     let mut client = VaultClient::new(config(&addr)).unwrap();
     let err = client.login(&placeholder_jwt_login()).await.unwrap_err();
-    let _ = child.kill();
-    let _ = child.wait();
     assert!(matches!(err, VaultError::Sealed { .. }), "{err}");
     assert!(err.to_string().contains("unseal"), "{err}");
 }
