@@ -73,11 +73,16 @@ pub async fn run(config: Config) -> Result<()> {
         wait_for_signal().await;
         let _ = stop_tx.send(true);
     });
-    run_until(config, stop_rx).await
+    run_until(config, stop_rx, None).await
 }
 
-/// [`run`] with the stop signal given (tests stop it without signals).
-pub async fn run_until(config: Config, mut stop: watch::Receiver<bool>) -> Result<()> {
+/// [`run`] with the stop signal given (tests stop it without signals) and, optionally, the
+/// Kubernetes client to use instead of the inferred one.
+pub async fn run_until(
+    config: Config,
+    mut stop: watch::Receiver<bool>,
+    kube: Option<kube::Client>,
+) -> Result<()> {
     let runner = config
         .runners
         .first()
@@ -91,7 +96,10 @@ pub async fn run_until(config: Config, mut stop: watch::Receiver<bool>) -> Resul
         info!(address = %addr, "serving /healthz, /readyz and /metrics");
         tokio::spawn(crate::metrics::serve(listener, metrics.clone()));
     }
-    let kube = kube_client(&runner).await?;
+    let kube = match kube {
+        Some(k) => k,
+        None => kube_client(&runner).await?,
+    };
     let gitlab = gitlab_client(&runner)?;
     gitlab
         .verify()
@@ -273,9 +281,14 @@ impl Service {
             let pods = kube::Api::namespaced(self.kube.clone(), &entry.namespace);
             crate::execute::delete_pod(&pods, &entry.pod_name, 0).await;
             let session = self.gitlab.job_session(entry.job_id, entry.token.clone());
-            let _ = session
-                .trace()
-                .append(b"\n\x1b[31;1mERROR: keyhole-runner restarted while this job ran; the job was stopped and its pod deleted\x1b[0;m\n")
+            let trace = session.trace();
+            // This process does not know how much trace GitLab holds. One byte sent at
+            // offset 0 learns it: GitLab answers 416 with its size (the byte is dropped) and
+            // the trace goes on from there; on an empty trace the byte is simply stored.
+            let _ = trace.append(b"\n").await;
+            let _ = trace.flush().await;
+            let _ = trace
+                .append(b"\x1b[31;1mERROR: keyhole-runner restarted while this job ran; the job was stopped and its pod deleted\x1b[0;m\n")
                 .await;
             match session
                 .finish(JobOutcome::Failed {

@@ -122,7 +122,8 @@ async fn check_cluster(runner: &RunnerConfig, report: &mut VerifyReport) {
             Ok(true) => {}
             Ok(false) => missing.push(what(*need)),
             Err(e) => {
-                return report.problem(format!("asking the API server what the runner may do: {e}"));
+                return report
+                    .problem(format!("asking the API server what the runner may do: {e}"));
             }
         }
     }

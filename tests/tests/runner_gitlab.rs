@@ -1,0 +1,337 @@
+//! The runner end to end in GitLab mode: the coordinator (a fake GitLab speaking the Runner
+//! API) hands out jobs, `keyhole-runner`'s service takes them, real pods with the broker run
+//! them on the bed, and the coordinator records the trace and final states.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
+use keyhole_runner::config::{Config, RunnerConfig};
+use keyhole_tests::coordinator::FinalStatus;
+use keyhole_tests::{Coordinator, CoordinatorOptions, TestBed, TestNamespace};
+use kube::Api;
+use kube::api::{ListParams, PostParams};
+use secrecy::SecretString;
+use serde_json::json;
+use tokio::sync::watch;
+
+struct Setup {
+    bed: TestBed,
+    ns: TestNamespace,
+    gitlab: Coordinator,
+    journal: std::path::PathBuf,
+}
+
+async fn setup(tag: &str) -> Setup {
+    let bed = TestBed::connect().await;
+    let ns = TestNamespace::create(
+        &bed,
+        tag,
+        &[("pod-security.kubernetes.io/enforce", "restricted")],
+    )
+    .await
+    .unwrap();
+    Api::<ServiceAccount>::namespaced(bed.client.clone(), &ns.name)
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "keyhole-job"}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    // Pods fetch the repository from the coordinator, so it listens on the bed's bridge.
+    let gitlab = Coordinator::start(CoordinatorOptions {
+        bind: SocketAddr::from(([10, 213, 0, 1], 0)),
+        long_poll: Duration::from_secs(2),
+        ..CoordinatorOptions::default()
+    })
+    .await
+    .unwrap();
+    let journal = std::env::temp_dir().join(format!("keyhole-journal-{}", ns.name));
+    Setup {
+        bed,
+        ns,
+        gitlab,
+        journal,
+    }
+}
+
+fn config(s: &Setup) -> Config {
+    let mut runner = RunnerConfig::default();
+    runner.name = format!("test-{}", s.ns.name);
+    runner.url = s.gitlab.url();
+    runner.token = Some(SecretString::from(s.gitlab.runner_token().to_string()));
+    runner.kubernetes.namespace = s.ns.name.clone();
+    runner.kubernetes.pull_policy.0 = vec!["never".into()];
+    runner.kubernetes.pod_termination_grace_period_seconds = Some(20);
+    runner.keyhole.vault_addr = Some(s.bed.env.vault_pod_addr.clone());
+    runner.keyhole.kube_api = s.bed.env.apiserver_url.clone();
+    runner.keyhole.journal_dir = s.journal.display().to_string();
+    Config {
+        concurrent: 4,
+        runners: vec![runner],
+        ..Config::default()
+    }
+}
+
+/// Runs the service in the background; dropping the returned sender stops it gracefully.
+fn start_runner(
+    s: &Setup,
+) -> (
+    watch::Sender<bool>,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
+    let (tx, rx) = watch::channel(false);
+    let handle = tokio::spawn(keyhole_runner::service::run_until(
+        config(s),
+        rx,
+        Some(s.bed.client.clone()),
+    ));
+    (tx, handle)
+}
+
+async fn stop(tx: watch::Sender<bool>, handle: tokio::task::JoinHandle<anyhow::Result<()>>) {
+    tx.send(true).unwrap();
+    handle.await.unwrap().unwrap();
+}
+
+fn trace_text(s: &Setup, id: u64) -> String {
+    String::from_utf8_lossy(&s.gitlab.trace(id)).into_owned()
+}
+
+async fn no_job_pods_left(s: &Setup) {
+    let pods: Api<Pod> = s.ns.api();
+    for _ in 0..120 {
+        let left = pods
+            .list(&ListParams::default().labels("app.kubernetes.io/managed-by=keyhole-runner"))
+            .await
+            .unwrap();
+        if left.items.is_empty() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    panic!("job pods still present after 60 s");
+}
+
+#[tokio::test]
+async fn a_gitlab_job_checks_out_its_repository_runs_masked_and_succeeds() {
+    let s = setup("glok").await;
+    let sha = s
+        .gitlab
+        .create_repo("acme/app", &[("hello.txt", "hello from the repository\n")])
+        .unwrap();
+    let job = s
+        .gitlab
+        .job()
+        .project(7, "acme/app")
+        .sha(&sha)
+        .script([
+            "cat hello.txt",
+            "git --version 2>/dev/null || echo 'no git in the build image'",
+            "echo \"masked: $MASKED_VAR\"",
+            "echo \"job token: $CI_JOB_TOKEN\"",
+            "test -z \"$(env | grep -c glcbt-test || true)\" || env | grep -c glcbt-test",
+        ])
+        .secret_variable("MASKED_VAR", "masked-variable-value-12345")
+        .enqueue()
+        .unwrap();
+    let (tx, handle) = start_runner(&s);
+    let done = s
+        .gitlab
+        .wait_for_final(job.id, Duration::from_secs(180))
+        .await
+        .unwrap();
+    let trace = trace_text(&s, job.id);
+    stop(tx, handle).await;
+    assert_eq!(done.status, FinalStatus::Success, "{trace}");
+    assert_eq!(
+        done.trace_len,
+        s.gitlab.trace(job.id).len(),
+        "the trace was flushed before the final update"
+    );
+    for line in [
+        "Checked out",
+        "hello from the repository",
+        "masked: [MASKED]",
+        "job token: [MASKED]",
+        "Job succeeded",
+    ] {
+        assert!(trace.contains(line), "missing {line:?}:\n{trace}");
+    }
+    assert!(
+        !trace.contains(&job.token),
+        "the job token reached the trace"
+    );
+    assert!(
+        !trace.contains("masked-variable-value-12345"),
+        "a masked variable reached the trace"
+    );
+    no_job_pods_left(&s).await;
+}
+
+#[tokio::test]
+async fn a_failing_script_is_reported_with_its_exit_code() {
+    let s = setup("glfail").await;
+    let job = s
+        .gitlab
+        .job()
+        .variable("GIT_STRATEGY", "none")
+        .script(["echo about to fail", "exit 7"])
+        .enqueue()
+        .unwrap();
+    let (tx, handle) = start_runner(&s);
+    let done = s
+        .gitlab
+        .wait_for_final(job.id, Duration::from_secs(180))
+        .await
+        .unwrap();
+    let trace = trace_text(&s, job.id);
+    stop(tx, handle).await;
+    assert_eq!(done.status, FinalStatus::Failed, "{trace}");
+    assert_eq!(done.failure_reason.as_deref(), Some("script_failure"));
+    assert_eq!(done.exit_code, Some(7));
+    assert!(trace.contains("about to fail"), "{trace}");
+    no_job_pods_left(&s).await;
+}
+
+#[tokio::test]
+async fn cancel_from_gitlab_runs_after_script_and_ends_the_job() {
+    let s = setup("glcancel").await;
+    let job = s
+        .gitlab
+        .job()
+        .variable("GIT_STRATEGY", "none")
+        .script(["echo started", "sleep 600"])
+        .after_script(["echo after_script ran"])
+        .enqueue()
+        .unwrap();
+    let (tx, handle) = start_runner(&s);
+    let marker = "started\n";
+    for _ in 0..240 {
+        if trace_text(&s, job.id).contains(marker) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(
+        trace_text(&s, job.id).contains(marker),
+        "the job never started:\n{}",
+        trace_text(&s, job.id)
+    );
+    s.gitlab.cancel(job.id);
+    let done = s
+        .gitlab
+        .wait_for_final(job.id, Duration::from_secs(120))
+        .await
+        .unwrap();
+    let trace = trace_text(&s, job.id);
+    stop(tx, handle).await;
+    assert_eq!(done.status, FinalStatus::Canceled, "{trace}");
+    assert!(trace.contains("after_script ran"), "{trace}");
+    no_job_pods_left(&s).await;
+}
+
+#[tokio::test]
+async fn timeout_image_and_reference_failures_get_their_failure_reasons() {
+    let s = setup("glreasons").await;
+    let timeout = s
+        .gitlab
+        .job()
+        .variable("GIT_STRATEGY", "none")
+        .script(["sleep 600"])
+        .timeout(6)
+        .enqueue()
+        .unwrap();
+    let image = s
+        .gitlab
+        .job()
+        .variable("GIT_STRATEGY", "none")
+        .image("keyhole.local/no-such-image:1")
+        .enqueue()
+        .unwrap();
+    let reference = s
+        .gitlab
+        .job()
+        .variable("GIT_STRATEGY", "none")
+        .variable("KEYHOLE_SECRET_BAD", "s3:bucket/key")
+        .enqueue()
+        .unwrap();
+    let (tx, handle) = start_runner(&s);
+    let t = s
+        .gitlab
+        .wait_for_final(timeout.id, Duration::from_secs(180))
+        .await
+        .unwrap();
+    let i = s
+        .gitlab
+        .wait_for_final(image.id, Duration::from_secs(180))
+        .await
+        .unwrap();
+    let r = s
+        .gitlab
+        .wait_for_final(reference.id, Duration::from_secs(180))
+        .await
+        .unwrap();
+    stop(tx, handle).await;
+    assert_eq!(
+        t.failure_reason.as_deref(),
+        Some("job_execution_timeout"),
+        "{}",
+        trace_text(&s, timeout.id)
+    );
+    assert_eq!(
+        i.failure_reason.as_deref(),
+        Some("image_pull_failure"),
+        "{}",
+        trace_text(&s, image.id)
+    );
+    let rt = trace_text(&s, reference.id);
+    assert_eq!(r.status, FinalStatus::Failed, "{rt}");
+    assert!(rt.contains("secret BAD") && rt.contains("expected"), "{rt}");
+    no_job_pods_left(&s).await;
+}
+
+#[tokio::test]
+async fn a_runner_restarted_mid_job_reports_it_and_removes_its_pod() {
+    let s = setup("glrestart").await;
+    let job = s
+        .gitlab
+        .job()
+        .variable("GIT_STRATEGY", "none")
+        .script(["echo started", "sleep 600"])
+        .enqueue()
+        .unwrap();
+    let (_tx, handle) = start_runner(&s);
+    for _ in 0..240 {
+        if trace_text(&s, job.id).contains("started\n") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(
+        trace_text(&s, job.id).contains("started\n"),
+        "{}",
+        trace_text(&s, job.id)
+    );
+    // A crash: the service and its job tasks vanish; the pod and the journal stay.
+    handle.abort();
+    let _ = handle.await;
+    let pods: Api<Pod> = s.ns.api();
+    let before = pods.list(&ListParams::default()).await.unwrap().items.len();
+    assert_eq!(before, 1, "the job pod outlives the crashed runner");
+    let (tx, handle) = start_runner(&s);
+    let done = s
+        .gitlab
+        .wait_for_final(job.id, Duration::from_secs(120))
+        .await
+        .unwrap();
+    stop(tx, handle).await;
+    assert_eq!(done.status, FinalStatus::Failed);
+    assert_eq!(
+        done.failure_reason.as_deref(),
+        Some("runner_system_failure")
+    );
+    assert!(trace_text(&s, job.id).contains("restarted while this job ran"));
+    no_job_pods_left(&s).await;
+    let _ = std::fs::remove_dir_all(&s.journal);
+}
