@@ -56,10 +56,12 @@ async fn setup(tag: &str) -> Setup {
 }
 
 fn config(s: &Setup) -> Config {
-    let mut runner = RunnerConfig::default();
-    runner.name = format!("test-{}", s.ns.name);
-    runner.url = s.gitlab.url();
-    runner.token = Some(SecretString::from(s.gitlab.runner_token().to_string()));
+    let mut runner = RunnerConfig {
+        name: format!("test-{}", s.ns.name),
+        url: s.gitlab.url(),
+        token: Some(SecretString::from(s.gitlab.runner_token().to_string())),
+        ..RunnerConfig::default()
+    };
     runner.kubernetes.namespace = s.ns.name.clone();
     runner.kubernetes.pull_policy.0 = vec!["never".into()];
     runner.kubernetes.pod_termination_grace_period_seconds = Some(20);
