@@ -1,0 +1,436 @@
+//! Every example under `examples/` runs as written, so none can rot: its `setup.sh` (the same
+//! Vault and RBAC commands the docs show) and its `.gitlab-ci.yml`, through `keyhole-runner
+//! exec` (the real binary) and through the coordinator (GitLab mode, the same YAML turned into
+//! a job payload).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use keyhole_runner::config::{Config, RunnerConfig, ServiceAccountRule};
+use keyhole_runner::pipeline::{LoadOptions, load_job};
+use keyhole_tests::coordinator::FinalStatus;
+use keyhole_tests::{Coordinator, CoordinatorOptions, TestBed, TestNamespace, VaultAdmin};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::json;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// The `keyhole-runner` binary cargo built next to this test.
+fn runner_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().and_then(Path::parent).unwrap();
+    let bin = profile_dir.join("keyhole-runner");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build -p keyhole-runner` (cargo test --workspace builds it)",
+        bin.display()
+    );
+    bin
+}
+
+fn bed_env(bed: &TestBed, cmd: &mut Command, ns: &str) {
+    let env = &bed.env;
+    let path = format!(
+        "{}:{}",
+        env.testbed_dir.join("bin").display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    cmd.current_dir(repo())
+        .env("PATH", path)
+        .env("KUBECONFIG", &env.kubeconfig)
+        .env("VAULT_ADDR", &env.vault_addr)
+        .env("VAULT_TOKEN", &env.vault_token)
+        .env("NAMESPACE", ns);
+}
+
+fn setup_example(bed: &TestBed, ns: &str, example: &str) {
+    let mut cmd = Command::new("bash");
+    cmd.arg(format!("examples/{example}/setup.sh"));
+    bed_env(bed, &mut cmd, ns);
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{example}/setup.sh failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+struct Ran {
+    code: i32,
+    output: String,
+}
+
+fn exec(bed: &TestBed, ns: &str, example: &str, job: &str, extra: &[&str]) -> Ran {
+    let mut cmd = Command::new(runner_binary());
+    cmd.args(["exec", &format!("examples/{example}/.gitlab-ci.yml"), job])
+        .args(["--namespace", ns, "--pull-policy", "never"])
+        .args([
+            "--vault-addr",
+            &bed.env.vault_pod_addr,
+            "--kube-api",
+            &bed.env.apiserver_url,
+        ])
+        .args(extra);
+    bed_env(bed, &mut cmd, ns);
+    let out = cmd.output().unwrap();
+    Ran {
+        code: out.status.code().unwrap_or(-1),
+        output: format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    }
+}
+
+/// The same example as a GitLab job: the YAML becomes a payload the coordinator hands out.
+async fn through_gitlab(
+    bed: &TestBed,
+    ns: &str,
+    example: &str,
+    job_name: &str,
+    service_account: &str,
+    extra_variables: &[(&str, &str, bool)],
+) -> (FinalStatus, String) {
+    let job = load_job(
+        &repo().join(format!("examples/{example}/.gitlab-ci.yml")),
+        job_name,
+        &LoadOptions {
+            project_dir: repo().join("examples").join(example),
+            ci_project_dir: "/builds/acme/app".into(),
+            job_id: 1,
+        },
+    )
+    .unwrap();
+    let gitlab = Coordinator::start(CoordinatorOptions {
+        long_poll: Duration::from_secs(2),
+        ..CoordinatorOptions::default()
+    })
+    .await
+    .unwrap();
+    let mut builder = gitlab
+        .job()
+        .project(7, "acme/app")
+        .name(job_name)
+        .variable("GIT_STRATEGY", "none");
+    let mut script = job.before_script.clone();
+    script.extend(job.script.clone());
+    builder = builder.script(script);
+    if let Some(image) = &job.image {
+        builder = builder.image(&image.name);
+    }
+    for v in job
+        .variables
+        .iter()
+        .filter(|v| !v.key.starts_with("CI") && v.key != "GITLAB_CI" && v.key != "GIT_STRATEGY")
+    {
+        builder = builder.variable(&v.key, v.value.expose_secret());
+    }
+    for (key, value, secret) in extra_variables {
+        builder = if *secret {
+            builder.secret_variable(key, value)
+        } else {
+            builder.variable(key, value)
+        };
+    }
+    if let Some(secrets) = &job.gitlab_secrets {
+        builder = builder.secrets(secrets.clone());
+    }
+    let queued = builder.enqueue().unwrap();
+    let mut runner = RunnerConfig {
+        name: format!("examples-{ns}"),
+        url: gitlab.url(),
+        token: Some(SecretString::from(gitlab.runner_token().to_string())),
+        ..RunnerConfig::default()
+    };
+    runner.kubernetes.namespace = ns.into();
+    runner.kubernetes.pull_policy.0 = vec!["never".into()];
+    runner.kubernetes.pod_termination_grace_period_seconds = Some(20);
+    runner.keyhole.vault_addr = Some(bed.env.vault_pod_addr.clone());
+    runner.keyhole.kube_api = bed.env.apiserver_url.clone();
+    runner.keyhole.journal_dir = std::env::temp_dir()
+        .join(format!("journal-{ns}"))
+        .display()
+        .to_string();
+    runner.keyhole.service_account_rules = vec![ServiceAccountRule {
+        project: Some("acme/app".into()),
+        service_account: service_account.into(),
+        ..ServiceAccountRule::default()
+    }];
+    let config = Config {
+        concurrent: 2,
+        runners: vec![runner],
+        ..Config::default()
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let service = tokio::spawn(keyhole_runner::service::run_until(
+        config,
+        stop_rx,
+        Some(bed.client.clone()),
+    ));
+    let done = gitlab
+        .wait_for_final(queued.id, Duration::from_secs(180))
+        .await
+        .unwrap();
+    let trace = String::from_utf8_lossy(&gitlab.trace(queued.id)).into_owned();
+    stop_tx.send(true).unwrap();
+    service.await.unwrap().unwrap();
+    (done.status, trace)
+}
+
+fn assert_has(text: &str, lines: &[&str]) {
+    for line in lines {
+        assert!(text.contains(line), "missing {line:?} in:\n{text}");
+    }
+}
+
+fn vault_field(bed: &TestBed, path: &str, field: &str) -> String {
+    let mut cmd = Command::new("vault");
+    cmd.args(["kv", "get", "-mount=kv", &format!("-field={field}"), path]);
+    bed_env(bed, &mut cmd, "");
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+#[tokio::test]
+async fn hello_runs_and_cleans_up() {
+    let bed = TestBed::connect().await;
+    let ns = TestNamespace::create(&bed, "exhello", &[]).await.unwrap();
+    setup_example(&bed, &ns.name, "hello");
+    let r = exec(&bed, &ns.name, "hello", "hello", &[]);
+    assert_eq!(r.code, 0, "{}", r.output);
+    assert_has(
+        &r.output,
+        &[
+            "Hello from hello in /builds/local/project",
+            "uid=1000",
+            "the build container has no ServiceAccount token",
+            "Job succeeded",
+        ],
+    );
+    let (status, trace) =
+        through_gitlab(&bed, &ns.name, "hello", "hello", "keyhole-job", &[]).await;
+    assert_eq!(status, FinalStatus::Success, "{trace}");
+    assert_has(
+        &trace,
+        &[
+            "Hello from hello",
+            "the build container has no ServiceAccount token",
+        ],
+    );
+}
+
+#[tokio::test]
+async fn vault_kv_delivers_a_file_and_an_env_variable_both_masked() {
+    let bed = TestBed::connect().await;
+    let ns = TestNamespace::create(&bed, "exvault", &[]).await.unwrap();
+    setup_example(&bed, &ns.name, "vault-kv");
+    let password = vault_field(&bed, "examples/vault-kv/db", "password");
+    let api_key = vault_field(&bed, "examples/vault-kv/api", "key");
+    let r = exec(
+        &bed,
+        &ns.name,
+        "vault-kv",
+        "read-secrets",
+        &["--service-account", "app-deployer"],
+    );
+    assert_eq!(r.code, 0, "{}", r.output);
+    assert_has(
+        &r.output,
+        &[
+            "the password is in the file /keyhole/secrets/DB_PASSWORD",
+            "-r--------    1 keyhole  keyhole",
+            "tmpfs /keyhole/secrets tmpfs ro",
+            "password is [MASKED]",
+            "api key is [MASKED]",
+            "[MASKED] is masked too",
+            "audit secret=DB_PASSWORD source=vault:kv/examples/vault-kv/db",
+        ],
+    );
+    assert!(
+        !r.output.contains(&password) && !r.output.contains(&api_key),
+        "a value leaked:\n{}",
+        r.output
+    );
+    let (status, trace) = through_gitlab(
+        &bed,
+        &ns.name,
+        "vault-kv",
+        "read-secrets",
+        "app-deployer",
+        &[],
+    )
+    .await;
+    assert_eq!(status, FinalStatus::Success, "{trace}");
+    assert_has(&trace, &["password is [MASKED]", "api key is [MASKED]"]);
+    assert!(
+        !trace.contains(&password) && !trace.contains(&api_key),
+        "a value leaked:\n{trace}"
+    );
+}
+
+#[tokio::test]
+async fn k8s_secret_is_read_by_the_allowed_service_account_and_refused_to_another() {
+    let bed = TestBed::connect().await;
+    let ns = TestNamespace::create(&bed, "exk8s", &[]).await.unwrap();
+    setup_example(&bed, &ns.name, "k8s-secret");
+    let allowed = exec(
+        &bed,
+        &ns.name,
+        "k8s-secret",
+        "push-image",
+        &["--service-account", "registry-reader"],
+    );
+    assert_eq!(allowed.code, 0, "{}", allowed.output);
+    assert_has(&allowed.output, &["registry token is [MASKED]"]);
+    let denied = exec(
+        &bed,
+        &ns.name,
+        "k8s-secret",
+        "push-image",
+        &["--service-account", "keyhole-job"],
+    );
+    assert_ne!(denied.code, 0, "{}", denied.output);
+    assert_has(
+        &denied.output,
+        &[&format!(
+            "service account {0}/keyhole-job may not read secret registry-credentials in namespace {0}",
+            ns.name
+        )],
+    );
+    assert!(
+        !denied.output.contains("registry token is"),
+        "the script ran:\n{}",
+        denied.output
+    );
+    let (status, trace) = through_gitlab(
+        &bed,
+        &ns.name,
+        "k8s-secret",
+        "push-image",
+        "registry-reader",
+        &[],
+    )
+    .await;
+    assert_eq!(status, FinalStatus::Success, "{trace}");
+    assert_has(&trace, &["registry token is [MASKED]"]);
+}
+
+fn id_token(bed: &TestBed, project: &str, protected: bool) -> String {
+    use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims = json!({
+        "iss": bed.env.jwt_issuer, "aud": "https://vault.keyhole.test",
+        "sub": format!("project_path:{project}:ref_type:branch:ref:main"),
+        "project_path": project, "ref": "main", "ref_type": "branch",
+        "ref_protected": protected.to_string(),
+        "iat": now, "nbf": now, "exp": now + 600
+    });
+    let key = EncodingKey::from_rsa_pem(&std::fs::read(&bed.env.jwt_signing_key).unwrap()).unwrap();
+    encode(&Header::new(Algorithm::RS256), &claims, &key).unwrap()
+}
+
+#[tokio::test]
+async fn gitlab_secrets_log_in_with_the_id_token_and_vault_checks_its_claims() {
+    let bed = TestBed::connect().await;
+    let ns = TestNamespace::create(&bed, "exgitlab", &[]).await.unwrap();
+    setup_example(&bed, &ns.name, "gitlab-secrets");
+    let password = vault_field(&bed, "examples/gitlab-secrets/db", "password");
+    let token_file = std::env::temp_dir().join(format!("{}.jwt", ns.name));
+    std::fs::write(&token_file, id_token(&bed, "acme/app", true)).unwrap();
+    let arg = format!("VAULT_ID_TOKEN={}", token_file.display());
+    let r = exec(
+        &bed,
+        &ns.name,
+        "gitlab-secrets",
+        "deploy",
+        &["--id-token", &arg],
+    );
+    assert_eq!(r.code, 0, "{}", r.output);
+    assert_has(&r.output, &["password is [MASKED]"]);
+    assert!(!r.output.contains(&password));
+    // An ID token of another project is refused by Vault's bound claims.
+    std::fs::write(&token_file, id_token(&bed, "evil/app", true)).unwrap();
+    let refused = exec(
+        &bed,
+        &ns.name,
+        "gitlab-secrets",
+        "deploy",
+        &["--id-token", &arg],
+    );
+    let _ = std::fs::remove_file(&token_file);
+    assert_ne!(refused.code, 0, "{}", refused.output);
+    assert!(
+        !refused.output.contains("password is"),
+        "{}",
+        refused.output
+    );
+    // Through GitLab: the payload carries the ID token as a masked variable, as GitLab sends it.
+    let jwt = id_token(&bed, "acme/app", true);
+    let (status, trace) = through_gitlab(
+        &bed,
+        &ns.name,
+        "gitlab-secrets",
+        "deploy",
+        "keyhole-job",
+        &[("VAULT_ID_TOKEN", &jwt, true)],
+    )
+    .await;
+    assert_eq!(status, FinalStatus::Success, "{trace}");
+    assert_has(&trace, &["password is [MASKED]"]);
+    assert!(!trace.contains(&password) && !trace.contains(&jwt));
+}
+
+#[tokio::test]
+async fn dynamic_secret_lease_is_renewed_during_the_job_and_revoked_after() {
+    let bed = TestBed::connect().await;
+    let ns = TestNamespace::create(&bed, "exdyn", &[]).await.unwrap();
+    setup_example(&bed, &ns.name, "dynamic");
+    let r = exec(
+        &bed,
+        &ns.name,
+        "dynamic",
+        "long-job",
+        &["--service-account", "cache-user"],
+    );
+    assert_eq!(r.code, 0, "{}", r.output);
+    assert_eq!(
+        r.output.matches("+PONG").count(),
+        2,
+        "the credential works before and after renewals:\n{}",
+        r.output
+    );
+    assert_has(&r.output, &["renewed; ttl", "revoked"]);
+    let lease = r
+        .output
+        .split_whitespace()
+        .find_map(|w| {
+            w.strip_prefix("lease=")
+                .filter(|l| l.starts_with("database/creds/short-lived/"))
+        })
+        .unwrap_or_else(|| panic!("no lease on the audit line:\n{}", r.output))
+        .to_string();
+    let vault = VaultAdmin::new(&bed.env);
+    let (status, _) = vault
+        .write_status("sys/leases/lookup", json!({"lease_id": lease}))
+        .await;
+    assert_eq!(
+        status.as_u16(),
+        400,
+        "the lease {lease} is still known to Vault after the job"
+    );
+}
