@@ -88,6 +88,7 @@ where
                 output_limit: runner.output_limit,
                 trace: tx.clone(),
                 control: control_rx,
+                metrics: None,
             })
             .await;
             interrupt.abort();

@@ -426,6 +426,7 @@ impl Service {
                         output_limit: self.runner.output_limit,
                         trace: trace_tx.clone(),
                         control: control_rx,
+                        metrics: Some(self.metrics.clone()),
                     })
                     .await
                 }

@@ -98,6 +98,7 @@ async fn run_job(
         output_limit: 4096,
         trace: tx,
         control,
+        metrics: None,
     })
     .await;
     let trace = String::from_utf8_lossy(&collector.await.unwrap()).into_owned();
@@ -374,4 +375,76 @@ async fn every_snapshot_pod_is_admitted_by_a_restricted_namespace() {
         .await
         .unwrap_or_else(|e| panic!("{name}: the apiserver refused the pod: {e}"));
     }
+}
+
+#[tokio::test]
+async fn a_script_out_of_memory_is_reported_as_oomkilled() {
+    let mut s = setup("runoom").await;
+    s.runner.kubernetes.memory_limit = Some("24Mi".into());
+    s.runner.kubernetes.memory_limit_overwrite_max_allowed = None;
+    let j = job(
+        8,
+        &[
+            "echo filling memory",
+            "x=$(head -c 200000000 /dev/zero | tr '\\0' a); echo ${#x}",
+        ],
+    );
+    let r = run_job(&s, &j, Duration::from_secs(120), never_cancel()).await;
+    match &r.outcome {
+        Outcome::Failed {
+            kind: FailureKind::Script,
+            exit_code: Some(137),
+            message,
+        } => {
+            assert!(message.contains("OOMKilled"), "{message}");
+        }
+        other => panic!("{other:?}\n{}", r.trace),
+    }
+    assert_cleaned_up(&s).await;
+}
+
+#[tokio::test]
+async fn a_pod_that_cannot_be_scheduled_fails_with_the_schedulers_reason() {
+    let mut s = setup("rununsched").await;
+    s.runner
+        .kubernetes
+        .node_selector
+        .insert("keyhole.dev/no-such-node".into(), "true".into());
+    s.runner.kubernetes.poll_timeout = 5;
+    let prepared = prepare(&job(9, &["true"]), &s.runner).unwrap();
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(64);
+    let collector = tokio::spawn(async move {
+        let mut all = Vec::new();
+        while let Some(chunk) = rx.recv().await {
+            all.extend(chunk);
+        }
+        all
+    });
+    let outcome = execute(JobRun {
+        client: s.bed.client.clone(),
+        objects: prepared.objects,
+        timeout: Duration::from_secs(120),
+        start_timeout: Duration::from_secs(5),
+        output_limit: 4096,
+        trace: tx,
+        control: never_cancel(),
+        metrics: None,
+    })
+    .await;
+    let trace = String::from_utf8_lossy(&collector.await.unwrap()).into_owned();
+    match &outcome {
+        Outcome::Failed {
+            kind: FailureKind::Unschedulable,
+            message,
+            ..
+        } => {
+            assert!(message.contains("did not start within 5s"), "{message}");
+        }
+        other => panic!("{other:?}\n{trace}"),
+    }
+    assert!(
+        trace.contains("node(s) didn't match") || trace.contains("node affinity/selector"),
+        "{trace}"
+    );
+    assert_cleaned_up(&s).await;
 }

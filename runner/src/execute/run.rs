@@ -38,6 +38,8 @@ pub struct JobRun {
     /// Where the trace goes (the GitLab trace sender, or the terminal).
     pub trace: mpsc::Sender<Vec<u8>>,
     pub control: watch::Receiver<Control>,
+    /// Where to record the pod start latency, if anywhere.
+    pub metrics: Option<crate::metrics::Metrics>,
 }
 
 impl std::fmt::Debug for JobRun {
@@ -195,6 +197,7 @@ pub async fn execute(mut run: JobRun) -> Outcome {
     let start_deadline = tokio::time::sleep(run.start_timeout);
     let mut start_deadline = std::pin::pin!(start_deadline);
     let mut started = false;
+    let created_at = std::time::Instant::now();
     let mut last_progress = String::new();
     let mut last_view = None;
     let mut log_task: Option<tokio::task::JoinHandle<()>> = None;
@@ -231,8 +234,13 @@ pub async fn execute(mut run: JobRun) -> Outcome {
                         run.output_limit.saturating_mul(1024),
                     )));
                 }
-                if matches!(v.build, ContainerView::Running { .. } | ContainerView::Terminated { .. }) {
+                if !started && matches!(v.build, ContainerView::Running { .. } | ContainerView::Terminated { .. }) {
                     started = true;
+                    let latency = created_at.elapsed();
+                    tracing::info!(pod = %name, start_ms = latency.as_millis() as u64, "build container started");
+                    if let Some(m) = &run.metrics {
+                        m.pod_started(latency);
+                    }
                 }
                 if let Some((container, reason, message)) = &v.image_problem {
                     break failed(FailureKind::ImagePull, None, format!("container {container} cannot get its image: {reason}: {message}"));
