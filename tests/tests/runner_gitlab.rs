@@ -337,3 +337,56 @@ async fn a_runner_restarted_mid_job_reports_it_and_removes_its_pod() {
     no_job_pods_left(&s).await;
     let _ = std::fs::remove_dir_all(&s.journal);
 }
+
+#[tokio::test]
+async fn stopping_the_runner_takes_no_new_jobs_and_lets_running_ones_finish() {
+    let s = setup("gldrain").await;
+    let job = s
+        .gitlab
+        .job()
+        .variable("GIT_STRATEGY", "none")
+        .script(["echo started", "sleep 4", "echo finished"])
+        .enqueue()
+        .unwrap();
+    let (tx, handle) = start_runner(&s);
+    for _ in 0..240 {
+        if trace_text(&s, job.id).contains("started\n") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(
+        trace_text(&s, job.id).contains("started\n"),
+        "{}",
+        trace_text(&s, job.id)
+    );
+    // SIGTERM's equivalent: stop taking jobs, drain the running one.
+    tx.send(true).unwrap();
+    let later = s
+        .gitlab
+        .job()
+        .variable("GIT_STRATEGY", "none")
+        .enqueue()
+        .unwrap();
+    handle.await.unwrap().unwrap();
+    let done = s
+        .gitlab
+        .final_state(job.id)
+        .expect("the running job was reported before the runner stopped");
+    assert_eq!(
+        done.status,
+        FinalStatus::Success,
+        "{}",
+        trace_text(&s, job.id)
+    );
+    assert!(trace_text(&s, job.id).contains("finished"));
+    assert!(
+        s.gitlab.final_state(later.id).is_none(),
+        "a stopping runner took a new job"
+    );
+    assert!(
+        s.gitlab.updates(later.id).is_empty(),
+        "a stopping runner took a new job"
+    );
+    no_job_pods_left(&s).await;
+}

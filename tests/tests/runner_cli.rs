@@ -1,0 +1,228 @@
+//! The `keyhole-runner` binary's other commands: `render` (no cluster), `verify` (GitLab token,
+//! RBAC of the runner's own ServiceAccount, Vault), and the errors a user meets first.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use keyhole_tests::{Coordinator, CoordinatorOptions, TestBed, TestNamespace};
+use kube::Api;
+use kube::api::PostParams;
+use serde_json::json;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn runner_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .unwrap()
+        .join("keyhole-runner");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build -p keyhole-runner`",
+        bin.display()
+    );
+    bin
+}
+
+fn run(args: &[&str], envs: &[(&str, &Path)]) -> (i32, String) {
+    let mut cmd = Command::new(runner_binary());
+    cmd.args(args).current_dir(repo()).env_remove("KUBECONFIG");
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn render_prints_the_pod_and_a_redacted_secret_without_a_cluster() {
+    let (code, out) = run(
+        &[
+            "render",
+            "examples/vault-kv/.gitlab-ci.yml",
+            "read-secrets",
+            "--namespace",
+            "jobs",
+            "--vault-addr",
+            "http://vault:8200",
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{out}");
+    for needle in [
+        "kind: Secret",
+        "kind: Pod",
+        "secrets.keyhole.dev/DB_PASSWORD: vault:kv/examples/vault-kv/db#password",
+        "automountServiceAccountToken: false",
+        "restartPolicy: Always",
+        "medium: Memory",
+        "namespace: jobs",
+    ] {
+        assert!(out.contains(needle), "missing {needle:?}:\n{out}");
+    }
+}
+
+#[test]
+fn unknown_jobs_and_bad_files_say_what_to_do() {
+    let (code, out) = run(&["render", "examples/vault-kv/.gitlab-ci.yml", "nope"], &[]);
+    assert_ne!(code, 0);
+    assert!(
+        out.contains("nope") && out.contains("read-secrets"),
+        "{out}"
+    );
+    let (code, out) = run(&["render", "examples/no-such/.gitlab-ci.yml", "x"], &[]);
+    assert_ne!(code, 0);
+    assert!(out.contains("examples/no-such/.gitlab-ci.yml"), "{out}");
+    let (code, out) = run(&["verify", "--config", "/nonexistent/config.toml"], &[]);
+    assert_ne!(code, 0);
+    assert!(
+        out.contains("/nonexistent/config.toml") && out.contains("--config"),
+        "{out}"
+    );
+}
+
+/// A kubeconfig for a ServiceAccount token, like the runner has in its pod.
+fn kubeconfig(bed: &TestBed, token: &str, path: &Path) {
+    let ca = bed.env.testbed_dir.join("pki/ca.crt");
+    std::fs::write(
+        path,
+        serde_json::to_string(&json!({
+            "apiVersion": "v1", "kind": "Config", "current-context": "runner",
+            "clusters": [{"name": "bed", "cluster": {"server": bed.env.apiserver_url, "certificate-authority": ca}}],
+            "users": [{"name": "runner", "user": {"token": token}}],
+            "contexts": [{"name": "runner", "context": {"cluster": "bed", "user": "runner"}}]
+        }))
+        .unwrap(),
+    )
+    .unwrap();
+}
+
+async fn create<K>(api: &Api<K>, value: serde_json::Value)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    api.create(
+        &PostParams::default(),
+        &serde_json::from_value(value).unwrap(),
+    )
+    .await
+    .unwrap();
+}
+
+// Multi-threaded: the coordinator keeps serving while the test waits for the process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_checks_the_token_the_runners_rights_and_vault() {
+    let bed = TestBed::connect().await;
+    let ns = TestNamespace::create(&bed, "verify", &[]).await.unwrap();
+    let gitlab = Coordinator::start(CoordinatorOptions::default())
+        .await
+        .unwrap();
+    create(
+        &ns.api::<ServiceAccount>(),
+        json!({"metadata": {"name": "runner"}}),
+    )
+    .await;
+    let rules = json!([
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["create", "get", "list", "watch", "delete"]},
+        {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create", "delete"]}
+    ]);
+    create(
+        &ns.api::<Role>(),
+        json!({"metadata": {"name": "runner"}, "rules": rules}),
+    )
+    .await;
+    create(
+        &ns.api::<RoleBinding>(),
+        json!({"metadata": {"name": "runner"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "runner"},
+        "subjects": [{"kind": "ServiceAccount", "name": "runner", "namespace": ns.name}]}),
+    )
+    .await;
+    let token = bed
+        .service_account_token(&ns.name, "runner", &[])
+        .await
+        .unwrap();
+    let dir = std::env::temp_dir().join(format!("verify-{}", ns.name));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kube = dir.join("kubeconfig");
+    kubeconfig(&bed, &token, &kube);
+    let write_config = |runner_token: &str| {
+        let path = dir.join("config.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[[runners]]\nurl = \"{}\"\ntoken = \"{runner_token}\"\n[runners.kubernetes]\nnamespace = \"{}\"\n[runners.keyhole]\nvault_addr = \"{}\"\n",
+                gitlab.url(),
+                ns.name,
+                bed.env.vault_addr
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let config = write_config(gitlab.runner_token());
+    // The Role is new: wait until RBAC serves it before judging.
+    keyhole_tests::wait_until_allowed(
+        &bed.client,
+        (&ns.name, "runner"),
+        keyhole_tests::Access::new("create", "pods", &ns.name),
+    )
+    .await
+    .unwrap();
+    let (code, out) = run(
+        &["verify", "--config", config.to_str().unwrap()],
+        &[("KUBECONFIG", &kube)],
+    );
+    assert_eq!(code, 0, "{out}");
+    for needle in [
+        "accepts the runner token",
+        "the runner may do what it needs",
+        "cannot read Secrets",
+        "is up and unsealed",
+    ] {
+        assert!(out.contains(needle), "missing {needle:?}:\n{out}");
+    }
+    // A wrong token and a runner that may read Secrets are both problems.
+    create(&ns.api::<Role>(), json!({"metadata": {"name": "too-much"}, "rules": [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}]})).await;
+    create(
+        &ns.api::<RoleBinding>(),
+        json!({"metadata": {"name": "too-much"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "too-much"},
+        "subjects": [{"kind": "ServiceAccount", "name": "runner", "namespace": ns.name}]}),
+    )
+    .await;
+    keyhole_tests::wait_until_allowed(
+        &bed.client,
+        (&ns.name, "runner"),
+        keyhole_tests::Access::new("get", "secrets", &ns.name),
+    )
+    .await
+    .unwrap();
+    let config = write_config("glrt-wrong");
+    let (code, out) = run(
+        &["verify", "--config", config.to_str().unwrap()],
+        &[("KUBECONFIG", &kube)],
+    );
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("PROBLEM  GitLab"), "{out}");
+    assert!(out.contains("PROBLEM  the runner may get secrets"), "{out}");
+    assert!(!out.contains("glrt-wrong"), "the token was echoed:\n{out}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
