@@ -9,8 +9,10 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 
-/// One CI job, ready to be turned into a pod.
-#[derive(Debug, Clone)]
+/// One CI job, ready to be turned into a pod. `Debug` shows names, never values: variables
+/// and the token are secrecy types, and `gitlab_secrets` is shown by its keys only (a secrets
+/// provider's entry may carry credentials).
+#[derive(Clone)]
 pub struct Job {
     /// GitLab's job id; local jobs (`keyhole-runner exec`) get a process-unique number.
     pub id: u64,
@@ -46,6 +48,34 @@ pub struct IdTokenRequest {
     pub name: String,
     /// `aud:`, one or more audiences.
     pub aud: Vec<String>,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let secret_names: Vec<&String> = self
+            .gitlab_secrets
+            .as_ref()
+            .and_then(|s| s.as_object())
+            .map(|m| m.keys().collect())
+            .unwrap_or_default();
+        f.debug_struct("Job")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("stage", &self.stage)
+            .field("project", &self.project)
+            .field("git", &self.git)
+            .field("image", &self.image)
+            .field("services", &self.services)
+            .field("variables", &self.variables)
+            .field("before_script", &self.before_script)
+            .field("script", &self.script)
+            .field("after_script", &self.after_script)
+            .field("timeout", &self.timeout)
+            .field("gitlab_secrets", &secret_names)
+            .field("token", &self.token)
+            .field("id_tokens", &self.id_tokens)
+            .finish()
+    }
 }
 
 /// The project a job belongs to: the identity that service-account rules match on.

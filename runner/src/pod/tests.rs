@@ -124,3 +124,14 @@ fn pod_names_are_valid_dns_labels() {
         );
     }
 }
+
+#[test]
+fn job_debug_names_gitlab_secrets_without_their_content() {
+    let (_, mut job) = sample_jobs(VAULT).remove(2);
+    job.gitlab_secrets = Some(
+        serde_json::json!({"X": {"gitlab_secrets_manager": {"inline_auth": {"jwt": "eyJsecret.jwt.value"}}}}),
+    );
+    let debug = format!("{job:?}");
+    assert!(debug.contains("\"X\""), "{debug}");
+    assert!(!debug.contains("eyJsecret.jwt.value"), "{debug}");
+}
