@@ -469,6 +469,17 @@ fn assert_job_saw(trace: &str, expected: &[&Needle]) {
     );
 }
 
+/// The broker said it revoked the lease and its token (its last lines reach the trace), so
+/// neither just ran out.
+fn assert_revoked(trace: &str, lease: &str) {
+    for line in [
+        format!("keyhole-broker: lease {lease} revoked"),
+        "keyhole-broker: Vault token revoked".to_string(),
+    ] {
+        assert!(trace.contains(&line), "missing {line:?}:\n{trace}");
+    }
+}
+
 /// No pod and no per-job Secret of the runner left in the namespace.
 async fn assert_no_job_objects(s: &Setup) {
     let pods: Api<Pod> = s.ns.api();
@@ -526,6 +537,19 @@ async fn search_after(
     assert!(
         !keyspace.iter().any(|f| f.place == job_key),
         "the per-job Secret is still in etcd"
+    );
+    // The kubelet tears the pod's volumes down after the pod object is gone.
+    let pod_dir = s.bed.path(format!("kubelet/pods/{}", design.uid));
+    let torn_down = tokio::time::timeout(DEADLINE, async {
+        while pod_dir.exists() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    assert!(
+        torn_down.is_ok(),
+        "the kubelet did not remove {}",
+        pod_dir.display()
     );
     let mut roots = bed_state_dirs(&s.bed);
     roots.extend(design.journal.clone());
@@ -676,6 +700,7 @@ async fn a_gitlab_job_leaves_its_secrets_nowhere_but_where_keyhole_puts_them() {
     let trace = trace_of();
     assert_eq!(done.status, FinalStatus::Success, "{trace}");
     assert_job_saw(&trace, &all);
+    assert_revoked(&trace, &leases[0]);
     assert!(
         has_line(&trace, "token=[MASKED]"),
         "the job token was not printed masked:\n{trace}"
@@ -832,6 +857,7 @@ async fn an_exec_job_leaves_its_secrets_nowhere_but_where_keyhole_puts_them() {
         text(&stderr)
     );
     assert_job_saw(&trace, &all);
+    assert_revoked(&trace, &leases[0]);
     let mut output = scanner.scan("exec stdout (the trace)", trace.as_bytes());
     output.extend(scanner.scan("exec stderr", text(&stderr).as_bytes()));
     assert!(
