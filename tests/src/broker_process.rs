@@ -26,7 +26,23 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// The broker binary to run, checked to be newer than the broker's sources.
 pub fn broker_binary() -> Result<PathBuf> {
-    let binary = match std::env::var_os("KEYHOLE_BROKER_BIN") {
+    built_binary("keyhole-broker", "KEYHOLE_BROKER_BIN", &["broker/src"])
+}
+
+/// The `keyhole-runner` binary (`$KEYHOLE_RUNNER_BIN` or next to the tests), checked to be
+/// newer than the runner's and the broker's sources (it links the broker's pod contract).
+pub fn runner_binary() -> Result<PathBuf> {
+    built_binary(
+        "keyhole-runner",
+        "KEYHOLE_RUNNER_BIN",
+        &["runner/src", "broker/src"],
+    )
+}
+
+/// `$<env_var>`, or the newer of `<name>` in the test binary's target directory (debug or
+/// release), refused when older than any file under `sources` (relative to the workspace).
+fn built_binary(name: &str, env_var: &str, sources: &[&str]) -> Result<PathBuf> {
+    let binary = match std::env::var_os(env_var) {
         Some(p) => PathBuf::from(p),
         None => {
             let exe = std::env::current_exe()?;
@@ -36,8 +52,8 @@ pub fn broker_binary() -> Result<PathBuf> {
                 .and_then(Path::parent)
                 .context("test binary has no target directory")?;
             let candidates = [
-                profile_dir.join("keyhole-broker"),
-                profile_dir.with_file_name("release").join("keyhole-broker"),
+                profile_dir.join(name),
+                profile_dir.with_file_name("release").join(name),
             ];
             // The most recently built of the two.
             candidates
@@ -48,19 +64,20 @@ pub fn broker_binary() -> Result<PathBuf> {
                 })
                 .max()
                 .map(|(_, p)| p)
-                .context("no keyhole-broker binary next to the tests; run `cargo build -p keyhole-broker` (or set KEYHOLE_BROKER_BIN)")?
+                .with_context(|| format!("no {name} binary next to the tests; run `cargo build -p {name}` (or set {env_var})"))?
         }
     };
     let built = std::fs::metadata(&binary)
         .and_then(|m| m.modified())
         .with_context(|| format!("{} is missing", binary.display()))?;
-    let sources = Path::new(env!("CARGO_MANIFEST_DIR")).join("../broker/src");
-    let newest = newest_mtime(&sources)?;
-    if newest > built {
-        bail!(
-            "{} is older than the broker's sources; rebuild it: cargo build -p keyhole-broker",
-            binary.display()
-        );
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for dir in sources {
+        if newest_mtime(&workspace.join(dir))? > built {
+            bail!(
+                "{} is older than the sources in {dir}; rebuild it: cargo build -p {name}",
+                binary.display()
+            );
+        }
     }
     Ok(binary)
 }

@@ -9,6 +9,7 @@ mod access;
 mod bed;
 mod broker_process;
 pub mod coordinator;
+pub mod exposure;
 mod helm;
 mod namespace;
 mod pods;
@@ -17,7 +18,7 @@ mod vault;
 
 pub use access::{Access, service_account_may, wait_until_allowed};
 pub use bed::{BedEnv, RedisEnv, TestBed};
-pub use broker_process::{BrokerDirs, BrokerExit, BrokerProcess, broker_binary};
+pub use broker_process::{BrokerDirs, BrokerExit, BrokerProcess, broker_binary, runner_binary};
 pub use coordinator::{Coordinator, CoordinatorOptions};
 pub use helm::{HelmRelease, bed_command, bed_script, chart_dir, repo_dir, run, run_ok};
 pub use namespace::TestNamespace;
