@@ -86,6 +86,8 @@ pub struct HelmRelease {
     pub namespace: String,
     /// What `helm install` printed (includes NOTES).
     pub output: String,
+    /// Set by [`HelmRelease::uninstall`], so that Drop does not uninstall again.
+    uninstalled: bool,
 }
 
 impl HelmRelease {
@@ -108,6 +110,7 @@ impl HelmRelease {
             name: name.to_owned(),
             namespace: namespace.to_owned(),
             output: result?,
+            uninstalled: false,
         })
     }
 
@@ -138,21 +141,34 @@ impl HelmRelease {
             &self.namespace,
         ]))
     }
+
+    /// `helm uninstall --wait` now, for tests that watch what an uninstall does (Drop would do
+    /// it at the end). Blocks: call it from `spawn_blocking` when something must go on meanwhile.
+    pub fn uninstall(mut self) -> Result<String> {
+        self.uninstalled = true;
+        run_ok(&mut self.uninstall_command())
+    }
+
+    fn uninstall_command(&self) -> Command {
+        let mut cmd = bed_command(&self.env, "helm");
+        cmd.args([
+            "uninstall",
+            &self.name,
+            "--namespace",
+            &self.namespace,
+            "--wait",
+            "--timeout",
+            "120s",
+        ]);
+        cmd
+    }
 }
 
 impl Drop for HelmRelease {
     fn drop(&mut self) {
-        let _ = bed_command(&self.env, "helm")
-            .args([
-                "uninstall",
-                &self.name,
-                "--namespace",
-                &self.namespace,
-                "--wait",
-                "--timeout",
-                "120s",
-            ])
-            .output();
+        if !self.uninstalled {
+            let _ = self.uninstall_command().output();
+        }
     }
 }
 

@@ -4,13 +4,19 @@
 //! ServiceAccount, the NetworkPolicy's selection of job pods, and the Vault commands in NOTES run
 //! against the bed's Vault. Needs `scripts/testbed up`; the runner image is not needed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use futures::TryStreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use keyhole_runner::config::load_str;
+use keyhole_runner::pod::CHECKOUT_CONTAINER;
+use keyhole_runner::pod::samples::sample_jobs;
+use keyhole_runner::prepare::prepare;
+use keyhole_runner::verify::{NEEDED, UNWANTED};
 use keyhole_tests::{
     Access, HelmRelease, TestBed, TestNamespace, VaultAdmin, bed_command, bed_script, chart_dir,
     repo_dir, run, run_ok, service_account_may, wait_until_allowed,
@@ -31,26 +37,43 @@ const POLICY_DEADLINE: Duration = Duration::from_secs(60);
 
 // === Values and helpers ===
 
-/// Values of a test install: jobs in `jobs_ns`, three tenants (two sharing one account, one with
-/// no Secrets), NetworkPolicy destinations on the bed's bridge, no image pulls, a GitLab URL on
-/// the pod's own loopback (nothing leaves the machine even if a runner image exists).
+/// Values of a test install (the "full" values: every runner setting the chart has): jobs in
+/// `jobs_ns`, three tenants (two sharing one account, one with no Secrets), NetworkPolicy
+/// destinations on the bed's bridge, no image pulls, a GitLab URL on the pod's own loopback
+/// (nothing leaves the machine even if a runner image exists). One Vault role for all jobs
+/// (`vault.role`), named after the jobs namespace so that tests never share a Vault role.
 fn test_values(jobs_ns: &str, create_jobs_ns: bool) -> String {
     format!(
         r#"
 image: {{pullPolicy: Never}}
 runner:
   url: "http://127.0.0.1:1"
+  logLevel: "keyhole_runner=debug,info"
+  terminationGracePeriodSeconds: 400
   token: {{value: not-a-real-runner-token}}
   kubernetes:
+    host: "https://10.213.0.1:6443"
     image: "keyhole.local/busybox:1"
+    pull_policy: never
     cpu_request: 100m
+    memory_limit: 1Gi
+    memory_limit_overwrite_max_allowed: 4Gi
     poll_timeout: 180
+    pod_termination_grace_period_seconds: 60
     node_selector: {{"kubernetes.io/os": linux}}
+    pod_security_context: {{run_as_user: 1000, run_as_group: 1000, fs_group: 1000}}
+broker:
+  image: "keyhole.local/broker:dev"
 vault:
   address: "http://10.213.0.1:8200"
+  namespace: "team-a"
+  role: "{jobs_ns}-app"
+  tokenExpirationSeconds: 900
 jobs:
   namespace: {jobs_ns}
   createNamespace: {create_jobs_ns}
+  gitImage: "keyhole.local/git:2"
+  kubeApi: "https://10.213.0.1:6443"
 tenants:
   - project: acme/app
     protected: true
@@ -63,6 +86,7 @@ tenants:
   - projectRegex: "^acme/tools/.*$"
     serviceAccount: tools
   - project: acme/app-legacy
+    refRegex: "main|release-.*"
     serviceAccount: app-deployer
     secrets: [legacy-db]
 networkPolicy:
@@ -279,14 +303,37 @@ async fn first_pod(api: &Api<Pod>, selector: &str) -> Pod {
         .expect("the watch ended")
 }
 
-fn config_toml(cm: &ConfigMap) -> toml::Table {
-    let text = cm
-        .data
+fn config_text(cm: &ConfigMap) -> String {
+    cm.data
         .as_ref()
         .and_then(|d| d.get("config.toml"))
-        .expect("the ConfigMap holds config.toml");
+        .expect("the ConfigMap holds config.toml")
+        .clone()
+}
+
+fn config_toml(cm: &ConfigMap) -> toml::Table {
+    let text = config_text(cm);
     text.parse()
         .unwrap_or_else(|e| panic!("config.toml is not TOML: {e}\n{text}"))
+}
+
+/// The objects of a `helm template` output, as JSON.
+fn documents(rendered: &str) -> Vec<Value> {
+    serde_saphyr::from_multiple::<Option<Value>>(rendered)
+        .unwrap_or_else(|e| panic!("helm template printed no YAML: {e}\n{rendered}"))
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
+/// The one rendered object of `kind`.
+fn only<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
+    let mut of_kind = docs.iter().filter(|d| d["kind"] == kind);
+    let found = of_kind
+        .next()
+        .unwrap_or_else(|| panic!("no {kind} rendered"));
+    assert!(of_kind.next().is_none(), "more than one {kind} rendered");
+    found
 }
 
 // === Lint, schema, rendering (helm alone) ===
@@ -392,6 +439,207 @@ async fn service_monitor_is_rendered_only_when_enabled() {
     assert!(on.contains("path: /metrics"), "{on}");
 }
 
+/// The runner's config as the chart renders it, with default values and with every setting
+/// the chart has: the runner loads it (`load_str`, as `keyhole-runner run` does) without an
+/// error and without a key it would ignore, and the Deployment gives it what it points to.
+#[tokio::test]
+async fn the_runner_loads_the_charts_config_without_ignoring_a_key() {
+    let bed = TestBed::connect().await;
+    let full = ValuesFile::new("runner-config", &test_values("keyhole-jobs", true));
+    let mut configs = Vec::new();
+    for extra in [vec![], vec!["--values", full.path()]] {
+        let docs = documents(&helm_template(&bed, &extra).unwrap_or_else(|e| panic!("{e}")));
+        let text = only(&docs, "ConfigMap")["data"]["config.toml"]
+            .as_str()
+            .expect("the ConfigMap holds config.toml");
+        let loaded = load_str(text, "config.toml", &|_| None).unwrap_or_else(|e| {
+            panic!("{extra:?}: the runner refuses the chart's config: {e}\n{text}")
+        });
+        assert!(
+            loaded.ignored_keys.is_empty(),
+            "{extra:?}: the runner would ignore {:?} of:\n{text}",
+            loaded.ignored_keys
+        );
+        let config = loaded.config;
+        let runner = &config.runners[0];
+
+        let pod = &only(&docs, "Deployment")["spec"]["template"]["spec"];
+        let container = &pod["containers"][0];
+        assert_eq!(
+            container["args"],
+            json!(["run", "--config", "/etc/keyhole/config.toml"])
+        );
+        let volume_at = |path: &str| {
+            let mount = container["volumeMounts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|m| m["mountPath"] == path)
+                .unwrap_or_else(|| panic!("{extra:?}: nothing mounted at {path}"));
+            pod["volumes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|v| v["name"] == mount["name"])
+                .unwrap()
+                .clone()
+        };
+        assert!(volume_at("/etc/keyhole")["configMap"].is_object());
+        // The journal of running jobs: a directory the runner makes (mode 0700, so it must own
+        // it) on a memory-backed volume (the root fs is read-only, and the journal holds tokens).
+        let journal_dir = std::path::Path::new(&runner.keyhole.journal_dir);
+        let state = volume_at(journal_dir.parent().unwrap().to_str().unwrap());
+        assert_eq!(state["emptyDir"]["medium"], "Memory", "{state}");
+        assert_eq!(
+            config.listen_address,
+            Some(format!(
+                "0.0.0.0:{}",
+                container["ports"][0]["containerPort"]
+            ))
+        );
+        // Jobs get shutdown_timeout, then the runner aborts and reports the rest (60 s at most)
+        // before Kubernetes kills it.
+        let grace = pod["terminationGracePeriodSeconds"].as_u64().unwrap();
+        assert!(
+            config.shutdown_timeout + 60 < grace,
+            "shutdown_timeout {} vs grace {grace}",
+            config.shutdown_timeout
+        );
+        configs.push(config);
+    }
+
+    let default = &configs[0].runners[0];
+    assert_eq!(default.kubernetes.host, None, "in-cluster by default");
+    assert_eq!(default.keyhole.kube_api, "https://kubernetes.default.svc");
+    assert_eq!(default.keyhole.vault_addr, None);
+    assert_eq!(configs[0].shutdown_timeout, 510);
+
+    let full = &configs[1];
+    let runner = &full.runners[0];
+    assert_eq!(full.log_level.as_deref(), Some("keyhole_runner=debug,info"));
+    assert_eq!(full.shutdown_timeout, 310);
+    assert_eq!(
+        runner.kubernetes.host.as_deref(),
+        Some("https://10.213.0.1:6443")
+    );
+    assert_eq!(runner.kubernetes.pull_policy.0, ["never"]);
+    assert_eq!(
+        runner.kubernetes.pod_termination_grace_period_seconds,
+        Some(60)
+    );
+    assert_eq!(runner.keyhole.kube_api, "https://10.213.0.1:6443");
+    assert_eq!(runner.keyhole.broker_image, "keyhole.local/broker:dev");
+    assert_eq!(runner.keyhole.git_image, "keyhole.local/git:2");
+    assert_eq!(
+        runner.keyhole.vault_addr.as_deref(),
+        Some("http://10.213.0.1:8200")
+    );
+    assert_eq!(runner.keyhole.vault_allowed, ["http://10.213.0.1:8200"]);
+    assert_eq!(runner.keyhole.vault_namespace.as_deref(), Some("team-a"));
+    assert_eq!(
+        runner.keyhole.vault_role.as_deref(),
+        Some("keyhole-jobs-app")
+    );
+    assert_eq!(runner.keyhole.vault_audience, "vault");
+    assert_eq!(runner.keyhole.token_expiration_seconds, 900);
+    let rules = &runner.keyhole.service_account_rules;
+    assert_eq!(rules.len(), 3);
+    assert_eq!(rules[2].ref_regex.as_deref(), Some("main|release-.*"));
+}
+
+/// The runner's Role grants exactly what `keyhole-runner verify` checks the runner needs
+/// (`NEEDED`), and nothing it must not have (`UNWANTED`).
+#[tokio::test]
+async fn the_runners_role_grants_exactly_what_the_runner_needs() {
+    let bed = TestBed::connect().await;
+    let docs =
+        documents(&helm_template(&bed, &["--show-only", "templates/rbac-runner.yaml"]).unwrap());
+    let rules = only(&docs, "Role")["rules"].as_array().unwrap();
+    let mut granted = BTreeSet::new();
+    for rule in rules {
+        assert_eq!(rule["apiGroups"], json!([""]), "{rule}");
+        assert!(rule.get("resourceNames").is_none(), "{rule}");
+        for resource in rule["resources"].as_array().unwrap() {
+            for verb in rule["verbs"].as_array().unwrap() {
+                granted.insert((
+                    verb.as_str().unwrap().to_owned(),
+                    resource.as_str().unwrap().to_owned(),
+                ));
+            }
+        }
+    }
+    let as_pair = |(verb, resource, sub): &(&str, &str, &str)| {
+        let resource = if sub.is_empty() {
+            resource.to_string()
+        } else {
+            format!("{resource}/{sub}")
+        };
+        (verb.to_string(), resource)
+    };
+    let needed: BTreeSet<(String, String)> = NEEDED.iter().map(as_pair).collect();
+    assert_eq!(granted, needed);
+    for unwanted in UNWANTED {
+        assert!(!granted.contains(&as_pair(unwanted)), "{unwanted:?}");
+    }
+}
+
+/// Tenants' Vault settings the runner could not honour fail at render time, saying why.
+#[tokio::test]
+async fn tenant_vault_roles_the_runner_would_not_use_are_refused() {
+    let bed = TestBed::connect().await;
+    let tenant = |i: usize, sa: &str, role: Option<&str>| {
+        let mut args = vec![
+            "--set".to_owned(),
+            format!("tenants[{i}].project=acme/p{i}"),
+            "--set".to_owned(),
+            format!("tenants[{i}].serviceAccount={sa}"),
+            "--set".to_owned(),
+            format!("tenants[{i}].vault.paths[0]=kv/data/p{i}/*"),
+        ];
+        if let Some(role) = role {
+            args.extend([
+                "--set".to_owned(),
+                format!("tenants[{i}].vault.role={role}"),
+            ]);
+        }
+        args
+    };
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            tenant(0, "deployer", Some("other")),
+            "the runner logs in to Vault with the role named like the job's ServiceAccount, \"deployer\"",
+        ),
+        (
+            [tenant(0, "deployer", None), tenant(1, "deployer", None)].concat(),
+            "tenants[0] and tenants[1] both have vault settings for ServiceAccount \"deployer\"",
+        ),
+        (
+            [
+                vec!["--set".to_owned(), "vault.role=shared".to_owned()],
+                tenant(0, "a", None),
+                tenant(1, "b", None),
+            ]
+            .concat(),
+            "gives every job the same Vault role, so each could read the other's paths",
+        ),
+    ];
+    for (args, expected) in &cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let err = helm_template(&bed, &args)
+            .err()
+            .unwrap_or_else(|| panic!("{args:?} was accepted"));
+        assert!(
+            err.contains(expected),
+            "{args:?}: {expected:?} not in: {err}"
+        );
+    }
+    // Without vault.role the runner's config names no role: each job's is its ServiceAccount.
+    let args = tenant(0, "deployer", None);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let rendered = helm_template(&bed, &args).unwrap();
+    assert!(!rendered.contains("vault_role"), "{rendered}");
+}
+
 #[tokio::test]
 async fn plain_manifests_equal_the_charts_rendering() {
     let bed = TestBed::connect().await;
@@ -444,8 +692,9 @@ impl Drop for AppliedKustomization {
 }
 
 /// The plain manifests use fixed names (namespaces `keyhole` and `keyhole-jobs`), so this is the
-/// one test that applies them. A kustomize overlay, as users would write one, only stops image
-/// pulls (the runner image need not exist on the bed).
+/// one test that applies them. A kustomize overlay, as users would write one, stops image pulls
+/// (the runner image need not exist on the bed) and, for when it does, points the runner at a
+/// GitLab on the pod's own loopback (`KEYHOLE_RUNNER_URL`), so nothing leaves the machine.
 #[tokio::test]
 async fn plain_manifests_apply_with_kustomize_and_run_a_restricted_runner() {
     let bed = TestBed::connect().await;
@@ -483,6 +732,9 @@ patches:
       - op: replace
         path: /spec/template/spec/containers/0/imagePullPolicy
         value: Never
+      - op: add
+        path: /spec/template/spec/containers/0/env/-
+        value: {{name: KEYHOLE_RUNNER_URL, value: "http://127.0.0.1:1"}}
 "#
     );
     std::fs::write(dir.join("kustomization.yaml"), overlay).unwrap();
@@ -519,6 +771,12 @@ patches:
         .as_ref()
         .unwrap();
     assert_eq!(token.name, "keyhole-runner-token");
+    assert!(
+        env.iter()
+            .any(|e| e.name == "KEYHOLE_RUNNER_URL"
+                && e.value.as_deref() == Some("http://127.0.0.1:1")),
+        "{env:?}"
+    );
     drop(applied);
 }
 
@@ -615,7 +873,7 @@ async fn helm_install_runs_a_restricted_runner_with_its_config_and_rolls_it_on_c
         [
             r#"project = "acme/app" protected = true service_account = "app-deployer""#,
             r#"project_regex = "^acme/tools/.*$" service_account = "tools""#,
-            r#"project = "acme/app-legacy" service_account = "app-deployer""#,
+            r#"project = "acme/app-legacy" ref_regex = "main|release-.*" service_account = "app-deployer""#,
         ]
     );
 
@@ -675,9 +933,6 @@ async fn rbac_gives_the_runner_and_each_job_account_only_what_it_needs() {
         Access::new("get", "pods/log", j),
         Access::new("create", "secrets", j),
         Access::new("delete", "secrets", j),
-        Access::new("get", "events", j),
-        Access::new("list", "events", j),
-        Access::new("watch", "events", j),
     ];
     let runner_denied = [
         Access::new("get", "secrets", j),
@@ -691,6 +946,8 @@ async fn rbac_gives_the_runner_and_each_job_account_only_what_it_needs() {
         Access::new("update", "pods/ephemeralcontainers", j),
         Access::new("create", "serviceaccounts/token", j),
         Access::new("create", "rolebindings", j),
+        // The runner follows pods, not events.
+        Access::new("list", "events", j),
         // Nothing outside the jobs namespace: not its own, not another, not cluster-wide.
         Access::new("create", "pods", &ns.name),
         Access::new("get", "secrets", &ns.name).named("kh-keyhole-token"),
@@ -978,6 +1235,59 @@ async fn admission_policy_refuses_what_runner_made_pods_must_not_do_and_admits_a
         .delete(name, &DeleteParams::default())
         .await
         .expect("the runner deletes its pods");
+
+    // The pods the runner really builds, from the release's own config.toml: every sample job
+    // (plain; Vault and k8s references, a service, masked and file variables; a repository to
+    // check out, with GitLab `secrets:`), each with its per-job Secret owned by it.
+    let config = config_text(
+        &Api::<ConfigMap>::namespaced(bed.client.clone(), &ns.name)
+            .get("kh-keyhole-config")
+            .await
+            .unwrap(),
+    );
+    let loaded = load_str(&config, "config.toml", &|_| None).unwrap();
+    let runner_config = &loaded.config.runners[0];
+    let vault_addr = runner_config.keyhole.vault_addr.clone().unwrap();
+    let mut checked_out = false;
+    for (what, job) in sample_jobs(&vault_addr) {
+        let prepared =
+            prepare(&job, runner_config).unwrap_or_else(|e| panic!("sample job {what}: {e:?}"));
+        let pod = prepared.objects.pod;
+        let pod_name = pod.metadata.name.clone().unwrap();
+        let init: Vec<String> = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.init_containers.as_ref())
+            .map(|c| c.iter().map(|c| c.name.clone()).collect())
+            .unwrap_or_default();
+        checked_out |= init.iter().any(|c| c == CHECKOUT_CONTAINER);
+        let created = as_runner
+            .create(&PostParams::default(), &pod)
+            .await
+            .unwrap_or_else(|e| {
+                panic!("sample job {what}: the pod the runner builds is refused: {e}")
+            });
+        let mut secret = prepared.objects.secret;
+        secret.metadata.owner_references = Some(vec![OwnerReference {
+            api_version: "v1".into(),
+            kind: "Pod".into(),
+            name: pod_name.clone(),
+            uid: created.metadata.uid.clone().unwrap(),
+            ..OwnerReference::default()
+        }]);
+        let created_secret = secrets.create(&PostParams::default(), &secret).await;
+        admin
+            .delete(&pod_name, &DeleteParams::default().grace_period(0))
+            .await
+            .unwrap();
+        created_secret.unwrap_or_else(|e| {
+            panic!("sample job {what}: the per-job Secret the runner makes is refused: {e}")
+        });
+    }
+    assert!(
+        checked_out,
+        "a sample job has a repository, so its pod has the {CHECKOUT_CONTAINER} init container"
+    );
 
     // The policy binds the runner alone: the administrator may still create such a pod here.
     let mut foreign = job_pod("admin-made", "default");

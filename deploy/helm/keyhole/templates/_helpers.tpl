@@ -101,3 +101,61 @@ default job ServiceAccount, which must stay without permissions.
 {{- fail (printf "runner.kubernetes: a value of kind %s cannot be written to config.toml; use a string, number, boolean, list or map" (kindOf .)) -}}
 {{- end -}}
 {{- end -}}
+
+{{/*
+The runner's state volume (memory-backed emptyDir) and, in it, the journal of running jobs
+(`journal_dir`). The journal is a subdirectory because the runner makes it mode 0700, which it
+may only do to a directory it owns, and an emptyDir's root belongs to root.
+*/}}
+{{- define "keyhole.stateDir" -}}
+/var/lib/keyhole-runner
+{{- end -}}
+
+{{- define "keyhole.journalDir" -}}
+{{- include "keyhole.stateDir" . }}/jobs
+{{- end -}}
+
+{{/*
+`shutdown_timeout`: the pod's termination grace period less 90 s, which the runner needs after
+it to abort the remaining jobs and report them (it waits up to 60 s for that).
+*/}}
+{{- define "keyhole.shutdownTimeout" -}}
+{{- max 0 (sub (int .Values.runner.terminationGracePeriodSeconds) 90) -}}
+{{- end -}}
+
+{{/*
+The Vault role a tenant's jobs log in with: the runner uses `vault_role` (vault.role) when set,
+else the job's ServiceAccount name. Call with (dict "root" $ "tenant" $t).
+*/}}
+{{- define "keyhole.tenantVaultRole" -}}
+{{- default .tenant.serviceAccount .root.Values.vault.role -}}
+{{- end -}}
+
+{{/*
+Fails when the tenants' Vault settings cannot work with the runner: a tenant naming a role the
+runner will not use, one role for all jobs shared by several tenants (they would read each
+other's paths), or two tenants writing the same role (the second would replace the first).
+*/}}
+{{- define "keyhole.checkTenantVault" -}}
+{{- $roles := dict -}}
+{{- range $i, $t := .Values.tenants -}}
+{{- if $t.vault -}}
+{{- $role := include "keyhole.tenantVaultRole" (dict "root" $ "tenant" $t) -}}
+{{- if and $t.vault.role (ne $t.vault.role $role) -}}
+{{- if $.Values.vault.role -}}
+{{- fail (printf "tenants[%d].vault.role is %q, but vault.role makes every job log in to Vault with role %q: leave tenants[%d].vault.role out or make it %q" $i $t.vault.role $role $i $role) -}}
+{{- else -}}
+{{- fail (printf "tenants[%d].vault.role is %q, but the runner logs in to Vault with the role named like the job's ServiceAccount, %q: leave tenants[%d].vault.role out or make it %q (or set vault.role for all jobs)" $i $t.vault.role $role $i $role) -}}
+{{- end -}}
+{{- end -}}
+{{- if hasKey $roles $role -}}
+{{- if $.Values.vault.role -}}
+{{- fail (printf "tenants[%d] and tenants[%d] both have vault settings, but vault.role %q gives every job the same Vault role, so each could read the other's paths: leave vault.role empty (each tenant then gets a role named like its ServiceAccount)" (get $roles $role) $i $role) -}}
+{{- else -}}
+{{- fail (printf "tenants[%d] and tenants[%d] both have vault settings for ServiceAccount %q (Vault role %q): the second would replace the first; put all the paths on one of them" (get $roles $role) $i $t.serviceAccount $role) -}}
+{{- end -}}
+{{- end -}}
+{{- $_ := set $roles $role $i -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
