@@ -100,6 +100,17 @@ fn trace_text(s: &Setup, id: u64) -> String {
     String::from_utf8_lossy(&s.gitlab.trace(id)).into_owned()
 }
 
+/// Waits (bounded, 2 min) until the job's trace contains `marker`.
+async fn wait_for_trace(s: &Setup, id: u64, marker: &str) {
+    for _ in 0..240 {
+        if trace_text(s, id).contains(marker) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    panic!("{marker:?} never reached the trace:\n{}", trace_text(s, id));
+}
+
 async fn no_job_pods_left(s: &Setup) {
     let pods: Api<Pod> = s.ns.api();
     for _ in 0..120 {
@@ -208,18 +219,11 @@ async fn cancel_from_gitlab_runs_after_script_and_ends_the_job() {
         .enqueue()
         .unwrap();
     let (tx, handle) = start_runner(&s);
-    let marker = "started\n";
-    for _ in 0..240 {
-        if trace_text(&s, job.id).contains(marker) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    assert!(
-        trace_text(&s, job.id).contains(marker),
-        "the job never started:\n{}",
-        trace_text(&s, job.id)
-    );
+    wait_for_trace(
+        &s, job.id, "started
+",
+    )
+    .await;
     s.gitlab.cancel(job.id);
     let done = s
         .gitlab
@@ -304,17 +308,11 @@ async fn a_runner_restarted_mid_job_reports_it_and_removes_its_pod() {
         .enqueue()
         .unwrap();
     let (_tx, handle) = start_runner(&s);
-    for _ in 0..240 {
-        if trace_text(&s, job.id).contains("started\n") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    assert!(
-        trace_text(&s, job.id).contains("started\n"),
-        "{}",
-        trace_text(&s, job.id)
-    );
+    wait_for_trace(
+        &s, job.id, "started
+",
+    )
+    .await;
     // A crash: the service and its job tasks vanish; the pod and the journal stay.
     handle.abort();
     let _ = handle.await;
@@ -349,17 +347,11 @@ async fn stopping_the_runner_takes_no_new_jobs_and_lets_running_ones_finish() {
         .enqueue()
         .unwrap();
     let (tx, handle) = start_runner(&s);
-    for _ in 0..240 {
-        if trace_text(&s, job.id).contains("started\n") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    assert!(
-        trace_text(&s, job.id).contains("started\n"),
-        "{}",
-        trace_text(&s, job.id)
-    );
+    wait_for_trace(
+        &s, job.id, "started
+",
+    )
+    .await;
     // SIGTERM's equivalent: stop taking jobs, drain the running one.
     tx.send(true).unwrap();
     let later = s

@@ -94,7 +94,7 @@ async fn run_job(
         client: s.bed.client.clone(),
         objects: prepared.objects,
         timeout,
-        start_timeout: Duration::from_secs(90),
+        start_timeout: Duration::from_secs(s.runner.kubernetes.poll_timeout),
         output_limit: 4096,
         trace: tx,
         control,
@@ -411,27 +411,13 @@ async fn a_pod_that_cannot_be_scheduled_fails_with_the_schedulers_reason() {
         .node_selector
         .insert("keyhole.dev/no-such-node".into(), "true".into());
     s.runner.kubernetes.poll_timeout = 5;
-    let prepared = prepare(&job(9, &["true"]), &s.runner).unwrap();
-    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(64);
-    let collector = tokio::spawn(async move {
-        let mut all = Vec::new();
-        while let Some(chunk) = rx.recv().await {
-            all.extend(chunk);
-        }
-        all
-    });
-    let outcome = execute(JobRun {
-        client: s.bed.client.clone(),
-        objects: prepared.objects,
-        timeout: Duration::from_secs(120),
-        start_timeout: Duration::from_secs(5),
-        output_limit: 4096,
-        trace: tx,
-        control: never_cancel(),
-        metrics: None,
-    })
+    let Ran { outcome, trace } = run_job(
+        &s,
+        &job(9, &["true"]),
+        Duration::from_secs(120),
+        never_cancel(),
+    )
     .await;
-    let trace = String::from_utf8_lossy(&collector.await.unwrap()).into_owned();
     match &outcome {
         Outcome::Failed {
             kind: FailureKind::Unschedulable,
