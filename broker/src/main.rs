@@ -95,10 +95,11 @@ fn main() {
         Command::Run(args) => {
             let args = *args;
             let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-            // One worker: the work is a few dozen concurrent requests and a pipe. (A
-            // current-thread runtime sometimes stalled the final Vault revocation.)
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
+            // One thread: the work is a few dozen concurrent requests and a pipe; a worker
+            // thread would only add memory and hand-offs between threads at start-up. (The
+            // stalled revocations once blamed on this runtime were the bed's bridge changing
+            // its MAC address, fixed since.)
+            let runtime = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
             {

@@ -17,6 +17,7 @@ use crate::job_vars::{self, JobVariable, VariableKind};
 use crate::kube_secrets::service_account_of;
 use crate::leases::VaultSession;
 use crate::mask::{MIN_MASKED_LEN, MaskSet, StreamMasker};
+use crate::reference::Source;
 use crate::resolve::{AuditEntry, KubeSource, Outcome, VaultSource, resolve_all};
 use crate::vault::{LoginMethod, RetryPolicy, VaultConfig};
 
@@ -101,7 +102,12 @@ pub async fn run(config: RunConfig) -> i32 {
         Ok(v) => v,
         Err(e) => return fail(exit_code::BAD_INPUTS, &[e]),
     };
-    let kube = match &config.kube {
+    // The Kubernetes client is built only when a reference needs it: its set-up (CA bundle,
+    // TLS configuration, client stack) costs start-up time and memory for nothing otherwise.
+    let needs_kube = refs
+        .iter()
+        .any(|r| matches!(r.source, Source::Kubernetes { .. }));
+    let kube = match config.kube.as_ref().filter(|_| needs_kube) {
         None => None,
         Some(k) => match kube_source(k, &config).await {
             Ok(k) => Some(k),

@@ -11,7 +11,13 @@ ns=keyhole-bench
 work=$(mktemp -d /dev/shm/keyhole-bench.XXXXXX)
 trap 'rm -rf "$work"; kubectl delete ns "$ns" --wait=false >/dev/null 2>&1 || true' EXIT
 
-kubectl create ns "$ns" >/dev/null 2>&1 || true
+# A previous run's namespace may still be terminating (it is deleted without waiting).
+for _ in $(seq 240); do
+  phase=$(kubectl get ns "$ns" -o jsonpath='{.status.phase}' 2>/dev/null || true)
+  [[ $phase == Active ]] && break
+  [[ -z $phase ]] && { kubectl create ns "$ns" >/dev/null 2>&1 || true; }
+  sleep 0.5
+done
 kubectl -n "$ns" create serviceaccount bench >/dev/null 2>&1 || true
 vault policy write keyhole-bench - >/dev/null <<HCL
 path "kv/data/bench/*" { capabilities = ["read"] }
@@ -53,7 +59,7 @@ keyhole_run() {
   rm -rf "$out" "$run"; mkdir -p "$out" "$run"
   local start; start=$(now_ns)
   KEYHOLE_VAULT_ADDR=$VAULT_ADDR KEYHOLE_VAULT_ROLE=keyhole-bench \
-    /usr/bin/time -f '%M' -o "$work/k-rss" target/release/keyhole-broker run \
+    /usr/bin/time -f '%M' -o "$work/k-rss" "${BROKER_BIN:-target/broker/keyhole-broker}" run \
     --inputs-dir "$work/inputs" --secrets-dir "$out" --runtime-dir "$run" 2>"$work/k-log" &
   local pid=$!
   while [[ ! -e $out/.ready ]]; do

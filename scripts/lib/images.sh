@@ -85,7 +85,7 @@ import_images() {
 }
 
 # An image holding one dynamically linked binary and the shared libraries it needs (no shell),
-# e.g. the broker: `scripts/testbed image keyhole.local/broker:dev target/release/keyhole-broker`.
+# e.g. the broker: `scripts/testbed image keyhole.local/broker:dev target/broker/keyhole-broker`.
 binary_rootfs() { # dir binary
   local dir=$1 binary=$2
   mkdir -p "$dir/usr/local/bin" "$dir/tmp"

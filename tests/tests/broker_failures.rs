@@ -531,3 +531,45 @@ async fn a_job_variable_named_like_a_secret_is_refused_naming_both() {
     );
     assert!(!exit.stderr.contains("from-gitlab-0123456789"));
 }
+
+/// The Kubernetes client is set up only when a `k8s:` reference needs it (its set-up costs
+/// start-up time and memory): a Kubernetes setting that cannot work does not stop a job that
+/// reads only Vault, and does stop one that reads a Secret, saying so.
+#[tokio::test]
+async fn the_kubernetes_client_is_set_up_only_for_kubernetes_references() {
+    let job = Job::new("bfkube").await;
+    let ns = &job.ns.name;
+    let missing_ca = job.dirs.inputs.join("no-such-ca.crt");
+    let settings = with(
+        job.settings(),
+        &[("KEYHOLE_KUBE_CA_FILE", &missing_ca.display().to_string())],
+    );
+
+    job.dirs
+        .write_references(&[("DB_PASSWORD", &format!("vault:kv/{ns}/db#password"))])
+        .unwrap();
+    let mut broker = BrokerProcess::spawn(&settings).unwrap();
+    let stderr = broker.wait_ready().await.unwrap();
+    assert!(
+        stderr.contains("1 secret(s) and 0 job variable(s) delivered; ready"),
+        "{stderr}"
+    );
+    broker.terminate().unwrap();
+    let exit = broker.wait().await.unwrap();
+    assert_eq!(exit.code, Some(exit_code::OK), "{}", exit.stderr);
+    job.assert_nothing_left(&exit);
+
+    let exit = job
+        .run_to_failure(
+            &[
+                ("DB_PASSWORD", &format!("vault:kv/{ns}/db#password")),
+                ("APP_TOKEN", "k8s:app-creds/token"),
+            ],
+            settings,
+        )
+        .await;
+    assert_eq!(exit.code, Some(exit_code::BAD_INPUTS), "{}", exit.stderr);
+    let errors = error_lines(&exit.stderr);
+    assert_eq!(errors.len(), 1, "{}", exit.stderr);
+    assert!(errors[0].contains("the Kubernetes client"), "{}", errors[0]);
+}

@@ -2,8 +2,8 @@
 //! pod's projected token, reads a Kubernetes Secret as the job's ServiceAccount, delivers both
 //! and the job variables of the per-job Secret, masks them in the job log, keeps a dynamic
 //! secret's lease alive while the job runs, and wipes and revokes at the end. Needs `scripts/testbed up` and
-//! the broker image (`scripts/testbed image keyhole.local/broker:dev target/release/keyhole-broker`,
-//! done by `scripts/test-all`).
+//! the broker image (`cargo build --profile broker -p keyhole-broker && scripts/testbed image
+//! keyhole.local/broker:dev target/broker/keyhole-broker`, done by `scripts/test-all`).
 
 use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::Role;

@@ -12,6 +12,7 @@
 //! line at 8 characters. The broker warns about such values by name when it resolves them.
 
 mod patterns;
+mod sampler;
 mod stream;
 
 pub use patterns::{MIN_MASKED_LEN, MaskSet};

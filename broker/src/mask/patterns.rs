@@ -1,8 +1,10 @@
-use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
+use aho_corasick::{AhoCorasick, AhoCorasickKind, Input, MatchKind};
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
 use secrecy::{ExposeSecret, SecretSlice};
 use zeroize::Zeroizing;
+
+use super::sampler::Sampler;
 
 /// Shortest value (in bytes) that is masked; see the module docs for why there is a floor.
 pub const MIN_MASKED_LEN: usize = 8;
@@ -10,9 +12,12 @@ pub const MIN_MASKED_LEN: usize = 8;
 /// The compiled set of byte patterns to mask, built once per job from its secret values.
 ///
 /// Patterns are kept in zeroizing buffers; the search automaton necessarily holds its own copy,
-/// which lives only as long as the job's masker.
+/// which lives only as long as the job's masker. The sampler (see `sampler.rs`) keeps only bits
+/// chosen by hashes of the patterns' 4- or 8-byte pieces, also wiped on drop.
 pub struct MaskSet {
     automaton: Option<AhoCorasick>,
+    /// Where occurrences may start, so that long stretches of log skip the automaton.
+    sampler: Option<Sampler>,
     patterns: Vec<Zeroizing<Vec<u8>>>,
     longest: usize,
 }
@@ -38,21 +43,28 @@ impl MaskSet {
             }
         }
         let longest = patterns.iter().map(|p| p.len()).max().unwrap_or(0);
+        // A contiguous NFA rather than a DFA: the automaton only checks the few bytes around
+        // a sampler hit, where the DFA's speed does not show, while its table (megabytes for a
+        // few hundred patterns) costs start-up time and memory. Standard semantics, because
+        // every occurrence, overlapping ones included, is masked.
         let automaton = (!patterns.is_empty()).then(|| {
             AhoCorasick::builder()
                 .match_kind(MatchKind::Standard)
-                .kind(Some(AhoCorasickKind::DFA))
+                .kind(Some(AhoCorasickKind::ContiguousNFA))
+                .prefilter(false)
                 .build(patterns.iter().map(|p| p.as_slice()))
                 .or_else(|_| {
-                    // Too many patterns for a DFA within aho-corasick's size limits: fall back.
+                    // Beyond the contiguous NFA's limits: let aho-corasick choose.
                     AhoCorasick::builder()
                         .match_kind(MatchKind::Standard)
                         .build(patterns.iter().map(|p| p.as_slice()))
                 })
                 .expect("literal patterns always build")
         });
+        let sampler = Sampler::new(patterns.iter().map(|p| p.as_slice()));
         Self {
             automaton,
+            sampler,
             patterns,
             longest,
         }
@@ -67,20 +79,66 @@ impl MaskSet {
         self.patterns.is_empty()
     }
 
+    /// The patterns themselves, for tests that check the masker against a plain search.
+    #[cfg(test)]
+    pub(crate) fn patterns(&self) -> impl Iterator<Item = &[u8]> {
+        self.patterns.iter().map(|p| p.as_slice())
+    }
+
     /// Length of the longest pattern: how far a match can reach back across a chunk boundary.
     pub fn longest(&self) -> usize {
         self.longest
     }
 
-    /// Byte ranges of every occurrence of every pattern in `haystack` (overlapping included).
-    pub(crate) fn occurrences<'a>(
-        &'a self,
-        haystack: &'a [u8],
-    ) -> impl Iterator<Item = (usize, usize)> + 'a {
-        self.automaton
-            .iter()
-            .flat_map(move |ac| ac.find_overlapping_iter(haystack))
-            .map(|m| (m.start(), m.end()))
+    /// Calls `found(start, end)` for the longest occurrence (overlapping ones included) at
+    /// each start position, among the occurrences that lie wholly in `haystack` and start
+    /// before `until`, in ascending order of start; shorter ones at the same start are inside
+    /// it, so masking these masks every occurrence. `scratch` is working space, reused across
+    /// calls: one slot per start position of a window, however many patterns match there.
+    pub(crate) fn each_occurrence(
+        &self,
+        haystack: &[u8],
+        until: usize,
+        scratch: &mut Vec<usize>,
+        mut found: impl FnMut(usize, usize),
+    ) {
+        /// Start positions checked at once: bounds `scratch` when a hostile log makes the
+        /// whole chunk one window.
+        const WINDOW: usize = 4096;
+        let Some(automaton) = &self.automaton else {
+            return;
+        };
+        let until = until.min(haystack.len());
+        let mut check = |lo: usize, hi: usize| {
+            for first in (lo..=hi).step_by(WINDOW) {
+                let last = hi.min(first + WINDOW - 1);
+                // An occurrence starting at `last` at the latest ends by `last + longest`.
+                let end = haystack.len().min(last + self.longest);
+                scratch.clear();
+                scratch.resize(last - first + 1, 0);
+                for m in automaton.find_overlapping_iter(Input::new(haystack).span(first..end)) {
+                    if let Some(reach) = scratch.get_mut(m.start() - first) {
+                        *reach = (*reach).max(m.end());
+                    }
+                }
+                for (offset, &reach) in scratch.iter().enumerate() {
+                    if reach > 0 {
+                        found(first + offset, reach);
+                    }
+                }
+            }
+        };
+        match &self.sampler {
+            // Short pieces (what is held back between chunks, a line of a quiet job) are
+            // cheaper to check whole.
+            Some(sampler) if haystack.len() > 4 * self.longest => {
+                for (lo, hi) in sampler.candidates(haystack, until) {
+                    check(lo, hi);
+                }
+            }
+            _ if until > 0 => check(0, until - 1),
+            _ => {}
+        }
     }
 
     /// Length of the longest suffix of `haystack` that is a proper prefix of some pattern: bytes
