@@ -6,6 +6,7 @@
 //! pass silently.
 
 mod access;
+pub mod bench;
 mod bed;
 mod broker_process;
 pub mod coordinator;
@@ -13,6 +14,7 @@ mod helm;
 mod namespace;
 mod pods;
 mod redis;
+mod runner_process;
 mod vault;
 
 pub use access::{Access, service_account_may, wait_until_allowed};
@@ -23,4 +25,5 @@ pub use helm::{HelmRelease, bed_command, bed_script, chart_dir, repo_dir, run, r
 pub use namespace::TestNamespace;
 pub use pods::{pod_logs, run_pod_to_completion, wait_for_pod};
 pub use redis::{Redis, Reply};
+pub use runner_process::{RunnerLog, RunnerProcess, runner_binary};
 pub use vault::VaultAdmin;
