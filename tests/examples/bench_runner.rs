@@ -160,12 +160,7 @@ output_limit = {output_limit_kib}
     }
 
     /// Starts a fake GitLab and a runner, and waits until the runner polls for jobs.
-    async fn phase(
-        &self,
-        name: &str,
-        concurrent: u64,
-        output_limit_kib: u64,
-    ) -> Result<Phase> {
+    async fn phase(&self, name: &str, concurrent: u64, output_limit_kib: u64) -> Result<Phase> {
         // Jobs skip the checkout (GIT_STRATEGY=none), so pods need not reach it: loopback.
         let gitlab = Coordinator::start(CoordinatorOptions::default()).await?;
         // The journal on a memory-backed volume, as docs/runner.md deploys it.
@@ -237,7 +232,10 @@ fn totals(log: &RunnerLog, jobs: &[EnqueuedJob]) -> Result<Vec<u64>> {
             log.problems.join("\n")
         );
     }
-    Ok(jobs.iter().filter_map(|j| all.get(&j.id).copied()).collect())
+    Ok(jobs
+        .iter()
+        .filter_map(|j| all.get(&j.id).copied())
+        .collect())
 }
 
 fn p(samples: &[u64], pct: f64) -> u64 {
@@ -246,7 +244,10 @@ fn p(samples: &[u64], pct: f64) -> u64 {
 
 /// A percentile of one part (added or final) over `jobs`.
 fn part(map: &std::collections::BTreeMap<u64, u64>, jobs: &[EnqueuedJob], pct: f64) -> u64 {
-    let v: Vec<u64> = jobs.iter().filter_map(|j| map.get(&j.id).copied()).collect();
+    let v: Vec<u64> = jobs
+        .iter()
+        .filter_map(|j| map.get(&j.id).copied())
+        .collect();
     p(&v, pct)
 }
 
@@ -357,7 +358,10 @@ async fn p6(bench: &Bench, mib: u64) -> Result<()> {
     if !identical {
         let path = std::env::temp_dir().join(format!("keyhole-bench-p6-trace-{}", job.id));
         std::fs::write(&path, &trace)?;
-        eprintln!("P6: the trace differs from the counter log; it is in {}", path.display());
+        eprintln!(
+            "P6: the trace differs from the counter log; it is in {}",
+            path.display()
+        );
     }
     Ok(())
 }

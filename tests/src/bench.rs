@@ -34,9 +34,7 @@ pub fn counter_lines_for(bytes: u64) -> u64 {
 
 /// A shell command (busybox `awk`) printing lines 1..=n of the counter log.
 pub fn counter_command(n: u64) -> String {
-    format!(
-        "awk 'BEGIN {{ for (i = 1; i <= {n}; i++) printf \"%010d %s\\n\", i, \"{FILLER}\" }}'"
-    )
+    format!("awk 'BEGIN {{ for (i = 1; i <= {n}; i++) printf \"%010d %s\\n\", i, \"{FILLER}\" }}'")
 }
 
 /// What arrived of a counter log of `n` lines.
@@ -216,7 +214,8 @@ mod tests {
 
     #[test]
     fn the_body_is_cut_at_whole_marker_lines() {
-        let trace = b"$ printf 'KH%s\\n' START\nKHSTART\n1\n2\n$ printf END\nKHEND\nJob succeeded\n";
+        let trace =
+            b"$ printf 'KH%s\\n' START\nKHSTART\n1\n2\n$ printf END\nKHEND\nJob succeeded\n";
         assert_eq!(
             between_marker_lines(trace, b"KHSTART", b"KHEND"),
             Some(&b"1\n2\n$ printf END\n"[..])
@@ -227,6 +226,9 @@ mod tests {
             between_marker_lines(trace, b"KHSTART", b"KHEND"),
             Some(&b"7\n"[..])
         );
-        assert_eq!(between_marker_lines(b"nothing\n", b"KHSTART", b"KHEND"), None);
+        assert_eq!(
+            between_marker_lines(b"nothing\n", b"KHSTART", b"KHEND"),
+            None
+        );
     }
 }

@@ -6,8 +6,8 @@
 //! pass silently.
 
 mod access;
-pub mod bench;
 mod bed;
+pub mod bench;
 mod broker_process;
 pub mod coordinator;
 mod helm;

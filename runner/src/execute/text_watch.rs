@@ -90,7 +90,12 @@ mod tests {
     #[test]
     fn near_misses_are_not_matches() {
         let mut w = TextWatch::new(NEEDLE);
-        for chunk in [&b"keyhole-broker: job end"[..], b"s here\n", b"keyhole-broker: jo", b"b failed"] {
+        for chunk in [
+            &b"keyhole-broker: job end"[..],
+            b"s here\n",
+            b"keyhole-broker: jo",
+            b"b failed",
+        ] {
             w.feed(chunk);
         }
         assert!(!w.seen());
