@@ -72,6 +72,10 @@ pub const RUNTIME_DIR: &str = "/keyhole/run";
 /// FIFO in [`RUNTIME_DIR`]: the build script writes its output here; the broker masks it and
 /// writes it to its own stdout, the only path to the container log. Created by the broker.
 pub const LOG_FIFO: &str = "log";
+/// The broker's log line once the job's output is relayed in full (the pipe drained at the
+/// end of the job). Written by the broker to stderr; the runner warns when a job's log stream
+/// ends without it, since then the trace may lack the job's last lines.
+pub const LOG_END_LINE: &str = "keyhole-broker: job ended; wiping secrets";
 
 /// Exit codes of `keyhole-broker run`. Read by the runner to choose the job's failure reason.
 pub mod exit_code {

@@ -205,7 +205,7 @@ pub async fn run(config: RunConfig) -> i32 {
         crate::pump::pump(&fifo, masker, tokio::io::stdout(), stop_rx.clone()),
         keep_alive
     );
-    eprintln!("keyhole-broker: job ended; wiping secrets");
+    eprintln!("{}", contract::LOG_END_LINE);
     files.wipe();
     let _ = std::fs::remove_file(&ready);
     let _ = std::fs::remove_file(&fifo);

@@ -14,7 +14,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::config::{Config, RunnerConfig};
-use crate::execute::{Control, FailureKind, JobRun, Outcome, TraceWriter, execute};
+use crate::execute::{Control, FailureKind, JobRun, Outcome, TraceWriter, execute_timed};
 use crate::gitlab::{
     ClientConfig, FailureReason, GitlabClient, JobOutcome, JobPayload, JobRequest, RemoteStatus,
 };
@@ -388,16 +388,18 @@ impl Service {
                     self.runner.kubernetes.namespace
                 ))
                 .await;
-            let outcome = match prepare(&job, &self.runner) {
+            // `ended`: when the outcome became known (for a job that ran: its exit seen).
+            let (outcome, ended) = match prepare(&job, &self.runner) {
                 Err(errors) => {
                     for e in &errors {
                         trace.error(e).await;
                     }
-                    Outcome::Failed {
+                    let outcome = Outcome::Failed {
                         kind: FailureKind::Secrets,
                         exit_code: None,
                         message: "the job cannot run on this runner as configured".into(),
-                    }
+                    };
+                    (outcome, Instant::now())
                 }
                 Ok(prepared) => {
                     trace
@@ -418,7 +420,7 @@ impl Service {
                         warn!(error = %e, "writing the job journal failed");
                     }
                     info!(pod = %pod_name, added_ms = received.elapsed().as_millis() as u64, "creating the job pod");
-                    execute(JobRun {
+                    execute_timed(JobRun {
                         client: self.kube.clone(),
                         objects: prepared.objects,
                         timeout: prepared.timeout,
@@ -431,7 +433,6 @@ impl Service {
                     .await
                 }
             };
-            let ended = Instant::now();
             let result = match &outcome {
                 Outcome::Success => {
                     trace.info("Job succeeded").await;
@@ -448,13 +449,15 @@ impl Service {
             drop(trace);
             drop(trace_tx);
             let _ = forwarder.await;
-            info!(final_ms = ended.elapsed().as_millis() as u64, outcome = ?result, "reporting the job");
+            info!(outcome = ?result, "reporting the job");
             let label = match &result {
                 JobOutcome::Success => "success",
                 JobOutcome::Failed { reason, .. } => reason.as_str(),
             };
             match session.finish(result).await {
-                Ok(()) => {}
+                // Job end seen → GitLab holds the whole trace and the final state: what the
+                // runner adds to the job's end (the pod's deletion and log drain included).
+                Ok(()) => info!(final_ms = ended.elapsed().as_millis() as u64, "reported the job"),
                 Err(e) => {
                     self.metrics.gitlab_error("jobs/:id");
                     warn!(error = %e, "GitLab did not take the final state");

@@ -7,6 +7,7 @@
 
 mod access;
 mod bed;
+pub mod bench;
 mod broker_process;
 pub mod coordinator;
 pub mod exposure;
@@ -14,6 +15,7 @@ mod helm;
 mod namespace;
 mod pods;
 mod redis;
+mod runner_process;
 mod vault;
 
 pub use access::{Access, service_account_may, wait_until_allowed};
@@ -24,4 +26,5 @@ pub use helm::{HelmRelease, bed_command, bed_script, chart_dir, repo_dir, run, r
 pub use namespace::TestNamespace;
 pub use pods::{pod_logs, run_pod_to_completion, wait_for_pod};
 pub use redis::{Redis, Reply};
+pub use runner_process::{RunnerLog, RunnerProcess, runner_binary};
 pub use vault::VaultAdmin;

@@ -2,8 +2,9 @@
 
 mod run;
 mod status;
+mod text_watch;
 
-pub use run::{Control, JobRun, TraceWriter, delete_pod, execute};
+pub use run::{Control, JobRun, TraceWriter, delete_pod, execute, execute_timed};
 pub use status::{
     ContainerView, FailureKind, Outcome, PodView, broker_failure, observe, progress_line,
 };

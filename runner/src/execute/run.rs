@@ -2,7 +2,7 @@
 //! broker's masked log into the trace → exit code → delete. The Secret is owned by the pod, so
 //! deleting the pod removes it too.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::{AsyncBufReadExt, StreamExt};
 use k8s_openapi::api::core::v1::{Pod, Secret};
@@ -14,6 +14,7 @@ use kube::{Api, Client};
 use tokio::sync::{mpsc, watch};
 
 use super::status::{ContainerView, FailureKind, Outcome, broker_failure, observe, progress_line};
+use super::text_watch::TextWatch;
 use crate::pod::JobObjects;
 
 /// What the job's controller (GitLab's `Job-Status`, a signal) asks of a running job.
@@ -88,7 +89,9 @@ fn failed(kind: FailureKind, exit_code: Option<i32>, message: impl Into<String>)
 }
 
 /// Follows the broker's log (the job's masked output) into the trace until the broker exits.
-async fn follow_log(pods: Api<Pod>, name: String, trace: TraceWriter, limit: u64) {
+/// Returns whether the broker's closing line ([`contract::LOG_END_LINE`]) came through: it
+/// follows the whole job output, so without it the trace may lack the job's last lines.
+async fn follow_log(pods: Api<Pod>, name: String, trace: TraceWriter, limit: u64) -> bool {
     let params = LogParams {
         container: Some(contract::BROKER_CONTAINER.into()),
         follow: true,
@@ -98,9 +101,10 @@ async fn follow_log(pods: Api<Pod>, name: String, trace: TraceWriter, limit: u64
         Ok(s) => s,
         Err(e) => {
             trace.warn(&format!("cannot follow the job log: {e}")).await;
-            return;
+            return false;
         }
     };
+    let mut end = TextWatch::new(contract::LOG_END_LINE);
     let mut sent: u64 = 0;
     loop {
         let chunk = match stream.fill_buf().await {
@@ -112,6 +116,7 @@ async fn follow_log(pods: Api<Pod>, name: String, trace: TraceWriter, limit: u64
             }
         };
         stream.consume_unpin(chunk.len());
+        end.feed(&chunk);
         if sent >= limit {
             continue;
         }
@@ -129,6 +134,7 @@ async fn follow_log(pods: Api<Pod>, name: String, trace: TraceWriter, limit: u64
             trace.raw(chunk).await;
         }
     }
+    end.seen()
 }
 
 /// The broker's log when it ended before we could follow it (its error lines say why).
@@ -149,7 +155,14 @@ async fn broker_log_after_exit(pods: &Api<Pod>, name: &str) -> String {
 }
 
 /// Runs the job to an outcome and always deletes its pod.
-pub async fn execute(mut run: JobRun) -> Outcome {
+pub async fn execute(run: JobRun) -> Outcome {
+    execute_timed(run).await.0
+}
+
+/// [`execute`], also returning when the outcome became known (the build container's exit
+/// seen, a deadline, a cancel), before the pod was deleted and its log drained: the service
+/// measures from there what it adds to a job's end (`final_ms`).
+pub async fn execute_timed(mut run: JobRun) -> (Outcome, Instant) {
     let trace = TraceWriter(run.trace.clone());
     let pod = run.objects.pod.clone();
     let name = pod.metadata.name.clone().unwrap_or_default();
@@ -163,7 +176,7 @@ pub async fn execute(mut run: JobRun) -> Outcome {
         Err(e) => {
             let msg = format!("the cluster refused the job pod {ns}/{name}: {e}");
             trace.error(&msg).await;
-            return failed(FailureKind::System, None, msg);
+            return (failed(FailureKind::System, None, msg), Instant::now());
         }
     };
     let mut secret = run.objects.secret.clone();
@@ -177,8 +190,9 @@ pub async fn execute(mut run: JobRun) -> Outcome {
     if let Err(e) = secrets.create(&PostParams::default(), &secret).await {
         let msg = format!("creating the job's Secret {ns}/{name}: {e}");
         trace.error(&msg).await;
+        let ended = Instant::now();
         delete_pod(&pods, &name, 0).await;
-        return failed(FailureKind::System, None, msg);
+        return (failed(FailureKind::System, None, msg), ended);
     }
 
     let grace = pod
@@ -200,7 +214,7 @@ pub async fn execute(mut run: JobRun) -> Outcome {
     let created_at = std::time::Instant::now();
     let mut last_progress = String::new();
     let mut last_view = None;
-    let mut log_task: Option<tokio::task::JoinHandle<()>> = None;
+    let mut log_task: Option<tokio::task::JoinHandle<bool>> = None;
     let mut delete_grace = grace;
 
     let outcome = loop {
@@ -219,6 +233,17 @@ pub async fn execute(mut run: JobRun) -> Outcome {
                     None => break failed(FailureKind::System, None, "the pod watch ended"),
                 };
                 let v = observe(&pod);
+                // Once the build container runs, its output is in the trace: a progress line
+                // now would land in the middle of it (e.g. `build exited 0` when the watch
+                // never showed the container running).
+                if !started && matches!(v.build, ContainerView::Running { .. } | ContainerView::Terminated { .. }) {
+                    started = true;
+                    let latency = created_at.elapsed();
+                    tracing::info!(pod = %name, start_ms = latency.as_millis() as u64, "build container started");
+                    if let Some(m) = &run.metrics {
+                        m.pod_started(latency);
+                    }
+                }
                 if !started {
                     let line = progress_line(&v);
                     if line != last_progress {
@@ -233,14 +258,6 @@ pub async fn execute(mut run: JobRun) -> Outcome {
                         trace.clone(),
                         run.output_limit.saturating_mul(1024),
                     )));
-                }
-                if !started && matches!(v.build, ContainerView::Running { .. } | ContainerView::Terminated { .. }) {
-                    started = true;
-                    let latency = created_at.elapsed();
-                    tracing::info!(pod = %name, start_ms = latency.as_millis() as u64, "build container started");
-                    if let Some(m) = &run.metrics {
-                        m.pod_started(latency);
-                    }
                 }
                 if let Some((container, reason, message)) = &v.image_problem {
                     break failed(FailureKind::ImagePull, None, format!("container {container} cannot get its image: {reason}: {message}"));
@@ -301,18 +318,42 @@ pub async fn execute(mut run: JobRun) -> Outcome {
             }
         }
     };
+    let ended = Instant::now();
 
-    delete_pod(&pods, &name, delete_grace).await;
     match log_task {
         Some(task) => {
+            // The log ends when the broker has exited (it drains the job's output first);
+            // the pod's deletion need not wait for that, nor that for the deletion.
             let wait = Duration::from_secs(u64::try_from(delete_grace).unwrap_or(0) + 15);
-            if tokio::time::timeout(wait, task).await.is_err() {
-                trace
-                    .warn("the job log did not end in time; the trace may miss its last lines")
-                    .await;
+            let drained = async { tokio::time::timeout(wait, task).await };
+            let ((), drained) = tokio::join!(delete_pod(&pods, &name, delete_grace), drained);
+            // The build container ended by itself: the broker then relays all of its
+            // output and writes its closing line (an abort kills it before that).
+            let exited = matches!(
+                &outcome,
+                Outcome::Success
+                    | Outcome::Failed {
+                        kind: FailureKind::Script,
+                        ..
+                    }
+            );
+            match drained {
+                Err(_) => {
+                    trace
+                        .warn("the job log did not end in time; the trace may miss its last lines")
+                        .await;
+                }
+                Ok(Ok(false)) if exited => {
+                    tracing::warn!(pod = %name, "the job log stream ended before the broker's closing line; the trace may miss the job's last lines");
+                    trace
+                        .warn("the job log may be incomplete: its stream ended before the broker's closing line. Kubernetes drops a container's last log lines when its log file was rotated (kubelet containerLogMaxSize) while the log stream lagged behind the job's output")
+                        .await;
+                }
+                Ok(_) => {}
             }
         }
         None => {
+            delete_pod(&pods, &name, delete_grace).await;
             if let Outcome::Failed {
                 kind: FailureKind::Secrets | FailureKind::System,
                 ..
@@ -330,7 +371,7 @@ pub async fn execute(mut run: JobRun) -> Outcome {
     {
         trace.error(message).await;
     }
-    outcome
+    (outcome, ended)
 }
 
 /// Deletes the job pod (background propagation: its Secret follows). A pod that is already
