@@ -73,9 +73,37 @@ pub const RUNTIME_DIR: &str = "/keyhole/run";
 /// writes it to its own stdout, the only path to the container log. Created by the broker.
 pub const LOG_FIFO: &str = "log";
 /// The broker's log line once the job's output is relayed in full (the pipe drained at the
-/// end of the job). Written by the broker to stderr; the runner warns when a job's log stream
-/// ends without it, since then the trace may lack the job's last lines.
+/// end of the job), before it wipes the files and revokes its Vault leases and token. Written
+/// by the broker to stderr, for people reading the trace.
 pub const LOG_END_LINE: &str = "keyhole-broker: job ended; wiping secrets";
+
+/// Per-job Secret key of the log-end token: random, made by the runner for each job, a broker
+/// input (not delivered to the job). The broker's last output is [`log_end_marker`] on stdout
+/// and on stderr with this token, after the job's output, the wipe and the revocations. The
+/// runner stops following the log once both came through, rather than waiting for the kubelet
+/// to notice the broker exited (up to a second, `logForceCheckPeriod`), and warns when the
+/// stream ends without them (the trace may lack the job's last lines). The job cannot forge a
+/// marker: it never sees the token, and like every value of the per-job Secret the token is
+/// masked in the job's output. Written by the runner; read by the broker.
+pub const INPUT_LOG_END_KEY: &str = "log-end";
+
+/// The two streams of the broker's container log. The kubelet interleaves them, each in order
+/// with itself, so the end of the log is known only once both have ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogStream {
+    Stdout,
+    Stderr,
+}
+
+/// The broker's last line on `stream`: `keyhole-broker: end of log (stdout) <token>`. Written by
+/// the broker; cut out of the trace by the runner.
+pub fn log_end_marker(stream: LogStream, token: &str) -> String {
+    let stream = match stream {
+        LogStream::Stdout => "stdout",
+        LogStream::Stderr => "stderr",
+    };
+    format!("keyhole-broker: end of log ({stream}) {token}\n")
+}
 
 /// Exit codes of `keyhole-broker run`. Read by the runner to choose the job's failure reason.
 pub mod exit_code {

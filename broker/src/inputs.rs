@@ -150,6 +150,18 @@ pub fn read_job_secret(inputs_dir: &Path) -> Result<BTreeMap<String, SecretSlice
     Ok(out)
 }
 
+/// The per-job Secret's log-end token ([`contract::INPUT_LOG_END_KEY`]), read on its own so the
+/// broker ends its log with the markers whatever else fails. None when the runner set none
+/// (or it is not a short line of visible ASCII, which a runner-made token always is).
+pub fn read_log_end_token(inputs_dir: &Path) -> Option<String> {
+    let path = inputs_dir
+        .join(contract::INPUT_JOB_SECRET_DIR)
+        .join(contract::INPUT_LOG_END_KEY);
+    let bytes = std::fs::read(path).ok()?;
+    let valid = !bytes.is_empty() && bytes.len() <= 128 && bytes.iter().all(u8::is_ascii_graphic);
+    valid.then(|| String::from_utf8_lossy(&bytes).into_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -30,7 +30,7 @@ pub fn create_fifo(path: &Path) -> io::Result<()> {
 pub async fn pump(
     fifo: &Path,
     mut masker: StreamMasker,
-    mut out: impl AsyncWrite + Unpin,
+    out: &mut (impl AsyncWrite + Unpin),
     mut shutdown: watch::Receiver<bool>,
 ) -> io::Result<()> {
     // Opened read-write, the FIFO never reports EOF between writers, and opening never blocks.

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use secrecy::SecretSlice;
+use tokio::io::AsyncWriteExt as _;
 use tokio::sync::watch;
 
 use crate::blame::Blame;
@@ -63,7 +64,26 @@ pub struct KubeSettings {
 }
 
 /// Runs the sidecar to completion and returns its exit code (see [`contract::exit_code`]).
+/// Its last output, success or not, is the log-end markers, so the runner knows the log is
+/// complete without waiting for the kubelet to notice the exit.
 pub async fn run(config: RunConfig) -> i32 {
+    let log_end = inputs::read_log_end_token(&config.inputs_dir);
+    let mut stdout = tokio::io::stdout();
+    let code = run_job(config, &mut stdout).await;
+    if let Some(token) = log_end {
+        // Both streams end with a marker: the kubelet interleaves them, each in order.
+        let marker = contract::log_end_marker(contract::LogStream::Stdout, &token);
+        let _ = stdout.write_all(marker.as_bytes()).await;
+        let _ = stdout.flush().await;
+        eprint!(
+            "{}",
+            contract::log_end_marker(contract::LogStream::Stderr, &token)
+        );
+    }
+    code
+}
+
+async fn run_job(config: RunConfig, stdout: &mut tokio::io::Stdout) -> i32 {
     let annotations = match inputs::read_annotations(&config.inputs_dir) {
         Ok(a) => a,
         Err(e) => return fail(exit_code::BAD_INPUTS, &[e.to_string()]),
@@ -202,7 +222,7 @@ pub async fn run(config: RunConfig) -> i32 {
         }
     };
     let (pumped, ()) = tokio::join!(
-        crate::pump::pump(&fifo, masker, tokio::io::stdout(), stop_rx.clone()),
+        crate::pump::pump(&fifo, masker, stdout, stop_rx.clone()),
         keep_alive
     );
     eprintln!("{}", contract::LOG_END_LINE);

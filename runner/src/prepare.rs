@@ -7,7 +7,8 @@ use std::time::Duration;
 use crate::config::{JobIdentity, RunnerConfig, ServiceAccountChoice, choose_service_account};
 use crate::job::Job;
 use crate::pod::{
-    DEFAULT_JOB_TIMEOUT, JobObjects, PodRequest, build_job_objects, pod_name, random_suffix,
+    DEFAULT_JOB_TIMEOUT, JobObjects, PodRequest, build_job_objects, log_end_token, pod_name,
+    random_suffix,
 };
 use crate::secrets::{JobSecrets, collect};
 
@@ -50,6 +51,7 @@ pub fn prepare_named(
         pod_name,
         service_account: service_account.name.clone(),
         secrets: &secrets,
+        log_end_token: log_end_token(),
     })
     .map_err(|e| vec![e.0])?;
     Ok(Prepared {

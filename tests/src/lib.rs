@@ -26,5 +26,5 @@ pub use helm::{HelmRelease, bed_command, bed_script, chart_dir, repo_dir, run, r
 pub use namespace::TestNamespace;
 pub use pods::{pod_logs, run_pod_to_completion, wait_for_pod};
 pub use redis::{Redis, Reply};
-pub use runner_process::{RunnerLog, RunnerProcess, runner_binary};
+pub use runner_process::{RunnerLog, RunnerProcess};
 pub use vault::VaultAdmin;

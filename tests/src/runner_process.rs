@@ -3,11 +3,11 @@
 //! per-job figures the service logs (`added_ms`, `final_ms`) and its warnings can be collected,
 //! and its peak RSS read from `/proc/<pid>/status`.
 //!
-//! The binary is `$KEYHOLE_RUNNER_BIN`, or `keyhole-runner` next to the running executable's
-//! profile directory (`<target>/release/examples/<bench>` → `<target>/release/keyhole-runner`).
+//! The caller picks the binary ([`crate::runner_binary`]; `scripts/bench runner` points
+//! `$KEYHOLE_RUNNER_BIN` at the release build).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -20,27 +20,6 @@ use tokio::task::JoinHandle;
 
 /// Warnings and errors kept for the report (the newest).
 const KEPT_PROBLEMS: usize = 20;
-
-/// The runner binary to run.
-pub fn runner_binary() -> Result<PathBuf> {
-    if let Some(p) = std::env::var_os("KEYHOLE_RUNNER_BIN") {
-        return Ok(PathBuf::from(p));
-    }
-    let exe = std::env::current_exe()?;
-    // <target>/<profile>/examples/<bench> or <target>/<profile>/deps/<test>
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .context("the executable has no target directory")?;
-    let binary = profile_dir.join("keyhole-runner");
-    if !binary.exists() {
-        bail!(
-            "{} is missing: build it (cargo build --release -p keyhole-runner) or set KEYHOLE_RUNNER_BIN",
-            binary.display()
-        );
-    }
-    Ok(binary)
-}
 
 /// What the runner's log said so far.
 #[derive(Debug, Clone, Default)]

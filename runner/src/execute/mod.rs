@@ -1,8 +1,8 @@
 //! Running jobs on the cluster: pure status reading and the thin I/O loop around it.
 
+mod log_end;
 mod run;
 mod status;
-mod text_watch;
 
 pub use run::{Control, JobRun, TraceWriter, delete_pod, execute, execute_timed};
 pub use status::{

@@ -11,10 +11,11 @@ use keyhole_broker::contract;
 use kube::api::{DeleteParams, LogParams, PostParams, PropagationPolicy};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
+use secrecy::{ExposeSecret as _, SecretString};
 use tokio::sync::{mpsc, watch};
 
+use super::log_end::LogEnd;
 use super::status::{ContainerView, FailureKind, Outcome, broker_failure, observe, progress_line};
-use super::text_watch::TextWatch;
 use crate::pod::JobObjects;
 
 /// What the job's controller (GitLab's `Job-Status`, a signal) asks of a running job.
@@ -88,10 +89,17 @@ fn failed(kind: FailureKind, exit_code: Option<i32>, message: impl Into<String>)
     }
 }
 
-/// Follows the broker's log (the job's masked output) into the trace until the broker exits.
-/// Returns whether the broker's closing line ([`contract::LOG_END_LINE`]) came through: it
-/// follows the whole job output, so without it the trace may lack the job's last lines.
-async fn follow_log(pods: Api<Pod>, name: String, trace: TraceWriter, limit: u64) -> bool {
+/// Follows the broker's log (the job's masked output) into the trace until the broker's
+/// log-end markers for `log_end_token` came through, or the stream ends. Returns whether the
+/// markers came: they follow the whole job output, so without them the trace may lack the
+/// job's last lines.
+async fn follow_log(
+    pods: Api<Pod>,
+    name: String,
+    trace: TraceWriter,
+    limit: u64,
+    log_end_token: SecretString,
+) -> bool {
     let params = LogParams {
         container: Some(contract::BROKER_CONTAINER.into()),
         follow: true,
@@ -104,37 +112,49 @@ async fn follow_log(pods: Api<Pod>, name: String, trace: TraceWriter, limit: u64
             return false;
         }
     };
-    let mut end = TextWatch::new(contract::LOG_END_LINE);
+    let mut end = LogEnd::new(log_end_token.expose_secret());
+    drop(log_end_token);
     let mut sent: u64 = 0;
     loop {
-        let chunk = match stream.fill_buf().await {
-            Ok([]) => break,
-            Ok(buf) => buf.to_vec(),
+        let mut chunk = Vec::new();
+        let complete = match stream.fill_buf().await {
+            Ok([]) => {
+                end.finish(&mut chunk);
+                true
+            }
+            Ok(buf) => {
+                let n = buf.len();
+                let complete = end.feed(buf, &mut chunk);
+                stream.consume_unpin(n);
+                complete
+            }
             Err(e) => {
                 trace.warn(&format!("the job log stream broke: {e}")).await;
-                break;
+                end.finish(&mut chunk);
+                true
             }
         };
-        stream.consume_unpin(chunk.len());
-        end.feed(&chunk);
-        if sent >= limit {
-            continue;
+        if sent < limit && !chunk.is_empty() {
+            let room = (limit - sent) as usize;
+            sent += chunk.len() as u64;
+            if chunk.len() > room {
+                chunk.truncate(room);
+                trace.raw(chunk).await;
+                trace
+                    .warn(&format!(
+                        "Job's log exceeded limit of {} KiB; the rest is not shown.",
+                        limit / 1024
+                    ))
+                    .await;
+            } else {
+                trace.raw(chunk).await;
+            }
         }
-        let room = (limit - sent) as usize;
-        sent += chunk.len() as u64;
-        if chunk.len() > room {
-            trace.raw(chunk[..room].to_vec()).await;
-            trace
-                .warn(&format!(
-                    "Job's log exceeded limit of {} KiB; the rest is not shown.",
-                    limit / 1024
-                ))
-                .await;
-        } else {
-            trace.raw(chunk).await;
+        if complete {
+            break;
         }
     }
-    end.seen()
+    end.complete()
 }
 
 /// The broker's log when it ended before we could follow it (its error lines say why).
@@ -257,6 +277,7 @@ pub async fn execute_timed(mut run: JobRun) -> (Outcome, Instant) {
                         name.clone(),
                         trace.clone(),
                         run.output_limit.saturating_mul(1024),
+                        run.objects.log_end_token.clone(),
                     )));
                 }
                 if let Some((container, reason, message)) = &v.image_problem {
@@ -322,8 +343,9 @@ pub async fn execute_timed(mut run: JobRun) -> (Outcome, Instant) {
 
     match log_task {
         Some(task) => {
-            // The log ends when the broker has exited (it drains the job's output first);
-            // the pod's deletion need not wait for that, nor that for the deletion.
+            // The log ends with the broker's markers, once it has drained the job's output
+            // and revoked its leases; the pod's deletion need not wait for that, nor that for
+            // the deletion.
             let wait = Duration::from_secs(u64::try_from(delete_grace).unwrap_or(0) + 15);
             let drained = async { tokio::time::timeout(wait, task).await };
             let ((), drained) = tokio::join!(delete_pod(&pods, &name, delete_grace), drained);
@@ -344,9 +366,9 @@ pub async fn execute_timed(mut run: JobRun) -> (Outcome, Instant) {
                         .await;
                 }
                 Ok(Ok(false)) if exited => {
-                    tracing::warn!(pod = %name, "the job log stream ended before the broker's closing line; the trace may miss the job's last lines");
+                    tracing::warn!(pod = %name, "the job log stream ended before the broker's end-of-log markers; the trace may miss the job's last lines");
                     trace
-                        .warn("the job log may be incomplete: its stream ended before the broker's closing line. Kubernetes drops a container's last log lines when its log file was rotated (kubelet containerLogMaxSize) while the log stream lagged behind the job's output")
+                        .warn("the job log may be incomplete: its stream ended before the broker's end-of-log markers. Kubernetes drops a container's last log lines when its log file was rotated (kubelet containerLogMaxSize) while the log stream lagged behind the job's output")
                         .await;
                 }
                 Ok(_) => {}

@@ -9,7 +9,7 @@ use std::time::Duration;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use keyhole_broker::contract;
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 
 use super::quantity::resolve_override;
@@ -41,6 +41,9 @@ pub struct PodRequest<'a> {
     pub pod_name: String,
     pub service_account: String,
     pub secrets: &'a JobSecrets,
+    /// The per-job Secret's log-end token ([`contract::INPUT_LOG_END_KEY`]), fresh per job
+    /// ([`log_end_token`]); a parameter so that the builder stays pure.
+    pub log_end_token: SecretString,
 }
 
 /// The objects one job needs. The Secret gets its ownerReference (the pod) at creation.
@@ -48,6 +51,9 @@ pub struct PodRequest<'a> {
 pub struct JobObjects {
     pub pod: Pod,
     pub secret: Secret,
+    /// What the broker's log-end markers carry (in the Secret too): the executor stops
+    /// following the log once it has seen them.
+    pub log_end_token: SecretString,
 }
 
 /// A job that cannot become a pod, with what to change.
@@ -301,6 +307,10 @@ pub fn build_job_objects(req: &PodRequest<'_>) -> Result<JobObjects, PodError> {
             ByteString(token.expose_secret().as_bytes().to_vec()),
         );
     }
+    secret_data.insert(
+        contract::INPUT_LOG_END_KEY.into(),
+        ByteString(req.log_end_token.expose_secret().as_bytes().to_vec()),
+    );
     public_env.insert("CI_PROJECT_DIR".into(), project_dir.clone());
     public_env.insert("CI_BUILDS_DIR".into(), runner.builds_dir.clone());
     for key in secret_data.keys() {
@@ -613,5 +623,9 @@ pub fn build_job_objects(req: &PodRequest<'_>) -> Result<JobObjects, PodError> {
         type_: Some("Opaque".into()),
         ..Default::default()
     };
-    Ok(JobObjects { pod, secret })
+    Ok(JobObjects {
+        pod,
+        secret,
+        log_end_token: req.log_end_token.clone(),
+    })
 }

@@ -17,6 +17,13 @@ pub fn pod_name(job_id: u64, suffix: &str) -> String {
     format!("kh-{job_id}-{suffix}")
 }
 
+/// A fresh log-end token for [`PodRequest::log_end_token`]: 32 hex digits. It need not be
+/// unguessable: the job cannot print it unmasked, as the broker masks every value of the
+/// per-job Secret; random so that no job output matches it by chance.
+pub fn log_end_token() -> secrecy::SecretString {
+    format!("{:032x}", fastrand::u128(..)).into()
+}
+
 /// Six random `[a-z0-9]` characters for [`pod_name`].
 pub fn random_suffix() -> String {
     use std::hash::{BuildHasher, Hasher};

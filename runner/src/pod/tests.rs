@@ -14,6 +14,7 @@ fn render(name: &str, job: &crate::job::Job) -> JobObjects {
         pod_name: pod_name(job.id, name.replace('_', "").get(..6).unwrap_or("abcdef")),
         service_account: "keyhole-job".into(),
         secrets: &secrets,
+        log_end_token: "0123456789abcdef0123456789abcdef".to_string().into(),
     })
     .unwrap()
 }
@@ -93,6 +94,7 @@ fn resource_overrides_are_capped_and_refused_above_the_cap() {
         pod_name: "p".into(),
         service_account: "sa".into(),
         secrets: &secrets,
+        log_end_token: log_end_token(),
     })
     .unwrap_err();
     assert!(err.0.contains("above the runner's maximum 1Gi"), "{err}");
