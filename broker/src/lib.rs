@@ -9,6 +9,7 @@ pub mod inputs;
 pub mod job_vars;
 pub mod kube_secrets;
 pub mod leases;
+pub mod log_budget;
 pub mod mask;
 pub mod pump;
 pub mod reference;

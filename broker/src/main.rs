@@ -4,6 +4,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use keyhole_broker::contract;
 use keyhole_broker::delivery::Ownership;
+use keyhole_broker::log_budget::{LogLimits, Pace};
 use keyhole_broker::run::{AuthMethod, KubeSettings, RunConfig, VaultSettings, run};
 
 /// Delivers a job's secrets as files and masks them out of its log. Runs as a native sidecar
@@ -82,6 +83,18 @@ struct RunArgs {
     /// Allow writing secrets to a disk-backed directory (not recommended).
     #[arg(long, env = "KEYHOLE_ALLOW_DISK")]
     allow_disk: bool,
+    /// Job output passed to the log, in KiB (the runner's `output_limit`); the rest is dropped
+    /// after one notice. 0: no limit.
+    #[arg(long, env = "KEYHOLE_LOG_LIMIT_KIB", default_value_t = 0)]
+    log_limit_kib: u64,
+    /// Past the burst, pass job output at most this fast, in KiB/s (the job's writes wait),
+    /// so the kubelet's log follower keeps up. 0: no pacing.
+    #[arg(long, env = "KEYHOLE_LOG_RATE_KIB", default_value_t = 0)]
+    log_rate_kib: u64,
+    /// Output passed at once before the pace applies, in KiB; keep it under the kubelet's
+    /// `containerLogMaxSize`.
+    #[arg(long, env = "KEYHOLE_LOG_BURST_KIB", default_value_t = 8192)]
+    log_burst_kib: u64,
     #[arg(long, env = "KEYHOLE_CONCURRENCY", default_value_t = 16)]
     concurrency: usize,
 }
@@ -152,5 +165,12 @@ fn run_config(a: RunArgs) -> RunConfig {
         allow_disk: a.allow_disk,
         concurrency: a.concurrency,
         vault_deadline: Duration::from_secs(a.vault_deadline),
+        log_limits: LogLimits {
+            max_bytes: (a.log_limit_kib > 0).then(|| a.log_limit_kib.saturating_mul(1024)),
+            pace: (a.log_rate_kib > 0).then(|| Pace {
+                bytes_per_second: a.log_rate_kib.saturating_mul(1024),
+                burst: a.log_burst_kib.saturating_mul(1024),
+            }),
+        },
     }
 }

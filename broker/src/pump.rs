@@ -9,6 +9,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::unix::pipe;
 use tokio::sync::watch;
 
+use crate::log_budget::{LogBudget, LogLimits, limit_notice};
 use crate::mask::StreamMasker;
 
 /// How long output may sit unflushed when the job is quiet (a prompt without a newline).
@@ -25,11 +26,12 @@ pub fn create_fifo(path: &Path) -> io::Result<()> {
         .map_err(io::Error::from)
 }
 
-/// Masks everything written to the FIFO into `out` until `shutdown` turns true, then drains
-/// what is left and flushes the masker.
+/// Masks everything written to the FIFO into `out`, within `limits`, until `shutdown` turns
+/// true, then drains what is left and flushes the masker.
 pub async fn pump(
     fifo: &Path,
     mut masker: StreamMasker,
+    limits: LogLimits,
     out: &mut (impl AsyncWrite + Unpin),
     mut shutdown: watch::Receiver<bool>,
 ) -> io::Result<()> {
@@ -39,31 +41,138 @@ pub async fn pump(
         .open_receiver(fifo)?;
     let mut buf = zeroize::Zeroizing::new(vec![0u8; 64 * 1024]);
     let mut masked = Vec::with_capacity(64 * 1024);
+    let mut budget = LogBudget::new(limits, now());
     loop {
         tokio::select! {
             read = rx.read(&mut buf[..]) => {
                 let n = read?;
-                masker.push(&buf[..n], &mut masked);
+                // Past the size limit the output is read (so the job never blocks) and dropped.
+                if !budget.over_limit() {
+                    masker.push(&buf[..n], &mut masked);
+                }
             }
             _ = tokio::time::sleep(IDLE_FLUSH), if masker.held() > 0 => masker.flush(&mut masked),
             _ = shutdown.changed() => break,
         }
         if !masked.is_empty() {
-            out.write_all(&masked).await?;
-            out.flush().await?;
-            masked.clear();
+            let wait = emit(&mut masked, &mut budget, out).await?;
+            if !wait.is_zero() {
+                // The job's writes block on the full pipe meanwhile.
+                tokio::time::sleep(wait).await;
+            }
         }
     }
-    // Drain whatever the job wrote before it exited.
+    // Drain whatever the job wrote before it exited (at most a pipe's worth: unpaced).
     loop {
         match rx.try_read(&mut buf[..]) {
             Ok(0) => break,
-            Ok(n) => masker.push(&buf[..n], &mut masked),
+            Ok(n) if !budget.over_limit() => masker.push(&buf[..n], &mut masked),
+            Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
             Err(e) => return Err(e),
         }
     }
     masker.finish(&mut masked);
-    out.write_all(&masked).await?;
-    out.flush().await
+    emit(&mut masked, &mut budget, out).await?;
+    Ok(())
+}
+
+/// Writes the part of `masked` the budget admits (and the limit notice once), empties it and
+/// returns how long to wait before the next write.
+async fn emit(
+    masked: &mut Vec<u8>,
+    budget: &mut LogBudget,
+    out: &mut (impl AsyncWrite + Unpin),
+) -> io::Result<Duration> {
+    let admitted = budget.admit(masked.len());
+    out.write_all(&masked[..admitted.keep]).await?;
+    if admitted.limit_reached
+        && let Some(max) = budget.max_bytes()
+    {
+        out.write_all(limit_notice(max).as_bytes()).await?;
+    }
+    out.flush().await?;
+    masked.clear();
+    Ok(budget.spend(admitted.keep, now()))
+}
+
+/// Tokio's clock, so that tests can pause it.
+fn now() -> std::time::Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log_budget::Pace;
+    use crate::mask::MaskSet;
+    use std::io::Write as _;
+    use std::sync::Arc;
+
+    fn fifo_in_temp_dir(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("keyhole-pump-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let fifo = dir.join("log");
+        create_fifo(&fifo).unwrap();
+        fifo
+    }
+
+    /// Writes `bytes` into the FIFO from a plain thread (a job), then signals the end.
+    async fn pump_job_output(name: &str, bytes: Vec<u8>, limits: LogLimits) -> (Vec<u8>, Duration) {
+        let fifo = fifo_in_temp_dir(name);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let masker = StreamMasker::new(Arc::new(MaskSet::new(Vec::new())));
+        let started = tokio::time::Instant::now();
+        let writer_path = fifo.clone();
+        // A plain thread, not spawn_blocking: that would stop the paused clock's auto-advance.
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(writer_path)
+                .unwrap();
+            f.write_all(&bytes).unwrap();
+            let _ = done_tx.send(());
+        });
+        let job = async {
+            done_rx.await.unwrap();
+            stop_tx.send(true).unwrap();
+        };
+        let mut out = Vec::new();
+        let (pumped, ()) = tokio::join!(pump(&fifo, masker, limits, &mut out, stop_rx), job);
+        pumped.unwrap();
+        let _ = std::fs::remove_dir_all(fifo.parent().unwrap());
+        (out, started.elapsed())
+    }
+
+    #[tokio::test]
+    async fn output_past_the_limit_is_dropped_after_one_notice() {
+        let output: Vec<u8> = (0..300_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+        let limits = LogLimits {
+            max_bytes: Some(100_000),
+            pace: None,
+        };
+        let (out, _) = pump_job_output("limit", output.clone(), limits).await;
+        let notice = limit_notice(100_000);
+        assert_eq!(out.len(), 100_000 + notice.len());
+        assert_eq!(&out[..100_000], &output[..100_000]);
+        assert_eq!(&out[100_000..], notice.as_bytes());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn past_the_burst_the_output_goes_at_the_pace() {
+        // 1 MiB at 256 KiB/s after a 256 KiB burst: at least 3 s of (paused, virtual) time.
+        let output = vec![b'x'; 1024 * 1024];
+        let limits = LogLimits {
+            max_bytes: None,
+            pace: Some(Pace {
+                bytes_per_second: 256 * 1024,
+                burst: 256 * 1024,
+            }),
+        };
+        let (out, elapsed) = pump_job_output("pace", output.clone(), limits).await;
+        assert_eq!(out, output, "pacing loses nothing");
+        assert!(elapsed >= Duration::from_secs(2), "{elapsed:?}");
+    }
 }

@@ -17,6 +17,7 @@ use crate::inputs;
 use crate::job_vars::{self, JobVariable, VariableKind};
 use crate::kube_secrets::service_account_of;
 use crate::leases::VaultSession;
+use crate::log_budget::LogLimits;
 use crate::mask::{MIN_MASKED_LEN, MaskSet, StreamMasker};
 use crate::reference::Source;
 use crate::resolve::{AuditEntry, KubeSource, Outcome, VaultSource, resolve_all};
@@ -34,6 +35,8 @@ pub struct RunConfig {
     pub allow_disk: bool,
     pub concurrency: usize,
     pub vault_deadline: Duration,
+    /// Size limit and pace of the job's output in the container log.
+    pub log_limits: LogLimits,
 }
 
 #[derive(Debug, Clone)]
@@ -222,7 +225,7 @@ async fn run_job(config: RunConfig, stdout: &mut tokio::io::Stdout) -> i32 {
         }
     };
     let (pumped, ()) = tokio::join!(
-        crate::pump::pump(&fifo, masker, stdout, stop_rx.clone()),
+        crate::pump::pump(&fifo, masker, config.log_limits, stdout, stop_rx.clone()),
         keep_alive
     );
     eprintln!("{}", contract::LOG_END_LINE);

@@ -146,6 +146,50 @@ async fn a_job_runs_its_script_reports_success_and_leaves_nothing_behind() {
     assert!(r.trace.contains("hello from hello\n"), "{}", r.trace);
     assert!(r.trace.contains("\n1000\n"), "{}", r.trace);
     assert!(r.trace.contains("Creating pod"), "{}", r.trace);
+    // The log ended at the broker's markers, which are not in the trace.
+    assert!(!r.trace.contains("end of log ("), "{}", r.trace);
+    assert!(!r.trace.contains("may be incomplete"), "{}", r.trace);
+    assert_cleaned_up(&s).await;
+}
+
+#[tokio::test]
+async fn the_broker_cuts_the_log_at_output_limit_and_the_job_still_finishes() {
+    let mut s = setup("runlimit").await;
+    s.runner.output_limit = 256;
+    let r = run_job(
+        &s,
+        &job(
+            2,
+            &[
+                "yes 0123456789abcdefghijklmnopqrstuvwxyz | head -c 4194304",
+                "echo after-the-limit",
+            ],
+        ),
+        Duration::from_secs(120),
+        never_cancel(),
+    )
+    .await;
+    assert_eq!(
+        r.outcome,
+        Outcome::Success,
+        "{}",
+        &r.trace[..2000.min(r.trace.len())]
+    );
+    let notice = "Job's log exceeded limit of 256 KiB; the rest is not shown.";
+    assert_eq!(
+        r.trace.matches(notice).count(),
+        1,
+        "one notice, by the broker"
+    );
+    assert!(!r.trace.contains("after-the-limit"));
+    // 256 KiB of output, the runner's and the broker's own lines: far below the 4 MiB written.
+    assert!(
+        r.trace.len() < 256 * 1024 + 16 * 1024,
+        "{} bytes",
+        r.trace.len()
+    );
+    assert!(r.trace.len() > 256 * 1024, "{} bytes", r.trace.len());
+    assert!(!r.trace.contains("may be incomplete"));
     assert_cleaned_up(&s).await;
 }
 

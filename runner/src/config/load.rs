@@ -116,6 +116,7 @@ const KEYHOLE_KEYS: &[&str] = &[
     "token_expiration_seconds",
     "kube_api",
     "service_account_rules",
+    "log_rate_kib",
 ];
 
 /// Reads and checks a config file, then applies the environment overrides in `env`.

@@ -265,6 +265,10 @@ pub struct KeyholeConfig {
     pub kube_api: String,
     /// Which ServiceAccount a job runs as; first match wins, else `kubernetes.service_account`.
     pub service_account_rules: Vec<ServiceAccountRule>,
+    /// How fast the broker passes a job's output to the container log past its first 8 MiB,
+    /// in KiB/s (0: unpaced): faster than the kubelet streams it, a log above
+    /// `containerLogMaxSize` rotates under the follower and loses lines.
+    pub log_rate_kib: u64,
 }
 
 impl Default for KeyholeConfig {
@@ -282,6 +286,7 @@ impl Default for KeyholeConfig {
             token_expiration_seconds: 600,
             kube_api: "https://kubernetes.default.svc".into(),
             service_account_rules: Vec::new(),
+            log_rate_kib: 4096,
         }
     }
 }

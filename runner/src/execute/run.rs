@@ -53,6 +53,10 @@ impl std::fmt::Debug for JobRun {
     }
 }
 
+/// Trace bytes the broker's own lines (audit, renewals, revocations) may add to the job's
+/// output, which the broker cuts at `output_limit`.
+const BROKER_LINES_ALLOWANCE: u64 = 64 * 1024;
+
 /// Writes runner lines into the trace, in GitLab's colours.
 #[derive(Debug, Clone)]
 pub struct TraceWriter(pub mpsc::Sender<Vec<u8>>);
@@ -276,7 +280,9 @@ pub async fn execute_timed(mut run: JobRun) -> (Outcome, Instant) {
                         pods.clone(),
                         name.clone(),
                         trace.clone(),
-                        run.output_limit.saturating_mul(1024),
+                        // The broker cuts the job's output at the limit; its own lines
+                        // come on top.
+                        run.output_limit.saturating_mul(1024).saturating_add(BROKER_LINES_ALLOWANCE),
                         run.objects.log_end_token.clone(),
                     )));
                 }

@@ -382,6 +382,15 @@ pub fn build_job_objects(req: &PodRequest<'_>) -> Result<JobObjects, PodError> {
     let mut broker_env: BTreeMap<String, String> = BTreeMap::new();
     broker_env.insert("KEYHOLE_NAMESPACE".into(), ns.clone());
     broker_env.insert("KEYHOLE_FILE_GID".into(), security.fs_group.to_string());
+    // The broker cuts and paces the log where it is made (see docs/runner.md, "Big logs").
+    broker_env.insert(
+        "KEYHOLE_LOG_LIMIT_KIB".into(),
+        runner.output_limit.to_string(),
+    );
+    broker_env.insert(
+        "KEYHOLE_LOG_RATE_KIB".into(),
+        runner.keyhole.log_rate_kib.to_string(),
+    );
     if let Some(v) = &req.secrets.vault {
         broker_env.insert("KEYHOLE_VAULT_ADDR".into(), v.addr.clone());
         broker_env.insert("KEYHOLE_VAULT_AUTH_MOUNT".into(), v.auth_mount.clone());
