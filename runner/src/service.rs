@@ -389,7 +389,8 @@ impl Service {
                 ))
                 .await;
             // `ended`: when the outcome became known (for a job that ran: its exit seen).
-            let (outcome, ended) = match prepare(&job, &self.runner) {
+            // `deletion`: the pod's, which may still be under way while the runner reports.
+            let (outcome, ended, deletion) = match prepare(&job, &self.runner) {
                 Err(errors) => {
                     for e in &errors {
                         trace.error(e).await;
@@ -399,7 +400,7 @@ impl Service {
                         exit_code: None,
                         message: "the job cannot run on this runner as configured".into(),
                     };
-                    (outcome, Instant::now())
+                    (outcome, Instant::now(), tokio::spawn(async {}))
                 }
                 Ok(prepared) => {
                     trace
@@ -456,7 +457,8 @@ impl Service {
             };
             match session.finish(result).await {
                 // Job end seen → GitLab holds the whole trace and the final state: what the
-                // runner adds to the job's end (the pod's deletion and log drain included).
+                // runner adds to the job's end (the log drain included; the pod's deletion
+                // runs meanwhile and is awaited below).
                 Ok(()) => info!(final_ms = ended.elapsed().as_millis() as u64, "reported the job"),
                 Err(e) => {
                     self.metrics.gitlab_error("jobs/:id");
@@ -464,6 +466,8 @@ impl Service {
                 }
             }
             watcher.abort();
+            // Only a deleted pod (or one the reaper will find) lets the job be forgotten.
+            let _ = deletion.await;
             if let Some(j) = &self.journal {
                 j.remove(job.id);
             }

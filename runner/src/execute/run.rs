@@ -13,6 +13,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use secrecy::{ExposeSecret as _, SecretString};
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 
 use super::log_end::LogEnd;
 use super::status::{ContainerView, FailureKind, Outcome, broker_failure, observe, progress_line};
@@ -180,13 +181,18 @@ async fn broker_log_after_exit(pods: &Api<Pod>, name: &str) -> String {
 
 /// Runs the job to an outcome and always deletes its pod.
 pub async fn execute(run: JobRun) -> Outcome {
-    execute_timed(run).await.0
+    let (outcome, _, deletion) = execute_timed(run).await;
+    let _ = deletion.await;
+    outcome
 }
 
 /// [`execute`], also returning when the outcome became known (the build container's exit
-/// seen, a deadline, a cancel), before the pod was deleted and its log drained: the service
-/// measures from there what it adds to a job's end (`final_ms`).
-pub async fn execute_timed(mut run: JobRun) -> (Outcome, Instant) {
+/// seen, a deadline, a cancel), before the log was drained: the service measures from there
+/// what it adds to a job's end (`final_ms`). Returns once the trace is complete, with the
+/// pod's deletion possibly still under way: the job's result need not wait for the API
+/// server's answer, but the caller must await it before it forgets the job (the reaper is
+/// the backstop when it failed).
+pub async fn execute_timed(mut run: JobRun) -> (Outcome, Instant, JoinHandle<()>) {
     let trace = TraceWriter(run.trace.clone());
     let pod = run.objects.pod.clone();
     let name = pod.metadata.name.clone().unwrap_or_default();
@@ -200,7 +206,11 @@ pub async fn execute_timed(mut run: JobRun) -> (Outcome, Instant) {
         Err(e) => {
             let msg = format!("the cluster refused the job pod {ns}/{name}: {e}");
             trace.error(&msg).await;
-            return (failed(FailureKind::System, None, msg), Instant::now());
+            return (
+                failed(FailureKind::System, None, msg),
+                Instant::now(),
+                tokio::spawn(async {}),
+            );
         }
     };
     let mut secret = run.objects.secret.clone();
@@ -216,7 +226,11 @@ pub async fn execute_timed(mut run: JobRun) -> (Outcome, Instant) {
         trace.error(&msg).await;
         let ended = Instant::now();
         delete_pod(&pods, &name, 0).await;
-        return (failed(FailureKind::System, None, msg), ended);
+        return (
+            failed(FailureKind::System, None, msg),
+            ended,
+            tokio::spawn(async {}),
+        );
     }
 
     let grace = pod
@@ -346,6 +360,7 @@ pub async fn execute_timed(mut run: JobRun) -> (Outcome, Instant) {
         }
     };
     let ended = Instant::now();
+    let mut deletion = None;
 
     match log_task {
         Some(task) => {
@@ -353,8 +368,11 @@ pub async fn execute_timed(mut run: JobRun) -> (Outcome, Instant) {
             // and revoked its leases; the pod's deletion need not wait for that, nor that for
             // the deletion.
             let wait = Duration::from_secs(u64::try_from(delete_grace).unwrap_or(0) + 15);
-            let drained = async { tokio::time::timeout(wait, task).await };
-            let ((), drained) = tokio::join!(delete_pod(&pods, &name, delete_grace), drained);
+            deletion = Some(tokio::spawn({
+                let (pods, name) = (pods.clone(), name.clone());
+                async move { delete_pod(&pods, &name, delete_grace).await }
+            }));
+            let drained = tokio::time::timeout(wait, task).await;
             // The build container ended by itself: the broker then relays all of its
             // output and writes its closing line (an abort kills it before that).
             let exited = matches!(
@@ -399,7 +417,8 @@ pub async fn execute_timed(mut run: JobRun) -> (Outcome, Instant) {
     {
         trace.error(message).await;
     }
-    (outcome, ended)
+    let deletion = deletion.unwrap_or_else(|| tokio::spawn(async {}));
+    (outcome, ended, deletion)
 }
 
 /// Deletes the job pod (background propagation: its Secret follows). A pod that is already
