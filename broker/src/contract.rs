@@ -72,6 +72,13 @@ pub const RUNTIME_DIR: &str = "/keyhole/run";
 /// FIFO in [`RUNTIME_DIR`]: the build script writes its output here; the broker masks it and
 /// writes it to its own stdout, the only path to the container log. Created by the broker.
 pub const LOG_FIFO: &str = "log";
+/// FIFO in [`RUNTIME_DIR`]: the generated job script writes one byte here as its very last act,
+/// so the broker drains the log, wipes, revokes and ends its log at once rather than when the
+/// kubelet's SIGTERM comes (late on a busy node). Opened read-write by the script, which never
+/// blocks. A job that writes it early only cuts its own trace short and loses its own
+/// secrets. Created by the broker; written by the build script.
+pub const DONE_FIFO: &str = "done";
+
 /// The broker's log line once the job's output is relayed in full (the pipe drained at the
 /// end of the job), before it wipes the files and revokes its Vault leases and token. Written
 /// by the broker to stderr, for people reading the trace.

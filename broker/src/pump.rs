@@ -26,6 +26,16 @@ pub fn create_fifo(path: &Path) -> io::Result<()> {
         .map_err(io::Error::from)
 }
 
+/// Returns once the job's script wrote to its `done` FIFO ([`crate::contract::DONE_FIFO`]).
+pub async fn wait_for_done(fifo: &Path) -> io::Result<()> {
+    // Read-write, like the log FIFO: no EOF, no blocking open.
+    let mut rx = pipe::OpenOptions::new()
+        .read_write(true)
+        .open_receiver(fifo)?;
+    let mut byte = [0u8; 1];
+    rx.read_exact(&mut byte).await.map(|_| ())
+}
+
 /// Masks everything written to the FIFO into `out`, within `limits`, until `shutdown` turns
 /// true, then drains what is left and flushes the masker.
 pub async fn pump(

@@ -72,7 +72,8 @@ pub struct KubeSettings {
 pub async fn run(config: RunConfig) -> i32 {
     let log_end = inputs::read_log_end_token(&config.inputs_dir);
     let mut stdout = tokio::io::stdout();
-    let code = run_job(config, &mut stdout).await;
+    let mut terminated = None;
+    let code = run_job(config, &mut stdout, &mut terminated).await;
     if let Some(token) = log_end {
         // Both streams end with a marker: the kubelet interleaves them, each in order.
         let marker = contract::log_end_marker(contract::LogStream::Stdout, &token);
@@ -83,10 +84,25 @@ pub async fn run(config: RunConfig) -> i32 {
             contract::log_end_marker(contract::LogStream::Stderr, &token)
         );
     }
+    // The job said it was over before the kubelet stopped the pod: a native sidecar that exits
+    // now would be restarted, so wait for the SIGTERM.
+    if let Some(mut term) = terminated {
+        while !*term.borrow_and_update() {
+            if term.changed().await.is_err() {
+                break;
+            }
+        }
+    }
     code
 }
 
-async fn run_job(config: RunConfig, stdout: &mut tokio::io::Stdout) -> i32 {
+/// `terminated`: set when the job's script reported its end (the `done` pipe) before any
+/// SIGTERM: turns true at SIGTERM.
+async fn run_job(
+    config: RunConfig,
+    stdout: &mut tokio::io::Stdout,
+    terminated: &mut Option<watch::Receiver<bool>>,
+) -> i32 {
     let annotations = match inputs::read_annotations(&config.inputs_dir) {
         Ok(a) => a,
         Err(e) => return fail(exit_code::BAD_INPUTS, &[e.to_string()]),
@@ -213,12 +229,35 @@ async fn run_job(config: RunConfig, stdout: &mut tokio::io::Stdout) -> i32 {
         variables.len()
     );
 
+    // The job ends at SIGTERM or when its script says so, whichever comes first.
     let (stop_tx, stop_rx) = watch::channel(false);
-    tokio::spawn(async move {
-        wait_for_termination().await;
-        let _ = stop_tx.send(true);
+    let stop_tx = Arc::new(stop_tx);
+    let (term_tx, term_rx) = watch::channel(false);
+    tokio::spawn({
+        let stop_tx = Arc::clone(&stop_tx);
+        async move {
+            wait_for_termination().await;
+            let _ = term_tx.send(true);
+            let _ = stop_tx.send(true);
+        }
     });
-    // Leases are renewed while the job runs; both stop at SIGTERM.
+    let done = config.runtime_dir.join(contract::DONE_FIFO);
+    match crate::pump::create_fifo(&done) {
+        Ok(()) => {
+            let done = done.clone();
+            tokio::spawn(async move {
+                if crate::pump::wait_for_done(&done).await.is_ok() {
+                    let _ = stop_tx.send(true);
+                }
+            });
+        }
+        // Without it the job still ends at SIGTERM.
+        Err(e) => eprintln!(
+            "keyhole-broker: warning: creating {}: {e}; the job's end is known at SIGTERM only",
+            done.display()
+        ),
+    }
+    // Leases are renewed while the job runs; both stop at the job's end.
     let keep_alive = async {
         if let Some(s) = session.as_mut() {
             s.keep_alive(stop_rx.clone()).await;
@@ -232,7 +271,11 @@ async fn run_job(config: RunConfig, stdout: &mut tokio::io::Stdout) -> i32 {
     files.wipe();
     let _ = std::fs::remove_file(&ready);
     let _ = std::fs::remove_file(&fifo);
+    let _ = std::fs::remove_file(&done);
     end_session(session).await;
+    if !*term_rx.borrow() {
+        *terminated = Some(term_rx);
+    }
     match pumped {
         Ok(()) => exit_code::OK,
         Err(e) => fail(

@@ -121,6 +121,13 @@ pub fn build_script(
         out.push_str("kill $keyhole_timer 2>/dev/null\n");
         section(&mut out, "end", "after_script", "");
     }
+    // Tell the broker the job is over (see contract::DONE_FIFO); `<>` never blocks.
+    let done = format!("{}/{}", contract::RUNTIME_DIR, contract::DONE_FIFO);
+    let _ = writeln!(
+        out,
+        "{{ printf . >&3; }} 3<>{} 2>/dev/null || :",
+        sh_quote(&done)
+    );
     out.push_str("exit $keyhole_rc\n");
     out
 }

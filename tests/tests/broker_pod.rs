@@ -468,7 +468,7 @@ async fn broker_delivers_dynamic_credentials_renews_their_lease_and_revokes_it_w
         .expect("the bed has no Redis: run `scripts/testbed build && scripts/testbed up`");
     let (redis_host, redis_port) = redis.pod_addr.split_once(':').unwrap();
     // The job proves the credentials work by talking RESP to Redis itself, then waits until
-    // the test has seen a renewal (it creates /keyhole/run/done).
+    // the test has seen a renewal (it creates /keyhole/run/let-the-job-end).
     let script = format!(
         r#"
         exec > /keyhole/run/log 2>&1
@@ -481,7 +481,7 @@ async fn broker_delivers_dynamic_credentials_renews_their_lease_and_revokes_it_w
         exec 3>&-
         echo "redis-says=$(tr -d '\r' < /tmp/redis-out | tr '\n' ' ')"
         i=0
-        while [ ! -e /keyhole/run/done ] && [ $i -lt 600 ]; do sleep 0.2; i=$((i + 1)); done
+        while [ ! -e /keyhole/run/let-the-job-end ] && [ $i -lt 600 ]; do sleep 0.2; i=$((i + 1)); done
         echo "job done"
         "#
     );
@@ -569,7 +569,7 @@ async fn broker_delivers_dynamic_credentials_renews_their_lease_and_revokes_it_w
     let mut touch = pods
         .exec(
             "job",
-            ["touch", "/keyhole/run/done"],
+            ["touch", "/keyhole/run/let-the-job-end"],
             &AttachParams::default().container("build").stderr(false),
         )
         .await
