@@ -73,16 +73,25 @@ pub async fn run(config: RunConfig) -> i32 {
     let log_end = inputs::read_log_end_token(&config.inputs_dir);
     let mut stdout = tokio::io::stdout();
     let mut terminated = None;
-    let code = run_job(config, &mut stdout, &mut terminated).await;
+    let mut own_stderr = None;
+    let closing = Closing {
+        onto_stdout: log_end.is_some(),
+        terminated: &mut terminated,
+        own_stderr: &mut own_stderr,
+    };
+    let code = run_job(config, &mut stdout, closing).await;
     if let Some(token) = log_end {
         // Both streams end with a marker: the kubelet interleaves them, each in order.
         let marker = contract::log_end_marker(contract::LogStream::Stdout, &token);
         let _ = stdout.write_all(marker.as_bytes()).await;
         let _ = stdout.flush().await;
-        eprint!(
-            "{}",
-            contract::log_end_marker(contract::LogStream::Stderr, &token)
-        );
+        let marker = contract::log_end_marker(contract::LogStream::Stderr, &token);
+        match own_stderr {
+            Some(fd) => {
+                let _ = std::io::Write::write_all(&mut std::fs::File::from(fd), marker.as_bytes());
+            }
+            None => eprint!("{marker}"),
+        }
     }
     // The job said it was over before the kubelet stopped the pod: a native sidecar that exits
     // now would be restarted, so wait for the SIGTERM.
@@ -96,13 +105,19 @@ pub async fn run(config: RunConfig) -> i32 {
     code
 }
 
-/// `terminated`: set when the job's script reported its end (the `done` pipe) before any
-/// SIGTERM: turns true at SIGTERM.
-async fn run_job(
-    config: RunConfig,
-    stdout: &mut tokio::io::Stdout,
-    terminated: &mut Option<watch::Receiver<bool>>,
-) -> i32 {
+/// How the job's end is handled, for [`run`] to finish after [`run_job`].
+struct Closing<'a> {
+    /// Write the closing lines to stdout (only when the runner reads the log to the markers;
+    /// a broker run by hand keeps them on stderr).
+    onto_stdout: bool,
+    /// Set when the job's script reported its end (the `done` pipe) before any SIGTERM;
+    /// turns true at SIGTERM.
+    terminated: &'a mut Option<watch::Receiver<bool>>,
+    /// The original stderr once the closing lines go to stdout.
+    own_stderr: &'a mut Option<std::os::fd::OwnedFd>,
+}
+
+async fn run_job(config: RunConfig, stdout: &mut tokio::io::Stdout, closing: Closing<'_>) -> i32 {
     let annotations = match inputs::read_annotations(&config.inputs_dir) {
         Ok(a) => a,
         Err(e) => return fail(exit_code::BAD_INPUTS, &[e.to_string()]),
@@ -267,6 +282,12 @@ async fn run_job(
         crate::pump::pump(&fifo, masker, config.log_limits, stdout, stop_rx.clone()),
         keep_alive
     );
+    // The closing lines follow the job's last output in the log: on stdout, the same stream
+    // (the kubelet interleaves the two streams in no fixed order). The stderr marker still
+    // goes to the real stderr, after everything written there before.
+    if closing.onto_stdout {
+        *closing.own_stderr = stderr_onto_stdout();
+    }
     eprintln!("{}", contract::LOG_END_LINE);
     files.wipe();
     let _ = std::fs::remove_file(&ready);
@@ -274,7 +295,7 @@ async fn run_job(
     let _ = std::fs::remove_file(&done);
     end_session(session).await;
     if !*term_rx.borrow() {
-        *terminated = Some(term_rx);
+        *closing.terminated = Some(term_rx);
     }
     match pumped {
         Ok(()) => exit_code::OK,
@@ -283,6 +304,14 @@ async fn run_job(
             &[format!("relaying the job log: {e}")],
         ),
     }
+}
+
+/// Points fd 2 at stdout; returns the original stderr. None (and stderr unchanged) on error.
+fn stderr_onto_stdout() -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::AsFd as _;
+    let original = std::io::stderr().as_fd().try_clone_to_owned().ok()?;
+    nix::unistd::dup2_stderr(std::io::stdout().as_fd()).ok()?;
+    Some(original)
 }
 
 fn fail(code: i32, lines: &[String]) -> i32 {

@@ -270,6 +270,10 @@ async fn secrets_from_vault_and_kubernetes_reach_the_script_masked() {
     ] {
         assert!(r.trace.contains(line), "missing {line:?}:\n{}", r.trace);
     }
+    // The broker's closing lines follow the job's last output.
+    let last_output = r.trace.rfind("400 1000").unwrap();
+    let closing = r.trace.find("keyhole-broker: job ended").unwrap();
+    assert!(last_output < closing, "{}", r.trace);
     assert!(
         !r.trace.contains(&db) && !r.trace.contains(&api_key),
         "a value leaked:\n{}",
