@@ -246,10 +246,9 @@ async fn run_job(config: RunConfig, stdout: &mut tokio::io::Stdout, closing: Clo
 
     // The job ends at SIGTERM or when its script says so, whichever comes first.
     let (stop_tx, stop_rx) = watch::channel(false);
-    let stop_tx = Arc::new(stop_tx);
     let (term_tx, term_rx) = watch::channel(false);
     tokio::spawn({
-        let stop_tx = Arc::clone(&stop_tx);
+        let stop_tx = stop_tx.clone();
         async move {
             wait_for_termination().await;
             let _ = term_tx.send(true);

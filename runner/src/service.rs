@@ -400,7 +400,7 @@ impl Service {
                         exit_code: None,
                         message: "the job cannot run on this runner as configured".into(),
                     };
-                    (outcome, Instant::now(), tokio::spawn(async {}))
+                    (outcome, Instant::now(), None)
                 }
                 Ok(prepared) => {
                     trace
@@ -467,7 +467,9 @@ impl Service {
             }
             watcher.abort();
             // Only a deleted pod (or one the reaper will find) lets the job be forgotten.
-            let _ = deletion.await;
+            if let Some(d) = deletion {
+                let _ = d.await;
+            }
             if let Some(j) = &self.journal {
                 j.remove(job.id);
             }

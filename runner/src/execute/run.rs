@@ -182,7 +182,9 @@ async fn broker_log_after_exit(pods: &Api<Pod>, name: &str) -> String {
 /// Runs the job to an outcome and always deletes its pod.
 pub async fn execute(run: JobRun) -> Outcome {
     let (outcome, _, deletion) = execute_timed(run).await;
-    let _ = deletion.await;
+    if let Some(d) = deletion {
+        let _ = d.await;
+    }
     outcome
 }
 
@@ -191,8 +193,8 @@ pub async fn execute(run: JobRun) -> Outcome {
 /// what it adds to a job's end (`final_ms`). Returns once the trace is complete, with the
 /// pod's deletion possibly still under way: the job's result need not wait for the API
 /// server's answer, but the caller must await it before it forgets the job (the reaper is
-/// the backstop when it failed).
-pub async fn execute_timed(mut run: JobRun) -> (Outcome, Instant, JoinHandle<()>) {
+/// the backstop when it failed). None: the deletion is done already.
+pub async fn execute_timed(mut run: JobRun) -> (Outcome, Instant, Option<JoinHandle<()>>) {
     let trace = TraceWriter(run.trace.clone());
     let pod = run.objects.pod.clone();
     let name = pod.metadata.name.clone().unwrap_or_default();
@@ -206,11 +208,7 @@ pub async fn execute_timed(mut run: JobRun) -> (Outcome, Instant, JoinHandle<()>
         Err(e) => {
             let msg = format!("the cluster refused the job pod {ns}/{name}: {e}");
             trace.error(&msg).await;
-            return (
-                failed(FailureKind::System, None, msg),
-                Instant::now(),
-                tokio::spawn(async {}),
-            );
+            return (failed(FailureKind::System, None, msg), Instant::now(), None);
         }
     };
     let mut secret = run.objects.secret.clone();
@@ -226,11 +224,7 @@ pub async fn execute_timed(mut run: JobRun) -> (Outcome, Instant, JoinHandle<()>
         trace.error(&msg).await;
         let ended = Instant::now();
         delete_pod(&pods, &name, 0).await;
-        return (
-            failed(FailureKind::System, None, msg),
-            ended,
-            tokio::spawn(async {}),
-        );
+        return (failed(FailureKind::System, None, msg), ended, None);
     }
 
     let grace = pod
@@ -417,7 +411,6 @@ pub async fn execute_timed(mut run: JobRun) -> (Outcome, Instant, JoinHandle<()>
     {
         trace.error(message).await;
     }
-    let deletion = deletion.unwrap_or_else(|| tokio::spawn(async {}));
     (outcome, ended, deletion)
 }
 
