@@ -23,6 +23,10 @@ pub const INPUT_SA_TOKEN: &str = "token";
 /// audience), used to read `k8s:` references as the job's ServiceAccount. Written by the
 /// kubelet; read by the broker's Kubernetes client (re-read when it rotates).
 pub const INPUT_KUBE_TOKEN: &str = "kube-token";
+/// File in [`INPUTS_DIR`]: the PEM bundle that signs Vault's certificate, projected from the
+/// ConfigMap the runner's `vault_ca_config_map` names (public data, but in the broker's inputs
+/// only: the build container has no use for it). Read by the broker (`KEYHOLE_VAULT_CA_FILE`).
+pub const INPUT_VAULT_CA: &str = "vault-ca.crt";
 /// File in [`INPUTS_DIR`]: the pod's annotations (downward API, `key="value"` lines), carrying
 /// the references under [`REFERENCE_ANNOTATION_PREFIX`]. Written by the kubelet.
 pub const INPUT_ANNOTATIONS: &str = "annotations";
@@ -126,4 +130,8 @@ pub mod exit_code {
     /// Vault or the apiserver could not be reached in time, or Vault is sealed: an
     /// infrastructure error; the job may succeed when retried.
     pub const UNAVAILABLE: i32 = 69;
+    /// SIGTERM or SIGINT came before the job's script ran (the pod was deleted while the
+    /// broker resolved): what was issued so far is revoked, nothing is delivered. 128 + 15,
+    /// as a shell reports a process ended by SIGTERM.
+    pub const TERMINATED: i32 = 143;
 }

@@ -15,4 +15,5 @@ pub mod pump;
 pub mod reference;
 pub mod resolve;
 pub mod run;
+pub mod termination;
 pub mod vault;

@@ -10,13 +10,14 @@ use std::collections::BTreeMap;
 use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
+use tokio::sync::watch;
 
 use crate::blame::Blame;
 use crate::delivery::{Delivery, Resolved};
 use crate::kube_secrets::read_secret;
 use crate::leases::{HeldLease, VaultSession};
 use crate::reference::{Engine, SecretRef, Source, VaultRef};
-use crate::vault::{LoginMethod, VaultClient, VaultConfig, VaultError};
+use crate::vault::{LoginMethod, VaultClient, VaultConfig, VaultError, reconcile_engine};
 
 /// Where `vault:` references are read.
 #[derive(Debug)]
@@ -67,14 +68,26 @@ impl std::fmt::Display for Failure {
     }
 }
 
-/// Everything resolved, with the Vault session (token and leases) kept for renewal during the
-/// job and revocation at its end.
+/// Everything resolved: the values and their audit lines. The Vault session that issued them
+/// (token and leases) is the caller's, see [`resolve_all`].
 #[derive(Debug)]
 pub struct Outcome {
     pub resolved: Vec<Resolved>,
     pub audit: Vec<AuditEntry>,
-    pub vault: Option<VaultSession>,
 }
+
+/// Why nothing is delivered.
+#[derive(Debug)]
+pub enum Unresolved {
+    /// References failed; every failure, sorted by name.
+    Failed(Vec<Failure>),
+    /// A termination signal came first; what was in flight was dropped.
+    Terminated,
+}
+
+/// How long a login that is in flight when the job is stopped may still take: a token Vault
+/// has issued is only revocable once its answer arrives. Past this it is left to its TTL.
+pub const LOGIN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Why a Vault reference cannot be read at all (no login, no engine): a message and its blame.
 type Blocked = (String, Blame);
@@ -93,68 +106,116 @@ enum Task {
 
 type Read = Result<(Resolved, AuditEntry), Failure>;
 
+/// Everything the reads produced, failures included.
+#[derive(Default)]
+struct Reads {
+    resolved: Vec<Resolved>,
+    audit: Vec<AuditEntry>,
+    leases: Vec<HeldLease>,
+    failures: Vec<Failure>,
+}
+
 /// Resolves all references with at most `concurrency` reads in flight. One Vault login per
-/// job. Any failure fails the whole set: the caller writes nothing, and leases and token
-/// issued on the way are revoked here.
+/// job, whose session goes into `session` the moment it exists, so that the caller revokes the
+/// token (and with it every lease issued to it, even one whose answer was never read) however
+/// this ends: failure, `terminated` turning true, or the future being dropped.
 pub async fn resolve_all(
     refs: Vec<SecretRef>,
     vault: Option<VaultSource>,
     kube: Option<KubeSource>,
     concurrency: usize,
-) -> Result<Outcome, Vec<Failure>> {
+    session: &mut Option<VaultSession>,
+    mut terminated: watch::Receiver<bool>,
+) -> Result<Outcome, Unresolved> {
     let concurrency = concurrency.max(1);
     let needs_vault = refs.iter().any(|r| matches!(r.source, Source::Vault(_)));
-    let (client, blocked) = if needs_vault {
-        match login(vault).await {
-            Ok(c) => (Some(c), None),
-            Err(b) => (None, Some(b)),
+    let mut blocked = None;
+    if needs_vault {
+        let (login, stopped) = login_unless_terminated(vault, &mut terminated).await;
+        match login {
+            Ok(client) => *session = Some(VaultSession::new(client)),
+            Err(b) => blocked = Some(b),
         }
-    } else {
-        (None, None)
+        if stopped {
+            return Err(Unresolved::Terminated);
+        }
+    }
+    let client = session.as_ref().map(VaultSession::client);
+    let reads = read_all(refs, blocked, client, kube.as_ref(), concurrency);
+    let mut reads = tokio::select! {
+        reads = reads => reads,
+        () = crate::termination::stopped(&mut terminated) => return Err(Unresolved::Terminated),
     };
-    let engines = match &client {
+    if let Some(s) = session.as_mut() {
+        s.hold(std::mem::take(&mut reads.leases));
+    }
+    if !reads.failures.is_empty() {
+        reads.failures.sort_by(|a, b| a.name.cmp(&b.name));
+        return Err(Unresolved::Failed(reads.failures));
+    }
+    reads.resolved.sort_by(|a, b| a.name.cmp(&b.name));
+    reads.audit.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(Outcome {
+        resolved: reads.resolved,
+        audit: reads.audit,
+    })
+}
+
+/// Detects the engines, plans and runs every read.
+async fn read_all(
+    refs: Vec<SecretRef>,
+    blocked: Option<Blocked>,
+    client: Option<&VaultClient>,
+    kube: Option<&KubeSource>,
+    concurrency: usize,
+) -> Reads {
+    let engines = match client {
         Some(c) => detect_engines(c, &refs, concurrency).await,
         None => BTreeMap::new(),
     };
-    let (tasks, mut failures) = plan(refs, blocked.as_ref(), &engines);
-    let client_ref = client.as_ref();
-    let kube_ref = kube.as_ref();
+    let (tasks, failures) = plan(refs, blocked.as_ref(), &engines);
     let results: Vec<(Vec<Read>, Option<HeldLease>)> = futures::stream::iter(tasks)
-        .map(|t| run_task(t, client_ref, kube_ref))
+        .map(|t| run_task(t, client, kube))
         .buffer_unordered(concurrency)
         .collect()
         .await;
-    let mut resolved = Vec::new();
-    let mut audit = Vec::new();
-    let mut leases = Vec::new();
+    let mut out = Reads {
+        failures,
+        ..Reads::default()
+    };
     for (reads, lease) in results {
-        leases.extend(lease);
+        out.leases.extend(lease);
         for read in reads {
             match read {
                 Ok((r, a)) => {
-                    resolved.push(r);
-                    audit.push(a);
+                    out.resolved.push(r);
+                    out.audit.push(a);
                 }
-                Err(f) => failures.push(f),
+                Err(f) => out.failures.push(f),
             }
         }
     }
-    let session = client.map(|c| VaultSession::new(c, leases));
-    if !failures.is_empty() {
-        failures.sort_by(|a, b| a.name.cmp(&b.name));
-        // Nothing is delivered, so the leases and the token have no further use.
-        if let Some(s) = session {
-            s.end().await;
+    out
+}
+
+/// Logs in, unless the job is stopped first; then a login in flight gets [`LOGIN_GRACE`] to
+/// come back with a token the caller can revoke. Returns the login and whether the job was
+/// stopped.
+async fn login_unless_terminated(
+    vault: Option<VaultSource>,
+    terminated: &mut watch::Receiver<bool>,
+) -> (Result<VaultClient, Blocked>, bool) {
+    let login = login(vault);
+    tokio::pin!(login);
+    tokio::select! {
+        done = &mut login => (done, false),
+        () = crate::termination::stopped(terminated) => {
+            let late = tokio::time::timeout(LOGIN_GRACE, login).await.unwrap_or_else(|_| {
+                Err(("stopped while logging in to Vault".to_owned(), Blame::Platform))
+            });
+            (late, true)
         }
-        return Err(failures);
     }
-    resolved.sort_by(|a, b| a.name.cmp(&b.name));
-    audit.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(Outcome {
-        resolved,
-        audit,
-        vault: session,
-    })
 }
 
 async fn login(vault: Option<VaultSource>) -> Result<VaultClient, Blocked> {
@@ -175,7 +236,8 @@ async fn login(vault: Option<VaultSource>) -> Result<VaultClient, Blocked> {
     Ok(client)
 }
 
-/// The engine of every mount a reference leaves to detection, asked once per mount.
+/// The real engine of every mount a reference names, asked of Vault once per mount before any
+/// read: a stated `engine=` is only checked against it (see [`plan`]), never trusted.
 async fn detect_engines(
     client: &VaultClient,
     refs: &[SecretRef],
@@ -184,8 +246,8 @@ async fn detect_engines(
     let mut mounts: Vec<&str> = refs
         .iter()
         .filter_map(|r| match &r.source {
-            Source::Vault(v) if v.engine == Engine::Detect => Some(v.mount.as_str()),
-            _ => None,
+            Source::Vault(v) => Some(v.mount.as_str()),
+            Source::Kubernetes { .. } => None,
         })
         .collect();
     mounts.sort_unstable();
@@ -218,15 +280,21 @@ fn plan(
             tasks.push(Task::Kube(r));
             continue;
         };
-        let engine = match (blocked, v.engine) {
-            (Some((reason, blame)), _) => Err((reason.clone(), *blame)),
-            (None, Engine::Detect) => engines.get(&v.mount).cloned().unwrap_or_else(|| {
-                Err((
-                    format!("the engine of mount {} is unknown", v.mount),
-                    Blame::Platform,
-                ))
-            }),
-            (None, stated) => Ok(stated),
+        let engine = match blocked {
+            Some((reason, blame)) => Err((reason.clone(), *blame)),
+            None => engines
+                .get(&v.mount)
+                .cloned()
+                .unwrap_or_else(|| {
+                    Err((
+                        format!("the engine of mount {} is unknown", v.mount),
+                        Blame::Platform,
+                    ))
+                })
+                .and_then(|actual| {
+                    reconcile_engine(&v.mount, v.engine, actual)
+                        .map_err(|e| (e.to_string(), e.blame()))
+                }),
         };
         match engine {
             Err((reason, blame)) => failures.push(failure(&r, reason, blame)),
@@ -439,6 +507,7 @@ mod tests {
         let engines = BTreeMap::from([
             ("database".to_owned(), Ok(Engine::Dynamic)),
             ("kv".to_owned(), Ok(Engine::KvV2)),
+            ("aws".to_owned(), Ok(Engine::Dynamic)),
         ]);
         let (tasks, failures) = plan(
             refs(&[
@@ -491,6 +560,41 @@ mod tests {
         )]);
         let (_, failures) = plan(refs(&[("A", "vault:kv/a#x")]), None, &engines);
         assert_eq!(failures[0].reason, "Vault denied mount lookup of kv");
+    }
+
+    #[test]
+    fn a_stated_engine_is_checked_against_the_mount_and_never_read_on_its_own_word() {
+        let engines = BTreeMap::from([
+            ("kv".to_owned(), Ok(Engine::KvV2)),
+            ("database".to_owned(), Ok(Engine::Dynamic)),
+        ]);
+        let (tasks, failures) = plan(
+            refs(&[
+                ("A", "vault:kv/a?engine=kv-v1#x"),
+                ("B", "vault:database/creds/app?engine=kv-v2#password"),
+                ("C", "vault:kv/c?engine=kv-v2#x"),
+                ("D", "vault:unlisted/x?engine=kv-v2#x"),
+            ]),
+            None,
+            &engines,
+        );
+        assert_eq!(describe(&tasks), ["C KvV2"]);
+        let reasons: Vec<_> = failures
+            .iter()
+            .map(|f| (f.name.as_str(), f.blame))
+            .collect();
+        assert_eq!(
+            reasons,
+            [
+                ("A", Blame::Reference),
+                ("B", Blame::Reference),
+                ("D", Blame::Platform)
+            ]
+        );
+        assert!(
+            failures[0].reason.contains("states engine=kv-v1"),
+            "{failures:?}"
+        );
     }
 
     #[test]

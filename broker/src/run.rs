@@ -20,7 +20,7 @@ use crate::leases::VaultSession;
 use crate::log_budget::LogLimits;
 use crate::mask::{MIN_MASKED_LEN, MaskSet, StreamMasker};
 use crate::reference::Source;
-use crate::resolve::{AuditEntry, KubeSource, Outcome, VaultSource, resolve_all};
+use crate::resolve::{AuditEntry, KubeSource, Outcome, Unresolved, VaultSource, resolve_all};
 use crate::vault::{LoginMethod, RetryPolicy, VaultConfig};
 
 /// Settings of one broker run (from flags and `KEYHOLE_*` environment variables).
@@ -70,23 +70,23 @@ pub struct KubeSettings {
 /// Its last output, success or not, is the log-end markers, so the runner knows the log is
 /// complete without waiting for the kubelet to notice the exit.
 pub async fn run(config: RunConfig) -> i32 {
+    // First of all: until the handlers exist, SIGTERM to this PID 1 is dropped.
+    let terminated = crate::termination::listen();
     let log_end = inputs::read_log_end_token(&config.inputs_dir);
     let mut stdout = tokio::io::stdout();
-    let mut terminated = None;
-    let mut own_stderr = None;
-    let closing = Closing {
+    let mut closing = Closing {
         onto_stdout: log_end.is_some(),
-        terminated: &mut terminated,
-        own_stderr: &mut own_stderr,
+        own_stderr: None,
+        job_ran: false,
     };
-    let code = run_job(config, &mut stdout, closing).await;
+    let code = run_job(&config, &mut stdout, &mut closing, terminated.clone()).await;
     if let Some(token) = log_end {
         // Both streams end with a marker: the kubelet interleaves them, each in order.
         let marker = contract::log_end_marker(contract::LogStream::Stdout, &token);
         let _ = stdout.write_all(marker.as_bytes()).await;
         let _ = stdout.flush().await;
         let marker = contract::log_end_marker(contract::LogStream::Stderr, &token);
-        match own_stderr {
+        match closing.own_stderr {
             Some(fd) => {
                 let _ = std::io::Write::write_all(&mut std::fs::File::from(fd), marker.as_bytes());
             }
@@ -95,115 +95,225 @@ pub async fn run(config: RunConfig) -> i32 {
     }
     // The job said it was over before the kubelet stopped the pod: a native sidecar that exits
     // now would be restarted, so wait for the SIGTERM.
-    if let Some(mut term) = terminated {
-        while !*term.borrow_and_update() {
-            if term.changed().await.is_err() {
-                break;
-            }
-        }
+    if closing.job_ran {
+        let mut terminated = terminated;
+        crate::termination::stopped(&mut terminated).await;
     }
     code
 }
 
 /// How the job's end is handled, for [`run`] to finish after [`run_job`].
-struct Closing<'a> {
+struct Closing {
     /// Write the closing lines to stdout (only when the runner reads the log to the markers;
     /// a broker run by hand keeps them on stderr).
     onto_stdout: bool,
-    /// Set when the job's script reported its end (the `done` pipe) before any SIGTERM;
-    /// turns true at SIGTERM.
-    terminated: &'a mut Option<watch::Receiver<bool>>,
     /// The original stderr once the closing lines go to stdout.
-    own_stderr: &'a mut Option<std::os::fd::OwnedFd>,
+    own_stderr: Option<std::os::fd::OwnedFd>,
+    /// The job's script ran (the log was relayed until its end).
+    job_ran: bool,
 }
 
-async fn run_job(config: RunConfig, stdout: &mut tokio::io::Stdout, closing: Closing<'_>) -> i32 {
-    let annotations = match inputs::read_annotations(&config.inputs_dir) {
-        Ok(a) => a,
-        Err(e) => return fail(exit_code::BAD_INPUTS, &[e.to_string()]),
-    };
-    let refs = match inputs::references_from_annotations(&annotations) {
-        Ok(r) => r,
-        Err(errors) => {
-            let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
-            return fail(exit_code::SECRETS_FAILED, &lines);
+/// Why a run ends before or instead of a clean shutdown.
+enum Stop {
+    Failed {
+        code: i32,
+        lines: Vec<String>,
+    },
+    /// A signal came before the job's script ran; `during` names the phase.
+    Terminated {
+        during: &'static str,
+    },
+}
+
+impl Stop {
+    fn failed(code: i32, lines: Vec<String>) -> Self {
+        Stop::Failed { code, lines }
+    }
+
+    /// Prints what happened and returns the exit code.
+    fn report(self) -> i32 {
+        match self {
+            Stop::Failed { code, lines } => fail(code, &lines),
+            Stop::Terminated { during } => {
+                eprintln!(
+                    "keyhole-broker: terminated during {during}; nothing is delivered, what was issued is revoked"
+                );
+                exit_code::TERMINATED
+            }
         }
-    };
-    let job_secret = match inputs::read_job_secret(&config.inputs_dir) {
-        Ok(s) => s,
-        Err(e) => return fail(exit_code::BAD_INPUTS, &[e.to_string()]),
-    };
-    let variables = match job_vars::job_variables(&job_secret)
-        .and_then(|v| job_vars::check_clashes(&v, &refs).map(|()| v))
-    {
-        Ok(v) => v,
-        Err(errors) => {
-            let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
-            return fail(exit_code::BAD_INPUTS, &lines);
+    }
+}
+
+/// What a run holds that must be given back however it ends: the Vault session (token and
+/// leases), the delivered files, and the marker and pipes in the shared volumes. Each phase
+/// puts what it acquires here at once; [`Held::release`] runs on every path, including a
+/// panic (caught in [`run_job`]) and a signal at any point.
+#[derive(Default)]
+struct Held {
+    session: Option<VaultSession>,
+    files: Option<SecretFiles>,
+    paths: Vec<PathBuf>,
+}
+
+impl Held {
+    async fn release(self) {
+        if let Some(mut files) = self.files {
+            files.wipe();
         }
+        for path in &self.paths {
+            let _ = std::fs::remove_file(path);
+        }
+        end_session(self.session).await;
+    }
+}
+
+/// Runs the phases, then releases what they hold, whatever happened: success, failure, a
+/// signal, or a panic (the broker's profile unwinds so that this clean-up always runs).
+async fn run_job(
+    config: &RunConfig,
+    stdout: &mut tokio::io::Stdout,
+    closing: &mut Closing,
+    terminated: watch::Receiver<bool>,
+) -> i32 {
+    use futures::FutureExt as _;
+    let mut held = Held::default();
+    let phases =
+        std::panic::AssertUnwindSafe(phases(config, stdout, closing, &mut held, terminated));
+    let code = match phases.catch_unwind().await {
+        Ok(Ok(())) => exit_code::OK,
+        Ok(Err(stop)) => stop.report(),
+        Err(_) => fail(
+            exit_code::BAD_INPUTS,
+            &[
+                "internal error (a bug in keyhole-broker); revoking and wiping what was issued"
+                    .into(),
+            ],
+        ),
     };
+    held.release().await;
+    code
+}
+
+/// The job's inputs: its references, its per-job Secret and the variables in it.
+struct JobInputs {
+    refs: Vec<crate::reference::SecretRef>,
+    job_secret: std::collections::BTreeMap<String, SecretSlice<u8>>,
+    variables: Vec<JobVariable>,
+}
+
+async fn phases(
+    config: &RunConfig,
+    stdout: &mut tokio::io::Stdout,
+    closing: &mut Closing,
+    held: &mut Held,
+    terminated: watch::Receiver<bool>,
+) -> Result<(), Stop> {
+    let job = read_inputs(config)?;
     eprintln!(
         "keyhole-broker: resolving {} secret(s); {} job variable(s) from the per-job Secret",
-        refs.len(),
-        variables.len()
+        job.refs.len(),
+        job.variables.len()
     );
-    let vault = match config
+    let vault = config
         .vault
         .as_ref()
-        .map(|v| vault_source(v, &config, &job_secret))
+        .map(|v| vault_source(v, config, &job.job_secret))
         .transpose()
-    {
-        Ok(v) => v,
-        Err(e) => return fail(exit_code::BAD_INPUTS, &[e]),
-    };
-    // The Kubernetes client is built only when a reference needs it: its set-up (CA bundle,
-    // TLS configuration, client stack) costs start-up time and memory for nothing otherwise.
+        .map_err(|e| Stop::failed(exit_code::BAD_INPUTS, vec![e]))?;
+    let kube = kube_source_if_needed(config, &job.refs).await?;
+    let outcome = resolve_all(
+        job.refs.clone(),
+        vault,
+        kube,
+        config.concurrency,
+        &mut held.session,
+        terminated.clone(),
+    )
+    .await
+    .map_err(|u| match u {
+        Unresolved::Failed(failures) => Stop::failed(
+            Blame::exit_code_of(failures.iter().map(|f| f.blame)),
+            failures.iter().map(ToString::to_string).collect(),
+        ),
+        Unresolved::Terminated => Stop::Terminated {
+            during: "resolution",
+        },
+    })?;
+    if *terminated.borrow() {
+        return Err(Stop::Terminated { during: "delivery" });
+    }
+    let masker = deliver(config, &job, outcome, held)?;
+    relay_until_the_end(config, stdout, closing, held, masker, terminated).await
+}
+
+fn read_inputs(config: &RunConfig) -> Result<JobInputs, Stop> {
+    let lines = |errors: &[_]| -> Vec<String> { errors.iter().map(ToString::to_string).collect() };
+    let annotations = inputs::read_annotations(&config.inputs_dir)
+        .map_err(|e| Stop::failed(exit_code::BAD_INPUTS, vec![e.to_string()]))?;
+    let refs = inputs::references_from_annotations(&annotations)
+        .map_err(|errors| Stop::failed(exit_code::SECRETS_FAILED, lines(&errors)))?;
+    let job_secret = inputs::read_job_secret(&config.inputs_dir)
+        .map_err(|e| Stop::failed(exit_code::BAD_INPUTS, vec![e.to_string()]))?;
+    let variables = job_vars::job_variables(&job_secret)
+        .and_then(|v| job_vars::check_clashes(&v, &refs).map(|()| v))
+        .map_err(|errors| {
+            Stop::failed(
+                exit_code::BAD_INPUTS,
+                errors.iter().map(ToString::to_string).collect(),
+            )
+        })?;
+    Ok(JobInputs {
+        refs,
+        job_secret,
+        variables,
+    })
+}
+
+/// The Kubernetes client, built only when a reference needs it: its set-up (CA bundle, TLS
+/// configuration, client stack) costs start-up time and memory for nothing otherwise.
+async fn kube_source_if_needed(
+    config: &RunConfig,
+    refs: &[crate::reference::SecretRef],
+) -> Result<Option<KubeSource>, Stop> {
     let needs_kube = refs
         .iter()
         .any(|r| matches!(r.source, Source::Kubernetes { .. }));
-    let kube = match config.kube.as_ref().filter(|_| needs_kube) {
-        None => None,
-        Some(k) => match kube_source(k, &config).await {
-            Ok(k) => Some(k),
-            Err(e) => return fail(exit_code::BAD_INPUTS, &[e]),
-        },
-    };
-    let outcome = match resolve_all(refs, vault, kube, config.concurrency).await {
-        Ok(o) => o,
-        Err(failures) => {
-            let lines: Vec<String> = failures.iter().map(ToString::to_string).collect();
-            return fail(
-                Blame::exit_code_of(failures.iter().map(|f| f.blame)),
-                &lines,
-            );
-        }
-    };
-    let Outcome {
-        resolved,
-        audit,
-        vault: mut session,
-    } = outcome;
+    match config.kube.as_ref().filter(|_| needs_kube) {
+        None => Ok(None),
+        Some(k) => kube_source(k, config)
+            .await
+            .map(Some)
+            .map_err(|e| Stop::failed(exit_code::BAD_INPUTS, vec![e])),
+    }
+}
+
+/// Writes secrets and variables (all or nothing), the log pipe and the ready marker; returns
+/// the masker for every value the job may print.
+fn deliver(
+    config: &RunConfig,
+    job: &JobInputs,
+    outcome: Outcome,
+    held: &mut Held,
+) -> Result<StreamMasker, Stop> {
+    let Outcome { resolved, audit } = outcome;
     let secret_count = resolved.len();
     // Secrets first, then variables: one all-or-nothing write.
     let mut deliveries = resolved;
-    deliveries.extend(variables.iter().map(JobVariable::to_resolved));
+    deliveries.extend(job.variables.iter().map(JobVariable::to_resolved));
     let write = WriteOptions {
         dir: config.secrets_dir.clone(),
         owner: config.owner,
         allow_disk: config.allow_disk,
     };
-    let mut files = match SecretFiles::write_all(&write, &deliveries) {
-        Ok(f) => f,
-        Err(e) => {
-            end_session(session).await;
-            let code = match e {
-                DeliveryError::EnvFile(_) => exit_code::SECRETS_FAILED,
-                _ => exit_code::BAD_INPUTS,
-            };
-            return fail(code, &[e.to_string()]);
-        }
-    };
-    log_audit(&config, &audit, &variables);
+    let files = SecretFiles::write_all(&write, &deliveries).map_err(|e| {
+        let code = match e {
+            DeliveryError::EnvFile(_) => exit_code::SECRETS_FAILED,
+            _ => exit_code::BAD_INPUTS,
+        };
+        Stop::failed(code, vec![e.to_string()])
+    })?;
+    held.files = Some(files);
+    log_audit(config, &audit, &job.variables);
     let secrets = &deliveries[..secret_count];
     for r in secrets {
         if secrecy::ExposeSecret::expose_secret(&r.value).len() < MIN_MASKED_LEN {
@@ -217,48 +327,55 @@ async fn run_job(config: RunConfig, stdout: &mut tokio::io::Stdout, closing: Clo
     let values: Vec<&SecretSlice<u8>> = secrets
         .iter()
         .map(|r| &r.value)
-        .chain(job_secret.values())
+        .chain(job.job_secret.values())
         .collect();
     let masker = StreamMasker::new(Arc::new(MaskSet::new(values)));
     let fifo = config.runtime_dir.join(contract::LOG_FIFO);
-    if let Err(e) = crate::pump::create_fifo(&fifo) {
-        files.wipe();
-        end_session(session).await;
-        return fail(
+    crate::pump::create_fifo(&fifo).map_err(|e| {
+        Stop::failed(
             exit_code::BAD_INPUTS,
-            &[format!("creating the log pipe {}: {e}", fifo.display())],
-        );
-    }
+            vec![format!("creating the log pipe {}: {e}", fifo.display())],
+        )
+    })?;
+    held.paths.push(fifo);
     let ready = config.secrets_dir.join(contract::READY_MARKER);
-    if let Err(e) = std::fs::write(&ready, b"") {
-        files.wipe();
-        let _ = std::fs::remove_file(&fifo);
-        end_session(session).await;
-        return fail(
+    std::fs::write(&ready, b"").map_err(|e| {
+        Stop::failed(
             exit_code::BAD_INPUTS,
-            &[format!("writing {}: {e}", ready.display())],
-        );
-    }
+            vec![format!("writing {}: {e}", ready.display())],
+        )
+    })?;
+    held.paths.push(ready);
     eprintln!(
         "keyhole-broker: {secret_count} secret(s) and {} job variable(s) delivered; ready",
-        variables.len()
+        job.variables.len()
     );
+    Ok(masker)
+}
 
+/// Relays the job's masked log and keeps its leases alive until the job ends (its `done` pipe
+/// or a signal), then moves the closing lines onto stdout.
+async fn relay_until_the_end(
+    config: &RunConfig,
+    stdout: &mut tokio::io::Stdout,
+    closing: &mut Closing,
+    held: &mut Held,
+    masker: StreamMasker,
+    mut terminated: watch::Receiver<bool>,
+) -> Result<(), Stop> {
     // The job ends at SIGTERM or when its script says so, whichever comes first.
     let (stop_tx, stop_rx) = watch::channel(false);
-    let (term_tx, term_rx) = watch::channel(false);
     tokio::spawn({
         let stop_tx = stop_tx.clone();
         async move {
-            wait_for_termination().await;
-            let _ = term_tx.send(true);
+            crate::termination::stopped(&mut terminated).await;
             let _ = stop_tx.send(true);
         }
     });
     let done = config.runtime_dir.join(contract::DONE_FIFO);
     match crate::pump::create_fifo(&done) {
         Ok(()) => {
-            let done = done.clone();
+            held.paths.push(done.clone());
             tokio::spawn(async move {
                 if crate::pump::wait_for_done(&done).await.is_ok() {
                     let _ = stop_tx.send(true);
@@ -271,7 +388,9 @@ async fn run_job(config: RunConfig, stdout: &mut tokio::io::Stdout, closing: Clo
             done.display()
         ),
     }
+    let fifo = config.runtime_dir.join(contract::LOG_FIFO);
     // Leases are renewed while the job runs; both stop at the job's end.
+    let session = &mut held.session;
     let keep_alive = async {
         if let Some(s) = session.as_mut() {
             s.keep_alive(stop_rx.clone()).await;
@@ -281,28 +400,20 @@ async fn run_job(config: RunConfig, stdout: &mut tokio::io::Stdout, closing: Clo
         crate::pump::pump(&fifo, masker, config.log_limits, stdout, stop_rx.clone()),
         keep_alive
     );
+    closing.job_ran = true;
     // The closing lines follow the job's last output in the log: on stdout, the same stream
     // (the kubelet interleaves the two streams in no fixed order). The stderr marker still
     // goes to the real stderr, after everything written there before.
     if closing.onto_stdout {
-        *closing.own_stderr = stderr_onto_stdout();
+        closing.own_stderr = stderr_onto_stdout();
     }
     eprintln!("{}", contract::LOG_END_LINE);
-    files.wipe();
-    let _ = std::fs::remove_file(&ready);
-    let _ = std::fs::remove_file(&fifo);
-    let _ = std::fs::remove_file(&done);
-    end_session(session).await;
-    if !*term_rx.borrow() {
-        *closing.terminated = Some(term_rx);
-    }
-    match pumped {
-        Ok(()) => exit_code::OK,
-        Err(e) => fail(
+    pumped.map_err(|e| {
+        Stop::failed(
             exit_code::BAD_INPUTS,
-            &[format!("relaying the job log: {e}")],
-        ),
-    }
+            vec![format!("relaying the job log: {e}")],
+        )
+    })
 }
 
 /// Points fd 2 at stdout; returns the original stderr. None (and stderr unchanged) on error.
@@ -358,22 +469,6 @@ fn log_audit(config: &RunConfig, audit: &[AuditEntry], variables: &[JobVariable]
 async fn end_session(session: Option<VaultSession>) {
     if let Some(s) = session {
         s.end().await;
-    }
-}
-
-async fn wait_for_termination() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-        }
-        _ => std::future::pending().await,
     }
 }
 

@@ -15,6 +15,8 @@ use crate::job::Job;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VaultLogin {
     pub addr: String,
+    /// Every address the broker may send its token to (`vault_addr` and `vault_allowed`).
+    pub allowed: Vec<String>,
     pub namespace: Option<String>,
     pub auth_mount: String,
     pub role: String,
@@ -53,6 +55,18 @@ pub fn annotation_value(r: &SecretRef) -> String {
         }
     }
     value
+}
+
+/// The addresses the broker may send its Vault token to: `vault_addr`, then `vault_allowed`.
+fn allow_list(keyhole: &KeyholeConfig) -> Vec<String> {
+    let mut list: Vec<String> = keyhole
+        .vault_addr
+        .iter()
+        .chain(&keyhole.vault_allowed)
+        .cloned()
+        .collect();
+    list.dedup();
+    list
 }
 
 fn on_allow_list(addr: &str, keyhole: &KeyholeConfig) -> bool {
@@ -164,6 +178,7 @@ fn vault_login(
         };
         return Some(VaultLogin {
             addr: server.url.clone(),
+            allowed: allow_list(keyhole),
             namespace: server.namespace.clone(),
             auth_mount: server.auth_path.clone(),
             role: server.role.clone().unwrap_or_default(),
@@ -185,6 +200,7 @@ fn vault_login(
     };
     Some(VaultLogin {
         addr,
+        allowed: allow_list(keyhole),
         namespace: keyhole.vault_namespace.clone(),
         auth_mount: keyhole.vault_auth_mount.clone(),
         role: keyhole

@@ -16,6 +16,8 @@ SERVICE_IP=10.96.0.1
 APISERVER_URL="https://$NODE_IP:6443"
 ETCD_URL=http://127.0.0.1:23790
 VAULT_PORT=8200
+# Vault over TLS (the bed's PKI), on loopback and the bridge: for brokers given a CA bundle.
+VAULT_TLS_PORT=8201
 # Redis for Vault's database secrets engine; on the bridge too, so job pods can use the
 # credentials they get.
 REDIS_PORT=16379
@@ -216,10 +218,21 @@ start_vault() {
   head -c 24 /dev/urandom | base64 | tr -d '+/=' >"$d/vault-root-token"
   chmod 600 "$d/vault-root-token"
   # Second listener on the bridge so broker pods reach Vault; the first (dev) one is loopback.
+  # Two more serve TLS with the bed's PKI (pki/vault.crt names 127.0.0.1 and the node's IP).
   cat >"$d/vault-listener.hcl" <<HCL
 listener "tcp" {
   address = "$NODE_IP:$VAULT_PORT"
   tls_disable = true
+}
+listener "tcp" {
+  address = "127.0.0.1:$VAULT_TLS_PORT"
+  tls_cert_file = "$d/pki/vault.crt"
+  tls_key_file = "$d/pki/vault.key"
+}
+listener "tcp" {
+  address = "$NODE_IP:$VAULT_TLS_PORT"
+  tls_cert_file = "$d/pki/vault.crt"
+  tls_key_file = "$d/pki/vault.key"
 }
 HCL
   start vault "$(bin_dir)/vault" server -dev -dev-root-token-id="$(cat "$d/vault-root-token")" \
@@ -243,7 +256,10 @@ configure_vault() {
   vault_admin auth enable jwt >/dev/null
   vault_admin write auth/jwt/config jwt_validation_pubkeys=@"$d/pki/jwt-signing.pub" \
     bound_issuer="$JWT_ISSUER" >/dev/null
-  log "vault configured: kv (v2), kv1 (v1), secret (v2), auth kubernetes + jwt"
+  # Every request and response, values HMAC'd (Vault's default): tests read which paths a
+  # broker asked for (docs/testbed.md).
+  vault_admin audit enable file file_path="$d/logs/vault-audit.log" >/dev/null
+  log "vault configured: kv (v2), kv1 (v1), secret (v2), auth kubernetes + jwt, file audit device"
 }
 
 JWT_ISSUER=https://gitlab.keyhole.test
@@ -298,6 +314,10 @@ export KUBECONFIG=$d/admin.kubeconfig
 export VAULT_ADDR=http://127.0.0.1:$VAULT_PORT
 export VAULT_TOKEN=$(cat "$d/vault-root-token")
 export KEYHOLE_VAULT_POD_ADDR=http://$NODE_IP:$VAULT_PORT
+export KEYHOLE_VAULT_TLS_ADDR=https://127.0.0.1:$VAULT_TLS_PORT
+export KEYHOLE_VAULT_TLS_POD_ADDR=https://$NODE_IP:$VAULT_TLS_PORT
+export KEYHOLE_VAULT_CA_FILE=$d/pki/ca.crt
+export KEYHOLE_VAULT_AUDIT_LOG=$d/logs/vault-audit.log
 export KEYHOLE_APISERVER_URL=$APISERVER_URL
 export KEYHOLE_JWT_ISSUER=$JWT_ISSUER
 export KEYHOLE_JWT_SIGNING_KEY=$d/pki/jwt-signing.key

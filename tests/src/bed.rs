@@ -21,6 +21,13 @@ pub struct BedEnv {
     pub jwt_issuer: String,
     pub jwt_signing_key: PathBuf,
     pub node_name: String,
+    /// Vault over TLS with the bed's PKI: loopback address, bridge address and the CA that
+    /// signed its certificate.
+    pub vault_tls_addr: String,
+    pub vault_tls_pod_addr: String,
+    pub vault_ca_file: PathBuf,
+    /// Vault's file audit device: one JSON line per request and response.
+    pub vault_audit_log: PathBuf,
     /// Redis behind Vault's `database/` engine; `None` on a bed started before Redis was part
     /// of it (`scripts/testbed up` adds it in place).
     pub redis: Option<RedisEnv>,
@@ -73,6 +80,10 @@ impl BedEnv {
             jwt_issuer: get("KEYHOLE_JWT_ISSUER")?,
             jwt_signing_key: get("KEYHOLE_JWT_SIGNING_KEY")?.into(),
             node_name: get("KEYHOLE_NODE_NAME")?,
+            vault_tls_addr: get("KEYHOLE_VAULT_TLS_ADDR")?,
+            vault_tls_pod_addr: get("KEYHOLE_VAULT_TLS_POD_ADDR")?,
+            vault_ca_file: get("KEYHOLE_VAULT_CA_FILE")?.into(),
+            vault_audit_log: get("KEYHOLE_VAULT_AUDIT_LOG")?.into(),
             redis: match (
                 get("KEYHOLE_REDIS_ADDR"),
                 get("KEYHOLE_REDIS_POD_ADDR"),

@@ -27,4 +27,4 @@ pub use namespace::TestNamespace;
 pub use pods::{pod_logs, run_pod_to_completion, wait_for_pod};
 pub use redis::{Redis, Reply};
 pub use runner_process::{RunnerLog, RunnerProcess};
-pub use vault::VaultAdmin;
+pub use vault::{AuditedCall, VaultAdmin, audited_calls_of_namespace};

@@ -108,3 +108,41 @@ impl VaultAdmin {
         Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
     }
 }
+
+/// One entry of Vault's file audit device made with (or answering) a login of a pod in a given
+/// namespace: `request` or `response`, the operation and the path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditedCall {
+    pub kind: String,
+    pub operation: String,
+    pub path: String,
+}
+
+/// What Vault's audit device (`BedEnv::vault_audit_log`) recorded of the tokens that pods of
+/// `namespace` logged in with (kubernetes auth metadata `service_account_namespace`), and the
+/// answers to their logins. Values in the log are HMAC'd; paths and metadata are plain.
+pub fn audited_calls_of_namespace(
+    log: &std::path::Path,
+    namespace: &str,
+) -> Result<Vec<AuditedCall>> {
+    let text = std::fs::read_to_string(log)
+        .with_context(|| format!("reading Vault's audit log {}", log.display()))?;
+    Ok(text
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|entry| {
+            entry["auth"]["metadata"]["service_account_namespace"].as_str() == Some(namespace)
+        })
+        .map(|entry| AuditedCall {
+            kind: entry["type"].as_str().unwrap_or_default().to_owned(),
+            operation: entry["request"]["operation"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+            path: entry["request"]["path"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        })
+        .collect())
+}

@@ -8,7 +8,10 @@ use std::net::TcpListener;
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use keyhole_broker::contract::exit_code;
-use keyhole_tests::{BrokerDirs, BrokerExit, BrokerProcess, TestBed, TestNamespace, VaultAdmin};
+use keyhole_tests::{
+    AuditedCall, BrokerDirs, BrokerExit, BrokerProcess, TestBed, TestNamespace, VaultAdmin,
+    audited_calls_of_namespace,
+};
 use kube::Api;
 use kube::api::PostParams;
 use serde_json::json;
@@ -572,4 +575,146 @@ async fn the_kubernetes_client_is_set_up_only_for_kubernetes_references() {
     let errors = error_lines(&exit.stderr);
     assert_eq!(errors.len(), 1, "{}", exit.stderr);
     assert!(errors[0].contains("the Kubernetes client"), "{}", errors[0]);
+}
+
+/// Issue 17 item 1: a job names Vault's own APIs (the broker's token through
+/// `auth/token/lookup-self`, `sys/`, `cubbyhole/`, `identity/`) or an encoded path that the URL
+/// parser would turn into `..`. Each fails the job with exit 64 and no file, before the broker
+/// even logs in: Vault's audit device shows nothing of this job.
+#[tokio::test]
+async fn references_to_vaults_own_apis_fail_before_any_request() {
+    let job = Job::new("bfapi").await;
+    let cases = [
+        (
+            "T",
+            "vault:auth/token/lookup-self?engine=kv-v1#id",
+            "not a secrets engine",
+        ),
+        ("S", "vault:sys/mounts?engine=kv-v1", "not a secrets engine"),
+        (
+            "C",
+            "vault:cubbyhole/x?engine=kv-v1#x",
+            "not a secrets engine",
+        ),
+        (
+            "I",
+            "vault:identity/entity/name/x#x",
+            "not a secrets engine",
+        ),
+        (
+            "E",
+            "vault:kv/%2e%2e/auth/token/lookup-self?engine=kv-v1#id",
+            "'%'",
+        ),
+    ];
+    for (name, reference, problem) in cases {
+        let exit = job
+            .run_to_failure(&[(name, reference)], job.settings())
+            .await;
+        assert_eq!(
+            exit.code,
+            Some(exit_code::SECRETS_FAILED),
+            "{reference}: {}",
+            exit.stderr
+        );
+        let errors = error_lines(&exit.stderr);
+        assert!(
+            errors.len() == 1
+                && errors[0].contains(&format!("secret {name}"))
+                && errors[0].contains(problem),
+            "{reference}: {}",
+            exit.stderr
+        );
+        assert!(
+            !exit.stderr.contains("logging in to Vault"),
+            "{reference}: {}",
+            exit.stderr
+        );
+    }
+    let calls = audited_calls_of_namespace(&job.bed.env.vault_audit_log, &job.ns.name).unwrap();
+    assert_eq!(
+        calls,
+        Vec::<AuditedCall>::new(),
+        "Vault saw this job's token"
+    );
+}
+
+/// Issue 17 item 1: `engine=` is never taken on the job's word. A transit mount (an API, not a
+/// secrets engine) read "as KV v1", and a KV v2 secret read "as KV v1", both fail after the
+/// mount lookup and before any read, although the job's policy would allow the reads; the
+/// audit device shows the login's token asked only for the mounts and revoked itself.
+#[tokio::test]
+async fn a_stated_engine_is_checked_against_the_mount_before_any_read() {
+    let job = Job::new("bfeng").await;
+    let ns = job.ns.name.clone();
+    let vault = VaultAdmin::new(&job.bed.env);
+    let transit = format!("transit-{ns}");
+    vault
+        .write(&format!("sys/mounts/{transit}"), json!({"type": "transit"}))
+        .await
+        .unwrap();
+    vault
+        .write(&format!("{transit}/keys/k"), json!({}))
+        .await
+        .unwrap();
+    vault
+        .grant_job_in_namespace(
+            &ns,
+            &[
+                format!("kv/data/{ns}/*"),
+                format!("kv/{ns}/*"),
+                format!("{transit}/keys/*"),
+            ],
+        )
+        .await
+        .unwrap();
+    let exit = job
+        .run_to_failure(
+            &[
+                ("KEYS", &format!("vault:{transit}/keys/k?engine=kv-v1")),
+                ("DB", &format!("vault:kv/{ns}/db?engine=kv-v1#password")),
+            ],
+            job.settings(),
+        )
+        .await;
+    assert_eq!(
+        exit.code,
+        Some(exit_code::SECRETS_FAILED),
+        "{}",
+        exit.stderr
+    );
+    let errors = error_lines(&exit.stderr);
+    assert_eq!(errors.len(), 2, "{}", exit.stderr);
+    assert!(
+        errors[0].contains("secret DB")
+            && errors[0].contains("states engine=kv-v1 but Vault mount kv is kv-v2"),
+        "{}",
+        errors[0]
+    );
+    assert!(
+        errors[1].contains("secret KEYS")
+            && errors[1].contains(&format!("Vault mount {transit} is of type transit")),
+        "{}",
+        errors[1]
+    );
+    assert!(
+        exit.stderr.contains("Vault token revoked"),
+        "{}",
+        exit.stderr
+    );
+    let calls = audited_calls_of_namespace(&job.bed.env.vault_audit_log, &ns).unwrap();
+    let paths: std::collections::BTreeSet<&str> = calls
+        .iter()
+        .filter(|c| c.kind == "request")
+        .map(|c| c.path.as_str())
+        .collect();
+    assert_eq!(
+        paths,
+        std::collections::BTreeSet::from([
+            "auth/token/revoke-self",
+            "sys/internal/ui/mounts/kv",
+            format!("sys/internal/ui/mounts/{transit}").as_str(),
+        ]),
+        "{calls:?}"
+    );
 }

@@ -50,36 +50,43 @@ pub struct VaultSession {
 }
 
 impl VaultSession {
-    /// Starts keeping `leases`, issued just now to `client`'s token. Logs the leases that
-    /// cannot be renewed.
-    pub fn new(client: VaultClient, leases: Vec<HeldLease>) -> Self {
-        let now = Instant::now();
+    /// Starts the session of a client that has just logged in: from here on, ending the
+    /// session revokes its token, and with it everything issued to it.
+    pub fn new(client: VaultClient) -> Self {
         let token = client
             .token()
-            .map(|t| RenewalClock::new(now, t.ttl, t.renewable))
-            .unwrap_or_else(|| RenewalClock::new(now, Duration::ZERO, false));
-        let leases = leases
-            .into_iter()
-            .map(|held| {
-                if !held.lease.renewable {
-                    eprintln!(
-                        "keyhole-broker: lease {} ({}) is not renewable; it expires at its TTL ({}s)",
-                        held.lease.id,
-                        held.secrets.join(", "),
-                        held.lease.ttl.as_secs()
-                    );
-                }
-                Kept {
-                    clock: RenewalClock::new(now, held.lease.ttl, held.lease.renewable),
-                    held,
-                }
-            })
-            .collect();
+            .map(|t| RenewalClock::new(Instant::now(), t.ttl, t.renewable))
+            .unwrap_or_else(|| RenewalClock::new(Instant::now(), Duration::ZERO, false));
         Self {
             client,
-            leases,
+            leases: Vec::new(),
             token,
         }
+    }
+
+    /// The logged-in client, for the reads.
+    pub fn client(&self) -> &VaultClient {
+        &self.client
+    }
+
+    /// Starts keeping `leases`, issued just now to the session's token. Logs the leases that
+    /// cannot be renewed.
+    pub fn hold(&mut self, leases: Vec<HeldLease>) {
+        let now = Instant::now();
+        self.leases.extend(leases.into_iter().map(|held| {
+            if !held.lease.renewable {
+                eprintln!(
+                    "keyhole-broker: lease {} ({}) is not renewable; it expires at its TTL ({}s)",
+                    held.lease.id,
+                    held.secrets.join(", "),
+                    held.lease.ttl.as_secs()
+                );
+            }
+            Kept {
+                clock: RenewalClock::new(now, held.lease.ttl, held.lease.renewable),
+                held,
+            }
+        }));
     }
 
     /// The leases held, for the audit log.

@@ -106,6 +106,16 @@ pub fn from_gitlab_secrets(
                     .trim_matches(|c| c == '{' || c == '}')
                     .to_owned()
             });
+        let mount = vault.engine.path.trim_matches('/').to_owned();
+        let path = vault.path.trim_matches('/').to_owned();
+        super::check_vault_location(&mount, &path).map_err(|problem| {
+            entry_err(format!(
+                "the Vault location {:?} (engine path {:?}, path {:?}) {problem}",
+                super::name::printable(&format!("{mount}/{path}")),
+                super::name::printable(&mount),
+                super::name::printable(&path),
+            ))
+        })?;
         let role = vault
             .server
             .auth
@@ -116,8 +126,8 @@ pub fn from_gitlab_secrets(
         refs.push(SecretRef {
             name: secret_name,
             source: Source::Vault(VaultRef {
-                mount: vault.engine.path.trim_matches('/').to_owned(),
-                path: vault.path.trim_matches('/').to_owned(),
+                mount,
+                path,
                 field: vault.field,
                 engine,
                 version: None,
@@ -198,6 +208,27 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("found an array"), "{err}");
+    }
+
+    #[test]
+    fn refuses_vaults_own_apis_and_encoded_paths() {
+        for (engine_path, path, problem) in [
+            ("auth", "token/lookup-self", "not a secrets engine"),
+            ("sys", "mounts", "not a secrets engine"),
+            ("cubbyhole", "x", "not a secrets engine"),
+            ("identity", "entity/name/x", "not a secrets engine"),
+            ("kv", "%2e%2e/auth/token/lookup-self", "'%'"),
+            ("kv", "../sys/mounts", "'..'"),
+        ] {
+            let mut s = fixture();
+            s["API_KEY"]["vault"]["engine"]["path"] = engine_path.into();
+            s["API_KEY"]["vault"]["path"] = path.into();
+            let err = from_gitlab_secrets(&s).unwrap_err().to_string();
+            assert!(
+                err.contains("secret API_KEY") && err.contains(problem),
+                "{engine_path}/{path}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -1,4 +1,5 @@
 use super::name::printable;
+use super::vault_path::check_vault_location;
 use super::{Engine, SecretName, SecretRef, Source, VaultRef};
 
 /// Job variables whose names start with this carry Keyhole references; the rest of the name
@@ -100,8 +101,7 @@ fn parse_vault(name: SecretName, rest: &str) -> Result<SecretRef, String> {
     let Some((mount, path)) = location.split_once('/') else {
         return Err("has no path after the mount".into());
     };
-    check_vault_path("mount", mount)?;
-    check_vault_path("path", path)?;
+    check_vault_location(mount, path)?;
     if let Some(field) = field
         && (field.is_empty() || field.chars().any(char::is_control))
     {
@@ -181,26 +181,6 @@ fn parse_bool(v: &str) -> Result<bool, String> {
             printable(other)
         )),
     }
-}
-
-fn check_vault_path(what: &str, p: &str) -> Result<(), String> {
-    if p.is_empty() {
-        return Err(format!("has an empty {what}"));
-    }
-    for segment in p.split('/') {
-        if segment.is_empty() || segment == "." || segment == ".." {
-            return Err(format!("has an empty, '.' or '..' segment in its {what}"));
-        }
-        if segment
-            .chars()
-            .any(|c| c.is_control() || c.is_whitespace() || c == '?' || c == '#')
-        {
-            return Err(format!(
-                "has whitespace or control characters in its {what}"
-            ));
-        }
-    }
-    Ok(())
 }
 
 fn is_dns_subdomain(s: &str) -> bool {
@@ -322,6 +302,16 @@ mod tests {
             ("X", "k8s:ok/bad key", "not a valid Secret key"),
             ("X", "k8s:ok?color=red", "unknown option"),
             ("X", "ssm:/a/b", "no known source"),
+            // The broker's own token and Vault's own APIs are not secrets a job may name.
+            (
+                "T",
+                "vault:auth/token/lookup-self?engine=kv-v1#id",
+                "not a secrets engine",
+            ),
+            ("X", "vault:sys/mounts#x", "not a secrets engine"),
+            ("X", "vault:cubbyhole/response#x", "not a secrets engine"),
+            ("X", "vault:identity/entity/name/x", "not a secrets engine"),
+            ("X", "vault:kv/%2e%2e/auth/token/lookup-self#id", "'%'"),
             ("../x", "k8s:a/b", "bad name"),
         ];
         for (name, text, problem) in cases {

@@ -7,10 +7,12 @@
 mod gitlab;
 mod keyhole;
 mod name;
+mod vault_path;
 
 pub use gitlab::{GitlabSecretsError, from_gitlab_secrets};
 pub use keyhole::{KEYHOLE_VARIABLE_PREFIX, ReferenceError, parse_keyhole};
 pub use name::{NameError, SecretName};
+pub use vault_path::{RESERVED_MOUNTS, check_vault_location};
 
 /// One secret a job asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]

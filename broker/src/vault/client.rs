@@ -284,32 +284,34 @@ impl VaultClient {
             options: Option<BTreeMap<String, String>>,
         }
         let info: MountInfo = parse(&resp, &what)?;
-        Ok(engine_from_mount(
+        engine_from_mount(
+            mount.trim_matches('/'),
             &info.data.kind,
             info.data
                 .options
                 .as_ref()
                 .and_then(|o| o.get("version"))
                 .map(String::as_str),
-        ))
+        )
     }
 
-    /// The engine a reference states, or else the one Vault reports for its mount (asked once
-    /// per mount per job).
+    /// The engine Vault reports for a mount (asked once per mount per job), checked against
+    /// the one a reference states. The stated engine is never trusted on its own: a job could
+    /// otherwise point a "KV" read at any path the broker's token can reach.
     pub async fn resolve_engine(&self, mount: &str, stated: Engine) -> Result<Engine, VaultError> {
-        if stated != Engine::Detect {
-            return Ok(stated);
-        }
         let key = mount.trim_matches('/').to_owned();
         let known = self.engines.lock().ok().and_then(|m| m.get(&key).copied());
-        if let Some(engine) = known {
-            return Ok(engine);
-        }
-        let engine = self.engine_of(&key).await?;
-        if let Ok(mut m) = self.engines.lock() {
-            m.insert(key, engine);
-        }
-        Ok(engine)
+        let actual = match known {
+            Some(engine) => engine,
+            None => {
+                let engine = self.engine_of(&key).await?;
+                if let Ok(mut m) = self.engines.lock() {
+                    m.insert(key.clone(), engine);
+                }
+                engine
+            }
+        };
+        reconcile_engine(&key, stated, actual)
     }
 
     /// Reads a KV secret: one field, or the whole secret as a JSON object.
@@ -538,13 +540,62 @@ impl VaultClient {
     }
 }
 
+/// Mount types whose reads issue a secret with a lease: the broker reads them as dynamic
+/// secrets. Any type not listed here (and not KV) is refused: `system`, `identity`,
+/// `cubbyhole`, `token`, `transit`, `totp`, `ssh`, `pki` and the like are APIs or
+/// operations, not secrets for the job, and some hand back the caller's own credentials.
+pub const DYNAMIC_MOUNT_TYPES: &[&str] = &[
+    "database",
+    "aws",
+    "azure",
+    "gcp",
+    "consul",
+    "nomad",
+    "rabbitmq",
+    "kubernetes",
+    "ldap",
+    "openldap",
+    "ad",
+    "alicloud",
+    "mongodbatlas",
+    "terraform",
+];
+
 /// A mount's engine from its type and options: `kv`/`generic` are KV (version 2 when the
-/// `version` option says so), anything else issues dynamic secrets.
-fn engine_from_mount(kind: &str, version: Option<&str>) -> Engine {
+/// `version` option says so), the types of [`DYNAMIC_MOUNT_TYPES`] issue dynamic secrets, and
+/// anything else is not a secrets engine the broker reads.
+fn engine_from_mount(mount: &str, kind: &str, version: Option<&str>) -> Result<Engine, VaultError> {
     match (kind, version) {
-        ("kv" | "generic", Some("2")) => Engine::KvV2,
-        ("kv" | "generic", _) => Engine::KvV1,
-        _ => Engine::Dynamic,
+        ("kv" | "generic", Some("2")) => Ok(Engine::KvV2),
+        ("kv" | "generic", _) => Ok(Engine::KvV1),
+        (dynamic, _) if DYNAMIC_MOUNT_TYPES.contains(&dynamic) => Ok(Engine::Dynamic),
+        (other, _) => Err(VaultError::NotASecretsEngine {
+            mount: mount.to_owned(),
+            kind: other.to_owned(),
+        }),
+    }
+}
+
+/// The engine to read a mount with: Vault's answer, provided the reference's stated engine (if
+/// any) agrees with it.
+pub fn reconcile_engine(mount: &str, stated: Engine, actual: Engine) -> Result<Engine, VaultError> {
+    if stated == Engine::Detect || stated == actual {
+        return Ok(actual);
+    }
+    Err(VaultError::EngineMismatch {
+        mount: mount.to_owned(),
+        stated: engine_name(stated),
+        actual: engine_name(actual),
+    })
+}
+
+/// The name of an engine as references write it (`engine=`).
+fn engine_name(engine: Engine) -> &'static str {
+    match engine {
+        Engine::Detect => "detect",
+        Engine::KvV1 => "kv-v1",
+        Engine::KvV2 => "kv-v2",
+        Engine::Dynamic => "dynamic",
     }
 }
 
@@ -649,6 +700,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::blame::Blame;
 
     fn raw(s: &str) -> Box<RawValue> {
         RawValue::from_string(s.to_owned()).unwrap()
@@ -695,12 +747,55 @@ mod tests {
 
     #[test]
     fn mount_types_map_to_engines() {
-        assert_eq!(engine_from_mount("kv", Some("2")), Engine::KvV2);
-        assert_eq!(engine_from_mount("kv", Some("1")), Engine::KvV1);
-        assert_eq!(engine_from_mount("kv", None), Engine::KvV1);
-        assert_eq!(engine_from_mount("generic", None), Engine::KvV1);
-        assert_eq!(engine_from_mount("database", None), Engine::Dynamic);
-        assert_eq!(engine_from_mount("pki", None), Engine::Dynamic);
+        let engine = |kind, version| engine_from_mount("m", kind, version).ok();
+        assert_eq!(engine("kv", Some("2")), Some(Engine::KvV2));
+        assert_eq!(engine("kv", Some("1")), Some(Engine::KvV1));
+        assert_eq!(engine("kv", None), Some(Engine::KvV1));
+        assert_eq!(engine("generic", None), Some(Engine::KvV1));
+        assert_eq!(engine("database", None), Some(Engine::Dynamic));
+        assert_eq!(engine("aws", None), Some(Engine::Dynamic));
+    }
+
+    #[test]
+    fn mounts_that_are_not_secrets_engines_are_refused() {
+        for kind in [
+            "system",
+            "identity",
+            "cubbyhole",
+            "token",
+            "transit",
+            "totp",
+            "pki",
+            "ns_system",
+        ] {
+            let err = engine_from_mount("m", kind, None).expect_err(kind);
+            assert!(
+                err.to_string().contains(&format!("type {kind}")),
+                "{kind}: {err}"
+            );
+            assert_eq!(err.blame(), Blame::Reference);
+        }
+    }
+
+    #[test]
+    fn a_stated_engine_must_match_the_mount() {
+        assert_eq!(
+            reconcile_engine("kv", Engine::Detect, Engine::KvV2).ok(),
+            Some(Engine::KvV2)
+        );
+        assert_eq!(
+            reconcile_engine("kv", Engine::KvV2, Engine::KvV2).ok(),
+            Some(Engine::KvV2)
+        );
+        for (stated, actual) in [
+            (Engine::KvV1, Engine::KvV2),
+            (Engine::KvV1, Engine::Dynamic),
+            (Engine::Dynamic, Engine::KvV2),
+        ] {
+            let err = reconcile_engine("m", stated, actual).expect_err("mismatch");
+            assert!(err.to_string().contains("states engine="), "{err}");
+            assert_eq!(err.blame(), Blame::Reference);
+        }
     }
 
     #[test]

@@ -29,6 +29,18 @@ pub enum VaultError {
         "Vault mount {mount} is not a KV engine, so it has no KV versions; drop engine=kv-v1/kv-v2 and version= from the reference"
     )]
     NotKv { mount: String },
+    #[error(
+        "Vault mount {mount} is of type {kind}, which is not a secrets engine the broker reads (KV v1/v2, or one that issues leased secrets such as database or aws); reference a secret in a KV or dynamic secrets engine"
+    )]
+    NotASecretsEngine { mount: String, kind: String },
+    #[error(
+        "the reference states engine={stated} but Vault mount {mount} is {actual}; drop engine= or correct it"
+    )]
+    EngineMismatch {
+        mount: String,
+        stated: &'static str,
+        actual: &'static str,
+    },
     #[error("Vault answered {what} with status {status}: {detail}")]
     Status {
         what: String,

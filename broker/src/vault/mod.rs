@@ -10,6 +10,9 @@ mod client;
 mod error;
 mod retry;
 
-pub use client::{DynamicSecret, KvValue, Lease, LoginMethod, Token, VaultClient, VaultConfig};
+pub use client::{
+    DYNAMIC_MOUNT_TYPES, DynamicSecret, KvValue, Lease, LoginMethod, Token, VaultClient,
+    VaultConfig, reconcile_engine,
+};
 pub use error::VaultError;
 pub use retry::RetryPolicy;

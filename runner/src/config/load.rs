@@ -110,6 +110,7 @@ const KEYHOLE_KEYS: &[&str] = &[
     "vault_addr",
     "vault_allowed",
     "vault_namespace",
+    "vault_ca_config_map",
     "vault_auth_mount",
     "vault_role",
     "vault_audience",
@@ -295,6 +296,17 @@ fn check(config: &Config, path: &str) -> Result<(), ConfigError> {
                 ));
             }
         }
+        if let Some(name) = &r.keyhole.vault_ca_config_map
+            && !is_dns_subdomain(name)
+        {
+            return Err(invalid(
+                path,
+                key("keyhole.vault_ca_config_map"),
+                format!(
+                    "{name:?} is not a ConfigMap name (lower-case letters, digits, '-' and '.')"
+                ),
+            ));
+        }
         for entry in &r.environment {
             if !entry.contains('=') {
                 return Err(invalid(
@@ -306,6 +318,20 @@ fn check(config: &Config, path: &str) -> Result<(), ConfigError> {
         }
     }
     Ok(())
+}
+
+/// A Kubernetes object name (RFC 1123 subdomain).
+fn is_dns_subdomain(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
 }
 
 #[cfg(test)]

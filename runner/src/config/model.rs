@@ -254,6 +254,10 @@ pub struct KeyholeConfig {
     /// else. Defaults to `vault_addr`.
     pub vault_allowed: Vec<String>,
     pub vault_namespace: Option<String>,
+    /// ConfigMap in the jobs namespace whose key `ca.crt` holds the PEM bundle that signs
+    /// Vault's certificate (a private CA). Projected into the broker's inputs only; with it the
+    /// broker trusts exactly that bundle. Unset: the broker image's system roots.
+    pub vault_ca_config_map: Option<String>,
     pub vault_auth_mount: String,
     /// Vault role for kubernetes auth; unset: the job's ServiceAccount name.
     pub vault_role: Option<String>,
@@ -280,6 +284,7 @@ impl Default for KeyholeConfig {
             vault_addr: None,
             vault_allowed: Vec::new(),
             vault_namespace: None,
+            vault_ca_config_map: None,
             vault_auth_mount: "kubernetes".into(),
             vault_role: None,
             vault_audience: keyhole_broker::contract::VAULT_AUDIENCE.into(),

@@ -402,6 +402,15 @@ pub fn build_job_objects(req: &PodRequest<'_>) -> Result<JobObjects, PodError> {
             broker_env.insert("KEYHOLE_VAULT_AUTH_METHOD".into(), "jwt".into());
             broker_env.insert("KEYHOLE_VAULT_JWT_INPUT".into(), id_token_variable.clone());
         }
+        // The broker's own check of where its token may go: the runner's allow-list, not just
+        // the address it was given.
+        broker_env.insert("KEYHOLE_VAULT_ALLOWED".into(), v.allowed.join(","));
+        if runner.keyhole.vault_ca_config_map.is_some() {
+            broker_env.insert(
+                "KEYHOLE_VAULT_CA_FILE".into(),
+                format!("{}/{}", contract::INPUTS_DIR, contract::INPUT_VAULT_CA),
+            );
+        }
     }
     if req.secrets.uses_kubernetes {
         broker_env.insert("KEYHOLE_KUBE_API".into(), runner.keyhole.kube_api.clone());
@@ -416,6 +425,9 @@ pub fn build_job_objects(req: &PodRequest<'_>) -> Result<JobObjects, PodError> {
         json!({"downwardAPI": {"items": [{"path": contract::INPUT_ANNOTATIONS, "fieldRef": {"fieldPath": "metadata.annotations"}}]}}),
         json!({"secret": {"name": req.pod_name, "items": secret_data.keys().map(|key| json!({"key": key, "path": format!("{}/{key}", contract::INPUT_JOB_SECRET_DIR)})).collect::<Vec<_>>()}}),
     ];
+    if let (Some(_), Some(ca)) = (&req.secrets.vault, &runner.keyhole.vault_ca_config_map) {
+        sources.push(json!({"configMap": {"name": ca, "items": [{"key": "ca.crt", "path": contract::INPUT_VAULT_CA}]}}));
+    }
     if req.secrets.uses_kubernetes {
         sources.insert(1, json!({"serviceAccountToken": {"expirationSeconds": expiry, "path": contract::INPUT_KUBE_TOKEN}}));
         sources.insert(2, json!({"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "kube-ca.crt"}]}}));

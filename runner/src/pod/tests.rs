@@ -137,3 +137,67 @@ fn job_debug_names_gitlab_secrets_without_their_content() {
     assert!(debug.contains("\"X\""), "{debug}");
     assert!(!debug.contains("eyJsecret.jwt.value"), "{debug}");
 }
+
+#[test]
+fn a_vault_ca_config_map_reaches_the_brokers_inputs_only_with_the_allow_list() {
+    let (_, job) = sample_jobs(VAULT).remove(1);
+    let mut runner = sample_runner("jobs", VAULT, "keyhole.local/broker:dev");
+    runner.keyhole.vault_ca_config_map = Some("vault-ca".into());
+    runner.keyhole.vault_allowed = vec!["https://vault.example.com:8200".into()];
+    let secrets = collect(&job, &runner.keyhole, "keyhole-job").unwrap();
+    let pod = build_job_objects(&PodRequest {
+        job: &job,
+        runner: &runner,
+        pod_name: pod_name(job.id, "abcdef"),
+        service_account: "keyhole-job".into(),
+        secrets: &secrets,
+        log_end_token: "0123456789abcdef0123456789abcdef".to_string().into(),
+    })
+    .unwrap()
+    .pod;
+    let spec = serde_json::to_value(pod.spec.unwrap()).unwrap();
+    let inputs = spec["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == keyhole_broker::contract::INPUTS_VOLUME)
+        .unwrap();
+    assert!(
+        inputs["projected"]["sources"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!({"configMap": {"name": "vault-ca", "items": [{"key": "ca.crt", "path": "vault-ca.crt"}]}})),
+        "{inputs}"
+    );
+    let broker = spec["initContainers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == keyhole_broker::contract::BROKER_CONTAINER)
+        .unwrap();
+    let env: std::collections::BTreeMap<&str, &str> = broker["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["name"].as_str().unwrap(),
+                e["value"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(env["KEYHOLE_VAULT_CA_FILE"], "/keyhole/inputs/vault-ca.crt");
+    assert_eq!(
+        env["KEYHOLE_VAULT_ALLOWED"],
+        format!("{VAULT},https://vault.example.com:8200")
+    );
+    // No other container mounts the inputs (and with them the CA bundle).
+    for c in spec["containers"].as_array().unwrap() {
+        assert!(
+            !c["volumeMounts"]
+                .to_string()
+                .contains(keyhole_broker::contract::INPUTS_VOLUME),
+            "{c}"
+        );
+    }
+}
