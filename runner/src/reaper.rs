@@ -3,6 +3,7 @@
 //! the runner's name and the job id in labels, so a runner only ever touches its own.
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::ListParams;
@@ -34,6 +35,78 @@ pub fn orphans(pods: &[Pod], active: &BTreeSet<u64>) -> Vec<String> {
         .filter(|p| p.metadata.deletion_timestamp.is_none())
         .filter_map(|p| p.metadata.name.clone())
         .collect()
+}
+
+/// How long a job pod may stay ended (phase `Succeeded` or `Failed`) before any runner of the
+/// namespace deletes it, whichever runner made it. A live runner deletes its own pod as soon as
+/// it has the log's end (well under this); a pod still there later ended without one (its
+/// runner crashed, the deadline struck while no runner ran) and holds its per-job Secret (job
+/// token, masked variables) in etcd for nothing.
+pub const ENDED_GRACE: Duration = Duration::from_secs(30);
+
+/// How often the runner looks for such pods: with [`ENDED_GRACE`], a per-job Secret outlives
+/// its job by at most about 45 s.
+pub const ENDED_SWEEP_INTERVAL: Duration = Duration::from_secs(15);
+
+/// The label selector for every runner-made pod of the namespace.
+pub fn any_runner_selector() -> String {
+    format!("{MANAGED_BY_LABEL}={MANAGED_BY}")
+}
+
+/// When a pod ended, in seconds since the epoch: the last container to finish (init
+/// containers included), else the last condition change. `None` while it has not ended.
+fn ended_at(pod: &Pod) -> Option<i64> {
+    let status = pod.status.as_ref()?;
+    if !matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")) {
+        return None;
+    }
+    let finished = status
+        .container_statuses
+        .iter()
+        .flatten()
+        .chain(status.init_container_statuses.iter().flatten())
+        .filter_map(|c| c.state.as_ref()?.terminated.as_ref()?.finished_at.as_ref())
+        .map(|t| t.0.as_second())
+        .max();
+    let changed = || {
+        status
+            .conditions
+            .iter()
+            .flatten()
+            .filter_map(|c| c.last_transition_time.as_ref())
+            .map(|t| t.0.as_second())
+            .max()
+    };
+    finished.or_else(changed)
+}
+
+/// Pods among `pods` that ended more than `grace` before `now` (seconds since the epoch) and
+/// are not being deleted already (pure, for tests).
+pub fn long_ended(pods: &[Pod], now: i64, grace: Duration) -> Vec<String> {
+    let grace = i64::try_from(grace.as_secs()).unwrap_or(i64::MAX);
+    pods.iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter(|p| ended_at(p).is_some_and(|at| now.saturating_sub(at) > grace))
+        .filter_map(|p| p.metadata.name.clone())
+        .collect()
+}
+
+/// Deletes runner-made pods of `namespace`, any runner's, that ended more than
+/// [`ENDED_GRACE`] ago; their per-job Secrets go with them (owner reference). Returns their
+/// names.
+pub async fn reap_ended(client: &Client, namespace: &str) -> Result<Vec<String>, kube::Error> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let list = pods
+        .list(&ListParams::default().labels(&any_runner_selector()))
+        .await?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    let names = long_ended(&list.items, now, ENDED_GRACE);
+    for name in &names {
+        delete_pod(&pods, name, 0).await;
+    }
+    Ok(names)
 }
 
 /// Deletes this runner's orphaned pods in `namespace`; returns their names.
@@ -77,6 +150,43 @@ mod tests {
         ];
         let active: BTreeSet<u64> = [1].into();
         assert_eq!(orphans(&pods, &active), vec!["b", "c", "d"]);
+    }
+
+    fn ended(name: &str, phase: &str, finished_at: Option<&str>) -> Pod {
+        let state = match finished_at {
+            Some(t) => serde_json::json!({"terminated": {"exitCode": 0, "finishedAt": t}}),
+            None => serde_json::json!({"running": {}}),
+        };
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name},
+            "status": {"phase": phase, "containerStatuses": [{"name": "build", "image": "i",
+                "imageID": "", "ready": false, "restartCount": 0, "state": state}]}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn only_pods_ended_longer_than_the_grace_are_reaped_whoever_made_them() {
+        // 2026-12-03T10:00:00Z
+        let now = 1_796_292_000;
+        let pods = vec![
+            ended("old-failed", "Failed", Some("2026-12-03T09:59:00Z")),
+            ended("old-succeeded", "Succeeded", Some("2026-12-03T09:58:00Z")),
+            ended("just-ended", "Failed", Some("2026-12-03T09:59:50Z")),
+            ended("running", "Running", None),
+            ended("pending", "Pending", None),
+        ];
+        assert_eq!(
+            long_ended(&pods, now, Duration::from_secs(30)),
+            vec!["old-failed", "old-succeeded"]
+        );
+        let mut deleting = ended("deleting", "Failed", Some("2026-12-03T09:00:00Z"));
+        deleting.metadata.deletion_timestamp = deleting
+            .status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref())
+            .and_then(|c| c[0].state.as_ref()?.terminated.as_ref()?.finished_at.clone());
+        assert!(long_ended(&[deleting], now, Duration::from_secs(30)).is_empty());
     }
 
     #[test]

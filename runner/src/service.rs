@@ -131,9 +131,14 @@ pub async fn run_until(
     let reaper = {
         let s = service.clone();
         tokio::spawn(async move {
+            let mut orphans = tokio::time::interval(REAP_INTERVAL);
+            let mut ended = tokio::time::interval(crate::reaper::ENDED_SWEEP_INTERVAL);
+            orphans.tick().await;
             loop {
-                tokio::time::sleep(REAP_INTERVAL).await;
-                s.reap().await;
+                tokio::select! {
+                    _ = orphans.tick() => s.reap().await,
+                    _ = ended.tick() => s.reap_ended().await,
+                }
             }
         })
     };
@@ -323,6 +328,17 @@ impl Service {
             Ok(names) if !names.is_empty() => info!(pods = ?names, "deleted orphaned job pods"),
             Ok(_) => {}
             Err(e) => warn!(error = %e, "looking for orphaned pods failed"),
+        }
+    }
+
+    /// Deletes ended job pods that no runner took away (see [`crate::reaper::reap_ended`]).
+    async fn reap_ended(&self) {
+        match crate::reaper::reap_ended(&self.kube, &self.runner.kubernetes.namespace).await {
+            Ok(names) if !names.is_empty() => {
+                info!(pods = ?names, "deleted job pods that ended without a runner to delete them");
+            }
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "looking for ended job pods failed"),
         }
     }
 
