@@ -30,7 +30,9 @@ pub(crate) const MAX_ALIAS_NODES: usize = 500_000;
 /// copy (a few KiB of anchored `script:` or `variables:`).
 pub(crate) const MAX_ALIAS_BYTES: usize = 64 << 20;
 
-/// What anchors and aliases may still copy; one budget serves all files of a pipeline.
+/// What may still be copied: by anchors and aliases (one budget for all files of a pipeline),
+/// by `extends:`, by `!reference`. Each bounds nodes and bytes of text, since either can be
+/// what exhausts memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct CopyBudget {
     nodes: usize,
@@ -64,28 +66,45 @@ impl CopyBudget {
 
     /// Takes a copy of `node` out of the budget and returns the tree's height; on an overrun
     /// the budget is left as it was.
-    fn charge(&mut self, node: &Node) -> Result<usize, Overrun> {
+    pub(crate) fn charge(&mut self, node: &Node) -> Result<usize, Overrun> {
         let size = node.size_within(self.nodes, self.bytes)?;
         self.nodes -= size.nodes;
         self.bytes -= size.bytes;
         Ok(size.height)
     }
 
-    /// Why a copy was refused: which bound, how large it is and what to change.
-    fn exceeded(&self, overrun: Overrun) -> String {
-        match overrun {
-            Overrun::Nodes => format!(
-                "anchors and aliases copy more than {} values in this pipeline (all its files \
-                 together); is this a YAML bomb? Alias fewer or smaller anchored values",
-                self.max_nodes
-            ),
-            Overrun::Bytes => format!(
-                "anchors and aliases copy more than {} of text in this pipeline (all its files \
-                 together); is this a YAML bomb? Alias big anchored values fewer times, or \
-                 make them smaller",
-                show_bytes(self.max_bytes)
-            ),
+    /// Takes `nodes` nodes and `bytes` bytes out of the budget.
+    pub(crate) fn take(&mut self, nodes: usize, bytes: usize) -> Result<(), Overrun> {
+        if nodes > self.nodes {
+            return Err(Overrun::Nodes);
         }
+        if bytes > self.bytes {
+            return Err(Overrun::Bytes);
+        }
+        self.nodes -= nodes;
+        self.bytes -= bytes;
+        Ok(())
+    }
+
+    /// The bound an overrun crossed, for an error: `500000 values`, `64 MiB of text`.
+    pub(crate) fn limit(&self, overrun: Overrun) -> String {
+        match overrun {
+            Overrun::Nodes => format!("{} values", self.max_nodes),
+            Overrun::Bytes => format!("{} of text", show_bytes(self.max_bytes)),
+        }
+    }
+
+    /// Why an anchor or alias copy was refused: which bound, and what to change.
+    fn exceeded(&self, overrun: Overrun) -> String {
+        let advice = match overrun {
+            Overrun::Nodes => "alias fewer or smaller anchored values",
+            Overrun::Bytes => "alias big anchored values fewer times, or make them smaller",
+        };
+        format!(
+            "anchors and aliases copy more than {} in this pipeline (all its files together); \
+             is this a YAML bomb? If not, {advice}",
+            self.limit(overrun)
+        )
     }
 }
 
@@ -170,11 +189,13 @@ impl Node {
         matches!(self.value, Value::Null)
     }
 
-    /// Counts the nodes of this tree and measures its height, giving up (returning `None`) once
-    /// more than `budget` nodes are counted, so measuring a huge tree stays cheap.
-    pub(crate) fn measure(&self, budget: usize) -> Option<(usize, usize)> {
-        let size = self.size_within(budget, usize::MAX).ok()?;
-        Some((size.nodes, size.height))
+    /// Bytes of text this node holds itself: a string's, or a mapping's keys.
+    pub(crate) fn text_len(&self) -> usize {
+        match &self.value {
+            Value::Str(s) => s.len(),
+            Value::Map(map) => map.keys().map(String::len).sum(),
+            _ => 0,
+        }
     }
 
     /// Measures this tree, giving up once more than `max_nodes` nodes or `max_bytes` bytes of
@@ -199,12 +220,7 @@ impl Node {
         if size.nodes > max_nodes {
             return Err(Overrun::Nodes);
         }
-        let text = match &self.value {
-            Value::Str(s) => s.len(),
-            Value::Map(map) => map.keys().map(String::len).sum(),
-            _ => 0,
-        };
-        size.bytes = size.bytes.saturating_add(text);
+        size.bytes = size.bytes.saturating_add(self.text_len());
         if size.bytes > max_bytes {
             return Err(Overrun::Bytes);
         }
