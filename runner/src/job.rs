@@ -82,8 +82,10 @@ impl std::fmt::Debug for Job {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Project {
     pub id: u64,
-    /// `group/subgroup/project`.
-    pub path: String,
+    /// `group/subgroup/project`, from GitLab's job info (`job_info.project_full_path`) or, for
+    /// `exec`, the operator's `--project`. Never from a job variable such as `CI_PROJECT_PATH`,
+    /// which the job can set itself; `None` when GitLab did not send it.
+    pub path: Option<String>,
 }
 
 /// What to check out and how.

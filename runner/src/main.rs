@@ -154,7 +154,7 @@ fn local_job(args: &LocalArgs, runner: &RunnerConfig) -> Result<Job> {
         job_id: keyhole_runner::local::local_job_id(),
     };
     let mut job = load_job(&args.file, &args.job, &opts)?;
-    job.project.path = args.project.clone();
+    job.project.path = Some(args.project.clone());
     job.git.protected = args.protected;
     for spec in &args.id_tokens {
         let (name, file) = spec

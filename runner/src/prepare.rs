@@ -33,7 +33,7 @@ pub fn prepare_named(
     pod_name: String,
 ) -> Result<Prepared, Vec<String>> {
     let identity = JobIdentity {
-        project_path: &job.project.path,
+        project_path: job.project.path.as_deref(),
         ref_name: &job.git.ref_name,
         protected: job.git.protected,
     };
@@ -43,7 +43,7 @@ pub fn prepare_named(
         &runner.kubernetes,
         job.public_variable("KUBERNETES_SERVICE_ACCOUNT_OVERWRITE"),
     )
-    .map_err(|e| vec![e])?;
+    .map_err(|e| vec![e.to_string()])?;
     let secrets = collect(job, &runner.keyhole, &service_account.name)?;
     let objects = build_job_objects(&PodRequest {
         job,

@@ -329,4 +329,16 @@ mod tests {
             "{errs:?}"
         );
     }
+
+    #[test]
+    fn a_secret_put_in_a_keyhole_variable_is_not_echoed() {
+        let j = job(
+            &[("KEYHOLE_SECRET_DB", "correct-horse-battery-staple-42")],
+            None,
+        );
+        let errs = collect(&j, &keyhole(), "sa").unwrap_err();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(errs[0].contains("DB"), "{errs:?}");
+        assert!(!errs[0].contains("correct-horse"), "{errs:?}");
+    }
 }

@@ -344,7 +344,8 @@ impl Service {
 
     async fn handle(&self, payload: JobPayload, received: Instant) {
         let job = payload.job;
-        let span = info_span!("job", id = job.id, name = %job.name, project = %job.project.path);
+        let project = job.project.path.as_deref().unwrap_or("(unknown)");
+        let span = info_span!("job", id = job.id, name = %job.name, project = %project);
         async move {
             let Some(token) = job.token.clone() else {
                 error!("the job has no token; GitLab sent an incomplete job");

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
-use keyhole_runner::config::{Config, RunnerConfig};
+use keyhole_runner::config::{Config, RunnerConfig, ServiceAccountRule};
 use keyhole_tests::coordinator::FinalStatus;
 use keyhole_tests::{Coordinator, CoordinatorOptions, TestBed, TestNamespace};
 use kube::Api;
@@ -82,9 +82,20 @@ fn start_runner(
     watch::Sender<bool>,
     tokio::task::JoinHandle<anyhow::Result<()>>,
 ) {
+    start_runner_with(s, config(s))
+}
+
+/// [`start_runner`] with a config the test adjusted.
+fn start_runner_with(
+    s: &Setup,
+    config: Config,
+) -> (
+    watch::Sender<bool>,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
     let (tx, rx) = watch::channel(false);
     let handle = tokio::spawn(keyhole_runner::service::run_until(
-        config(s),
+        config,
         rx,
         Some(s.bed.client.clone()),
     ));
@@ -380,5 +391,76 @@ async fn stopping_the_runner_takes_no_new_jobs_and_lets_running_ones_finish() {
         s.gitlab.updates(later.id).is_empty(),
         "a stopping runner took a new job"
     );
+    no_job_pods_left(&s).await;
+}
+
+/// Issue 17 item 5: `KUBERNETES_SERVICE_ACCOUNT_OVERWRITE` cannot reach an account a rule keeps
+/// for other jobs, and the project identity the rules match comes from GitLab's job info only.
+/// Both jobs fail while being prepared, so no pod is created.
+#[tokio::test]
+async fn service_account_rules_bound_the_overwrite_and_trust_only_gitlabs_project() {
+    let s = setup("glsarules").await;
+    // Another project on an unprotected branch asks for the account the rule keeps for
+    // acme/app's protected refs, and claims to be acme/app through CI_PROJECT_PATH.
+    let spoof = s
+        .gitlab
+        .job()
+        .project(9, "evil/x")
+        .variable("GIT_STRATEGY", "none")
+        .variable("CI_PROJECT_PATH", "acme/app")
+        .variable("KUBERNETES_SERVICE_ACCOUNT_OVERWRITE", "app-deployer")
+        .enqueue()
+        .unwrap();
+    // A payload without job_info.project_full_path (an older GitLab), on a protected ref: the
+    // rules cannot tell whose job it is, so the reserved account stays out of reach.
+    let mut payload = s
+        .gitlab
+        .job()
+        .project(7, "acme/app")
+        .variable("GIT_STRATEGY", "none")
+        .variable("KUBERNETES_SERVICE_ACCOUNT_OVERWRITE", "app-deployer")
+        .payload();
+    payload["job_info"]
+        .as_object_mut()
+        .unwrap()
+        .remove("project_full_path");
+    payload["git_info"]["protected"] = true.into();
+    let anonymous = s.gitlab.enqueue(payload).unwrap();
+
+    let mut config = config(&s);
+    config.runners[0]
+        .kubernetes
+        .service_account_overwrite_allowed = Some("app-.*".into());
+    config.runners[0].keyhole.service_account_rules = vec![ServiceAccountRule {
+        project: Some("acme/app".into()),
+        protected: Some(true),
+        service_account: "app-deployer".into(),
+        ..Default::default()
+    }];
+    let (tx, handle) = start_runner_with(&s, config);
+    let spoofed = s
+        .gitlab
+        .wait_for_final(spoof.id, Duration::from_secs(120))
+        .await
+        .unwrap();
+    let unknown = s
+        .gitlab
+        .wait_for_final(anonymous.id, Duration::from_secs(120))
+        .await
+        .unwrap();
+    stop(tx, handle).await;
+
+    let trace = trace_text(&s, spoof.id);
+    assert_eq!(spoofed.status, FinalStatus::Failed, "{trace}");
+    assert!(
+        trace.contains("service_account_rules[0] reserves")
+            && trace.contains("project evil/x, unprotected ref main"),
+        "{trace}"
+    );
+    assert!(!trace.contains("ServiceAccount app-deployer"), "{trace}");
+    let trace = trace_text(&s, anonymous.id);
+    assert_eq!(unknown.status, FinalStatus::Failed, "{trace}");
+    assert!(trace.contains("no project path from GitLab"), "{trace}");
+    assert!(!trace.contains("ServiceAccount app-deployer"), "{trace}");
     no_job_pods_left(&s).await;
 }

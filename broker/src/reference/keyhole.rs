@@ -12,14 +12,29 @@ const VAULT_FORM: &str =
 
 /// A reference that cannot be used, with what was wrong and what is expected.
 ///
-/// References name locations, not values, so echoing them is safe.
+/// It never holds the reference itself, nor any part of it: the reference is a job variable's
+/// value, and a value that does not parse may be a secret put there by mistake. The error
+/// names the variable, the scheme (`k8s:`, `vault:` or none) and the part that is wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("secret {name}: reference {reference:?} {problem}; expected {expected}")]
+#[error("secret {name}: {kind} {problem}; expected {expected}")]
 pub struct ReferenceError {
     pub name: String,
-    pub reference: String,
+    /// `the k8s: reference`, `the vault: reference` or `the value`.
+    pub kind: &'static str,
     pub problem: String,
     pub expected: &'static str,
+}
+
+/// Says what a value looks like without quoting it.
+fn kind_of(reference: &str) -> &'static str {
+    let reference = reference.trim();
+    if reference.starts_with("k8s:") {
+        "the k8s: reference"
+    } else if reference.starts_with("vault:") {
+        "the vault: reference"
+    } else {
+        "the value"
+    }
 }
 
 /// Parses one Keyhole reference, e.g. `vault:kv/team/api#key` for the secret `API_KEY`.
@@ -36,7 +51,7 @@ pub struct ReferenceError {
 pub fn parse_keyhole(name: &str, reference: &str) -> Result<SecretRef, ReferenceError> {
     let fail = |problem: String, expected: &'static str| ReferenceError {
         name: printable(name),
-        reference: printable(reference),
+        kind: kind_of(reference),
         problem,
         expected,
     };
@@ -49,7 +64,11 @@ pub fn parse_keyhole(name: &str, reference: &str) -> Result<SecretRef, Reference
         parse_vault(name, rest).map_err(|p| fail(p, VAULT_FORM))
     } else {
         Err(fail(
-            "names no known source".into(),
+            format!(
+                "names no known source: it does not start with k8s: or vault: (it is not shown, \
+                 as it may be the secret itself: {KEYHOLE_VARIABLE_PREFIX}<NAME> holds where a \
+                 secret lives, never its value)"
+            ),
             "k8s:<secret>[/<key>] or vault:<mount>/<path>[#<field>]",
         ))
     }
@@ -62,24 +81,23 @@ fn parse_k8s(name: SecretName, rest: &str) -> Result<SecretRef, String> {
         None => (location, None),
     };
     if !is_dns_subdomain(secret) {
-        return Err(format!(
-            "has {:?} as Secret name, which is not a valid Kubernetes name (lower-case letters, digits, '-' and '.')",
-            printable(secret)
-        ));
+        return Err(
+            "has a Secret name that is not a valid Kubernetes name (lower-case letters, digits, '-' and '.', at most 253 characters)"
+                .into(),
+        );
     }
     if let Some(key) = key
         && !is_secret_key(key)
     {
-        return Err(format!(
-            "has {:?} as key, which is not a valid Secret key (letters, digits, '-', '_' and '.')",
-            printable(key)
-        ));
+        return Err(
+            "has a key that is not a valid Secret key (letters, digits, '-', '_' and '.')".into(),
+        );
     }
     let mut file = true;
     for (k, v) in options? {
         match k {
             "file" => file = parse_bool(v)?,
-            other => return Err(format!("has the unknown option {:?}", printable(other))),
+            _ => return Err("has an unknown option (a k8s: reference takes file=)".into()),
         }
     }
     Ok(SecretRef {
@@ -119,9 +137,11 @@ fn parse_vault(name: SecretName, rest: &str) -> Result<SecretRef, String> {
     for (k, v) in options? {
         match k {
             "version" => {
-                let n: u64 = v.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
-                    format!("has version {:?}, not a positive number", printable(v))
-                })?;
+                let n: u64 = v
+                    .parse()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| "has a version that is not a positive number".to_owned())?;
                 vault.version = Some(n);
             }
             "engine" => {
@@ -129,11 +149,16 @@ fn parse_vault(name: SecretName, rest: &str) -> Result<SecretRef, String> {
                     "kv-v1" | "kv1" => Engine::KvV1,
                     "kv-v2" | "kv2" => Engine::KvV2,
                     "dynamic" => Engine::Dynamic,
-                    other => return Err(format!("has the unknown engine {:?}", printable(other))),
+                    _ => return Err("has an unknown engine (use kv-v1, kv-v2 or dynamic)".into()),
                 }
             }
             "file" => file = parse_bool(v)?,
-            other => return Err(format!("has the unknown option {:?}", printable(other))),
+            _ => {
+                return Err(
+                    "has an unknown option (a vault: reference takes version=, engine= and file=)"
+                        .into(),
+                );
+            }
         }
     }
     match (vault.version, vault.engine) {
@@ -166,7 +191,9 @@ fn split_options(s: &str) -> (&str, Options<'_>) {
         .map(|pair| {
             pair.split_once('=')
                 .filter(|(k, v)| !k.is_empty() && !v.is_empty())
-                .ok_or_else(|| format!("has the malformed option {:?}", printable(pair)))
+                .ok_or_else(|| {
+                    "has a malformed option (options are key=value, joined by &)".to_owned()
+                })
         })
         .collect();
     (location, options)
@@ -176,10 +203,7 @@ fn parse_bool(v: &str) -> Result<bool, String> {
     match v {
         "true" => Ok(true),
         "false" => Ok(false),
-        other => Err(format!(
-            "has file={:?}; use true or false",
-            printable(other)
-        )),
+        _ => Err("has a file= value other than true or false".into()),
     }
 }
 
@@ -319,6 +343,62 @@ mod tests {
             let shown = err.to_string();
             assert!(shown.contains(problem), "{text}: {shown}");
             assert!(shown.contains("expected"), "{shown}");
+        }
+    }
+
+    #[test]
+    fn a_value_in_place_of_a_reference_is_never_echoed() {
+        // The reference is a job variable's value: set to the secret itself by mistake, an
+        // error that quoted it would print the secret in the job log.
+        for value in [
+            "hunter2-correct-horse-battery",
+            "  glpat-0123456789abcdef  ",
+            "vault:s3cr3tT0kenValue",
+            "vault:kv/app?Sup3rS3cret=1",
+            "k8s:Sup3r_S3cret/Value",
+            "k8s:ok/not a key but a secret",
+            "k8s:ok?file=Sup3rS3cret",
+        ] {
+            let err = parse_keyhole("DB_PASSWORD", value)
+                .expect_err(value)
+                .to_string();
+            assert!(err.contains("DB_PASSWORD"), "{err}");
+            for part in [
+                value,
+                value.trim(),
+                "s3cr3t",
+                "S3cret",
+                "Sup3r",
+                "0123456789abcdef",
+                "horse",
+            ] {
+                assert!(!err.contains(part), "{value:?} echoed ({part:?}): {err}");
+            }
+        }
+        let err = parse_keyhole("DB_PASSWORD", "hunter2-correct-horse-battery").unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("does not start with k8s: or vault:"),
+            "{err}"
+        );
+    }
+
+    proptest::proptest! {
+        /// Whatever a variable holds, an error about it does not repeat it.
+        #[test]
+        fn errors_never_contain_the_value(
+            value in proptest::prop_oneof![
+                "\\PC{8,80}",
+                "(k8s:|vault:| vault:)[ -~]{4,80}",
+                "(k8s:|vault:)[a-z0-9./-]{1,20}[?#/][ -~]{4,40}",
+            ],
+        ) {
+            if let Err(err) = parse_keyhole("NAME", &value) {
+                let err = err.to_string();
+                proptest::prop_assert!(!err.contains(&value), "{err}");
+                let trimmed = value.trim();
+                proptest::prop_assert!(trimmed.len() < 8 || !err.contains(trimmed), "{err}");
+            }
         }
     }
 }

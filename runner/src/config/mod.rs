@@ -7,4 +7,4 @@ mod rules;
 
 pub use load::{ConfigError, Loaded, load_file, load_str};
 pub use model::*;
-pub use rules::{JobIdentity, ServiceAccountChoice, choose_service_account};
+pub use rules::{JobIdentity, ServiceAccountChoice, ServiceAccountError, choose_service_account};

@@ -100,7 +100,7 @@ pub fn job_from_value(value: &Value) -> Result<JobPayload, PayloadError> {
 
     let variables = variables(&root)?;
     let job_info = root.req_obj("job_info")?;
-    let project = project(&job_info, &variables)?;
+    let project = project(&job_info)?;
     let (before_script, script, after_script, step_timeout) = steps(&root)?;
     let runner_timeout = match root.opt_obj("runner_info")? {
         Some(info) => info.opt_u64("timeout")?,
@@ -172,17 +172,15 @@ fn public_value<'v>(variables: &'v [Variable], key: &str) -> Option<&'v str> {
         .map(|v| v.value.expose_secret())
 }
 
-fn project(job_info: &Obj<'_>, variables: &[Variable]) -> Result<Project, PayloadError> {
-    // `project_full_path` is recent in the payload; `CI_PROJECT_PATH` has always been sent.
-    let path = match job_info.opt_str("project_full_path")? {
-        Some(p) if !p.is_empty() => p.to_owned(),
-        _ => public_value(variables, "CI_PROJECT_PATH")
-            .filter(|p| !p.is_empty())
-            .map(str::to_owned)
-            .ok_or_else(|| PayloadError::Missing {
-                field: job_info.field("project_full_path"),
-            })?,
-    };
+/// The project identity, only from GitLab's own `job_info`. `CI_PROJECT_PATH` is no fallback:
+/// a job's `variables:` come later in the list and win, so a job could name any project and
+/// match another project's ServiceAccount rules. Older GitLab versions omit
+/// `project_full_path`; their jobs get no project path, so no rule matches them.
+fn project(job_info: &Obj<'_>) -> Result<Project, PayloadError> {
+    let path = job_info
+        .opt_str("project_full_path")?
+        .filter(|p| !p.is_empty())
+        .map(str::to_owned);
     Ok(Project {
         id: job_info.req_u64("project_id")?,
         path,

@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet};
 
 use super::{
     error::PipelineError,
-    yaml::{Map, Node, Value, deep_merge},
+    yaml::{CopyBudget, Map, Node, Value, deep_merge},
 };
 
 /// GitLab's `MAX_NESTING_LEVELS`: most ancestors one entry may have in an `extends` chain.
@@ -22,7 +22,7 @@ pub(crate) fn resolve(config: &mut Map) -> Result<(), PipelineError> {
         check(config, key, &mut Vec::new(), &mut heights)?;
     }
     let mut done = HashSet::new();
-    let mut budget = MAX_EXTENDED_NODES;
+    let mut budget = CopyBudget::new(MAX_EXTENDED_NODES, MAX_EXTENDED_BYTES);
     for key in &keys {
         merge(config, key, &mut done, &mut budget)?;
     }
@@ -31,6 +31,10 @@ pub(crate) fn resolve(config: &mut Map) -> Result<(), PipelineError> {
 
 /// Most nodes that `extends:` may copy into jobs (every job gets its own copy of its bases).
 const MAX_EXTENDED_NODES: usize = 1_000_000;
+
+/// Most bytes of text (scalars and keys) that `extends:` may copy into jobs: without it, one
+/// big value in a template that thousands of jobs extend is copied thousands of times.
+pub(crate) const MAX_EXTENDED_BYTES: usize = 64 << 20;
 
 /// The entries `key` extends, if it extends any.
 fn extends_of<'m>(config: &'m Map, key: &str) -> Option<&'m Node> {
@@ -113,7 +117,7 @@ fn merge(
     config: &mut Map,
     key: &str,
     done: &mut HashSet<String>,
-    budget: &mut usize,
+    budget: &mut CopyBudget,
 ) -> Result<(), PipelineError> {
     if !done.insert(key.to_owned()) {
         return Ok(());
@@ -127,15 +131,18 @@ fn merge(
     let mut merged = Map::new();
     for base in &bases {
         if let Some(node) = config.get(base.as_str()) {
-            let Some((count, _)) = node.measure(*budget) else {
+            if let Err(overrun) = budget.charge(node) {
                 return Err(PipelineError::config(
                     &node.at,
                     Some(key),
                     Some("extends"),
-                    format!("`extends` copies more than {MAX_EXTENDED_NODES} values into jobs"),
+                    format!(
+                        "`extends` copies more than {} into jobs; have fewer jobs extend big \
+                         templates, or make the templates smaller",
+                        budget.limit(overrun)
+                    ),
                 ));
-            };
-            *budget -= count;
+            }
             if let Value::Map(map) = &node.value {
                 deep_merge(&mut merged, map.clone());
             }
@@ -279,5 +286,27 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("copies more than"), "{err}");
+    }
+
+    #[test]
+    fn extends_copies_are_bounded_in_bytes() {
+        // 1 MiB of text in a template: 40 jobs extending it copy 40 MiB, 70 would copy 70.
+        let big = "x".repeat(1 << 20);
+        let template = format!(".t:\n  variables:\n    X: {big}\n  script: [a]\n");
+        let jobs = |n: usize| {
+            (0..n)
+                .map(|i| format!("j{i}: {{extends: .t}}\n"))
+                .collect::<String>()
+        };
+        let ok = resolved(&format!("{template}{}", jobs(40))).map(|m| m.len());
+        assert!(matches!(ok, Ok(41)), "{:?}", ok.map_err(|e| e.to_string()));
+        let Err(err) = resolved(&format!("{template}{}", jobs(70))) else {
+            panic!("70 MiB were copied");
+        };
+        let err = err.to_string();
+        assert!(
+            err.contains("`extends` copies more than 64 MiB of text into jobs"),
+            "{err}"
+        );
     }
 }

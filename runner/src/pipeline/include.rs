@@ -228,13 +228,17 @@ pub(crate) struct Includer<'s> {
     /// Files being included right now (outermost first), to spot cycles.
     stack: Vec<String>,
     /// Anchor and alias copies left for the whole pipeline.
-    copy_budget: usize,
+    copy_budget: yaml::CopyBudget,
     pub(crate) warnings: Vec<String>,
 }
 
 impl<'s> Includer<'s> {
     /// `copy_budget`: what the top file left of the pipeline's anchor and alias copies.
-    pub(crate) fn new(source: &'s dyn IncludeSource, top_file: &str, copy_budget: usize) -> Self {
+    pub(crate) fn new(
+        source: &'s dyn IncludeSource,
+        top_file: &str,
+        copy_budget: yaml::CopyBudget,
+    ) -> Self {
         Self {
             source,
             count: 0,

@@ -98,7 +98,7 @@ pub fn parse_pipeline(
     includes: &dyn IncludeSource,
 ) -> Result<Pipeline, PipelineError> {
     let file: Arc<str> = Arc::from(file_name);
-    let mut copy_budget = yaml::MAX_ALIAS_NODES;
+    let mut copy_budget = yaml::CopyBudget::pipeline();
     let root = yaml::load_config_with(text, &file, &mut copy_budget)?;
     let config = match root.value {
         yaml::Value::Map(map) => map,

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use super::{
     error::PipelineError,
-    yaml::{Map, Node, Value},
+    yaml::{CopyBudget, Map, Node, Overrun, Value},
 };
 
 /// How many references may nest inside one another.
@@ -18,13 +18,26 @@ pub const MAX_REFERENCE_DEPTH: usize = 10;
 /// otherwise make references fan out exponentially).
 const MAX_RESOLVED_NODES: usize = 3_000_000;
 
+/// Most bytes of text (scalars and keys) the configuration may hold once references are
+/// resolved: few nodes can carry much text, so one big value referenced by thousands of jobs
+/// would otherwise be copied thousands of times.
+pub(crate) const MAX_RESOLVED_BYTES: usize = 256 << 20;
+
 /// Resolves every `!reference` of the configuration.
 pub(crate) fn resolve(config: Map) -> Result<Map, PipelineError> {
+    resolve_within(
+        config,
+        CopyBudget::new(MAX_RESOLVED_NODES, MAX_RESOLVED_BYTES),
+    )
+}
+
+/// [`resolve`] with the resolved configuration bounded by `budget`.
+fn resolve_within(config: Map, budget: CopyBudget) -> Result<Map, PipelineError> {
     let mut resolver = Resolver {
         config: &config,
         memo: HashMap::new(),
         in_progress: Vec::new(),
-        produced: 0,
+        budget,
     };
     let mut out = Map::with_capacity(config.len());
     for (key, node) in &config {
@@ -39,29 +52,30 @@ struct Resolver<'c> {
     /// Path → (resolved value, how many references nest in it, itself included).
     memo: HashMap<Vec<String>, (Node, usize)>,
     in_progress: Vec<Vec<String>>,
-    produced: usize,
+    /// What the resolved configuration may still hold.
+    budget: CopyBudget,
 }
 
 impl Resolver<'_> {
-    fn charge(&mut self, nodes: usize, at: &Node) -> Result<(), PipelineError> {
-        self.produced += nodes;
-        if self.produced > MAX_RESOLVED_NODES {
-            return Err(PipelineError::config(
-                &at.at,
-                None,
-                None,
-                format!(
-                    "!reference tags expand the configuration beyond {MAX_RESOLVED_NODES} values"
-                ),
-            ));
-        }
-        Ok(())
+    fn too_big(&self, overrun: Overrun, at: &Node) -> PipelineError {
+        PipelineError::config(
+            &at.at,
+            None,
+            None,
+            format!(
+                "!reference tags expand the configuration beyond {}; reference big values \
+                 from fewer places, or make them smaller",
+                self.budget.limit(overrun)
+            ),
+        )
     }
 
     /// Resolves the references inside `node`; returns the new node and the deepest reference
     /// nesting found in it.
     fn deep(&mut self, node: &Node, depth: usize) -> Result<(Node, usize), PipelineError> {
-        self.charge(1, node)?;
+        if let Err(overrun) = self.budget.take(1, node.text_len()) {
+            return Err(self.too_big(overrun, node));
+        }
         let mut height = 0;
         let value = match &node.value {
             Value::Reference(args) => return self.reference(node, args, depth),
@@ -123,10 +137,9 @@ impl Resolver<'_> {
             if depth + height > MAX_REFERENCE_DEPTH {
                 return Err(too_deep());
             }
-            let size = done
-                .measure(usize::MAX)
-                .map_or(usize::MAX, |(count, _)| count);
-            self.charge(size, node)?;
+            if let Err(overrun) = self.budget.charge(&done) {
+                return Err(self.too_big(overrun, node));
+            }
             return Ok((done, height));
         }
         let Some(target) = dig(self.config, &path) else {
@@ -260,5 +273,28 @@ mod tests {
         }
         let err = resolved(&text).unwrap_err().to_string();
         assert!(err.contains("expand the configuration"), "{err}");
+    }
+
+    #[test]
+    fn resolved_text_is_bounded_in_bytes() {
+        // Few nodes, much text: 20 references to a 100-byte value, about 2.5 KB in all.
+        let value = "x".repeat(100);
+        let mut text = format!(".t: {{v: {value}}}\n");
+        for i in 0..20 {
+            text.push_str(&format!(
+                "j{i}: {{script: [a], variables: {{X: !reference [.t, v]}}}}\n"
+            ));
+        }
+        let Value::Map(map) = load_config(&text, &Arc::from("ci.yml")).unwrap().value else {
+            panic!()
+        };
+        let err = resolve_within(map.clone(), CopyBudget::new(usize::MAX, 1000))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("expand the configuration beyond 1000 bytes of text"),
+            "{err}"
+        );
+        assert!(resolve_within(map, CopyBudget::new(usize::MAX, 10_000)).is_ok());
     }
 }

@@ -23,6 +23,108 @@ pub(crate) const MAX_DEPTH: usize = 100;
 /// (an anchor keeps a copy of its tree, each alias copies it again).
 pub(crate) const MAX_ALIAS_NODES: usize = 500_000;
 
+/// Most bytes of text (scalars and mapping keys) that anchors and aliases may copy in a whole
+/// pipeline, counted like [`MAX_ALIAS_NODES`]. Counting nodes alone lets a few nodes carry
+/// megabytes each: one 2 MiB scalar aliased a thousand times is 2 GiB. 64 MiB is sixteen copies
+/// of the largest file a pipeline may include (`MAX_FILE_BYTES`), far more than real CI files
+/// copy (a few KiB of anchored `script:` or `variables:`).
+pub(crate) const MAX_ALIAS_BYTES: usize = 64 << 20;
+
+/// What may still be copied: by anchors and aliases (one budget for all files of a pipeline),
+/// by `extends:`, by `!reference`. Each bounds nodes and bytes of text, since either can be
+/// what exhausts memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct CopyBudget {
+    nodes: usize,
+    bytes: usize,
+    /// The starting amounts, for errors.
+    max_nodes: usize,
+    max_bytes: usize,
+}
+
+/// Which bound of a [`CopyBudget`] a copy would cross.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Overrun {
+    Nodes,
+    Bytes,
+}
+
+impl CopyBudget {
+    pub(crate) fn new(max_nodes: usize, max_bytes: usize) -> Self {
+        Self {
+            nodes: max_nodes,
+            bytes: max_bytes,
+            max_nodes,
+            max_bytes,
+        }
+    }
+
+    /// The budget of one pipeline: [`MAX_ALIAS_NODES`] and [`MAX_ALIAS_BYTES`].
+    pub(crate) fn pipeline() -> Self {
+        Self::new(MAX_ALIAS_NODES, MAX_ALIAS_BYTES)
+    }
+
+    /// Takes a copy of `node` out of the budget and returns the tree's height; on an overrun
+    /// the budget is left as it was.
+    pub(crate) fn charge(&mut self, node: &Node) -> Result<usize, Overrun> {
+        let size = node.size_within(self.nodes, self.bytes)?;
+        self.nodes -= size.nodes;
+        self.bytes -= size.bytes;
+        Ok(size.height)
+    }
+
+    /// Takes `nodes` nodes and `bytes` bytes out of the budget.
+    pub(crate) fn take(&mut self, nodes: usize, bytes: usize) -> Result<(), Overrun> {
+        if nodes > self.nodes {
+            return Err(Overrun::Nodes);
+        }
+        if bytes > self.bytes {
+            return Err(Overrun::Bytes);
+        }
+        self.nodes -= nodes;
+        self.bytes -= bytes;
+        Ok(())
+    }
+
+    /// The bound an overrun crossed, for an error: `500000 values`, `64 MiB of text`.
+    pub(crate) fn limit(&self, overrun: Overrun) -> String {
+        match overrun {
+            Overrun::Nodes => format!("{} values", self.max_nodes),
+            Overrun::Bytes => format!("{} of text", show_bytes(self.max_bytes)),
+        }
+    }
+
+    /// Why an anchor or alias copy was refused: which bound, and what to change.
+    fn exceeded(&self, overrun: Overrun) -> String {
+        let advice = match overrun {
+            Overrun::Nodes => "alias fewer or smaller anchored values",
+            Overrun::Bytes => "alias big anchored values fewer times, or make them smaller",
+        };
+        format!(
+            "anchors and aliases copy more than {} in this pipeline (all its files together); \
+             is this a YAML bomb? If not, {advice}",
+            self.limit(overrun)
+        )
+    }
+}
+
+/// `64 MiB` for whole mebibytes, else the bytes.
+fn show_bytes(bytes: usize) -> String {
+    if bytes >= 1 << 20 && bytes.is_multiple_of(1 << 20) {
+        format!("{} MiB", bytes >> 20)
+    } else {
+        format!("{bytes} bytes")
+    }
+}
+
+/// A tree's size: nodes, bytes of text (scalars and keys), height.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Size {
+    nodes: usize,
+    bytes: usize,
+    height: usize,
+}
+
 const CORE_TAG: &str = "tag:yaml.org,2002:";
 
 /// One YAML value and where it starts.
@@ -87,29 +189,51 @@ impl Node {
         matches!(self.value, Value::Null)
     }
 
-    /// Counts the nodes of this tree and measures its height, giving up (returning `None`) once
-    /// more than `budget` nodes are counted, so measuring a huge tree stays cheap.
-    pub(crate) fn measure(&self, budget: usize) -> Option<(usize, usize)> {
-        let mut count = 0;
-        let height = self.measure_into(budget, &mut count)?;
-        Some((count, height))
+    /// Bytes of text this node holds itself: a string's, or a mapping's keys.
+    pub(crate) fn text_len(&self) -> usize {
+        match &self.value {
+            Value::Str(s) => s.len(),
+            Value::Map(map) => map.keys().map(String::len).sum(),
+            _ => 0,
+        }
     }
 
-    fn measure_into(&self, budget: usize, count: &mut usize) -> Option<usize> {
-        *count += 1;
-        if *count > budget {
-            return None;
+    /// Measures this tree, giving up once more than `max_nodes` nodes or `max_bytes` bytes of
+    /// text are counted, so measuring a huge tree stays cheap.
+    fn size_within(&self, max_nodes: usize, max_bytes: usize) -> Result<Size, Overrun> {
+        let mut size = Size {
+            nodes: 0,
+            bytes: 0,
+            height: 0,
+        };
+        size.height = self.size_into(max_nodes, max_bytes, &mut size)?;
+        Ok(size)
+    }
+
+    fn size_into(
+        &self,
+        max_nodes: usize,
+        max_bytes: usize,
+        size: &mut Size,
+    ) -> Result<usize, Overrun> {
+        size.nodes += 1;
+        if size.nodes > max_nodes {
+            return Err(Overrun::Nodes);
+        }
+        size.bytes = size.bytes.saturating_add(self.text_len());
+        if size.bytes > max_bytes {
+            return Err(Overrun::Bytes);
         }
         let children: Box<dyn Iterator<Item = &Node>> = match &self.value {
             Value::Seq(items) | Value::Reference(items) => Box::new(items.iter()),
             Value::Map(map) => Box::new(map.values()),
-            _ => return Some(1),
+            _ => return Ok(1),
         };
         let mut height = 0;
         for child in children {
-            height = height.max(child.measure_into(budget, count)?);
+            height = height.max(child.size_into(max_nodes, max_bytes, size)?);
         }
-        Some(height + 1)
+        Ok(height + 1)
     }
 }
 
@@ -141,15 +265,15 @@ pub(crate) fn deep_merge(into: &mut Map, from: Map) {
 /// first is a `spec:` header. Empty text gives a null node.
 #[cfg(test)]
 pub(crate) fn load_config(text: &str, file: &Arc<str>) -> Result<Node, PipelineError> {
-    load_config_with(text, file, &mut MAX_ALIAS_NODES.clone())
+    load_config_with(text, file, &mut CopyBudget::pipeline())
 }
 
 /// [`load_config`] drawing anchor and alias copies from `copy_budget`, which a pipeline shares
-/// across all its files (see [`MAX_ALIAS_NODES`]).
+/// across all its files (see [`MAX_ALIAS_NODES`], [`MAX_ALIAS_BYTES`]).
 pub(crate) fn load_config_with(
     text: &str,
     file: &Arc<str>,
-    copy_budget: &mut usize,
+    copy_budget: &mut CopyBudget,
 ) -> Result<Node, PipelineError> {
     let mut docs = load(text, file, copy_budget)?;
     match docs.len() {
@@ -194,7 +318,11 @@ pub(crate) fn load_config_with(
 }
 
 /// Parses every document of `text`.
-fn load(text: &str, file: &Arc<str>, copy_budget: &mut usize) -> Result<Vec<Node>, PipelineError> {
+fn load(
+    text: &str,
+    file: &Arc<str>,
+    copy_budget: &mut CopyBudget,
+) -> Result<Vec<Node>, PipelineError> {
     let mut loader = Loader {
         file,
         docs: Vec::new(),
@@ -231,7 +359,7 @@ struct Loader<'f> {
     stack: Vec<Frame>,
     /// Anchor id (from the parser) → the anchored node, for aliases.
     anchors: HashMap<usize, Node>,
-    alias_budget: usize,
+    alias_budget: CopyBudget,
 }
 
 enum Frame {
@@ -384,13 +512,8 @@ impl Loader<'_> {
         Ok(())
     }
 
-    fn bomb(&self, at: &Location) -> PipelineError {
-        self.error(
-            at,
-            format!(
-                "anchors and aliases copy more than {MAX_ALIAS_NODES} nodes; is this a YAML bomb?"
-            ),
-        )
+    fn bomb(&self, at: &Location, overrun: Overrun) -> PipelineError {
+        self.error(at, self.alias_budget.exceeded(overrun))
     }
 
     fn alias(&mut self, id: usize, at: Location) -> Result<Node, PipelineError> {
@@ -400,13 +523,10 @@ impl Loader<'_> {
                 "this alias refers to an anchor that is not defined before it (or contains it)",
             ));
         };
-        let Some((count, height)) = anchored.measure(self.alias_budget) else {
-            return Err(self.error(
-                &at,
-                format!(
-                    "aliases expand to more than {MAX_ALIAS_NODES} nodes; is this a YAML bomb?"
-                ),
-            ));
+        let mut budget = self.alias_budget;
+        let height = match budget.charge(anchored) {
+            Ok(height) => height,
+            Err(overrun) => return Err(self.bomb(&at, overrun)),
         };
         if self.stack.len() + height > MAX_DEPTH {
             return Err(self.error(
@@ -414,7 +534,7 @@ impl Loader<'_> {
                 format!("this alias makes lists and mappings nest deeper than {MAX_DEPTH} levels"),
             ));
         }
-        self.alias_budget -= count;
+        self.alias_budget = budget;
         let mut node = anchored.clone();
         node.at = at;
         Ok(node)
@@ -423,10 +543,9 @@ impl Loader<'_> {
     /// Hands a finished node to its parent (or makes it the document's root).
     fn finish(&mut self, node: Node, anchor: usize, form: KeyForm) -> Result<(), PipelineError> {
         if anchor > 0 {
-            let Some((count, _)) = node.measure(self.alias_budget) else {
-                return Err(self.bomb(&node.at));
-            };
-            self.alias_budget -= count;
+            if let Err(overrun) = self.alias_budget.charge(&node) {
+                return Err(self.bomb(&node.at, overrun));
+            }
             self.anchors.insert(anchor, node.clone());
         }
         match self.stack.last_mut() {
@@ -906,5 +1025,63 @@ mod tests {
         };
         assert_eq!(s.len(), 1);
         assert!(a.contains_key("only_a"));
+    }
+
+    #[test]
+    fn a_big_anchored_scalar_aliased_many_times_is_refused() {
+        // Few nodes, many bytes: 2 MiB of text copied 64 times would be 128 MiB.
+        let big = "x".repeat(2 << 20);
+        let aliases = vec!["*big"; 64].join(", ");
+        let text = format!("a: &big {big}\nb: [{aliases}]\n");
+        // Not `unwrap_err`: on success it would print 130 MiB of the tree.
+        let Err(err) = load_config(&text, &file()) else {
+            panic!("the aliases were expanded");
+        };
+        let err = err.to_string();
+        assert!(err.starts_with("ci.yml:2:"), "{err}");
+        assert!(err.contains("MiB"), "{err}");
+    }
+
+    #[test]
+    fn moderate_anchored_text_aliased_a_few_times_is_fine() {
+        let big = "x".repeat(1 << 20);
+        let text = format!("a: &big {big}\nb: [{}]\n", ["*big"; 10].join(", "));
+        let mut budget = CopyBudget::pipeline();
+        let doc = load_config_with(&text, &file(), &mut budget).map_err(|e| e.to_string());
+        assert!(doc.is_ok(), "{:?}", doc.err());
+        assert_eq!(budget.bytes, MAX_ALIAS_BYTES - 11 * (1 << 20));
+    }
+
+    proptest::proptest! {
+        /// Every anchor and alias takes its tree's text out of the byte budget; the copy that
+        /// would overdraw it fails, naming the limit and the line of the anchor or alias.
+        #[test]
+        fn alias_copies_are_bounded_by_bytes(
+            len in 1usize..1100,
+            aliases in 0usize..12,
+            in_map: bool,
+        ) {
+            const LIMIT: usize = 1000;
+            let value = "x".repeat(len);
+            // In a mapping, the key `k` is one more byte of text per copy.
+            let (anchored, per_copy) = if in_map {
+                (format!("{{k: {value}}}"), len + 1)
+            } else {
+                (value, len)
+            };
+            let text = format!("a: &a {anchored}\nb: [{}]\n", vec!["*a"; aliases].join(", "));
+            let mut budget = CopyBudget::new(usize::MAX, LIMIT);
+            let result = load_config_with(&text, &file(), &mut budget).map_err(|e| e.to_string());
+            let copied = per_copy * (aliases + 1);
+            if copied <= LIMIT {
+                proptest::prop_assert!(result.is_ok(), "{:?}", result.err());
+                proptest::prop_assert_eq!(budget.bytes, LIMIT - copied);
+            } else {
+                let err = result.err().unwrap_or_default();
+                proptest::prop_assert!(err.contains("more than 1000 bytes of text"), "{}", err);
+                let line = if per_copy > LIMIT { "ci.yml:1:" } else { "ci.yml:2:" };
+                proptest::prop_assert!(err.starts_with(line), "{}", err);
+            }
+        }
     }
 }

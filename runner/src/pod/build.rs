@@ -271,11 +271,13 @@ pub fn build_job_objects(req: &PodRequest<'_>) -> Result<JobObjects, PodError> {
     let project_dir = var("CI_PROJECT_DIR")
         .map(str::to_string)
         .unwrap_or_else(|| {
-            format!(
-                "{}/{}",
-                runner.builds_dir.trim_end_matches('/'),
-                job.project.path
-            )
+            // GitLab always sends CI_PROJECT_DIR; without a project path, the id still
+            // gives the job a directory of its own.
+            let project = match &job.project.path {
+                Some(path) => path.clone(),
+                None => format!("project-{}", job.project.id),
+            };
+            format!("{}/{project}", runner.builds_dir.trim_end_matches('/'))
         });
     let mut public_env: BTreeMap<String, String> = BTreeMap::new();
     let mut secret_data: BTreeMap<String, ByteString> = BTreeMap::new();
@@ -364,7 +366,9 @@ pub fn build_job_objects(req: &PodRequest<'_>) -> Result<JobObjects, PodError> {
     labels.insert(MANAGED_BY_LABEL.into(), MANAGED_BY.into());
     labels.insert(RUNNER_LABEL.into(), label_value(&runner.name));
     labels.insert(JOB_ID_LABEL.into(), job.id.to_string());
-    annotations.insert("keyhole.dev/project".into(), job.project.path.clone());
+    if let Some(path) = &job.project.path {
+        annotations.insert("keyhole.dev/project".into(), path.clone());
+    }
     annotations.insert("keyhole.dev/job-name".into(), job.name.clone());
     for r in &req.secrets.references {
         annotations.insert(

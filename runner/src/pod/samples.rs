@@ -35,7 +35,7 @@ fn base(id: u64, name: &str) -> Job {
         stage: "test".into(),
         project: Project {
             id: 42,
-            path: "acme/app".into(),
+            path: Some("acme/app".into()),
         },
         git: GitCheckout::default(),
         image: None,

@@ -35,7 +35,7 @@ fn example_payload_becomes_a_job() {
         job.project,
         Project {
             id: 123,
-            path: "acme/demo-app".into()
+            path: Some("acme/demo-app".into())
         }
     );
     assert_eq!(
@@ -207,20 +207,29 @@ fn a_missing_required_field_is_named() {
 }
 
 #[test]
-fn project_path_falls_back_to_ci_project_path() {
+fn project_path_never_comes_from_a_variable() {
+    // A job can set CI_PROJECT_PATH itself (`variables:` in .gitlab-ci.yml); ServiceAccount
+    // rules match on the project path, so only GitLab's job info may provide it.
     let mut v = example();
     v["job_info"]
         .as_object_mut()
         .unwrap()
         .remove("project_full_path");
-    assert!(matches!(
-        error_of(&v),
-        PayloadError::Missing { field } if field == "job_info.project_full_path"
-    ));
     v["variables"].as_array_mut().unwrap().push(json!(
         {"key": "CI_PROJECT_PATH", "value": "acme/other", "public": true}
     ));
-    assert_eq!(parse(&v).unwrap().job.project.path, "acme/other");
+    let job = parse(&v)
+        .expect("a payload without project_full_path is still a job")
+        .job;
+    assert_eq!(job.project.path, None);
+    let mut v = example();
+    v["variables"].as_array_mut().unwrap().push(json!(
+        {"key": "CI_PROJECT_PATH", "value": "acme/other", "public": true}
+    ));
+    assert_eq!(
+        parse(&v).unwrap().job.project.path.as_deref(),
+        Some("acme/demo-app")
+    );
 }
 
 #[test]
