@@ -185,7 +185,14 @@ mod tests {
             .status
             .as_ref()
             .and_then(|s| s.container_statuses.as_ref())
-            .and_then(|c| c[0].state.as_ref()?.terminated.as_ref()?.finished_at.clone());
+            .and_then(|c| {
+                c[0].state
+                    .as_ref()?
+                    .terminated
+                    .as_ref()?
+                    .finished_at
+                    .clone()
+            });
         assert!(long_ended(&[deleting], now, Duration::from_secs(30)).is_empty());
     }
 

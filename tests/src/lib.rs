@@ -16,6 +16,7 @@ mod namespace;
 mod pods;
 mod redis;
 mod runner_process;
+mod silent;
 mod vault;
 
 pub use access::{Access, service_account_may, wait_until_allowed};
@@ -27,4 +28,5 @@ pub use namespace::TestNamespace;
 pub use pods::{pod_logs, run_pod_to_completion, wait_for_pod};
 pub use redis::{Redis, Reply};
 pub use runner_process::{RunnerLog, RunnerProcess};
+pub use silent::SilentServer;
 pub use vault::{AuditedCall, VaultAdmin, audited_calls_of_namespace};

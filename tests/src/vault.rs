@@ -94,6 +94,64 @@ impl VaultAdmin {
         Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
     }
 
+    /// Vault's lease ids under `prefix` (`LIST sys/leases/lookup/<prefix>`, prefix ending in
+    /// `/`); none when Vault has none (404).
+    pub async fn leases_under(&self, prefix: &str) -> Vec<String> {
+        let (status, body) = self
+            .read(&format!("sys/leases/lookup/{prefix}?list=true"))
+            .await
+            .expect("Vault answers");
+        if status.as_u16() == 404 {
+            return Vec::new();
+        }
+        assert!(
+            status.is_success(),
+            "LIST leases {prefix}: {status}: {body}"
+        );
+        body["data"]["keys"]
+            .as_array()
+            .map(|keys| {
+                keys.iter()
+                    .filter_map(|k| k.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Two roles of Vault's database engine for tests of a read cut short: `quick-<tag>` on the
+    /// bed's Redis (answers at once) and `stalled-<tag>` on `silent` (never answers, so a read
+    /// stays pending). Returns their `database/creds/...` paths.
+    pub async fn quick_and_stalled_roles(
+        &self,
+        tag: &str,
+        silent: &crate::SilentServer,
+    ) -> Result<(String, String)> {
+        let quick = format!("quick-{tag}");
+        let stalled = format!("stalled-{tag}");
+        self.write(
+            &format!("database/roles/{quick}"),
+            serde_json::json!({"db_name": "redis", "creation_statements": "[\"~*\", \"+@read\"]",
+                   "default_ttl": "60s", "max_ttl": "120s"}),
+        )
+        .await?;
+        self.write(
+            &format!("database/config/{stalled}"),
+            serde_json::json!({"plugin_name": "redis-database-plugin", "host": "127.0.0.1",
+                   "port": silent.port, "tls": false, "username": "default", "password": "unused",
+                   "allowed_roles": [stalled], "verify_connection": false}),
+        )
+        .await?;
+        self.write(
+            &format!("database/roles/{stalled}"),
+            serde_json::json!({"db_name": stalled, "creation_statements": "[\"~*\"]", "default_ttl": "60s"}),
+        )
+        .await?;
+        Ok((
+            format!("database/creds/{quick}"),
+            format!("database/creds/{stalled}"),
+        ))
+    }
+
     /// An unauthenticated login call (`auth/<mount>/login`), returning Vault's status and body.
     pub async fn login(&self, mount: &str, body: Value) -> Result<(StatusCode, Value)> {
         let resp = self

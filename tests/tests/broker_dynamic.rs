@@ -7,7 +7,9 @@
 use k8s_openapi::api::core::v1::ServiceAccount;
 use keyhole_broker::contract::exit_code;
 use keyhole_tests::exposure::vault_tokens_of_namespace;
-use keyhole_tests::{BrokerDirs, BrokerProcess, Redis, Reply, TestBed, TestNamespace, VaultAdmin};
+use keyhole_tests::{
+    BrokerDirs, BrokerProcess, Redis, Reply, SilentServer, TestBed, TestNamespace, VaultAdmin,
+};
 use kube::api::PostParams;
 use serde_json::{Value, json};
 
@@ -267,113 +269,39 @@ async fn a_failed_renewal_is_logged_and_the_job_goes_on() {
     assert_eq!(job.dirs.secret_files().unwrap(), Vec::<String>::new());
 }
 
-/// A server on loopback that accepts connections and never answers: Vault's database plugin
-/// pointed at it waits, so a read of credentials from it stays pending.
-async fn silent_server() -> (u16, tokio::task::JoinHandle<()>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let task = tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((socket, _)) = listener.accept().await {
-            held.push(socket);
-        }
-    });
-    (port, task)
-}
-
-/// Vault's lease ids under `prefix` (`LIST sys/leases/lookup/<prefix>`); none when Vault has
-/// none (404).
-async fn leases_under(vault: &VaultAdmin, prefix: &str) -> Vec<String> {
-    let (status, body) = vault
-        .read(&format!("sys/leases/lookup/{prefix}?list=true"))
-        .await
-        .unwrap();
-    if status.as_u16() == 404 {
-        return Vec::new();
-    }
-    assert!(
-        status.is_success(),
-        "LIST leases {prefix}: {status}: {body}"
-    );
-    body["data"]["keys"]
-        .as_array()
-        .map(|keys| {
-            keys.iter()
-                .filter_map(|k| k.as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// Issue 17 item 3: SIGTERM while the broker resolves (the pod deleted by a cancel or a
 /// timeout). One read has issued a lease already, another is still pending in Vault. The
 /// broker must stop at once, deliver nothing, and leave no token and no lease behind: the
 /// lease it never got to see is revoked with the token it hangs on.
 #[tokio::test]
 async fn sigterm_during_resolution_revokes_what_was_issued_and_exits_at_once() {
-    let (port, silent) = silent_server().await;
+    let silent = SilentServer::start().await.unwrap();
     let tag = "dynterm";
     let bed = TestBed::connect().await;
     let vault = VaultAdmin::new(&bed.env);
     // Per-test roles so that the leases counted are this test's alone.
-    let suffix = format!("{}-{}", tag, std::process::id());
-    let quick = format!("quick-{suffix}");
-    let stalled = format!("stalled-{suffix}");
-    vault
-        .write(
-            &format!("database/roles/{quick}"),
-            json!({"db_name": "redis", "creation_statements": "[\"~*\", \"+@read\"]",
-                   "default_ttl": "60s", "max_ttl": "120s"}),
-        )
+    let (quick, stalled) = vault
+        .quick_and_stalled_roles(&format!("{tag}-{}", std::process::id()), &silent)
         .await
         .unwrap();
-    vault
-        .write(
-            &format!("database/config/{stalled}"),
-            json!({"plugin_name": "redis-database-plugin", "host": "127.0.0.1", "port": port,
-                   "tls": false, "username": "default", "password": "unused",
-                   "allowed_roles": [stalled], "verify_connection": false}),
-        )
-        .await
-        .unwrap();
-    vault
-        .write(
-            &format!("database/roles/{stalled}"),
-            json!({"db_name": stalled, "creation_statements": "[\"~*\"]", "default_ttl": "60s"}),
-        )
-        .await
-        .unwrap();
-    let job = Job::with_paths(
-        tag,
-        "60s",
-        &[
-            format!("database/creds/{quick}"),
-            format!("database/creds/{stalled}"),
-        ],
-    )
-    .await;
+    let job = Job::with_paths(tag, "60s", &[quick.clone(), stalled.clone()]).await;
     job.dirs
         .write_references(&[
-            ("QUICK", &format!("vault:database/creds/{quick}#password")),
-            (
-                "STALLED",
-                &format!("vault:database/creds/{stalled}#password"),
-            ),
+            ("QUICK", &format!("vault:{quick}#password")),
+            ("STALLED", &format!("vault:{stalled}#password")),
         ])
         .unwrap();
     let mut broker = BrokerProcess::spawn(&job.settings()).unwrap();
     broker
         .wait_for_stderr("the pending read", |s| {
-            s.contains(&format!(
-                "reading STALLED from vault:database/creds/{stalled}"
-            ))
+            s.contains(&format!("reading STALLED from vault:{stalled}"))
         })
         .await
         .unwrap();
     // The quick read has issued its lease; the broker has not collected it yet.
     let issued = async {
         loop {
-            let leases = leases_under(&vault, &format!("database/creds/{quick}/")).await;
+            let leases = vault.leases_under(&format!("{quick}/")).await;
             if !leases.is_empty() {
                 return leases;
             }
@@ -418,9 +346,9 @@ async fn sigterm_during_resolution_revokes_what_was_issued_and_exits_at_once() {
         .unwrap();
     assert!(tokens.is_empty(), "tokens of the job left: {tokens:?}");
     assert_eq!(
-        leases_under(&vault, &format!("database/creds/{quick}/")).await,
+        vault.leases_under(&format!("{quick}/")).await,
         Vec::<String>::new(),
         "the lease issued during resolution is gone with the token"
     );
-    silent.abort();
+    drop(silent);
 }

@@ -718,3 +718,87 @@ async fn a_stated_engine_is_checked_against_the_mount_before_any_read() {
         "{calls:?}"
     );
 }
+
+/// Issue 17 item 6: Vault over TLS signed by a private CA (the bed's). With the bundle the
+/// broker reads the secret; without it the certificate is refused at once (not retried, a
+/// settings error naming what to configure); an address off the allow-list is refused before
+/// any request.
+#[tokio::test]
+async fn vault_over_tls_needs_its_ca_bundle_and_an_allowed_address() {
+    let job = Job::new("bftls").await;
+    let ns = job.ns.name.clone();
+    let tls = job.bed.env.vault_tls_addr.clone();
+    let ca = job.bed.env.vault_ca_file.display().to_string();
+    let refs = [("DB_PASSWORD", format!("vault:kv/{ns}/db#password"))];
+    let refs: Vec<(&str, &str)> = refs.iter().map(|(n, r)| (*n, r.as_str())).collect();
+
+    job.dirs.write_references(&refs).unwrap();
+    let trusted = with(
+        job.settings(),
+        &[
+            ("KEYHOLE_VAULT_ADDR", &tls),
+            ("KEYHOLE_VAULT_CA_FILE", &ca),
+            ("KEYHOLE_VAULT_ALLOWED", &tls),
+        ],
+    );
+    let mut broker = BrokerProcess::spawn(&trusted).unwrap();
+    broker.wait_ready().await.unwrap();
+    assert_eq!(
+        std::fs::read_to_string(job.dirs.secrets.join("DB_PASSWORD")).unwrap(),
+        DB_PASSWORD
+    );
+    broker.terminate().unwrap();
+    let exit = broker.wait().await.unwrap();
+    assert_eq!(exit.code, Some(exit_code::OK), "{}", exit.stderr);
+    assert!(
+        exit.stderr.contains("Vault token revoked"),
+        "{}",
+        exit.stderr
+    );
+    job.assert_nothing_left(&exit);
+
+    let exit = job
+        .run_to_failure(
+            &refs,
+            with(
+                job.settings(),
+                &[
+                    ("KEYHOLE_VAULT_ADDR", &tls),
+                    ("KEYHOLE_VAULT_DEADLINE", "30"),
+                ],
+            ),
+        )
+        .await;
+    assert_eq!(exit.code, Some(exit_code::BAD_INPUTS), "{}", exit.stderr);
+    let errors = error_lines(&exit.stderr);
+    assert!(
+        errors.len() == 1
+            && errors[0].contains(&format!(
+                "Vault at {tls} presented a certificate the broker does not trust"
+            ))
+            && errors[0].contains("vault_ca_config_map"),
+        "{}",
+        exit.stderr
+    );
+
+    let exit = job
+        .run_to_failure(
+            &refs,
+            with(
+                job.settings(),
+                &[
+                    ("KEYHOLE_VAULT_ADDR", &tls),
+                    ("KEYHOLE_VAULT_CA_FILE", &ca),
+                    ("KEYHOLE_VAULT_ALLOWED", &job.bed.env.vault_addr),
+                ],
+            ),
+        )
+        .await;
+    assert_eq!(exit.code, Some(exit_code::BAD_INPUTS), "{}", exit.stderr);
+    assert!(
+        exit.stderr
+            .contains(&format!("Vault at {tls} is not on the broker's allow-list")),
+        "{}",
+        exit.stderr
+    );
+}

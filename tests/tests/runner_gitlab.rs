@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
 use keyhole_runner::config::{Config, RunnerConfig, ServiceAccountRule};
 use keyhole_tests::coordinator::FinalStatus;
 use keyhole_tests::{Coordinator, CoordinatorOptions, TestBed, TestNamespace};
@@ -463,4 +463,74 @@ async fn service_account_rules_bound_the_overwrite_and_trust_only_gitlabs_projec
     assert!(trace.contains("no project path from GitLab"), "{trace}");
     assert!(!trace.contains("ServiceAccount app-deployer"), "{trace}");
     no_job_pods_left(&s).await;
+}
+
+/// Issue 17 item 7: a job pod that reached its deadline while its runner was gone (here: made
+/// by a runner "ghost" that no longer runs) keeps its per-job Secret (job token, masked
+/// variables) in etcd until someone deletes the pod. Any runner of the namespace deletes it,
+/// and the Secret with it, within a minute of its end.
+#[tokio::test]
+async fn a_job_pod_that_ended_without_its_runner_goes_with_its_secret_within_a_minute() {
+    use keyhole_runner::pod::{JOB_ID_LABEL, MANAGED_BY, MANAGED_BY_LABEL, RUNNER_LABEL};
+    let s = setup("rended").await;
+    let pods: Api<Pod> = s.ns.api();
+    let secrets: Api<Secret> = s.ns.api();
+    let name = "kh-4242-ghost1";
+    let restricted = json!({"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]},
+        "runAsNonRoot": true, "runAsUser": 1000, "seccompProfile": {"type": "RuntimeDefault"}});
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": {MANAGED_BY_LABEL: MANAGED_BY,
+            RUNNER_LABEL: "ghost", JOB_ID_LABEL: "4242"}},
+        "spec": {"restartPolicy": "Never", "activeDeadlineSeconds": 2,
+            "terminationGracePeriodSeconds": 1, "automountServiceAccountToken": false,
+            "containers": [{"name": "build", "image": "keyhole.local/busybox:1",
+                "imagePullPolicy": "Never", "command": ["sleep", "600"],
+                "securityContext": restricted}]}
+    }))
+    .unwrap();
+    let created = pods.create(&PostParams::default(), &pod).await.unwrap();
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": name, "ownerReferences": [{"apiVersion": "v1", "kind": "Pod",
+            "name": name, "uid": created.metadata.uid}]},
+        "immutable": true,
+        "stringData": {"var.CI_JOB_TOKEN": "glcbt-ghost-job-token-0123456789"}
+    }))
+    .unwrap();
+    secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    // The deadline ends it: phase Failed, nobody deletes it.
+    let mut ended = None;
+    for _ in 0..120 {
+        let phase = pods.get(name).await.unwrap().status.and_then(|st| st.phase);
+        if phase.as_deref() == Some("Failed") {
+            ended = Some(std::time::Instant::now());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let ended = ended.expect("the pod reached its deadline within 60 s");
+
+    let (tx, handle) = start_runner(&s);
+    let mut gone = None;
+    for _ in 0..240 {
+        let pod_left = pods.get_opt(name).await.unwrap().is_some();
+        let secret_left = secrets.get_opt(name).await.unwrap().is_some();
+        if !pod_left && !secret_left {
+            gone = Some(ended.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    stop(tx, handle).await;
+    let gone = gone.expect("the ended pod or its Secret was still there 2 minutes after");
+    println!(
+        "figure: per-job Secret of an ended job gone {} ms after the pod ended",
+        gone.as_millis()
+    );
+    assert!(
+        gone <= Duration::from_secs(60),
+        "the per-job Secret outlived its job by {gone:?}"
+    );
 }

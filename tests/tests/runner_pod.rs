@@ -486,3 +486,148 @@ async fn a_pod_that_cannot_be_scheduled_fails_with_the_schedulers_reason() {
     );
     assert_cleaned_up(&s).await;
 }
+
+/// Issue 17 item 6: Vault served over TLS by a private CA (the bed's). The CA bundle reaches the
+/// broker through `vault_ca_config_map` (a ConfigMap projected into its inputs only), the
+/// broker trusts exactly that bundle, and the job gets its secret; the build container never
+/// sees the bundle. Without the ConfigMap the same job fails: the certificate is not trusted.
+#[tokio::test]
+async fn vault_over_tls_with_a_private_ca_from_a_config_map() {
+    let mut s = setup("runtls").await;
+    let ns = s.ns.name.clone();
+    let vault = VaultAdmin::new(&s.bed.env);
+    let password = format!("tls-{ns}-0123456789");
+    vault
+        .write(
+            &format!("kv/data/{ns}/db"),
+            json!({"data": {"password": password}}),
+        )
+        .await
+        .unwrap();
+    vault
+        .grant_job_in_namespace(&ns, &[format!("kv/data/{ns}/*")])
+        .await
+        .unwrap();
+    let ca = std::fs::read_to_string(&s.bed.env.vault_ca_file).unwrap();
+    create(
+        &s.ns.api::<k8s_openapi::api::core::v1::ConfigMap>(),
+        json!({"metadata": {"name": "vault-ca"}, "data": {"ca.crt": ca}}),
+    )
+    .await;
+    s.runner.keyhole.vault_addr = Some(s.bed.env.vault_tls_pod_addr.clone());
+    s.runner.keyhole.vault_ca_config_map = Some("vault-ca".into());
+    let mut j = job(
+        21,
+        &[
+            "echo \"db=$(cat \"$DB_PASSWORD\")\"",
+            "ls /keyhole/inputs 2>&1 | head -1",
+            "grep -rl 'BEGIN CERTIFICATE' /keyhole 2>/dev/null || echo no-ca-in-reach",
+        ],
+    );
+    j.variables.push(Variable::public(
+        "KEYHOLE_SECRET_DB_PASSWORD",
+        format!("vault:kv/{ns}/db#password"),
+    ));
+    let r = run_job(&s, &j, Duration::from_secs(120), never_cancel()).await;
+    assert_eq!(r.outcome, Outcome::Success, "{}", r.trace);
+    for line in [
+        "db=[MASKED]",
+        &format!("logging in to Vault at {}", s.bed.env.vault_tls_pod_addr),
+        "no-ca-in-reach",
+    ] {
+        assert!(r.trace.contains(line), "missing {line:?}:\n{}", r.trace);
+    }
+    assert!(!r.trace.contains(&password), "{}", r.trace);
+    assert_cleaned_up(&s).await;
+
+    // The same job without the bundle: the broker refuses the server's certificate.
+    s.runner.keyhole.vault_ca_config_map = None;
+    let r = run_job(&s, &j, Duration::from_secs(120), never_cancel()).await;
+    match &r.outcome {
+        Outcome::Failed { .. } => {}
+        other => panic!("{other:?}\n{}", r.trace),
+    }
+    assert!(
+        r.trace
+            .contains("presented a certificate the broker does not trust")
+            && r.trace.contains("vault_ca_config_map"),
+        "{}",
+        r.trace
+    );
+    assert!(!r.trace.contains("db=["), "{}", r.trace);
+    assert_cleaned_up(&s).await;
+}
+
+/// Issue 17 item 3, in a real pod: the job is canceled while the broker (PID 1 of its
+/// container) is still resolving: one dynamic read has issued its lease, another is pending in
+/// Vault. The broker must take the kubelet's SIGTERM, revoke its token (and with it the lease),
+/// and let the pod go within seconds, not at the end of its grace period (120 s here).
+#[tokio::test]
+async fn a_pod_deleted_while_the_broker_resolves_goes_at_once_and_leaves_no_token_or_lease() {
+    let mut s = setup("runterm").await;
+    s.runner.kubernetes.pod_termination_grace_period_seconds = Some(120);
+    let ns = s.ns.name.clone();
+    let vault = VaultAdmin::new(&s.bed.env);
+    let silent = keyhole_tests::SilentServer::start().await.unwrap();
+    let (quick, stalled) = vault.quick_and_stalled_roles(&ns, &silent).await.unwrap();
+    vault
+        .grant_job_in_namespace(&ns, &[quick.clone(), stalled.clone()])
+        .await
+        .unwrap();
+    let mut j = job(22, &["echo script ran"]);
+    j.variables.push(Variable::public(
+        "KEYHOLE_SECRET_QUICK",
+        format!("vault:{quick}#password"),
+    ));
+    j.variables.push(Variable::public(
+        "KEYHOLE_SECRET_STALLED",
+        format!("vault:{stalled}#password"),
+    ));
+    let (tx, rx) = watch::channel(Control::Run);
+    let canceller = {
+        let vault = vault.clone();
+        let quick = quick.clone();
+        tokio::spawn(async move {
+            // Cancel once the quick read has issued its lease: the broker is logged in and the
+            // stalled read is in flight.
+            for _ in 0..600 {
+                if !vault.leases_under(&format!("{quick}/")).await.is_empty() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            tx.send(Control::Cancel).unwrap();
+            (tx, std::time::Instant::now())
+        })
+    };
+    let r = run_job(&s, &j, Duration::from_secs(300), rx).await;
+    let (_tx, canceled_at) = canceller.await.unwrap();
+    match &r.outcome {
+        Outcome::Failed {
+            kind: FailureKind::Canceled,
+            ..
+        } => {}
+        other => panic!("{other:?}\n{}", r.trace),
+    }
+    assert!(!r.trace.contains("script ran"), "{}", r.trace);
+    assert_cleaned_up(&s).await;
+    let gone = canceled_at.elapsed();
+    println!(
+        "figure: pod gone {} ms after a cancel during resolution",
+        gone.as_millis()
+    );
+    assert!(
+        gone < Duration::from_secs(60),
+        "the pod took {gone:?} to go (its grace period is 120 s):\n{}",
+        r.trace
+    );
+    let tokens = keyhole_tests::exposure::vault_tokens_of_namespace(&vault, &ns)
+        .await
+        .unwrap();
+    assert!(tokens.is_empty(), "tokens left: {tokens:?}");
+    assert_eq!(
+        vault.leases_under(&format!("{quick}/")).await,
+        Vec::<String>::new(),
+        "the lease issued before the cancel is revoked with the token"
+    );
+}

@@ -494,10 +494,10 @@ impl VaultClient {
                         .header("Content-Type", "application/json")
                         .body(body.to_vec());
                 }
-                let mut resp = req.send().await.map_err(|e| VaultError::Unreachable {
-                    addr: self.config.addr.clone(),
-                    reason: error_chain(&e),
-                })?;
+                let mut resp = req
+                    .send()
+                    .await
+                    .map_err(|e| send_error(&self.config.addr, &e))?;
                 let status = resp.status().as_u16();
                 let mut buf = Zeroizing::new(Vec::with_capacity(
                     resp.content_length().unwrap_or(4096).min(1 << 20) as usize,
@@ -560,6 +560,23 @@ pub const DYNAMIC_MOUNT_TYPES: &[&str] = &[
     "mongodbatlas",
     "terraform",
 ];
+
+/// A request that got no answer: a certificate the broker does not trust is final (retrying
+/// cannot fix it, and the message says what will); anything else may be transient.
+fn send_error(addr: &str, e: &reqwest::Error) -> VaultError {
+    let reason = error_chain(e);
+    if reason.contains("certificate") {
+        VaultError::Untrusted {
+            addr: addr.to_owned(),
+            reason,
+        }
+    } else {
+        VaultError::Unreachable {
+            addr: addr.to_owned(),
+            reason,
+        }
+    }
+}
 
 /// A mount's engine from its type and options: `kv`/`generic` are KV (version 2 when the
 /// `version` option says so), the types of [`DYNAMIC_MOUNT_TYPES`] issue dynamic secrets, and

@@ -11,6 +11,10 @@ pub enum VaultError {
         "Vault at {addr} could not be reached: {reason}; check the address and that Vault is running"
     )]
     Unreachable { addr: String, reason: String },
+    #[error(
+        "Vault at {addr} presented a certificate the broker does not trust ({reason}); give the broker the CA bundle that signs it (runner: [runners.keyhole] vault_ca_config_map; broker: KEYHOLE_VAULT_CA_FILE)"
+    )]
+    Untrusted { addr: String, reason: String },
     #[error("Vault at {addr} is sealed; unseal it (vault operator unseal) and rerun the job")]
     Sealed { addr: String },
     #[error(
@@ -64,7 +68,9 @@ impl VaultError {
             VaultError::Status { status, .. } if *status == 429 || *status >= 500 => {
                 Blame::Platform
             }
-            VaultError::NotAllowed { .. } | VaultError::TokenFile { .. } => Blame::Settings,
+            VaultError::NotAllowed { .. }
+            | VaultError::TokenFile { .. }
+            | VaultError::Untrusted { .. } => Blame::Settings,
             _ => Blame::Reference,
         }
     }
