@@ -335,6 +335,7 @@ async fn read_one(
     };
     Ok((
         Resolved {
+            json_object: r.source.is_whole(),
             name: r.name,
             value,
             delivery: Delivery::for_reference(r.file),
@@ -389,6 +390,7 @@ async fn read_dynamic(
             };
             Ok((
                 Resolved {
+                    json_object: r.source.is_whole(),
                     name: r.name,
                     value,
                     delivery: Delivery::for_reference(r.file),
