@@ -54,6 +54,7 @@ impl JobVariable {
                 VariableKind::Plain => Delivery::Env,
                 VariableKind::File => Delivery::FileAndPath,
             },
+            json_object: false,
         }
     }
 }

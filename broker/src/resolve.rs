@@ -403,6 +403,7 @@ async fn read_one(
     };
     Ok((
         Resolved {
+            json_object: r.source.is_whole(),
             name: r.name,
             value,
             delivery: Delivery::for_reference(r.file),
@@ -457,6 +458,7 @@ async fn read_dynamic(
             };
             Ok((
                 Resolved {
+                    json_object: r.source.is_whole(),
                     name: r.name,
                     value,
                     delivery: Delivery::for_reference(r.file),

@@ -12,13 +12,13 @@ use tokio::sync::watch;
 
 use crate::blame::Blame;
 use crate::contract::{self, exit_code};
-use crate::delivery::{DeliveryError, Ownership, SecretFiles, WriteOptions};
+use crate::delivery::{DeliveryError, Ownership, Resolved, SecretFiles, WriteOptions};
 use crate::inputs;
 use crate::job_vars::{self, JobVariable, VariableKind};
 use crate::kube_secrets::service_account_of;
 use crate::leases::VaultSession;
 use crate::log_budget::LogLimits;
-use crate::mask::{MIN_MASKED_LEN, MaskSet, StreamMasker};
+use crate::mask::{MaskPlan, StreamMasker};
 use crate::reference::Source;
 use crate::resolve::{AuditEntry, KubeSource, Outcome, Unresolved, VaultSource, resolve_all};
 use crate::vault::{LoginMethod, RetryPolicy, VaultConfig};
@@ -314,22 +314,14 @@ fn deliver(
     })?;
     held.files = Some(files);
     log_audit(config, &audit, &job.variables);
-    let secrets = &deliveries[..secret_count];
-    for r in secrets {
-        if secrecy::ExposeSecret::expose_secret(&r.value).len() < MIN_MASKED_LEN {
-            eprintln!(
-                "keyhole-broker: warning: secret {} is shorter than {MIN_MASKED_LEN} bytes and cannot be masked in the log",
-                r.name
-            );
-        }
+    let plan = mask_plan(&deliveries[..secret_count], &job.variables, &job.job_secret);
+    // On stderr before the job starts: the runner follows this log from its first line, so
+    // the warnings are in the job's trace above its output.
+    for warning in plan.warnings() {
+        eprintln!("keyhole-broker: warning: {warning}");
     }
-    // Every value of the per-job Secret is masked, variables and broker inputs alike.
-    let values: Vec<&SecretSlice<u8>> = secrets
-        .iter()
-        .map(|r| &r.value)
-        .chain(job.job_secret.values())
-        .collect();
-    let masker = StreamMasker::new(Arc::new(MaskSet::new(values)));
+    let masker = StreamMasker::new(Arc::new(plan.build()));
+    drop(plan);
     let fifo = config.runtime_dir.join(contract::LOG_FIFO);
     crate::pump::create_fifo(&fifo).map_err(|e| {
         Stop::failed(
@@ -414,6 +406,28 @@ async fn relay_until_the_end(
             vec![format!("relaying the job log: {e}")],
         )
     })
+}
+
+/// What the job's log is masked for: every delivered secret, every job variable, and every
+/// other value of the per-job Secret (the broker's own inputs, such as the ID token).
+fn mask_plan(
+    secrets: &[Resolved],
+    variables: &[JobVariable],
+    job_secret: &std::collections::BTreeMap<String, SecretSlice<u8>>,
+) -> MaskPlan {
+    let mut plan = MaskPlan::new();
+    for r in secrets {
+        plan.secret(r.name.as_str(), &r.value, r.json_object);
+    }
+    for v in variables {
+        plan.variable(v.name.as_str(), &v.key, &v.value);
+    }
+    for (key, value) in job_secret {
+        if !variables.iter().any(|v| &v.key == key) {
+            plan.other(value);
+        }
+    }
+    plan
 }
 
 /// Points fd 2 at stdout; returns the original stderr. None (and stderr unchanged) on error.
@@ -580,4 +594,52 @@ async fn kube_source(k: &KubeSettings, config: &RunConfig) -> Result<KubeSource,
         namespace: k.namespace.clone(),
         account,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::delivery::Delivery;
+    use crate::mask::mask_all;
+    use crate::reference::SecretName;
+
+    fn value(text: &str) -> SecretSlice<u8> {
+        SecretSlice::from(text.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn every_value_is_masked_and_short_named_ones_are_warned_about() {
+        let secrets = [Resolved {
+            name: SecretName::new("DB").unwrap(),
+            value: value(r#"{"password":"db-pass-0123","pin":"42"}"#),
+            delivery: Delivery::File,
+            json_object: true,
+        }];
+        let job_secret: BTreeMap<String, SecretSlice<u8>> = [
+            ("var.CI_JOB_TOKEN", "glcbt-64_token-0123"),
+            ("var.SHORT", "abc"),
+            ("VAULT_ID_TOKEN", "eyJ.id-token.sig"),
+            ("log-end", "end"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), value(v)))
+        .collect();
+        let variables = job_vars::job_variables(&job_secret).unwrap();
+        let plan = mask_plan(&secrets, &variables, &job_secret);
+        assert_eq!(
+            plan.warnings(),
+            [
+                "secret DB field \"pin\" is shorter than 8 bytes and cannot be masked in the log",
+                "job variable SHORT (per-job Secret key \"var.SHORT\") is shorter than 8 bytes and cannot be masked in the log",
+            ]
+        );
+        let set = Arc::new(plan.build());
+        let log = "db-pass-0123 glcbt-64_token-0123 eyJ.id-token.sig";
+        assert_eq!(
+            mask_all(&set, log.as_bytes()),
+            b"[MASKED] [MASKED] [MASKED]"
+        );
+    }
 }

@@ -15,6 +15,9 @@ pub struct Resolved {
     pub name: SecretName,
     pub value: SecretSlice<u8>,
     pub delivery: Delivery,
+    /// The value is a whole secret (a `k8s:` Secret without a key, a `vault:` path without a
+    /// field): a JSON object whose fields a job may print one by one, so each is masked too.
+    pub json_object: bool,
 }
 
 /// How a value reaches the job.
@@ -42,6 +45,7 @@ impl std::fmt::Debug for Resolved {
             .field("name", &self.name)
             .field("value", &"[REDACTED]")
             .field("delivery", &self.delivery)
+            .field("json_object", &self.json_object)
             .finish()
     }
 }
@@ -232,6 +236,7 @@ mod tests {
             name: SecretName::new(name).unwrap(),
             value: SecretSlice::from(value.to_vec()),
             delivery: Delivery::for_reference(file),
+            json_object: false,
         }
     }
 
@@ -292,6 +297,7 @@ mod tests {
                     name: SecretName::new("KUBECONFIG").unwrap(),
                     value: SecretSlice::from(b"apiVersion: v1\n".to_vec()),
                     delivery: Delivery::FileAndPath,
+                    json_object: false,
                 },
                 secret("TOKEN", b"t0ken-value", false),
             ],

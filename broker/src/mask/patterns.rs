@@ -34,14 +34,14 @@ impl std::fmt::Debug for MaskSet {
 impl MaskSet {
     /// Builds the set from secret values; values shorter than [`MIN_MASKED_LEN`] are skipped.
     pub fn new<'a>(values: impl IntoIterator<Item = &'a SecretSlice<u8>>) -> Self {
-        let mut patterns: Vec<Zeroizing<Vec<u8>>> = Vec::new();
-        for value in values {
-            for form in encoded_forms(value.expose_secret()) {
-                if form.len() >= MIN_MASKED_LEN && !patterns.contains(&form) {
-                    patterns.push(form);
-                }
-            }
-        }
+        let mut patterns: Vec<Zeroizing<Vec<u8>>> = values
+            .into_iter()
+            .flat_map(|value| encoded_forms(value.expose_secret()))
+            .filter(|form| form.len() >= MIN_MASKED_LEN)
+            .collect();
+        // Sorted, not searched form by form: a long value has a pattern per wrapped base64 line.
+        patterns.sort_unstable_by(|a, b| a.as_slice().cmp(b.as_slice()));
+        patterns.dedup_by(|a, b| a.as_slice() == b.as_slice());
         let longest = patterns.iter().map(|p| p.len()).max().unwrap_or(0);
         // A contiguous NFA rather than a DFA: the automaton only checks the few bytes around
         // a sampler hit, where the DFA's speed does not show, while its table (megabytes for a
@@ -163,8 +163,17 @@ fn encoded_forms(value: &[u8]) -> Vec<Zeroizing<Vec<u8>>> {
     for engine in [&STANDARD, &STANDARD_NO_PAD, &URL_SAFE, &URL_SAFE_NO_PAD] {
         forms.push(Zeroizing::new(engine.encode(value).into_bytes()));
     }
-    forms.push(percent_encode(value, false));
-    forms.push(percent_encode(value, true));
+    forms.extend(wrapped_base64_lines(value));
+    // `echo "$SECRET" | base64` encodes the value with a line end: the encoding's tail differs.
+    let mut echoed = Zeroizing::new(Vec::with_capacity(value.len() + 1));
+    echoed.extend_from_slice(value);
+    echoed.push(b'\n');
+    forms.push(Zeroizing::new(STANDARD.encode(&*echoed).into_bytes()));
+    forms.extend(wrapped_base64_lines(&echoed));
+    for style in &PERCENT_STYLES {
+        forms.push(percent_encode(value, style));
+    }
+    forms.extend(json_escaped(value));
     if value.contains(&b'\n') {
         for line in value.split(|&b| b == b'\n') {
             let line = line.strip_suffix(b"\r").unwrap_or(line);
@@ -184,22 +193,119 @@ fn encoded_forms(value: &[u8]) -> Vec<Zeroizing<Vec<u8>>> {
     forms
 }
 
-/// RFC 3986 percent-encoding (unreserved bytes stay), upper- or lower-case hex.
-fn percent_encode(value: &[u8], lowercase: bool) -> Zeroizing<Vec<u8>> {
-    let hex: &[u8; 16] = if lowercase {
+/// Columns at which base64 tools wrap their output: GNU `base64` (76) and `openssl base64` (64).
+const BASE64_WRAP_COLUMNS: [usize; 2] = [76, 64];
+
+/// The lines of the value's base64 as the wrapping tools print it, when it is longer than one
+/// line: a line break inside the encoding hides it from the unwrapped form. Each line is masked
+/// on its own (whatever ends it: `\n`, `\r\n`, or a chunk boundary). The last line can be too
+/// short to mask alone, so it is also joined to the line before it, with either line end:
+/// masking that pair leaves no line of the encoding visible.
+fn wrapped_base64_lines(value: &[u8]) -> Vec<Zeroizing<Vec<u8>>> {
+    let encoded = Zeroizing::new(STANDARD.encode(value).into_bytes());
+    let mut forms = Vec::new();
+    for columns in BASE64_WRAP_COLUMNS {
+        if encoded.len() <= columns {
+            continue;
+        }
+        let lines: Vec<&[u8]> = encoded.chunks(columns).collect();
+        forms.extend(lines.iter().map(|line| Zeroizing::new(line.to_vec())));
+        if let [.., before, last] = lines[..]
+            && last.len() < MIN_MASKED_LEN
+        {
+            for eol in [&b"\n"[..], b"\r\n"] {
+                let mut pair = Zeroizing::new(Vec::with_capacity(before.len() + 2 + last.len()));
+                pair.extend_from_slice(before);
+                pair.extend_from_slice(eol);
+                pair.extend_from_slice(last);
+                forms.push(pair);
+            }
+        }
+    }
+    forms
+}
+
+/// One way of percent-encoding: which bytes besides ASCII letters and digits stay as they are,
+/// whether a space becomes `+`, and the case of the hex digits.
+struct PercentStyle {
+    safe: &'static [u8],
+    space_plus: bool,
+    lowercase: bool,
+}
+
+/// RFC 3986's unreserved characters (besides letters and digits).
+const UNRESERVED: &[u8] = b"-._~";
+
+/// The percent-encodings libraries really produce. Tools differ in which bytes they leave
+/// alone, and a single byte left alone makes a different string.
+const PERCENT_STYLES: [PercentStyle; 6] = [
+    // RFC 3986, as strict encoders (curl --data-urlencode, Go's PathEscape of a segment...)
+    // write it, in both cases of hex.
+    PercentStyle {
+        safe: UNRESERVED,
+        space_plus: false,
+        lowercase: false,
+    },
+    PercentStyle {
+        safe: UNRESERVED,
+        space_plus: false,
+        lowercase: true,
+    },
+    // Python's urllib.parse.quote, whose default keeps `/`.
+    PercentStyle {
+        safe: b"-._~/",
+        space_plus: false,
+        lowercase: false,
+    },
+    // Query strings and HTML forms: Python's quote_plus, Go's QueryEscape.
+    PercentStyle {
+        safe: UNRESERVED,
+        space_plus: true,
+        lowercase: false,
+    },
+    // JavaScript's encodeURIComponent.
+    PercentStyle {
+        safe: b"-._~!*'()",
+        space_plus: false,
+        lowercase: false,
+    },
+    // JavaScript's encodeURI, which keeps the URI's delimiters.
+    PercentStyle {
+        safe: b"-._~!*'();,/?:@&=+$#",
+        space_plus: false,
+        lowercase: false,
+    },
+];
+
+fn percent_encode(value: &[u8], style: &PercentStyle) -> Zeroizing<Vec<u8>> {
+    let hex: &[u8; 16] = if style.lowercase {
         b"0123456789abcdef"
     } else {
         b"0123456789ABCDEF"
     };
     let mut out = Zeroizing::new(Vec::with_capacity(value.len() * 3));
     for &b in value {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+        if b.is_ascii_alphanumeric() || style.safe.contains(&b) {
             out.push(b);
+        } else if b == b' ' && style.space_plus {
+            out.push(b'+');
         } else {
             out.extend_from_slice(&[b'%', hex[usize::from(b >> 4)], hex[usize::from(b & 15)]]);
         }
     }
     out
+}
+
+/// The value as it shows inside a JSON string (`jq .`, a structured log line), when that
+/// differs from the value: quotes, backslashes and control characters escaped.
+fn json_escaped(value: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
+    let text = std::str::from_utf8(value).ok()?;
+    // At most 6 bytes per byte (`\u001f`) and the quotes: the buffer never grows, so no
+    // copy of the value is left behind in a freed allocation.
+    let mut quoted = Zeroizing::new(Vec::with_capacity(value.len() * 6 + 2));
+    serde_json::to_writer(&mut *quoted, text).ok()?;
+    let inner = quoted.get(1..quoted.len() - 1)?;
+    (inner != value).then(|| Zeroizing::new(inner.to_vec()))
 }
 
 #[cfg(test)]
@@ -226,6 +332,26 @@ mod tests {
         assert!(has("cEBzcyB3b3JkLys_"));
         assert!(has("p%40ss%20word%2F%2B%3F"));
         assert!(has("p%40ss%20word%2f%2b%3f"));
+    }
+
+    #[test]
+    fn json_escaped_form_is_added_when_it_differs() {
+        let forms: Vec<Vec<u8>> = encoded_forms(br#"say "hi" \ now"#)
+            .into_iter()
+            .map(|f| f.to_vec())
+            .collect();
+        assert!(forms.contains(&br#"say \"hi\" \\ now"#.to_vec()));
+        assert!(json_escaped(b"plain-value").is_none());
+        assert!(json_escaped(b"\xff not utf-8").is_none());
+    }
+
+    #[test]
+    fn wrapped_base64_lines_come_only_from_a_value_longer_than_a_line() {
+        // 57 bytes are 76 base64 characters: one line either way at 76 columns.
+        assert_eq!(wrapped_base64_lines(&[7; 45]).len(), 0);
+        let lines = wrapped_base64_lines(&[7; 57]);
+        // At 64 columns: 64 + 12 characters, the last long enough to stand alone.
+        assert_eq!(lines.iter().map(|l| l.len()).collect::<Vec<_>>(), [64, 12]);
     }
 
     #[test]

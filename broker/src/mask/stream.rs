@@ -235,6 +235,63 @@ mod tests {
         assert_eq!(out, "a [MASKED] b [MASKED] c");
     }
 
+    /// The value wrapped as `base64` (76 columns) and `openssl base64` (64) print it.
+    fn wrapped(value: &[u8], width: usize, eol: &str) -> String {
+        use base64::Engine as _;
+        let encoded = base64::engine::general_purpose::STANDARD.encode(value);
+        let lines: Vec<&str> = encoded
+            .as_bytes()
+            .chunks(width)
+            .map(|c| std::str::from_utf8(c).unwrap())
+            .collect();
+        lines.join(eol)
+    }
+
+    #[test]
+    fn base64_wrapped_at_76_and_64_columns_is_masked_line_by_line() {
+        // 117 bytes: 156 base64 characters, so the last line at 76 columns has only 4.
+        let value: Vec<u8> = b"wrapped-secret-"
+            .iter()
+            .copied()
+            .cycle()
+            .zip(0u8..)
+            .map(|(b, i)| b ^ (i & 7))
+            .take(117)
+            .collect();
+        for (width, eol) in [(76, "\n"), (64, "\n"), (76, "\r\n"), (64, "\r\n")] {
+            let form = wrapped(&value, width, eol);
+            let out = masked(&[&value], format!("<{form}{eol}>").as_bytes());
+            for line in form.split(eol) {
+                assert!(!out.contains(line), "{width} columns: {line:?} in {out:?}");
+            }
+            assert!(out.starts_with('<') && out.ends_with('>'), "{out:?}");
+        }
+    }
+
+    #[test]
+    fn base64_of_the_value_and_echos_newline_is_masked() {
+        use base64::Engine as _;
+        // `echo "$SECRET" | base64` encodes the value and a line end.
+        let value = b"echoed-secret-value";
+        let printed = base64::engine::general_purpose::STANDARD.encode(b"echoed-secret-value\n");
+        assert_eq!(masked(&[value], printed.as_bytes()), "[MASKED]");
+    }
+
+    #[test]
+    fn percent_encoding_that_keeps_slashes_or_writes_plus_for_space_is_masked() {
+        let value = b"p@ss word/+?dir/file";
+        for form in [
+            // Python urllib.parse.quote (safe='/').
+            "p%40ss%20word/%2B%3Fdir/file",
+            // JavaScript encodeURI.
+            "p@ss%20word/+?dir/file",
+            // Python quote_plus, HTML forms.
+            "p%40ss+word%2F%2B%3Fdir%2Ffile",
+        ] {
+            assert_eq!(masked(&[value], form.as_bytes()), "[MASKED]", "{form}");
+        }
+    }
+
     #[test]
     fn secret_split_across_chunks_is_masked() {
         let s = set(&[b"split-secret-value"]);

@@ -81,6 +81,17 @@ pub struct VaultServer {
     pub jwt_variable: Option<String>,
 }
 
+impl Source {
+    /// Whether the reference names a whole secret (no key, no field): its value is then a JSON
+    /// object of all the secret's fields.
+    pub fn is_whole(&self) -> bool {
+        match self {
+            Source::Kubernetes { key, .. } => key.is_none(),
+            Source::Vault(v) => v.field.is_none(),
+        }
+    }
+}
+
 impl std::fmt::Display for Source {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
