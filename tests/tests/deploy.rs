@@ -695,9 +695,12 @@ async fn rbac_gives_the_runner_and_each_job_account_only_what_it_needs() {
         Access::new("delete", "pods", j),
         Access::new("get", "pods/log", j),
         Access::new("create", "secrets", j),
-        Access::new("delete", "secrets", j),
     ];
     let runner_denied = [
+        // The per-job Secret goes with its pod; deleting a tenant's would let the runner put
+        // its own in its place.
+        Access::new("delete", "secrets", j),
+        Access::new("delete", "secrets", j).named("app-db"),
         Access::new("get", "secrets", j),
         Access::new("get", "secrets", j).named("app-db"),
         Access::new("list", "secrets", j),
@@ -887,6 +890,28 @@ async fn admission_policy_refuses_what_runner_made_pods_must_not_do_and_admits_a
                 p
             },
             &["hostPath volume(s) host (/etc)"],
+        ),
+        (
+            "a tenant's volume claim",
+            {
+                let mut p = job_pod(name, "app-deployer");
+                p["spec"]["volumes"].as_array_mut().unwrap().push(
+                    json!({"name": "tenant-data", "persistentVolumeClaim": {"claimName": "app-data"}}),
+                );
+                p
+            },
+            &["volume(s) tenant-data are of a type job pods do not use"],
+        ),
+        (
+            "a volume plugin handed a foreign Secret",
+            {
+                let mut p = job_pod(name, "app-deployer");
+                p["spec"]["volumes"].as_array_mut().unwrap().push(json!({"name": "iscsi",
+                    "iscsi": {"targetPortal": "10.213.0.1:3260", "iqn": "iqn.2001-04.com.example:x", "lun": 0,
+                              "chapAuthSession": true, "secretRef": {"name": "app-db"}}}));
+                p
+            },
+            &["volume(s) iscsi are of a type job pods do not use"],
         ),
         (
             "privileged sidecar",
