@@ -38,11 +38,16 @@ pub const NEEDED: &[(&str, &str, &str)] = &[
     ("delete", "pods", ""),
     ("get", "pods", "log"),
     ("create", "secrets", ""),
-    ("delete", "secrets", ""),
 ];
 
-/// What it should NOT be allowed: reading Secrets would let a runner bug leak every job's.
-pub const UNWANTED: &[(&str, &str, &str)] = &[("get", "secrets", ""), ("list", "secrets", "")];
+/// What it should NOT be allowed: reading Secrets would let a runner bug leak every job's;
+/// deleting one would let it remove a tenant's Secret and create its own under that name. The
+/// runner never deletes a Secret: the per-job Secret goes with its pod (ownerReference).
+pub const UNWANTED: &[(&str, &str, &str)] = &[
+    ("get", "secrets", ""),
+    ("list", "secrets", ""),
+    ("delete", "secrets", ""),
+];
 
 async fn may(
     client: &kube::Client,
@@ -142,10 +147,10 @@ async fn check_cluster(runner: &RunnerConfig, report: &mut VerifyReport) {
         }
     }
     if extra.is_empty() {
-        report.ok("the runner cannot read Secrets (least privilege)");
+        report.ok("the runner cannot read or delete Secrets (least privilege)");
     } else {
         report.problem(format!(
-            "the runner may {} in {ns}: it needs only create/delete; remove the extra rights so a runner bug cannot read job Secrets",
+            "the runner may {} in {ns}: on secrets it needs only create; remove the extra rights so a runner bug cannot read job Secrets or delete a tenant's",
             extra.join(", ")
         ));
     }
@@ -184,5 +189,34 @@ async fn check_vault(runner: &RunnerConfig, report: &mut VerifyReport) {
             .any(|a| a.trim_end_matches('/') == addr.trim_end_matches('/'))
     {
         report.note("vault_allowed does not list vault_addr; GitLab secrets: naming vault_addr will be refused");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `verify` would report a right as both missing and extra; the chart's Role is checked
+    /// against NEEDED by the deploy tests, so this also keeps UNWANTED out of the chart.
+    #[test]
+    fn nothing_is_both_needed_and_unwanted() {
+        for right in UNWANTED {
+            assert!(!NEEDED.contains(right), "{right:?}");
+        }
+    }
+
+    /// On Secrets the runner only creates the per-job one: it reads none (the tenants' would
+    /// be readable too) and deletes none (it could replace a tenant's with its own).
+    #[test]
+    fn on_secrets_the_runner_needs_create_only() {
+        let on_secrets: Vec<&str> = NEEDED
+            .iter()
+            .filter(|(_, resource, _)| *resource == "secrets")
+            .map(|(verb, _, _)| *verb)
+            .collect();
+        assert_eq!(on_secrets, ["create"]);
+        for verb in ["get", "list", "delete"] {
+            assert!(UNWANTED.contains(&(verb, "secrets", "")), "{verb}");
+        }
     }
 }

@@ -9,6 +9,7 @@ mod access;
 mod bed;
 pub mod bench;
 mod broker_process;
+pub mod chart;
 pub mod coordinator;
 pub mod exposure;
 mod helm;

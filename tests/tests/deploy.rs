@@ -17,107 +17,22 @@ use keyhole_runner::pod::CHECKOUT_CONTAINER;
 use keyhole_runner::pod::samples::sample_jobs;
 use keyhole_runner::prepare::prepare;
 use keyhole_runner::verify::{NEEDED, UNWANTED};
+use keyhole_tests::chart::{
+    BUSYBOX, Outcome, POLICY_DEADLINE, RELEASE, RUNNER_SA, from_json, helm_template, job_pod,
+    job_secret, refusal, refusal_once_effective, restricted, runner_client, test_values,
+    try_create,
+};
 use keyhole_tests::{
     Access, HelmRelease, TestBed, TestNamespace, VaultAdmin, bed_command, bed_script, chart_dir,
-    repo_dir, run, run_ok, service_account_may, wait_until_allowed,
+    repo_dir, run_ok, service_account_may, wait_until_allowed,
 };
+use kube::Api;
 use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::runtime::wait::await_condition;
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client};
 use serde_json::{Value, json};
 
-const BUSYBOX: &str = "keyhole.local/busybox:1";
-/// Release name of every test install; namespaces keep releases apart.
-const RELEASE: &str = "kh";
-/// The runner's ServiceAccount for release [`RELEASE`] (`<fullname>-runner`).
-const RUNNER_SA: &str = "kh-keyhole-runner";
-/// Upper bound for a new admission policy to take effect; a deadline against hangs.
-const POLICY_DEADLINE: Duration = Duration::from_secs(60);
-
-// === Values and helpers ===
-
-/// Values of a test install (the "full" values: every runner setting the chart has): jobs in
-/// `jobs_ns`, three tenants (two sharing one account, one with no Secrets), NetworkPolicy
-/// destinations on the bed's bridge, no image pulls, a GitLab URL on the pod's own loopback
-/// (nothing leaves the machine even if a runner image exists). One Vault role for all jobs
-/// (`vault.role`), named after the jobs namespace so that tests never share a Vault role.
-fn test_values(jobs_ns: &str, create_jobs_ns: bool) -> String {
-    format!(
-        r#"
-image: {{pullPolicy: Never}}
-runner:
-  url: "http://127.0.0.1:1"
-  logLevel: "keyhole_runner=debug,info"
-  terminationGracePeriodSeconds: 400
-  token: {{value: not-a-real-runner-token}}
-  kubernetes:
-    host: "https://10.213.0.1:6443"
-    image: "keyhole.local/busybox:1"
-    pull_policy: never
-    cpu_request: 100m
-    memory_limit: 1Gi
-    memory_limit_overwrite_max_allowed: 4Gi
-    poll_timeout: 180
-    pod_termination_grace_period_seconds: 60
-    node_selector: {{"kubernetes.io/os": linux}}
-    pod_security_context: {{run_as_user: 1000, run_as_group: 1000, fs_group: 1000}}
-broker:
-  image: "keyhole.local/broker:dev"
-vault:
-  address: "http://10.213.0.1:8200"
-  namespace: "team-a"
-  role: "{jobs_ns}-app"
-  tokenExpirationSeconds: 900
-jobs:
-  namespace: {jobs_ns}
-  createNamespace: {create_jobs_ns}
-  gitImage: "keyhole.local/git:2"
-  kubeApi: "https://10.213.0.1:6443"
-tenants:
-  - project: acme/app
-    protected: true
-    serviceAccount: app-deployer
-    secrets: [app-db, app-registry]
-    vault:
-      role: {jobs_ns}-app
-      paths: ["kv/data/{jobs_ns}/app/*"]
-      tokenTtl: 2m
-  - projectRegex: "^acme/tools/.*$"
-    serviceAccount: tools
-  - project: acme/app-legacy
-    refRegex: "main|release-.*"
-    serviceAccount: app-deployer
-    secrets: [legacy-db]
-networkPolicy:
-  dns: {{kubeDns: true, cidrs: [10.213.0.53/32]}}
-  gitlab: {{cidrs: [10.213.0.1/32], ports: [443]}}
-  vault: {{cidrs: [10.213.0.1/32], ports: [8200]}}
-  kubernetesApi: {{cidrs: [10.213.0.1/32], ports: [6443]}}
-"#
-    )
-}
-
-/// `helm template` of the chart with extra args; Ok(stdout) or Err(stderr).
-fn helm_template(bed: &TestBed, extra: &[&str]) -> std::result::Result<String, String> {
-    let chart = chart_dir().display().to_string();
-    let mut args = vec![
-        "template",
-        RELEASE,
-        chart.as_str(),
-        "--namespace",
-        "keyhole",
-        "--kube-version",
-        "1.34.0",
-    ];
-    args.extend_from_slice(extra);
-    let out = run(bed_command(&bed.env, "helm").args(&args)).unwrap();
-    if out.status.success() {
-        Ok(String::from_utf8(out.stdout).unwrap())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
-}
+// === Helpers ===
 
 /// A values file for `helm template`/`lint`, removed when dropped.
 struct ValuesFile(std::path::PathBuf);
@@ -136,158 +51,6 @@ impl ValuesFile {
 impl Drop for ValuesFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-fn from_json<K: serde::de::DeserializeOwned>(value: Value) -> K {
-    serde_json::from_value(value).expect("test object JSON matches its schema")
-}
-
-fn restricted() -> Value {
-    json!({"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]},
-           "runAsNonRoot": true, "seccompProfile": {"type": "RuntimeDefault"}})
-}
-
-/// A job pod of the shape the runner builds (see the pod contract in `broker/src/contract.rs`):
-/// named `kh-<job id>-<6 random>`, the job labels, the projected `keyhole-inputs` volume whose
-/// only Secret is the per-job Secret named like the pod, memory-backed `keyhole-secrets`, the
-/// `keyhole-run` emptyDir, a native sidecar `keyhole-broker` and the `build` container, all
-/// PodSecurity restricted. Busybox stands in for both images: admission looks at the shape.
-fn job_pod(name: &str, service_account: &str) -> Value {
-    json!({
-        "metadata": {
-            "name": name,
-            "labels": {"app.kubernetes.io/managed-by": "keyhole-runner", "keyhole.dev/runner": "keyhole",
-                       "keyhole.dev/job-id": "4242"},
-            "annotations": {"secrets.keyhole.dev/DB_PASSWORD": "vault:kv/app/db#password"}
-        },
-        "spec": {
-            "restartPolicy": "Never",
-            "serviceAccountName": service_account,
-            "automountServiceAccountToken": false,
-            "terminationGracePeriodSeconds": 1,
-            "securityContext": {"runAsNonRoot": true, "runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000,
-                                "seccompProfile": {"type": "RuntimeDefault"}},
-            "volumes": [
-                {"name": "keyhole-inputs", "projected": {"defaultMode": 0o440, "sources": [
-                    {"serviceAccountToken": {"audience": "vault", "expirationSeconds": 600, "path": "token"}},
-                    {"serviceAccountToken": {"expirationSeconds": 600, "path": "kube-token"}},
-                    {"downwardAPI": {"items": [{"path": "annotations", "fieldRef": {"fieldPath": "metadata.annotations"}}]}},
-                    {"secret": {"name": name, "items": [{"key": "CI_JOB_TOKEN", "path": "job/CI_JOB_TOKEN"}]}}
-                ]}},
-                {"name": "keyhole-secrets", "emptyDir": {"medium": "Memory", "sizeLimit": "4Mi"}},
-                {"name": "keyhole-run", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}
-            ],
-            "initContainers": [{
-                "name": "keyhole-broker", "image": BUSYBOX, "imagePullPolicy": "Never",
-                "restartPolicy": "Always", "command": ["sleep", "3600"],
-                "securityContext": restricted(),
-                "volumeMounts": [
-                    {"name": "keyhole-inputs", "mountPath": "/keyhole/inputs", "readOnly": true},
-                    {"name": "keyhole-secrets", "mountPath": "/keyhole/secrets"},
-                    {"name": "keyhole-run", "mountPath": "/keyhole/run"}]
-            }],
-            "containers": [{
-                "name": "build", "image": BUSYBOX, "imagePullPolicy": "Never",
-                "command": ["sh", "-c", "echo build"],
-                "securityContext": restricted(),
-                "volumeMounts": [
-                    {"name": "keyhole-secrets", "mountPath": "/keyhole/secrets", "readOnly": true},
-                    {"name": "keyhole-run", "mountPath": "/keyhole/run"}]
-            }]
-        }
-    })
-}
-
-/// The per-job Secret the runner creates after the pod: same name, owned by the pod.
-fn job_secret(pod: &Pod, with_owner: bool) -> Secret {
-    let name = pod.metadata.name.clone().unwrap();
-    let mut secret = json!({
-        "metadata": {"name": name,
-            "labels": {"app.kubernetes.io/managed-by": "keyhole-runner", "keyhole.dev/runner": "keyhole",
-                       "keyhole.dev/job-id": "4242"}},
-        "immutable": true,
-        "stringData": {"CI_JOB_TOKEN": "job-token-not-real-0123456789"}
-    });
-    if with_owner {
-        secret["metadata"]["ownerReferences"] = json!([{"apiVersion": "v1", "kind": "Pod", "name": name,
-            "uid": pod.metadata.uid.clone().unwrap()}]);
-    }
-    from_json(secret)
-}
-
-/// A client that acts as the release's runner ServiceAccount (token from TokenRequest).
-async fn runner_client(bed: &TestBed, release_ns: &str) -> Client {
-    let token = bed
-        .service_account_token(release_ns, RUNNER_SA, &[])
-        .await
-        .unwrap();
-    bed.client_with_token(&token).unwrap()
-}
-
-/// What the apiserver did with a create: admitted it (the test deletes it again) or refused it.
-enum Outcome {
-    Admitted,
-    Refused(Box<kube::core::Status>),
-}
-
-async fn try_create_pod(as_runner: &Api<Pod>, admin: &Api<Pod>, pod: &Value) -> Outcome {
-    match as_runner
-        .create(&PostParams::default(), &from_json(pod.clone()))
-        .await
-    {
-        Ok(created) => {
-            let _ = admin
-                .delete(
-                    created.metadata.name.as_deref().unwrap(),
-                    &DeleteParams::default().grace_period(0),
-                )
-                .await;
-            Outcome::Admitted
-        }
-        Err(kube::Error::Api(status)) => Outcome::Refused(status),
-        Err(other) => panic!("creating a pod failed on the way: {other:?}"),
-    }
-}
-
-fn is_policy_denial(status: &kube::core::Status) -> bool {
-    status.message.contains("ValidatingAdmissionPolicy")
-}
-
-/// Creates `pod` as the runner until the admission policy refuses it, and returns the refusal.
-/// A new policy (and the runner's RoleBinding) take a moment to become effective; until then a
-/// create is admitted (and deleted again) or refused by RBAC. Bounded by [`POLICY_DEADLINE`].
-async fn refusal_once_effective(
-    as_runner: &Api<Pod>,
-    admin: &Api<Pod>,
-    pod: &Value,
-) -> kube::core::Status {
-    let deadline = tokio::time::Instant::now() + POLICY_DEADLINE;
-    loop {
-        let last = match try_create_pod(as_runner, admin, pod).await {
-            Outcome::Refused(status) if is_policy_denial(&status) => return *status,
-            Outcome::Refused(status) => format!("refused otherwise: {}", status.message),
-            Outcome::Admitted => "admitted".to_owned(),
-        };
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the admission policy did not refuse the pod within {POLICY_DEADLINE:?}; last attempt: {last}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// Refusal of a pod once the policy is known to be effective.
-async fn refusal(as_runner: &Api<Pod>, admin: &Api<Pod>, pod: &Value, what: &str) -> String {
-    match try_create_pod(as_runner, admin, pod).await {
-        Outcome::Refused(status) => {
-            assert!(
-                is_policy_denial(&status),
-                "{what}: refused, but not by the policy: {status:?}"
-            );
-            status.message
-        }
-        Outcome::Admitted => panic!("{what}: the policy admitted it"),
     }
 }
 
@@ -932,9 +695,12 @@ async fn rbac_gives_the_runner_and_each_job_account_only_what_it_needs() {
         Access::new("delete", "pods", j),
         Access::new("get", "pods/log", j),
         Access::new("create", "secrets", j),
-        Access::new("delete", "secrets", j),
     ];
     let runner_denied = [
+        // The per-job Secret goes with its pod; deleting a tenant's would let the runner put
+        // its own in its place.
+        Access::new("delete", "secrets", j),
+        Access::new("delete", "secrets", j).named("app-db"),
         Access::new("get", "secrets", j),
         Access::new("get", "secrets", j).named("app-db"),
         Access::new("list", "secrets", j),
@@ -1126,6 +892,28 @@ async fn admission_policy_refuses_what_runner_made_pods_must_not_do_and_admits_a
             &["hostPath volume(s) host (/etc)"],
         ),
         (
+            "a tenant's volume claim",
+            {
+                let mut p = job_pod(name, "app-deployer");
+                p["spec"]["volumes"].as_array_mut().unwrap().push(
+                    json!({"name": "tenant-data", "persistentVolumeClaim": {"claimName": "app-data"}}),
+                );
+                p
+            },
+            &["volume(s) tenant-data are of a type job pods do not use"],
+        ),
+        (
+            "a volume plugin handed a foreign Secret",
+            {
+                let mut p = job_pod(name, "app-deployer");
+                p["spec"]["volumes"].as_array_mut().unwrap().push(json!({"name": "iscsi",
+                    "iscsi": {"targetPortal": "10.213.0.1:3260", "iqn": "iqn.2001-04.com.example:x", "lun": 0,
+                              "chapAuthSession": true, "secretRef": {"name": "app-db"}}}));
+                p
+            },
+            &["volume(s) iscsi are of a type job pods do not use"],
+        ),
+        (
             "privileged sidecar",
             {
                 let mut p = job_pod(name, "app-deployer");
@@ -1296,7 +1084,7 @@ async fn admission_policy_refuses_what_runner_made_pods_must_not_do_and_admits_a
         .unwrap()
         .push(json!({"name": "stolen", "secret": {"secretName": "app-db"}}));
     assert!(matches!(
-        try_create_pod(&admin, &admin, &foreign).await,
+        try_create(&admin, &admin, &foreign).await,
         Outcome::Admitted
     ));
 }
@@ -1334,7 +1122,7 @@ async fn network_policy_selects_runner_made_job_pods_and_allows_only_the_listed_
     // PodSecurity restricted is enforced in the chart's jobs namespace.
     let mut privileged = job_pod("admin-privileged", "tools");
     privileged["spec"]["containers"][0]["securityContext"] = json!({"privileged": true});
-    match try_create_pod(&admin, &admin, &privileged).await {
+    match try_create(&admin, &admin, &privileged).await {
         Outcome::Refused(s) => assert!(s.message.contains("violates PodSecurity"), "{s:?}"),
         Outcome::Admitted => panic!("PodSecurity restricted must refuse a privileged pod"),
     }

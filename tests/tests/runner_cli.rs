@@ -141,7 +141,7 @@ async fn verify_checks_the_token_the_runners_rights_and_vault() {
     let rules = json!([
         {"apiGroups": [""], "resources": ["pods"], "verbs": ["create", "get", "list", "watch", "delete"]},
         {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
-        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create", "delete"]}
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]}
     ]);
     create(
         &ns.api::<Role>(),
@@ -194,13 +194,13 @@ async fn verify_checks_the_token_the_runners_rights_and_vault() {
     for needle in [
         "accepts the runner token",
         "the runner may do what it needs",
-        "cannot read Secrets",
+        "cannot read or delete Secrets",
         "is up and unsealed",
     ] {
         assert!(out.contains(needle), "missing {needle:?}:\n{out}");
     }
-    // A wrong token and a runner that may read Secrets are both problems.
-    create(&ns.api::<Role>(), json!({"metadata": {"name": "too-much"}, "rules": [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}]})).await;
+    // A wrong token and a runner that may read or delete Secrets are both problems.
+    create(&ns.api::<Role>(), json!({"metadata": {"name": "too-much"}, "rules": [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "delete"]}]})).await;
     create(
         &ns.api::<RoleBinding>(),
         json!({"metadata": {"name": "too-much"},
@@ -222,7 +222,10 @@ async fn verify_checks_the_token_the_runners_rights_and_vault() {
     );
     assert_ne!(code, 0, "{out}");
     assert!(out.contains("PROBLEM  GitLab"), "{out}");
-    assert!(out.contains("PROBLEM  the runner may get secrets"), "{out}");
+    assert!(
+        out.contains("PROBLEM  the runner may get secrets, delete secrets"),
+        "{out}"
+    );
     assert!(!out.contains("glrt-wrong"), "the token was echoed:\n{out}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

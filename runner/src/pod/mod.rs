@@ -12,6 +12,12 @@ pub use build::{
 pub use checkout::{CHECKOUT_CONTAINER, CHECKOUT_VOLUME};
 pub use quantity::{parse_quantity, resolve_override};
 
+/// Every name [`pod_name`] gives with a [`random_suffix`], as a regular expression. The chart's
+/// admission policies reserve these names (`keyhole.jobNamePattern`, which a deploy test keeps
+/// equal to this): the runner may create pods and Secrets of no other name, and nobody else
+/// Secrets of such a name, so that the Secret named like a runner-made pod is always its own.
+pub const POD_NAME_PATTERN: &str = "^kh-[0-9]+-[a-z0-9]{6}$";
+
 /// `kh-<job id>-<suffix>`: unique per attempt, and the name the per-job Secret shares.
 pub fn pod_name(job_id: u64, suffix: &str) -> String {
     format!("kh-{job_id}-{suffix}")

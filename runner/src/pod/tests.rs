@@ -115,6 +115,27 @@ fn images_off_the_allow_list_are_refused() {
 }
 
 #[test]
+fn pod_names_match_the_pattern_the_admission_policies_reserve() {
+    let pattern = regex::Regex::new(POD_NAME_PATTERN).unwrap();
+    for id in [0, 1, 4242, u64::MAX] {
+        for _ in 0..100 {
+            let n = pod_name(id, &random_suffix());
+            assert!(pattern.is_match(&n), "{n}");
+        }
+    }
+    // The pattern is anchored: a tenant's Secret name containing a job pod's name is not one.
+    for other in [
+        "app-db",
+        "kh-1-abcdef-x",
+        "x-kh-1-abcdef",
+        "kh-1-ABCDEF",
+        "kh--abcdef",
+    ] {
+        assert!(!pattern.is_match(other), "{other}");
+    }
+}
+
+#[test]
 fn pod_names_are_valid_dns_labels() {
     for _ in 0..100 {
         let n = pod_name(u64::MAX, &random_suffix());

@@ -51,6 +51,17 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- printf "%s-%s" (include "keyhole.fullname" .) .Release.Namespace -}}
 {{- end -}}
 
+{{/*
+The names the runner gives a job's pod and its per-job Secret: kh-<job id>-<6 of [a-z0-9]>
+(runner/src/pod/mod.rs pod_name, POD_NAME_PATTERN), as an RE2 regular expression for CEL
+`matches`. The admission policies reserve these names in the jobs namespace: the runner may
+create pods and Secrets of no other name, and nobody else Secrets of such a name, so that a
+pod's "own" Secret is always one the runner made for it.
+*/}}
+{{- define "keyhole.jobNamePattern" -}}
+^kh-[0-9]+-[a-z0-9]{6}$
+{{- end -}}
+
 {{/* Labels every runner-made job pod and Secret carries (the runner's contract). */}}
 {{- define "keyhole.jobLabels" -}}
 app.kubernetes.io/managed-by: keyhole-runner
