@@ -181,6 +181,7 @@ runner:
 broker: {{image: "keyhole.local/broker:dev"}}
 vault:
   address: "{vault_addr}"
+  caBundle: {ca_bundle}
 jobs:
   namespace: {jobs_ns}
   kubeApi: "{apiserver}"
@@ -192,11 +193,15 @@ tenants:
       tokenTtl: 2m
 networkPolicy:
   gitlab: {{cidrs: [10.213.0.1/32], ports: [{gitlab_port}]}}
-  vault: {{cidrs: [10.213.0.1/32], ports: [8200]}}
+  vault: {{cidrs: [10.213.0.1/32], ports: [8201]}}
   kubernetesApi: {{cidrs: [10.213.0.1/32], ports: [6443]}}
 "#,
         url = gitlab.url(),
-        vault_addr = bed.env.vault_pod_addr,
+        // Vault over TLS from the bed's own CA: the chart hands the bundle to the brokers.
+        vault_addr = bed.env.vault_tls_pod_addr,
+        ca_bundle =
+            serde_json::to_string(&std::fs::read_to_string(&bed.env.vault_ca_file).unwrap())
+                .unwrap(),
         ns = ns.name,
     );
     let release = HelmRelease::install(&bed.env, RELEASE, &ns.name, &values).unwrap();
@@ -255,6 +260,13 @@ networkPolicy:
         "db password: [MASKED]",
         "Job succeeded",
     ] {
+        assert!(trace.contains(line), "missing {line:?}:\n{trace}");
+    }
+    // Over TLS, with the chart's CA bundle (vault.caBundle).
+    for line in [&format!(
+        "logging in to Vault at {}",
+        bed.env.vault_tls_pod_addr
+    )] {
         assert!(trace.contains(line), "missing {line:?}:\n{trace}");
     }
     // The Vault role is bound to the tenant's ServiceAccount only: the secret arrived, so the
