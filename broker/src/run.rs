@@ -175,11 +175,28 @@ async fn run_job(
     closing: &mut Closing,
     terminated: watch::Receiver<bool>,
 ) -> i32 {
-    use futures::FutureExt as _;
     let mut held = Held::default();
-    let phases =
-        std::panic::AssertUnwindSafe(phases(config, stdout, closing, &mut held, terminated));
-    let code = match phases.catch_unwind().await {
+    let outcome = guarded(
+        |held| phases(config, stdout, closing, held, terminated),
+        &mut held,
+    )
+    .await;
+    held.release().await;
+    outcome
+}
+
+/// Runs `phases` with `held`, turning a panic into an exit code so that the caller's release
+/// of `held` still runs: no panic may skip the revocation of the Vault token or the wipe.
+async fn guarded<'h, F, Fut>(phases: F, held: &'h mut Held) -> i32
+where
+    F: FnOnce(&'h mut Held) -> Fut,
+    Fut: std::future::Future<Output = Result<(), Stop>> + 'h,
+{
+    use futures::FutureExt as _;
+    match std::panic::AssertUnwindSafe(phases(held))
+        .catch_unwind()
+        .await
+    {
         Ok(Ok(())) => exit_code::OK,
         Ok(Err(stop)) => stop.report(),
         Err(_) => fail(
@@ -189,9 +206,7 @@ async fn run_job(
                     .into(),
             ],
         ),
-    };
-    held.release().await;
-    code
+    }
 }
 
 /// The job's inputs: its references, its per-job Secret and the variables in it.
@@ -607,6 +622,44 @@ mod tests {
 
     fn value(text: &str) -> SecretSlice<u8> {
         SecretSlice::from(text.as_bytes().to_vec())
+    }
+
+    /// A panic in any phase must not skip the clean-up: what the phase had put in `Held` (here
+    /// delivered files) is released after it.
+    #[tokio::test]
+    async fn a_panic_in_a_phase_still_wipes_and_releases() {
+        let dir = std::env::temp_dir().join(format!("keyhole-guard-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let write = WriteOptions {
+            dir: dir.clone(),
+            owner: None,
+            allow_disk: true,
+        };
+        let secrets = [Resolved {
+            name: SecretName::new("DB").unwrap(),
+            value: value("db-pass-0123"),
+            delivery: Delivery::File,
+            json_object: false,
+        }];
+        let mut held = Held::default();
+        let inner = dir.clone();
+        let code = guarded(
+            |held| async move {
+                let dir = inner;
+                held.files = Some(SecretFiles::write_all(&write, &secrets).unwrap());
+                held.paths.push(dir.join("marker"));
+                std::fs::write(dir.join("marker"), b"").unwrap();
+                assert!(dir.join("DB").exists());
+                panic!("a bug in a phase");
+            },
+            &mut held,
+        )
+        .await;
+        assert_eq!(code, exit_code::BAD_INPUTS);
+        held.release().await;
+        let left: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
+        assert!(left.is_empty(), "files left after a panic: {left:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

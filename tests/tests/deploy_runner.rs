@@ -263,12 +263,11 @@ networkPolicy:
         assert!(trace.contains(line), "missing {line:?}:\n{trace}");
     }
     // Over TLS, with the chart's CA bundle (vault.caBundle).
-    for line in [&format!(
-        "logging in to Vault at {}",
-        bed.env.vault_tls_pod_addr
-    )] {
-        assert!(trace.contains(line), "missing {line:?}:\n{trace}");
-    }
+    let tls_login = format!("logging in to Vault at {}", bed.env.vault_tls_pod_addr);
+    assert!(
+        trace.contains(&tls_login),
+        "missing {tls_login:?}:\n{trace}"
+    );
     // The Vault role is bound to the tenant's ServiceAccount only: the secret arrived, so the
     // job pod ran as that account.
     assert!(!trace.contains(&password), "the secret reached the trace");
