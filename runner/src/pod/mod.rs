@@ -1,15 +1,21 @@
 //! Job → Kubernetes objects (pure) and their names.
 
+mod broker;
 mod build;
 mod checkout;
+mod containers;
+mod env;
+mod metadata;
 mod quantity;
+mod resources;
 
 pub use build::{
     AFTER_SCRIPT_TIMEOUT, DEFAULT_JOB_TIMEOUT, JOB_ID_LABEL, JobObjects, MANAGED_BY,
-    MANAGED_BY_LABEL, PodError, PodRequest, RUNNER_LABEL, build_job_objects, image_allowed,
-    label_value,
+    MANAGED_BY_LABEL, PodError, PodRequest, RUNNER_LABEL, build_job_objects,
 };
 pub use checkout::{CHECKOUT_CONTAINER, CHECKOUT_VOLUME};
+pub use containers::image_allowed;
+pub use metadata::label_value;
 pub use quantity::{parse_quantity, resolve_override};
 
 /// Every name [`pod_name`] gives with a [`random_suffix`], as a regular expression. The chart's

@@ -1,0 +1,117 @@
+//! The broker sidecar (a native sidecar: an init container with `restartPolicy: Always`) and
+//! its inputs volume: the only container with a ServiceAccount token, the per-job Secret and
+//! the Vault CA; the build container sees none of them.
+
+use std::collections::BTreeMap;
+
+use keyhole_broker::contract;
+use serde_json::{Value, json};
+
+use super::env::env_list;
+use super::resources::broker_resources;
+use crate::config::RunnerConfig;
+use crate::secrets::{JobSecrets, VaultMethod};
+
+/// The broker's environment: where to log in and what it may do, never a secret.
+fn broker_env(runner: &RunnerConfig, secrets: &JobSecrets) -> BTreeMap<String, String> {
+    let k = &runner.kubernetes;
+    let mut env: BTreeMap<String, String> = BTreeMap::new();
+    env.insert("KEYHOLE_NAMESPACE".into(), k.namespace.clone());
+    env.insert(
+        "KEYHOLE_FILE_GID".into(),
+        k.pod_security_context.fs_group.to_string(),
+    );
+    // The broker cuts and paces the log where it is made (see docs/runner.md, "Big logs").
+    env.insert(
+        "KEYHOLE_LOG_LIMIT_KIB".into(),
+        runner.output_limit.to_string(),
+    );
+    env.insert(
+        "KEYHOLE_LOG_RATE_KIB".into(),
+        runner.keyhole.log_rate_kib.to_string(),
+    );
+    if let Some(v) = &secrets.vault {
+        env.insert("KEYHOLE_VAULT_ADDR".into(), v.addr.clone());
+        env.insert("KEYHOLE_VAULT_AUTH_MOUNT".into(), v.auth_mount.clone());
+        env.insert("KEYHOLE_VAULT_ROLE".into(), v.role.clone());
+        if let Some(n) = &v.namespace {
+            env.insert("KEYHOLE_VAULT_NAMESPACE".into(), n.clone());
+        }
+        if let VaultMethod::Jwt { id_token_variable } = &v.method {
+            env.insert("KEYHOLE_VAULT_AUTH_METHOD".into(), "jwt".into());
+            env.insert("KEYHOLE_VAULT_JWT_INPUT".into(), id_token_variable.clone());
+        }
+        // The broker's own check of where its token may go: the runner's allow-list, not just
+        // the address it was given.
+        env.insert("KEYHOLE_VAULT_ALLOWED".into(), v.allowed.join(","));
+        if runner.keyhole.vault_ca_config_map.is_some() {
+            env.insert(
+                "KEYHOLE_VAULT_CA_FILE".into(),
+                format!("{}/{}", contract::INPUTS_DIR, contract::INPUT_VAULT_CA),
+            );
+        }
+    }
+    if secrets.uses_kubernetes {
+        env.insert("KEYHOLE_KUBE_API".into(), runner.keyhole.kube_api.clone());
+        env.insert(
+            "KEYHOLE_KUBE_CA_FILE".into(),
+            format!("{}/kube-ca.crt", contract::INPUTS_DIR),
+        );
+    }
+    env
+}
+
+/// The inputs volume's projected sources: a ServiceAccount token for Vault's audience, the
+/// pod's annotations (the references), the per-job Secret's entries, and what the job's
+/// secret sources need besides (the Vault CA; a token and CA for the Kubernetes API).
+pub(super) fn inputs_sources<'a>(
+    runner: &RunnerConfig,
+    secrets: &JobSecrets,
+    pod_name: &str,
+    secret_keys: impl Iterator<Item = &'a String>,
+) -> Vec<Value> {
+    let expiry = runner.keyhole.token_expiration_seconds.max(600);
+    let mut sources = vec![
+        json!({"serviceAccountToken": {"audience": runner.keyhole.vault_audience, "expirationSeconds": expiry, "path": contract::INPUT_SA_TOKEN}}),
+        json!({"downwardAPI": {"items": [{"path": contract::INPUT_ANNOTATIONS, "fieldRef": {"fieldPath": "metadata.annotations"}}]}}),
+        json!({"secret": {"name": pod_name, "items": secret_keys.map(|key| json!({"key": key, "path": format!("{}/{key}", contract::INPUT_JOB_SECRET_DIR)})).collect::<Vec<_>>()}}),
+    ];
+    if let (Some(_), Some(ca)) = (&secrets.vault, &runner.keyhole.vault_ca_config_map) {
+        sources.push(json!({"configMap": {"name": ca, "items": [{"key": "ca.crt", "path": contract::INPUT_VAULT_CA}]}}));
+    }
+    if secrets.uses_kubernetes {
+        sources.insert(1, json!({"serviceAccountToken": {"expirationSeconds": expiry, "path": contract::INPUT_KUBE_TOKEN}}));
+        sources.insert(2, json!({"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "kube-ca.crt"}]}}));
+    }
+    sources
+}
+
+/// The broker container. Its startup probe (`keyhole-broker ready`) holds the build container
+/// back until every secret is delivered.
+pub(super) fn broker_container(runner: &RunnerConfig, secrets: &JobSecrets) -> Value {
+    json!({
+        "name": contract::BROKER_CONTAINER,
+        "image": runner.keyhole.broker_image,
+        "restartPolicy": "Always",
+        "args": ["run"],
+        "env": env_list(&broker_env(runner, secrets)),
+        "resources": broker_resources(&runner.kubernetes),
+        "startupProbe": {
+            "exec": {"command": ["/usr/local/bin/keyhole-broker", "ready"]},
+            "periodSeconds": 1,
+            "failureThreshold": 600
+        },
+        "securityContext": {
+            "allowPrivilegeEscalation": false,
+            "capabilities": {"drop": ["ALL"]},
+            "runAsNonRoot": true,
+            "readOnlyRootFilesystem": true,
+            "seccompProfile": {"type": "RuntimeDefault"}
+        },
+        "volumeMounts": [
+            {"name": contract::INPUTS_VOLUME, "mountPath": contract::INPUTS_DIR, "readOnly": true},
+            {"name": contract::SECRETS_VOLUME, "mountPath": contract::SECRETS_DIR},
+            {"name": contract::RUNTIME_VOLUME, "mountPath": contract::RUNTIME_DIR}
+        ]
+    })
+}
