@@ -71,6 +71,16 @@ git_rootfs() {
   cp /etc/ssl/certs/ca-certificates.crt "$dir/etc/ssl/certs/"
 }
 
+# An image whose entrypoint is a shell wrapper ending in `exec "$@"` (the shape of many
+# official images' docker-entrypoint.sh): it marks the environment, then runs its arguments.
+wrapper_rootfs() {
+  local dir=$1
+  busybox_rootfs "$dir"
+  mkdir -p "$dir/usr/local/bin"
+  printf '#!/bin/sh\nexport WRAPPED_BY_ENTRYPOINT=yes\nexec "$@"\n' >"$dir/usr/local/bin/entry.sh"
+  chmod 0755 "$dir/usr/local/bin/entry.sh"
+}
+
 import_images() {
   : >"$(log_file images)"
   local tmp
@@ -81,6 +91,8 @@ import_images() {
   add_image keyhole.local/busybox:1 "$tmp/busybox" '["/bin/sh"]'
   git_rootfs "$tmp/git"
   add_image "$GIT_IMAGE" "$tmp/git" '["/usr/bin/git"]' 1000
+  wrapper_rootfs "$tmp/wrapper"
+  add_image keyhole.local/wrapper:1 "$tmp/wrapper" '["/usr/local/bin/entry.sh"]'
   rm -rf "$tmp"
 }
 

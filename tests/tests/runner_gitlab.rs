@@ -534,3 +534,85 @@ async fn a_job_pod_that_ended_without_its_runner_goes_with_its_secret_within_a_m
         "the per-job Secret outlived its job by {gone:?}"
     );
 }
+
+/// Issue 11: `image:entrypoint` with gitlab-runner's Kubernetes semantics. `[""]` clears a tool
+/// image's entrypoint (the git image's is `git`); a job's entrypoint gets the shell as its
+/// arguments, so a wrapper ending in `exec "$@"` runs the script; the image's own entrypoint
+/// runs only under `FF_KUBERNETES_HONOR_ENTRYPOINT`; one that cannot start fails the job with
+/// the kubelet's reason, as the job's own failure.
+#[tokio::test]
+async fn image_entrypoints_follow_gitlab_runners_kubernetes_semantics() {
+    let s = setup("glentry").await;
+    let enqueue = |image: serde_json::Value, extra: Option<(&str, &str)>, script: &str| {
+        let mut b = s
+            .gitlab
+            .job()
+            .variable("GIT_STRATEGY", "none")
+            .image_spec(image)
+            .script([script]);
+        if let Some((k, v)) = extra {
+            b = b.variable(k, v);
+        }
+        b.enqueue().unwrap()
+    };
+    let wrapped = "echo \"wrapped=${WRAPPED_BY_ENTRYPOINT:-no}\"";
+    let cleared = enqueue(
+        json!({"name": "keyhole.local/git:2", "entrypoint": [""]}),
+        None,
+        "git --version | cut -c1-11",
+    );
+    let given = enqueue(
+        json!({"name": "keyhole.local/wrapper:1", "entrypoint": ["/usr/local/bin/entry.sh"]}),
+        None,
+        wrapped,
+    );
+    let honored = enqueue(
+        json!({"name": "keyhole.local/wrapper:1"}),
+        Some(("FF_KUBERNETES_HONOR_ENTRYPOINT", "true")),
+        wrapped,
+    );
+    let replaced = enqueue(json!({"name": "keyhole.local/wrapper:1"}), None, wrapped);
+    let broken = enqueue(
+        json!({"name": "keyhole.local/busybox:1", "entrypoint": ["/no/such/entrypoint"]}),
+        None,
+        "echo never",
+    );
+    let (tx, handle) = start_runner(&s);
+    let mut results = Vec::new();
+    for job in [&cleared, &given, &honored, &replaced, &broken] {
+        let done = s
+            .gitlab
+            .wait_for_final(job.id, Duration::from_secs(180))
+            .await
+            .unwrap();
+        results.push((done, trace_text(&s, job.id)));
+    }
+    stop(tx, handle).await;
+    for (i, expected) in [
+        "\ngit version",
+        "\nwrapped=yes",
+        "\nwrapped=yes",
+        "\nwrapped=no",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let (done, trace) = &results[i];
+        assert_eq!(done.status, FinalStatus::Success, "job {i}: {trace}");
+        assert!(trace.contains(expected), "job {i}: {trace}");
+    }
+    let (done, trace) = &results[4];
+    assert_eq!(done.status, FinalStatus::Failed, "{trace}");
+    assert_eq!(
+        done.failure_reason.as_deref(),
+        Some("script_failure"),
+        "{trace}"
+    );
+    assert!(
+        trace.contains("the build container could not start")
+            && trace.contains("/no/such/entrypoint"),
+        "{trace}"
+    );
+    assert!(!trace.contains("\nnever"), "{trace}");
+    no_job_pods_left(&s).await;
+}

@@ -16,7 +16,9 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::log_end::LogEnd;
-use super::status::{ContainerView, FailureKind, Outcome, broker_failure, observe, progress_line};
+use super::status::{
+    ContainerView, FailureKind, Outcome, broker_failure, observe, progress_line, start_failure,
+};
 use crate::pod::JobObjects;
 
 /// What the job's controller (GitLab's `Job-Status`, a signal) asks of a running job.
@@ -296,6 +298,15 @@ pub async fn execute_timed(mut run: JobRun) -> (Outcome, Instant, Option<JoinHan
                 }
                 if let Some((container, reason, message)) = &v.image_problem {
                     break failed(FailureKind::ImagePull, None, format!("container {container} cannot get its image: {reason}: {message}"));
+                }
+                if let Some((container, reason, message)) = &v.start_problem {
+                    let (kind, message) = start_failure(container, reason, message);
+                    if kind == FailureKind::Script {
+                        // Printed at the end for the other kinds; a script failure's own
+                        // output usually says why, this one has none.
+                        trace.error(&message).await;
+                    }
+                    break failed(kind, None, message);
                 }
                 let broker_exit = match &v.broker {
                     ContainerView::Terminated { exit_code, .. } if *exit_code != 0 => Some(*exit_code),

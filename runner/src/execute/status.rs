@@ -69,6 +69,9 @@ pub struct PodView {
     pub checkout: ContainerView,
     /// Any container stuck on an image: `(container, reason, message)`.
     pub image_problem: Option<(String, String, String)>,
+    /// The build, broker or checkout container that the kubelet could not create or start
+    /// (a missing program, an exec format error, a bad mount): `(container, reason, message)`.
+    pub start_problem: Option<(String, String, String)>,
 }
 
 fn view(status: Option<&ContainerStatus>) -> ContainerView {
@@ -104,6 +107,54 @@ const IMAGE_ERRORS: &[&str] = &[
     "ErrImageNeverPull",
 ];
 
+/// The kubelet's reasons for a container it could not create or start. With `restartPolicy:
+/// Never` a failed start shows as `terminated` with exit code 128 and reason `StartError`; the
+/// `waiting` ones are retried by the kubelet for ever, so the job must not wait for them.
+const START_ERRORS: &[&str] = &[
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "RunContainerError",
+    "StartError",
+    "ContainerCannotRun",
+    "PreStartHookError",
+];
+
+/// The containers whose failed start ends the job: the job cannot run without them.
+fn start_problem(statuses: &[&ContainerStatus]) -> Option<(String, String, String)> {
+    statuses.iter().find_map(|s| {
+        let state = s.state.as_ref()?;
+        let (reason, message) = match (&state.waiting, &state.terminated) {
+            (Some(w), _) => (w.reason.clone()?, w.message.clone()),
+            (None, Some(t)) => (t.reason.clone()?, t.message.clone()),
+            (None, None) => return None,
+        };
+        START_ERRORS
+            .contains(&reason.as_str())
+            .then(|| (s.name.clone(), reason, message.unwrap_or_default()))
+    })
+}
+
+/// What to tell the user when a container could not start, and whose fault it is: the build
+/// container runs the job's image with the job's entrypoint (a `script_failure` the job's
+/// author fixes), the others are the runner's (a system failure).
+pub fn start_failure(container: &str, reason: &str, message: &str) -> (FailureKind, String) {
+    if container == contract::BUILD_CONTAINER {
+        (
+            FailureKind::Script,
+            format!(
+                "the build container could not start ({reason}: {message}); check the job's image and its entrypoint: the script runs with `sh -c`, so the image needs a `sh`, and an `image:entrypoint` must exist in the image and end in `exec \"$@\"` (`entrypoint: [\"\"]` clears the image's own)"
+            ),
+        )
+    } else {
+        (
+            FailureKind::System,
+            format!(
+                "container {container} could not start ({reason}: {message}); this is a runner or cluster problem"
+            ),
+        )
+    }
+}
+
 /// Flattens a pod's status.
 pub fn observe(pod: &Pod) -> PodView {
     let status = pod.status.clone().unwrap_or_default();
@@ -127,6 +178,19 @@ pub fn observe(pod: &Pod) -> PodView {
             )
         })
     });
+    let essential: Vec<&ContainerStatus> = init
+        .iter()
+        .chain(main.iter())
+        .filter(|s| {
+            [
+                contract::BUILD_CONTAINER,
+                contract::BROKER_CONTAINER,
+                crate::pod::CHECKOUT_CONTAINER,
+            ]
+            .contains(&s.name.as_str())
+        })
+        .collect();
+    let start_problem = start_problem(&essential);
     PodView {
         phase: status.phase.unwrap_or_default(),
         unschedulable,
@@ -143,6 +207,7 @@ pub fn observe(pod: &Pod) -> PodView {
                 .find(|s| s.name == crate::pod::CHECKOUT_CONTAINER),
         ),
         image_problem,
+        start_problem,
     }
 }
 
@@ -235,6 +300,36 @@ mod tests {
         );
         assert_eq!(v.broker, ContainerView::Running { started: true });
         assert!(progress_line(&v).contains("secrets delivered"));
+    }
+
+    #[test]
+    fn a_build_container_that_cannot_start_is_the_jobs_failure_with_the_kubelets_reason() {
+        let v = observe(&pod(json!({"phase": "Running",
+            "containerStatuses": [{"name": "build", "image": "x", "imageID": "", "ready": false, "restartCount": 0,
+                "state": {"terminated": {"exitCode": 128, "reason": "StartError",
+                    "message": "exec: \"/nope\": stat /nope: no such file or directory: unknown"}}}]})));
+        let (container, reason, message) = v.start_problem.clone().unwrap();
+        let (kind, line) = start_failure(&container, &reason, &message);
+        assert_eq!(kind, FailureKind::Script);
+        assert!(
+            line.contains("StartError") && line.contains("/nope"),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn a_container_the_kubelet_keeps_retrying_is_a_failure_at_once() {
+        let v = observe(&pod(json!({"phase": "Pending",
+            "initContainerStatuses": [{"name": "keyhole-checkout", "image": "g", "imageID": "", "ready": false, "restartCount": 0,
+                "state": {"waiting": {"reason": "CreateContainerConfigError", "message": "secret \"x\" not found"}}}],
+            "containerStatuses": [{"name": "redis", "image": "r", "imageID": "", "ready": false, "restartCount": 0,
+                "state": {"waiting": {"reason": "CreateContainerError", "message": "a service"}}}]})));
+        let (container, reason, message) = v.start_problem.clone().unwrap();
+        assert_eq!(container, "keyhole-checkout");
+        assert_eq!(
+            start_failure(&container, &reason, &message).0,
+            FailureKind::System
+        );
     }
 
     #[test]

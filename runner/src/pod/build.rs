@@ -11,7 +11,9 @@ use secrecy::SecretString;
 use serde_json::{Value, json};
 
 use super::broker::{broker_container, inputs_sources};
-use super::containers::{build_container, build_image, restricted, service_containers};
+use super::containers::{
+    build_container, build_image, flag_enabled, restricted, service_containers,
+};
 use super::env::split_variables;
 use super::metadata::pod_metadata;
 use super::resources::build_resources;
@@ -74,7 +76,15 @@ pub fn build_job_objects(req: &PodRequest<'_>) -> Result<JobObjects, PodError> {
     let (labels, annotations) = pod_metadata(job, runner, req.secrets)?;
 
     let script = job_script(req, &env.project_dir);
-    let build = build_container(&image, runner, script, &env.public, resources)?;
+    let honor_entrypoint = flag_enabled(job, "FF_KUBERNETES_HONOR_ENTRYPOINT");
+    let build = build_container(
+        &image,
+        runner,
+        script,
+        &env.public,
+        resources,
+        honor_entrypoint,
+    )?;
     let (services, host_aliases) = service_containers(job, k, &env.public)?;
     let mut containers = vec![build];
     containers.extend(services);

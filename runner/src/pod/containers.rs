@@ -10,7 +10,7 @@ use super::build::PodError;
 use super::env::env_list;
 use super::resources::service_resources;
 use crate::config::{KubernetesConfig, RunnerConfig};
-use crate::job::{Image, Job};
+use crate::job::{Image, Job, Service};
 
 /// PodSecurity `restricted`'s container-level demands.
 pub(super) fn restricted() -> Value {
@@ -100,6 +100,7 @@ pub(super) fn build_container(
     script: String,
     public_env: &BTreeMap<String, String>,
     resources: Value,
+    honor_entrypoint: bool,
 ) -> Result<Value, PodError> {
     let k = &runner.kubernetes;
     let policies = if image.pull_policy.is_empty() {
@@ -108,16 +109,10 @@ pub(super) fn build_container(
         &image.pull_policy
     };
     let image_pull_policy = pull_policy(policies, &k.allowed_pull_policies)?;
-    let (command, args) = match &image.entrypoint {
-        Some(entrypoint) if !entrypoint.is_empty() => {
-            (json!(entrypoint), json!(["sh", "-c", script]))
-        }
-        _ => (json!(["sh", "-c", script]), Value::Null),
-    };
+    let start = build_start(image, script, honor_entrypoint)?;
     let mut build = json!({
         "name": contract::BUILD_CONTAINER,
         "image": image.name,
-        "command": command,
         "workingDir": runner.builds_dir,
         "env": env_list(public_env),
         "resources": resources,
@@ -128,13 +123,107 @@ pub(super) fn build_container(
             {"name": "builds", "mountPath": runner.builds_dir}
         ]
     });
-    if !args.is_null() {
-        build["args"] = args;
-    }
+    start.apply(&mut build);
     if let Some(p) = image_pull_policy {
         build["imagePullPolicy"] = json!(p);
     }
     Ok(build)
+}
+
+/// A container's `command` and `args`; `None` keeps the image's `ENTRYPOINT` / `CMD`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Start {
+    command: Option<Vec<String>>,
+    args: Option<Vec<String>>,
+}
+
+impl Start {
+    fn apply(self, container: &mut Value) {
+        if let Some(c) = self.command {
+            container["command"] = json!(c);
+        }
+        if let Some(a) = self.args {
+            container["args"] = json!(a);
+        }
+    }
+}
+
+/// What `entrypoint:` asks for: `[]` and `[""]` clear the image's entrypoint (the usual way to
+/// run a tool image such as `hashicorp/terraform`, whose entrypoint is the tool, as a job
+/// image), anything else replaces it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Entrypoint<'a> {
+    Image,
+    Cleared,
+    Given(&'a [String]),
+}
+
+fn entrypoint<'a>(given: &'a Option<Vec<String>>, what: &str) -> Result<Entrypoint<'a>, PodError> {
+    match given.as_deref() {
+        None => Ok(Entrypoint::Image),
+        Some(e) if e.iter().all(String::is_empty) => Ok(Entrypoint::Cleared),
+        Some(e) if e[0].is_empty() => Err(PodError(format!(
+            "{what}: the entrypoint's first element is empty, so there is no program to run; write [\"\"] to clear the image's entrypoint, or name the program first"
+        ))),
+        Some(e) => Ok(Entrypoint::Given(e)),
+    }
+}
+
+/// The build container runs the job's script with `sh -c`. gitlab-runner's Kubernetes
+/// semantics: the image's own `ENTRYPOINT` is replaced by the shell unless the job asks for it
+/// (`FF_KUBERNETES_HONOR_ENTRYPOINT`); a job's `entrypoint:` gets the shell as its arguments,
+/// so a wrapper that ends in `exec "$@"` runs the script.
+fn build_start(image: &Image, script: String, honor_entrypoint: bool) -> Result<Start, PodError> {
+    let shell = vec!["sh".to_string(), "-c".to_string(), script];
+    Ok(match entrypoint(&image.entrypoint, "image")? {
+        Entrypoint::Given(e) => Start {
+            command: Some(e.to_vec()),
+            args: Some(shell),
+        },
+        Entrypoint::Image if honor_entrypoint => Start {
+            command: None,
+            args: Some(shell),
+        },
+        Entrypoint::Image | Entrypoint::Cleared => Start {
+            command: Some(shell),
+            args: None,
+        },
+    })
+}
+
+/// A service runs its image as the image says, with `entrypoint:` and `command:` as Docker's
+/// `--entrypoint` and arguments: a cleared entrypoint makes `command:` the program, and
+/// without one there is nothing to run.
+fn service_start(service: &Service, what: &str) -> Result<Start, PodError> {
+    Ok(match entrypoint(&service.image.entrypoint, what)? {
+        Entrypoint::Image => Start {
+            command: None,
+            args: service.command.clone(),
+        },
+        Entrypoint::Given(e) => Start {
+            command: Some(e.to_vec()),
+            args: service.command.clone(),
+        },
+        Entrypoint::Cleared => match &service.command {
+            Some(c) if c.first().is_some_and(|p| !p.is_empty()) => Start {
+                command: Some(c.clone()),
+                args: None,
+            },
+            _ => {
+                return Err(PodError(format!(
+                    "{what}: `entrypoint: [\"\"]` clears the image's entrypoint and leaves nothing to run; give the service a `command:`"
+                )));
+            }
+        },
+    })
+}
+
+/// gitlab-runner reads feature flags with Go's `strconv.ParseBool`.
+pub(super) fn flag_enabled(job: &Job, name: &str) -> bool {
+    matches!(
+        job.public_variable(name),
+        Some("1" | "t" | "T" | "true" | "TRUE" | "True")
+    )
 }
 
 /// The service containers and every alias they answer to (the pod's `hostAliases` point
@@ -172,16 +261,150 @@ pub(super) fn service_containers(
             "resources": service_resources(k),
             "securityContext": restricted(),
         });
-        if let Some(e) = &service.image.entrypoint {
-            c["command"] = json!(e);
-        }
-        if let Some(cmd) = &service.command {
-            c["args"] = json!(cmd);
-        }
+        service_start(service, &format!("service {:?}", service.image.name))?.apply(&mut c);
         if let Some(p) = pull_policy(&service.image.pull_policy, &k.allowed_pull_policies)? {
             c["imagePullPolicy"] = json!(p);
         }
         containers.push(c);
     }
     Ok((containers, host_aliases))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(items: &[&str]) -> Vec<String> {
+        items.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn image(entrypoint: Option<&[&str]>) -> Image {
+        Image {
+            name: "img".into(),
+            entrypoint: entrypoint.map(v),
+            ..Image::default()
+        }
+    }
+
+    fn shell() -> Vec<String> {
+        v(&["sh", "-c", "S"])
+    }
+
+    #[test]
+    fn the_build_container_runs_the_script_whatever_the_images_entrypoint() {
+        for cleared in [None, Some(&[][..]), Some(&[""][..]), Some(&["", ""][..])] {
+            assert_eq!(
+                build_start(&image(cleared), "S".into(), false).unwrap(),
+                Start {
+                    command: Some(shell()),
+                    args: None
+                },
+                "{cleared:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_jobs_entrypoint_gets_the_shell_as_its_arguments() {
+        assert_eq!(
+            build_start(&image(Some(&["/entry.sh", "--x"])), "S".into(), false).unwrap(),
+            Start {
+                command: Some(v(&["/entry.sh", "--x"])),
+                args: Some(shell())
+            }
+        );
+    }
+
+    #[test]
+    fn honoring_the_image_entrypoint_passes_only_arguments_unless_cleared() {
+        assert_eq!(
+            build_start(&image(None), "S".into(), true).unwrap(),
+            Start {
+                command: None,
+                args: Some(shell())
+            }
+        );
+        assert_eq!(
+            build_start(&image(Some(&[""])), "S".into(), true).unwrap(),
+            Start {
+                command: Some(shell()),
+                args: None
+            }
+        );
+    }
+
+    #[test]
+    fn an_entrypoint_without_a_program_is_refused_by_name() {
+        let err = build_start(&image(Some(&["", "-x"])), "S".into(), false).unwrap_err();
+        assert!(
+            err.0
+                .contains("image: the entrypoint's first element is empty"),
+            "{err}"
+        );
+    }
+
+    fn service(entrypoint: Option<&[&str]>, command: Option<&[&str]>) -> Service {
+        Service {
+            image: image(entrypoint),
+            command: command.map(v),
+            ..Service::default()
+        }
+    }
+
+    #[test]
+    fn services_start_as_docker_would_start_them() {
+        let start = |e, c| service_start(&service(e, c), "service \"img\"");
+        assert_eq!(
+            start(None, None).unwrap(),
+            Start {
+                command: None,
+                args: None
+            }
+        );
+        assert_eq!(
+            start(None, Some(&["--port", "1"])).unwrap(),
+            Start {
+                command: None,
+                args: Some(v(&["--port", "1"]))
+            }
+        );
+        assert_eq!(
+            start(Some(&["/bin/srv"]), Some(&["-v"])).unwrap(),
+            Start {
+                command: Some(v(&["/bin/srv"])),
+                args: Some(v(&["-v"]))
+            }
+        );
+        assert_eq!(
+            start(Some(&[""]), Some(&["httpd", "-f"])).unwrap(),
+            Start {
+                command: Some(v(&["httpd", "-f"])),
+                args: None
+            }
+        );
+        let err = start(Some(&[""]), None).unwrap_err();
+        assert!(err.0.contains("give the service a `command:`"), "{err}");
+    }
+
+    #[test]
+    fn feature_flags_read_as_gitlab_runner_reads_them() {
+        let mut job = crate::pod::samples::sample_jobs("http://v").remove(0).1;
+        for (value, on) in [
+            ("true", true),
+            ("1", true),
+            ("TRUE", true),
+            ("yes", false),
+            ("0", false),
+        ] {
+            job.variables.push(crate::job::Variable::public(
+                "FF_KUBERNETES_HONOR_ENTRYPOINT",
+                value,
+            ));
+            assert_eq!(
+                flag_enabled(&job, "FF_KUBERNETES_HONOR_ENTRYPOINT"),
+                on,
+                "{value}"
+            );
+        }
+    }
 }

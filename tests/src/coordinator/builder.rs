@@ -27,7 +27,7 @@ pub struct JobBuilder<'c> {
     sha: String,
     script: Vec<String>,
     after_script: Vec<String>,
-    image: Option<String>,
+    image: Option<Value>,
     variables: Vec<Value>,
     services: Vec<Value>,
     secrets: Option<Value>,
@@ -82,7 +82,13 @@ impl<'c> JobBuilder<'c> {
     }
 
     pub fn image(mut self, image: &str) -> Self {
-        self.image = Some(image.into());
+        self.image = Some(json!({ "name": image }));
+        self
+    }
+
+    /// The `image` object as GitLab sends it (`name`, `entrypoint`, `pull_policy`, ...).
+    pub fn image_spec(mut self, image: Value) -> Self {
+        self.image = Some(image);
         self
     }
 
@@ -182,10 +188,7 @@ impl<'c> JobBuilder<'c> {
             }));
         }
         p["steps"] = steps.into();
-        p["image"] = match &self.image {
-            Some(name) => json!({"name": name}),
-            None => Value::Null,
-        };
+        p["image"] = self.image.clone().unwrap_or(Value::Null);
         p["services"] = self.services.clone().into();
         // Not modelled by the coordinator: nothing would serve them.
         for key in ["artifacts", "cache", "credentials", "dependencies", "hooks"] {
