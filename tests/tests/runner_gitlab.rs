@@ -215,6 +215,13 @@ async fn a_failing_script_is_reported_with_its_exit_code() {
     assert_eq!(done.failure_reason.as_deref(), Some("script_failure"));
     assert_eq!(done.exit_code, Some(7));
     assert!(trace.contains("about to fail"), "{trace}");
+    // What GitLab checks the assembled trace against (issue 11).
+    let bytes = s.gitlab.trace(job.id);
+    assert_eq!(
+        done.output_checksum,
+        Some(format!("crc32:{:08x}", crc32fast::hash(&bytes)))
+    );
+    assert_eq!(done.output_bytesize, Some(bytes.len() as u64));
     no_job_pods_left(&s).await;
 }
 

@@ -159,7 +159,8 @@ impl JobSession {
     }
 
     /// Reports the end of the job: first sends the whole trace, then `PUT jobs/:id` with
-    /// `state=success|failed`, `failure_reason` and `exit_code`, retried (transient errors,
+    /// `state=success|failed`, `failure_reason`, `exit_code` and the trace's `output`
+    /// (checksum and size), retried (transient errors,
     /// and 202 "not yet") until GitLab records it or `final_update_deadline` passes.
     /// [`GitlabError::JobGone`] when GitLab no longer knows the job as this runner's.
     pub async fn finish(&self, outcome: JobOutcome) -> Result<(), GitlabError> {
@@ -169,7 +170,13 @@ impl JobSession {
         let action = format!("report the end of job {}", inner.job_id);
         inner.finishing.store(true, Ordering::SeqCst);
 
-        let mut body = json!({ "token": inner.token.expose_secret(), "state": outcome.state() });
+        // The trace is complete once the job reports its end: what GitLab must have got.
+        let output = inner.lock().buffer.output();
+        let mut body = json!({
+            "token": inner.token.expose_secret(),
+            "state": outcome.state(),
+            "output": {"checksum": output.checksum, "bytesize": output.bytesize},
+        });
         if let JobOutcome::Failed { reason, exit_code } = outcome {
             body["failure_reason"] = reason.supported_by(&self.failure_reasons).as_str().into();
             if let Some(code) = exit_code {

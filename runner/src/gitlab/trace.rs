@@ -79,6 +79,13 @@ pub enum Resync {
     GitlabLost(u64),
 }
 
+/// What the final update says of the whole trace, so GitLab can tell it got every byte.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceOutput {
+    pub checksum: String,
+    pub bytesize: u64,
+}
+
 /// Bytes not yet acknowledged by GitLab, and the remote offset of the first of them.
 pub struct TraceBuffer {
     /// GitLab's trace size as far as we know: the remote offset of `pending[0]`.
@@ -86,6 +93,9 @@ pub struct TraceBuffer {
     pending: VecDeque<u8>,
     limit: usize,
     appended: u64,
+    /// CRC-32 (IEEE) of every byte appended: GitLab checks the trace it assembled against it
+    /// (`output.checksum` of the final update), as it does for gitlab-runner.
+    crc: crc32fast::Hasher,
 }
 
 impl fmt::Debug for TraceBuffer {
@@ -108,6 +118,7 @@ impl TraceBuffer {
             pending: VecDeque::new(),
             limit: limit.max(1),
             appended: 0,
+            crc: crc32fast::Hasher::new(),
         }
     }
 
@@ -115,6 +126,7 @@ impl TraceBuffer {
     pub fn push(&mut self, bytes: &[u8]) -> usize {
         let n = bytes.len().min(self.room());
         self.pending.extend(&bytes[..n]);
+        self.crc.update(&bytes[..n]);
         self.appended += n as u64;
         n
     }
@@ -135,6 +147,15 @@ impl TraceBuffer {
     /// All bytes ever accepted by `push`.
     pub fn appended(&self) -> u64 {
         self.appended
+    }
+
+    /// `output` of the final update: `crc32:<8 hex digits>` of the whole trace and its size,
+    /// as gitlab-runner sends them.
+    pub fn output(&self) -> TraceOutput {
+        TraceOutput {
+            checksum: format!("crc32:{:08x}", self.crc.clone().finalize()),
+            bytesize: self.appended,
+        }
     }
 
     /// The next PATCH: up to `max` pending bytes from the acknowledged offset. `None` when

@@ -222,6 +222,8 @@ async fn update_job(
                     failure_reason: update.failure_reason.clone(),
                     exit_code: update.exit_code,
                     trace_len: job.trace.len(),
+                    output_checksum: body["output"]["checksum"].as_str().map(str::to_owned),
+                    output_bytesize: body["output"]["bytesize"].as_u64(),
                 });
             }
             // A repeated final update (its answer was lost): the same answer again.

@@ -46,6 +46,10 @@ pub struct FinalState {
     pub exit_code: Option<i64>,
     /// Trace bytes held when the final update arrived: the runner must flush first.
     pub trace_len: usize,
+    /// The final update's `output.checksum` (`crc32:<hex>`) and `output.bytesize`, which
+    /// GitLab checks against the trace it assembled.
+    pub output_checksum: Option<String>,
+    pub output_bytesize: Option<u64>,
 }
 
 /// One `PUT jobs/:id` as received (and processed).
@@ -207,6 +211,8 @@ impl State {
                     failure_reason: None,
                     exit_code: None,
                     trace_len: 0,
+                    output_checksum: None,
+                    output_bytesize: None,
                 });
             }
             JobStatus::Running => job.status = JobStatus::Canceling,

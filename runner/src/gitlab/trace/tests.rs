@@ -13,6 +13,33 @@ fn push_respects_the_limit() {
 }
 
 #[test]
+fn the_output_checksum_is_the_crc32_of_every_byte_appended_in_any_pieces() {
+    let mut b = TraceBuffer::new(4);
+    assert_eq!(
+        b.output(),
+        TraceOutput {
+            checksum: "crc32:00000000".into(),
+            bytesize: 0
+        }
+    );
+    let mut rest: &[u8] = b"hello world";
+    while !rest.is_empty() {
+        let n = b.push(rest);
+        rest = &rest[n..];
+        let c = b.chunk(4).unwrap();
+        b.acknowledge(c.start, c.bytes.len());
+    }
+    // CRC-32/IEEE("hello world"), as `crc32` of zlib and Go's hash/crc32 give it.
+    assert_eq!(
+        b.output(),
+        TraceOutput {
+            checksum: "crc32:0d4a1185".into(),
+            bytesize: 11
+        }
+    );
+}
+
+#[test]
 fn chunks_start_at_the_acknowledged_offset() {
     let mut b = TraceBuffer::new(100);
     b.push(b"0123456789");
