@@ -175,4 +175,16 @@ impl Job {
             .find(|v| v.public && v.key == key)
             .map(|v| v.value.expose_secret())
     }
+
+    /// `CI_DEBUG_TRACE` is on (its last value, public or not, read as gitlab-runner reads
+    /// booleans): the script traces every command (`set -x`) after a warning that the trace
+    /// may print secrets.
+    pub fn debug_trace(&self) -> bool {
+        use secrecy::ExposeSecret;
+        self.variables
+            .iter()
+            .rev()
+            .find(|v| v.key == "CI_DEBUG_TRACE")
+            .is_some_and(|v| crate::variables::go_bool(v.value.expose_secret()))
+    }
 }

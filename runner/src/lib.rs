@@ -19,4 +19,5 @@ pub mod render;
 pub mod script;
 pub mod secrets;
 pub mod service;
+pub mod variables;
 pub mod verify;

@@ -1,6 +1,7 @@
-//! Job → everything needed to start it, before anything touches the cluster: the ServiceAccount
-//! (from the runner's rules), the checked secret references, the pod and its Secret. A job that
-//! fails here fails with every reason listed and no pod created.
+//! Job → everything needed to start it, before anything touches the cluster: the job's
+//! variables completed and expanded, the ServiceAccount (from the runner's rules), the checked
+//! secret references, the pod and its Secret. A job that fails here fails with every reason
+//! listed and no pod created.
 
 use std::time::Duration;
 
@@ -11,6 +12,7 @@ use crate::pod::{
     random_suffix,
 };
 use crate::secrets::{JobSecrets, collect};
+use crate::variables::{RunnerFacts, complete_job};
 
 /// A job ready to run.
 #[derive(Debug, Clone)]
@@ -32,6 +34,9 @@ pub fn prepare_named(
     runner: &RunnerConfig,
     pod_name: String,
 ) -> Result<Prepared, Vec<String>> {
+    // Once per job, before anything reads a variable: the runner's own variables, then
+    // GitLab's expansion of values, image and services (see crate::variables).
+    let job = &complete_job(job, &RunnerFacts::of(runner)).map_err(|e| vec![e.to_string()])?;
     let identity = JobIdentity {
         project_path: job.project.path.as_deref(),
         ref_name: &job.git.ref_name,

@@ -4,6 +4,8 @@
 //! every line is masked), exports the broker's env file, runs `before_script` + `script` with
 //! `set -e` and each command echoed like GitLab (`$ cmd`), then always runs `after_script` in a
 //! fresh shell with its own timeout, also when the job is canceled (SIGTERM from pod deletion).
+//! `after_script` sees the job's result in `CI_JOB_STATUS` (`success`, `failed`, `canceled`),
+//! and with `CI_DEBUG_TRACE` both shells trace every command (`set -x`) after a warning.
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -17,7 +19,22 @@ pub struct ScriptOptions {
     pub after_script_timeout: Duration,
     /// Secrets delivered as files: GitLab's file semantics make the variable hold the path.
     pub file_secrets: Vec<String>,
+    /// `CI_DEBUG_TRACE` ([`crate::job::Job::debug_trace`]): trace every command.
+    pub debug_trace: bool,
 }
+
+/// Printed before a traced script, as GitLab warns in its docs: the shell's trace shows each
+/// command with its variables expanded. The broker still masks what it knows to be secret.
+pub const DEBUG_TRACE_WARNING: &str = "WARNING: CI_DEBUG_TRACE is enabled: the shell prints \
+every command with its variables expanded, which may print secret values. Values of secrets and \
+of masked or non-public variables (8 bytes or longer) are still replaced by [MASKED]; anything \
+else appears as it is, to everyone who can read this job's log.";
+
+/// Sets `CI_JOB_STATUS` for `after_script` from how the step script ended, as gitlab-runner
+/// does: the cancel trap (pod deletion) wins, then the exit code.
+const JOB_STATUS: &str = "if [ \"$keyhole_canceled\" = 1 ]; then CI_JOB_STATUS=canceled; \
+elif [ \"$keyhole_rc\" = 0 ]; then CI_JOB_STATUS=success; else CI_JOB_STATUS=failed; fi\n\
+export CI_JOB_STATUS\n";
 
 /// Quotes `s` for POSIX sh: single quotes, with `'` written as `'\''`.
 pub fn sh_quote(s: &str) -> String {
@@ -84,14 +101,28 @@ pub fn build_script(
         opts.project_dir.replace('\'', ""),
         dir = sh_quote(&opts.project_dir)
     );
-    out.push_str("keyhole_step_script() {\n  set -e\n");
+    let shell_options = if opts.debug_trace {
+        "  set -e\n  set -x\n"
+    } else {
+        "  set -e\n"
+    };
+    out.push_str("keyhole_step_script() {\n");
+    out.push_str(shell_options);
     let mut main = before_script.to_vec();
     main.extend_from_slice(script);
     push_commands(&mut out, &main);
     out.push_str("}\n");
-    out.push_str("keyhole_after_script() {\n  set -e\n");
+    out.push_str("keyhole_after_script() {\n");
+    out.push_str(shell_options);
     push_commands(&mut out, after_script);
     out.push_str("}\n");
+    if opts.debug_trace {
+        let _ = writeln!(
+            out,
+            "printf '\\033[0;33m%s\\033[0;m\\n' {}",
+            sh_quote(DEBUG_TRACE_WARNING)
+        );
+    }
     // Canceling deletes the pod: the kubelet sends SIGTERM, which stops the step script and
     // still lets after_script run, as in GitLab.
     out.push_str("keyhole_canceled=0\n");
@@ -107,6 +138,7 @@ pub fn build_script(
     out.push_str("trap - TERM INT\n");
     section(&mut out, "end", "step_script", "");
     if !after_script.is_empty() {
+        out.push_str(JOB_STATUS);
         let secs = opts.after_script_timeout.as_secs().max(1);
         section(&mut out, "start", "after_script", "Running after_script");
         out.push_str("keyhole_after_script &\nkeyhole_after=$!\n");
@@ -142,6 +174,7 @@ mod tests {
             project_dir: dir.into(),
             after_script_timeout: Duration::from_secs(5),
             file_secrets: vec![],
+            debug_trace: false,
         }
     }
 
@@ -152,6 +185,18 @@ mod tests {
     /// Runs the script with `sh`, the FIFO path swapped for a plain file, and returns the
     /// output and exit code.
     fn run(before: &[&str], script: &[&str], after: &[&str]) -> (String, i32) {
+        run_with(before, script, after, false, None)
+    }
+
+    /// [`run`] with `CI_DEBUG_TRACE` on or off, and a SIGTERM to the script (a cancel) once
+    /// `cancel_at` is in the output.
+    fn run_with(
+        before: &[&str],
+        script: &[&str],
+        after: &[&str],
+        debug_trace: bool,
+        cancel_at: Option<&str>,
+    ) -> (String, i32) {
         let tmp = std::env::temp_dir().join(format!(
             "keyhole-script-{}-{}",
             std::process::id(),
@@ -166,10 +211,35 @@ mod tests {
             &strings(before),
             &strings(script),
             &strings(after),
-            &opts(tmp.join("project").to_str().unwrap()),
+            &ScriptOptions {
+                debug_trace,
+                ..opts(tmp.join("project").to_str().unwrap())
+            },
         )
         .replace("'/keyhole/run/log'", &sh_quote(log.to_str().unwrap()));
-        let status = Command::new("sh").arg("-c").arg(&text).status().unwrap();
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(&text)
+            // The tests may themselves run in a CI job.
+            .env_remove("CI_JOB_STATUS")
+            .spawn()
+            .unwrap();
+        if let Some(marker) = cancel_at {
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            while !std::fs::read_to_string(&log).is_ok_and(|l| l.contains(marker)) {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{marker:?} never came"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let killed = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status()
+                .unwrap();
+            assert!(killed.success());
+        }
+        let status = child.wait().unwrap();
         let output = std::fs::read_to_string(&log).unwrap();
         std::fs::remove_dir_all(&tmp).unwrap();
         (output, status.code().unwrap_or(-1))
@@ -219,6 +289,51 @@ mod tests {
             "{out}"
         );
         assert!(out.contains("inside\n"), "{out}");
+    }
+
+    #[test]
+    fn after_script_sees_the_job_status_and_the_script_sees_the_job_running() {
+        let status = "echo \"status=$CI_JOB_STATUS\"";
+        let (out, rc) = run(&[], &["true"], &[status]);
+        assert_eq!(rc, 0);
+        assert!(out.contains("status=success\n"), "{out}");
+        let (out, rc) = run(&[], &["exit 4"], &[status]);
+        assert_eq!(rc, 4);
+        assert!(out.contains("status=failed\n"), "{out}");
+        let (out, _) = run_with(
+            &[],
+            &["echo started", "sleep 30"],
+            &[status],
+            false,
+            Some("started\n"),
+        );
+        assert!(out.contains("Job canceled"), "{out}");
+        assert!(out.contains("status=canceled\n"), "{out}");
+        // The step script keeps the value the pod gives it (`running`).
+        let (out, _) = run(&[], &["echo \"during=${CI_JOB_STATUS-unset}\""], &[status]);
+        assert!(out.contains("during=unset\n"), "{out}");
+    }
+
+    #[test]
+    fn debug_trace_warns_then_traces_both_scripts() {
+        let (out, rc) = run_with(
+            &[],
+            &["X=traced-value", "true"],
+            &["echo after"],
+            true,
+            None,
+        );
+        assert_eq!(rc, 0, "{out}");
+        let warning = out.find("CI_DEBUG_TRACE is enabled").expect(&out);
+        let first_trace = out.find("+ X=traced-value").expect(&out);
+        assert!(warning < first_trace, "{out}");
+        assert!(out.contains("may print secret values"), "{out}");
+        assert!(out.contains("+ echo after"), "{out}");
+        let (out, _) = run(&[], &["X=quiet"], &["true"]);
+        assert!(
+            !out.contains("+ X=quiet") && !out.contains("CI_DEBUG_TRACE"),
+            "{out}"
+        );
     }
 
     #[test]

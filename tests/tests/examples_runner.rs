@@ -122,15 +122,22 @@ async fn through_gitlab(
     let mut script = job.before_script.clone();
     script.extend(job.script.clone());
     builder = builder.script(script);
+    if !job.after_script.is_empty() {
+        builder = builder.after_script(job.after_script.clone());
+    }
     if let Some(image) = &job.image {
         builder = builder.image(&image.name);
     }
+    // YAML variables as GitLab sends them: public, raw for `expand: false`.
     for v in job
         .variables
         .iter()
         .filter(|v| !v.key.starts_with("CI") && v.key != "GITLAB_CI" && v.key != "GIT_STRATEGY")
     {
-        builder = builder.variable(&v.key, v.value.expose_secret());
+        builder = builder.raw_variable(json!({
+            "key": v.key, "value": v.value.expose_secret(), "public": true,
+            "file": false, "masked": false, "raw": v.raw
+        }));
     }
     for (key, value, secret) in extra_variables {
         builder = if *secret {
@@ -433,4 +440,53 @@ async fn dynamic_secret_lease_is_renewed_during_the_job_and_revoked_after() {
         400,
         "the lease {lease} is still known to Vault after the job"
     );
+}
+
+#[tokio::test]
+async fn compat_expands_variables_like_gitlab_and_after_script_sees_the_job_status() {
+    let bed = TestBed::connect().await;
+    let ns = TestNamespace::create(&bed, "excompat", &[]).await.unwrap();
+    setup_example(&bed, &ns.name, "compat");
+    let expected = [
+        "expanded: hello from expand-variables, one dollar: $, unknown: <>",
+        "raw: $GREETING ${CI_JOB_NAME} $$ stays as written",
+        "shell-like: $(date) and $(GREETING) are text, not commands",
+        "lower_case_name: keeps its case",
+        "image keyhole.local/busybox:1, CI_SERVER=yes, status while running: running",
+        "after_script sees CI_JOB_STATUS=success",
+    ];
+    let r = exec(&bed, &ns.name, "compat", "expand-variables", &[]);
+    assert_eq!(r.code, 0, "{}", r.output);
+    assert_has(&r.output, &expected);
+    let failed = exec(&bed, &ns.name, "compat", "job-status-on-failure", &[]);
+    assert_eq!(failed.code, 1, "{}", failed.output);
+    assert_has(
+        &failed.output,
+        &[
+            "this job fails on purpose",
+            "after_script sees CI_JOB_STATUS=failed",
+        ],
+    );
+    let (status, trace) = through_gitlab(
+        &bed,
+        &ns.name,
+        "compat",
+        "expand-variables",
+        "keyhole-job",
+        &[],
+    )
+    .await;
+    assert_eq!(status, FinalStatus::Success, "{trace}");
+    assert_has(&trace, &expected);
+    let (status, trace) = through_gitlab(
+        &bed,
+        &ns.name,
+        "compat",
+        "job-status-on-failure",
+        "keyhole-job",
+        &[],
+    )
+    .await;
+    assert_eq!(status, FinalStatus::Failed, "{trace}");
+    assert_has(&trace, &["after_script sees CI_JOB_STATUS=failed"]);
 }

@@ -623,3 +623,104 @@ async fn image_entrypoints_follow_gitlab_runners_kubernetes_semantics() {
     assert!(!trace.contains("\nnever"), "{trace}");
     no_job_pods_left(&s).await;
 }
+
+/// Issue 11, variables: GitLab's expansion by the runner (`$VAR`, `${VAR}`, `$$`, unknown →
+/// empty, raw never), file variables' contents expanded, the image name built from variables,
+/// values with `$(...)` and `$$` untouched by Kubernetes' own `$(VAR)` expansion, names keeping
+/// their case, `CI_JOB_STATUS` in `after_script`, and `CI_DEBUG_TRACE` tracing with a warning
+/// while masking still holds.
+#[tokio::test]
+async fn variables_are_expanded_like_gitlab_and_reach_the_job_byte_exact() {
+    let s = setup("glvars").await;
+    let var = |key: &str, value: &str, raw: bool| json!({"key": key, "value": value, "public": true, "file": false, "masked": false, "raw": raw});
+    let passing = s
+        .gitlab
+        .job()
+        .variable("GIT_STRATEGY", "none")
+        .variable("BUSYBOX_IMAGE", "keyhole.local/busybox:1")
+        .image("$BUSYBOX_IMAGE")
+        .variable("BASE", "base-value")
+        .variable("EXPANDED", "x-$BASE-${BASE}-$$BASE-$NO_SUCH_VARIABLE-end")
+        .raw_variable(var("RAW_VALUE", "raw-$BASE-${BASE}-$$-$(BASE)-end", true))
+        .variable("SUBSTITUTION", "now $(date) and $(BASE) and $(NOT_SET)")
+        .variable("lower_Case_name", "keeps-its-case")
+        .raw_variable(json!({
+            "key": "CONFIG_FILE", "value": "file-$BASE-$$-end", "public": false,
+            "file": true, "masked": false, "raw": false
+        }))
+        .script([
+            "printf '<%s>\\n' \"EXPANDED=$EXPANDED\" \"RAW_VALUE=$RAW_VALUE\" \"SUBSTITUTION=$SUBSTITUTION\"",
+            "printf '<%s>\\n' \"lower_Case_name=$lower_Case_name\" \"CI_SERVER=$CI_SERVER\"",
+            // The broker masks every value of the per-job Secret: compare in the job.
+            "test \"$(cat \"$CONFIG_FILE\")\" = 'file-base-value-$-end' && echo '<file content as expected>'",
+            "printf '<status while running=%s>\\n' \"$CI_JOB_STATUS\"",
+        ])
+        .after_script(["printf '<after_script status=%s>\\n' \"$CI_JOB_STATUS\""])
+        .enqueue()
+        .unwrap();
+    let failing = s
+        .gitlab
+        .job()
+        .variable("GIT_STRATEGY", "none")
+        .script(["exit 3"])
+        .after_script(["printf '<after_script status=%s>\\n' \"$CI_JOB_STATUS\""])
+        .enqueue()
+        .unwrap();
+    let debug = s
+        .gitlab
+        .job()
+        .variable("GIT_STRATEGY", "none")
+        .variable("CI_DEBUG_TRACE", "true")
+        .secret_variable("DEBUG_SECRET", "debug-secret-value-8472")
+        .script(["echo \"$DEBUG_SECRET\" >/dev/null", "echo traced"])
+        .enqueue()
+        .unwrap();
+    let (tx, handle) = start_runner(&s);
+    let mut finals = Vec::new();
+    for id in [passing.id, failing.id, debug.id] {
+        finals.push(
+            s.gitlab
+                .wait_for_final(id, Duration::from_secs(180))
+                .await
+                .unwrap(),
+        );
+    }
+    stop(tx, handle).await;
+
+    let trace = trace_text(&s, passing.id);
+    assert_eq!(finals[0].status, FinalStatus::Success, "{trace}");
+    for line in [
+        "<EXPANDED=x-base-value-base-value-$BASE--end>",
+        "<RAW_VALUE=raw-$BASE-${BASE}-$$-$(BASE)-end>",
+        "<SUBSTITUTION=now $(date) and $(BASE) and $(NOT_SET)>",
+        "<lower_Case_name=keeps-its-case>",
+        "<CI_SERVER=yes>",
+        "<file content as expected>",
+        "<status while running=running>",
+        "<after_script status=success>",
+    ] {
+        assert!(trace.contains(line), "missing {line:?}:\n{trace}");
+    }
+
+    let trace = trace_text(&s, failing.id);
+    assert_eq!(finals[1].status, FinalStatus::Failed, "{trace}");
+    assert_eq!(finals[1].exit_code, Some(3), "{trace}");
+    assert!(
+        trace.contains("<after_script status=failed>"),
+        "missing the failed status:\n{trace}"
+    );
+
+    let trace = trace_text(&s, debug.id);
+    assert_eq!(finals[2].status, FinalStatus::Success, "{trace}");
+    assert!(
+        trace.contains("CI_DEBUG_TRACE") && trace.contains("may print secret"),
+        "no debug-trace warning:\n{trace}"
+    );
+    assert!(trace.contains("+ echo traced"), "not traced:\n{trace}");
+    assert!(trace.contains("+ echo [MASKED]"), "not masked:\n{trace}");
+    assert!(
+        !trace.contains("debug-secret-value-8472"),
+        "a masked value reached the trace:\n{trace}"
+    );
+    no_job_pods_left(&s).await;
+}

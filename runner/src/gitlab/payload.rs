@@ -265,8 +265,9 @@ fn services(root: &Obj<'_>) -> Result<Vec<Service>, PayloadError> {
         .collect()
 }
 
-/// GitLab accepts several aliases in one `alias`, separated by commas and/or spaces.
-fn split_aliases(alias: &str) -> Vec<String> {
+/// GitLab accepts several aliases in one `alias`, separated by commas and/or spaces (also
+/// after expansion: [`crate::variables`] splits an expanded alias again).
+pub(crate) fn split_aliases(alias: &str) -> Vec<String> {
     alias
         .split(|c: char| c == ',' || c.is_whitespace())
         .filter(|a| !a.is_empty())

@@ -155,6 +155,7 @@ fn job_script(req: &PodRequest<'_>, project_dir: &str) -> String {
                 .filter(|r| r.file)
                 .map(|r| r.name.as_str().to_string())
                 .collect(),
+            debug_trace: job.debug_trace(),
         },
     )
 }

@@ -50,12 +50,13 @@ pub fn checkout(
     } else {
         job.git.refspecs.join(" ")
     };
+    let literal = super::env::literal_env_value;
     let env = json!([
-        {"name": "REPO_URL", "value": repo_url},
-        {"name": "CI_COMMIT_SHA", "value": job.git.sha},
-        {"name": "CI_PROJECT_DIR", "value": project_dir},
+        {"name": "REPO_URL", "value": literal(repo_url)},
+        {"name": "CI_COMMIT_SHA", "value": literal(&job.git.sha)},
+        {"name": "CI_PROJECT_DIR", "value": literal(project_dir)},
         {"name": "GIT_DEPTH", "value": job.git.depth.map(|d| d.to_string()).unwrap_or_default()},
-        {"name": "GIT_REFSPECS", "value": refspecs},
+        {"name": "GIT_REFSPECS", "value": literal(&refspecs)},
         {"name": "GIT_TERMINAL_PROMPT", "value": "0"},
         {"name": "HOME", "value": "/tmp"}
     ]);

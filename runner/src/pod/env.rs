@@ -76,18 +76,9 @@ pub(super) fn split_variables(
     })
 }
 
-/// `CI_PROJECT_DIR` as GitLab sent it, else `<builds_dir>/<project path>`.
+/// `CI_PROJECT_DIR`: the same rule that gave the job its `CI_PROJECT_DIR` variable.
 fn project_dir(job: &Job, runner: &RunnerConfig) -> String {
-    if let Some(dir) = job.public_variable("CI_PROJECT_DIR") {
-        return dir.to_string();
-    }
-    // GitLab always sends CI_PROJECT_DIR; without a project path, the id still gives the
-    // job a directory of its own.
-    let project = match &job.project.path {
-        Some(path) => path.clone(),
-        None => format!("project-{}", job.project.id),
-    };
-    format!("{}/{project}", runner.builds_dir.trim_end_matches('/'))
+    crate::variables::project_dir(job, &runner.builds_dir)
 }
 
 /// The broker writes each Secret entry to a file and an env line named after it: only names a
@@ -107,11 +98,115 @@ fn check_secret_names(secret_data: &BTreeMap<String, ByteString>) -> Result<(), 
     Ok(())
 }
 
-/// A container's `env` list.
+/// A container's `env` list, every value as it is (see [`literal_env_value`]).
 pub(super) fn env_list(vars: &BTreeMap<String, String>) -> Value {
     Value::Array(
         vars.iter()
-            .map(|(k, v)| json!({"name": k, "value": v}))
+            .map(|(k, v)| json!({"name": k, "value": literal_env_value(v)}))
             .collect(),
     )
+}
+
+/// `value` as an env value Kubernetes hands over unchanged. The kubelet expands `$(NAME)` in
+/// env values (to an earlier variable's value) and turns `$$` into `$`; with every `$` doubled,
+/// each pair gives back one `$` and nothing else is read as a reference, so a job sees
+/// `$(date)`, `$(CI_JOB_ID)` or `$$` exactly as its variable holds them.
+pub(super) fn literal_env_value(value: &str) -> String {
+    value.replace('$', "$$")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// The kubelet's expansion of env values (`third_party/forked/golang/expansion`), byte for
+    /// byte: `$$` → `$`, `$(NAME)` → an earlier variable's value (else kept), any other `$`
+    /// kept with the byte after it, which Go turns into a character of its own (so `$é` is
+    /// mangled too).
+    fn kubelet_expand(input: &str, env: &HashMap<&str, &str>) -> Vec<u8> {
+        let b = input.as_bytes();
+        let mut out = Vec::new();
+        let (mut checkpoint, mut cursor) = (0, 0);
+        while cursor < b.len() {
+            if b[cursor] == b'$' && cursor + 1 < b.len() {
+                out.extend_from_slice(&b[checkpoint..cursor]);
+                let rest = &b[cursor + 1..];
+                let advance = match rest[0] {
+                    b'$' => {
+                        out.push(b'$');
+                        1
+                    }
+                    b'(' => match rest.iter().skip(1).position(|&c| c == b')') {
+                        Some(p) => {
+                            let name = String::from_utf8_lossy(&rest[1..=p]);
+                            match env.get(name.as_ref()) {
+                                Some(v) => out.extend_from_slice(v.as_bytes()),
+                                None => out.extend_from_slice(format!("$({name})").as_bytes()),
+                            }
+                            p + 2
+                        }
+                        None => {
+                            out.extend_from_slice(b"$(");
+                            1
+                        }
+                    },
+                    other => {
+                        out.push(b'$');
+                        out.extend_from_slice(char::from(other).to_string().as_bytes());
+                        1
+                    }
+                };
+                cursor += advance;
+                checkpoint = cursor + 1;
+            }
+            cursor += 1;
+        }
+        out.extend_from_slice(&b[checkpoint..]);
+        out
+    }
+
+    #[test]
+    fn the_kubelet_would_rewrite_raw_values() {
+        let env = HashMap::from([("CI_JOB_ID", "42")]);
+        assert_eq!(
+            kubelet_expand("$(CI_JOB_ID) $$ $(date) $é", &env),
+            b"42 $ $(date) $\xc3\x83\xa9"
+        );
+    }
+
+    #[test]
+    fn env_values_reach_the_container_as_written() {
+        let env = HashMap::from([("BASE", "base-value"), ("CI_JOB_ID", "42")]);
+        for value in [
+            "$(BASE)",
+            "$$(BASE)",
+            "now $(date) and $(CI_JOB_ID)",
+            "a$$b",
+            "$",
+            "trailing $",
+            "$(unclosed",
+            "$é",
+            "plain",
+            "",
+        ] {
+            assert_eq!(
+                kubelet_expand(&literal_env_value(value), &env),
+                value.as_bytes()
+            );
+        }
+        let list = env_list(&BTreeMap::from([("K".to_string(), "$(BASE)".to_string())]));
+        assert_eq!(list, json!([{"name": "K", "value": "$$(BASE)"}]));
+    }
+
+    proptest! {
+        #[test]
+        fn any_env_value_survives_the_kubelet(value in any::<String>(), name in "[A-Z]{1,3}") {
+            let env = HashMap::from([(name.as_str(), "replaced")]);
+            prop_assert_eq!(kubelet_expand(&literal_env_value(&value), &env), value.as_bytes());
+        }
+    }
 }
