@@ -654,6 +654,8 @@ async fn variables_are_expanded_like_gitlab_and_reach_the_job_byte_exact() {
             // The broker masks every value of the per-job Secret: compare in the job.
             "test \"$(cat \"$CONFIG_FILE\")\" = 'file-base-value-$-end' && echo '<file content as expected>'",
             "printf '<status while running=%s>\\n' \"$CI_JOB_STATUS\"",
+            // The script itself is a container argument: Kubernetes must not expand it either.
+            "echo '<script keeps $(BASE) and $$>'",
         ])
         .after_script(["printf '<after_script status=%s>\\n' \"$CI_JOB_STATUS\""])
         .enqueue()
@@ -697,6 +699,7 @@ async fn variables_are_expanded_like_gitlab_and_reach_the_job_byte_exact() {
         "<CI_SERVER=yes>",
         "<file content as expected>",
         "<status while running=running>",
+        "<script keeps $(BASE) and $$>",
         "<after_script status=success>",
     ] {
         assert!(trace.contains(line), "missing {line:?}:\n{trace}");

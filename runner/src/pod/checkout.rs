@@ -63,7 +63,7 @@ pub fn checkout(
     let container = json!({
         "name": CHECKOUT_CONTAINER,
         "image": git_image,
-        "command": ["sh", "-c", SCRIPT],
+        "command": ["sh", "-c", literal(SCRIPT)],
         "env": env,
         "securityContext": security_context,
         "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}},

@@ -7,7 +7,7 @@ use keyhole_broker::contract;
 use serde_json::{Value, json};
 
 use super::build::PodError;
-use super::env::env_list;
+use super::env::{env_list, literal_env_value};
 use super::resources::service_resources;
 use crate::config::{KubernetesConfig, RunnerConfig};
 use crate::job::{Image, Job, Service};
@@ -138,14 +138,26 @@ struct Start {
 }
 
 impl Start {
+    /// Sets `command` and `args` so that they reach the process as written: the kubelet
+    /// expands `$(NAME)` and `$$` in both, as in env values, which would change a script's
+    /// `$$` (the shell's pid) or `$(BASE)` (a command substitution) behind the job's back.
     fn apply(self, container: &mut Value) {
         if let Some(c) = self.command {
-            container["command"] = json!(c);
+            container["command"] = literal_list(&c);
         }
         if let Some(a) = self.args {
-            container["args"] = json!(a);
+            container["args"] = literal_list(&a);
         }
     }
+}
+
+fn literal_list(items: &[String]) -> Value {
+    Value::Array(
+        items
+            .iter()
+            .map(|item| Value::String(literal_env_value(item)))
+            .collect(),
+    )
 }
 
 /// What `entrypoint:` asks for: `[]` and `[""]` clear the image's entrypoint (the usual way to
