@@ -34,6 +34,9 @@ pub struct Pace {
 pub struct LogBudget {
     limits: LogLimits,
     written: u64,
+    /// Whether the limit notice went out: once, at the first byte dropped, even when an
+    /// earlier write filled the limit exactly.
+    noticed: bool,
     /// Bytes that may go out now; negative after a write larger than what was left.
     tokens: f64,
     refilled: Instant,
@@ -54,6 +57,7 @@ impl LogBudget {
         Self {
             limits,
             written: 0,
+            noticed: false,
             tokens,
             refilled: now,
         }
@@ -70,7 +74,8 @@ impl LogBudget {
         };
         let room = max.saturating_sub(self.written);
         let keep = usize::try_from(room).unwrap_or(usize::MAX).min(len);
-        let limit_reached = room > 0 && keep < len;
+        let limit_reached = max > 0 && keep < len && !self.noticed;
+        self.noticed |= limit_reached;
         self.written += keep as u64;
         Admission {
             keep,
@@ -202,6 +207,40 @@ mod tests {
         let much_later = later + Duration::from_secs(3600);
         assert_eq!(b.spend(8 * MIB as usize, much_later), Duration::ZERO);
         assert!(b.spend(1, much_later) > Duration::ZERO);
+    }
+
+    /// Found by the property below: output that fills the limit to the byte, then one more
+    /// byte, was cut without the notice.
+    #[test]
+    fn a_write_after_an_exact_fill_still_gets_the_notice() {
+        let mut b = LogBudget::new(
+            LogLimits {
+                max_bytes: Some(10),
+                pace: None,
+            },
+            Instant::now(),
+        );
+        assert_eq!(
+            b.admit(10),
+            Admission {
+                keep: 10,
+                limit_reached: false
+            }
+        );
+        assert_eq!(
+            b.admit(1),
+            Admission {
+                keep: 0,
+                limit_reached: true
+            }
+        );
+        assert_eq!(
+            b.admit(5),
+            Admission {
+                keep: 0,
+                limit_reached: false
+            }
+        );
     }
 
     proptest! {
