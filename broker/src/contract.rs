@@ -83,6 +83,63 @@ pub const LOG_FIFO: &str = "log";
 /// secrets. Created by the broker; written by the build script.
 pub const DONE_FIFO: &str = "done";
 
+/// FIFO in [`RUNTIME_DIR`], only when the job has services to wait for: the generated job
+/// script reads a line from it before its first command. The broker opens it once the script
+/// is reading (the job's containers, services included, have started), then writes the line
+/// once every service in [`WAIT_FOR_SERVICES_ENV`] accepted a connection or the wait timed out
+/// (with a warning in the trace). Created by the broker before it reports ready; read by the
+/// build script.
+pub const SERVICES_FIFO: &str = "services";
+
+/// The broker's environment variable listing the services to wait for:
+/// [`encode_service_waits`]'s text. Written by the runner; read by the broker.
+pub const WAIT_FOR_SERVICES_ENV: &str = "KEYHOLE_WAIT_FOR_SERVICES";
+/// Seconds the broker waits for services before the job starts anyway.
+pub const WAIT_FOR_SERVICES_TIMEOUT_ENV: &str = "KEYHOLE_WAIT_FOR_SERVICES_TIMEOUT";
+
+/// A service the job waits for: its container name and the TCP ports on the pod's loopback of
+/// which one must accept a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceWait {
+    pub name: String,
+    pub ports: Vec<u16>,
+}
+
+/// `name:port+port,name:port`: container names are DNS labels, so `:`, `+` and `,` never
+/// occur in them.
+pub fn encode_service_waits(waits: &[ServiceWait]) -> String {
+    waits
+        .iter()
+        .map(|w| {
+            let ports: Vec<String> = w.ports.iter().map(u16::to_string).collect();
+            format!("{}:{}", w.name, ports.join("+"))
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The inverse of [`encode_service_waits`]; the error names the entry that is malformed.
+pub fn decode_service_waits(text: &str) -> Result<Vec<ServiceWait>, String> {
+    text.split(',')
+        .filter(|e| !e.is_empty())
+        .map(|entry| {
+            let bad = || format!("{WAIT_FOR_SERVICES_ENV}: {entry:?} is not `name:port[+port...]`");
+            let (name, ports) = entry.split_once(':').ok_or_else(bad)?;
+            let ports = ports
+                .split('+')
+                .map(|p| p.parse::<u16>().ok().filter(|&p| p != 0).ok_or_else(bad))
+                .collect::<Result<Vec<_>, _>>()?;
+            if name.is_empty() {
+                return Err(bad());
+            }
+            Ok(ServiceWait {
+                name: name.to_owned(),
+                ports,
+            })
+        })
+        .collect()
+}
+
 /// The broker's log line once the job's output is relayed in full (the pipe drained at the
 /// end of the job), before it wipes the files and revokes its Vault leases and token. Written
 /// by the broker to stderr, for people reading the trace.
@@ -134,4 +191,31 @@ pub mod exit_code {
     /// broker resolved): what was issued so far is revoked, nothing is delivered. 128 + 15,
     /// as a shell reports a process ended by SIGTERM.
     pub const TERMINATED: i32 = 143;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_waits_round_trip_and_malformed_entries_are_named() {
+        let waits = vec![
+            ServiceWait {
+                name: "db".into(),
+                ports: vec![5432],
+            },
+            ServiceWait {
+                name: "svc-1".into(),
+                ports: vec![80, 443],
+            },
+        ];
+        let text = encode_service_waits(&waits);
+        assert_eq!(text, "db:5432,svc-1:80+443");
+        assert_eq!(decode_service_waits(&text).unwrap(), waits);
+        assert_eq!(decode_service_waits("").unwrap(), []);
+        for bad in ["db", "db:", "db:0", "db:70000", ":80", "db:80+x"] {
+            let err = decode_service_waits(bad).unwrap_err();
+            assert!(err.contains(&format!("{bad:?}")), "{bad}: {err}");
+        }
+    }
 }

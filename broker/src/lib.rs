@@ -15,5 +15,6 @@ pub mod pump;
 pub mod reference;
 pub mod resolve;
 pub mod run;
+pub mod services;
 pub mod termination;
 pub mod vault;

@@ -97,6 +97,13 @@ struct RunArgs {
     log_burst_kib: u64,
     #[arg(long, env = "KEYHOLE_CONCURRENCY", default_value_t = 16)]
     concurrency: usize,
+    /// Services the job's script waits for (`name:port[+port...]`, comma-separated; see
+    /// `contract::SERVICES_FIFO`). Empty: the script starts at once.
+    #[arg(long, env = contract::WAIT_FOR_SERVICES_ENV, default_value = "")]
+    wait_for_services: String,
+    /// Seconds to wait for them before the job starts anyway, with a warning.
+    #[arg(long, env = contract::WAIT_FOR_SERVICES_TIMEOUT_ENV, default_value_t = 30)]
+    wait_for_services_timeout: u64,
 }
 
 fn main() {
@@ -122,18 +129,28 @@ fn main() {
                     std::process::exit(contract::exit_code::BAD_INPUTS);
                 }
             };
-            runtime.block_on(run(run_config(args)))
+            match run_config(args) {
+                Ok(config) => runtime.block_on(run(config)),
+                Err(e) => {
+                    eprintln!("keyhole-broker: error: {e}");
+                    contract::exit_code::BAD_INPUTS
+                }
+            }
         }
     };
     std::process::exit(code);
 }
 
-fn run_config(a: RunArgs) -> RunConfig {
+/// The run's settings; an error names the malformed setting.
+fn run_config(a: RunArgs) -> Result<RunConfig, String> {
+    let service_waits = contract::decode_service_waits(&a.wait_for_services)?;
     let owner = a.file_uid.map(|uid| Ownership {
         uid,
         gid: a.file_gid,
     });
-    RunConfig {
+    Ok(RunConfig {
+        service_waits,
+        services_timeout: Duration::from_secs(a.wait_for_services_timeout),
         inputs_dir: a.inputs_dir,
         secrets_dir: a.secrets_dir,
         runtime_dir: a.runtime_dir,
@@ -172,5 +189,5 @@ fn run_config(a: RunArgs) -> RunConfig {
                 burst: a.log_burst_kib.saturating_mul(1024),
             }),
         },
-    }
+    })
 }

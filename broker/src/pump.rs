@@ -17,12 +17,18 @@ const IDLE_FLUSH: Duration = Duration::from_millis(200);
 
 /// Creates the FIFO the build container writes its output to.
 pub fn create_fifo(path: &Path) -> io::Result<()> {
+    create_fifo_with_mode(path, 0o620)
+}
+
+/// [`create_fifo`] with other permissions: the services gate is read by the script, so it is
+/// `0640` (the group is the pod's `fsGroup`, which every container of the pod has).
+pub fn create_fifo_with_mode(path: &Path, mode: u32) -> io::Result<()> {
     match std::fs::remove_file(path) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(0o620))
+    nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(mode))
         .map_err(io::Error::from)
 }
 

@@ -37,6 +37,9 @@ pub struct RunConfig {
     pub vault_deadline: Duration,
     /// Size limit and pace of the job's output in the container log.
     pub log_limits: LogLimits,
+    /// Services the job's script waits for (empty: it starts at once), and for how long.
+    pub service_waits: Vec<contract::ServiceWait>,
+    pub services_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -345,6 +348,19 @@ fn deliver(
         )
     })?;
     held.paths.push(fifo);
+    if !config.service_waits.is_empty() {
+        let gate = config.runtime_dir.join(contract::SERVICES_FIFO);
+        crate::pump::create_fifo_with_mode(&gate, 0o640).map_err(|e| {
+            Stop::failed(
+                exit_code::BAD_INPUTS,
+                vec![format!(
+                    "creating the services pipe {}: {e}",
+                    gate.display()
+                )],
+            )
+        })?;
+        held.paths.push(gate);
+    }
     let ready = config.secrets_dir.join(contract::READY_MARKER);
     std::fs::write(&ready, b"").map_err(|e| {
         Stop::failed(
@@ -379,6 +395,14 @@ async fn relay_until_the_end(
             let _ = stop_tx.send(true);
         }
     });
+    if !config.service_waits.is_empty() {
+        tokio::spawn(let_the_job_start_once_services_answer(
+            config.service_waits.clone(),
+            config.services_timeout,
+            config.runtime_dir.join(contract::SERVICES_FIFO),
+            stop_rx.clone(),
+        ));
+    }
     let done = config.runtime_dir.join(contract::DONE_FIFO);
     match crate::pump::create_fifo(&done) {
         Ok(()) => {
@@ -421,6 +445,35 @@ async fn relay_until_the_end(
             vec![format!("relaying the job log: {e}")],
         )
     })
+}
+
+/// Waits for the job's services (see [`crate::services`]), says how each wait ended in the
+/// trace, then opens the script's gate.
+async fn let_the_job_start_once_services_answer(
+    waits: Vec<contract::ServiceWait>,
+    timeout: Duration,
+    gate: PathBuf,
+    stop: watch::Receiver<bool>,
+) {
+    let gate = match crate::services::script_at_the_gate(&gate, stop.clone()).await {
+        Ok(Some(gate)) => gate,
+        Ok(None) => return,
+        Err(e) => {
+            eprintln!(
+                "keyhole-broker: warning: opening {}: {e}; the job's script may not start",
+                gate.display()
+            );
+            return;
+        }
+    };
+    eprintln!("{}", crate::services::announce(&waits, timeout));
+    let outcomes = crate::services::wait_for_services(&waits, timeout, stop).await;
+    for line in crate::services::report(&waits, &outcomes, timeout) {
+        eprintln!("{line}");
+    }
+    if let Err(e) = crate::services::open_gate(gate) {
+        eprintln!("keyhole-broker: warning: letting the job's script start: {e}");
+    }
 }
 
 /// What the job's log is masked for: every delivered secret, every job variable, and every

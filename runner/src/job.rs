@@ -123,6 +123,9 @@ pub struct Image {
     pub entrypoint: Option<Vec<String>>,
     /// `image:pull_policy`: `always`, `if-not-present`, `never`.
     pub pull_policy: Vec<String>,
+    /// `image:kubernetes:user` (`executor_opts.kubernetes.user`): `uid` or `uid:gid`, as
+    /// written (expanded like the name); the pod builder checks it.
+    pub user: Option<String>,
 }
 
 /// A `services:` entry: a container beside the build container.
@@ -133,6 +136,9 @@ pub struct Service {
     pub aliases: Vec<String>,
     pub command: Option<Vec<String>>,
     pub variables: Vec<(String, String)>,
+    /// `ports:` numbers. The job's script waits until one of them (or the service's
+    /// `HEALTHCHECK_TCP_PORT`) accepts connections; see [`crate::pod`]'s service readiness.
+    pub ports: Vec<u16>,
 }
 
 /// A job variable as GitLab sends it.

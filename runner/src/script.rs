@@ -21,6 +21,9 @@ pub struct ScriptOptions {
     pub file_secrets: Vec<String>,
     /// `CI_DEBUG_TRACE` ([`crate::job::Job::debug_trace`]): trace every command.
     pub debug_trace: bool,
+    /// Wait for the broker to open [`contract::SERVICES_FIFO`] (services ready or timed out)
+    /// before the first command.
+    pub wait_for_services: bool,
 }
 
 /// Printed before a traced script, as GitLab warns in its docs: the shell's trace shows each
@@ -123,6 +126,13 @@ pub fn build_script(
             sh_quote(DEBUG_TRACE_WARNING)
         );
     }
+    if opts.wait_for_services {
+        // Blocks until the broker writes a line: after every service answered or the wait
+        // timed out (the broker says which in the trace). The broker starts the services'
+        // clock when this read is waiting, i.e. when the job's containers have started.
+        let gate = format!("{}/{}", contract::RUNTIME_DIR, contract::SERVICES_FIFO);
+        let _ = writeln!(out, "read -r keyhole_gate <{} || :", sh_quote(&gate));
+    }
     // Canceling deletes the pod: the kubelet sends SIGTERM, which stops the step script and
     // still lets after_script run, as in GitLab.
     out.push_str("keyhole_canceled=0\n");
@@ -175,6 +185,7 @@ mod tests {
             after_script_timeout: Duration::from_secs(5),
             file_secrets: vec![],
             debug_trace: false,
+            wait_for_services: false,
         }
     }
 

@@ -290,6 +290,11 @@ fn expand_image(image: &Image, vars: &[Variable], field: &str) -> Result<Image, 
             .map(|e| expand_list(e, vars, &format!("{field} entrypoint")))
             .transpose()?,
         pull_policy: expand_list(&image.pull_policy, vars, &format!("{field} pull_policy"))?,
+        user: image
+            .user
+            .as_ref()
+            .map(|u| expand_field(u, vars, &format!("{field} kubernetes user")))
+            .transpose()?,
     })
 }
 
@@ -334,6 +339,7 @@ fn expand_service(
             .map(|c| expand_list(c, vars, &format!("{field} command")))
             .transpose()?,
         variables,
+        ports: service.ports.clone(),
     })
 }
 

@@ -467,6 +467,21 @@ async fn compat_expands_variables_like_gitlab_and_after_script_sees_the_job_stat
             "after_script sees CI_JOB_STATUS=failed",
         ],
     );
+    let ready = exec(&bed, &ns.name, "compat", "service-readiness", &[]);
+    assert_eq!(ready.code, 0, "{}", ready.output);
+    assert_has(
+        &ready.output,
+        &["service web is ready (port 8080", "served-by-web"],
+    );
+    assert_eq!(
+        ready.output.matches("\nserved-by-web").count(),
+        2,
+        "both aliases answer: {}",
+        ready.output
+    );
+    let cleared = exec(&bed, &ns.name, "compat", "entrypoint-cleared", &[]);
+    assert_eq!(cleared.code, 0, "{}", cleared.output);
+    assert_has(&cleared.output, &["git version"]);
     let (status, trace) = through_gitlab(
         &bed,
         &ns.name,

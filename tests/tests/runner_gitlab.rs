@@ -727,3 +727,66 @@ async fn variables_are_expanded_like_gitlab_and_reach_the_job_byte_exact() {
     );
     no_job_pods_left(&s).await;
 }
+
+/// Issue 11, services: the script starts only once each service accepts connections on its
+/// `ports:` or `HEALTHCHECK_TCP_PORT` (a web server that takes 3 s to listen is answering when
+/// the first command runs), a service that never answers costs the job
+/// `wait_for_services_timeout` and a warning naming it, and aliases resolve to the services.
+/// Without the wait, the first `wget` ran while nothing listened ("Connection refused").
+#[tokio::test]
+async fn the_script_waits_for_its_services_and_warns_about_a_silent_one() {
+    let s = setup("glsvc").await;
+    let busybox = "keyhole.local/busybox:1";
+    let job = s
+        .gitlab
+        .job()
+        .variable("GIT_STRATEGY", "none")
+        .image(busybox)
+        .service(json!({
+            "name": busybox, "alias": "web,www",
+            "entrypoint": ["sh", "-c"],
+            "command": ["sleep 3; mkdir -p /tmp/www; echo served-by-web > /tmp/www/index.html; exec httpd -f -p 8080 -h /tmp/www"],
+            "ports": [{"number": 8080, "protocol": "http"}]
+        }))
+        .service(json!({
+            "name": busybox, "alias": "silent",
+            "entrypoint": ["sleep"],
+            "command": ["600"],
+            "variables": [{"key": "HEALTHCHECK_TCP_PORT", "value": "9999", "public": true, "file": false, "masked": false, "raw": false}]
+        }))
+        .script([
+            "wget -q -O- http://web:8080/index.html",
+            "wget -q -O- http://www:8080/index.html | sed 's/web/www alias/'",
+        ])
+        .enqueue()
+        .unwrap();
+    let mut config = config(&s);
+    config.runners[0].kubernetes.wait_for_services_timeout = 6;
+    let (tx, handle) = start_runner_with(&s, config);
+    let done = s
+        .gitlab
+        .wait_for_final(job.id, Duration::from_secs(180))
+        .await
+        .unwrap();
+    stop(tx, handle).await;
+    let trace = trace_text(&s, job.id);
+    assert_eq!(done.status, FinalStatus::Success, "{trace}");
+    assert!(
+        trace.contains("waiting for services to be up and running (timeout 6 s)"),
+        "{trace}"
+    );
+    assert!(
+        trace.contains("service web is ready (port 8080 accepted a connection after"),
+        "{trace}"
+    );
+    assert!(
+        trace.contains("*** WARNING: Service silent probably didn't start properly")
+            && trace.contains("port 9999 within 6 s"),
+        "{trace}"
+    );
+    assert!(
+        trace.contains("\nserved-by-web") && trace.contains("\nserved-by-www alias"),
+        "{trace}"
+    );
+    no_job_pods_left(&s).await;
+}

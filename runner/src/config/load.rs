@@ -94,6 +94,7 @@ const KUBERNETES_KEYS: &[&str] = &[
     "runtime_class_name",
     "scheduler_name",
     "dns_policy",
+    "wait_for_services_timeout",
     "poll_timeout",
     "pod_security_context",
 ];

@@ -145,7 +145,21 @@ pub struct KubernetesConfig {
     pub dns_policy: Option<String>,
     /// Seconds to wait for a pod to start before failing the job.
     pub poll_timeout: u64,
+    /// Seconds the job's script waits for its services' ports (`HEALTHCHECK_TCP_PORT` or
+    /// `ports:`) before it starts anyway with a warning; 0 means the default, 30, as in
+    /// gitlab-runner.
+    pub wait_for_services_timeout: u64,
     pub pod_security_context: PodSecurityContext,
+}
+
+impl KubernetesConfig {
+    /// [`Self::wait_for_services_timeout`] with 0 read as gitlab-runner's default.
+    pub fn services_timeout_secs(&self) -> u64 {
+        match self.wait_for_services_timeout {
+            0 => 30,
+            n => n,
+        }
+    }
 }
 
 impl Default for KubernetesConfig {
@@ -192,6 +206,7 @@ impl Default for KubernetesConfig {
             scheduler_name: None,
             dns_policy: None,
             poll_timeout: 180,
+            wait_for_services_timeout: 30,
             pod_security_context: PodSecurityContext::default(),
         }
     }

@@ -77,6 +77,8 @@ const FEATURES: &[&str] = &[
     "cancelable",
     "cancel_gracefully",
     "two_phase_job_commit",
+    "trace_checksum",
+    "trace_size",
 ];
 
 /// The result of one `jobs/request`.

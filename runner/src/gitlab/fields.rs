@@ -76,6 +76,11 @@ impl<'a> Obj<'a> {
         join(&self.path, key)
     }
 
+    /// The object's keys, for refusing the ones a caller does not know.
+    pub(crate) fn keys(&self) -> impl Iterator<Item = &'a str> {
+        self.map.keys().map(String::as_str)
+    }
+
     /// The value at `key`; JSON `null` counts as absent (Rails sends `nil` for unset fields).
     pub(crate) fn get(&self, key: &str) -> Option<&'a Value> {
         self.map.get(key).filter(|v| !v.is_null())

@@ -223,11 +223,71 @@ fn image(img: &Obj<'_>) -> Result<Option<Image>, PayloadError> {
         // Rails sends an empty image block when the job has no `image:`.
         return Ok(None);
     }
+    // `ports` of the build image only matter to gitlab-runner's web-terminal proxy, which
+    // Keyhole does not have; they are read (so a malformed block is an error) and documented
+    // as having no effect.
+    image_ports(img)?;
     Ok(Some(Image {
         name: name.to_owned(),
         entrypoint: img.opt_str_list("entrypoint")?,
         pull_policy: img.str_list("pull_policy")?,
+        user: executor_user(img)?,
     }))
+}
+
+/// `ports[].number` of an image or service, each 1..=65535.
+fn image_ports(img: &Obj<'_>) -> Result<Vec<u16>, PayloadError> {
+    img.objects("ports")?
+        .iter()
+        .map(|p| {
+            let number = p.req_u64("number")?;
+            u16::try_from(number)
+                .ok()
+                .filter(|&n| n != 0)
+                .ok_or_else(|| PayloadError::Invalid {
+                    field: p.field("number"),
+                    reason: format!("is {number}; a port is a number from 1 to 65535"),
+                })
+        })
+        .collect()
+}
+
+/// `executor_opts`: `kubernetes.user` is honoured; everything else (`docker.*`, unknown
+/// executors or keys) is refused by name, as gitlab-runner refuses options it does not know.
+fn executor_user(img: &Obj<'_>) -> Result<Option<String>, PayloadError> {
+    let Some(opts) = img.opt_obj("executor_opts")? else {
+        return Ok(None);
+    };
+    if let Some(other) = opts.keys().find(|&k| k != "kubernetes") {
+        return Err(PayloadError::Unsupported {
+            field: opts.field(other),
+            reason: format!(
+                "executor options for `{}` (user, platform) are not honoured by Keyhole's \
+                 Kubernetes pods; remove them or use `kubernetes: {{user: ...}}`",
+                other.chars().take(40).collect::<String>()
+            ),
+        });
+    }
+    let Some(k) = opts.opt_obj("kubernetes")? else {
+        return Ok(None);
+    };
+    if let Some(other) = k.keys().find(|&k| k != "user") {
+        return Err(PayloadError::Unsupported {
+            field: k.field(other),
+            reason: "only `user` is a Kubernetes executor option".into(),
+        });
+    }
+    match k.get("user") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.is_empty() => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(Value::Number(n)) => Ok(Some(n.to_string())),
+        Some(v) => Err(PayloadError::WrongType {
+            field: k.field("user"),
+            expected: "a string (`uid` or `uid:gid`) or a number",
+            found: super::fields::type_name(v),
+        }),
+    }
 }
 
 fn services(root: &Obj<'_>) -> Result<Vec<Service>, PayloadError> {
@@ -256,10 +316,12 @@ fn services(root: &Obj<'_>) -> Result<Vec<Service>, PayloadError> {
                     name: name.to_owned(),
                     entrypoint: s.opt_str_list("entrypoint")?,
                     pull_policy: s.str_list("pull_policy")?,
+                    user: executor_user(s)?,
                 },
                 aliases: split_aliases(s.opt_str("alias")?.unwrap_or_default()),
                 command: s.opt_str_list("command")?,
                 variables,
+                ports: image_ports(s)?,
             })
         })
         .collect()

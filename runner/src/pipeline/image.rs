@@ -1,6 +1,7 @@
 //! `image:` and `services:` in GitLab's forms: a name, or a mapping with `name`,
-//! `entrypoint`, `pull_policy` (and for services `alias`, `command`, `variables`).
-//! Executor options (`docker:`, `kubernetes:`) and `ports:` are accepted and not used here.
+//! `entrypoint`, `pull_policy` (and for services `alias`, `command`, `variables`, `ports`).
+//! Of the executor options, `kubernetes: {user}` is honoured; `docker:` is refused by name, as
+//! a job that asks for a user or a platform must not silently get another.
 
 use crate::job::{Image, Service};
 
@@ -98,11 +99,73 @@ fn image_map(
             policies
         }
     };
+    let user = map
+        .get("kubernetes")
+        .map(|n| kubernetes_user(n, field))
+        .transpose()?
+        .flatten();
+    if let Some(n) = map.get("docker") {
+        return Err(field.fail(
+            n,
+            "`docker:` executor options (user, platform) are not honoured by Keyhole's Kubernetes \
+             pods; remove them, or use `kubernetes: {user: \"uid:gid\"}` for the user",
+        ));
+    }
     Ok(Image {
         name,
         entrypoint,
         pull_policy,
+        user,
     })
+}
+
+/// `kubernetes: {user: uid[:gid]}`, the one Kubernetes executor option GitLab has.
+fn kubernetes_user(node: &Node, field: &Field<'_>) -> Result<Option<String>, PipelineError> {
+    let Value::Map(map) = &node.value else {
+        return Err(field.fail(node, "`kubernetes` is a mapping with `user:`"));
+    };
+    if let Some(unknown) = map.keys().find(|k| k.as_str() != "user") {
+        return Err(field.fail(
+            node,
+            format!("`kubernetes` has unknown key {unknown:?}; only `user` is allowed"),
+        ));
+    }
+    match map.get("user").map(|n| (&n.value, n)) {
+        None | Some((Value::Null, _)) => Ok(None),
+        Some((Value::Str(s), _)) => Ok(Some(s.clone())),
+        Some((Value::Int(i), _)) => Ok(Some(i.to_string())),
+        Some((_, n)) => Err(field.fail(n, "`kubernetes: user` is `uid` or `\"uid:gid\"`")),
+    }
+}
+
+/// Reads a service's `ports:`: numbers, or mappings with `number` (and `protocol`, `name`).
+fn ports(node: &Node, field: &Field<'_>) -> Result<Vec<u16>, PipelineError> {
+    let Value::Seq(items) = &node.value else {
+        return Err(field.fail(node, "`ports` is a list of port numbers"));
+    };
+    items
+        .iter()
+        .map(|item| {
+            let number = match &item.value {
+                Value::Map(m) => m.get("number").unwrap_or(item),
+                _ => item,
+            };
+            match &number.value {
+                Value::Int(n) => port_number(*n),
+                _ => None,
+            }
+            .ok_or_else(|| {
+                field.fail(
+                    item,
+                    "a port is a number from 1 to 65535, or a mapping with `number:`",
+                )
+            })
+        })
+        .collect()
+}
+
+fn port_number(n: i64) -> Option<u16> {
+    u16::try_from(n).ok().filter(|&p| p != 0)
 }
 
 /// A list of strings (`entrypoint`, `command`).
@@ -199,11 +262,17 @@ fn service(node: &Node, field: &Field<'_>) -> Result<Service, PipelineError> {
                 .collect::<Result<_, _>>()?
         }
     };
+    let ports = map
+        .get("ports")
+        .map(|n| ports(n, field))
+        .transpose()?
+        .unwrap_or_default();
     Ok(Service {
         image,
         aliases,
         command,
         variables,
+        ports,
     })
 }
 
@@ -235,6 +304,7 @@ mod tests {
                 name: "postgres:16".into(),
                 entrypoint: Some(vec![String::new()]),
                 pull_policy: vec!["always".into(), "if-not-present".into()],
+                user: None,
             }
         );
         assert_eq!(
@@ -258,6 +328,36 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("unknown key \"nmae\""), "{err}");
+    }
+
+    #[test]
+    fn ports_and_the_kubernetes_user_are_read_and_docker_options_refused() {
+        let list = services(
+            &node("- {name: pg, ports: [5432, {number: 9187, protocol: tcp}], kubernetes: {user: '1001:1001'}}"),
+            "j",
+        )
+        .unwrap();
+        assert_eq!(list[0].ports, [5432, 9187]);
+        assert_eq!(list[0].image.user.as_deref(), Some("1001:1001"));
+        assert_eq!(
+            image(&node("{name: a, kubernetes: {user: 1001}}"), "j")
+                .unwrap()
+                .user
+                .as_deref(),
+            Some("1001")
+        );
+        let err = image(&node("{name: a, docker: {platform: arm64}}"), "j")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`docker:` executor options"), "{err}");
+        let err = image(&node("{name: a, kubernetes: {uid: 1}}"), "j")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown key \"uid\""), "{err}");
+        let err = services(&node("- {name: pg, ports: [0]}"), "j")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("from 1 to 65535"), "{err}");
     }
 
     #[test]

@@ -88,13 +88,32 @@ pub(super) fn inputs_sources<'a>(
 
 /// The broker container. Its startup probe (`keyhole-broker ready`) holds the build container
 /// back until every secret is delivered.
-pub(super) fn broker_container(runner: &RunnerConfig, secrets: &JobSecrets) -> Value {
+///
+/// `waits` are the services the job's script waits for: the broker, which shares the pod's
+/// loopback, probes their ports and then lets the script start (see
+/// [`contract::SERVICES_FIFO`]).
+pub(super) fn broker_container(
+    runner: &RunnerConfig,
+    secrets: &JobSecrets,
+    waits: &[contract::ServiceWait],
+) -> Value {
+    let mut env = broker_env(runner, secrets);
+    if !waits.is_empty() {
+        env.insert(
+            contract::WAIT_FOR_SERVICES_ENV.into(),
+            contract::encode_service_waits(waits),
+        );
+        env.insert(
+            contract::WAIT_FOR_SERVICES_TIMEOUT_ENV.into(),
+            runner.kubernetes.services_timeout_secs().to_string(),
+        );
+    }
     json!({
         "name": contract::BROKER_CONTAINER,
         "image": runner.keyhole.broker_image,
         "restartPolicy": "Always",
         "args": ["run"],
-        "env": env_list(&broker_env(runner, secrets)),
+        "env": env_list(&env),
         "resources": broker_resources(&runner.kubernetes),
         "startupProbe": {
             "exec": {"command": ["/usr/local/bin/keyhole-broker", "ready"]},

@@ -75,7 +75,8 @@ pub fn build_job_objects(req: &PodRequest<'_>) -> Result<JobObjects, PodError> {
     let env = split_variables(job, runner, &req.log_end_token)?;
     let (labels, annotations) = pod_metadata(job, runner, req.secrets)?;
 
-    let script = job_script(req, &env.project_dir);
+    let services = service_containers(job, k, &env.public)?;
+    let script = job_script(req, &env.project_dir, !services.waits.is_empty());
     let honor_entrypoint = flag_enabled(job, "FF_KUBERNETES_HONOR_ENTRYPOINT");
     let build = build_container(
         &image,
@@ -85,12 +86,11 @@ pub fn build_job_objects(req: &PodRequest<'_>) -> Result<JobObjects, PodError> {
         resources,
         honor_entrypoint,
     )?;
-    let (services, host_aliases) = service_containers(job, k, &env.public)?;
     let mut containers = vec![build];
-    containers.extend(services);
+    containers.extend(services.containers);
 
     let sources = inputs_sources(runner, req.secrets, &req.pod_name, env.secret_data.keys());
-    let mut init_containers = vec![broker_container(runner, req.secrets)];
+    let mut init_containers = vec![broker_container(runner, req.secrets, &services.waits)];
     let mut volumes = vec![
         json!({"name": contract::INPUTS_VOLUME, "projected": {"sources": sources}}),
         json!({"name": contract::SECRETS_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}}),
@@ -109,8 +109,8 @@ pub fn build_job_objects(req: &PodRequest<'_>) -> Result<JobObjects, PodError> {
     }
 
     let mut spec = pod_spec(req, init_containers, containers, volumes);
-    if !host_aliases.is_empty() {
-        spec["hostAliases"] = json!([{"ip": "127.0.0.1", "hostnames": host_aliases}]);
+    if !services.host_aliases.is_empty() {
+        spec["hostAliases"] = json!([{"ip": "127.0.0.1", "hostnames": services.host_aliases}]);
     }
     let pod: Pod = serde_json::from_value(json!({
         "apiVersion": "v1",
@@ -138,8 +138,9 @@ pub fn build_job_objects(req: &PodRequest<'_>) -> Result<JobObjects, PodError> {
     })
 }
 
-/// The script the build container runs.
-fn job_script(req: &PodRequest<'_>, project_dir: &str) -> String {
+/// The script the build container runs; `wait_for_services` makes it wait for the broker's
+/// word that the services are up (or timed out) before the first command.
+fn job_script(req: &PodRequest<'_>, project_dir: &str, wait_for_services: bool) -> String {
     let job = req.job;
     build_script(
         &job.before_script,
@@ -156,6 +157,7 @@ fn job_script(req: &PodRequest<'_>, project_dir: &str) -> String {
                 .map(|r| r.name.as_str().to_string())
                 .collect(),
             debug_trace: job.debug_trace(),
+            wait_for_services,
         },
     )
 }

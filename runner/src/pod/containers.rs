@@ -22,6 +22,51 @@ pub(super) fn restricted() -> Value {
     })
 }
 
+/// [`restricted`] with the image's `kubernetes: {user}` applied: the job may pick any
+/// non-root uid (and gid) for its own container; uid 0 would fail PodSecurity `restricted`
+/// at admission with a less helpful message, so it is refused here, naming the field.
+fn restricted_as(image: &Image, what: &str) -> Result<Value, PodError> {
+    let mut context = restricted();
+    if let Some((uid, gid)) = image.user.as_deref().map(|u| run_as(u, what)).transpose()? {
+        context["runAsUser"] = json!(uid);
+        if let Some(gid) = gid {
+            context["runAsGroup"] = json!(gid);
+        }
+    }
+    Ok(context)
+}
+
+/// Parses `uid` or `uid:gid` (numbers: the pod cannot resolve names from the image).
+fn run_as(user: &str, what: &str) -> Result<(i64, Option<i64>), PodError> {
+    let number = |s: &str| -> Option<i64> {
+        (!s.is_empty() && s.len() <= 10 && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.parse::<i64>().ok())
+            .flatten()
+            .filter(|&n| n <= i64::from(i32::MAX))
+    };
+    let (uid, gid) = match user.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (user, None),
+    };
+    let bad = || {
+        PodError(format!(
+            "{what}: `kubernetes: user` is {:?}; give a numeric `uid` or `uid:gid` (names cannot be \
+             resolved before the container starts)",
+            user.chars().take(40).collect::<String>()
+        ))
+    };
+    let uid = number(uid).ok_or_else(bad)?;
+    let gid = gid.map(|g| number(g).ok_or_else(bad)).transpose()?;
+    if uid == 0 {
+        return Err(PodError(format!(
+            "{what}: `kubernetes: user` asks for uid 0 (root); Keyhole's job pods run as non-root \
+             users (PodSecurity `restricted`); use a non-root uid or an image that works without \
+             root"
+        )));
+    }
+    Ok((uid, gid))
+}
+
 /// The first of the job's pull policies, if the runner allows it, as Kubernetes spells it.
 fn pull_policy(policies: &[String], allowed: &[String]) -> Result<Option<&'static str>, PodError> {
     let Some(first) = policies.first() else {
@@ -116,7 +161,7 @@ pub(super) fn build_container(
         "workingDir": runner.builds_dir,
         "env": env_list(public_env),
         "resources": resources,
-        "securityContext": restricted(),
+        "securityContext": restricted_as(image, "image")?,
         "volumeMounts": [
             {"name": contract::SECRETS_VOLUME, "mountPath": contract::SECRETS_DIR, "readOnly": true},
             {"name": contract::RUNTIME_VOLUME, "mountPath": contract::RUNTIME_DIR},
@@ -238,16 +283,53 @@ pub(super) fn flag_enabled(job: &Job, name: &str) -> bool {
     )
 }
 
-/// The service containers and every alias they answer to (the pod's `hostAliases` point
-/// them at localhost: a pod shares one network namespace).
+/// The job's service containers, the aliases they answer to, and what the job waits for.
+#[derive(Debug, Default)]
+pub(super) struct ServiceContainers {
+    pub containers: Vec<Value>,
+    /// Every alias (the pod's `hostAliases` point them at localhost: a pod shares one network
+    /// namespace).
+    pub host_aliases: Vec<String>,
+    /// Services with a port to wait for, in the job's order.
+    pub waits: Vec<contract::ServiceWait>,
+}
+
+/// The service variable naming the port to wait for, as in gitlab-runner.
+pub const HEALTHCHECK_TCP_PORT: &str = "HEALTHCHECK_TCP_PORT";
+
+/// The ports the job waits for on a service: its `HEALTHCHECK_TCP_PORT` (the last one set,
+/// as later variables win), else the ports its `ports:` lists; none means no wait.
+fn readiness_ports(service: &Service, what: &str) -> Result<Vec<u16>, PodError> {
+    match service
+        .variables
+        .iter()
+        .rev()
+        .find(|(k, _)| k == HEALTHCHECK_TCP_PORT)
+    {
+        Some((_, v)) => v
+            .trim()
+            .parse::<u16>()
+            .ok()
+            .filter(|&p| p != 0)
+            .map(|p| vec![p])
+            .ok_or_else(|| {
+                PodError(format!(
+                    "{what}: {HEALTHCHECK_TCP_PORT} is {:?}; give a TCP port number from 1 to 65535",
+                    v.chars().take(20).collect::<String>()
+                ))
+            }),
+        None => Ok(service.ports.clone()),
+    }
+}
+
+/// The service containers, their aliases and their readiness ports.
 pub(super) fn service_containers(
     job: &Job,
     k: &KubernetesConfig,
     public_env: &BTreeMap<String, String>,
-) -> Result<(Vec<Value>, Vec<String>), PodError> {
-    let mut containers = Vec::new();
+) -> Result<ServiceContainers, PodError> {
+    let mut out = ServiceContainers::default();
     let mut used_names: Vec<String> = vec![contract::BUILD_CONTAINER.into()];
-    let mut host_aliases: Vec<String> = Vec::new();
     for (i, service) in job.services.iter().enumerate() {
         if !image_allowed(&service.image.name, &k.allowed_services) {
             return Err(PodError(format!(
@@ -263,7 +345,15 @@ pub(super) fn service_containers(
             .cloned()
             .unwrap_or_else(|| format!("svc-{i}"));
         used_names.push(name.clone());
-        host_aliases.extend(service.aliases.iter().cloned());
+        out.host_aliases.extend(service.aliases.iter().cloned());
+        let what = format!("service {:?}", service.image.name);
+        let ports = readiness_ports(service, &what)?;
+        if !ports.is_empty() {
+            out.waits.push(contract::ServiceWait {
+                name: name.clone(),
+                ports,
+            });
+        }
         let mut env = public_env.clone();
         env.extend(service.variables.iter().cloned());
         let mut c = json!({
@@ -271,15 +361,15 @@ pub(super) fn service_containers(
             "image": service.image.name,
             "env": env_list(&env),
             "resources": service_resources(k),
-            "securityContext": restricted(),
+            "securityContext": restricted_as(&service.image, &what)?,
         });
-        service_start(service, &format!("service {:?}", service.image.name))?.apply(&mut c);
+        service_start(service, &what)?.apply(&mut c);
         if let Some(p) = pull_policy(&service.image.pull_policy, &k.allowed_pull_policies)? {
             c["imagePullPolicy"] = json!(p);
         }
-        containers.push(c);
+        out.containers.push(c);
     }
-    Ok((containers, host_aliases))
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -300,6 +390,53 @@ mod tests {
 
     fn shell() -> Vec<String> {
         v(&["sh", "-c", "S"])
+    }
+
+    #[test]
+    fn the_kubernetes_user_is_numeric_and_never_root() {
+        assert_eq!(run_as("1001", "image").unwrap(), (1001, None));
+        assert_eq!(run_as("1001:0", "image").unwrap(), (1001, Some(0)));
+        for bad in ["root", "", ":1", "1:", "-5", "99999999999", "1:2:3"] {
+            let err = run_as(bad, "image").unwrap_err();
+            assert!(err.0.contains("numeric `uid`"), "{bad}: {err}");
+        }
+        let err = run_as("0:0", "service \"pg\"").unwrap_err();
+        assert!(
+            err.0.contains("service \"pg\"") && err.0.contains("uid 0 (root)"),
+            "{err}"
+        );
+        let mut img = image(None);
+        img.user = Some("2000:3000".into());
+        let context = restricted_as(&img, "image").unwrap();
+        assert_eq!(context["runAsUser"], 2000);
+        assert_eq!(context["runAsGroup"], 3000);
+        assert_eq!(context["runAsNonRoot"], true);
+    }
+
+    #[test]
+    fn services_wait_on_their_healthcheck_port_else_their_ports() {
+        let mut s = Service {
+            ports: vec![80, 443],
+            ..Service::default()
+        };
+        assert_eq!(readiness_ports(&s, "service").unwrap(), [80, 443]);
+        s.variables = vec![
+            (HEALTHCHECK_TCP_PORT.into(), "1".into()),
+            (HEALTHCHECK_TCP_PORT.into(), " 8080 ".into()),
+        ];
+        assert_eq!(readiness_ports(&s, "service").unwrap(), [8080]);
+        s.variables = vec![(HEALTHCHECK_TCP_PORT.into(), "http".into())];
+        let err = readiness_ports(&s, "service \"web\"").unwrap_err();
+        assert!(
+            err.0
+                .contains("service \"web\": HEALTHCHECK_TCP_PORT is \"http\""),
+            "{err}"
+        );
+        assert!(
+            readiness_ports(&Service::default(), "s")
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]

@@ -76,6 +76,7 @@ pub fn sample_jobs(vault_addr: &str) -> Vec<(&'static str, Job)> {
         name: "keyhole.local/busybox:1".into(),
         entrypoint: None,
         pull_policy: vec!["if-not-present".into()],
+        user: None,
     });
     refs.before_script = vec!["echo preparing".into()];
     refs.script = vec![
@@ -92,6 +93,7 @@ pub fn sample_jobs(vault_addr: &str) -> Vec<(&'static str, Job)> {
         aliases: vec!["cache".into()],
         command: Some(vec!["sleep".into(), "3600".into()]),
         variables: vec![("MODE".into(), "test".into())],
+        ports: vec![],
     }];
     refs.variables.extend([
         Variable::public("KEYHOLE_SECRET_DB_PASSWORD", "vault:kv/acme/db#password"),

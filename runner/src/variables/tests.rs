@@ -275,13 +275,16 @@ fn image_and_service_fields_expand() {
         name: "$REGISTRY/app:$TAG".into(),
         entrypoint: Some(vec!["/bin/$SHELL_NAME".into(), "-c".into()]),
         pull_policy: vec!["$POLICY".into()],
+        user: Some("$PORT:${PORT}".into()),
     });
     j.services = vec![Service {
         image: Image {
             name: "${REGISTRY}/postgres:16".into(),
             entrypoint: Some(vec!["docker-entrypoint.sh".into()]),
             pull_policy: vec![],
+            user: None,
         },
+        ports: vec![5432],
         aliases: vec!["$ALIASES".into(), "main".into()],
         command: Some(vec!["postgres".into(), "-p".into(), "$PORT".into()]),
         variables: vec![
@@ -295,7 +298,9 @@ fn image_and_service_fields_expand() {
     assert_eq!(image.name, "registry.example/acme/app:1.2");
     assert_eq!(image.entrypoint.unwrap(), ["/bin/", "-c"]);
     assert_eq!(image.pull_policy, ["if-not-present"]);
+    assert_eq!(image.user.as_deref(), Some("5432:5432"));
     let s = &done.services[0];
+    assert_eq!(s.ports, [5432]);
     assert_eq!(s.image.name, "registry.example/acme/postgres:16");
     assert_eq!(s.aliases, ["db", "pg", "cache", "main"]);
     assert_eq!(s.command.as_deref().unwrap(), ["postgres", "-p", "5432"]);

@@ -64,6 +64,7 @@ fn example_payload_becomes_a_job() {
             name: "golang:1.22".into(),
             entrypoint: Some(vec!["/bin/sh".into(), "-c".into()]),
             pull_policy: vec!["if-not-present".into()],
+            user: Some("1000:1000".into()),
         })
     );
     assert_eq!(
@@ -73,10 +74,12 @@ fn example_payload_becomes_a_job() {
                 name: "postgres:16".into(),
                 entrypoint: None,
                 pull_policy: vec![],
+                user: None,
             },
             aliases: vec!["db".into(), "postgres".into()],
             command: Some(vec!["postgres".into(), "-c".into(), "fsync=off".into()]),
             variables: vec![("POSTGRES_PASSWORD".into(), "test".into())],
+            ports: vec![],
         }]
     );
     assert_eq!(job.gitlab_secrets, None);
@@ -415,4 +418,40 @@ proptest! {
         let debug = format!("{payload:?}");
         prop_assert!(!debug.contains(&value));
     }
+}
+
+#[test]
+fn executor_options_give_the_kubernetes_user_and_refuse_the_rest_by_name() {
+    let mut v = example();
+    v["image"]["executor_opts"] = json!({"kubernetes": {"user": 1001}});
+    v["services"][0]["ports"] = json!([{"number": 5432, "protocol": "tcp"}, {"number": 9187}]);
+    let job = parse(&v).unwrap().job;
+    assert_eq!(job.image.unwrap().user.as_deref(), Some("1001"));
+    assert_eq!(job.services[0].ports, [5432, 9187]);
+
+    for (opts, field) in [
+        (
+            json!({"docker": {"platform": "arm64"}}),
+            "image.executor_opts.docker",
+        ),
+        (
+            json!({"kubernetes": {"user": "1000", "group": "x"}}),
+            "image.executor_opts.kubernetes.group",
+        ),
+    ] {
+        let mut v = example();
+        v["image"]["executor_opts"] = opts;
+        let err = error_of(&v).to_string();
+        assert!(
+            err.contains(field) && err.contains("does not support"),
+            "{err}"
+        );
+    }
+    let mut v = example();
+    v["services"][0]["ports"] = json!([{"number": 70000}]);
+    let err = error_of(&v).to_string();
+    assert!(
+        err.contains("services[0].ports[0].number") && err.contains("1 to 65535"),
+        "{err}"
+    );
 }
