@@ -20,8 +20,9 @@ pub fn create_fifo(path: &Path) -> io::Result<()> {
     create_fifo_with_mode(path, 0o620)
 }
 
-/// [`create_fifo`] with other permissions: the services gate is read by the script, so it is
-/// `0640` (the group is the pod's `fsGroup`, which every container of the pod has).
+/// [`create_fifo`] with other permissions: the services gate is read by the script (`0640`),
+/// the done pipe opened read-write (`0660`); the group is the pod's `fsGroup`, which every
+/// container of the pod has.
 pub fn create_fifo_with_mode(path: &Path, mode: u32) -> io::Result<()> {
     match std::fs::remove_file(path) {
         Ok(()) => {}
@@ -29,7 +30,12 @@ pub fn create_fifo_with_mode(path: &Path, mode: u32) -> io::Result<()> {
         Err(e) => return Err(e),
     }
     nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(mode))
-        .map_err(io::Error::from)
+        .map_err(io::Error::from)?;
+    // mkfifo applies the umask (022 takes the group's write bit away); the build container
+    // reaches these pipes through the pod's fsGroup when it runs as another uid
+    // (`kubernetes: user`), so the mode must be exactly what was asked.
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
 }
 
 /// Returns once the job's script wrote to its `done` FIFO ([`crate::contract::DONE_FIFO`]).

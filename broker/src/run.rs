@@ -404,7 +404,8 @@ async fn relay_until_the_end(
         ));
     }
     let done = config.runtime_dir.join(contract::DONE_FIFO);
-    match crate::pump::create_fifo(&done) {
+    // The script opens it read-write (so it never blocks): the group needs both.
+    match crate::pump::create_fifo_with_mode(&done, 0o660) {
         Ok(()) => {
             held.paths.push(done.clone());
             tokio::spawn(async move {

@@ -790,3 +790,49 @@ async fn the_script_waits_for_its_services_and_warns_about_a_silent_one() {
     );
     no_job_pods_left(&s).await;
 }
+
+/// Issue 11: `executor_opts.kubernetes.user` runs the build container as that uid:gid (the pod
+/// still passes PodSecurity `restricted`), and the job still reads its delivered values (the
+/// broker makes them readable through the pod's fsGroup); uid 0 fails the job with a message.
+#[tokio::test]
+async fn the_jobs_kubernetes_user_runs_the_script_and_root_is_refused() {
+    let s = setup("gluser").await;
+    let enqueue = |user: &str| {
+        s.gitlab
+            .job()
+            .variable("GIT_STRATEGY", "none")
+            .secret_variable("PROJECT_SECRET", "s3cr3t-value-for-user-test")
+            .image_spec(json!({"name": "keyhole.local/busybox:1",
+                "executor_opts": {"kubernetes": {"user": user}}}))
+            .script([
+                "echo \"uid=$(id -u) gid=$(id -g)\"",
+                "test \"$PROJECT_SECRET\" = s3cr3t-value-for-user-test && echo secret-readable",
+            ])
+            .enqueue()
+            .unwrap()
+    };
+    let other = enqueue("1234:2345");
+    let root = enqueue("0");
+    let (tx, handle) = start_runner(&s);
+    let done = s
+        .gitlab
+        .wait_for_final(other.id, Duration::from_secs(180))
+        .await
+        .unwrap();
+    let refused = s
+        .gitlab
+        .wait_for_final(root.id, Duration::from_secs(180))
+        .await
+        .unwrap();
+    stop(tx, handle).await;
+    let trace = trace_text(&s, other.id);
+    assert_eq!(done.status, FinalStatus::Success, "{trace}");
+    assert!(
+        trace.contains("\nuid=1234 gid=2345") && trace.contains("\nsecret-readable"),
+        "{trace}"
+    );
+    let trace = trace_text(&s, root.id);
+    assert_eq!(refused.status, FinalStatus::Failed, "{trace}");
+    assert!(trace.contains("uid 0 (root)"), "{trace}");
+    no_job_pods_left(&s).await;
+}

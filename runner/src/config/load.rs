@@ -79,6 +79,8 @@ const KUBERNETES_KEYS: &[&str] = &[
     "helper_memory_request",
     "allowed_images",
     "allowed_services",
+    "allowed_users",
+    "allowed_groups",
     "pull_policy",
     "allowed_pull_policies",
     "image_pull_secrets",

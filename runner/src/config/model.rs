@@ -127,6 +127,9 @@ pub struct KubernetesConfig {
     pub helper_memory_request: Option<String>,
     pub allowed_images: Vec<String>,
     pub allowed_services: Vec<String>,
+    /// uids (and gids) a job's `image: {kubernetes: {user}}` may ask for; empty: any non-root.
+    pub allowed_users: Vec<String>,
+    pub allowed_groups: Vec<String>,
     pub pull_policy: StringOrList,
     pub allowed_pull_policies: Vec<String>,
     pub image_pull_secrets: Vec<String>,
@@ -190,6 +193,8 @@ impl Default for KubernetesConfig {
             helper_memory_request: None,
             allowed_images: Vec::new(),
             allowed_services: Vec::new(),
+            allowed_users: Vec::new(),
+            allowed_groups: Vec::new(),
             pull_policy: StringOrList::default(),
             allowed_pull_policies: Vec::new(),
             image_pull_secrets: Vec::new(),

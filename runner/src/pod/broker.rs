@@ -92,12 +92,22 @@ pub(super) fn inputs_sources<'a>(
 /// `waits` are the services the job's script waits for: the broker, which shares the pod's
 /// loopback, probes their ports and then lets the script start (see
 /// [`contract::SERVICES_FIFO`]).
+///
+/// `other_user`: the build container runs as a uid of the job's choosing (`kubernetes: user`),
+/// not the pod's, so the broker makes the files `0440` with the pod's `fsGroup` (which every
+/// container of the pod has) instead of `0400` for the pod's uid.
 pub(super) fn broker_container(
     runner: &RunnerConfig,
     secrets: &JobSecrets,
     waits: &[contract::ServiceWait],
+    other_user: bool,
 ) -> Value {
     let mut env = broker_env(runner, secrets);
+    if other_user {
+        let security = &runner.kubernetes.pod_security_context;
+        env.insert("KEYHOLE_FILE_UID".into(), security.run_as_user.to_string());
+        env.insert("KEYHOLE_FILE_GID".into(), security.fs_group.to_string());
+    }
     if !waits.is_empty() {
         env.insert(
             contract::WAIT_FOR_SERVICES_ENV.into(),

@@ -90,7 +90,12 @@ pub fn build_job_objects(req: &PodRequest<'_>) -> Result<JobObjects, PodError> {
     containers.extend(services.containers);
 
     let sources = inputs_sources(runner, req.secrets, &req.pod_name, env.secret_data.keys());
-    let mut init_containers = vec![broker_container(runner, req.secrets, &services.waits)];
+    let mut init_containers = vec![broker_container(
+        runner,
+        req.secrets,
+        &services.waits,
+        image.user.is_some(),
+    )];
     let mut volumes = vec![
         json!({"name": contract::INPUTS_VOLUME, "projected": {"sources": sources}}),
         json!({"name": contract::SECRETS_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}}),

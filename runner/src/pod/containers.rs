@@ -25,15 +25,38 @@ pub(super) fn restricted() -> Value {
 /// [`restricted`] with the image's `kubernetes: {user}` applied: the job may pick any
 /// non-root uid (and gid) for its own container; uid 0 would fail PodSecurity `restricted`
 /// at admission with a less helpful message, so it is refused here, naming the field.
-fn restricted_as(image: &Image, what: &str) -> Result<Value, PodError> {
+/// `allowed_users`/`allowed_groups`, when set, bound the choice (as in gitlab-runner).
+fn restricted_as(image: &Image, what: &str, k: &KubernetesConfig) -> Result<Value, PodError> {
     let mut context = restricted();
     if let Some((uid, gid)) = image.user.as_deref().map(|u| run_as(u, what)).transpose()? {
+        allowed_id(uid, &k.allowed_users, "user", "allowed_users", what)?;
+        if let Some(gid) = gid {
+            allowed_id(gid, &k.allowed_groups, "group", "allowed_groups", what)?;
+        }
         context["runAsUser"] = json!(uid);
         if let Some(gid) = gid {
             context["runAsGroup"] = json!(gid);
         }
     }
     Ok(context)
+}
+
+/// An empty allow-list allows any id; otherwise `id` must be on it.
+fn allowed_id(
+    id: i64,
+    allowed: &[String],
+    kind: &str,
+    key: &str,
+    what: &str,
+) -> Result<(), PodError> {
+    if allowed.is_empty() || allowed.iter().any(|a| a.trim() == id.to_string()) {
+        return Ok(());
+    }
+    Err(PodError(format!(
+        "{what}: `kubernetes: user` asks for {kind} {id}, which this runner does not allow \
+         ({key}: {}); use one of those or ask the runner's administrator",
+        allowed.join(", ")
+    )))
 }
 
 /// Parses `uid` or `uid:gid` (numbers: the pod cannot resolve names from the image).
@@ -161,7 +184,7 @@ pub(super) fn build_container(
         "workingDir": runner.builds_dir,
         "env": env_list(public_env),
         "resources": resources,
-        "securityContext": restricted_as(image, "image")?,
+        "securityContext": restricted_as(image, "image", k)?,
         "volumeMounts": [
             {"name": contract::SECRETS_VOLUME, "mountPath": contract::SECRETS_DIR, "readOnly": true},
             {"name": contract::RUNTIME_VOLUME, "mountPath": contract::RUNTIME_DIR},
@@ -361,7 +384,7 @@ pub(super) fn service_containers(
             "image": service.image.name,
             "env": env_list(&env),
             "resources": service_resources(k),
-            "securityContext": restricted_as(&service.image, &what)?,
+            "securityContext": restricted_as(&service.image, &what, k)?,
         });
         service_start(service, &what)?.apply(&mut c);
         if let Some(p) = pull_policy(&service.image.pull_policy, &k.allowed_pull_policies)? {
@@ -407,10 +430,26 @@ mod tests {
         );
         let mut img = image(None);
         img.user = Some("2000:3000".into());
-        let context = restricted_as(&img, "image").unwrap();
+        let mut k = KubernetesConfig::default();
+        let context = restricted_as(&img, "image", &k).unwrap();
         assert_eq!(context["runAsUser"], 2000);
         assert_eq!(context["runAsGroup"], 3000);
         assert_eq!(context["runAsNonRoot"], true);
+        k.allowed_users = v(&["1000", "2000"]);
+        k.allowed_groups = v(&["1000"]);
+        let err = restricted_as(&img, "image", &k).unwrap_err();
+        assert!(
+            err.0.contains("group 3000") && err.0.contains("allowed_groups: 1000"),
+            "{err}"
+        );
+        img.user = Some("3000".into());
+        let err = restricted_as(&img, "image", &k).unwrap_err();
+        assert!(
+            err.0.contains("user 3000") && err.0.contains("allowed_users: 1000, 2000"),
+            "{err}"
+        );
+        img.user = Some("2000:1000".into());
+        assert_eq!(restricted_as(&img, "image", &k).unwrap()["runAsUser"], 2000);
     }
 
     #[test]
