@@ -278,7 +278,8 @@ fn executor_user(img: &Obj<'_>) -> Result<Option<String>, PayloadError> {
         });
     }
     match k.get("user") {
-        None | Some(Value::Null) => Ok(None),
+        // `get` already reads JSON null as absent.
+        None => Ok(None),
         Some(Value::String(s)) if s.is_empty() => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
         Some(Value::Number(n)) => Ok(Some(n.to_string())),
