@@ -94,15 +94,7 @@ fn env(key: &str) -> Option<String> {
 }
 
 fn load_config(path: &Path) -> Result<Config> {
-    let loaded = load_file(path, &env)?;
-    if !loaded.ignored_keys.is_empty() {
-        eprintln!(
-            "keyhole-runner: warning: {}: ignoring keys Keyhole does not use: {}",
-            path.display(),
-            loaded.ignored_keys.join(", ")
-        );
-    }
-    Ok(loaded.config)
+    Ok(load_file(path, &env)?.config)
 }
 
 /// The runner settings for `exec`/`render`: the config file (or defaults), then the flags.

@@ -97,6 +97,30 @@ fn unknown_jobs_and_bad_files_say_what_to_do() {
     );
 }
 
+/// A gitlab-runner config carried over with a key Keyhole does not honour: `run` stops before
+/// it asks GitLab for a job, naming every such key and why.
+#[test]
+fn run_refuses_a_config_asking_for_what_keyhole_does_not_do() {
+    let dir = std::env::temp_dir().join(format!("keyhole-cli-refused-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("config.toml");
+    std::fs::write(
+        &config,
+        "[[runners]]\nurl = \"http://127.0.0.1:9\"\ntoken = \"glrt-x\"\nexecutor = \"kubernetes\"\n[runners.kubernetes]\nprivileged = true\nvolumes = { empty_dir = [{ name = \"x\", mount_path = \"/x\" }] }\n",
+    )
+    .unwrap();
+    let (code, out) = run(&["run", "--config", config.to_str().unwrap()], &[]);
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("will not start"), "{out}");
+    assert!(
+        out.contains("runners[0].kubernetes.privileged: job pods always pass PodSecurity"),
+        "{out}"
+    );
+    assert!(out.contains("runners[0].kubernetes.volumes: "), "{out}");
+    assert!(!out.contains("requesting a job"), "{out}");
+}
+
 /// A kubeconfig for a ServiceAccount token, like the runner has in its pod.
 fn kubeconfig(bed: &TestBed, token: &str, path: &Path) {
     let ca = bed.env.testbed_dir.join("pki/ca.crt");

@@ -1,10 +1,11 @@
-//! Reading `config.toml`: typed parse, one warning for keys Keyhole does not use, environment
+//! Reading `config.toml`: typed parse, refusal of keys Keyhole would not honour, environment
 //! overrides, and checks that catch mistakes at start instead of at the first job.
 
 use std::path::Path;
 
 use secrecy::SecretString;
 
+use super::keys::{RefusedKey, refused_keys};
 use super::model::{Config, RunnerConfig};
 
 /// A config file that cannot be used, with where and what to change.
@@ -17,6 +18,11 @@ pub enum ConfigError {
     },
     #[error("{path}: {message}")]
     Parse { path: String, message: String },
+    #[error(
+        "{path}: Keyhole will not start with keys it would not honour; remove each (or set it to its empty default):{}",
+        keys.iter().map(|k| format!("\n  {k}")).collect::<String>()
+    )]
+    Refused { path: String, keys: Vec<RefusedKey> },
     #[error("{path}: {key}: {message}")]
     Invalid {
         path: String,
@@ -25,103 +31,11 @@ pub enum ConfigError {
     },
 }
 
-/// A loaded config and the keys it ignored (printed once as a warning by the binary).
+/// A loaded, checked config.
 #[derive(Debug)]
 pub struct Loaded {
     pub config: Config,
-    pub ignored_keys: Vec<String>,
 }
-
-const TOP_KEYS: &[&str] = &[
-    "concurrent",
-    "check_interval",
-    "listen_address",
-    "log_format",
-    "log_level",
-    "shutdown_timeout",
-    "runners",
-];
-const RUNNER_KEYS: &[&str] = &[
-    "name",
-    "url",
-    "token",
-    "executor",
-    "limit",
-    "output_limit",
-    "builds_dir",
-    "environment",
-    "kubernetes",
-    "keyhole",
-];
-const KUBERNETES_KEYS: &[&str] = &[
-    "host",
-    "namespace",
-    "image",
-    "service_account",
-    "service_account_overwrite_allowed",
-    "cpu_limit",
-    "cpu_limit_overwrite_max_allowed",
-    "cpu_request",
-    "cpu_request_overwrite_max_allowed",
-    "memory_limit",
-    "memory_limit_overwrite_max_allowed",
-    "memory_request",
-    "memory_request_overwrite_max_allowed",
-    "ephemeral_storage_limit",
-    "ephemeral_storage_request",
-    "service_cpu_limit",
-    "service_cpu_request",
-    "service_memory_limit",
-    "service_memory_request",
-    "helper_cpu_limit",
-    "helper_cpu_request",
-    "helper_memory_limit",
-    "helper_memory_request",
-    "allowed_images",
-    "allowed_services",
-    "allowed_users",
-    "allowed_groups",
-    "pull_policy",
-    "allowed_pull_policies",
-    "image_pull_secrets",
-    "node_selector",
-    "node_selector_overwrite_allowed",
-    "node_tolerations",
-    "pod_labels",
-    "pod_labels_overwrite_allowed",
-    "pod_annotations",
-    "pod_annotations_overwrite_allowed",
-    "pod_termination_grace_period_seconds",
-    "priority_class_name",
-    "runtime_class_name",
-    "scheduler_name",
-    "dns_policy",
-    "wait_for_services_timeout",
-    "poll_timeout",
-    "pod_security_context",
-];
-const POD_SECURITY_KEYS: &[&str] = &[
-    "run_as_user",
-    "run_as_group",
-    "fs_group",
-    "supplemental_groups",
-];
-const KEYHOLE_KEYS: &[&str] = &[
-    "broker_image",
-    "git_image",
-    "journal_dir",
-    "vault_addr",
-    "vault_allowed",
-    "vault_namespace",
-    "vault_ca_config_map",
-    "vault_auth_mount",
-    "vault_role",
-    "vault_audience",
-    "token_expiration_seconds",
-    "kube_api",
-    "service_account_rules",
-    "log_rate_kib",
-];
 
 /// Reads and checks a config file, then applies the environment overrides in `env`.
 pub fn load_file(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Loaded, ConfigError> {
@@ -144,55 +58,20 @@ pub fn load_str(
             path: path.into(),
             message: e.to_string().trim_end().to_string(),
         })?;
-    let ignored_keys = ignored_keys(&table);
+    let refused = refused_keys(&table);
+    if !refused.is_empty() {
+        return Err(ConfigError::Refused {
+            path: path.into(),
+            keys: refused,
+        });
+    }
     let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
         path: path.into(),
         message: e.to_string().trim_end().to_string(),
     })?;
     apply_env(&mut config, env);
     check(&config, path)?;
-    Ok(Loaded {
-        config,
-        ignored_keys,
-    })
-}
-
-fn unknown_in(table: &toml::Table, known: &[&str], prefix: &str, out: &mut Vec<String>) {
-    out.extend(
-        table
-            .keys()
-            .filter(|k| !known.contains(&k.as_str()))
-            .map(|k| format!("{prefix}{k}")),
-    );
-}
-
-fn ignored_keys(table: &toml::Table) -> Vec<String> {
-    let mut out = Vec::new();
-    unknown_in(table, TOP_KEYS, "", &mut out);
-    let runners = table.get("runners").and_then(|r| r.as_array());
-    for (i, runner) in runners.into_iter().flatten().enumerate() {
-        let Some(runner) = runner.as_table() else {
-            continue;
-        };
-        let prefix = format!("runners[{i}].");
-        unknown_in(runner, RUNNER_KEYS, &prefix, &mut out);
-        if let Some(k) = runner.get("kubernetes").and_then(|k| k.as_table()) {
-            let prefix = format!("runners[{i}].kubernetes.");
-            unknown_in(k, KUBERNETES_KEYS, &prefix, &mut out);
-            if let Some(p) = k.get("pod_security_context").and_then(|p| p.as_table()) {
-                unknown_in(
-                    p,
-                    POD_SECURITY_KEYS,
-                    &format!("{prefix}pod_security_context."),
-                    &mut out,
-                );
-            }
-        }
-        if let Some(k) = runner.get("keyhole").and_then(|k| k.as_table()) {
-            unknown_in(k, KEYHOLE_KEYS, &format!("runners[{i}].keyhole."), &mut out);
-        }
-    }
-    out
+    Ok(Loaded { config })
 }
 
 /// Environment overrides for the first runner, so a Deployment can keep the token in a Secret
@@ -346,9 +225,7 @@ mod tests {
         None
     }
 
-    #[test]
-    fn reads_gitlab_runner_shape_and_lists_ignored_keys_once() {
-        let text = r#"
+    const SHAPE: &str = r#"
 concurrent = 4
 [[runners]]
 name = "k"
@@ -358,13 +235,8 @@ executor = "kubernetes"
 [runners.kubernetes]
 namespace = "jobs"
 cpu_request = "100m"
-privileged = true
-helper_image = "x"
 [runners.kubernetes.pod_security_context]
 run_as_user = 2000
-selinux_type = "x"
-[runners.cache]
-Type = "s3"
 [runners.keyhole]
 vault_addr = "http://10.0.0.1:8200"
 [[runners.keyhole.service_account_rules]]
@@ -372,7 +244,10 @@ project = "acme/app"
 protected = true
 service_account = "app-deployer"
 "#;
-        let loaded = load_str(text, "c.toml", &no_env).unwrap();
+
+    #[test]
+    fn reads_gitlab_runner_shape() {
+        let loaded = load_str(SHAPE, "c.toml", &no_env).unwrap();
         let r = &loaded.config.runners[0];
         assert_eq!(loaded.config.concurrent, 4);
         assert_eq!(r.kubernetes.namespace, "jobs");
@@ -383,15 +258,102 @@ service_account = "app-deployer"
             "app-deployer"
         );
         assert_eq!(r.token.as_ref().unwrap().expose_secret(), "glrt-xyz");
+    }
+
+    #[test]
+    fn keys_it_would_not_honour_are_refused_all_at_once_with_why() {
+        let text = SHAPE
+            .replace(
+                "cpu_request = \"100m\"\n",
+                "cpu_request = \"100m\"\nprivileged = true\nhelper_image = \"x\"\n",
+            )
+            .replace(
+                "run_as_user = 2000\n",
+                "run_as_user = 2000\nselinux_type = \"x\"\n",
+            )
+            .replace(
+                "[runners.keyhole]\n",
+                "[runners.cache]\nType = \"s3\"\n[runners.keyhole]\nvault_adr = \"x\"\n",
+            );
+        let ConfigError::Refused { path, keys } = load_str(&text, "c.toml", &no_env).unwrap_err()
+        else {
+            panic!("not refused")
+        };
+        assert_eq!(path, "c.toml");
+        let named: Vec<&str> = keys.iter().map(|k| k.key.as_str()).collect();
         assert_eq!(
-            loaded.ignored_keys,
-            vec![
+            named,
+            [
                 "runners[0].cache",
                 "runners[0].kubernetes.helper_image",
                 "runners[0].kubernetes.privileged",
                 "runners[0].kubernetes.pod_security_context.selinux_type",
+                "runners[0].keyhole.vault_adr",
             ]
         );
+        let message = load_str(&text, "c.toml", &no_env).unwrap_err().to_string();
+        assert!(
+            message.starts_with("c.toml: Keyhole will not start"),
+            "{message}"
+        );
+        assert!(
+            message.contains(
+                "runners[0].kubernetes.privileged: job pods always pass PodSecurity `restricted`"
+            ),
+            "{message}"
+        );
+        assert!(message.contains("broker_image"), "{message}");
+        assert!(message.contains("check its spelling"), "{message}");
+    }
+
+    /// What `gitlab-runner register` writes: unset keys as `false`, `""`, `0` and empty
+    /// tables, and the registration's own metadata. None of it asks for anything.
+    #[test]
+    fn a_registered_config_with_empty_defaults_loads() {
+        let text = r#"
+concurrent = 1
+check_interval = 0
+shutdown_timeout = 0
+[session_server]
+[[runners]]
+  name = "k"
+  url = "https://gitlab.example.com"
+  id = 17
+  token = "glrt-xyz"
+  token_obtained_at = 2026-01-01T00:00:00Z
+  token_expires_at = 0001-01-01T00:00:00Z
+  executor = "kubernetes"
+  [runners.cache]
+    MaxUploadedArchiveSize = 0
+    [runners.cache.s3]
+    [runners.cache.gcs]
+  [runners.kubernetes]
+    host = ""
+    bearer_token_overwrite_allowed = false
+    image = "alpine"
+    namespace = "jobs"
+    namespace_overwrite_allowed = ""
+    namespace_per_job = false
+    privileged = false
+    cap_add = []
+    [runners.kubernetes.pod_security_context]
+      run_as_non_root = true
+    [runners.kubernetes.build_container_security_context]
+      [runners.kubernetes.build_container_security_context.capabilities]
+    [runners.kubernetes.volumes]
+"#;
+        let loaded = load_str(text, "c.toml", &no_env).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(loaded.config.runners[0].kubernetes.namespace, "jobs");
+        let asked = text.replace("privileged = false", "privileged = true");
+        let err = load_str(&asked, "c.toml", &no_env).unwrap_err().to_string();
+        assert!(err.contains("runners[0].kubernetes.privileged"), "{err}");
+        let volume = format!(
+            "{text}      [[runners.kubernetes.volumes.empty_dir]]\n        name = \"x\"\n        mount_path = \"/x\"\n"
+        );
+        let err = load_str(&volume, "c.toml", &no_env)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("runners[0].kubernetes.volumes:"), "{err}");
     }
 
     #[test]
