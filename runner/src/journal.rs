@@ -44,6 +44,13 @@ impl Journal {
         Ok(Self { dir: dir.into() })
     }
 
+    /// Opens one runner's journal: `<dir>/<runner>`, both mode 0700. Each `[[runners]]` entry
+    /// has its own, so a restarted process reports each job through the GitLab that gave it.
+    pub fn open_for_runner(dir: &Path, runner: &str) -> std::io::Result<Self> {
+        Self::open(dir)?;
+        Self::open(&dir.join(runner))
+    }
+
     fn path(&self, job_id: u64) -> PathBuf {
         self.dir.join(format!("job-{job_id}.json"))
     }
@@ -150,6 +157,29 @@ mod tests {
         assert!(!format!("{:?}", entries[0]).contains("glcbt-secret"));
         again.remove(7);
         assert!(again.unfinished().0.is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn each_runner_keeps_its_own_entries() {
+        let dir = tmpdir("c");
+        let entry = |job_id| Entry {
+            job_id,
+            namespace: "ns".into(),
+            pod_name: format!("kh-{job_id}"),
+            token: SecretString::from("t"),
+        };
+        let a = Journal::open_for_runner(&dir, "a").unwrap();
+        let b = Journal::open_for_runner(&dir, "b").unwrap();
+        a.record(&entry(1)).unwrap();
+        b.record(&entry(1)).unwrap();
+        b.record(&entry(2)).unwrap();
+        a.remove(1);
+        assert!(a.unfinished().0.is_empty());
+        let left: Vec<u64> = b.unfinished().0.iter().map(|e| e.job_id).collect();
+        assert_eq!(left, [1, 2]);
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -89,6 +89,7 @@ where
                 trace: tx.clone(),
                 control: control_rx,
                 metrics: None,
+                retry: crate::execute::ApiRetry::from_config(&runner.kubernetes),
             })
             .await;
             interrupt.abort();

@@ -78,16 +78,19 @@ pub async fn run(config: Config) -> Result<()> {
 
 /// [`run`] with the stop signal given (tests stop it without signals) and, optionally, the
 /// Kubernetes client to use instead of the inferred one.
+///
+/// Every `[[runners]]` entry is served, as gitlab-runner does: each asks its GitLab with its
+/// own token for at most its `limit` of jobs, and `concurrent` bounds them all together.
 pub async fn run_until(
     config: Config,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
     kube: Option<kube::Client>,
 ) -> Result<()> {
-    let runner = config
-        .runners
-        .first()
-        .cloned()
-        .context("the config has no [[runners]] entry")?;
+    anyhow::ensure!(
+        !config.runners.is_empty(),
+        "the config has no [[runners]] entry"
+    );
+    check_runner_names(&config.runners)?;
     let metrics = Metrics::new();
     if let Some(addr) = &config.listen_address {
         let listener = tokio::net::TcpListener::bind(addr)
@@ -96,145 +99,42 @@ pub async fn run_until(
         info!(address = %addr, "serving /healthz, /readyz and /metrics");
         tokio::spawn(crate::metrics::serve(listener, metrics.clone()));
     }
-    let kube = match kube {
-        Some(k) => k,
-        None => kube_client(&runner).await?,
-    };
-    let gitlab = gitlab_client(&runner)?;
-    gitlab
-        .verify()
-        .await
-        .context("GitLab refused the runner token")?;
-    kube.apiserver_version()
-        .await
-        .context("the Kubernetes API server does not answer")?;
+    let mut services = Vec::new();
+    for (i, runner) in config.runners.iter().enumerate() {
+        let service = Service::connect(runner.clone(), kube.clone(), metrics.clone())
+            .await
+            .with_context(|| format!("runners[{i}] ({:?})", runner.name))?;
+        services.push(service);
+    }
     metrics.set_ready(true);
-    info!(runner = %runner.name, url = %runner.url, namespace = %runner.kubernetes.namespace, "runner ready");
 
-    let journal = match Journal::open(&PathBuf::from(&runner.keyhole.journal_dir)) {
-        Ok(j) => Some(j),
-        Err(e) => {
-            warn!(dir = %runner.keyhole.journal_dir, error = %e, "no job journal: jobs of a crashed runner will not be reported until GitLab times them out");
-            None
-        }
-    };
-    let service = Service {
-        runner: Arc::new(runner),
-        gitlab,
-        kube,
-        metrics,
-        journal,
-        active: Arc::new(Mutex::new(BTreeMap::new())),
-    };
-    service.recover().await;
-    service.reap().await;
-    let reaper = {
+    let slots = Arc::new(Semaphore::new(config.concurrent));
+    let mut pollers = tokio::task::JoinSet::new();
+    for service in &services {
+        service.recover().await;
+        service.reap().await;
         let s = service.clone();
-        tokio::spawn(async move {
-            let mut orphans = tokio::time::interval(REAP_INTERVAL);
-            let mut ended = tokio::time::interval(crate::reaper::ENDED_SWEEP_INTERVAL);
-            orphans.tick().await;
-            loop {
-                tokio::select! {
-                    _ = orphans.tick() => s.reap().await,
-                    _ = ended.tick() => s.reap_ended().await,
-                }
-            }
-        })
-    };
-
-    let limit = match service.runner.limit {
-        0 => config.concurrent,
-        n => n.min(config.concurrent),
-    };
-    let slots = Arc::new(Semaphore::new(limit));
+        let own = Arc::new(Semaphore::new(s.own_slots(config.concurrent)));
+        let poll = s.poll(own, slots.clone(), stop.clone(), config.check_interval);
+        pollers.spawn(poll);
+    }
     let mut running = tokio::task::JoinSet::new();
-    let mut last_update: Option<String> = None;
-    let mut backoff = Duration::from_secs(1);
-    loop {
-        let permit = tokio::select! {
-            p = slots.clone().acquire_owned() => p.context("job slots closed")?,
-            _ = stop.changed() => break,
-        };
-        let asked = Instant::now();
-        let answer = tokio::select! {
-            a = service.gitlab.request_job(last_update.as_deref()) => a,
-            _ = stop.changed() => break,
-        };
-        match answer {
-            Ok(JobRequest::Job(payload)) => {
-                backoff = Duration::from_secs(1);
-                let s = service.clone();
-                let received = Instant::now();
-                running.spawn(async move {
-                    s.handle(*payload, received).await;
-                    drop(permit);
-                });
-            }
-            Ok(JobRequest::NoJob { last_update: lu }) => {
-                backoff = Duration::from_secs(1);
-                if lu.is_some() {
-                    last_update = lu;
-                }
-                drop(permit);
-                // GitLab answered at once (no long poll in front of it): wait check_interval.
-                if asked.elapsed() < Duration::from_secs(1) {
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_secs(config.check_interval)) => {}
-                        _ = stop.changed() => break,
-                    }
-                }
-            }
-            Ok(JobRequest::Unreadable {
-                job_id,
-                token,
-                error,
-            }) => {
-                drop(permit);
-                service.metrics.gitlab_error("jobs/request");
-                warn!(job = job_id, error = %error, "job payload unreadable; failing the job");
-                let session = service.gitlab.job_session(job_id, token);
-                let _ = session
-                    .trace()
-                    .append(format!("\x1b[31;1mERROR: keyhole-runner cannot read this job: {error}\x1b[0;m\n").as_bytes())
-                    .await;
-                let _ = session
-                    .finish(JobOutcome::Failed {
-                        reason: FailureReason::RunnerSystemFailure,
-                        exit_code: None,
-                    })
-                    .await;
-            }
-            Err(e) => {
-                drop(permit);
-                service.metrics.gitlab_error("jobs/request");
-                warn!(error = %e, retry_in = ?backoff, "requesting a job failed");
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = stop.changed() => break,
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(60));
-            }
-        }
+    while let Some(jobs) = pollers.join_next().await {
+        let mut jobs = jobs.context("a runner's job loop failed")??;
+        running.spawn(async move { while jobs.join_next().await.is_some() {} });
     }
 
-    service.metrics.set_ready(false);
-    reaper.abort();
+    metrics.set_ready(false);
     let grace = Duration::from_secs(config.shutdown_timeout);
-    info!(jobs = running.len(), grace = ?grace, "stopping: no new jobs; waiting for running ones");
+    info!(runners = services.len(), grace = ?grace, "stopping: no new jobs; waiting for running ones");
     let drained = tokio::time::timeout(grace, async {
         while running.join_next().await.is_some() {}
     })
     .await;
     if drained.is_err() {
         warn!("shutdown grace period over: aborting the remaining jobs");
-        for control in service
-            .active
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-        {
-            let _ = control.send(Control::Abort);
+        for service in &services {
+            service.abort_all();
         }
         let _ = tokio::time::timeout(Duration::from_secs(60), async {
             while running.join_next().await.is_some() {}
@@ -243,6 +143,42 @@ pub async fn run_until(
     }
     info!("stopped");
     Ok(())
+}
+
+/// Runners label their pods (and find their orphans) by name, so two entries must not share
+/// one.
+fn check_runner_names(runners: &[RunnerConfig]) -> Result<()> {
+    let mut seen = BTreeMap::new();
+    for (i, r) in runners.iter().enumerate() {
+        let label = crate::pod::label_value(&r.name);
+        if let Some(first) = seen.insert(label.clone(), i) {
+            anyhow::bail!(
+                "runners[{first}] and runners[{i}] are both named {label:?} (as a pod label); give each [[runners]] entry its own name, since a runner reaps the pods its name labels"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// One of the runner's own job slots and one of the shared ones, held together for a job.
+async fn acquire_both(
+    own: &Arc<Semaphore>,
+    shared: &Arc<Semaphore>,
+) -> Result<(
+    tokio::sync::OwnedSemaphorePermit,
+    tokio::sync::OwnedSemaphorePermit,
+)> {
+    let mine = own
+        .clone()
+        .acquire_owned()
+        .await
+        .context("job slots closed")?;
+    let all = shared
+        .clone()
+        .acquire_owned()
+        .await
+        .context("job slots closed")?;
+    Ok((mine, all))
 }
 
 async fn wait_for_signal() {
@@ -274,6 +210,176 @@ pub fn failure_reason(kind: FailureKind) -> FailureReason {
 }
 
 impl Service {
+    /// Checks a runner's GitLab token and cluster, and opens its journal.
+    async fn connect(
+        runner: RunnerConfig,
+        kube: Option<kube::Client>,
+        metrics: Metrics,
+    ) -> Result<Self> {
+        let kube = match kube {
+            Some(k) => k,
+            None => kube_client(&runner).await?,
+        };
+        let gitlab = gitlab_client(&runner)?;
+        gitlab
+            .verify()
+            .await
+            .context("GitLab refused the runner token")?;
+        kube.apiserver_version()
+            .await
+            .context("the Kubernetes API server does not answer")?;
+        info!(runner = %runner.name, url = %runner.url, namespace = %runner.kubernetes.namespace, "runner ready");
+        let dir = PathBuf::from(&runner.keyhole.journal_dir);
+        let journal = match Journal::open_for_runner(&dir, &crate::pod::label_value(&runner.name)) {
+            Ok(j) => Some(j),
+            Err(e) => {
+                warn!(dir = %runner.keyhole.journal_dir, error = %e, "no job journal: jobs of a crashed runner will not be reported until GitLab times them out");
+                None
+            }
+        };
+        Ok(Self {
+            runner: Arc::new(runner),
+            gitlab,
+            kube,
+            metrics,
+            journal,
+            active: Arc::new(Mutex::new(BTreeMap::new())),
+        })
+    }
+
+    /// Jobs this runner may take at once: its `limit`, within `concurrent`.
+    fn own_slots(&self, concurrent: usize) -> usize {
+        match self.runner.limit {
+            0 => concurrent,
+            n => n.min(concurrent),
+        }
+    }
+
+    /// Asks GitLab for jobs and starts each, until `stop`; returns the jobs still running.
+    /// A job holds one of the runner's own slots and one of the shared `concurrent` ones.
+    async fn poll(
+        self,
+        own: Arc<Semaphore>,
+        shared: Arc<Semaphore>,
+        mut stop: watch::Receiver<bool>,
+        check_interval: u64,
+    ) -> Result<tokio::task::JoinSet<()>> {
+        let reaper = self.spawn_reaper();
+        let mut running = tokio::task::JoinSet::new();
+        let mut last_update: Option<String> = None;
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            let permits = tokio::select! {
+                p = acquire_both(&own, &shared) => p?,
+                _ = stop.changed() => break,
+            };
+            let asked = Instant::now();
+            let answer = tokio::select! {
+                a = self.gitlab.request_job(last_update.as_deref()) => a,
+                _ = stop.changed() => break,
+            };
+            match answer {
+                Ok(JobRequest::Job(payload)) => {
+                    backoff = Duration::from_secs(1);
+                    let s = self.clone();
+                    let received = Instant::now();
+                    running.spawn(async move {
+                        s.handle(*payload, received).await;
+                        drop(permits);
+                    });
+                }
+                Ok(JobRequest::NoJob { last_update: lu }) => {
+                    backoff = Duration::from_secs(1);
+                    if lu.is_some() {
+                        last_update = lu;
+                    }
+                    drop(permits);
+                    // GitLab answered at once (no long poll in front of it): wait check_interval.
+                    if asked.elapsed() < Duration::from_secs(1) {
+                        tokio::select! {
+                            _ = tokio::time::sleep(Duration::from_secs(check_interval)) => {}
+                            _ = stop.changed() => break,
+                        }
+                    }
+                }
+                Ok(JobRequest::Unreadable {
+                    job_id,
+                    token,
+                    error,
+                }) => {
+                    drop(permits);
+                    self.fail_unreadable(job_id, token, &error).await;
+                }
+                Err(e) => {
+                    drop(permits);
+                    self.metrics.gitlab_error("jobs/request");
+                    warn!(runner = %self.runner.name, error = %e, retry_in = ?backoff, "requesting a job failed");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = stop.changed() => break,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(60));
+                }
+            }
+        }
+        reaper.abort();
+        info!(runner = %self.runner.name, jobs = running.len(), "no new jobs for this runner");
+        Ok(running)
+    }
+
+    /// Sweeps for orphaned and long-ended pods in the background.
+    fn spawn_reaper(&self) -> tokio::task::JoinHandle<()> {
+        let s = self.clone();
+        tokio::spawn(async move {
+            let mut orphans = tokio::time::interval(REAP_INTERVAL);
+            let mut ended = tokio::time::interval(crate::reaper::ENDED_SWEEP_INTERVAL);
+            orphans.tick().await;
+            loop {
+                tokio::select! {
+                    _ = orphans.tick() => s.reap().await,
+                    _ = ended.tick() => s.reap_ended().await,
+                }
+            }
+        })
+    }
+
+    /// Fails a job whose payload cannot be read, saying why in its trace.
+    async fn fail_unreadable(
+        &self,
+        job_id: u64,
+        token: SecretString,
+        error: &(dyn std::fmt::Display + Sync),
+    ) {
+        self.metrics.gitlab_error("jobs/request");
+        warn!(job = job_id, error = %error, "job payload unreadable; failing the job");
+        let session = self.gitlab.job_session(job_id, token);
+        let _ = session
+            .trace()
+            .append(
+                format!("\x1b[31;1mERROR: keyhole-runner cannot read this job: {error}\x1b[0;m\n")
+                    .as_bytes(),
+            )
+            .await;
+        let _ = session
+            .finish(JobOutcome::Failed {
+                reason: FailureReason::RunnerSystemFailure,
+                exit_code: None,
+            })
+            .await;
+    }
+
+    /// Tells every running job of this runner to stop now (shutdown grace is over).
+    fn abort_all(&self) {
+        for control in self
+            .active
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+        {
+            let _ = control.send(Control::Abort);
+        }
+    }
+
     /// Reports the jobs a crashed predecessor left running, and deletes their pods.
     async fn recover(&self) {
         let Some(journal) = &self.journal else { return };
@@ -447,6 +553,7 @@ impl Service {
                         trace: trace_tx.clone(),
                         control: control_rx,
                         metrics: Some(self.metrics.clone()),
+                        retry: crate::execute::ApiRetry::from_config(&self.runner.kubernetes),
                     })
                     .await
                 }

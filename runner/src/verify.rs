@@ -81,20 +81,22 @@ fn what((verb, resource, sub): (&str, &str, &str)) -> String {
     }
 }
 
-/// Runs every check for the first `[[runners]]` entry.
+/// Runs every check for each `[[runners]]` entry (`run` serves them all).
 pub async fn verify(config: &Config) -> VerifyReport {
     let mut report = VerifyReport::default();
-    let Some(runner) = config.runners.first() else {
+    if config.runners.is_empty() {
         report.problem("the config has no [[runners]] entry; add one (see docs/configuration.md)");
         return report;
-    };
-    report.ok(format!(
-        "config: runner {:?}, namespace {}, concurrent {}",
-        runner.name, runner.kubernetes.namespace, config.concurrent
-    ));
-    check_gitlab(runner, &mut report).await;
-    check_cluster(runner, &mut report).await;
-    check_vault(runner, &mut report).await;
+    }
+    for runner in &config.runners {
+        report.ok(format!(
+            "config: runner {:?}, namespace {}, concurrent {}",
+            runner.name, runner.kubernetes.namespace, config.concurrent
+        ));
+        check_gitlab(runner, &mut report).await;
+        check_cluster(runner, &mut report).await;
+        check_vault(runner, &mut report).await;
+    }
     report
 }
 

@@ -162,6 +162,14 @@ impl TestBed {
         Ok(Client::try_from(config)?)
     }
 
+    /// An admin client that reaches the apiserver at `url` (e.g. through a
+    /// [`crate::OutageProxy`]); the apiserver's certificate names 127.0.0.1.
+    pub fn client_at(&self, url: &str) -> Result<Client> {
+        let mut config = self.admin_config.clone();
+        config.cluster_url = url.parse()?;
+        Ok(Client::try_from(config)?)
+    }
+
     /// Issues a short-lived token for a ServiceAccount through the TokenRequest API.
     pub async fn service_account_token(
         &self,

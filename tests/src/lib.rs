@@ -14,6 +14,7 @@ pub mod coordinator;
 pub mod exposure;
 mod helm;
 mod namespace;
+mod outage;
 mod pods;
 mod redis;
 mod runner_process;
@@ -26,6 +27,7 @@ pub use broker_process::{BrokerDirs, BrokerExit, BrokerProcess, broker_binary, r
 pub use coordinator::{Coordinator, CoordinatorOptions};
 pub use helm::{HelmRelease, bed_command, bed_script, chart_dir, repo_dir, run, run_ok};
 pub use namespace::TestNamespace;
+pub use outage::OutageProxy;
 pub use pods::{pod_logs, run_pod_to_completion, wait_for_pod};
 pub use redis::{Redis, Reply};
 pub use runner_process::{RunnerLog, RunnerProcess};

@@ -8,7 +8,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
 use keyhole_runner::config::{Config, RunnerConfig, ServiceAccountRule};
 use keyhole_tests::coordinator::FinalStatus;
-use keyhole_tests::{Coordinator, CoordinatorOptions, TestBed, TestNamespace};
+use keyhole_tests::{Coordinator, CoordinatorOptions, OutageProxy, TestBed, TestNamespace};
 use kube::Api;
 use kube::api::{ListParams, PostParams};
 use secrecy::SecretString;
@@ -835,4 +835,122 @@ async fn the_jobs_kubernetes_user_runs_the_script_and_root_is_refused() {
     assert_eq!(refused.status, FinalStatus::Failed, "{trace}");
     assert!(trace.contains("uid 0 (root)"), "{trace}");
     no_job_pods_left(&s).await;
+}
+
+/// Two `[[runners]]` entries, each registered with its own GitLab (token, URL): one process
+/// takes a job from each, and each job runs as its own runner (its name in the trace and on
+/// its pod). Before, only the first entry was served and the second GitLab's job waited.
+#[tokio::test]
+async fn every_runners_entry_is_served_with_its_own_token() {
+    let s = setup("glmulti").await;
+    let second = Coordinator::start(CoordinatorOptions {
+        bind: SocketAddr::from(([10, 213, 0, 1], 0)),
+        long_poll: Duration::from_secs(2),
+        ..CoordinatorOptions::default()
+    })
+    .await
+    .unwrap();
+    let mut config = config(&s);
+    let mut other = config.runners[0].clone();
+    other.name = format!("second-{}", s.ns.name);
+    other.url = second.url();
+    other.token = Some(SecretString::from(second.runner_token().to_string()));
+    config.runners.push(other);
+    let script = ["echo hello", "sleep 3"];
+    let files = [("hello.txt", "hello\n")];
+    let sha = s.gitlab.create_repo("acme/one", &files).unwrap();
+    let first_job = s
+        .gitlab
+        .job()
+        .project(7, "acme/one")
+        .sha(&sha)
+        .script(script);
+    let first_job = first_job.enqueue().unwrap();
+    let sha = second.create_repo("acme/two", &files).unwrap();
+    let second_job = second.job().project(8, "acme/two").sha(&sha).script(script);
+    let second_job = second_job.enqueue().unwrap();
+    let (tx, handle) = start_runner_with(&s, config);
+    let (a, b) = tokio::join!(
+        s.gitlab
+            .wait_for_final(first_job.id, Duration::from_secs(180)),
+        second.wait_for_final(second_job.id, Duration::from_secs(180)),
+    );
+    stop(tx, handle).await;
+    let first_trace = trace_text(&s, first_job.id);
+    let second_trace = String::from_utf8_lossy(&second.trace(second_job.id)).into_owned();
+    assert_eq!(a.unwrap().status, FinalStatus::Success, "{first_trace}");
+    assert_eq!(b.unwrap().status, FinalStatus::Success, "{second_trace}");
+    assert!(
+        first_trace.contains(&format!("on test-{} (namespace", s.ns.name)),
+        "{first_trace}"
+    );
+    assert!(
+        second_trace.contains(&format!("on second-{} (namespace", s.ns.name)),
+        "{second_trace}"
+    );
+    no_job_pods_left(&s).await;
+    let _ = std::fs::remove_dir_all(&s.journal);
+}
+
+/// Runners find their orphaned pods by the name on them, so two entries may not share one:
+/// the service refuses to start instead of letting one reap the other's jobs.
+#[tokio::test]
+async fn two_runners_entries_with_one_name_are_refused() {
+    let s = setup("glsame").await;
+    let mut config = config(&s);
+    let twin = config.runners[0].clone();
+    config.runners.push(twin);
+    let (_tx, handle) = start_runner_with(&s, config);
+    let err = handle.await.unwrap().unwrap_err().to_string();
+    assert!(
+        err.contains("runners[0] and runners[1] are both named"),
+        "{err}"
+    );
+}
+
+/// The apiserver goes away just as a job's pod is to be created (an apiserver restart, a
+/// dropped connection): the runner retries with gitlab-runner's backoff (`retry_limit`,
+/// `retry_backoff_max`), says so in the trace, and the job runs once the apiserver is back.
+/// Before, the first refused connection failed the job as a system failure.
+#[tokio::test]
+async fn a_job_whose_pod_meets_an_apiserver_outage_runs_once_it_is_back() {
+    let s = setup("gloutage").await;
+    let proxy = OutageProxy::start(&s.bed.env.apiserver_url).await.unwrap();
+    let sha = s
+        .gitlab
+        .create_repo("acme/app", &[("hello.txt", "hello\n")])
+        .unwrap();
+    let (tx, rx) = watch::channel(false);
+    let handle = tokio::spawn(keyhole_runner::service::run_until(
+        config(&s),
+        rx,
+        Some(s.bed.client_at(&proxy.url()).unwrap()),
+    ));
+    // Let the service connect through the relay before the outage starts.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    proxy.set_down(true);
+    let job = s
+        .gitlab
+        .job()
+        .project(7, "acme/app")
+        .sha(&sha)
+        .script(["cat hello.txt"])
+        .enqueue()
+        .unwrap();
+    wait_for_trace(&s, job.id, "retrying in").await;
+    proxy.set_down(false);
+    let done = s
+        .gitlab
+        .wait_for_final(job.id, Duration::from_secs(180))
+        .await
+        .unwrap();
+    let trace = trace_text(&s, job.id);
+    stop(tx, handle).await;
+    assert_eq!(done.status, FinalStatus::Success, "{trace}");
+    assert!(
+        trace.contains("the Kubernetes API server did not take Pod"),
+        "{trace}"
+    );
+    no_job_pods_left(&s).await;
+    let _ = std::fs::remove_dir_all(&s.journal);
 }

@@ -99,6 +99,7 @@ async fn run_job(
         trace: tx,
         control,
         metrics: None,
+        retry: keyhole_runner::execute::ApiRetry::default(),
     })
     .await;
     let trace = String::from_utf8_lossy(&collector.await.unwrap()).into_owned();

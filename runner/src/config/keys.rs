@@ -86,6 +86,8 @@ pub(crate) const KUBERNETES_KEYS: &[&str] = &[
     "dns_policy",
     "wait_for_services_timeout",
     "poll_timeout",
+    "retry_limit",
+    "retry_backoff_max",
     "pod_security_context",
 ];
 pub(crate) const POD_SECURITY_KEYS: &[&str] = &[
@@ -185,8 +187,6 @@ const GITLAB_RUNNER_ONLY_KEYS: &[&str] = &[
     "node_tolerations_overwrite_allowed",
     "affinity",
     "use_service_account_image_pull_secrets",
-    "retry_limit",
-    "retry_backoff_max",
     "retry_limits",
     "automount_service_account_token",
     "volumes",

@@ -152,6 +152,12 @@ pub struct KubernetesConfig {
     /// `ports:`) before it starts anyway with a warning; 0 means the default, 30, as in
     /// gitlab-runner.
     pub wait_for_services_timeout: u64,
+    /// Retries of a Kubernetes API call that failed for a passing reason (gitlab-runner's
+    /// `retry_limit`, default 5).
+    pub retry_limit: u32,
+    /// The longest wait between those retries, in milliseconds (gitlab-runner's
+    /// `retry_backoff_max`, default 2000).
+    pub retry_backoff_max: u64,
     pub pod_security_context: PodSecurityContext,
 }
 
@@ -212,6 +218,8 @@ impl Default for KubernetesConfig {
             dns_policy: None,
             poll_timeout: 180,
             wait_for_services_timeout: 30,
+            retry_limit: 5,
+            retry_backoff_max: 2000,
             pod_security_context: PodSecurityContext::default(),
         }
     }

@@ -1,9 +1,11 @@
 //! Running jobs on the cluster: pure status reading and the thin I/O loop around it.
 
 mod log_end;
+mod retry;
 mod run;
 mod status;
 
+pub use retry::{ApiRetry, is_transient, with_retry};
 pub use run::{Control, JobRun, TraceWriter, delete_pod, execute, execute_timed};
 pub use status::{
     ContainerView, FailureKind, Outcome, PodView, broker_failure, observe, progress_line,

@@ -45,6 +45,8 @@ pub struct JobRun {
     pub control: watch::Receiver<Control>,
     /// Where to record the pod start latency, if anywhere.
     pub metrics: Option<crate::metrics::Metrics>,
+    /// How creating the pod and its Secret retries an apiserver that does not answer.
+    pub retry: super::ApiRetry,
 }
 
 impl std::fmt::Debug for JobRun {
@@ -205,10 +207,10 @@ pub async fn execute_timed(mut run: JobRun) -> (Outcome, Instant, Option<JoinHan
     let secrets: Api<Secret> = Api::namespaced(run.client.clone(), &ns);
 
     trace.info(&format!("Creating pod {ns}/{name}")).await;
-    let created = match pods.create(&PostParams::default(), &pod).await {
+    let created = match create_retrying(&pods, &pod, &name, run.retry, &trace).await {
         Ok(p) => p,
         Err(e) => {
-            let msg = format!("the cluster refused the job pod {ns}/{name}: {e}");
+            let msg = format!("creating the job pod {ns}/{name} failed: {e}");
             trace.error(&msg).await;
             return (failed(FailureKind::System, None, msg), Instant::now(), None);
         }
@@ -221,7 +223,7 @@ pub async fn execute_timed(mut run: JobRun) -> (Outcome, Instant, Option<JoinHan
         uid: created.metadata.uid.clone().unwrap_or_default(),
         ..OwnerReference::default()
     }]);
-    if let Err(e) = secrets.create(&PostParams::default(), &secret).await {
+    if let Err(e) = create_retrying(&secrets, &secret, &name, run.retry, &trace).await {
         let msg = format!("creating the job's Secret {ns}/{name}: {e}");
         trace.error(&msg).await;
         let ended = Instant::now();
@@ -425,15 +427,61 @@ pub async fn execute_timed(mut run: JobRun) -> (Outcome, Instant, Option<JoinHan
     (outcome, ended, deletion)
 }
 
-/// Deletes the job pod (background propagation: its Secret follows). A pod that is already
-/// gone is fine.
+/// Creates one of the job's objects, retrying an apiserver that does not answer (see
+/// [`super::retry`]). The names are the job's own (random per job), so "already exists"
+/// after a retry means an earlier attempt got through with its answer lost: that object is
+/// read back instead.
+async fn create_retrying<K>(
+    api: &Api<K>,
+    object: &K,
+    name: &str,
+    policy: super::ApiRetry,
+    trace: &TraceWriter,
+) -> Result<K, kube::Error>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::Serialize
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let mut retried = false;
+    let params = PostParams::default();
+    let created = super::with_retry(
+        policy,
+        || api.create(&params, object),
+        |e, wait| {
+            retried = true;
+            let line = format!(
+                "the Kubernetes API server did not take {} {name} ({e}); retrying in {:.1}s",
+                K::kind(&()),
+                wait.as_secs_f64()
+            );
+            async move { trace.warn(&line).await }
+        },
+    )
+    .await;
+    match created {
+        Err(kube::Error::Api(s)) if retried && s.code == 409 => api.get(name).await,
+        other => other,
+    }
+}
+
+/// Deletes the job pod (background propagation: its Secret follows), retrying an apiserver
+/// that does not answer. A pod that is already gone is fine.
 pub async fn delete_pod(pods: &Api<Pod>, name: &str, grace_seconds: i64) {
     let params = DeleteParams {
         grace_period_seconds: Some(u32::try_from(grace_seconds).unwrap_or(0)),
         propagation_policy: Some(PropagationPolicy::Background),
         ..DeleteParams::default()
     };
-    if let Err(e) = pods.delete(name, &params).await
+    let deleted = super::with_retry(
+        super::ApiRetry::default(),
+        || pods.delete(name, &params),
+        |_, _| async {},
+    )
+    .await;
+    if let Err(e) = deleted
         && !matches!(&e, kube::Error::Api(s) if s.code == 404)
     {
         tracing::warn!(pod = name, error = %e, "deleting the job pod failed; the reaper will retry");
