@@ -471,7 +471,11 @@ async fn compat_expands_variables_like_gitlab_and_after_script_sees_the_job_stat
     assert_eq!(ready.code, 0, "{}", ready.output);
     assert_has(
         &ready.output,
-        &["service web is ready (port 8080", "served-by-web"],
+        &[
+            "service web is ready (port 8080",
+            "served-by-web",
+            "the job sees PAGE_TEXT=<>",
+        ],
     );
     assert_eq!(
         ready.output.matches("\nserved-by-web").count(),

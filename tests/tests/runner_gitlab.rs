@@ -791,6 +791,49 @@ async fn the_script_waits_for_its_services_and_warns_about_a_silent_one() {
     no_job_pods_left(&s).await;
 }
 
+/// Issue 11: a service image that needs root (here: it makes its data directory under a
+/// root-owned `/var/lib`, as database images do before they drop privileges) stops at once
+/// on a restricted pod. The job goes on, as with gitlab-runner, and the trace names the
+/// service, how it stopped, the uid it ran as, and what to do.
+#[tokio::test]
+async fn a_service_that_needs_root_is_named_in_the_trace_with_what_to_do() {
+    let s = setup("glsvcroot").await;
+    let busybox = "keyhole.local/busybox:1";
+    let job = s
+        .gitlab
+        .job()
+        .variable("GIT_STRATEGY", "none")
+        .image(busybox)
+        .service(json!({
+            "name": busybox, "alias": "db",
+            "entrypoint": ["sh", "-c"],
+            "command": ["mkdir /var/lib/db && exec httpd -f -p 5432 -h /var/lib/db"],
+            "ports": [{"number": 5432, "protocol": "tcp"}]
+        }))
+        .script(["echo the script ran"])
+        .enqueue()
+        .unwrap();
+    let mut config = config(&s);
+    config.runners[0].kubernetes.wait_for_services_timeout = 5;
+    let (tx, handle) = start_runner_with(&s, config);
+    let done = s
+        .gitlab
+        .wait_for_final(job.id, Duration::from_secs(180))
+        .await
+        .unwrap();
+    stop(tx, handle).await;
+    let trace = trace_text(&s, job.id);
+    assert_eq!(done.status, FinalStatus::Success, "{trace}");
+    assert!(
+        trace.contains("*** WARNING: service db exited with code 1 (Error) while the job ran")
+            && trace.contains("Services run as uid 1000 without root")
+            && trace.contains("kubernetes: {user:"),
+        "{trace}"
+    );
+    assert!(trace.contains("\nthe script ran"), "{trace}");
+    no_job_pods_left(&s).await;
+}
+
 /// Issue 11: `executor_opts.kubernetes.user` runs the build container as that uid:gid (the pod
 /// still passes PodSecurity `restricted`), and the job still reads its delivered values (the
 /// broker makes them readable through the pod's fsGroup); uid 0 fails the job with a message.

@@ -8,5 +8,6 @@ mod status;
 pub use retry::{ApiRetry, is_transient, with_retry};
 pub use run::{Control, JobRun, TraceWriter, delete_pod, execute, execute_timed};
 pub use status::{
-    ContainerView, FailureKind, Outcome, PodView, broker_failure, observe, progress_line,
+    ContainerView, FailureKind, Outcome, PodView, ServiceStop, broker_failure, observe,
+    progress_line, service_stop_warning,
 };

@@ -17,7 +17,8 @@ use tokio::task::JoinHandle;
 
 use super::log_end::LogEnd;
 use super::status::{
-    ContainerView, FailureKind, Outcome, broker_failure, observe, progress_line, start_failure,
+    ContainerView, FailureKind, Outcome, broker_failure, observe, progress_line,
+    service_stop_warning, start_failure,
 };
 use crate::pod::JobObjects;
 
@@ -252,6 +253,7 @@ pub async fn execute_timed(mut run: JobRun) -> (Outcome, Instant, Option<JoinHan
     let mut last_view = None;
     let mut log_task: Option<tokio::task::JoinHandle<bool>> = None;
     let mut delete_grace = grace;
+    let mut warned_services = std::collections::BTreeSet::new();
 
     let outcome = loop {
         tokio::select! {
@@ -297,6 +299,11 @@ pub async fn execute_timed(mut run: JobRun) -> (Outcome, Instant, Option<JoinHan
                         run.output_limit.saturating_mul(1024).saturating_add(BROKER_LINES_ALLOWANCE),
                         run.objects.log_end_token.clone(),
                     )));
+                }
+                for stop in &v.service_stops {
+                    if warned_services.insert(stop.container.clone()) {
+                        trace.warn(&service_stop_warning(stop)).await;
+                    }
                 }
                 if let Some((container, reason, message)) = &v.image_problem {
                     break failed(FailureKind::ImagePull, None, format!("container {container} cannot get its image: {reason}: {message}"));

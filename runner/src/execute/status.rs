@@ -72,6 +72,61 @@ pub struct PodView {
     /// The build, broker or checkout container that the kubelet could not create or start
     /// (a missing program, an exec format error, a bad mount): `(container, reason, message)`.
     pub start_problem: Option<(String, String, String)>,
+    /// Service containers that stopped with an error or could not start. The job goes on
+    /// without them, as with gitlab-runner, but the trace says why.
+    pub service_stops: Vec<ServiceStop>,
+}
+
+/// A service container that failed while the job ran.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceStop {
+    pub container: String,
+    /// How it failed, e.g. `exited with code 1 (Error)`.
+    pub how: String,
+    /// The uid it ran as, when the pod spec says.
+    pub uid: Option<i64>,
+}
+
+/// The trace's warning for a failed service. Most such failures on a restricted pod are an
+/// image that expects root (to chown its data, write where root owns, switch users), so the
+/// warning says what to do about that.
+pub fn service_stop_warning(s: &ServiceStop) -> String {
+    let uid = s
+        .uid
+        .map_or_else(|| "a non-root uid".to_string(), |u| format!("uid {u}"));
+    format!(
+        "*** WARNING: service {} {} while the job ran; the job goes on without it. Services run as {uid} without root, privilege escalation or added capabilities (PodSecurity `restricted`): an image that needs root (to chown its data, write where root owns, or switch users) stops this way. Use a variant of the image that runs unprivileged, or give the service a uid its files allow with `kubernetes: {{user: \"uid:gid\"}}` (within `allowed_users`)",
+        s.container, s.how
+    )
+}
+
+/// How a service container failed, if it did.
+fn service_failure(s: &ContainerStatus) -> Option<String> {
+    let state = s.state.as_ref()?;
+    if let Some(t) = &state.terminated {
+        let reason = t.reason.clone().unwrap_or_default();
+        if START_ERRORS.contains(&reason.as_str()) {
+            let message = t.message.clone().unwrap_or_default();
+            return Some(format!("could not start ({reason}: {message})"));
+        }
+        return (t.exit_code != 0).then(|| format!("exited with code {} ({reason})", t.exit_code));
+    }
+    let w = state.waiting.as_ref()?;
+    let reason = w.reason.clone()?;
+    START_ERRORS.contains(&reason.as_str()).then(|| {
+        let message = w.message.clone().unwrap_or_default();
+        format!("could not start ({reason}: {message})")
+    })
+}
+
+/// The uid a container runs as: its own `runAsUser`, else the pod's.
+fn container_uid(pod: &Pod, container: &str) -> Option<i64> {
+    let spec = pod.spec.as_ref()?;
+    spec.containers
+        .iter()
+        .find(|c| c.name == container)
+        .and_then(|c| c.security_context.as_ref()?.run_as_user)
+        .or_else(|| spec.security_context.as_ref()?.run_as_user)
 }
 
 fn view(status: Option<&ContainerStatus>) -> ContainerView {
@@ -191,6 +246,17 @@ pub fn observe(pod: &Pod) -> PodView {
         })
         .collect();
     let start_problem = start_problem(&essential);
+    let service_stops = main
+        .iter()
+        .filter(|s| s.name != contract::BUILD_CONTAINER)
+        .filter_map(|s| {
+            Some(ServiceStop {
+                how: service_failure(s)?,
+                uid: container_uid(pod, &s.name),
+                container: s.name.clone(),
+            })
+        })
+        .collect();
     PodView {
         phase: status.phase.unwrap_or_default(),
         unschedulable,
@@ -208,6 +274,7 @@ pub fn observe(pod: &Pod) -> PodView {
         ),
         image_problem,
         start_problem,
+        service_stops,
     }
 }
 
@@ -330,6 +397,55 @@ mod tests {
             start_failure(&container, &reason, &message).0,
             FailureKind::System
         );
+    }
+
+    #[test]
+    fn failed_services_are_named_with_how_and_the_uid_they_ran_as() {
+        let mut p = pod(json!({"phase": "Running",
+            "containerStatuses": [
+                {"name": "build", "image": "x", "imageID": "", "ready": true, "restartCount": 0, "state": {"running": {}}},
+                {"name": "db", "image": "postgres", "imageID": "", "ready": false, "restartCount": 0,
+                    "state": {"terminated": {"exitCode": 1, "reason": "Error"}}},
+                {"name": "cache", "image": "r", "imageID": "", "ready": false, "restartCount": 0,
+                    "state": {"waiting": {"reason": "CreateContainerError", "message": "no such file"}}},
+                {"name": "oneshot", "image": "o", "imageID": "", "ready": false, "restartCount": 0,
+                    "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}},
+                {"name": "web", "image": "w", "imageID": "", "ready": true, "restartCount": 0, "state": {"running": {}}}]}));
+        p.spec = Some(
+            serde_json::from_value(json!({
+                "securityContext": {"runAsUser": 1000},
+                "containers": [
+                    {"name": "build"},
+                    {"name": "db", "securityContext": {"runAsUser": 999}},
+                    {"name": "cache"}]
+            }))
+            .unwrap(),
+        );
+        let v = observe(&p);
+        assert_eq!(
+            v.service_stops,
+            [
+                ServiceStop {
+                    container: "db".into(),
+                    how: "exited with code 1 (Error)".into(),
+                    uid: Some(999),
+                },
+                ServiceStop {
+                    container: "cache".into(),
+                    how: "could not start (CreateContainerError: no such file)".into(),
+                    uid: Some(1000),
+                },
+            ]
+        );
+        let line = service_stop_warning(&v.service_stops[0]);
+        assert!(
+            line.contains("service db exited with code 1 (Error)")
+                && line.contains("uid 999")
+                && line.contains("needs root")
+                && line.contains("kubernetes: {user:"),
+            "{line}"
+        );
+        assert_eq!(v.start_problem, None, "a service does not end the job");
     }
 
     #[test]
