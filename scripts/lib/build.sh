@@ -153,9 +153,34 @@ SH
   "$out/redis-server" --version | grep -q "v=$v " || { echo "unpacked redis-server is not $v" >&2; exit 1; }
 }
 
+# The OCI registry (distribution) from Debian's docker-registry package, unpacked like Redis: the
+# package's postinst (a system user, a systemd service on :5000) never runs, `up` starts the
+# binary with its own config, by pid. It is a Go binary needing only libc.
+build_registry() {
+  local v=$1 out=$2 debver
+  debian_version() { apt-cache madison docker-registry | awk -v v="$v" '$3 ~ ("^([0-9]+:)?" v "[+-]") {print $3; exit}'; }
+  debver=$(debian_version)
+  if [[ -z $debver ]]; then
+    apt-get update -qq
+    debver=$(debian_version)
+  fi
+  [[ -n $debver ]] || { echo "no Debian build of docker-registry $v on this machine's mirrors (apt-cache madison docker-registry)" >&2; exit 1; }
+  chmod 755 .
+  apt-get download "docker-registry=$debver"
+  dpkg -x ./docker-registry_*.deb "$out/.root"
+  ln -s .root/usr/bin/docker-registry "$out/registry"
+  if ldd "$out/registry" 2>&1 | grep 'not found'; then
+    echo "the registry needs libraries this machine lacks (above); install them with apt-get" >&2
+    exit 1
+  fi
+  # Prints e.g. "github.com/docker/distribution 2.8.2+ds1".
+  "$out/registry" --version | grep -Eq " v?$v([+~ ]|\$)" || { echo "unpacked registry is not $v" >&2; exit 1; }
+}
+
 # Debian packages the bed needs: libseccomp for building runc, CNI plugins, busybox for the job
-# image, gcc for the pause binary, openssl for the PKI.
-APT_PACKAGES=(libseccomp-dev pkg-config containernetworking-plugins iptables busybox-static openssl jq git ca-certificates iproute2 procps curl gcc libc6-dev)
+# image, gcc for the pause binary, openssl for the PKI, apache2-utils for htpasswd (the registry's
+# htpasswd auth accepts bcrypt entries only, which openssl cannot make).
+APT_PACKAGES=(libseccomp-dev pkg-config containernetworking-plugins iptables busybox-static openssl jq git ca-certificates iproute2 procps curl gcc libc6-dev apache2-utils)
 
 install_debian_packages() {
   local missing=()
@@ -179,5 +204,6 @@ cmd_build() {
   [[ $only == all || $only == helm ]] && build_part helm "$HELM_VERSION" build_helm
   [[ $only == all || $only == vault ]] && build_part vault "$VAULT_VERSION" build_vault "$VAULT_VERSION-sdk$VAULT_SDK_VERSION"
   [[ $only == all || $only == redis ]] && build_part redis "$REDIS_VERSION" build_redis
+  [[ $only == all || $only == registry ]] && build_part registry "$REGISTRY_VERSION" build_registry
   log "build complete: binaries under $KEYHOLE_CACHE/bin"
 }

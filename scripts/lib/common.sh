@@ -20,6 +20,10 @@ HELM_VERSION=${HELM_VERSION:-v3.19.5}
 # service, no postinst). The newest Debian revision of it is taken, since security fixes arrive
 # as new revisions and old ones leave the mirror.
 REDIS_VERSION=${REDIS_VERSION:-7.0.15}
+# The private OCI registry pods pull from with an image pull Secret: Debian bookworm's
+# docker-registry (distribution) of this upstream version, unpacked like Redis. Its Debian
+# revisions (e.g. 2.8.2+ds1-1) share the cache entry, the newest one on the mirror is taken.
+REGISTRY_VERSION=${REGISTRY_VERSION:-2.8.2}
 PAUSE_IMAGE=${PAUSE_IMAGE:-registry.k8s.io/pause:3.10}
 # The checkout image (busybox + git); the runner's default git_image.
 GIT_IMAGE=${GIT_IMAGE:-keyhole.local/git:2}

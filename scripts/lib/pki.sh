@@ -35,6 +35,7 @@ generate_pki() {
   pki_cert kubelet "/O=system:nodes/CN=system:node:$NODE_NAME"
   pki_cert apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client"
   pki_cert vault "/CN=vault" "IP:127.0.0.1,IP:$NODE_IP" server
+  pki_cert registry "/CN=registry" "IP:$NODE_IP,IP:127.0.0.1" server
   openssl genrsa -out "$dir/sa.key" 2048 2>/dev/null
   openssl rsa -in "$dir/sa.key" -pubout -out "$dir/sa.pub" 2>/dev/null
   # The "GitLab" ID-token signing key: tests sign JWTs with it, Vault's jwt auth trusts its public half.

@@ -21,6 +21,13 @@ VAULT_TLS_PORT=8201
 # Redis for Vault's database secrets engine; on the bridge too, so job pods can use the
 # credentials they get.
 REDIS_PORT=16379
+# The private OCI registry (TLS with the bed's PKI, htpasswd auth): on the bridge only, where
+# containerd pulls for pods; nothing else needs it.
+REGISTRY="$NODE_IP:5000"
+REGISTRY_USER=keyhole
+# The busybox job image pushed there at `up` and removed from containerd's store, so a pod that
+# names it pulls it for real, with credentials (an image pull Secret).
+PRIVATE_IMAGE="$REGISTRY/private/busybox:1"
 RUN_DIR=/run/keyhole-testbed
 
 bin_dir() { echo "$KEYHOLE_TESTBED_DIR/bin"; }
@@ -70,12 +77,13 @@ link_binaries() {
   mkdir -p "$b"
   local part
   for part in "etcd-$ETCD_VERSION" "kubernetes-$KUBERNETES_VERSION" "containerd-$CONTAINERD_VERSION" "runc-$RUNC_VERSION" \
-    "helm-$HELM_VERSION" "vault-$VAULT_VERSION-sdk$VAULT_SDK_VERSION" "redis-$REDIS_VERSION"; do
+    "helm-$HELM_VERSION" "vault-$VAULT_VERSION-sdk$VAULT_SDK_VERSION" "redis-$REDIS_VERSION" "registry-$REGISTRY_VERSION"; do
     [[ -f $KEYHOLE_CACHE/bin/$part/.complete ]] || die "$part is not built; run 'scripts/testbed build' first"
     ln -sf "$KEYHOLE_CACHE/bin/$part"/* "$b/"
   done
 }
 
+ctr_k8s() { "$(bin_dir)/ctr" --address "$RUN_DIR/containerd.sock" -n k8s.io "$@"; }
 kubectl_admin() { "$(bin_dir)/kubectl" --kubeconfig "$KEYHOLE_TESTBED_DIR/admin.kubeconfig" "$@"; }
 vault_admin() { VAULT_ADDR="http://127.0.0.1:$VAULT_PORT" VAULT_TOKEN="$(cat "$KEYHOLE_TESTBED_DIR/vault-root-token")" "$(bin_dir)/vault" "$@"; }
 
@@ -111,9 +119,14 @@ start_etcd() {
   wait_for etcd 60 curl -fsS "$ETCD_URL/readyz"
 }
 
+# UserNamespacesPodSecurityStandards (alpha, off by default): PodSecurity `restricted` then admits
+# uid 0 in a pod with its own user namespace (hostUsers: false), which is how Keyhole runs root
+# jobs (`user_namespace_root`); without it such pods fail admission, as a cluster without the gate
+# would refuse them.
 start_apiserver() {
   local p=$KEYHOLE_TESTBED_DIR/pki
   start kube-apiserver "$(bin_dir)/kube-apiserver" \
+    --feature-gates=UserNamespacesPodSecurityStandards=true \
     --etcd-servers="$ETCD_URL" --bind-address="$NODE_IP" --advertise-address="$NODE_IP" --secure-port=6443 \
     --tls-cert-file="$p/apiserver.crt" --tls-private-key-file="$p/apiserver.key" --client-ca-file="$p/ca.crt" \
     --authorization-mode=Node,RBAC --anonymous-auth=true \
@@ -154,6 +167,9 @@ state = "$RUN_DIR/containerd"
   snapshotter = "overlayfs"
 [plugins.'io.containerd.cri.v1.images'.pinned_images]
   sandbox = "$PAUSE_IMAGE"
+[plugins.'io.containerd.cri.v1.images'.registry]
+  # Per-registry hosts.toml files (read at each pull): the bed's registry and the CA it trusts.
+  config_path = "$d/registry-hosts"
 [plugins.'io.containerd.cri.v1.runtime']
   # This machine's root lacks CAP_SYS_RESOURCE, so the kubelet's negative oom_score_adj for
   # sandboxes (-998) cannot be set; clamp to containerd's own value instead.
@@ -169,6 +185,13 @@ state = "$RUN_DIR/containerd"
 [plugins.'io.containerd.cri.v1.runtime'.cni]
   bin_dirs = ["/usr/lib/cni"]
   conf_dir = "$d/cni/net.d"
+TOML
+  # The bed's registry speaks TLS with a certificate of the bed's CA, which containerd trusts for
+  # that host only. Credentials are not here: pods bring them as image pull Secrets.
+  mkdir -p "$d/registry-hosts/$REGISTRY"
+  cat >"$d/registry-hosts/$REGISTRY/hosts.toml" <<TOML
+server = "https://$REGISTRY"
+ca = "$d/pki/ca.crt"
 TOML
   start containerd env PATH="$(bin_dir):$PATH" "$(bin_dir)/containerd" --config "$d/containerd.toml"
   wait_for containerd 60 "$(bin_dir)/ctr" --address "$RUN_DIR/containerd.sock" version
@@ -293,6 +316,78 @@ CONF
   wait_for redis 30 redis_ping
 }
 
+# curl -K - reads the credentials from stdin, so the password is never on a command line.
+registry_curl() {
+  printf 'user = "%s:%s"\n' "$REGISTRY_USER" "$(cat "$KEYHOLE_TESTBED_DIR/registry-password")" |
+    curl -fsS -o /dev/null --cacert "$KEYHOLE_TESTBED_DIR/pki/ca.crt" -K - "$@"
+}
+registry_ready() { registry_curl "https://$REGISTRY/v2/"; }
+
+# The private registry: TLS with the bed's PKI, one htpasswd user ($REGISTRY_USER) whose password
+# is generated at `up` (bcrypt in the htpasswd file; the registry accepts no other hash), images
+# on disk under the bed's state. Listens on the bridge address only.
+start_registry() {
+  local d=$KEYHOLE_TESTBED_DIR
+  if [[ ! -s $d/registry-password ]]; then
+    (umask 077 && head -c 24 /dev/urandom | base64 | tr -d '+/=\n' >"$d/registry-password")
+  fi
+  # -i: the password comes from stdin, never from the command line.
+  (umask 077 && htpasswd -niB "$REGISTRY_USER" <"$d/registry-password" >"$d/registry-htpasswd") ||
+    fail_up "htpasswd failed; run 'scripts/testbed build' (it installs apache2-utils)"
+  mkdir -p "$d/registry"
+  (
+    umask 077
+    cat >"$d/registry.yml" <<YAML
+version: 0.1
+log:
+  level: info
+storage:
+  filesystem:
+    rootdirectory: $d/registry
+  delete:
+    enabled: true
+http:
+  addr: $REGISTRY
+  secret: $(head -c 24 /dev/urandom | base64 | tr -d '+/=\n')
+  tls:
+    certificate: $d/pki/registry.crt
+    key: $d/pki/registry.key
+auth:
+  htpasswd:
+    realm: keyhole-testbed
+    path: $d/registry-htpasswd
+YAML
+  )
+  start registry "$(bin_dir)/registry" serve "$d/registry.yml"
+  wait_for registry 30 registry_ready
+}
+
+# Pushes the busybox job image as $PRIVATE_IMAGE, then removes that name from containerd, so
+# only a pull with credentials brings it back (the blobs stay, shared with the local image, so
+# the pull is quick). The credentials go in a throwaway hosts dir as a static Authorization
+# header, read by ctr from a 0600 file rather than taken from its command line (--user).
+push_private_image() {
+  local d=$KEYHOLE_TESTBED_DIR hosts
+  hosts=$(mktemp -d "$d/push-hosts.XXXXXX")
+  (
+    umask 077
+    mkdir -p "$hosts/$REGISTRY"
+    cat >"$hosts/$REGISTRY/hosts.toml" <<TOML
+server = "https://$REGISTRY"
+ca = "$d/pki/ca.crt"
+[header]
+  Authorization = "Basic $(printf '%s:%s' "$REGISTRY_USER" "$(cat "$d/registry-password")" | base64 -w0)"
+TOML
+  )
+  local ok=0
+  ctr_k8s images tag --force keyhole.local/busybox:1 "$PRIVATE_IMAGE" >>"$(log_file images)" 2>&1 &&
+    ctr_k8s images push --hosts-dir "$hosts" "$PRIVATE_IMAGE" >>"$(log_file images)" 2>&1 &&
+    ctr_k8s images rm "$PRIVATE_IMAGE" >>"$(log_file images)" 2>&1 && ok=1
+  rm -rf "$hosts"
+  ((ok)) || fail_up "pushing $PRIVATE_IMAGE to the registry failed; see $(log_file images) and $(log_file registry)"
+  log "image $PRIVATE_IMAGE pushed to the registry (and removed from containerd's store)"
+}
+
 # Vault's database engine at database/ on that Redis, with a role whose users live seconds
 # (default_ttl 6s, max_ttl 60s), so tests see renewals and expiry within a job.
 configure_database() {
@@ -325,6 +420,10 @@ export KEYHOLE_NODE_NAME=$NODE_NAME
 export KEYHOLE_REDIS_ADDR=127.0.0.1:$REDIS_PORT
 export KEYHOLE_REDIS_POD_ADDR=$NODE_IP:$REDIS_PORT
 export KEYHOLE_REDIS_PASSWORD_FILE=$d/redis-password
+export KEYHOLE_REGISTRY=$REGISTRY
+export KEYHOLE_REGISTRY_USER=$REGISTRY_USER
+export KEYHOLE_REGISTRY_PASSWORD_FILE=$d/registry-password
+export KEYHOLE_PRIVATE_IMAGE=$PRIVATE_IMAGE
 export PATH=$d/bin:\$PATH
 ENV
 }
@@ -342,8 +441,13 @@ cmd_up() {
       configure_database
       write_env
     fi
-    log "already up; 'scripts/testbed env' prints its settings"
-    return 0
+    if pid_alive registry && registry_ready >/dev/null 2>&1; then
+      log "already up; 'scripts/testbed env' prints its settings"
+      return 0
+    fi
+    # containerd reads where registry settings live (config_path) only when it starts, so a bed
+    # started before the registry was part of it cannot get it in place: start it afresh.
+    log "the running bed has no working registry: restarting it"
   fi
   cmd_down >/dev/null 2>&1 || true
   local t0=$SECONDS
@@ -360,6 +464,8 @@ cmd_up() {
   start_controllers
   start_containerd
   import_images
+  start_registry
+  push_private_image
   start_kubelet
   start_vault
   configure_vault
@@ -421,6 +527,7 @@ cmd_down() {
   fi
   stop_pid vault
   stop_pid redis
+  stop_pid registry
   stop_pid kubelet
   stop_containers
   stop_pid kube-scheduler
@@ -436,7 +543,7 @@ cmd_down() {
   log "down"
 }
 
-# Every part but Redis: what `up` needs running to add Redis to a bed in place.
+# Every part but Redis and the registry: what `up` needs running to add Redis to a bed in place.
 core_status() { cmd_status --core; }
 
 cmd_status() {
@@ -458,6 +565,7 @@ cmd_status() {
   check kubelet node_ready
   check vault curl -fsS "http://127.0.0.1:$VAULT_PORT/v1/sys/health"
   [[ ${1:-} == --core ]] || check redis redis_ping
+  [[ ${1:-} == --core ]] || check registry registry_ready
   return $ok
 }
 

@@ -31,6 +31,9 @@ pub struct BedEnv {
     /// Redis behind Vault's `database/` engine; `None` on a bed started before Redis was part
     /// of it (`scripts/testbed up` adds it in place).
     pub redis: Option<RedisEnv>,
+    /// The private OCI registry pods pull from with an image pull Secret; `None` on a bed
+    /// started before the registry was part of it (`scripts/testbed up` restarts such a bed).
+    pub registry: Option<RegistryEnv>,
 }
 
 /// Where the bed's Redis listens and where its admin password is.
@@ -41,6 +44,38 @@ pub struct RedisEnv {
     /// On the bed's bridge, for pods.
     pub pod_addr: String,
     pub password_file: PathBuf,
+}
+
+/// The bed's private registry (TLS with the bed's CA, htpasswd auth) and the image pushed there.
+#[derive(Debug, Clone)]
+pub struct RegistryEnv {
+    /// `10.213.0.1:5000`: on the bed's bridge, where containerd pulls for pods.
+    pub addr: String,
+    pub user: String,
+    /// Generated at `up`, mode 0600.
+    pub password_file: PathBuf,
+    /// The busybox job image, present only in the registry: a pod naming it pulls it for real.
+    pub private_image: String,
+}
+
+impl RegistryEnv {
+    /// The password of [`Self::user`], read from the bed's state.
+    pub fn password(&self) -> Result<String> {
+        let text = std::fs::read_to_string(&self.password_file)
+            .with_context(|| format!("reading {}", self.password_file.display()))?;
+        Ok(text.trim().to_owned())
+    }
+
+    /// The `.dockerconfigjson` of an image pull Secret (type `kubernetes.io/dockerconfigjson`)
+    /// that logs in to this registry as `user` with `password`.
+    pub fn docker_config_json(&self, user: &str, password: &str) -> String {
+        use base64::Engine as _;
+        let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        serde_json::json!({"auths": {&self.addr: {
+            "username": user, "password": password, "auth": auth
+        }}})
+        .to_string()
+    }
 }
 
 impl BedEnv {
@@ -96,7 +131,28 @@ impl BedEnv {
                 }),
                 _ => None,
             },
+            registry: match (
+                get("KEYHOLE_REGISTRY"),
+                get("KEYHOLE_REGISTRY_USER"),
+                get("KEYHOLE_REGISTRY_PASSWORD_FILE"),
+                get("KEYHOLE_PRIVATE_IMAGE"),
+            ) {
+                (Ok(addr), Ok(user), Ok(file), Ok(private_image)) => Some(RegistryEnv {
+                    addr,
+                    user,
+                    password_file: file.into(),
+                    private_image,
+                }),
+                _ => None,
+            },
         })
+    }
+
+    /// The bed's registry, or an explanation of how to get it.
+    pub fn registry(&self) -> Result<&RegistryEnv> {
+        self.registry.as_ref().context(
+            "the bed has no registry: run `scripts/testbed build && scripts/testbed up` (up restarts a bed without one)",
+        )
     }
 
     /// A binary the bed built (kubectl, etcdctl, vault, helm, ...).

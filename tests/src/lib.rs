@@ -22,7 +22,7 @@ mod silent;
 mod vault;
 
 pub use access::{Access, service_account_may, wait_until_allowed};
-pub use bed::{BedEnv, RedisEnv, TestBed};
+pub use bed::{BedEnv, RedisEnv, RegistryEnv, TestBed};
 pub use broker_process::{BrokerDirs, BrokerExit, BrokerProcess, broker_binary, runner_binary};
 pub use coordinator::{Coordinator, CoordinatorOptions};
 pub use helm::{HelmRelease, bed_command, bed_script, chart_dir, repo_dir, run, run_ok};

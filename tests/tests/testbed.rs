@@ -1,15 +1,18 @@
 //! Proof that each part of the test bed is real: RBAC, TokenRequest + Vault kubernetes auth,
 //! Vault JWT auth, PodSecurity admission, the kubelet running pods, projected volumes and native
-//! sidecars, and garbage collection of owned objects. Needs `scripts/testbed up`.
+//! sidecars, garbage collection of owned objects, and pulls from the private registry with an
+//! image pull Secret. Needs `scripts/testbed up`.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{Event, Pod, Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use keyhole_tests::{TestBed, TestNamespace, VaultAdmin, pod_logs, run_pod_to_completion};
-use kube::api::{DeleteParams, ObjectMeta, PostParams};
+use keyhole_tests::{
+    TestBed, TestNamespace, VaultAdmin, pod_logs, run_pod_to_completion, wait_for_pod,
+};
+use kube::api::{DeleteParams, ListParams, ObjectMeta, PostParams};
 use kube::runtime::wait::{await_condition, conditions};
 use kube::{Api, Resource};
 use serde_json::json;
@@ -670,4 +673,179 @@ async fn validating_admission_policy_rejects_what_its_cel_expression_forbids() {
         "spec": {"containers": [{"name": "c", "image": BUSYBOX, "imagePullPolicy": "Never", "command": ["true"]}]}
     }));
     pods.create(&PostParams::default(), &plain).await.unwrap();
+}
+
+/// The waiting reason and message of a pod's first container, if it is waiting.
+fn waiting_of(pod: Option<&Pod>) -> Option<(String, String)> {
+    let status = pod?.status.as_ref()?.container_statuses.as_ref()?.first()?;
+    let waiting = status.state.as_ref()?.waiting.as_ref()?;
+    Some((
+        waiting.reason.clone().unwrap_or_default(),
+        waiting.message.clone().unwrap_or_default(),
+    ))
+}
+
+/// The private image is in the bed's registry only (`up` removed it from containerd), and
+/// `imagePullPolicy: Always` makes the kubelet ask the registry each time: a pod gets it with an
+/// image pull Secret holding the registry's credentials, and without one or with a wrong
+/// password stays waiting on a pull the registry refused.
+#[tokio::test]
+async fn private_registry_image_is_pulled_only_with_an_image_pull_secret_holding_its_credentials() {
+    let bed = TestBed::connect().await;
+    let registry = bed.env.registry().unwrap();
+    let password = registry.password().unwrap();
+    assert!(!password.is_empty(), "the registry password file is empty");
+
+    // The registry itself refuses anonymous requests and accepts its user: were it open, the
+    // pod without credentials below would pull the image as well. Its certificate is from the
+    // bed's CA, the one Vault's TLS listeners use.
+    let ca = std::fs::read(&bed.env.vault_ca_file).unwrap();
+    let http = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+        .build()
+        .unwrap();
+    let base = format!("https://{}/v2/", registry.addr);
+    let anonymous = http.get(&base).send().await.unwrap();
+    assert_eq!(
+        anonymous.status().as_u16(),
+        401,
+        "the registry must require credentials"
+    );
+    let authorized = http
+        .get(&base)
+        .basic_auth(&registry.user, Some(&password))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        authorized.status().as_u16(),
+        200,
+        "the registry must accept its user"
+    );
+
+    let ns = TestNamespace::create(
+        &bed,
+        "pull",
+        &[
+            ("pod-security.kubernetes.io/enforce", "restricted"),
+            ("pod-security.kubernetes.io/enforce-version", "latest"),
+        ],
+    )
+    .await
+    .unwrap();
+    let secrets: Api<Secret> = ns.api();
+    for (name, secret_password) in [
+        ("registry", password.as_str()),
+        ("wrong-password", "not-the-password"),
+    ] {
+        let pull_secret = Secret {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                ..ObjectMeta::default()
+            },
+            type_: Some("kubernetes.io/dockerconfigjson".into()),
+            string_data: Some(BTreeMap::from([(
+                ".dockerconfigjson".to_owned(),
+                registry.docker_config_json(&registry.user, secret_password),
+            )])),
+            ..Secret::default()
+        };
+        secrets
+            .create(&PostParams::default(), &pull_secret)
+            .await
+            .unwrap();
+    }
+
+    let pods: Api<Pod> = ns.api();
+    let pod = |name: &str, pull_secret: Option<&str>| {
+        pod_from_json(json!({
+            "metadata": {"name": name},
+            "spec": {
+                "restartPolicy": "Never",
+                "automountServiceAccountToken": false,
+                "securityContext": {"runAsNonRoot": true, "runAsUser": 1000,
+                    "seccompProfile": {"type": "RuntimeDefault"}},
+                "imagePullSecrets": pull_secret.map(|s| vec![json!({"name": s})]),
+                "containers": [{"name": "c", "image": registry.private_image,
+                    "imagePullPolicy": "Always", "command": ["echo", "pulled"],
+                    "securityContext": restricted_container_security()}]}
+        }))
+    };
+    for (name, pull_secret) in [
+        ("anonymous", None),
+        ("wrong-password", Some("wrong-password")),
+    ] {
+        pods.create(&PostParams::default(), &pod(name, pull_secret))
+            .await
+            .unwrap();
+    }
+
+    let done = run_pod_to_completion(&pods, &pod("with-secret", Some("registry")))
+        .await
+        .unwrap();
+    assert_eq!(
+        done.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded"),
+        "{:#?}",
+        done.status
+    );
+    assert_eq!(
+        pod_logs(&pods, "with-secret", "c").await.unwrap().trim(),
+        "pulled"
+    );
+    // The kubelet reports each pull it made; Events are posted asynchronously.
+    let events: Api<Event> = ns.api();
+    let mut pulled = Vec::new();
+    for _ in 0..50 {
+        pulled = events
+            .list(&ListParams::default().fields("involvedObject.name=with-secret"))
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|e| e.reason.as_deref() == Some("Pulled"))
+            .filter_map(|e| e.message)
+            .collect();
+        if !pulled.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        pulled
+            .iter()
+            .any(|m| m.contains("Successfully pulled image") && m.contains(&registry.private_image)),
+        "the kubelet must have pulled the image from the registry: {pulled:?}"
+    );
+
+    // Were the registry open, these pods would run: waiting stops at that too, to fail fast.
+    for (name, refusal) in [
+        // containerd sends no request without credentials once the registry asked for Basic auth.
+        (
+            "anonymous",
+            "authorization failed: no basic auth credentials",
+        ),
+        ("wrong-password", "401 Unauthorized"),
+    ] {
+        let refused = wait_for_pod(&pods, name, |p| {
+            let phase = p.and_then(|p| p.status.as_ref()?.phase.clone());
+            matches!(phase.as_deref(), Some("Running" | "Succeeded" | "Failed"))
+                || waiting_of(p).is_some_and(|(reason, _)| {
+                    reason == "ErrImagePull" || reason == "ImagePullBackOff"
+                })
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            refused.status.as_ref().and_then(|s| s.phase.as_deref()),
+            Some("Pending"),
+            "{name} must not run: {:#?}",
+            refused.status
+        );
+        let (reason, message) = waiting_of(Some(&refused)).unwrap();
+        assert!(
+            message.contains(refusal),
+            "{name}: the pull must fail on authorization ({refusal:?}), got {reason}: {message}"
+        );
+    }
 }
