@@ -39,6 +39,27 @@ pub struct Job {
     /// local jobs, which have no GitLab to mint them, so `exec` can say which tokens the job
     /// expects; empty for GitLab jobs.
     pub id_tokens: Vec<IdTokenRequest>,
+    /// The registry logins GitLab sends with the job (`credentials[]` of type `registry`: the
+    /// job token for GitLab's own registry); see [`crate::registry_auth`].
+    pub registry_credentials: Vec<RegistryCredential>,
+}
+
+/// A `credentials[]` entry of the job payload (`type: registry`).
+#[derive(Clone)]
+pub struct RegistryCredential {
+    /// The registry host, e.g. `registry.gitlab.example.com`.
+    pub registry: String,
+    pub username: String,
+    pub password: SecretString,
+}
+
+impl std::fmt::Debug for RegistryCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryCredential")
+            .field("registry", &self.registry)
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
 }
 
 /// One `id_tokens:` entry: the variable GitLab would put a JWT in, and the JWT's audiences.

@@ -15,6 +15,7 @@ pub mod pipeline;
 pub mod pod;
 pub mod prepare;
 pub mod reaper;
+pub mod registry_auth;
 pub mod render;
 pub mod script;
 pub mod secrets;

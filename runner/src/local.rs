@@ -59,6 +59,9 @@ where
                     prepared.service_account.name, prepared.service_account.reason
                 ))
                 .await;
+            for line in prepared.registry_lines() {
+                trace.info(&line).await;
+            }
             if !prepared.secrets.references.is_empty() {
                 let names: Vec<&str> = prepared
                     .secrets

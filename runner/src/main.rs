@@ -185,21 +185,37 @@ fn render(args: &LocalArgs) -> Result<()> {
     let name = keyhole_runner::pod::pod_name(job.id, "render");
     let prepared = keyhole_runner::prepare::prepare_named(&job, &runner, name)
         .map_err(|errors| anyhow::anyhow!(errors.join("\n")))?;
-    let mut secret = prepared.objects.secret;
-    // The Secret's values are the job's secrets: show the keys only.
+    let mut out = String::new();
+    let secrets = [
+        (
+            Some(prepared.objects.secret),
+            "# The per-job Secret (values redacted); owned by the pod once it exists.\n",
+        ),
+        (
+            prepared.objects.pull_secret,
+            "# The pod's own image pull Secret (values redacted); owned by the pod once it exists.\n",
+        ),
+    ];
+    for (secret, comment) in secrets {
+        let Some(secret) = secret else { continue };
+        out.push_str(comment);
+        out.push_str(&keyhole_runner::render::to_yaml(&redacted(secret))?);
+        out.push_str("---\n");
+    }
+    out.push_str(&keyhole_runner::render::to_yaml(&prepared.objects.pod)?);
+    print!("{out}");
+    Ok(())
+}
+
+/// A Secret with its keys kept and its values (the job's secrets) replaced.
+fn redacted(mut secret: k8s_openapi::api::core::v1::Secret) -> k8s_openapi::api::core::v1::Secret {
     if let Some(data) = secret.data.as_mut() {
         for value in data.values_mut() {
             *value = k8s_openapi::ByteString(b"<redacted>".to_vec());
         }
     }
     secret.metadata.owner_references = None;
-    let mut out = String::new();
-    out.push_str("# The per-job Secret (values redacted); owned by the pod once it exists.\n");
-    out.push_str(&keyhole_runner::render::to_yaml(&secret)?);
-    out.push_str("---\n");
-    out.push_str(&keyhole_runner::render::to_yaml(&prepared.objects.pod)?);
-    print!("{out}");
-    Ok(())
+    secret
 }
 
 async fn exec(args: &LocalArgs) -> Result<i32> {

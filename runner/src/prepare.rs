@@ -11,8 +11,10 @@ use crate::pod::{
     DEFAULT_JOB_TIMEOUT, JobObjects, PodRequest, build_job_objects, log_end_token, pod_name,
     random_suffix,
 };
+use crate::registry_auth::{AuthSource, PullAuth, RegistryAuthError, resolve};
 use crate::secrets::{JobSecrets, collect};
 use crate::variables::{RunnerFacts, complete_job};
+use secrecy::SecretString;
 
 /// A job ready to run.
 #[derive(Debug, Clone)]
@@ -21,6 +23,52 @@ pub struct Prepared {
     pub service_account: ServiceAccountChoice,
     pub secrets: JobSecrets,
     pub timeout: Duration,
+    /// The registries the pod's own pull Secret logs in to, and whose login each is.
+    pub registries: Vec<(String, AuthSource)>,
+}
+
+impl Prepared {
+    /// One trace line per registry the pod logs in to, naming whose login it uses (never a
+    /// value), as gitlab-runner says where each came from.
+    pub fn registry_lines(&self) -> Vec<String> {
+        self.registries
+            .iter()
+            .map(|(registry, source)| {
+                format!("Pulling from {registry} with the login from {source}")
+            })
+            .collect()
+    }
+}
+
+/// `DOCKER_AUTH_CONFIG`, which gitlab-runner reads from the job and the runner's environment.
+const DOCKER_AUTH_CONFIG: &str = "DOCKER_AUTH_CONFIG";
+
+/// The job's registry logins: its own `DOCKER_AUTH_CONFIG` (as expanded), the runner's
+/// `environment` one, GitLab's `credentials`.
+fn pull_auth(
+    payload_job: &Job,
+    job: &Job,
+    runner: &RunnerConfig,
+) -> Result<Option<PullAuth>, RegistryAuthError> {
+    let last = |j: &Job| {
+        j.variables
+            .iter()
+            .rev()
+            .find(|v| v.key == DOCKER_AUTH_CONFIG)
+            .map(|v| v.value.clone())
+    };
+    let from_job = last(payload_job).and_then(|_| last(job));
+    let from_runner = runner
+        .environment
+        .iter()
+        .rev()
+        .find_map(|e| e.strip_prefix("DOCKER_AUTH_CONFIG="))
+        .map(|v| SecretString::from(v.to_owned()));
+    resolve(
+        from_job.as_ref(),
+        from_runner.as_ref(),
+        &job.registry_credentials,
+    )
 }
 
 /// Prepares a job with a fresh pod name.
@@ -36,7 +84,9 @@ pub fn prepare_named(
 ) -> Result<Prepared, Vec<String>> {
     // Once per job, before anything reads a variable: the runner's own variables, then
     // GitLab's expansion of values, image and services (see crate::variables).
+    let payload_job = job;
     let job = &complete_job(job, &RunnerFacts::of(runner)).map_err(|e| vec![e.to_string()])?;
+    let pull_auth = pull_auth(payload_job, job, runner).map_err(|e| vec![e.to_string()])?;
     let identity = JobIdentity {
         project_path: job.project.path.as_deref(),
         ref_name: &job.git.ref_name,
@@ -57,6 +107,7 @@ pub fn prepare_named(
         service_account: service_account.name.clone(),
         secrets: &secrets,
         log_end_token: log_end_token(),
+        pull_auth: pull_auth.as_ref(),
     })
     .map_err(|e| vec![e.0])?;
     Ok(Prepared {
@@ -64,5 +115,6 @@ pub fn prepare_named(
         service_account,
         secrets,
         timeout: job.timeout.unwrap_or(DEFAULT_JOB_TIMEOUT),
+        registries: pull_auth.map(|a| a.registries()).unwrap_or_default(),
     })
 }

@@ -233,6 +233,7 @@ mod tests {
             gitlab_secrets: gitlab,
             token: None,
             id_tokens: Vec::new(),
+            registry_credentials: Vec::new(),
         }
     }
 

@@ -228,6 +228,11 @@ impl Service {
         kube.apiserver_version()
             .await
             .context("the Kubernetes API server does not answer")?;
+        if runner.keyhole.user_namespace_root != crate::config::UserNamespaceRoot::Off
+            && let Err(problem) = crate::verify::user_namespace_probe(&kube, &runner).await
+        {
+            warn!(runner = %runner.name, "{problem}");
+        }
         info!(runner = %runner.name, url = %runner.url, namespace = %runner.kubernetes.namespace, "runner ready");
         let dir = PathBuf::from(&runner.keyhole.journal_dir);
         let journal = match Journal::open_for_runner(&dir, &crate::pod::label_value(&runner.name)) {
@@ -532,6 +537,9 @@ impl Service {
                             prepared.service_account.name, prepared.service_account.reason
                         ))
                         .await;
+                    for line in prepared.registry_lines() {
+                        trace.info(&line).await;
+                    }
                     let pod_name = prepared.objects.pod.metadata.name.clone().unwrap_or_default();
                     if let Some(j) = &self.journal
                         && let Err(e) = j.record(&Entry {

@@ -7,7 +7,7 @@ use k8s_openapi::api::authorization::v1::{
 use kube::Api;
 use kube::api::PostParams;
 
-use crate::config::{Config, RunnerConfig};
+use crate::config::{Config, RunnerConfig, UserNamespaceRoot};
 
 /// What `verify` found.
 #[derive(Debug, Default)]
@@ -156,6 +156,54 @@ async fn check_cluster(runner: &RunnerConfig, report: &mut VerifyReport) {
             extra.join(", ")
         ));
     }
+    if runner.keyhole.user_namespace_root != UserNamespaceRoot::Off {
+        match user_namespace_probe(&client, runner).await {
+            Ok(()) => report.ok(format!(
+                "namespace {ns} admits root jobs in a user namespace (user_namespace_root; a dry run, nothing created)"
+            )),
+            Err(e) => report.problem(e),
+        }
+    }
+}
+
+/// With `user_namespace_root`, asks the API server to admit, as a dry run (nothing is created),
+/// a pod shaped like a root job's: its own user namespace, uid 0, no capabilities. Admission
+/// (PodSecurity, the chart's policies) answers as it would for a real job, so a cluster that
+/// cannot run root jobs is named at start and in `verify`, not at the first job.
+pub async fn user_namespace_probe(
+    client: &kube::Client,
+    runner: &RunnerConfig,
+) -> Result<(), String> {
+    let k = &runner.kubernetes;
+    let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "kh-0-userns", "labels": {
+            crate::pod::MANAGED_BY_LABEL: crate::pod::MANAGED_BY,
+            crate::pod::RUNNER_LABEL: crate::pod::label_value(&runner.name),
+            crate::pod::JOB_ID_LABEL: "0"}},
+        "spec": {
+            "hostUsers": false,
+            "restartPolicy": "Never",
+            "serviceAccountName": k.service_account,
+            "automountServiceAccountToken": false,
+            "securityContext": {"runAsNonRoot": true, "runAsUser": k.pod_security_context.run_as_user,
+                "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [{"name": "build", "image": k.image,
+                "securityContext": {"runAsUser": 0, "runAsNonRoot": false,
+                    "allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}}}]
+        }
+    }))
+    .map_err(|e| format!("internal error building the user namespace probe: {e}"))?;
+    let params = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), &k.namespace);
+    pods.create(&params, &pod).await.map(drop).map_err(|e| {
+        format!(
+            "user_namespace_root is {:?}, but namespace {} refuses a root job pod in a user namespace ({e}); PodSecurity `restricted` admits one only when the API server has the UserNamespacesPodSecurityStandards feature gate on (and the nodes support user namespaces: Kubernetes 1.33+, Linux 6.3+ for idmapped tmpfs); turn it on, or set user_namespace_root = \"off\"",
+            runner.keyhole.user_namespace_root, k.namespace
+        )
+    })
 }
 
 async fn check_vault(runner: &RunnerConfig, report: &mut VerifyReport) {

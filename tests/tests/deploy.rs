@@ -999,7 +999,7 @@ async fn admission_policy_refuses_what_runner_made_pods_must_not_do_and_admits_a
         .await
         .expect_err("a per-job Secret without its owner pod is refused");
     assert!(
-        matches!(&unowned, kube::Error::Api(s) if s.message.contains("must be owned by the pod of the same name")),
+        matches!(&unowned, kube::Error::Api(s) if s.message.contains("must be owned by its pod (ownerReference apiVersion v1, kind Pod")),
         "{unowned:?}"
     );
     secrets

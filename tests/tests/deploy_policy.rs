@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Pod, Secret};
-use keyhole_runner::pod::POD_NAME_PATTERN;
+use keyhole_runner::pod::{POD_NAME_PATTERN, PULL_SECRET_NAME_PATTERN};
 use keyhole_tests::chart::{
     BUSYBOX, POLICY_DEADLINE, RELEASE, RUNNER_SA, from_json, helm_template, is_policy_denial,
     job_pod, job_secret, refusal, refusal_once_effective, restricted, runner_client, test_values,
@@ -90,7 +90,7 @@ impl Install {
             refusal_once_effective(&self.as_runner::<Secret>(), &self.as_admin(bed), &unowned)
                 .await;
         assert!(
-            refused.message.contains("must be owned by the pod"),
+            refused.message.contains("must be owned by its pod"),
             "{refused:?}"
         );
     }
@@ -149,6 +149,12 @@ async fn the_policies_reserve_the_names_the_runner_gives() {
         rendered.matches(&check).count(),
         3,
         "pod name, runner's Secret name, everyone else's Secret name; {check} in:\n{rendered}"
+    );
+    let check = format!(".matches('{PULL_SECRET_NAME_PATTERN}')");
+    assert_eq!(
+        rendered.matches(&check).count(),
+        2,
+        "runner's pull Secret name, everyone else's Secret name; {check} in:\n{rendered}"
     );
 }
 
@@ -477,5 +483,108 @@ async fn only_the_runner_may_create_secrets_named_like_job_pods() {
     assert_eq!(
         released.and_then(|s| s.metadata.uid).as_ref(),
         Some(&made[1])
+    );
+}
+
+/// A job pod's image pull Secret (`<pod>-registry`, issue 11) is that pod's alone: the runner
+/// may make it only as a `kubernetes.io/dockerconfigjson` Secret owned by the pod; only that
+/// pod may name it in `imagePullSecrets`, and no pod may mount it; nobody else may make a
+/// Secret of such a name (it would lend its registry login to the pod of that name).
+#[tokio::test]
+async fn a_pull_secret_is_its_pods_own_and_no_one_elses() {
+    let bed = TestBed::connect().await;
+    let install = Install::new(&bed, "pol-pull").await;
+    install.pod_policy_effective(&bed).await;
+    install.secret_policy_effective(&bed).await;
+    let pods = install.as_runner::<Pod>();
+    let secrets = install.as_runner::<Secret>();
+    let with_pull = |name: &str, pull: &str| {
+        let mut pod = job_pod(name, "app-deployer");
+        pod["spec"]["imagePullSecrets"] = json!([{"name": pull}]);
+        pod
+    };
+    let name = "kh-4401-c0c0c0";
+    let pull = format!("{name}-registry");
+    let pod = pods
+        .create(&PostParams::default(), &from_json(with_pull(name, &pull)))
+        .await
+        .expect("a job pod naming its own pull Secret is admitted");
+    let owner = |pod_name: &str| {
+        json!([{"apiVersion": "v1", "kind": "Pod", "name": pod_name,
+            "uid": pod.metadata.uid.clone().unwrap()}])
+    };
+    let pull_secret = |type_: &str, owner: Value| -> Secret {
+        from_json(json!({
+            "metadata": {"name": pull, "labels": job_labels(), "ownerReferences": owner},
+            "immutable": true,
+            "type": type_,
+            "stringData": {".dockerconfigjson": "{\"auths\":{\"10.213.0.1:5000\":{\"auth\":\"dTpw\"}}}"}
+        }))
+    };
+    assert_refused(
+        secrets
+            .create(&PostParams::default(), &pull_secret("Opaque", owner(name)))
+            .await,
+        "an Opaque pull Secret",
+        &format!(
+            "Secret {pull} refused: a pod's pull Secret must be of type kubernetes.io/dockerconfigjson"
+        ),
+    );
+    assert_refused(
+        secrets
+            .create(
+                &PostParams::default(),
+                &pull_secret("kubernetes.io/dockerconfigjson", owner("kh-4402-d0d0d0")),
+            )
+            .await,
+        "a pull Secret owned by another pod",
+        &format!(
+            "Secret {pull} refused: a runner-made Secret must be owned by its pod (ownerReference apiVersion v1, kind Pod, name {name})"
+        ),
+    );
+    secrets
+        .create(
+            &PostParams::default(),
+            &pull_secret("kubernetes.io/dockerconfigjson", owner(name)),
+        )
+        .await
+        .expect("the pod's own pull Secret is admitted");
+
+    // Another job pod may not pull with it, nor may any pod mount it.
+    let message = refusal(
+        &pods,
+        &install.as_admin(&bed),
+        &with_pull("kh-4402-d0d0d0", &pull),
+        "another pod's pull Secret",
+    )
+    .await;
+    assert!(
+        message.contains(&format!("imagePullSecrets {pull} are not allowed")),
+        "{message}"
+    );
+    let mut mounting = job_pod(name, "app-deployer");
+    mounting["metadata"]["name"] = json!("kh-4403-e0e0e0");
+    mounting["spec"]["volumes"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "creds", "secret": {"secretName": pull}}));
+    let message = refusal(&pods, &install.as_admin(&bed), &mounting, "mounting it").await;
+    assert!(
+        message.contains(&format!("creds (Secret {pull})")),
+        "{message}"
+    );
+
+    // Nobody else may make a Secret of a pull Secret's name.
+    let admin = install.as_admin::<Secret>(&bed);
+    let tenant: Value = json!({"metadata": {"name": "kh-4404-f0f0f0-registry"},
+        "type": "kubernetes.io/dockerconfigjson",
+        "stringData": {".dockerconfigjson": "{\"auths\":{}}"}});
+    let refused = refusal_once_effective(&admin, &admin, &tenant).await;
+    assert!(
+        refused.message.contains(&format!(
+            "are kept for the image pull Secrets of the runner {}'s job pods",
+            install.runner_user()
+        )),
+        "{refused:?}"
     );
 }

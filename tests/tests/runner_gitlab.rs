@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
-use keyhole_runner::config::{Config, RunnerConfig, ServiceAccountRule};
+use keyhole_runner::config::{Config, RunnerConfig, ServiceAccountRule, UserNamespaceRoot};
 use keyhole_tests::coordinator::FinalStatus;
 use keyhole_tests::{Coordinator, CoordinatorOptions, OutageProxy, TestBed, TestNamespace};
 use kube::Api;
@@ -996,4 +996,161 @@ async fn a_job_whose_pod_meets_an_apiserver_outage_runs_once_it_is_back() {
     );
     no_job_pods_left(&s).await;
     let _ = std::fs::remove_dir_all(&s.journal);
+}
+
+/// Issue 11: a job's image in a private registry is pulled (for real, from the bed's registry)
+/// with the login GitLab sends in `credentials`, or with the job's `DOCKER_AUTH_CONFIG`, which
+/// wins over it; the login goes into the pod's own pull Secret, which goes with the pod. Without
+/// a login the pull fails as an image pull failure that says why.
+#[tokio::test]
+async fn private_images_are_pulled_with_the_jobs_registry_login() {
+    let s = setup("glpull").await;
+    let registry = s.bed.env.registry().unwrap();
+    let reg = PrivateRegistry {
+        host: registry.addr.clone(),
+        user: registry.user.clone(),
+        password: registry.password().unwrap(),
+        image: registry.private_image.clone(),
+    };
+    let pulled = || {
+        s.gitlab
+            .job()
+            .variable("GIT_STRATEGY", "none")
+            .image_spec(json!({"name": reg.image, "pull_policy": ["always"]}))
+            .script(["echo pulled-and-ran"])
+    };
+    let login = |password: &str| json!([{"type": "registry", "url": reg.host, "username": reg.user, "password": password}]);
+    let with_credentials = pulled()
+        .credentials(login(&reg.password))
+        .enqueue()
+        .unwrap();
+    let auth = base64_of(&format!("{}:{}", reg.user, reg.password));
+    let docker_auth_config = format!(r#"{{"auths": {{"{}": {{"auth": "{auth}"}}}}}}"#, reg.host);
+    let with_variable = pulled()
+        .credentials(login("wrong-password"))
+        .secret_variable("DOCKER_AUTH_CONFIG", &docker_auth_config)
+        .enqueue()
+        .unwrap();
+    let without = pulled().enqueue().unwrap();
+    let (tx, handle) = start_runner(&s);
+    let mut finals = Vec::new();
+    for job in [&with_credentials, &with_variable, &without] {
+        let done = s
+            .gitlab
+            .wait_for_final(job.id, Duration::from_secs(180))
+            .await
+            .unwrap();
+        finals.push((done, trace_text(&s, job.id)));
+    }
+    stop(tx, handle).await;
+    let (done, trace) = &finals[0];
+    assert_eq!(done.status, FinalStatus::Success, "{trace}");
+    assert!(
+        trace.contains(&format!(
+            "Pulling from {} with the login from GitLab's job credentials",
+            reg.host
+        )) && trace.contains("\npulled-and-ran"),
+        "{trace}"
+    );
+    let (done, trace) = &finals[1];
+    assert_eq!(done.status, FinalStatus::Success, "{trace}");
+    assert!(
+        trace.contains("with the login from the job's DOCKER_AUTH_CONFIG"),
+        "{trace}"
+    );
+    let (done, trace) = &finals[2];
+    assert_eq!(done.status, FinalStatus::Failed, "{trace}");
+    assert_eq!(
+        done.failure_reason.as_deref(),
+        Some("image_pull_failure"),
+        "{trace}"
+    );
+    assert!(trace.contains("cannot get its image"), "{trace}");
+    assert!(
+        !trace.contains(&reg.password) && !trace.contains(&auth),
+        "a registry login reached the trace"
+    );
+    no_job_pods_left(&s).await;
+    let left =
+        s.ns.api::<Secret>()
+            .list(&ListParams::default().labels("app.kubernetes.io/managed-by=keyhole-runner"))
+            .await
+            .unwrap();
+    assert!(
+        left.items.is_empty(),
+        "Secrets left: {:?}",
+        left.items
+            .iter()
+            .map(|s| s.metadata.name.clone())
+            .collect::<Vec<_>>()
+    );
+}
+
+/// The bed's private registry: its address, its login, and an image only it has.
+struct PrivateRegistry {
+    host: String,
+    user: String,
+    password: String,
+    image: String,
+}
+
+fn base64_of(text: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(text)
+}
+
+/// Issue 11: with `user_namespace_root`, a job that asks for root (`kubernetes: {user: "0"}`)
+/// runs as uid 0 in its pod's own user namespace, while the node sees an unprivileged uid (the
+/// uid map), in a PodSecurity `restricted` namespace: it writes where root owns (`/etc`),
+/// changes its checked-out files, and reads its masked variable. `verify`'s dry-run probe
+/// admits such a pod too. Without the option, root is refused (see
+/// `the_jobs_kubernetes_user_runs_the_script_and_root_is_refused`).
+#[tokio::test]
+async fn a_root_job_runs_in_a_user_namespace_with_an_unprivileged_uid_on_the_node() {
+    let s = setup("gluserns").await;
+    let sha = s
+        .gitlab
+        .create_repo("acme/app", &[("hello.txt", "hello\n")])
+        .unwrap();
+    let job = s
+        .gitlab
+        .job()
+        .project(7, "acme/app")
+        .sha(&sha)
+        .secret_variable("ROOT_JOB_SECRET", "r00t-job-secret-value")
+        .image_spec(json!({"name": "keyhole.local/busybox:1",
+            "executor_opts": {"kubernetes": {"user": "0"}}}))
+        .script([
+            "echo \"uid=$(id -u)\"",
+            "awk '{print \"map\", $1, ($2 == 0 ? \"identity\" : \"shifted\"), $3}' /proc/self/uid_map",
+            "touch /etc/keyhole-root-test && echo wrote-etc",
+            "echo changed >> hello.txt && echo changed-checkout",
+            "test \"$ROOT_JOB_SECRET\" = r00t-job-secret-value && echo read-secret",
+        ])
+        .enqueue()
+        .unwrap();
+    let mut config = config(&s);
+    config.runners[0].keyhole.user_namespace_root = UserNamespaceRoot::Allowed;
+    keyhole_runner::verify::user_namespace_probe(&s.bed.client, &config.runners[0])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (tx, handle) = start_runner_with(&s, config);
+    let done = s
+        .gitlab
+        .wait_for_final(job.id, Duration::from_secs(180))
+        .await
+        .unwrap();
+    stop(tx, handle).await;
+    let trace = trace_text(&s, job.id);
+    assert_eq!(done.status, FinalStatus::Success, "{trace}");
+    for line in [
+        "\nuid=0",
+        "\nmap 0 shifted 65536",
+        "\nwrote-etc",
+        "\nchanged-checkout",
+        "\nread-secret",
+    ] {
+        assert!(trace.contains(line), "missing {line:?}:\n{trace}");
+    }
+    no_job_pods_left(&s).await;
 }

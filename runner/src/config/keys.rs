@@ -113,6 +113,7 @@ pub(crate) const KEYHOLE_KEYS: &[&str] = &[
     "kube_api",
     "service_account_rules",
     "log_rate_kib",
+    "user_namespace_root",
 ];
 
 /// Keys `gitlab-runner register` writes that describe the registration and ask nothing of

@@ -301,6 +301,9 @@ pub struct KeyholeConfig {
     /// in KiB/s (0: unpaced): faster than the kubelet streams it, a log above
     /// `containerLogMaxSize` rotates under the follower and loses lines.
     pub log_rate_kib: u64,
+    /// Whether job containers may run as root inside a user namespace (`hostUsers: false`):
+    /// uid 0 in the container, an unprivileged uid on the node.
+    pub user_namespace_root: UserNamespaceRoot,
 }
 
 impl Default for KeyholeConfig {
@@ -320,6 +323,7 @@ impl Default for KeyholeConfig {
             kube_api: "https://kubernetes.default.svc".into(),
             service_account_rules: Vec::new(),
             log_rate_kib: 4096,
+            user_namespace_root: UserNamespaceRoot::Off,
         }
     }
 }
@@ -337,4 +341,18 @@ pub struct ServiceAccountRule {
     /// Regex over the ref name (anchored), e.g. `main|release-.*`.
     pub ref_regex: Option<String>,
     pub service_account: String,
+}
+
+/// `[runners.keyhole] user_namespace_root`: root in jobs without root on the node.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UserNamespaceRoot {
+    /// Job pods share the node's user ids; uid 0 is refused (PodSecurity `restricted`).
+    #[default]
+    Off,
+    /// Job pods get their own user namespace, and a job may ask for uid 0 with
+    /// `image: {kubernetes: {user: "0"}}` (within `allowed_users` when that is set).
+    Allowed,
+    /// As `allowed`, and the build container runs as uid 0 unless the job asks for a user.
+    Always,
 }

@@ -216,16 +216,25 @@ pub async fn execute_timed(mut run: JobRun) -> (Outcome, Instant, Option<JoinHan
             return (failed(FailureKind::System, None, msg), Instant::now(), None);
         }
     };
-    let mut secret = run.objects.secret.clone();
-    secret.metadata.owner_references = Some(vec![OwnerReference {
+    let owner = OwnerReference {
         api_version: "v1".into(),
         kind: "Pod".into(),
         name: name.clone(),
         uid: created.metadata.uid.clone().unwrap_or_default(),
         ..OwnerReference::default()
-    }]);
-    if let Err(e) = create_retrying(&secrets, &secret, &name, run.retry, &trace).await {
-        let msg = format!("creating the job's Secret {ns}/{name}: {e}");
+    };
+    // The pull Secret before the per-job one: the broker waits for the latter, and the job's
+    // and services' images are pulled only once the broker is up, so the kubelet finds it.
+    let own_secrets = run.objects.pull_secret.iter().chain([&run.objects.secret]);
+    for secret in own_secrets {
+        let mut secret = secret.clone();
+        secret.metadata.owner_references = Some(vec![owner.clone()]);
+        let secret_name = secret.metadata.name.clone().unwrap_or_default();
+        let Err(e) = create_retrying(&secrets, &secret, &secret_name, run.retry, &trace).await
+        else {
+            continue;
+        };
+        let msg = format!("creating the job's Secret {ns}/{secret_name}: {e}");
         trace.error(&msg).await;
         let ended = Instant::now();
         delete_pod(&pods, &name, 0).await;

@@ -9,7 +9,9 @@ use secrecy::SecretString;
 use serde_json::Value;
 
 use super::fields::Obj;
-use crate::job::{GitCheckout, GitStrategy, Image, Job, Project, Service, Variable};
+use crate::job::{
+    GitCheckout, GitStrategy, Image, Job, Project, RegistryCredential, Service, Variable,
+};
 
 /// A job as GitLab sent it: the source-independent [`Job`] plus what only matters when
 /// talking back to GitLab.
@@ -132,6 +134,7 @@ pub fn job_from_value(value: &Value) -> Result<JobPayload, PayloadError> {
         gitlab_secrets: secrets(&root)?,
         token: Some(SecretString::from(token.to_owned())),
         id_tokens: Vec::new(),
+        registry_credentials: registry_credentials(&root)?,
     };
     job.git = git_checkout(&root.req_obj("git_info")?, &job)?;
 
@@ -336,6 +339,31 @@ pub(crate) fn split_aliases(alias: &str) -> Vec<String> {
         .filter(|a| !a.is_empty())
         .map(str::to_owned)
         .collect()
+}
+
+/// `credentials[]`: the registry logins GitLab hands the runner (today the job token for
+/// GitLab's container registry). gitlab-runner uses only `type: registry`, and so does
+/// Keyhole; no other type exists.
+fn registry_credentials(root: &Obj<'_>) -> Result<Vec<RegistryCredential>, PayloadError> {
+    let mut out = Vec::new();
+    for c in root.objects("credentials")? {
+        if c.opt_str("type")? != Some("registry") {
+            continue;
+        }
+        let registry = c.req_str("url")?;
+        if registry.is_empty() {
+            return Err(PayloadError::Invalid {
+                field: c.field("url"),
+                reason: "is empty; a registry login needs the registry's host".into(),
+            });
+        }
+        out.push(RegistryCredential {
+            registry: registry.to_owned(),
+            username: c.req_str("username")?.to_owned(),
+            password: SecretString::from(c.req_str("password")?.to_owned()),
+        });
+    }
+    Ok(out)
 }
 
 fn secrets(root: &Obj<'_>) -> Result<Option<Value>, PayloadError> {

@@ -300,6 +300,7 @@ impl<'c> Builder<'c> {
             gitlab_secrets,
             token: None,
             id_tokens,
+            registry_credentials: Vec::new(),
         })
     }
 

@@ -64,6 +64,7 @@ fn a_plain_job_gets_gitlabs_defaults_and_predefined_variables() {
         ("CI_JOB_STAGE", "test"),
         ("CI_PROJECT_DIR", "/builds/project"),
         ("CI_PIPELINE_SOURCE", "keyhole-exec"),
+        ("CI_NODE_TOTAL", "1"),
     ] {
         assert_eq!(var(&j, key), Some(value), "{key}");
     }

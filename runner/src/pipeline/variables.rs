@@ -208,6 +208,9 @@ pub(crate) fn predefined(p: &Predefined<'_>) -> Vec<Variable> {
         Variable::public("CI_JOB_STAGE", p.stage),
         Variable::public("CI_PROJECT_DIR", p.project_dir),
         Variable::public("CI_PIPELINE_SOURCE", PIPELINE_SOURCE),
+        // One job, not one of a `parallel:` set: GitLab gives such a job a total of 1 and no
+        // index.
+        Variable::public("CI_NODE_TOTAL", "1"),
     ];
     if let Some(image) = p.image {
         vars.push(Variable::public("CI_JOB_IMAGE", image));

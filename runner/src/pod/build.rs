@@ -5,20 +5,20 @@
 
 use std::time::Duration;
 
+use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use keyhole_broker::contract;
 use secrecy::SecretString;
 use serde_json::{Value, json};
 
 use super::broker::{broker_container, inputs_sources};
-use super::containers::{
-    build_container, build_image, flag_enabled, restricted, service_containers,
-};
+use super::containers::{build_container, build_image, flag_enabled, service_containers};
 use super::env::split_variables;
 use super::metadata::pod_metadata;
 use super::resources::build_resources;
-use crate::config::RunnerConfig;
+use crate::config::{RunnerConfig, UserNamespaceRoot};
 use crate::job::Job;
+use crate::registry_auth::PullAuth;
 use crate::script::{ScriptOptions, build_script};
 use crate::secrets::JobSecrets;
 
@@ -48,13 +48,28 @@ pub struct PodRequest<'a> {
     /// The per-job Secret's log-end token ([`contract::INPUT_LOG_END_KEY`]), fresh per job
     /// ([`log_end_token`]); a parameter so that the builder stays pure.
     pub log_end_token: SecretString,
+    /// The job's registry logins, if any source gave one: they become the pod's own pull
+    /// Secret ([`pull_secret_name`]).
+    pub pull_auth: Option<&'a PullAuth>,
 }
 
-/// The objects one job needs. The Secret gets its ownerReference (the pod) at creation.
+/// What a job pod's own image pull Secret is named after the pod: `<pod>-registry`. The chart's
+/// policies keep such names for the runner, as they do the pod's own name.
+pub const PULL_SECRET_SUFFIX: &str = "-registry";
+
+/// The name of the pull Secret of pod `pod_name`.
+pub fn pull_secret_name(pod_name: &str) -> String {
+    format!("{pod_name}{PULL_SECRET_SUFFIX}")
+}
+
+/// The objects one job needs. The Secrets get their ownerReference (the pod) at creation.
 #[derive(Debug, Clone)]
 pub struct JobObjects {
     pub pod: Pod,
     pub secret: Secret,
+    /// The pod's image pull Secret (`kubernetes.io/dockerconfigjson`), when the job has
+    /// registry logins. Only the kubelet reads it: no container mounts it.
+    pub pull_secret: Option<Secret>,
     /// What the broker's log-end markers carry (in the Secret too): the executor stops
     /// following the log once it has seen them.
     pub log_end_token: SecretString,
@@ -70,12 +85,13 @@ pub fn build_job_objects(req: &PodRequest<'_>) -> Result<JobObjects, PodError> {
     let job = req.job;
     let runner = req.runner;
     let k = &runner.kubernetes;
-    let image = build_image(job, k)?;
+    let userns = runner.keyhole.user_namespace_root;
+    let image = build_image(job, k, userns)?;
     let resources = build_resources(k, job)?;
     let env = split_variables(job, runner, &req.log_end_token)?;
     let (labels, annotations) = pod_metadata(job, runner, req.secrets)?;
 
-    let services = service_containers(job, k, &env.public)?;
+    let services = service_containers(job, k, userns, &env.public)?;
     let script = job_script(req, &env.project_dir, !services.waits.is_empty());
     let honor_entrypoint = flag_enabled(job, "FF_KUBERNETES_HONOR_ENTRYPOINT");
     let build = build_container(
@@ -86,6 +102,9 @@ pub fn build_job_objects(req: &PodRequest<'_>) -> Result<JobObjects, PodError> {
         resources,
         honor_entrypoint,
     )?;
+    // The checkout runs as the build container's user, so the job owns its checked-out files
+    // (a job running as another uid, or as root without capabilities, could not change them).
+    let build_user = build["securityContext"].clone();
     let mut containers = vec![build];
     containers.extend(services.containers);
 
@@ -107,13 +126,17 @@ pub fn build_job_objects(req: &PodRequest<'_>) -> Result<JobObjects, PodError> {
         &runner.keyhole.git_image,
         &req.pod_name,
         &env.project_dir,
-        &restricted(),
+        &build_user,
     ) {
         init_containers.push(container);
         volumes.push(volume);
     }
 
     let mut spec = pod_spec(req, init_containers, containers, volumes);
+    if userns != UserNamespaceRoot::Off {
+        // The pod's own user namespace: ids in it map to an unprivileged range on the node.
+        spec["hostUsers"] = json!(false);
+    }
     if !services.host_aliases.is_empty() {
         spec["hostAliases"] = json!([{"ip": "127.0.0.1", "hostnames": services.host_aliases}]);
     }
@@ -124,23 +147,51 @@ pub fn build_job_objects(req: &PodRequest<'_>) -> Result<JobObjects, PodError> {
         "spec": spec
     }))
     .map_err(|e| PodError(format!("internal error building the pod: {e}")))?;
-    let secret = Secret {
-        metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
-            name: Some(req.pod_name.clone()),
-            namespace: Some(k.namespace.clone()),
-            labels: Some(labels),
-            ..Default::default()
-        },
-        immutable: Some(true),
-        data: Some(env.secret_data),
-        type_: Some("Opaque".into()),
-        ..Default::default()
-    };
+    let pull_secret = req.pull_auth.map(|auth| {
+        let data = auth.dockerconfigjson();
+        job_secret(
+            pull_secret_name(&req.pod_name),
+            req,
+            &labels,
+            "kubernetes.io/dockerconfigjson",
+            [(".dockerconfigjson".to_string(), ByteString(data.to_vec()))].into(),
+        )
+    });
+    let secret = job_secret(
+        req.pod_name.clone(),
+        req,
+        &labels,
+        "Opaque",
+        env.secret_data,
+    );
     Ok(JobObjects {
         pod,
         secret,
+        pull_secret,
         log_end_token: req.log_end_token.clone(),
     })
+}
+
+/// One of the job's Secrets: immutable, labelled like its pod (which will own it).
+fn job_secret(
+    name: String,
+    req: &PodRequest<'_>,
+    labels: &std::collections::BTreeMap<String, String>,
+    type_: &str,
+    data: std::collections::BTreeMap<String, ByteString>,
+) -> Secret {
+    Secret {
+        metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+            name: Some(name),
+            namespace: Some(req.runner.kubernetes.namespace.clone()),
+            labels: Some(labels.clone()),
+            ..Default::default()
+        },
+        immutable: Some(true),
+        data: Some(data),
+        type_: Some(type_.into()),
+        ..Default::default()
+    }
 }
 
 /// The script the build container runs; `wait_for_services` makes it wait for the broker's
@@ -216,13 +267,15 @@ fn pod_spec(
                 .collect(),
         );
     }
-    if !k.image_pull_secrets.is_empty() {
-        spec["imagePullSecrets"] = Value::Array(
-            k.image_pull_secrets
-                .iter()
-                .map(|n| json!({"name": n}))
-                .collect(),
-        );
+    let own_pull_secret = req.pull_auth.map(|_| pull_secret_name(&req.pod_name));
+    let pull_secrets: Vec<Value> = k
+        .image_pull_secrets
+        .iter()
+        .chain(&own_pull_secret)
+        .map(|n| json!({"name": n}))
+        .collect();
+    if !pull_secrets.is_empty() {
+        spec["imagePullSecrets"] = Value::Array(pull_secrets);
     }
     for (field, value) in [
         ("priorityClassName", &k.priority_class_name),

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use super::build::PodError;
 use super::env::{env_list, literal_env_value};
 use super::resources::service_resources;
-use crate::config::{KubernetesConfig, RunnerConfig};
+use crate::config::{KubernetesConfig, RunnerConfig, UserNamespaceRoot};
 use crate::job::{Image, Job, Service};
 
 /// PodSecurity `restricted`'s container-level demands.
@@ -23,12 +23,31 @@ pub(super) fn restricted() -> Value {
 }
 
 /// [`restricted`] with the image's `kubernetes: {user}` applied: the job may pick any
-/// non-root uid (and gid) for its own container; uid 0 would fail PodSecurity `restricted`
-/// at admission with a less helpful message, so it is refused here, naming the field.
-/// `allowed_users`/`allowed_groups`, when set, bound the choice (as in gitlab-runner).
-fn restricted_as(image: &Image, what: &str, k: &KubernetesConfig) -> Result<Value, PodError> {
+/// non-root uid (and gid) for its own container. uid 0 only in a user namespace
+/// (`user_namespace_root`), where it is root in the container and an unprivileged uid on the
+/// node; otherwise it would fail PodSecurity `restricted` at admission with a less helpful
+/// message, so it is refused here, naming the field. `allowed_users`/`allowed_groups`, when
+/// set, bound the choice (as in gitlab-runner).
+pub(super) fn restricted_as(
+    image: &Image,
+    what: &str,
+    k: &KubernetesConfig,
+    userns: UserNamespaceRoot,
+) -> Result<Value, PodError> {
     let mut context = restricted();
     if let Some((uid, gid)) = image.user.as_deref().map(|u| run_as(u, what)).transpose()? {
+        if uid == 0 && userns == UserNamespaceRoot::Off {
+            return Err(PodError(format!(
+                "{what}: `kubernetes: user` asks for uid 0 (root); this runner's job pods run as \
+                 non-root users (PodSecurity `restricted`): use a non-root uid or an image that \
+                 works without root, or ask the runner's administrator for root in a user \
+                 namespace (`[runners.keyhole] user_namespace_root`)"
+            )));
+        }
+        if uid == 0 {
+            // Root in the pod's own user namespace; PodSecurity allows it there.
+            context["runAsNonRoot"] = json!(false);
+        }
         allowed_id(uid, &k.allowed_users, "user", "allowed_users", what)?;
         if let Some(gid) = gid {
             allowed_id(gid, &k.allowed_groups, "group", "allowed_groups", what)?;
@@ -80,13 +99,6 @@ fn run_as(user: &str, what: &str) -> Result<(i64, Option<i64>), PodError> {
     };
     let uid = number(uid).ok_or_else(bad)?;
     let gid = gid.map(|g| number(g).ok_or_else(bad)).transpose()?;
-    if uid == 0 {
-        return Err(PodError(format!(
-            "{what}: `kubernetes: user` asks for uid 0 (root); Keyhole's job pods run as non-root \
-             users (PodSecurity `restricted`); use a non-root uid or an image that works without \
-             root"
-        )));
-    }
     Ok((uid, gid))
 }
 
@@ -145,11 +157,18 @@ fn dns_label(s: &str) -> bool {
 
 /// The build container's image: the job's, else the runner's default; checked against
 /// `allowed_images`.
-pub(super) fn build_image(job: &Job, k: &KubernetesConfig) -> Result<Image, PodError> {
-    let image = job.image.clone().unwrap_or_else(|| Image {
+pub(super) fn build_image(
+    job: &Job,
+    k: &KubernetesConfig,
+    userns: UserNamespaceRoot,
+) -> Result<Image, PodError> {
+    let mut image = job.image.clone().unwrap_or_else(|| Image {
         name: k.image.clone(),
         ..Image::default()
     });
+    if userns == UserNamespaceRoot::Always && image.user.is_none() {
+        image.user = Some("0".into());
+    }
     if !image_allowed(&image.name, &k.allowed_images) {
         return Err(PodError(format!(
             "image {:?} is not allowed by this runner (allowed_images: {})",
@@ -184,7 +203,7 @@ pub(super) fn build_container(
         "workingDir": runner.builds_dir,
         "env": env_list(public_env),
         "resources": resources,
-        "securityContext": restricted_as(image, "image", k)?,
+        "securityContext": restricted_as(image, "image", k, runner.keyhole.user_namespace_root)?,
         "volumeMounts": [
             {"name": contract::SECRETS_VOLUME, "mountPath": contract::SECRETS_DIR, "readOnly": true},
             {"name": contract::RUNTIME_VOLUME, "mountPath": contract::RUNTIME_DIR},
@@ -349,6 +368,7 @@ fn readiness_ports(service: &Service, what: &str) -> Result<Vec<u16>, PodError> 
 pub(super) fn service_containers(
     job: &Job,
     k: &KubernetesConfig,
+    userns: UserNamespaceRoot,
     public_env: &BTreeMap<String, String>,
 ) -> Result<ServiceContainers, PodError> {
     let mut out = ServiceContainers::default();
@@ -384,7 +404,7 @@ pub(super) fn service_containers(
             "image": service.image.name,
             "env": env_list(&env),
             "resources": service_resources(k),
-            "securityContext": restricted_as(&service.image, &what, k)?,
+            "securityContext": restricted_as(&service.image, &what, k, userns)?,
         });
         service_start(service, &what)?.apply(&mut c);
         if let Some(p) = pull_policy(&service.image.pull_policy, &k.allowed_pull_policies)? {
@@ -416,40 +436,65 @@ mod tests {
     }
 
     #[test]
-    fn the_kubernetes_user_is_numeric_and_never_root() {
+    fn the_kubernetes_user_is_numeric_and_root_only_in_a_user_namespace() {
         assert_eq!(run_as("1001", "image").unwrap(), (1001, None));
         assert_eq!(run_as("1001:0", "image").unwrap(), (1001, Some(0)));
         for bad in ["root", "", ":1", "1:", "-5", "99999999999", "1:2:3"] {
             let err = run_as(bad, "image").unwrap_err();
             assert!(err.0.contains("numeric `uid`"), "{bad}: {err}");
         }
-        let err = run_as("0:0", "service \"pg\"").unwrap_err();
+        let mut root = image(None);
+        root.user = Some("0:0".into());
+        let mut k = KubernetesConfig::default();
+        let err = restricted_as(&root, "service \"pg\"", &k, UserNamespaceRoot::Off).unwrap_err();
         assert!(
-            err.0.contains("service \"pg\"") && err.0.contains("uid 0 (root)"),
+            err.0.contains("service \"pg\"")
+                && err.0.contains("uid 0 (root)")
+                && err.0.contains("user_namespace_root"),
             "{err}"
         );
+        for mode in [UserNamespaceRoot::Allowed, UserNamespaceRoot::Always] {
+            let context = restricted_as(&root, "image", &k, mode).unwrap();
+            assert_eq!(
+                (&context["runAsUser"], &context["runAsNonRoot"]),
+                (&json!(0), &json!(false))
+            );
+            assert_eq!(context["capabilities"], json!({"drop": ["ALL"]}));
+        }
+        // An allow-list must name root for a job to get it.
+        k.allowed_users = v(&["1000"]);
+        let err = restricted_as(&root, "image", &k, UserNamespaceRoot::Allowed).unwrap_err();
+        assert!(
+            err.0.contains("user 0") && err.0.contains("allowed_users"),
+            "{err}"
+        );
+        k.allowed_users = v(&["1000", "0"]);
+        assert!(restricted_as(&root, "image", &k, UserNamespaceRoot::Allowed).is_ok());
+        k.allowed_users.clear();
         let mut img = image(None);
         img.user = Some("2000:3000".into());
-        let mut k = KubernetesConfig::default();
-        let context = restricted_as(&img, "image", &k).unwrap();
+        let context = restricted_as(&img, "image", &k, UserNamespaceRoot::Off).unwrap();
         assert_eq!(context["runAsUser"], 2000);
         assert_eq!(context["runAsGroup"], 3000);
         assert_eq!(context["runAsNonRoot"], true);
         k.allowed_users = v(&["1000", "2000"]);
         k.allowed_groups = v(&["1000"]);
-        let err = restricted_as(&img, "image", &k).unwrap_err();
+        let err = restricted_as(&img, "image", &k, UserNamespaceRoot::Off).unwrap_err();
         assert!(
             err.0.contains("group 3000") && err.0.contains("allowed_groups: 1000"),
             "{err}"
         );
         img.user = Some("3000".into());
-        let err = restricted_as(&img, "image", &k).unwrap_err();
+        let err = restricted_as(&img, "image", &k, UserNamespaceRoot::Off).unwrap_err();
         assert!(
             err.0.contains("user 3000") && err.0.contains("allowed_users: 1000, 2000"),
             "{err}"
         );
         img.user = Some("2000:1000".into());
-        assert_eq!(restricted_as(&img, "image", &k).unwrap()["runAsUser"], 2000);
+        assert_eq!(
+            restricted_as(&img, "image", &k, UserNamespaceRoot::Off).unwrap()["runAsUser"],
+            2000
+        );
     }
 
     #[test]

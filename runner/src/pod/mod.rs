@@ -11,7 +11,8 @@ mod resources;
 
 pub use build::{
     AFTER_SCRIPT_TIMEOUT, DEFAULT_JOB_TIMEOUT, JOB_ID_LABEL, JobObjects, MANAGED_BY,
-    MANAGED_BY_LABEL, PodError, PodRequest, RUNNER_LABEL, build_job_objects,
+    MANAGED_BY_LABEL, PULL_SECRET_SUFFIX, PodError, PodRequest, RUNNER_LABEL, build_job_objects,
+    pull_secret_name,
 };
 pub use checkout::{CHECKOUT_CONTAINER, CHECKOUT_VOLUME};
 pub use containers::image_allowed;
@@ -23,6 +24,10 @@ pub use quantity::{parse_quantity, resolve_override};
 /// equal to this): the runner may create pods and Secrets of no other name, and nobody else
 /// Secrets of such a name, so that the Secret named like a runner-made pod is always its own.
 pub const POD_NAME_PATTERN: &str = "^kh-[0-9]+-[a-z0-9]{6}$";
+
+/// Every name [`pull_secret_name`] gives a [`pod_name`]; the chart reserves these too
+/// (`keyhole.pullSecretNamePattern`).
+pub const PULL_SECRET_NAME_PATTERN: &str = "^kh-[0-9]+-[a-z0-9]{6}-registry$";
 
 /// `kh-<job id>-<suffix>`: unique per attempt, and the name the per-job Secret shares.
 pub fn pod_name(job_id: u64, suffix: &str) -> String {

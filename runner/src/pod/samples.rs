@@ -51,6 +51,7 @@ fn base(id: u64, name: &str) -> Job {
         gitlab_secrets: None,
         token: None,
         id_tokens: Vec::new(),
+        registry_credentials: Vec::new(),
     }
 }
 

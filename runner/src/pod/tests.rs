@@ -2,6 +2,7 @@ use super::samples::{SAMPLE_SECRET_VALUES, sample_jobs, sample_runner};
 use super::*;
 use crate::job::Variable;
 use crate::secrets::collect;
+use serde_json::json;
 
 const VAULT: &str = "http://10.213.0.1:8200";
 
@@ -15,6 +16,7 @@ fn render(name: &str, job: &crate::job::Job) -> JobObjects {
         service_account: "keyhole-job".into(),
         secrets: &secrets,
         log_end_token: "0123456789abcdef0123456789abcdef".to_string().into(),
+        pull_auth: None,
     })
     .unwrap()
 }
@@ -95,6 +97,7 @@ fn resource_overrides_are_capped_and_refused_above_the_cap() {
         service_account: "sa".into(),
         secrets: &secrets,
         log_end_token: log_end_token(),
+        pull_auth: None,
     })
     .unwrap_err();
     assert!(err.0.contains("above the runner's maximum 1Gi"), "{err}");
@@ -117,10 +120,17 @@ fn images_off_the_allow_list_are_refused() {
 #[test]
 fn pod_names_match_the_pattern_the_admission_policies_reserve() {
     let pattern = regex::Regex::new(POD_NAME_PATTERN).unwrap();
+    let pull_pattern = regex::Regex::new(PULL_SECRET_NAME_PATTERN).unwrap();
     for id in [0, 1, 4242, u64::MAX] {
         for _ in 0..100 {
             let n = pod_name(id, &random_suffix());
             assert!(pattern.is_match(&n), "{n}");
+            let pull = pull_secret_name(&n);
+            assert!(
+                pull_pattern.is_match(&pull) && !pattern.is_match(&pull),
+                "{pull}"
+            );
+            assert!(!pull_pattern.is_match(&n), "{n}");
         }
     }
     // The pattern is anchored: a tenant's Secret name containing a job pod's name is not one.
@@ -173,6 +183,7 @@ fn a_vault_ca_config_map_reaches_the_brokers_inputs_only_with_the_allow_list() {
         service_account: "keyhole-job".into(),
         secrets: &secrets,
         log_end_token: "0123456789abcdef0123456789abcdef".to_string().into(),
+        pull_auth: None,
     })
     .unwrap()
     .pod;
@@ -221,4 +232,128 @@ fn a_vault_ca_config_map_reaches_the_brokers_inputs_only_with_the_allow_list() {
             "{c}"
         );
     }
+}
+
+/// A job with registry logins gets its own `kubernetes.io/dockerconfigjson` Secret, named after
+/// the pod, listed in `imagePullSecrets` after the runner's static ones; no container or
+/// volume of the pod refers to it, so only the kubelet reads it.
+#[test]
+fn registry_logins_become_the_pods_own_pull_secret_and_nothing_mounts_it() {
+    let job = sample_jobs(VAULT).remove(0).1;
+    let mut runner = sample_runner("jobs", VAULT, "keyhole.local/broker:dev");
+    runner.kubernetes.image_pull_secrets = vec!["static-pull".into()];
+    let secrets = collect(&job, &runner.keyhole, "keyhole-job").unwrap();
+    let creds = [crate::job::RegistryCredential {
+        registry: "registry.example.com".into(),
+        username: "gitlab-ci-token".into(),
+        password: "glcbt-pull-secret-value".to_string().into(),
+    }];
+    let auth = crate::registry_auth::resolve(None, None, &creds)
+        .unwrap()
+        .unwrap();
+    let name = pod_name(job.id, "abcdef");
+    let objects = build_job_objects(&PodRequest {
+        job: &job,
+        runner: &runner,
+        pod_name: name.clone(),
+        service_account: "keyhole-job".into(),
+        secrets: &secrets,
+        log_end_token: log_end_token(),
+        pull_auth: Some(&auth),
+    })
+    .unwrap();
+    let pull = objects.pull_secret.expect("a pull Secret");
+    assert_eq!(
+        pull.metadata.name.as_deref(),
+        Some(format!("{name}-registry").as_str())
+    );
+    assert_eq!(
+        pull.type_.as_deref(),
+        Some("kubernetes.io/dockerconfigjson")
+    );
+    assert_eq!(pull.immutable, Some(true));
+    assert_eq!(pull.metadata.labels, objects.secret.metadata.labels);
+    let data = &pull.data.unwrap()[".dockerconfigjson"].0;
+    let config: serde_json::Value = serde_json::from_slice(data).unwrap();
+    assert!(config["auths"]["registry.example.com"]["auth"].is_string());
+    let spec = objects.pod.spec.unwrap();
+    let listed: Vec<String> = spec
+        .image_pull_secrets
+        .unwrap()
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
+    assert_eq!(
+        listed,
+        ["static-pull".to_string(), format!("{name}-registry")]
+    );
+    let mut spec_json = serde_json::to_value(&spec.containers).unwrap().to_string();
+    spec_json += &serde_json::to_value(&spec.init_containers)
+        .unwrap()
+        .to_string();
+    spec_json += &serde_json::to_value(&spec.volumes).unwrap().to_string();
+    assert!(!spec_json.contains("-registry"), "{spec_json}");
+    assert!(!spec_json.contains("glcbt-pull-secret-value"));
+}
+
+/// `user_namespace_root = "always"`: the pod gets its own user namespace, the build container
+/// and the checkout run as uid 0 in it (the broker stays non-root and makes its files readable
+/// through the pod's fsGroup), and nothing gains a capability.
+#[test]
+fn root_in_a_user_namespace_runs_the_build_and_checkout_as_uid_0_without_capabilities() {
+    let job = sample_jobs(VAULT)
+        .into_iter()
+        .find(|(_, j)| j.token.is_some() && j.git.repo_url.is_some())
+        .map(|(_, j)| j)
+        .expect("a sample job with a checkout");
+    let mut runner = sample_runner("jobs", VAULT, "keyhole.local/broker:dev");
+    runner.keyhole.user_namespace_root = crate::config::UserNamespaceRoot::Always;
+    let secrets = collect(&job, &runner.keyhole, "keyhole-job").unwrap();
+    let objects = build_job_objects(&PodRequest {
+        job: &job,
+        runner: &runner,
+        pod_name: pod_name(job.id, "abcdef"),
+        service_account: "keyhole-job".into(),
+        secrets: &secrets,
+        log_end_token: log_end_token(),
+        pull_auth: None,
+    })
+    .unwrap();
+    let pod = serde_json::to_value(&objects.pod).unwrap();
+    let spec = &pod["spec"];
+    assert_eq!(spec["hostUsers"], false);
+    assert_eq!(spec["securityContext"]["runAsNonRoot"], true);
+    let container = |name: &str| {
+        spec["containers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .chain(spec["initContainers"].as_array().unwrap())
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("no container {name}"))
+            .clone()
+    };
+    for name in ["build", crate::pod::CHECKOUT_CONTAINER] {
+        let sc = &container(name)["securityContext"];
+        assert_eq!(
+            (&sc["runAsUser"], &sc["runAsNonRoot"]),
+            (&json!(0), &json!(false)),
+            "{name}"
+        );
+        assert_eq!(sc["capabilities"], json!({"drop": ["ALL"]}), "{name}");
+        assert_eq!(sc["allowPrivilegeEscalation"], false, "{name}");
+    }
+    let broker = container("keyhole-broker");
+    assert_ne!(broker["securityContext"]["runAsUser"], 0);
+    assert!(
+        broker["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["name"] == "KEYHOLE_FILE_GID"),
+        "{broker}"
+    );
+    // Off (the default): no user namespace.
+    let objects = render("default", &job);
+    assert!(objects.pod.spec.unwrap().host_users.is_none());
 }

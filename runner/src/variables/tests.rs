@@ -64,6 +64,7 @@ fn job(variables: Vec<Variable>) -> Job {
         gitlab_secrets: None,
         token: None,
         id_tokens: vec![],
+        registry_credentials: Vec::new(),
     }
 }
 

@@ -31,6 +31,7 @@ pub struct JobBuilder<'c> {
     variables: Vec<Value>,
     services: Vec<Value>,
     secrets: Option<Value>,
+    credentials: Option<Value>,
     timeout: u64,
 }
 
@@ -49,6 +50,7 @@ impl<'c> JobBuilder<'c> {
             variables: Vec::new(),
             services: Vec::new(),
             secrets: None,
+            credentials: None,
             timeout: 3600,
         }
     }
@@ -124,6 +126,12 @@ impl<'c> JobBuilder<'c> {
         self
     }
 
+    /// The `credentials` array (registry logins GitLab hands the runner).
+    pub fn credentials(mut self, credentials: Value) -> Self {
+        self.credentials = Some(credentials);
+        self
+    }
+
     pub fn timeout(mut self, seconds: u64) -> Self {
         self.timeout = seconds;
         self
@@ -196,6 +204,9 @@ impl<'c> JobBuilder<'c> {
         }
         if let Some(secrets) = &self.secrets {
             p["secrets"] = secrets.clone();
+        }
+        if let Some(credentials) = &self.credentials {
+            p["credentials"] = credentials.clone();
         }
         p
     }

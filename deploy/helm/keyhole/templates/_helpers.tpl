@@ -62,6 +62,12 @@ pod's "own" Secret is always one the runner made for it.
 ^kh-[0-9]+-[a-z0-9]{6}$
 {{- end -}}
 
+{{/* Names of job pods' own image pull Secrets: the pod's name and "-registry" (the runner's
+PULL_SECRET_NAME_PATTERN, kept equal by a deploy test). */}}
+{{- define "keyhole.pullSecretNamePattern" -}}
+^kh-[0-9]+-[a-z0-9]{6}-registry$
+{{- end -}}
+
 {{/* Labels every runner-made job pod and Secret carries (the runner's contract). */}}
 {{- define "keyhole.jobLabels" -}}
 app.kubernetes.io/managed-by: keyhole-runner

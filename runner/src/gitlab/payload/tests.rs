@@ -455,3 +455,35 @@ fn executor_options_give_the_kubernetes_user_and_refuse_the_rest_by_name() {
         "{err}"
     );
 }
+
+#[test]
+fn registry_credentials_are_read_and_other_types_skipped() {
+    let mut v = example();
+    v["credentials"] = json!([
+        {"type": "registry", "url": "registry.gitlab.example.com", "username": "gitlab-ci-token", "password": "glcbt-registry-secret"},
+        {"type": "future-kind", "url": "x", "username": "u", "password": "p"}
+    ]);
+    let job = parse(&v).unwrap().job;
+    assert_eq!(job.registry_credentials.len(), 1);
+    let c = &job.registry_credentials[0];
+    assert_eq!(
+        (
+            c.registry.as_str(),
+            c.username.as_str(),
+            c.password.expose_secret()
+        ),
+        (
+            "registry.gitlab.example.com",
+            "gitlab-ci-token",
+            "glcbt-registry-secret"
+        )
+    );
+    assert!(!format!("{job:?} {c:?}").contains("glcbt-registry-secret"));
+    v["credentials"] =
+        json!([{"type": "registry", "url": "", "username": "u", "password": "hunter2"}]);
+    let err = error_of(&v).to_string();
+    assert!(
+        err.contains("credentials[0].url") && !err.contains("hunter2"),
+        "{err}"
+    );
+}
