@@ -7,6 +7,7 @@
 pub mod config;
 pub mod execute;
 pub mod gitlab;
+pub mod instance;
 pub mod job;
 pub mod journal;
 pub mod local;

@@ -41,7 +41,7 @@ where
             runner.kubernetes.namespace
         ))
         .await;
-    let outcome = match prepare(job, runner) {
+    let outcome = match prepare(job, runner, None) {
         Err(errors) => {
             for e in &errors {
                 trace.error(e).await;

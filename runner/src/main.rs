@@ -183,7 +183,7 @@ fn render(args: &LocalArgs) -> Result<()> {
     let runner = local_runner(args)?;
     let job = local_job(args, &runner)?;
     let name = keyhole_runner::pod::pod_name(job.id, "render");
-    let prepared = keyhole_runner::prepare::prepare_named(&job, &runner, name)
+    let prepared = keyhole_runner::prepare::prepare_named(&job, &runner, name, None)
         .map_err(|errors| anyhow::anyhow!(errors.join("\n")))?;
     let mut out = String::new();
     let secrets = [

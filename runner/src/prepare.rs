@@ -71,9 +71,14 @@ fn pull_auth(
     )
 }
 
-/// Prepares a job with a fresh pod name.
-pub fn prepare(job: &Job, runner: &RunnerConfig) -> Result<Prepared, Vec<String>> {
-    prepare_named(job, runner, pod_name(job.id, &random_suffix()))
+/// Prepares a job with a fresh pod name; `instance` is the runner process that will own the
+/// pod (see [`crate::instance`]), `None` for `exec`.
+pub fn prepare(
+    job: &Job,
+    runner: &RunnerConfig,
+    instance: Option<&str>,
+) -> Result<Prepared, Vec<String>> {
+    prepare_named(job, runner, pod_name(job.id, &random_suffix()), instance)
 }
 
 /// [`prepare`] with a given pod name (for snapshots and `render`).
@@ -81,6 +86,7 @@ pub fn prepare_named(
     job: &Job,
     runner: &RunnerConfig,
     pod_name: String,
+    instance: Option<&str>,
 ) -> Result<Prepared, Vec<String>> {
     // Once per job, before anything reads a variable: the runner's own variables, then
     // GitLab's expansion of values, image and services (see crate::variables).
@@ -108,6 +114,7 @@ pub fn prepare_named(
         secrets: &secrets,
         log_end_token: log_end_token(),
         pull_auth: pull_auth.as_ref(),
+        instance,
     })
     .map_err(|e| vec![e.0])?;
     Ok(Prepared {

@@ -1,6 +1,9 @@
-//! The orphan reaper: deletes job pods of this runner that no running job owns (a crash, a
-//! lost delete). gitlab-runner has none and leaves them to a separate cleanup app. Pods carry
-//! the runner's name and the job id in labels, so a runner only ever touches its own.
+//! The orphan reaper: deletes job pods that no running job owns (a crash, a lost delete).
+//! gitlab-runner has none and leaves them to a separate cleanup app. Pods carry the runner
+//! process's instance id, its runner's name and the job id in labels; a reaper deletes its own
+//! instance's pods whose job it no longer runs, and another instance's only once that
+//! instance's Lease has expired (see [`crate::instance`]), so replicas and the old and new pods
+//! of a rolling update never delete each other's live jobs.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -10,29 +13,44 @@ use kube::api::ListParams;
 use kube::{Api, Client};
 
 use crate::execute::delete_pod;
-use crate::pod::{JOB_ID_LABEL, MANAGED_BY, MANAGED_BY_LABEL, RUNNER_LABEL, label_value};
+use crate::instance::INSTANCE_LABEL;
+use crate::pod::{JOB_ID_LABEL, MANAGED_BY, MANAGED_BY_LABEL, RUNNER_LABEL};
 
-/// The label selector for this runner's pods.
-pub fn selector(runner_name: &str) -> String {
-    format!(
-        "{MANAGED_BY_LABEL}={MANAGED_BY},{RUNNER_LABEL}={}",
-        label_value(runner_name)
-    )
+/// A running job as the reaper knows it: its runner's name (as a label value) and its id.
+pub type ActiveJob = (String, u64);
+
+/// What the reaper must know to leave live jobs alone.
+#[derive(Debug)]
+pub struct Owners<'a> {
+    /// This process's instance id.
+    pub own_instance: &'a str,
+    /// The jobs this process runs, taken after the pods were listed, so that a job whose pod
+    /// was created meanwhile is never missed.
+    pub active: &'a BTreeSet<ActiveJob>,
+    /// Other instances whose Lease is alive.
+    pub live_instances: &'a BTreeSet<String>,
 }
 
-/// Pods among `pods` whose job is not in `active` (pure, for tests).
-pub fn orphans(pods: &[Pod], active: &BTreeSet<u64>) -> Vec<String> {
+/// Pods among `pods` that no live job owns (pure, for tests): this instance's whose job it does
+/// not run, and those of an instance whose Lease is gone. Pods without an instance label (made
+/// by `exec`, or by a runner older than instances) are left to their deadline and to the
+/// ended-pod sweep.
+pub fn orphans(pods: &[Pod], owners: &Owners<'_>) -> Vec<String> {
     pods.iter()
-        .filter(|p| {
-            let job = p
-                .metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(JOB_ID_LABEL))
-                .and_then(|id| id.parse::<u64>().ok());
-            job.is_none_or(|id| !active.contains(&id))
-        })
         .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter(|p| {
+            let labels = p.metadata.labels.as_ref();
+            let label = |key: &str| labels.and_then(|l| l.get(key)).map(String::as_str);
+            let Some(instance) = label(INSTANCE_LABEL) else {
+                return false;
+            };
+            if instance != owners.own_instance {
+                return !owners.live_instances.contains(instance);
+            }
+            let job = label(JOB_ID_LABEL).and_then(|id| id.parse::<u64>().ok());
+            let runner = label(RUNNER_LABEL).unwrap_or_default().to_owned();
+            job.is_none_or(|id| !owners.active.contains(&(runner, id)))
+        })
         .filter_map(|p| p.metadata.name.clone())
         .collect()
 }
@@ -109,18 +127,26 @@ pub async fn reap_ended(client: &Client, namespace: &str) -> Result<Vec<String>,
     Ok(names)
 }
 
-/// Deletes this runner's orphaned pods in `namespace`; returns their names.
+/// Deletes the orphaned job pods of `namespace` (see [`orphans`]); returns their names.
+/// `active` is asked for this process's running jobs after the pods are listed.
 pub async fn reap(
     client: &Client,
     namespace: &str,
-    runner_name: &str,
-    active: &BTreeSet<u64>,
+    own_instance: &str,
+    active: impl FnOnce() -> BTreeSet<ActiveJob>,
 ) -> Result<Vec<String>, kube::Error> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
     let list = pods
-        .list(&ListParams::default().labels(&selector(runner_name)))
+        .list(&ListParams::default().labels(&any_runner_selector()))
         .await?;
-    let names = orphans(&list.items, active);
+    let live_instances = crate::instance::live_instances(client, namespace).await?;
+    let active = active();
+    let owners = Owners {
+        own_instance,
+        active: &active,
+        live_instances: &live_instances,
+    };
+    let names = orphans(&list.items, &owners);
     for name in &names {
         delete_pod(&pods, name, 0).await;
     }
@@ -131,8 +157,12 @@ pub async fn reap(
 mod tests {
     use super::*;
 
-    fn pod(name: &str, job: Option<&str>) -> Pod {
+    fn pod(name: &str, instance: Option<&str>, runner: &str, job: Option<&str>) -> Pod {
         let mut labels = serde_json::Map::new();
+        labels.insert(RUNNER_LABEL.into(), runner.into());
+        if let Some(i) = instance {
+            labels.insert(INSTANCE_LABEL.into(), i.into());
+        }
         if let Some(j) = job {
             labels.insert(JOB_ID_LABEL.into(), j.into());
         }
@@ -141,15 +171,35 @@ mod tests {
     }
 
     #[test]
-    fn only_pods_of_untracked_jobs_are_orphans() {
+    fn own_pods_of_untracked_jobs_and_pods_of_dead_instances_are_orphans() {
+        let me = Some("me");
         let pods = vec![
-            pod("a", Some("1")),
-            pod("b", Some("2")),
-            pod("c", None),
-            pod("d", Some("x")),
+            pod("running", me, "r1", Some("1")),
+            pod("finished", me, "r1", Some("2")),
+            pod("no-job-label", me, "r1", None),
+            pod("bad-job-label", me, "r1", Some("x")),
+            pod("same-id-other-runner", me, "r2", Some("1")),
+            pod("live-replica", Some("other"), "r1", Some("7")),
+            pod("dead-replica", Some("gone"), "r1", Some("8")),
+            pod("exec-or-older", None, "r1", Some("9")),
         ];
-        let active: BTreeSet<u64> = [1].into();
-        assert_eq!(orphans(&pods, &active), vec!["b", "c", "d"]);
+        let active: BTreeSet<ActiveJob> = [("r1".to_string(), 1)].into();
+        let live: BTreeSet<String> = ["other".to_string()].into();
+        let owners = Owners {
+            own_instance: "me",
+            active: &active,
+            live_instances: &live,
+        };
+        assert_eq!(
+            orphans(&pods, &owners),
+            [
+                "finished",
+                "no-job-label",
+                "bad-job-label",
+                "same-id-other-runner",
+                "dead-replica"
+            ]
+        );
     }
 
     fn ended(name: &str, phase: &str, finished_at: Option<&str>) -> Pod {
@@ -194,13 +244,5 @@ mod tests {
                     .clone()
             });
         assert!(long_ended(&[deleting], now, Duration::from_secs(30)).is_empty());
-    }
-
-    #[test]
-    fn the_selector_names_this_runner_only() {
-        assert_eq!(
-            selector("prod runner#1"),
-            "app.kubernetes.io/managed-by=keyhole-runner,keyhole.dev/runner=prod-runner-1"
-        );
     }
 }

@@ -21,11 +21,27 @@ use crate::gitlab::{
 use crate::journal::{Entry, Journal};
 use crate::metrics::Metrics;
 use crate::prepare::prepare;
+use crate::reaper::ActiveJob;
 
-/// How often the reaper looks for orphaned pods.
-const REAP_INTERVAL: Duration = Duration::from_secs(300);
+/// How often the reaper looks for orphaned pods: with [`crate::instance::LEASE_DURATION`], the
+/// pods of a runner process that died go within about a minute.
+const REAP_INTERVAL: Duration = Duration::from_secs(30);
 
-/// Shared state of the running service.
+/// The jobs this process runs, by runner (label value) and job id, with their control
+/// channels (cancel/abort). One map for all of the process's runners: the reaper of each must
+/// see the jobs of all, since they share the instance label.
+type ActiveJobs = Arc<Mutex<BTreeMap<ActiveJob, watch::Sender<Control>>>>;
+
+/// What every runner of this process shares.
+#[derive(Clone)]
+struct Process {
+    /// This process's instance id (see [`crate::instance`]).
+    instance: Arc<str>,
+    metrics: Metrics,
+    active: ActiveJobs,
+}
+
+/// Shared state of one `[[runners]]` entry's service.
 #[derive(Clone)]
 struct Service {
     runner: Arc<RunnerConfig>,
@@ -33,8 +49,8 @@ struct Service {
     kube: kube::Client,
     metrics: Metrics,
     journal: Option<Journal>,
-    /// Running jobs and their control channels (cancel/abort).
-    active: Arc<Mutex<BTreeMap<u64, watch::Sender<Control>>>>,
+    instance: Arc<str>,
+    active: ActiveJobs,
 }
 
 /// The kube client for a runner: `runners.kubernetes.host` if set, else in-cluster or
@@ -92,6 +108,11 @@ pub async fn run_until(
     );
     check_runner_names(&config.runners)?;
     let metrics = Metrics::new();
+    let process = Process {
+        instance: crate::instance::instance_id(config.instance.as_deref()).into(),
+        metrics: metrics.clone(),
+        active: Arc::new(Mutex::new(BTreeMap::new())),
+    };
     if let Some(addr) = &config.listen_address {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -99,13 +120,22 @@ pub async fn run_until(
         info!(address = %addr, "serving /healthz, /readyz and /metrics");
         tokio::spawn(crate::metrics::serve(listener, metrics.clone()));
     }
-    let mut services = Vec::new();
+    let mut services: Vec<Service> = Vec::new();
+    let mut leases = tokio::task::JoinSet::new();
     for (i, runner) in config.runners.iter().enumerate() {
-        let service = Service::connect(runner.clone(), kube.clone(), metrics.clone())
+        let service = Service::connect(runner.clone(), kube.clone(), &process)
             .await
             .with_context(|| format!("runners[{i}] ({:?})", runner.name))?;
+        if !services.iter().any(|s| s.same_lease_as(&service)) {
+            leases.spawn(crate::instance::keep_alive(
+                service.kube.clone(),
+                service.runner.kubernetes.namespace.clone(),
+                process.instance.to_string(),
+            ));
+        }
         services.push(service);
     }
+    info!(instance = %process.instance, "runner instance (its job pods carry this id; its Lease says it is alive)");
     metrics.set_ready(true);
 
     let slots = Arc::new(Semaphore::new(config.concurrent));
@@ -140,6 +170,13 @@ pub async fn run_until(
             while running.join_next().await.is_some() {}
         })
         .await;
+    }
+    leases.abort_all();
+    for (i, service) in services.iter().enumerate() {
+        if !services[..i].iter().any(|s| s.same_lease_as(service)) {
+            let ns = &service.runner.kubernetes.namespace;
+            crate::instance::release(&service.kube, ns, &process.instance).await;
+        }
     }
     info!("stopped");
     Ok(())
@@ -214,7 +251,7 @@ impl Service {
     async fn connect(
         runner: RunnerConfig,
         kube: Option<kube::Client>,
-        metrics: Metrics,
+        process: &Process,
     ) -> Result<Self> {
         let kube = match kube {
             Some(k) => k,
@@ -233,6 +270,10 @@ impl Service {
         {
             warn!(runner = %runner.name, "{problem}");
         }
+        let ns = &runner.kubernetes.namespace;
+        crate::instance::renew(&kube, ns, &process.instance)
+            .await
+            .with_context(|| format!("keeping the runner's instance Lease in namespace {ns} (other runners reap the pods of an instance without one): grant the runner get, list, create, update and delete on leases.coordination.k8s.io there (the chart's Role does)"))?;
         info!(runner = %runner.name, url = %runner.url, namespace = %runner.kubernetes.namespace, "runner ready");
         let dir = PathBuf::from(&runner.keyhole.journal_dir);
         let journal = match Journal::open_for_runner(&dir, &crate::pod::label_value(&runner.name)) {
@@ -246,10 +287,23 @@ impl Service {
             runner: Arc::new(runner),
             gitlab,
             kube,
-            metrics,
+            metrics: process.metrics.clone(),
             journal,
-            active: Arc::new(Mutex::new(BTreeMap::new())),
+            instance: process.instance.clone(),
+            active: process.active.clone(),
         })
+    }
+
+    /// Whether `other` keeps its instance Lease where this one does (same cluster, same
+    /// namespace), so one renewal serves both.
+    fn same_lease_as(&self, other: &Service) -> bool {
+        self.runner.kubernetes.host == other.runner.kubernetes.host
+            && self.runner.kubernetes.namespace == other.runner.kubernetes.namespace
+    }
+
+    /// This runner's key for a job in [`ActiveJobs`], as the reaper reads it off a pod.
+    fn job_key(&self, job_id: u64) -> ActiveJob {
+        (crate::pod::label_value(&self.runner.name), job_id)
     }
 
     /// Jobs this runner may take at once: its `limit`, within `concurrent`.
@@ -421,18 +475,20 @@ impl Service {
     }
 
     async fn reap(&self) {
-        let active: BTreeSet<u64> = self
-            .active
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .keys()
-            .copied()
-            .collect();
+        let active = &self.active;
+        let snapshot = || -> BTreeSet<ActiveJob> {
+            active
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .keys()
+                .cloned()
+                .collect()
+        };
         match crate::reaper::reap(
             &self.kube,
             &self.runner.kubernetes.namespace,
-            &self.runner.name,
-            &active,
+            &self.instance,
+            snapshot,
         )
         .await
         {
@@ -483,7 +539,7 @@ impl Service {
             self.active
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .insert(job.id, control_tx.clone());
+                .insert(self.job_key(job.id), control_tx.clone());
             // GitLab's word on the job (from every PUT/PATCH answer) drives cancel and abort.
             let mut status = session.status();
             let watcher = tokio::spawn(async move {
@@ -518,7 +574,7 @@ impl Service {
                 .await;
             // `ended`: when the outcome became known (for a job that ran: its exit seen).
             // `deletion`: the pod's, which may still be under way while the runner reports.
-            let (outcome, ended, deletion) = match prepare(&job, &self.runner) {
+            let (outcome, ended, deletion) = match prepare(&job, &self.runner, Some(&*self.instance)) {
                 Err(errors) => {
                     for e in &errors {
                         trace.error(e).await;
@@ -605,7 +661,7 @@ impl Service {
             if let Some(j) = &self.journal {
                 j.remove(job.id);
             }
-            self.active.lock().unwrap_or_else(|e| e.into_inner()).remove(&job.id);
+            self.active.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.job_key(job.id));
             self.metrics.job_finished(label, received.elapsed());
         }
         .instrument(span)

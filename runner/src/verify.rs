@@ -29,8 +29,16 @@ impl VerifyReport {
     }
 }
 
-/// What the runner must be allowed in its jobs namespace: `(verb, resource, subresource)`.
+/// What the runner must be allowed in its jobs namespace: `(verb, resource, subresource)`; a
+/// resource outside the core group is written `resource.group`. The Lease is the runner
+/// instance's word that it is alive (see `crate::instance`): without it, other runners would
+/// reap its job pods.
 pub const NEEDED: &[(&str, &str, &str)] = &[
+    ("get", "leases.coordination.k8s.io", ""),
+    ("list", "leases.coordination.k8s.io", ""),
+    ("create", "leases.coordination.k8s.io", ""),
+    ("update", "leases.coordination.k8s.io", ""),
+    ("delete", "leases.coordination.k8s.io", ""),
     ("create", "pods", ""),
     ("get", "pods", ""),
     ("list", "pods", ""),
@@ -54,12 +62,14 @@ async fn may(
     ns: &str,
     (verb, resource, sub): (&str, &str, &str),
 ) -> Result<bool, kube::Error> {
+    let (resource, group) = resource.split_once('.').unwrap_or((resource, ""));
     let review = SelfSubjectAccessReview {
         spec: SelfSubjectAccessReviewSpec {
             resource_attributes: Some(ResourceAttributes {
                 namespace: Some(ns.into()),
                 verb: Some(verb.into()),
                 resource: Some(resource.into()),
+                group: (!group.is_empty()).then(|| group.into()),
                 subresource: (!sub.is_empty()).then(|| sub.into()),
                 ..ResourceAttributes::default()
             }),

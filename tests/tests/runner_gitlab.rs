@@ -1154,3 +1154,121 @@ async fn a_root_job_runs_in_a_user_namespace_with_an_unprivileged_uid_on_the_nod
     }
     no_job_pods_left(&s).await;
 }
+
+/// A job pod made by hand as runner instance `instance` of the test's runner would make it.
+fn instance_pod(s: &Setup, name: &str, job_id: u64, instance: &str) -> Pod {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": {
+            "app.kubernetes.io/managed-by": "keyhole-runner",
+            "keyhole.dev/runner": format!("test-{}", s.ns.name),
+            "keyhole.dev/job-id": job_id.to_string(),
+            "keyhole.dev/instance": instance}},
+        "spec": {
+            "restartPolicy": "Never",
+            "automountServiceAccountToken": false,
+            "securityContext": {"runAsNonRoot": true, "runAsUser": 1000, "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [{"name": "c", "image": "keyhole.local/busybox:1", "imagePullPolicy": "Never",
+                "command": ["sleep", "600"],
+                "securityContext": {"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}}}]
+        }
+    }))
+    .unwrap()
+}
+
+/// The Lease runner instance `instance` would keep, last renewed `ago` before now.
+fn instance_lease(instance: &str, ago: Duration) -> k8s_openapi::api::coordination::v1::Lease {
+    let renewed = k8s_openapi::jiff::Timestamp::now() - ago;
+    serde_json::from_value(json!({
+        "metadata": {"name": format!("keyhole-runner-{instance}"),
+            "labels": {"app.kubernetes.io/managed-by": "keyhole-runner"}},
+        "spec": {"holderIdentity": instance, "leaseDurationSeconds": 30,
+            "renewTime": k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(renewed)}
+    }))
+    .unwrap()
+}
+
+/// Issue 15: job pods belong to the runner *instance* (process) that made them, not to the
+/// runner's name, which every replica and both pods of a rolling update share. A second
+/// instance with the same name starting while the first runs a job (what `helm upgrade` and
+/// `replicas: 2` do) leaves that job alone, and a hand-made pod of another live instance too;
+/// it deletes the pod of an instance whose Lease has expired. Before, the second instance's
+/// start-up reap deleted the first one's job pod by name ("the job pod was deleted by someone
+/// else").
+#[tokio::test]
+async fn another_instance_reaps_only_the_pods_of_dead_instances() {
+    let s = setup("glinst").await;
+    let pods: Api<Pod> = s.ns.api();
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> = s.ns.api();
+    for (instance, ago) in [("dead-one", 600), ("live-one", 0)] {
+        leases
+            .create(
+                &PostParams::default(),
+                &instance_lease(instance, Duration::from_secs(ago)),
+            )
+            .await
+            .unwrap();
+    }
+    for (name, id, instance) in [
+        ("kh-9001-dead00", 9001, "dead-one"),
+        ("kh-9002-live00", 9002, "live-one"),
+    ] {
+        pods.create(
+            &PostParams::default(),
+            &instance_pod(&s, name, id, instance),
+        )
+        .await
+        .unwrap();
+    }
+    let job = s
+        .gitlab
+        .job()
+        .variable("GIT_STRATEGY", "none")
+        .script(["echo started", "sleep 10", "echo finished"])
+        .enqueue()
+        .unwrap();
+    let (tx_a, handle_a) = start_runner(&s);
+    wait_for_trace(&s, job.id, "started\n").await;
+    let mut second = config(&s);
+    second.runners[0].keyhole.journal_dir = format!("{}-second", s.journal.display());
+    let (tx_b, handle_b) = start_runner_with(&s, second);
+    let mut dead_gone = false;
+    for _ in 0..60 {
+        let dead = pods.get_opt("kh-9001-dead00").await.unwrap();
+        if dead.is_none_or(|p| p.metadata.deletion_timestamp.is_some()) {
+            dead_gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let done = s
+        .gitlab
+        .wait_for_final(job.id, Duration::from_secs(120))
+        .await
+        .unwrap();
+    let live = pods.get_opt("kh-9002-live00").await.unwrap();
+    stop(tx_b, handle_b).await;
+    stop(tx_a, handle_a).await;
+    let trace = trace_text(&s, job.id);
+    assert_eq!(done.status, FinalStatus::Success, "{trace}");
+    assert!(trace.contains("\nfinished"), "{trace}");
+    assert!(
+        dead_gone,
+        "the dead instance's pod was not reaped within 30 s"
+    );
+    assert!(
+        live.is_some_and(|p| p.metadata.deletion_timestamp.is_none()),
+        "a live instance's pod was deleted"
+    );
+    // A runner that stopped cleanly gives up its Lease; the hand-made live one stays.
+    let left: Vec<String> = leases
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|l| l.metadata.name)
+        .collect();
+    assert_eq!(left, ["keyhole-runner-dead-one", "keyhole-runner-live-one"]);
+    let _ = std::fs::remove_dir_all(&s.journal);
+    let _ = std::fs::remove_dir_all(format!("{}-second", s.journal.display()));
+}

@@ -81,7 +81,7 @@ async fn run_job(
     timeout: Duration,
     control: watch::Receiver<Control>,
 ) -> Ran {
-    let prepared = prepare(job, &s.runner).unwrap_or_else(|e| panic!("{e:?}"));
+    let prepared = prepare(job, &s.runner, None).unwrap_or_else(|e| panic!("{e:?}"));
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(64);
     let collector = tokio::spawn(async move {
         let mut all = Vec::new();
@@ -417,7 +417,7 @@ async fn every_snapshot_pod_is_admitted_by_a_restricted_namespace() {
             &s.bed.env.vault_pod_addr,
             "keyhole.local/broker:dev",
         );
-        let prepared = prepare(&job, &runner).unwrap_or_else(|e| panic!("{name}: {e:?}"));
+        let prepared = prepare(&job, &runner, None).unwrap_or_else(|e| panic!("{name}: {e:?}"));
         pods.create(
             &PostParams {
                 dry_run: true,

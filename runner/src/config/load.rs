@@ -77,6 +77,7 @@ pub fn load_str(
 /// Environment overrides for the first runner, so a Deployment can keep the token in a Secret
 /// and the rest in a ConfigMap.
 fn apply_env(config: &mut Config, env: &dyn Fn(&str) -> Option<String>) {
+    config.instance = env("KEYHOLE_INSTANCE").filter(|i| !i.is_empty());
     if config.runners.is_empty() {
         config.runners.push(RunnerConfig::default());
     }

@@ -22,6 +22,10 @@ pub struct Config {
     /// Seconds running jobs get to finish after SIGTERM before they are aborted.
     pub shutdown_timeout: u64,
     pub runners: Vec<RunnerConfig>,
+    /// This process's instance id (`KEYHOLE_INSTANCE`, which the chart sets to the pod's UID);
+    /// not a file key. Unset: a random one per process. See `crate::instance`.
+    #[serde(skip)]
+    pub instance: Option<String>,
 }
 
 impl Default for Config {
@@ -34,6 +38,7 @@ impl Default for Config {
             log_level: None,
             shutdown_timeout: 300,
             runners: Vec::new(),
+            instance: None,
         }
     }
 }

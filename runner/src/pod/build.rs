@@ -51,6 +51,9 @@ pub struct PodRequest<'a> {
     /// The job's registry logins, if any source gave one: they become the pod's own pull
     /// Secret ([`pull_secret_name`]).
     pub pull_auth: Option<&'a PullAuth>,
+    /// The runner process that will own the pod (`keyhole-runner run`), for its reaper; `None`
+    /// for `exec` and `render`, whose pods no reaper deletes.
+    pub instance: Option<&'a str>,
 }
 
 /// What a job pod's own image pull Secret is named after the pod: `<pod>-registry`. The chart's
@@ -89,7 +92,7 @@ pub fn build_job_objects(req: &PodRequest<'_>) -> Result<JobObjects, PodError> {
     let image = build_image(job, k, userns)?;
     let resources = build_resources(k, job)?;
     let env = split_variables(job, runner, &req.log_end_token)?;
-    let (labels, annotations) = pod_metadata(job, runner, req.secrets)?;
+    let (labels, annotations) = pod_metadata(job, runner, req.secrets, req.instance)?;
 
     let services = service_containers(job, k, userns, &env.public)?;
     let script = job_script(req, &env.project_dir, !services.waits.is_empty());

@@ -20,6 +20,7 @@ pub(super) fn pod_metadata(
     job: &Job,
     runner: &RunnerConfig,
     secrets: &JobSecrets,
+    instance: Option<&str>,
 ) -> Result<Metadata, PodError> {
     let k = &runner.kubernetes;
     let mut labels: BTreeMap<String, String> = k.pod_labels.clone();
@@ -28,6 +29,9 @@ pub(super) fn pod_metadata(
     labels.insert(MANAGED_BY_LABEL.into(), MANAGED_BY.into());
     labels.insert(RUNNER_LABEL.into(), label_value(&runner.name));
     labels.insert(JOB_ID_LABEL.into(), job.id.to_string());
+    if let Some(id) = instance {
+        labels.insert(crate::instance::INSTANCE_LABEL.into(), id.into());
+    }
     if let Some(path) = &job.project.path {
         annotations.insert("keyhole.dev/project".into(), path.clone());
     }

@@ -17,6 +17,7 @@ fn render(name: &str, job: &crate::job::Job) -> JobObjects {
         secrets: &secrets,
         log_end_token: "0123456789abcdef0123456789abcdef".to_string().into(),
         pull_auth: None,
+        instance: None,
     })
     .unwrap()
 }
@@ -98,6 +99,7 @@ fn resource_overrides_are_capped_and_refused_above_the_cap() {
         secrets: &secrets,
         log_end_token: log_end_token(),
         pull_auth: None,
+        instance: None,
     })
     .unwrap_err();
     assert!(err.0.contains("above the runner's maximum 1Gi"), "{err}");
@@ -184,6 +186,7 @@ fn a_vault_ca_config_map_reaches_the_brokers_inputs_only_with_the_allow_list() {
         secrets: &secrets,
         log_end_token: "0123456789abcdef0123456789abcdef".to_string().into(),
         pull_auth: None,
+        instance: None,
     })
     .unwrap()
     .pod;
@@ -260,6 +263,7 @@ fn registry_logins_become_the_pods_own_pull_secret_and_nothing_mounts_it() {
         secrets: &secrets,
         log_end_token: log_end_token(),
         pull_auth: Some(&auth),
+        instance: None,
     })
     .unwrap();
     let pull = objects.pull_secret.expect("a pull Secret");
@@ -317,6 +321,7 @@ fn root_in_a_user_namespace_runs_the_build_and_checkout_as_uid_0_without_capabil
         secrets: &secrets,
         log_end_token: log_end_token(),
         pull_auth: None,
+        instance: None,
     })
     .unwrap();
     let pod = serde_json::to_value(&objects.pod).unwrap();
