@@ -525,14 +525,17 @@ patches:
     let container = &runner.spec.unwrap().containers[0];
     assert_eq!(container.image_pull_policy.as_deref(), Some("Never"));
     let env = container.env.as_ref().unwrap();
-    let token = env[0]
-        .value_from
-        .as_ref()
-        .unwrap()
-        .secret_key_ref
-        .as_ref()
-        .unwrap();
+    let from = |name: &str| {
+        env.iter()
+            .find(|e| e.name == name)
+            .and_then(|e| e.value_from.clone())
+            .unwrap_or_else(|| panic!("{name} not set from a source: {env:?}"))
+    };
+    let token = from("KEYHOLE_RUNNER_TOKEN").secret_key_ref.unwrap();
     assert_eq!(token.name, "keyhole-runner-token");
+    // The instance id its job pods and Lease bear: the pod's own UID.
+    let instance = from("KEYHOLE_INSTANCE").field_ref.unwrap();
+    assert_eq!(instance.field_path, "metadata.uid");
     assert!(
         env.iter()
             .any(|e| e.name == "KEYHOLE_RUNNER_URL"

@@ -1272,3 +1272,63 @@ async fn another_instance_reaps_only_the_pods_of_dead_instances() {
     let _ = std::fs::remove_dir_all(&s.journal);
     let _ = std::fs::remove_dir_all(format!("{}-second", s.journal.display()));
 }
+
+/// Issue 15: once a job's script and after_script are done, its pod goes within seconds, even
+/// with a service that ignores SIGTERM and the default grace period (330 s, which a canceled
+/// job's after_script needs). Before, such a pod, with its per-job Secret (the job token),
+/// stayed Terminating for the whole grace period after the job was reported.
+#[tokio::test]
+async fn a_finished_jobs_pod_goes_promptly_even_with_a_service_that_ignores_sigterm() {
+    let s = setup("glgrace").await;
+    let busybox = "keyhole.local/busybox:1";
+    let job = s
+        .gitlab
+        .job()
+        .variable("GIT_STRATEGY", "none")
+        .image(busybox)
+        .service(json!({
+            "name": busybox, "alias": "stubborn",
+            "entrypoint": ["sh", "-c"],
+            "command": ["trap '' TERM; while :; do sleep 1; done"]
+        }))
+        .script(["echo done"])
+        .enqueue()
+        .unwrap();
+    let mut config = config(&s);
+    config.runners[0]
+        .kubernetes
+        .pod_termination_grace_period_seconds = None;
+    let (tx, handle) = start_runner_with(&s, config);
+    let done = s
+        .gitlab
+        .wait_for_final(job.id, Duration::from_secs(180))
+        .await
+        .unwrap();
+    let reported = std::time::Instant::now();
+    let pods: Api<Pod> = s.ns.api();
+    let selector = ListParams::default().labels("app.kubernetes.io/managed-by=keyhole-runner");
+    let mut gone_after = None;
+    for _ in 0..240 {
+        if pods.list(&selector).await.unwrap().items.is_empty() {
+            gone_after = Some(reported.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    stop(tx, handle).await;
+    assert_eq!(
+        done.status,
+        FinalStatus::Success,
+        "{}",
+        trace_text(&s, job.id)
+    );
+    let gone_after = gone_after.expect("the pod was still there 120 s after the job was reported");
+    println!(
+        "figure: finished job's pod gone {:.1} s after the final state",
+        gone_after.as_secs_f64()
+    );
+    assert!(
+        gone_after < Duration::from_secs(40),
+        "the finished job's pod stayed {gone_after:?} after the job was reported"
+    );
+}

@@ -59,6 +59,11 @@ impl std::fmt::Debug for JobRun {
     }
 }
 
+/// The grace a finished job's pod gets (its build container exited, after_script included):
+/// enough for the broker to drain the log and revoke (bounded to 10 s), not the
+/// `pod_termination_grace_period_seconds` that a canceled job's after_script needs.
+pub const FINISHED_POD_GRACE_SECONDS: i64 = 15;
+
 /// Trace bytes the broker's own lines (audit, renewals, revocations) may add to the job's
 /// output, which the broker cuts at `output_limit`.
 const BROKER_LINES_ALLOWANCE: u64 = 64 * 1024;
@@ -384,6 +389,22 @@ pub async fn execute_timed(mut run: JobRun) -> (Outcome, Instant, Option<JoinHan
     };
     let ended = Instant::now();
     let mut deletion = None;
+    // The build container ended by itself: the broker then relays all of its output and
+    // writes its closing line (an abort kills it before that).
+    let exited = matches!(
+        &outcome,
+        Outcome::Success
+            | Outcome::Failed {
+                kind: FailureKind::Script,
+                ..
+            }
+    );
+    if exited {
+        // after_script has run (it is part of the build container's script): only the broker
+        // needs time now, to drain and revoke. A service that ignores SIGTERM would otherwise
+        // hold the pod, and its per-job Secret, for the whole grace period.
+        delete_grace = delete_grace.min(FINISHED_POD_GRACE_SECONDS);
+    }
 
     match log_task {
         Some(task) => {
@@ -396,16 +417,6 @@ pub async fn execute_timed(mut run: JobRun) -> (Outcome, Instant, Option<JoinHan
                 async move { delete_pod(&pods, &name, delete_grace).await }
             }));
             let drained = tokio::time::timeout(wait, task).await;
-            // The build container ended by itself: the broker then relays all of its
-            // output and writes its closing line (an abort kills it before that).
-            let exited = matches!(
-                &outcome,
-                Outcome::Success
-                    | Outcome::Failed {
-                        kind: FailureKind::Script,
-                        ..
-                    }
-            );
             match drained {
                 Err(_) => {
                     trace
