@@ -509,6 +509,75 @@ impl Service {
         }
     }
 
+    /// Makes the job's pod and runs it to an outcome, or fails the job with the reasons it
+    /// cannot run here. Returns the outcome, when it became known (for a job that ran: its
+    /// exit seen), and the pod's deletion, which may still be under way while the runner
+    /// reports.
+    async fn prepare_and_run(
+        &self,
+        job: &crate::job::Job,
+        token: &SecretString,
+        trace: &TraceWriter,
+        trace_tx: mpsc::Sender<Vec<u8>>,
+        control_rx: watch::Receiver<Control>,
+        received: Instant,
+    ) -> (Outcome, Instant, Option<tokio::task::JoinHandle<()>>) {
+        match prepare(job, &self.runner, Some(&*self.instance)) {
+            Err(errors) => {
+                for e in &errors {
+                    trace.error(e).await;
+                }
+                let outcome = Outcome::Failed {
+                    kind: FailureKind::Secrets,
+                    exit_code: None,
+                    message: "the job cannot run on this runner as configured".into(),
+                };
+                (outcome, Instant::now(), None)
+            }
+            Ok(prepared) => {
+                trace
+                    .info(&format!(
+                        "ServiceAccount {} ({})",
+                        prepared.service_account.name, prepared.service_account.reason
+                    ))
+                    .await;
+                for line in prepared.registry_lines() {
+                    trace.info(&line).await;
+                }
+                let pod_name = prepared
+                    .objects
+                    .pod
+                    .metadata
+                    .name
+                    .clone()
+                    .unwrap_or_default();
+                if let Some(j) = &self.journal
+                    && let Err(e) = j.record(&Entry {
+                        job_id: job.id,
+                        namespace: self.runner.kubernetes.namespace.clone(),
+                        pod_name: pod_name.clone(),
+                        token: token.clone(),
+                    })
+                {
+                    warn!(error = %e, "writing the job journal failed");
+                }
+                info!(pod = %pod_name, added_ms = received.elapsed().as_millis() as u64, "creating the job pod");
+                execute_timed(JobRun {
+                    client: self.kube.clone(),
+                    objects: prepared.objects,
+                    timeout: prepared.timeout,
+                    start_timeout: Duration::from_secs(self.runner.kubernetes.poll_timeout),
+                    output_limit: self.runner.output_limit,
+                    trace: trace_tx,
+                    control: control_rx,
+                    metrics: Some(self.metrics.clone()),
+                    retry: crate::execute::ApiRetry::from_config(&self.runner.kubernetes),
+                })
+                .await
+            }
+        }
+    }
+
     async fn handle(&self, payload: JobPayload, received: Instant) {
         let job = payload.job;
         let project = job.project.path.as_deref().unwrap_or("(unknown)");
@@ -574,60 +643,19 @@ impl Service {
                 .await;
             // `ended`: when the outcome became known (for a job that ran: its exit seen).
             // `deletion`: the pod's, which may still be under way while the runner reports.
-            let (outcome, ended, deletion) = match prepare(&job, &self.runner, Some(&*self.instance)) {
-                Err(errors) => {
-                    for e in &errors {
-                        trace.error(e).await;
-                    }
-                    let outcome = Outcome::Failed {
-                        kind: FailureKind::Secrets,
-                        exit_code: None,
-                        message: "the job cannot run on this runner as configured".into(),
-                    };
-                    (outcome, Instant::now(), None)
-                }
-                Ok(prepared) => {
-                    trace
-                        .info(&format!(
-                            "ServiceAccount {} ({})",
-                            prepared.service_account.name, prepared.service_account.reason
-                        ))
-                        .await;
-                    for line in prepared.registry_lines() {
-                        trace.info(&line).await;
-                    }
-                    let pod_name = prepared.objects.pod.metadata.name.clone().unwrap_or_default();
-                    if let Some(j) = &self.journal
-                        && let Err(e) = j.record(&Entry {
-                            job_id: job.id,
-                            namespace: self.runner.kubernetes.namespace.clone(),
-                            pod_name: pod_name.clone(),
-                            token: token.clone(),
-                        })
-                    {
-                        warn!(error = %e, "writing the job journal failed");
-                    }
-                    info!(pod = %pod_name, added_ms = received.elapsed().as_millis() as u64, "creating the job pod");
-                    execute_timed(JobRun {
-                        client: self.kube.clone(),
-                        objects: prepared.objects,
-                        timeout: prepared.timeout,
-                        start_timeout: Duration::from_secs(self.runner.kubernetes.poll_timeout),
-                        output_limit: self.runner.output_limit,
-                        trace: trace_tx.clone(),
-                        control: control_rx,
-                        metrics: Some(self.metrics.clone()),
-                        retry: crate::execute::ApiRetry::from_config(&self.runner.kubernetes),
-                    })
-                    .await
-                }
-            };
+            let (outcome, ended, deletion) = self
+                .prepare_and_run(&job, &token, &trace, trace_tx.clone(), control_rx, received)
+                .await;
             let result = match &outcome {
                 Outcome::Success => {
                     trace.info("Job succeeded").await;
                     JobOutcome::Success
                 }
-                Outcome::Failed { kind, exit_code, message } => {
+                Outcome::Failed {
+                    kind,
+                    exit_code,
+                    message,
+                } => {
                     trace.error(&format!("Job failed: {message}")).await;
                     JobOutcome::Failed {
                         reason: failure_reason(*kind),
@@ -647,7 +675,10 @@ impl Service {
                 // Job end seen → GitLab holds the whole trace and the final state: what the
                 // runner adds to the job's end (the log drain included; the pod's deletion
                 // runs meanwhile and is awaited below).
-                Ok(()) => info!(final_ms = ended.elapsed().as_millis() as u64, "reported the job"),
+                Ok(()) => info!(
+                    final_ms = ended.elapsed().as_millis() as u64,
+                    "reported the job"
+                ),
                 Err(e) => {
                     self.metrics.gitlab_error("jobs/:id");
                     warn!(error = %e, "GitLab did not take the final state");
@@ -661,7 +692,10 @@ impl Service {
             if let Some(j) = &self.journal {
                 j.remove(job.id);
             }
-            self.active.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.job_key(job.id));
+            self.active
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&self.job_key(job.id));
             self.metrics.job_finished(label, received.elapsed());
         }
         .instrument(span)

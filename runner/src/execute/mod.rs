@@ -9,5 +9,5 @@ pub use retry::{ApiRetry, is_transient, with_retry};
 pub use run::{Control, JobRun, TraceWriter, delete_pod, execute, execute_timed};
 pub use status::{
     ContainerView, FailureKind, Outcome, PodView, ServiceStop, broker_failure, observe,
-    progress_line, service_stop_warning,
+    progress_line, service_stop_warning, verdict,
 };

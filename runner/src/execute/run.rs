@@ -17,8 +17,7 @@ use tokio::task::JoinHandle;
 
 use super::log_end::LogEnd;
 use super::status::{
-    ContainerView, FailureKind, Outcome, broker_failure, observe, progress_line,
-    service_stop_warning, start_failure,
+    ContainerView, FailureKind, Outcome, observe, progress_line, service_stop_warning, verdict,
 };
 use crate::pod::JobObjects;
 
@@ -212,38 +211,8 @@ pub async fn execute_timed(mut run: JobRun) -> (Outcome, Instant, Option<JoinHan
     let pods: Api<Pod> = Api::namespaced(run.client.clone(), &ns);
     let secrets: Api<Secret> = Api::namespaced(run.client.clone(), &ns);
 
-    trace.info(&format!("Creating pod {ns}/{name}")).await;
-    let created = match create_retrying(&pods, &pod, &name, run.retry, &trace).await {
-        Ok(p) => p,
-        Err(e) => {
-            let msg = format!("creating the job pod {ns}/{name} failed: {e}");
-            trace.error(&msg).await;
-            return (failed(FailureKind::System, None, msg), Instant::now(), None);
-        }
-    };
-    let owner = OwnerReference {
-        api_version: "v1".into(),
-        kind: "Pod".into(),
-        name: name.clone(),
-        uid: created.metadata.uid.clone().unwrap_or_default(),
-        ..OwnerReference::default()
-    };
-    // The pull Secret before the per-job one: the broker waits for the latter, and the job's
-    // and services' images are pulled only once the broker is up, so the kubelet finds it.
-    let own_secrets = run.objects.pull_secret.iter().chain([&run.objects.secret]);
-    for secret in own_secrets {
-        let mut secret = secret.clone();
-        secret.metadata.owner_references = Some(vec![owner.clone()]);
-        let secret_name = secret.metadata.name.clone().unwrap_or_default();
-        let Err(e) = create_retrying(&secrets, &secret, &secret_name, run.retry, &trace).await
-        else {
-            continue;
-        };
-        let msg = format!("creating the job's Secret {ns}/{secret_name}: {e}");
-        trace.error(&msg).await;
-        let ended = Instant::now();
-        delete_pod(&pods, &name, 0).await;
-        return (failed(FailureKind::System, None, msg), ended, None);
+    if let Err((message, ended)) = create_objects(&run, &pods, &secrets, &trace).await {
+        return (failed(FailureKind::System, None, message), ended, None);
     }
 
     let grace = pod
@@ -319,46 +288,14 @@ pub async fn execute_timed(mut run: JobRun) -> (Outcome, Instant, Option<JoinHan
                         trace.warn(&service_stop_warning(stop)).await;
                     }
                 }
-                if let Some((container, reason, message)) = &v.image_problem {
-                    break failed(FailureKind::ImagePull, None, format!("container {container} cannot get its image: {reason}: {message}"));
-                }
-                if let Some((container, reason, message)) = &v.start_problem {
-                    let (kind, message) = start_failure(container, reason, message);
-                    if kind == FailureKind::Script {
-                        // Printed at the end for the other kinds; a script failure's own
-                        // output usually says why, this one has none.
-                        trace.error(&message).await;
+                if let Some(outcome) = verdict(&v, started) {
+                    if let Outcome::Failed { kind: FailureKind::Script, exit_code: None, message } = &outcome {
+                        // A build container that could not start: printed at the end for the
+                        // other kinds; a script failure's own output usually says why, this
+                        // one has none.
+                        trace.error(message).await;
                     }
-                    break failed(kind, None, message);
-                }
-                let broker_exit = match &v.broker {
-                    ContainerView::Terminated { exit_code, .. } if *exit_code != 0 => Some(*exit_code),
-                    _ => v.broker_last_exit.filter(|c| *c != 0),
-                };
-                if let (Some(code), false) = (broker_exit, started) {
-                    let (kind, message) = broker_failure(code);
-                    break failed(kind, None, message);
-                }
-                if let ContainerView::Terminated { exit_code, .. } = &v.checkout
-                    && *exit_code != 0
-                {
-                    break failed(FailureKind::System, None, format!("checking out the repository failed (exit code {exit_code}); see the lines above"));
-                }
-                if let ContainerView::Terminated { exit_code, reason, .. } = &v.build {
-                    break match (*exit_code, reason.as_str()) {
-                        (0, _) => Outcome::Success,
-                        (code, "OOMKilled") => failed(FailureKind::Script, Some(code), format!("the build container ran out of memory (OOMKilled, exit code {code}); raise its memory limit")),
-                        (code, _) => failed(FailureKind::Script, Some(code), format!("exit code {code}")),
-                    };
-                }
-                if v.phase == "Failed" {
-                    let reason = v.reason.clone().unwrap_or_default();
-                    let message = v.message.clone().unwrap_or_default();
-                    break match reason.as_str() {
-                        "DeadlineExceeded" => failed(FailureKind::Timeout, None, "the pod reached its active deadline"),
-                        "Evicted" => failed(FailureKind::System, None, format!("the pod was evicted: {message}")),
-                        _ => failed(FailureKind::System, None, format!("the pod failed: {reason} {message}")),
-                    };
+                    break outcome;
                 }
                 last_view = Some(v);
             }
@@ -388,11 +325,72 @@ pub async fn execute_timed(mut run: JobRun) -> (Outcome, Instant, Option<JoinHan
         }
     };
     let ended = Instant::now();
+    let deletion = wind_down(&pods, &name, &outcome, log_task, delete_grace, &trace).await;
+    (outcome, ended, deletion)
+}
+
+/// Creates the job's pod, then its Secrets owned by it. On failure: the message (already in
+/// the trace), when the job ended, and the pod deleted again if it was made.
+async fn create_objects(
+    run: &JobRun,
+    pods: &Api<Pod>,
+    secrets: &Api<Secret>,
+    trace: &TraceWriter,
+) -> Result<(), (String, Instant)> {
+    let pod = &run.objects.pod;
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let ns = pod.metadata.namespace.clone().unwrap_or_default();
+    trace.info(&format!("Creating pod {ns}/{name}")).await;
+    let created = match create_retrying(pods, pod, &name, run.retry, trace).await {
+        Ok(p) => p,
+        Err(e) => {
+            let msg = format!("creating the job pod {ns}/{name} failed: {e}");
+            trace.error(&msg).await;
+            return Err((msg, Instant::now()));
+        }
+    };
+    let owner = OwnerReference {
+        api_version: "v1".into(),
+        kind: "Pod".into(),
+        name: name.clone(),
+        uid: created.metadata.uid.clone().unwrap_or_default(),
+        ..OwnerReference::default()
+    };
+    // The pull Secret before the per-job one: the broker waits for the latter, and the job's
+    // and services' images are pulled only once the broker is up, so the kubelet finds it.
+    let own_secrets = run.objects.pull_secret.iter().chain([&run.objects.secret]);
+    for secret in own_secrets {
+        let mut secret = secret.clone();
+        secret.metadata.owner_references = Some(vec![owner.clone()]);
+        let secret_name = secret.metadata.name.clone().unwrap_or_default();
+        let Err(e) = create_retrying(secrets, &secret, &secret_name, run.retry, trace).await else {
+            continue;
+        };
+        let msg = format!("creating the job's Secret {ns}/{secret_name}: {e}");
+        trace.error(&msg).await;
+        let ended = Instant::now();
+        delete_pod(pods, &name, 0).await;
+        return Err((msg, ended));
+    }
+    Ok(())
+}
+
+/// After the outcome is known: deletes the pod (a finished job's with a short grace) and
+/// drains the job log into the trace, or, when the log was never followed, shows the broker's
+/// own lines. Returns the deletion when it is still under way.
+async fn wind_down(
+    pods: &Api<Pod>,
+    name: &str,
+    outcome: &Outcome,
+    log_task: Option<JoinHandle<bool>>,
+    mut delete_grace: i64,
+    trace: &TraceWriter,
+) -> Option<JoinHandle<()>> {
     let mut deletion = None;
     // The build container ended by itself: the broker then relays all of its output and
     // writes its closing line (an abort kills it before that).
     let exited = matches!(
-        &outcome,
+        outcome,
         Outcome::Success
             | Outcome::Failed {
                 kind: FailureKind::Script,
@@ -413,7 +411,7 @@ pub async fn execute_timed(mut run: JobRun) -> (Outcome, Instant, Option<JoinHan
             // the deletion.
             let wait = Duration::from_secs(u64::try_from(delete_grace).unwrap_or(0) + 15);
             deletion = Some(tokio::spawn({
-                let (pods, name) = (pods.clone(), name.clone());
+                let (pods, name) = (pods.clone(), name.to_owned());
                 async move { delete_pod(&pods, &name, delete_grace).await }
             }));
             let drained = tokio::time::timeout(wait, task).await;
@@ -433,25 +431,25 @@ pub async fn execute_timed(mut run: JobRun) -> (Outcome, Instant, Option<JoinHan
             }
         }
         None => {
-            delete_pod(&pods, &name, delete_grace).await;
+            delete_pod(pods, name, delete_grace).await;
             if let Outcome::Failed {
                 kind: FailureKind::Secrets | FailureKind::System,
                 ..
-            } = &outcome
+            } = outcome
             {
-                let log = broker_log_after_exit(&pods, &name).await;
+                let log = broker_log_after_exit(pods, name).await;
                 if !log.is_empty() {
                     trace.raw(log.into_bytes()).await;
                 }
             }
         }
     }
-    if let Outcome::Failed { kind, message, .. } = &outcome
+    if let Outcome::Failed { kind, message, .. } = outcome
         && *kind != FailureKind::Script
     {
         trace.error(message).await;
     }
-    (outcome, ended, deletion)
+    deletion
 }
 
 /// Creates one of the job's objects, retrying an apiserver that does not answer (see

@@ -278,6 +278,87 @@ pub fn observe(pod: &Pod) -> PodView {
     }
 }
 
+/// How the job ended, if the pod's state says it has (pure): an image that cannot be pulled, a
+/// container that cannot start, the broker failing before the script started, a failed
+/// checkout, the build container's exit, or the pod failing as a whole.
+pub fn verdict(v: &PodView, started: bool) -> Option<Outcome> {
+    let failed = |kind, exit_code, message: String| {
+        Some(Outcome::Failed {
+            kind,
+            exit_code,
+            message,
+        })
+    };
+    if let Some((container, reason, message)) = &v.image_problem {
+        return failed(
+            FailureKind::ImagePull,
+            None,
+            format!("container {container} cannot get its image: {reason}: {message}"),
+        );
+    }
+    if let Some((container, reason, message)) = &v.start_problem {
+        let (kind, message) = start_failure(container, reason, message);
+        return failed(kind, None, message);
+    }
+    let broker_exit = match &v.broker {
+        ContainerView::Terminated { exit_code, .. } if *exit_code != 0 => Some(*exit_code),
+        _ => v.broker_last_exit.filter(|c| *c != 0),
+    };
+    if let (Some(code), false) = (broker_exit, started) {
+        let (kind, message) = broker_failure(code);
+        return failed(kind, None, message);
+    }
+    if let ContainerView::Terminated { exit_code, .. } = &v.checkout
+        && *exit_code != 0
+    {
+        return failed(
+            FailureKind::System,
+            None,
+            format!(
+                "checking out the repository failed (exit code {exit_code}); see the lines above"
+            ),
+        );
+    }
+    if let ContainerView::Terminated {
+        exit_code, reason, ..
+    } = &v.build
+    {
+        return match (*exit_code, reason.as_str()) {
+            (0, _) => Some(Outcome::Success),
+            (code, "OOMKilled") => failed(
+                FailureKind::Script,
+                Some(code),
+                format!(
+                    "the build container ran out of memory (OOMKilled, exit code {code}); raise its memory limit"
+                ),
+            ),
+            (code, _) => failed(FailureKind::Script, Some(code), format!("exit code {code}")),
+        };
+    }
+    if v.phase == "Failed" {
+        let reason = v.reason.clone().unwrap_or_default();
+        let message = v.message.clone().unwrap_or_default();
+        return match reason.as_str() {
+            "DeadlineExceeded" => failed(
+                FailureKind::Timeout,
+                None,
+                "the pod reached its active deadline".into(),
+            ),
+            "Evicted" => failed(
+                FailureKind::System,
+                None,
+                format!("the pod was evicted: {message}"),
+            ),
+            _ => failed(
+                FailureKind::System,
+                None,
+                format!("the pod failed: {reason} {message}"),
+            ),
+        };
+    }
+    None
+}
+
 /// A short human line for the pod's progress, printed when it changes.
 pub fn progress_line(v: &PodView) -> String {
     if let Some(m) = &v.unschedulable {
@@ -446,6 +527,45 @@ mod tests {
             "{line}"
         );
         assert_eq!(v.start_problem, None, "a service does not end the job");
+    }
+
+    #[test]
+    fn the_verdict_reads_the_end_of_a_job_off_its_pod() {
+        let build = |state: serde_json::Value| {
+            observe(&pod(json!({"phase": "Running",
+                "containerStatuses": [{"name": "build", "image": "x", "imageID": "", "ready": false,
+                    "restartCount": 0, "state": state}]})))
+        };
+        assert_eq!(verdict(&build(json!({"running": {}})), true), None);
+        assert_eq!(
+            verdict(&build(json!({"terminated": {"exitCode": 0}})), true),
+            Some(Outcome::Success)
+        );
+        let oom = verdict(
+            &build(json!({"terminated": {"exitCode": 137, "reason": "OOMKilled"}})),
+            true,
+        );
+        assert!(
+            matches!(&oom, Some(Outcome::Failed { kind: FailureKind::Script, exit_code: Some(137), message }) if message.contains("OOMKilled")),
+            "{oom:?}"
+        );
+        let broker = observe(&pod(json!({"phase": "Pending",
+            "initContainerStatuses": [{"name": "keyhole-broker", "image": "b", "imageID": "", "ready": false,
+                "restartCount": 0, "state": {"terminated": {"exitCode": 64}}}]})));
+        assert!(matches!(
+            verdict(&broker, false),
+            Some(Outcome::Failed {
+                kind: FailureKind::Secrets,
+                ..
+            })
+        ));
+        let evicted = observe(&pod(
+            json!({"phase": "Failed", "reason": "Evicted", "message": "low memory"}),
+        ));
+        assert!(matches!(
+            verdict(&evicted, true),
+            Some(Outcome::Failed { kind: FailureKind::System, message, .. }) if message.contains("evicted: low memory")
+        ));
     }
 
     #[test]
