@@ -66,7 +66,8 @@ pub fn pull_secret_name(pod_name: &str) -> String {
 }
 
 /// The objects one job needs. The Secrets get their ownerReference (the pod) at creation.
-#[derive(Debug, Clone)]
+/// `Debug` names the objects only: the Secrets' data are the job's secrets.
+#[derive(Clone)]
 pub struct JobObjects {
     pub pod: Pod,
     pub secret: Secret,
@@ -76,6 +77,22 @@ pub struct JobObjects {
     /// What the broker's log-end markers carry (in the Secret too): the executor stops
     /// following the log once it has seen them.
     pub log_end_token: SecretString,
+}
+
+impl std::fmt::Debug for JobObjects {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
+            m.name.clone().unwrap_or_default()
+        };
+        f.debug_struct("JobObjects")
+            .field("pod", &name(&self.pod.metadata))
+            .field("secret", &name(&self.secret.metadata))
+            .field(
+                "pull_secret",
+                &self.pull_secret.as_ref().map(|s| name(&s.metadata)),
+            )
+            .finish_non_exhaustive()
+    }
 }
 
 /// A job that cannot become a pod, with what to change.

@@ -300,6 +300,61 @@ fn registry_logins_become_the_pods_own_pull_secret_and_nothing_mounts_it() {
     assert!(!spec_json.contains("glcbt-pull-secret-value"));
 }
 
+/// `Debug` of a job's objects (in `Prepared`, which callers may log) names them and shows no
+/// value of either Secret.
+#[test]
+fn debug_of_the_job_objects_shows_no_secret_value() {
+    let job = sample_jobs(VAULT).remove(0).1;
+    let runner = sample_runner("jobs", VAULT, "keyhole.local/broker:dev");
+    let secrets = collect(&job, &runner.keyhole, "keyhole-job").unwrap();
+    let creds = [crate::job::RegistryCredential {
+        registry: "registry.example.com".into(),
+        username: "u".into(),
+        password: "glcbt-debug-pull-password".to_string().into(),
+    }];
+    let auth = crate::registry_auth::resolve(None, None, &creds)
+        .unwrap()
+        .unwrap();
+    let objects = build_job_objects(&PodRequest {
+        job: &job,
+        runner: &runner,
+        pod_name: pod_name(job.id, "abcdef"),
+        service_account: "keyhole-job".into(),
+        secrets: &secrets,
+        log_end_token: "log-end-token-debug-0123456789ab".to_string().into(),
+        pull_auth: Some(&auth),
+        instance: None,
+    })
+    .unwrap();
+    let shown = format!("{objects:?}");
+    assert!(shown.contains(&pod_name(job.id, "abcdef")), "{shown}");
+    for value in [
+        "log-end-token-debug",
+        "Z2xjYnQtZGVidWc",
+        "dTpnbGNidC1kZWJ1Zy1wdWxsLXBhc3N3b3Jk",
+    ] {
+        assert!(!shown.contains(value), "{value} in {shown}");
+    }
+    for data in [
+        &objects.secret.data,
+        &objects.pull_secret.as_ref().unwrap().data,
+    ] {
+        for bytes in data.as_ref().unwrap().values() {
+            // Readable, or as the list of numbers a derived `Debug` of `ByteString` prints.
+            let text = String::from_utf8_lossy(&bytes.0);
+            let numbers = format!("{:?}", bytes.0);
+            assert!(
+                text.len() < 8 || !shown.contains(text.as_ref()),
+                "a value in {shown}"
+            );
+            assert!(
+                !shown.contains(numbers.trim_matches(['[', ']'])),
+                "a value in {shown}"
+            );
+        }
+    }
+}
+
 /// `user_namespace_root = "always"`: the pod gets its own user namespace, the build container
 /// and the checkout run as uid 0 in it (the broker stays non-root and makes its files readable
 /// through the pod's fsGroup), and nothing gains a capability.
