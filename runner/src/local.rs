@@ -53,13 +53,7 @@ where
             }
         }
         Ok(prepared) => {
-            trace
-                .info(&format!(
-                    "ServiceAccount {} ({})",
-                    prepared.service_account.name, prepared.service_account.reason
-                ))
-                .await;
-            for line in prepared.registry_lines() {
+            for line in prepared.announcements() {
                 trace.info(&line).await;
             }
             if !prepared.secrets.references.is_empty() {

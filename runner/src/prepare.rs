@@ -28,15 +28,18 @@ pub struct Prepared {
 }
 
 impl Prepared {
-    /// One trace line per registry the pod logs in to, naming whose login it uses (never a
-    /// value), as gitlab-runner says where each came from.
-    pub fn registry_lines(&self) -> Vec<String> {
-        self.registries
-            .iter()
-            .map(|(registry, source)| {
-                format!("Pulling from {registry} with the login from {source}")
-            })
-            .collect()
+    /// The trace lines that say, before the pod exists, who the job runs as and, per
+    /// registry the pod logs in to, whose login it uses (never a value), as gitlab-runner says
+    /// where each came from.
+    pub fn announcements(&self) -> Vec<String> {
+        let account = format!(
+            "ServiceAccount {} ({})",
+            self.service_account.name, self.service_account.reason
+        );
+        let registries = self.registries.iter().map(|(registry, source)| {
+            format!("Pulling from {registry} with the login from {source}")
+        });
+        std::iter::once(account).chain(registries).collect()
     }
 }
 

@@ -190,7 +190,7 @@ fn check_runner_names(runners: &[RunnerConfig]) -> Result<()> {
         let label = crate::pod::label_value(&r.name);
         if let Some(first) = seen.insert(label.clone(), i) {
             anyhow::bail!(
-                "runners[{first}] and runners[{i}] are both named {label:?} (as a pod label); give each [[runners]] entry its own name, since a runner reaps the pods its name labels"
+                "runners[{first}] and runners[{i}] are both named {label:?} (as a pod label); give each [[runners]] entry its own name, since a runner process tells its job pods apart by runner name and job id"
             );
         }
     }
@@ -535,13 +535,7 @@ impl Service {
                 (outcome, Instant::now(), None)
             }
             Ok(prepared) => {
-                trace
-                    .info(&format!(
-                        "ServiceAccount {} ({})",
-                        prepared.service_account.name, prepared.service_account.reason
-                    ))
-                    .await;
-                for line in prepared.registry_lines() {
+                for line in prepared.announcements() {
                     trace.info(&line).await;
                 }
                 let pod_name = prepared

@@ -22,6 +22,32 @@ fn render(name: &str, job: &crate::job::Job) -> JobObjects {
     .unwrap()
 }
 
+/// The objects of `job` on `runner`, as pod `kh-<id>-abcdef` of ServiceAccount `keyhole-job`.
+/// A fresh log-end token as text.
+fn log_end_token_text() -> String {
+    secrecy::ExposeSecret::expose_secret(&log_end_token()).to_owned()
+}
+
+fn objects_for(
+    job: &crate::job::Job,
+    runner: &crate::config::RunnerConfig,
+    pull_auth: Option<&crate::registry_auth::PullAuth>,
+    log_end: &str,
+) -> JobObjects {
+    let secrets = collect(job, &runner.keyhole, "keyhole-job").unwrap();
+    build_job_objects(&PodRequest {
+        job,
+        runner,
+        pod_name: pod_name(job.id, "abcdef"),
+        service_account: "keyhole-job".into(),
+        secrets: &secrets,
+        log_end_token: log_end.to_string().into(),
+        pull_auth,
+        instance: None,
+    })
+    .unwrap()
+}
+
 #[test]
 fn sample_pods_match_their_snapshots() {
     for (name, job) in sample_jobs(VAULT) {
@@ -245,7 +271,6 @@ fn registry_logins_become_the_pods_own_pull_secret_and_nothing_mounts_it() {
     let job = sample_jobs(VAULT).remove(0).1;
     let mut runner = sample_runner("jobs", VAULT, "keyhole.local/broker:dev");
     runner.kubernetes.image_pull_secrets = vec!["static-pull".into()];
-    let secrets = collect(&job, &runner.keyhole, "keyhole-job").unwrap();
     let creds = [crate::job::RegistryCredential {
         registry: "registry.example.com".into(),
         username: "gitlab-ci-token".into(),
@@ -255,17 +280,7 @@ fn registry_logins_become_the_pods_own_pull_secret_and_nothing_mounts_it() {
         .unwrap()
         .unwrap();
     let name = pod_name(job.id, "abcdef");
-    let objects = build_job_objects(&PodRequest {
-        job: &job,
-        runner: &runner,
-        pod_name: name.clone(),
-        service_account: "keyhole-job".into(),
-        secrets: &secrets,
-        log_end_token: log_end_token(),
-        pull_auth: Some(&auth),
-        instance: None,
-    })
-    .unwrap();
+    let objects = objects_for(&job, &runner, Some(&auth), &log_end_token_text());
     let pull = objects.pull_secret.expect("a pull Secret");
     assert_eq!(
         pull.metadata.name.as_deref(),
@@ -306,7 +321,6 @@ fn registry_logins_become_the_pods_own_pull_secret_and_nothing_mounts_it() {
 fn debug_of_the_job_objects_shows_no_secret_value() {
     let job = sample_jobs(VAULT).remove(0).1;
     let runner = sample_runner("jobs", VAULT, "keyhole.local/broker:dev");
-    let secrets = collect(&job, &runner.keyhole, "keyhole-job").unwrap();
     let creds = [crate::job::RegistryCredential {
         registry: "registry.example.com".into(),
         username: "u".into(),
@@ -315,17 +329,12 @@ fn debug_of_the_job_objects_shows_no_secret_value() {
     let auth = crate::registry_auth::resolve(None, None, &creds)
         .unwrap()
         .unwrap();
-    let objects = build_job_objects(&PodRequest {
-        job: &job,
-        runner: &runner,
-        pod_name: pod_name(job.id, "abcdef"),
-        service_account: "keyhole-job".into(),
-        secrets: &secrets,
-        log_end_token: "log-end-token-debug-0123456789ab".to_string().into(),
-        pull_auth: Some(&auth),
-        instance: None,
-    })
-    .unwrap();
+    let objects = objects_for(
+        &job,
+        &runner,
+        Some(&auth),
+        "log-end-token-debug-0123456789ab",
+    );
     let shown = format!("{objects:?}");
     assert!(shown.contains(&pod_name(job.id, "abcdef")), "{shown}");
     for value in [
@@ -367,18 +376,7 @@ fn root_in_a_user_namespace_runs_the_build_and_checkout_as_uid_0_without_capabil
         .expect("a sample job with a checkout");
     let mut runner = sample_runner("jobs", VAULT, "keyhole.local/broker:dev");
     runner.keyhole.user_namespace_root = crate::config::UserNamespaceRoot::Always;
-    let secrets = collect(&job, &runner.keyhole, "keyhole-job").unwrap();
-    let objects = build_job_objects(&PodRequest {
-        job: &job,
-        runner: &runner,
-        pod_name: pod_name(job.id, "abcdef"),
-        service_account: "keyhole-job".into(),
-        secrets: &secrets,
-        log_end_token: log_end_token(),
-        pull_auth: None,
-        instance: None,
-    })
-    .unwrap();
+    let objects = objects_for(&job, &runner, None, &log_end_token_text());
     let pod = serde_json::to_value(&objects.pod).unwrap();
     let spec = &pod["spec"];
     assert_eq!(spec["hostUsers"], false);
