@@ -17,4 +17,5 @@ pub mod resolve;
 pub mod run;
 pub mod services;
 pub mod termination;
+pub mod transfer;
 pub mod vault;
