@@ -177,6 +177,18 @@ build_registry() {
   "$out/registry" --version | grep -Eq " v?$v([+~ ]|\$)" || { echo "unpacked registry is not $v" >&2; exit 1; }
 }
 
+# The S3 store (versitygw, see common.sh): one static binary, `versitygw posix DIR` at `up`.
+# Its plugin and RDMA/GPU commands are separate main packages (and cgo), not built here.
+build_s3() {
+  local v=$1 out=$2
+  wrapper_init s3bin 1.25.0
+  go get -tool "github.com/versity/versitygw/cmd/versitygw@$v"
+  go mod tidy
+  CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X main.Version=$v -X main.Build=$v -X main.BuildTime=1970-01-01T00:00:00Z" \
+    -o "$out/versitygw" github.com/versity/versitygw/cmd/versitygw
+  "$out/versitygw" --version | grep -q "$v" || { echo "built versitygw does not report $v" >&2; exit 1; }
+}
+
 # Debian packages the bed needs: libseccomp for building runc, CNI plugins, busybox for the job
 # image, gcc for the pause binary, openssl for the PKI, apache2-utils for htpasswd (the registry's
 # htpasswd auth accepts bcrypt entries only, which openssl cannot make).
@@ -205,5 +217,6 @@ cmd_build() {
   [[ $only == all || $only == vault ]] && build_part vault "$VAULT_VERSION" build_vault "$VAULT_VERSION-sdk$VAULT_SDK_VERSION"
   [[ $only == all || $only == redis ]] && build_part redis "$REDIS_VERSION" build_redis
   [[ $only == all || $only == registry ]] && build_part registry "$REGISTRY_VERSION" build_registry
+  [[ $only == all || $only == s3 ]] && build_part s3 "$S3_VERSION" build_s3
   log "build complete: binaries under $KEYHOLE_CACHE/bin"
 }

@@ -24,6 +24,14 @@ REDIS_VERSION=${REDIS_VERSION:-7.0.15}
 # docker-registry (distribution) of this upstream version, unpacked like Redis. Its Debian
 # revisions (e.g. 2.8.2+ds1-1) share the cache entry, the newest one on the mirror is taken.
 REGISTRY_VERSION=${REGISTRY_VERSION:-2.8.2}
+# The S3 object store for GitLab CI cache (pre-signed SigV4 URLs, path-style): Versity's S3
+# gateway (versitygw, Apache-2.0) with its posix backend, buckets as directories under the bed's
+# state. Chosen because it verifies SigV4 for real, in headers, in pre-signed query strings and
+# in signed chunked uploads, and refuses unsigned or wrongly signed requests, and it builds from
+# the Go module proxy with no replace directives. gofakes3 v1.2.0 (the smallest Go S3 server
+# there) checks no signatures at all; MinIO and SeaweedFS have no version the proxy lists;
+# rclone's `serve s3` drags in every rclone backend.
+S3_VERSION=${S3_VERSION:-v1.8.0}
 PAUSE_IMAGE=${PAUSE_IMAGE:-registry.k8s.io/pause:3.10}
 # The checkout image (busybox + git); the runner's default git_image.
 GIT_IMAGE=${GIT_IMAGE:-keyhole.local/git:2}

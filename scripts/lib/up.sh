@@ -28,6 +28,13 @@ REGISTRY_USER=keyhole
 # The busybox job image pushed there at `up` and removed from containerd's store, so a pod that
 # names it pulls it for real, with credentials (an image pull Secret).
 PRIVATE_IMAGE="$REGISTRY/private/busybox:1"
+# The S3 object store (versitygw, posix backend) for GitLab CI cache: plain HTTP on the bridge
+# only, where job pods use the pre-signed URLs the runner hands them (path-style, SigV4). One
+# bucket, one access key pair generated at `up`.
+S3_ADDR="$NODE_IP:9000"
+S3_ENDPOINT="http://$S3_ADDR"
+S3_BUCKET=keyhole-cache
+S3_REGION=us-east-1
 RUN_DIR=/run/keyhole-testbed
 
 bin_dir() { echo "$KEYHOLE_TESTBED_DIR/bin"; }
@@ -77,7 +84,8 @@ link_binaries() {
   mkdir -p "$b"
   local part
   for part in "etcd-$ETCD_VERSION" "kubernetes-$KUBERNETES_VERSION" "containerd-$CONTAINERD_VERSION" "runc-$RUNC_VERSION" \
-    "helm-$HELM_VERSION" "vault-$VAULT_VERSION-sdk$VAULT_SDK_VERSION" "redis-$REDIS_VERSION" "registry-$REGISTRY_VERSION"; do
+    "helm-$HELM_VERSION" "vault-$VAULT_VERSION-sdk$VAULT_SDK_VERSION" "redis-$REDIS_VERSION" "registry-$REGISTRY_VERSION" \
+    "s3-$S3_VERSION"; do
     [[ -f $KEYHOLE_CACHE/bin/$part/.complete ]] || die "$part is not built; run 'scripts/testbed build' first"
     ln -sf "$KEYHOLE_CACHE/bin/$part"/* "$b/"
   done
@@ -388,6 +396,51 @@ TOML
   log "image $PRIVATE_IMAGE pushed to the registry (and removed from containerd's store)"
 }
 
+# s3_curl ARGS...: a bodiless request signed with the bed's S3 key pair (SigV4, service s3); the
+# keys come from stdin (-K -), never from the command line. This curl (7.88) does not send the
+# x-amz-content-sha256 header S3 requires, so it is given: the SHA-256 of an empty body.
+s3_curl() {
+  local d=$KEYHOLE_TESTBED_DIR
+  printf 'user = "%s:%s"\naws-sigv4 = "aws:amz:%s:s3"\n' "$(cat "$d/s3-access-key")" "$(cat "$d/s3-secret-key")" "$S3_REGION" |
+    curl -fsS -o /dev/null -K - \
+      -H 'x-amz-content-sha256: e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855' "$@"
+}
+# ListBuckets answers 200 only to a request signed with the root key pair.
+s3_ready() { s3_curl "$S3_ENDPOINT/"; }
+
+# The S3 store: versitygw's posix backend (buckets are directories under $d/s3, object metadata
+# in xattrs), its root account the only one: an access key and a secret key generated at the first
+# `up` into 0600 files. versitygw takes them from its environment (ROOT_ACCESS_KEY_ID,
+# ROOT_SECRET_ACCESS_KEY), never from its command line; other VGW_* settings this shell may hold
+# are dropped so only the flags below apply. Listens on the bridge address only, plain HTTP.
+start_s3() {
+  local d=$KEYHOLE_TESTBED_DIR
+  if [[ ! -s $d/s3-access-key || ! -s $d/s3-secret-key ]]; then
+    (
+      umask 077
+      # An AWS-style access key id (20 upper-case letters and digits) and a 40-character secret.
+      printf 'KH%s' "$(head -c 64 /dev/urandom | base64 | tr -dc 'A-Z0-9' | head -c 18)" >"$d/s3-access-key"
+      head -c 64 /dev/urandom | base64 | tr -d '+/=\n' | head -c 40 >"$d/s3-secret-key"
+    )
+  fi
+  mkdir -p "$d/s3"
+  (
+    unset LOGFILE WEBHOOK ROOT_ACCESS_KEY ROOT_SECRET_KEY
+    while read -r var; do unset "$var"; done < <(compgen -e | grep '^VGW_' || true)
+    ROOT_ACCESS_KEY_ID=$(cat "$d/s3-access-key")
+    ROOT_SECRET_ACCESS_KEY=$(cat "$d/s3-secret-key")
+    export ROOT_ACCESS_KEY_ID ROOT_SECRET_ACCESS_KEY
+    start s3 "$(bin_dir)/versitygw" --port "$S3_ADDR" --region "$S3_REGION" \
+      --access-log "$(log_file s3-access)" posix "$d/s3"
+  )
+  wait_for s3 30 s3_ready
+  # HEAD answers 200 once the bucket exists (a kept bed); else it is made with PUT.
+  if ! s3_curl -I "$S3_ENDPOINT/$S3_BUCKET" >/dev/null 2>&1; then
+    s3_curl -X PUT "$S3_ENDPOINT/$S3_BUCKET" || fail_up "creating bucket $S3_BUCKET failed; see $(log_file s3)"
+  fi
+  log "s3 store at $S3_ENDPOINT, bucket $S3_BUCKET"
+}
+
 # Vault's database engine at database/ on that Redis, with a role whose users live seconds
 # (default_ttl 6s, max_ttl 60s), so tests see renewals and expiry within a job.
 configure_database() {
@@ -426,6 +479,15 @@ export KEYHOLE_REGISTRY_PASSWORD_FILE=$d/registry-password
 export KEYHOLE_PRIVATE_IMAGE=$PRIVATE_IMAGE
 export PATH=$d/bin:\$PATH
 ENV
+  # Before the S3 store runs (Redis added in place to an older bed), its lines wait for the next write.
+  [[ -s $d/s3-access-key ]] || return 0
+  cat >>"$d/env" <<ENV
+export KEYHOLE_S3_ENDPOINT=$S3_ENDPOINT
+export KEYHOLE_S3_BUCKET=$S3_BUCKET
+export KEYHOLE_S3_REGION=$S3_REGION
+export KEYHOLE_S3_ACCESS_KEY=$(cat "$d/s3-access-key")
+export KEYHOLE_S3_SECRET_KEY_FILE=$d/s3-secret-key
+ENV
 }
 
 cmd_up() {
@@ -439,6 +501,15 @@ cmd_up() {
       link_binaries
       start_redis
       configure_database
+      write_env
+    fi
+    if ! { pid_alive s3 && s3_ready >/dev/null 2>&1; }; then
+      # A bed started before the S3 store was part of it (or whose store died): (re)start it in
+      # place; its bucket and objects under $KEYHOLE_TESTBED_DIR/s3 are kept.
+      log "adding the s3 store to the running bed"
+      link_binaries
+      stop_pid s3
+      start_s3
       write_env
     fi
     if pid_alive registry && registry_ready >/dev/null 2>&1; then
@@ -471,6 +542,7 @@ cmd_up() {
   configure_vault
   start_redis
   configure_database
+  start_s3
   write_env
   log "up in $((SECONDS - t0))s; run: eval \"\$(scripts/testbed env)\""
 }
@@ -528,6 +600,7 @@ cmd_down() {
   stop_pid vault
   stop_pid redis
   stop_pid registry
+  stop_pid s3
   stop_pid kubelet
   stop_containers
   stop_pid kube-scheduler
@@ -543,7 +616,8 @@ cmd_down() {
   log "down"
 }
 
-# Every part but Redis and the registry: what `up` needs running to add Redis to a bed in place.
+# Every part but Redis, the registry and the S3 store: what `up` needs running to add Redis or
+# the S3 store to a bed in place.
 core_status() { cmd_status --core; }
 
 cmd_status() {
@@ -566,6 +640,7 @@ cmd_status() {
   check vault curl -fsS "http://127.0.0.1:$VAULT_PORT/v1/sys/health"
   [[ ${1:-} == --core ]] || check redis redis_ping
   [[ ${1:-} == --core ]] || check registry registry_ready
+  [[ ${1:-} == --core ]] || check s3 s3_ready
   return $ok
 }
 

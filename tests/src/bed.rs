@@ -34,6 +34,9 @@ pub struct BedEnv {
     /// The private OCI registry pods pull from with an image pull Secret; `None` on a bed
     /// started before the registry was part of it (`scripts/testbed up` restarts such a bed).
     pub registry: Option<RegistryEnv>,
+    /// The S3 object store for CI cache; `None` on a bed started before it was part of it
+    /// (`scripts/testbed up` adds it in place).
+    pub s3: Option<S3Env>,
 }
 
 /// Where the bed's Redis listens and where its admin password is.
@@ -75,6 +78,52 @@ impl RegistryEnv {
             "username": user, "password": password, "auth": auth
         }}})
         .to_string()
+    }
+}
+
+/// The bed's S3 object store (versitygw, posix backend): one bucket, one key pair, SigV4 only.
+#[derive(Debug, Clone)]
+pub struct S3Env {
+    /// `http://10.213.0.1:9000`: plain HTTP on the bed's bridge, where job pods reach it (and
+    /// this machine too). Objects are addressed path-style: `<endpoint>/<bucket>/<key>`.
+    pub endpoint: String,
+    pub bucket: String,
+    pub region: String,
+    pub access_key: String,
+    /// Generated at `up`, mode 0600.
+    pub secret_key_file: PathBuf,
+}
+
+impl S3Env {
+    /// The secret key of [`Self::access_key`], read from the bed's state.
+    pub fn secret_key(&self) -> Result<String> {
+        let text = std::fs::read_to_string(&self.secret_key_file)
+            .with_context(|| format!("reading {}", self.secret_key_file.display()))?;
+        Ok(text.trim().to_owned())
+    }
+
+    /// The bed's key pair, for signing.
+    pub fn credentials(&self) -> Result<rusty_s3::Credentials> {
+        Ok(rusty_s3::Credentials::new(
+            &self.access_key,
+            self.secret_key()?,
+        ))
+    }
+
+    /// The bucket, path-style, to sign requests for (`bucket.get_object(Some(&credentials),
+    /// key).sign(duration)` gives a pre-signed URL).
+    pub fn bucket(&self) -> Result<rusty_s3::Bucket> {
+        let endpoint = self
+            .endpoint
+            .parse()
+            .with_context(|| format!("the S3 endpoint {:?} is not a URL", self.endpoint))?;
+        rusty_s3::Bucket::new(
+            endpoint,
+            rusty_s3::UrlStyle::Path,
+            self.bucket.clone(),
+            self.region.clone(),
+        )
+        .with_context(|| format!("bucket {} at {}", self.bucket, self.endpoint))
     }
 }
 
@@ -145,6 +194,22 @@ impl BedEnv {
                 }),
                 _ => None,
             },
+            s3: match (
+                get("KEYHOLE_S3_ENDPOINT"),
+                get("KEYHOLE_S3_BUCKET"),
+                get("KEYHOLE_S3_REGION"),
+                get("KEYHOLE_S3_ACCESS_KEY"),
+                get("KEYHOLE_S3_SECRET_KEY_FILE"),
+            ) {
+                (Ok(endpoint), Ok(bucket), Ok(region), Ok(access_key), Ok(file)) => Some(S3Env {
+                    endpoint,
+                    bucket,
+                    region,
+                    access_key,
+                    secret_key_file: file.into(),
+                }),
+                _ => None,
+            },
         })
     }
 
@@ -152,6 +217,13 @@ impl BedEnv {
     pub fn registry(&self) -> Result<&RegistryEnv> {
         self.registry.as_ref().context(
             "the bed has no registry: run `scripts/testbed build && scripts/testbed up` (up restarts a bed without one)",
+        )
+    }
+
+    /// The bed's S3 store, or an explanation of how to get it.
+    pub fn s3(&self) -> Result<&S3Env> {
+        self.s3.as_ref().context(
+            "the bed has no S3 store: run `scripts/testbed build s3 && scripts/testbed up` (up adds it to a running bed)",
         )
     }
 

@@ -1,7 +1,7 @@
 //! Proof that each part of the test bed is real: RBAC, TokenRequest + Vault kubernetes auth,
 //! Vault JWT auth, PodSecurity admission, the kubelet running pods, projected volumes and native
-//! sidecars, garbage collection of owned objects, and pulls from the private registry with an
-//! image pull Secret. Needs `scripts/testbed up`.
+//! sidecars, garbage collection of owned objects, pulls from the private registry with an
+//! image pull Secret, and the S3 store's SigV4 checks. Needs `scripts/testbed up`.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -848,4 +848,137 @@ async fn private_registry_image_is_pulled_only_with_an_image_pull_secret_holding
             "{name}: the pull must fail on authorization ({refusal:?}), got {reason}: {message}"
         );
     }
+}
+
+/// The S3 store for CI cache does what the runner will rely on: path-style objects behind
+/// pre-signed SigV4 URLs (PUT, GET, HEAD, DELETE), reachable from a job pod, and a real
+/// signature check: requests without a signature, signed with another secret, for another
+/// object or method, or past their expiry are refused with 403 and change nothing.
+#[tokio::test]
+async fn s3_store_serves_presigned_sigv4_requests_and_refuses_unsigned_or_wrongly_signed_ones() {
+    use rusty_s3::{Credentials, S3Action};
+
+    let bed = TestBed::connect().await;
+    let s3 = bed.env.s3().unwrap();
+    let bucket = s3.bucket().unwrap();
+    let credentials = s3.credentials().unwrap();
+    let wrong = Credentials::new(&s3.access_key, "not-the-secret-key");
+    let valid = Duration::from_secs(300);
+    let http = reqwest::Client::new();
+    let id = format!("{:016x}", fastrand::u64(..));
+    let key = format!("testbed/{id}/cache.zip");
+    let body = format!("cache of {id}").into_bytes();
+
+    let status = |r: reqwest::Response| r.status().as_u16();
+    let put = bucket.put_object(Some(&credentials), &key).sign(valid);
+    assert!(
+        put.as_str()
+            .starts_with(&format!("{}/{}/testbed/", s3.endpoint, s3.bucket)),
+        "a path-style URL on the bed's endpoint: {put}"
+    );
+    assert!(put.query().unwrap_or_default().contains("X-Amz-Signature="));
+    let r = http.put(put).body(body.clone()).send().await.unwrap();
+    assert_eq!(status(r), 200, "a pre-signed PUT stores the object");
+
+    let get = bucket.get_object(Some(&credentials), &key).sign(valid);
+    let r = http.get(get.clone()).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.bytes().await.unwrap().as_ref(), body.as_slice());
+    let head = bucket.head_object(Some(&credentials), &key).sign(valid);
+    let r = http.head(head).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    // The header itself: reqwest's content_length() is the body's, empty for a HEAD.
+    assert_eq!(
+        r.headers()
+            .get(reqwest::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()),
+        Some(body.len().to_string().as_str())
+    );
+
+    // Refused: each answers 403 and leaves the object as it was.
+    let other_key = format!("testbed/{id}/other.zip");
+    let expiring = bucket
+        .get_object(Some(&credentials), &key)
+        .sign(Duration::from_secs(1));
+    let unsigned_put = bucket.put_object(None, &key).sign(valid);
+    assert!(!unsigned_put.as_str().contains("X-Amz-"), "{unsigned_put}");
+    let signed_for_other = bucket
+        .get_object(Some(&credentials), &other_key)
+        .sign(valid)
+        .query()
+        .map(str::to_owned);
+    let mut other_signature = bucket.object_url(&key);
+    other_signature.set_query(signed_for_other.as_deref());
+    let refused = [
+        (
+            "unsigned GET",
+            http.get(bucket.get_object(None, &key).sign(valid)),
+        ),
+        ("unsigned PUT", http.put(unsigned_put).body("overwritten")),
+        (
+            "unsigned DELETE",
+            http.delete(bucket.delete_object(None, &key).sign(valid)),
+        ),
+        (
+            "unsigned bucket listing",
+            http.get(bucket.base_url().clone()),
+        ),
+        (
+            "GET signed with a wrong secret key",
+            http.get(bucket.get_object(Some(&wrong), &key).sign(valid)),
+        ),
+        (
+            "PUT signed with a wrong secret key",
+            http.put(bucket.put_object(Some(&wrong), &key).sign(valid))
+                .body("overwritten"),
+        ),
+        (
+            "a GET's signature used for a PUT",
+            http.put(get).body("overwritten"),
+        ),
+        ("another object's signature", http.get(other_signature)),
+    ];
+    for (what, request) in refused {
+        let r = request.send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 403, "{what} must be refused");
+    }
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let r = http.get(expiring).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 403, "an expired URL must be refused");
+
+    // A job pod reaches the store on the bridge with only a pre-signed URL (busybox wget).
+    let ns = TestNamespace::create(&bed, "s3", &[]).await.unwrap();
+    let pods: Api<Pod> = ns.api();
+    let url = bucket.get_object(Some(&credentials), &key).sign(valid);
+    let pod = pod_from_json(json!({
+        "metadata": {"name": "cache-get"},
+        "spec": {"restartPolicy": "Never", "automountServiceAccountToken": false,
+            "containers": [{"name": "job", "image": BUSYBOX, "imagePullPolicy": "Never",
+                "command": ["wget", "-q", "-O", "-", url.as_str()]}]}
+    }));
+    let done = run_pod_to_completion(&pods, &pod).await.unwrap();
+    assert_eq!(
+        done.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded"),
+        "{:#?}",
+        done.status
+    );
+    assert_eq!(
+        pod_logs(&pods, "cache-get", "job").await.unwrap(),
+        String::from_utf8(body.clone()).unwrap(),
+        "the pod got the object unchanged by the refused requests"
+    );
+
+    let r = http
+        .delete(bucket.delete_object(Some(&credentials), &key).sign(valid))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 204, "a pre-signed DELETE removes it");
+    let r = http
+        .get(bucket.get_object(Some(&credentials), &key).sign(valid))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 404);
 }
