@@ -12,10 +12,21 @@
 //!   a job made to disappear ([`Coordinator::forbid`]) or a finished job.
 //! - `PATCH /api/v4/jobs/:id/trace`: appends when `Content-Range` starts at the stored size,
 //!   else 416 with `Range: 0-<size>` (GitLab's form: the size, not the last index).
+//! - `POST /api/v4/jobs/:id/artifacts?artifact_format=&artifact_type=&expire_in=`: the
+//!   multipart `file` part streamed to disk and recorded ([`Coordinator::artifacts`]); 201;
+//!   403 unless the `JOB-TOKEN` is the job's and the job is running; 400 for a second
+//!   artifact of a type the job has (unless the same bytes), or an unknown type or format;
+//!   413 over [`CoordinatorOptions::max_artifacts_size`].
+//! - `GET /api/v4/jobs/:id/artifacts`: the job's `archive` artifact streamed from disk; the
+//!   `JOB-TOKEN` may be any running job's (GitLab gives a dependent job its own token for its
+//!   `dependencies[]`); 401 without a token or with an unknown one, 403 for the token of a
+//!   finished job, 404 when there is no archive or it expired
+//!   ([`Coordinator::expire_artifacts`]).
 //! - `<url>/<project path>.git/...`: `git http-backend` (CGI), basic auth
 //!   `gitlab-ci-token:<job token>` of a running job, 401 otherwise.
 
 mod api;
+mod artifacts;
 mod builder;
 mod git;
 mod state;
@@ -34,6 +45,7 @@ pub use builder::{EnqueuedJob, JobBuilder};
 use state::State;
 pub use state::{
     Counters, Endpoint, Fault, FinalState, FinalStatus, JobRequestRecord, StateUpdate,
+    StoredArtifact,
 };
 
 /// How to start a [`Coordinator`].
@@ -48,6 +60,9 @@ pub struct CoordinatorOptions {
     pub long_poll: Duration,
     /// `X-GitLab-Trace-Update-Interval` to send on PUT/PATCH answers, in seconds.
     pub trace_update_interval: Option<u64>,
+    /// The largest artifact file `POST jobs/:id/artifacts` takes, in bytes; larger ones are
+    /// answered 413 (GitLab's "Maximum artifacts size", 100 MB by default).
+    pub max_artifacts_size: u64,
 }
 
 impl Default for CoordinatorOptions {
@@ -57,6 +72,7 @@ impl Default for CoordinatorOptions {
             runner_token: None,
             long_poll: Duration::from_secs(5),
             trace_update_interval: None,
+            max_artifacts_size: 100 * 1024 * 1024,
         }
     }
 }
@@ -67,6 +83,9 @@ pub(crate) struct Shared {
     pub(crate) long_poll: Duration,
     pub(crate) trace_update_interval: Option<u64>,
     pub(crate) git_root: tempfile::TempDir,
+    pub(crate) max_artifacts_size: u64,
+    /// Uploaded artifact files.
+    pub(crate) artifacts_root: tempfile::TempDir,
     pub(crate) state: Mutex<State>,
     /// Woken at every change of `state`, for long polls and `wait_for_*`.
     pub(crate) changed: Notify,
@@ -118,6 +137,11 @@ impl Coordinator {
                 .prefix("keyhole-coordinator-")
                 .tempdir()
                 .context("creating the coordinator's git root")?,
+            max_artifacts_size: opts.max_artifacts_size,
+            artifacts_root: tempfile::Builder::new()
+                .prefix("keyhole-coordinator-artifacts-")
+                .tempdir()
+                .context("creating the coordinator's artifact root")?,
             state: Mutex::new(State::default()),
             changed: Notify::new(),
         });
@@ -211,6 +235,34 @@ impl Coordinator {
 
     pub fn final_state(&self, job_id: u64) -> Option<FinalState> {
         self.shared.lock().jobs.get(&job_id)?.final_state.clone()
+    }
+
+    /// The artifacts stored for a job, in upload order (expired ones included, marked).
+    pub fn artifacts(&self, job_id: u64) -> Vec<StoredArtifact> {
+        self.shared
+            .lock()
+            .jobs
+            .get(&job_id)
+            .map(|j| j.artifacts.clone())
+            .unwrap_or_default()
+    }
+
+    /// Where uploaded artifact files are stored (removed with the coordinator).
+    pub fn artifacts_dir(&self) -> &Path {
+        self.shared.artifacts_root.path()
+    }
+
+    /// The job's artifacts expire, as GitLab erases them after `expire_in`: downloads answer
+    /// 404 from now on, and a new upload of the same type is taken. The records (and the files,
+    /// for [`StoredArtifact::read`]) stay, marked `expired`.
+    pub fn expire_artifacts(&self, job_id: u64) {
+        self.shared.update(|s| {
+            if let Some(job) = s.jobs.get_mut(&job_id) {
+                for artifact in &mut job.artifacts {
+                    artifact.expired = true;
+                }
+            }
+        });
     }
 
     /// Request counters, per endpoint and per job.
@@ -311,6 +363,20 @@ impl Coordinator {
         self.wait_for(&format!("{n} updates of job {job_id}"), timeout, |s| {
             let updates = &s.jobs.get(&job_id)?.updates;
             (updates.len() >= n).then(|| updates.clone())
+        })
+        .await
+    }
+
+    /// Waits until the job has at least `n` stored artifacts; returns them all.
+    pub async fn wait_for_artifacts(
+        &self,
+        job_id: u64,
+        n: usize,
+        timeout: Duration,
+    ) -> Result<Vec<StoredArtifact>> {
+        self.wait_for(&format!("{n} artifacts of job {job_id}"), timeout, |s| {
+            let artifacts = &s.jobs.get(&job_id)?.artifacts;
+            (artifacts.len() >= n).then(|| artifacts.clone())
         })
         .await
     }

@@ -11,8 +11,8 @@ use axum::routing::{patch, post, put};
 use serde_json::{Value, json};
 
 use super::Shared;
-use super::git;
 use super::state::{Endpoint, Fault, FinalState, FinalStatus, JobRecord, JobStatus, StateUpdate};
+use super::{artifacts, git};
 
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
@@ -20,6 +20,13 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v4/jobs/request", post(request_job))
         .route("/api/v4/jobs/{id}", put(update_job))
         .route("/api/v4/jobs/{id}/trace", patch(append_trace))
+        // Artifacts are streamed to disk and held to `max_artifacts_size` by the handler.
+        .route(
+            "/api/v4/jobs/{id}/artifacts",
+            post(artifacts::upload)
+                .layer(DefaultBodyLimit::disable())
+                .get(artifacts::download),
+        )
         .fallback(git::serve)
         // Trace chunks are up to 1 MiB; git packs can be larger.
         .layer(DefaultBodyLimit::max(64 * 1024 * 1024))
@@ -29,14 +36,14 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
 type Shr = AxState<Arc<Shared>>;
 
 /// What to do with a request after fault injection.
-enum Go {
+pub(crate) enum Go {
     /// Process it; then answer this status instead of the real answer, if set.
     On(Option<u16>),
     /// Answer this at once.
     Answer(Response),
 }
 
-async fn faults(shared: &Shared, endpoint: Endpoint) -> Go {
+pub(crate) async fn faults(shared: &Shared, endpoint: Endpoint) -> Go {
     match shared.update(|s| s.take_fault(endpoint)) {
         None => Go::On(None),
         Some(Fault::Status(code)) => Go::Answer(status(code)),
@@ -54,7 +61,7 @@ pub(crate) fn status(code: u16) -> Response {
         .into_response()
 }
 
-fn finish(response: Response, replace: Option<u16>) -> Response {
+pub(crate) fn finish(response: Response, replace: Option<u16>) -> Response {
     match replace {
         Some(code) => status(code),
         None => response,
@@ -65,7 +72,7 @@ fn json_body(body: &Bytes) -> Option<Value> {
     serde_json::from_slice(body).ok()
 }
 
-fn header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+pub(crate) fn header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 

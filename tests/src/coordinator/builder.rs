@@ -32,6 +32,9 @@ pub struct JobBuilder<'c> {
     services: Vec<Value>,
     secrets: Option<Value>,
     credentials: Option<Value>,
+    artifacts: Option<Value>,
+    /// `(job id, job name)` of the jobs whose artifacts this one fetches.
+    dependencies: Vec<(u64, String)>,
     timeout: u64,
 }
 
@@ -51,6 +54,8 @@ impl<'c> JobBuilder<'c> {
             services: Vec::new(),
             secrets: None,
             credentials: None,
+            artifacts: None,
+            dependencies: Vec::new(),
             timeout: 3600,
         }
     }
@@ -132,6 +137,23 @@ impl<'c> JobBuilder<'c> {
         self
     }
 
+    /// The `artifacts` array as GitLab sends it: objects with `name`, `untracked`, `paths`,
+    /// `exclude`, `when`, `artifact_type`, `artifact_format`, `expire_in`.
+    pub fn artifacts(mut self, artifacts: Value) -> Self {
+        self.artifacts = Some(artifacts);
+        self
+    }
+
+    /// A `dependencies[]` entry for job `job_id` (named `name`), as GitLab writes it when the
+    /// payload is made: `{id, token, name, artifacts_file: {filename, size}}`, where `token`
+    /// is this job's own token (the one the runner downloads with) and `artifacts_file` that
+    /// of the archive the coordinator holds for `job_id` (left out when it has none, or it
+    /// expired, as GitLab leaves it out).
+    pub fn dependency(mut self, job_id: u64, name: &str) -> Self {
+        self.dependencies.push((job_id, name.into()));
+        self
+    }
+
     pub fn timeout(mut self, seconds: u64) -> Self {
         self.timeout = seconds;
         self
@@ -199,9 +221,11 @@ impl<'c> JobBuilder<'c> {
         p["image"] = self.image.clone().unwrap_or(Value::Null);
         p["services"] = self.services.clone().into();
         // Not modelled by the coordinator: nothing would serve them.
-        for key in ["artifacts", "cache", "credentials", "dependencies", "hooks"] {
+        for key in ["cache", "credentials", "hooks"] {
             p[key] = json!([]);
         }
+        p["artifacts"] = self.artifacts.clone().unwrap_or_else(|| json!([]));
+        p["dependencies"] = self.dependencies_json(&token).into();
         if let Some(secrets) = &self.secrets {
             p["secrets"] = secrets.clone();
         }
@@ -209,6 +233,22 @@ impl<'c> JobBuilder<'c> {
             p["credentials"] = credentials.clone();
         }
         p
+    }
+
+    fn dependencies_json(&self, token: &str) -> Vec<Value> {
+        let state = self.coordinator.shared.lock();
+        self.dependencies
+            .iter()
+            .map(|(id, name)| {
+                let mut dependency = json!({ "id": id, "token": token, "name": name });
+                let archive = state.jobs.get(id).and_then(|j| j.artifact("archive"));
+                if let Some(archive) = archive {
+                    dependency["artifacts_file"] =
+                        json!({ "filename": archive.filename, "size": archive.size });
+                }
+                dependency
+            })
+            .collect()
     }
 
     /// Makes the payload and queues it.

@@ -2,6 +2,7 @@
 //! faults and counters.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Result, bail};
@@ -14,6 +15,10 @@ pub enum Endpoint {
     RequestJob,
     UpdateJob,
     AppendTrace,
+    /// `POST /api/v4/jobs/:id/artifacts`.
+    UploadArtifacts,
+    /// `GET /api/v4/jobs/:id/artifacts`.
+    DownloadArtifacts,
     Git,
 }
 
@@ -92,6 +97,36 @@ impl Counters {
     }
 }
 
+/// One artifact file GitLab stored for a job (`POST jobs/:id/artifacts`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredArtifact {
+    pub job_id: u64,
+    /// `artifact_type` of the upload (`archive` when not sent, as GitLab defaults).
+    pub artifact_type: String,
+    /// `artifact_format` of the upload (`zip` when not sent, as GitLab defaults).
+    pub artifact_format: String,
+    /// The file name of the multipart `file` part (its `Content-Disposition`).
+    pub filename: String,
+    /// `expire_in` as sent (GitLab's free text, e.g. `1 week`), if sent.
+    pub expire_in: Option<String>,
+    /// Bytes stored.
+    pub size: u64,
+    /// Lowercase hex SHA-256 of the stored bytes.
+    pub sha256: String,
+    /// Where the bytes are, in the coordinator's temporary artifact root.
+    pub path: PathBuf,
+    /// Made expired by [`Coordinator::expire_artifacts`](super::Coordinator::expire_artifacts):
+    /// GitLab no longer serves it.
+    pub expired: bool,
+}
+
+impl StoredArtifact {
+    /// The stored bytes (the file stays on disk until the coordinator is dropped).
+    pub fn read(&self) -> std::io::Result<Vec<u8>> {
+        std::fs::read(&self.path)
+    }
+}
+
 /// Where a job is in GitLab's eyes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum JobStatus {
@@ -111,6 +146,9 @@ pub(crate) struct JobRecord {
     pub(crate) forced_416: u32,
     pub(crate) forbidden: bool,
     pub(crate) final_state: Option<FinalState>,
+    /// Uploaded artifacts, in upload order; at most one per `artifact_type` that is not
+    /// expired (GitLab's unique index on job and file type).
+    pub(crate) artifacts: Vec<StoredArtifact>,
 }
 
 impl JobRecord {
@@ -132,6 +170,13 @@ impl JobRecord {
     /// Still accepting trace and updates.
     pub(crate) fn is_active(&self) -> bool {
         matches!(self.status, JobStatus::Running | JobStatus::Canceling)
+    }
+
+    /// The artifact of this type GitLab holds (not expired), if any.
+    pub(crate) fn artifact(&self, artifact_type: &str) -> Option<&StoredArtifact> {
+        self.artifacts
+            .iter()
+            .find(|a| !a.expired && a.artifact_type == artifact_type)
     }
 }
 
@@ -172,6 +217,7 @@ impl State {
                 forced_416: 0,
                 forbidden: false,
                 final_state: None,
+                artifacts: Vec::new(),
             },
         );
         self.queue.push_back(id);
