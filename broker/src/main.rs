@@ -6,6 +6,7 @@ use keyhole_broker::contract;
 use keyhole_broker::delivery::Ownership;
 use keyhole_broker::log_budget::{LogLimits, Pace};
 use keyhole_broker::run::{AuthMethod, KubeSettings, RunConfig, VaultSettings, run};
+use keyhole_broker::transfer;
 
 /// Delivers a job's secrets as files and masks them out of its log. Runs as a native sidecar
 /// in each Keyhole job pod; see docs/broker.md.
@@ -25,6 +26,19 @@ enum Command {
         #[arg(long, env = "KEYHOLE_SECRETS_DIR", default_value = contract::SECRETS_DIR)]
         secrets_dir: PathBuf,
     },
+    /// Move the job's artifacts (in a transfer container of the job pod, not the broker's).
+    Transfer {
+        #[command(subcommand)]
+        verb: TransferVerb,
+    },
+}
+
+#[derive(Debug, Clone, Copy, Subcommand)]
+enum TransferVerb {
+    /// Before the script: download and extract the dependencies' artifacts.
+    Fetch,
+    /// After the script: upload the artifacts its result calls for.
+    Store,
 }
 
 #[derive(Debug, Args)]
@@ -112,6 +126,7 @@ fn main() {
         Command::Ready { secrets_dir } => {
             i32::from(!secrets_dir.join(contract::READY_MARKER).exists())
         }
+        Command::Transfer { verb } => transfer(verb),
         Command::Run(args) => {
             let args = *args;
             let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
@@ -139,6 +154,45 @@ fn main() {
         }
     };
     std::process::exit(code);
+}
+
+/// `transfer fetch|store` on a runtime of its own (several threads: packing and unpacking
+/// run beside the network transfer).
+fn transfer(verb: TransferVerb) -> i32 {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("keyhole-broker: error: starting the runtime: {e}");
+            return transfer::plan::EXIT_TRANSFER_FAILED;
+        }
+    };
+    let dirs = transfer::run::Dirs::default();
+    runtime.block_on(async {
+        let work = async {
+            match verb {
+                TransferVerb::Fetch => transfer::run::fetch(&dirs).await,
+                TransferVerb::Store => transfer::run::store(&dirs).await,
+            }
+        };
+        // Pod deletion (a canceled job): stop at once; the job's result is known already.
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            code = work => code,
+            () = term => 128 + 15,
+        }
+    })
 }
 
 /// The run's settings; an error names the malformed setting.

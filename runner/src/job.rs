@@ -42,6 +42,42 @@ pub struct Job {
     /// The registry logins GitLab sends with the job (`credentials[]` of type `registry`: the
     /// job token for GitLab's own registry); see [`crate::registry_auth`].
     pub registry_credentials: Vec<RegistryCredential>,
+    /// Files moved in and out of the job: artifacts to upload, dependencies' artifacts to
+    /// download, caches. Empty for local jobs (GitLab stores artifacts).
+    pub transfers: Transfers,
+}
+
+/// A job's `artifacts:`, `dependencies:`/`needs:` and `cache:` as GitLab sends them (see
+/// [`keyhole_broker::transfer::plan`], which the transfer containers act on).
+#[derive(Debug, Clone, Default)]
+pub struct Transfers {
+    pub artifacts: Vec<keyhole_broker::transfer::plan::ArtifactUpload>,
+    pub dependencies: Vec<keyhole_broker::transfer::plan::Dependency>,
+    pub caches: Vec<CacheEntry>,
+}
+
+impl Transfers {
+    /// Whether anything must run before the script (dependencies to download).
+    pub fn fetches(&self) -> bool {
+        !self.dependencies.is_empty()
+    }
+
+    /// Whether anything must run after the script (artifacts to upload).
+    pub fn stores(&self) -> bool {
+        !self.artifacts.is_empty()
+    }
+}
+
+/// A `cache[]` entry of the payload.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CacheEntry {
+    pub key: String,
+    pub paths: Vec<String>,
+    pub untracked: bool,
+    /// `pull`, `push` or `pull-push`.
+    pub policy: String,
+    pub when: String,
+    pub fallback_keys: Vec<String>,
 }
 
 /// A `credentials[]` entry of the job payload (`type: registry`).
@@ -95,6 +131,7 @@ impl std::fmt::Debug for Job {
             .field("gitlab_secrets", &secret_names)
             .field("token", &self.token)
             .field("id_tokens", &self.id_tokens)
+            .field("transfers", &self.transfers)
             .finish()
     }
 }

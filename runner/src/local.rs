@@ -56,6 +56,9 @@ where
             for line in prepared.announcements() {
                 trace.info(&line).await;
             }
+            for line in &prepared.warnings {
+                trace.warn(line).await;
+            }
             if !prepared.secrets.references.is_empty() {
                 let names: Vec<&str> = prepared
                     .secrets

@@ -25,6 +25,9 @@ pub struct Prepared {
     pub timeout: Duration,
     /// The registries the pod's own pull Secret logs in to, and whose login each is.
     pub registries: Vec<(String, AuthSource)>,
+    /// What the job asks for that this runner does not do, said in the trace as a warning
+    /// rather than dropped without a word (e.g. `cache:` without a cache store).
+    pub warnings: Vec<String>,
 }
 
 impl Prepared {
@@ -126,5 +129,26 @@ pub fn prepare_named(
         secrets,
         timeout: job.timeout.unwrap_or(DEFAULT_JOB_TIMEOUT),
         registries: pull_auth.map(|a| a.registries()).unwrap_or_default(),
+        warnings: transfer_warnings(job),
     })
+}
+
+/// A job's `cache:` has nowhere to go: Keyhole has no cache store yet. gitlab-runner without
+/// `[runners.cache]` keeps the cache in the build directory, which a Kubernetes job pod loses
+/// with itself; the job runs either way, and the trace says so.
+fn transfer_warnings(job: &Job) -> Vec<String> {
+    if job.transfers.caches.is_empty() {
+        return Vec::new();
+    }
+    let keys: Vec<&str> = job
+        .transfers
+        .caches
+        .iter()
+        .map(|c| c.key.as_str())
+        .collect();
+    vec![format!(
+        "cache ({}): this runner has no cache store, so the cache is neither restored nor \
+         saved; the job runs without it",
+        keys.join(", ")
+    )]
 }

@@ -24,6 +24,10 @@ pub struct ScriptOptions {
     /// Wait for the broker to open [`contract::SERVICES_FIFO`] (services ready or timed out)
     /// before the first command.
     pub wait_for_services: bool,
+    /// The job has artifacts to upload: the script hands its exit code to the store container
+    /// (see [`keyhole_broker::transfer::plan::SCRIPT_STATUS_FILE`]), which tells the broker
+    /// the job is over once the uploads are done, instead of the script telling it.
+    pub hand_off_to_store: bool,
 }
 
 /// Printed before a traced script, as GitLab warns in its docs: the shell's trace shows each
@@ -163,13 +167,29 @@ pub fn build_script(
         out.push_str("kill $keyhole_timer 2>/dev/null\n");
         section(&mut out, "end", "after_script", "");
     }
-    // Tell the broker the job is over (see contract::DONE_FIFO); `<>` never blocks.
-    let done = format!("{}/{}", contract::RUNTIME_DIR, contract::DONE_FIFO);
-    let _ = writeln!(
-        out,
-        "{{ printf . >&3; }} 3<>{} 2>/dev/null || :",
-        sh_quote(&done)
-    );
+    if opts.hand_off_to_store {
+        // Written whole, then renamed: the store container never reads half a number. A
+        // canceled job uploads nothing (its store container is stopped with the pod).
+        let status = format!(
+            "{}/{}",
+            contract::RUNTIME_DIR,
+            keyhole_broker::transfer::plan::SCRIPT_STATUS_FILE
+        );
+        let _ = writeln!(
+            out,
+            "if [ \"$keyhole_canceled\" != 1 ]; then echo $keyhole_rc >{tmp} && mv -f {tmp} {status}; fi",
+            tmp = sh_quote(&format!("{status}.tmp")),
+            status = sh_quote(&status)
+        );
+    } else {
+        // Tell the broker the job is over (see contract::DONE_FIFO); `<>` never blocks.
+        let done = format!("{}/{}", contract::RUNTIME_DIR, contract::DONE_FIFO);
+        let _ = writeln!(
+            out,
+            "{{ printf . >&3; }} 3<>{} 2>/dev/null || :",
+            sh_quote(&done)
+        );
+    }
     out.push_str("exit $keyhole_rc\n");
     out
 }
@@ -186,6 +206,7 @@ mod tests {
             file_secrets: vec![],
             debug_trace: false,
             wait_for_services: false,
+            hand_off_to_store: false,
         }
     }
 

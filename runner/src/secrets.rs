@@ -234,6 +234,7 @@ mod tests {
             token: None,
             id_tokens: Vec::new(),
             registry_credentials: Vec::new(),
+            transfers: Default::default(),
         }
     }
 

@@ -538,6 +538,9 @@ impl Service {
                 for line in prepared.announcements() {
                     trace.info(&line).await;
                 }
+                for line in &prepared.warnings {
+                    trace.warn(line).await;
+                }
                 let pod_name = prepared
                     .objects
                     .pod

@@ -29,7 +29,7 @@ use keyhole_broker::reference::KEYHOLE_VARIABLE_PREFIX;
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::config::RunnerConfig;
-use crate::job::{Image, Job, Service, Variable};
+use crate::job::{Image, Job, Service, Transfers, Variable};
 use crate::pod::DEFAULT_JOB_TIMEOUT;
 
 /// Why a job's variables cannot be completed. Names fields and variables, never values.
@@ -178,12 +178,34 @@ pub fn complete_job(job: &Job, runner: &RunnerFacts) -> Result<Job, ExpandError>
         .enumerate()
         .map(|(i, service)| expand_service(service, &variables, i))
         .collect::<Result<Vec<_>, _>>()?;
+    let transfers = expand_transfers(&job.transfers, &variables)?;
     Ok(Job {
         variables,
         image,
         services,
+        transfers,
         ..job.clone()
     })
+}
+
+/// Artifacts' names, paths and excludes, and caches' keys and paths, as gitlab-runner
+/// expands them (`$CI_COMMIT_REF_SLUG` in a cache key, `$CI_JOB_NAME` in a name). A masked
+/// variable is refused there too: names and paths appear in the trace and in GitLab.
+fn expand_transfers(t: &Transfers, vars: &[Variable]) -> Result<Transfers, ExpandError> {
+    let mut out = t.clone();
+    for (i, a) in out.artifacts.iter_mut().enumerate() {
+        let field = format!("artifacts[{i}]");
+        a.name = expand_field(&a.name, vars, &format!("{field} name"))?;
+        a.paths = expand_list(&a.paths, vars, &format!("{field} paths"))?;
+        a.exclude = expand_list(&a.exclude, vars, &format!("{field} exclude"))?;
+    }
+    for (i, c) in out.caches.iter_mut().enumerate() {
+        let field = format!("cache[{i}]");
+        c.key = expand_field(&c.key, vars, &format!("{field} key"))?;
+        c.paths = expand_list(&c.paths, vars, &format!("{field} paths"))?;
+        c.fallback_keys = expand_list(&c.fallback_keys, vars, &format!("{field} fallback_keys"))?;
+    }
+    Ok(out)
 }
 
 /// The job's variables between those gitlab-runner puts before them (which the job may

@@ -1332,3 +1332,254 @@ async fn a_finished_jobs_pod_goes_promptly_even_with_a_service_that_ignores_sigt
         "the finished job's pod stayed {gone_after:?} after the job was reported"
     );
 }
+
+/// Every file of a stored zip archive, extracted by the broker's own extractor into a
+/// temporary directory, which is returned.
+fn unpack(artifact: &keyhole_tests::coordinator::StoredArtifact) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    keyhole_broker::transfer::extract::extract_zip(&artifact.path, dir.path()).unwrap();
+    dir
+}
+
+fn artifact_of_type<'a>(
+    stored: &'a [keyhole_tests::coordinator::StoredArtifact],
+    kind: &str,
+) -> &'a keyhole_tests::coordinator::StoredArtifact {
+    stored
+        .iter()
+        .find(|a| a.artifact_type == kind)
+        .unwrap_or_else(|| panic!("no {kind} artifact among {stored:?}"))
+}
+
+#[tokio::test]
+async fn a_two_stage_pipeline_passes_artifacts_and_a_junit_report_through_gitlab() {
+    let s = setup("glart").await;
+    let sha = s
+        .gitlab
+        .create_repo("acme/app", &[("src.txt", "source\n")])
+        .unwrap();
+    let (tx, handle) = start_runner(&s);
+    let build = s
+        .gitlab
+        .job()
+        .name("build")
+        .project(7, "acme/app")
+        .sha(&sha)
+        .script([
+            "mkdir -p dist/sub dist/empty",
+            "printf 'the binary\\n' > dist/app && chmod 755 dist/app",
+            "head -c 300000 /dev/urandom > dist/sub/blob.bin",
+            "sha256sum dist/sub/blob.bin",
+            "ln -s app dist/link",
+            "echo scratch > dist/build.log",
+            "echo '<testsuite name=\"unit\" tests=\"1\"><testcase name=\"ok\"/></testsuite>' > report.xml",
+        ])
+        .variable("DIST", "dist")
+        .artifacts(json!([
+            {"name": "build-$CI_JOB_NAME", "untracked": false, "paths": ["$DIST/"],
+             "exclude": ["dist/*.log"], "when": "on_success", "artifact_type": "archive",
+             "artifact_format": "zip", "expire_in": "1 week"},
+            {"name": "", "untracked": false, "paths": ["report.xml"], "exclude": [],
+             "when": "always", "artifact_type": "junit", "artifact_format": "gzip",
+             "expire_in": "1 week"}
+        ]))
+        .enqueue()
+        .unwrap();
+    let done = s
+        .gitlab
+        .wait_for_final(build.id, Duration::from_secs(180))
+        .await
+        .unwrap();
+    let trace = trace_text(&s, build.id);
+    assert_eq!(done.status, FinalStatus::Success, "{trace}");
+    for line in [
+        "Uploading artifacts for successful job",
+        "Uploading artifacts as \"archive\" to coordinator... 201 Created",
+        "Uploading artifacts as \"junit\" to coordinator... 201 Created",
+        "excluded 1 files",
+    ] {
+        assert!(trace.contains(line), "missing {line:?}:\n{trace}");
+    }
+    assert!(
+        !trace.contains(&build.token),
+        "the job token reached the trace"
+    );
+    let blob_sum = trace
+        .lines()
+        .find(|l| l.ends_with("dist/sub/blob.bin") && !l.starts_with('$'))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no checksum line:\n{trace}"))
+        .to_owned();
+
+    let stored = s.gitlab.artifacts(build.id);
+    assert_eq!(stored.len(), 2, "{stored:?}");
+    let archive = artifact_of_type(&stored, "archive");
+    assert_eq!(
+        (archive.artifact_format.as_str(), archive.filename.as_str()),
+        ("zip", "build-build.zip")
+    );
+    assert_eq!(archive.expire_in.as_deref(), Some("1 week"));
+    let files = unpack(archive);
+    let dist = files.path().join("dist");
+    assert_eq!(std::fs::read(dist.join("app")).unwrap(), b"the binary\n");
+    assert!(dist.join("empty").is_dir(), "the empty directory was kept");
+    assert_eq!(
+        std::fs::read_link(dist.join("link")).unwrap(),
+        std::path::Path::new("app")
+    );
+    assert!(
+        !dist.join("build.log").exists(),
+        "the excluded file was packed"
+    );
+    let junit = artifact_of_type(&stored, "junit");
+    assert_eq!(junit.artifact_format, "gzip");
+    let mut xml = String::new();
+    std::io::Read::read_to_string(
+        &mut flate2::read::GzDecoder::new(&junit.read().unwrap()[..]),
+        &mut xml,
+    )
+    .unwrap();
+    assert!(xml.contains("<testsuite name=\"unit\""), "{xml}");
+
+    let test = s
+        .gitlab
+        .job()
+        .name("test")
+        .project(7, "acme/app")
+        .sha(&sha)
+        .dependency(build.id, "build")
+        .script([
+            "cat dist/app",
+            "sha256sum dist/sub/blob.bin",
+            "test -x dist/app && test -L dist/link && test -d dist/empty && echo 'modes and links kept'",
+            "cat src.txt",
+        ])
+        .enqueue()
+        .unwrap();
+    let done = s
+        .gitlab
+        .wait_for_final(test.id, Duration::from_secs(180))
+        .await
+        .unwrap();
+    let trace = trace_text(&s, test.id);
+    stop(tx, handle).await;
+    assert_eq!(done.status, FinalStatus::Success, "{trace}");
+    for line in [
+        format!("Downloading artifacts for build ({})", build.id),
+        "Downloading artifacts from coordinator... ok".to_owned(),
+        "the binary".to_owned(),
+        format!("{blob_sum}  dist/sub/blob.bin"),
+        "modes and links kept".to_owned(),
+        "source".to_owned(),
+    ] {
+        assert!(trace.contains(&line), "missing {line:?}:\n{trace}");
+    }
+    no_job_pods_left(&s).await;
+}
+
+#[tokio::test]
+async fn artifacts_follow_when_refuse_hostile_links_and_fail_the_job_when_too_large() {
+    let mut s = setup("glartx").await;
+    // A coordinator that takes at most 1 MiB per artifact.
+    s.gitlab = Coordinator::start(CoordinatorOptions {
+        bind: SocketAddr::from(([10, 213, 0, 1], 0)),
+        long_poll: Duration::from_secs(2),
+        max_artifacts_size: 1 << 20,
+        ..CoordinatorOptions::default()
+    })
+    .await
+    .unwrap();
+    let (tx, handle) = start_runner(&s);
+    // A failing job: its on_failure artifacts go up, its on_success ones do not. It plants
+    // links to the transfer container's plan (which holds the job token) and to the root.
+    let failing = s
+        .gitlab
+        .job()
+        .variable("GIT_STRATEGY", "none")
+        .script([
+            "mkdir -p out",
+            "echo partial > out/log.txt",
+            "ln -s /keyhole/transfer/plan.json out/plan",
+            "ln -s / out/root",
+            "exit 3",
+        ])
+        .artifacts(json!([
+            {"name": "logs", "paths": ["out/", "out/root/etc/passwd", "../outside"],
+             "when": "on_failure", "artifact_type": "archive", "artifact_format": "zip"},
+            {"name": "", "paths": ["out/log.txt"], "when": "on_success",
+             "artifact_type": "junit", "artifact_format": "gzip"}
+        ]))
+        .enqueue()
+        .unwrap();
+    // A job whose archive is over the limit: GitLab answers 413 and the job fails.
+    let too_large = s
+        .gitlab
+        .job()
+        .variable("GIT_STRATEGY", "none")
+        .script(["head -c 3000000 /dev/urandom > big.bin"])
+        .artifacts(json!([
+            {"name": "big", "paths": ["big.bin"], "when": "on_success",
+             "artifact_type": "archive", "artifact_format": "zip"}
+        ]))
+        .enqueue()
+        .unwrap();
+    let failed = s
+        .gitlab
+        .wait_for_final(failing.id, Duration::from_secs(180))
+        .await
+        .unwrap();
+    let large = s
+        .gitlab
+        .wait_for_final(too_large.id, Duration::from_secs(180))
+        .await
+        .unwrap();
+    stop(tx, handle).await;
+
+    let trace = trace_text(&s, failing.id);
+    assert_eq!(failed.status, FinalStatus::Failed, "{trace}");
+    assert_eq!(failed.exit_code, Some(3), "{trace}");
+    assert!(
+        trace.contains("Uploading artifacts for failed job"),
+        "{trace}"
+    );
+    assert!(
+        trace.contains("../outside: not supported: outside build directory"),
+        "{trace}"
+    );
+    let stored = s.gitlab.artifacts(failing.id);
+    assert_eq!(stored.len(), 1, "only the on_failure artifact: {stored:?}");
+    let bytes = stored[0].read().unwrap();
+    assert!(
+        !bytes
+            .windows(failing.token.len())
+            .any(|w| w == failing.token.as_bytes()),
+        "the archive holds the job token: a link was followed"
+    );
+    let files = unpack(&stored[0]);
+    let out = files.path().join("out");
+    assert_eq!(std::fs::read(out.join("log.txt")).unwrap(), b"partial\n");
+    assert!(
+        std::fs::symlink_metadata(out.join("plan"))
+            .unwrap()
+            .file_type()
+            .is_symlink(),
+        "the link is packed as a link"
+    );
+    // `out/root` (a link to `/`) went in as a link, and nothing was packed through it.
+    assert!(
+        std::fs::symlink_metadata(out.join("root"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+
+    let trace = trace_text(&s, too_large.id);
+    assert_eq!(large.status, FinalStatus::Failed, "{trace}");
+    assert!(trace.contains("too large archive"), "{trace}");
+    assert!(
+        trace.contains("uploading the job's artifacts failed"),
+        "{trace}"
+    );
+    assert!(s.gitlab.artifacts(too_large.id).is_empty());
+    no_job_pods_left(&s).await;
+}

@@ -6,4 +6,7 @@
 
 pub mod archive;
 pub mod extract;
+pub mod gitlab;
+pub mod plan;
+pub mod run;
 pub mod select;

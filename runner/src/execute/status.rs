@@ -3,6 +3,7 @@
 
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
 use keyhole_broker::contract;
+use keyhole_broker::transfer::plan::{FETCH_CONTAINER, STORE_CONTAINER};
 
 /// How a job ended, before it is mapped to GitLab's states.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,6 +68,10 @@ pub struct PodView {
     pub build: ContainerView,
     /// The repository checkout init container, if the job has one.
     pub checkout: ContainerView,
+    /// The init container downloading dependencies' artifacts, if the job has one.
+    pub fetch: ContainerView,
+    /// The container uploading artifacts after the script, if the job has one.
+    pub store: ContainerView,
     /// Any container stuck on an image: `(container, reason, message)`.
     pub image_problem: Option<(String, String, String)>,
     /// The build, broker or checkout container that the kubelet could not create or start
@@ -241,6 +246,8 @@ pub fn observe(pod: &Pod) -> PodView {
                 contract::BUILD_CONTAINER,
                 contract::BROKER_CONTAINER,
                 crate::pod::CHECKOUT_CONTAINER,
+                FETCH_CONTAINER,
+                STORE_CONTAINER,
             ]
             .contains(&s.name.as_str())
         })
@@ -248,7 +255,7 @@ pub fn observe(pod: &Pod) -> PodView {
     let start_problem = start_problem(&essential);
     let service_stops = main
         .iter()
-        .filter(|s| s.name != contract::BUILD_CONTAINER)
+        .filter(|s| s.name != contract::BUILD_CONTAINER && s.name != STORE_CONTAINER)
         .filter_map(|s| {
             Some(ServiceStop {
                 how: service_failure(s)?,
@@ -272,6 +279,8 @@ pub fn observe(pod: &Pod) -> PodView {
             init.iter()
                 .find(|s| s.name == crate::pod::CHECKOUT_CONTAINER),
         ),
+        fetch: view(init.iter().find(|s| s.name == FETCH_CONTAINER)),
+        store: view(main.iter().find(|s| s.name == STORE_CONTAINER)),
         image_problem,
         start_problem,
         service_stops,
@@ -319,12 +328,43 @@ pub fn verdict(v: &PodView, started: bool) -> Option<Outcome> {
             ),
         );
     }
+    if let ContainerView::Terminated { exit_code, .. } = &v.fetch
+        && *exit_code != 0
+    {
+        return failed(
+            FailureKind::Script,
+            None,
+            format!(
+                "downloading the artifacts of earlier jobs failed (exit code {exit_code}); see the lines above"
+            ),
+        );
+    }
     if let ContainerView::Terminated {
         exit_code, reason, ..
     } = &v.build
     {
+        // The uploads come after the script (also after a failed one, for `when: on_failure`
+        // or `always`): the job ends with them.
+        if matches!(
+            v.store,
+            ContainerView::Waiting { .. } | ContainerView::Running { .. }
+        ) {
+            return None;
+        }
         return match (*exit_code, reason.as_str()) {
-            (0, _) => Some(Outcome::Success),
+            (0, _) => match &v.store {
+                ContainerView::Absent | ContainerView::Terminated { exit_code: 0, .. } => {
+                    Some(Outcome::Success)
+                }
+                ContainerView::Terminated { exit_code, .. } => failed(
+                    FailureKind::Script,
+                    None,
+                    format!(
+                        "uploading the job's artifacts failed (exit code {exit_code}); see the lines above"
+                    ),
+                ),
+                ContainerView::Waiting { .. } | ContainerView::Running { .. } => None,
+            },
             (code, "OOMKilled") => failed(
                 FailureKind::Script,
                 Some(code),
@@ -592,5 +632,69 @@ mod tests {
                 message: String::new()
             }
         );
+    }
+
+    #[test]
+    fn a_job_with_uploads_ends_with_them_and_fails_when_they_fail() {
+        let state = |build: serde_json::Value, store: Option<serde_json::Value>| {
+            let mut main = vec![
+                json!({"name": "build", "image": "b", "imageID": "", "ready": false,
+                "restartCount": 0, "state": build}),
+            ];
+            if let Some(store) = store {
+                main.push(
+                    json!({"name": STORE_CONTAINER, "image": "s", "imageID": "", "ready": false,
+                    "restartCount": 0, "state": store}),
+                );
+            }
+            observe(&pod(json!({"phase": "Running", "containerStatuses": main})))
+        };
+        let exited = |code: i32| json!({"terminated": {"exitCode": code}});
+        let running = json!({"running": {}});
+        // The script is over but the uploads are not: the job is not over either, also after
+        // a failed script (its `when: on_failure` artifacts are on their way).
+        assert_eq!(
+            verdict(&state(exited(0), Some(running.clone())), true),
+            None
+        );
+        assert_eq!(verdict(&state(exited(2), Some(running)), true), None);
+        assert_eq!(
+            verdict(&state(exited(0), Some(exited(0))), true),
+            Some(Outcome::Success)
+        );
+        let Some(Outcome::Failed { kind, message, .. }) =
+            verdict(&state(exited(0), Some(exited(1))), true)
+        else {
+            panic!("a failed upload must fail the job");
+        };
+        assert_eq!(kind, FailureKind::Script);
+        assert!(
+            message.contains("uploading the job's artifacts failed"),
+            "{message}"
+        );
+        // The script's own failure is the job's, whatever the uploads did.
+        assert!(matches!(
+            verdict(&state(exited(4), Some(exited(1))), true),
+            Some(Outcome::Failed {
+                exit_code: Some(4),
+                ..
+            })
+        ));
+        // No store container: the build container's exit is the end, as before.
+        assert_eq!(
+            verdict(&state(exited(0), None), true),
+            Some(Outcome::Success)
+        );
+    }
+
+    #[test]
+    fn a_failed_download_of_dependencies_fails_the_job_before_the_script() {
+        let v = observe(&pod(json!({"phase": "Pending", "initContainerStatuses": [
+            {"name": FETCH_CONTAINER, "image": "f", "imageID": "", "ready": false,
+             "restartCount": 0, "state": {"terminated": {"exitCode": 1}}}]})));
+        let Some(Outcome::Failed { message, .. }) = verdict(&v, false) else {
+            panic!("a failed download must fail the job");
+        };
+        assert!(message.contains("downloading the artifacts"), "{message}");
     }
 }

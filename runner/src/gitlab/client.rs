@@ -65,6 +65,9 @@ impl ClientConfig {
 /// does: GitLab changes what it sends (and how it cancels) according to this list.
 const FEATURES: &[&str] = &[
     "variables",
+    "artifacts",
+    "artifacts_exclude",
+    "upload_multiple_artifacts",
     "image",
     "services",
     "service_variables",

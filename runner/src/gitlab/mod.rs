@@ -15,6 +15,7 @@ pub mod protocol;
 pub mod retry;
 pub mod session;
 pub mod trace;
+mod transfers;
 
 pub use client::{ClientConfig, GitlabClient, JobRequest};
 pub use error::GitlabError;

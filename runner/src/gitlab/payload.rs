@@ -135,6 +135,7 @@ pub fn job_from_value(value: &Value) -> Result<JobPayload, PayloadError> {
         token: Some(SecretString::from(token.to_owned())),
         id_tokens: Vec::new(),
         registry_credentials: registry_credentials(&root)?,
+        transfers: super::transfers::transfers(&root)?,
     };
     job.git = git_checkout(&root.req_obj("git_info")?, &job)?;
 

@@ -301,6 +301,7 @@ impl<'c> Builder<'c> {
             token: None,
             id_tokens,
             registry_credentials: Vec::new(),
+            transfers: Default::default(),
         })
     }
 

@@ -108,7 +108,8 @@ pub fn build_job_objects(req: &PodRequest<'_>) -> Result<JobObjects, PodError> {
     let userns = runner.keyhole.user_namespace_root;
     let image = build_image(job, k, userns)?;
     let resources = build_resources(k, job)?;
-    let env = split_variables(job, runner, &req.log_end_token)?;
+    let mut env = split_variables(job, runner, &req.log_end_token)?;
+    let plan = super::transfer::plan_secret(job, runner, &env.project_dir)?;
     let (labels, annotations) = pod_metadata(job, runner, req.secrets, req.instance)?;
 
     let services = service_containers(job, k, userns, &env.public)?;
@@ -128,7 +129,20 @@ pub fn build_job_objects(req: &PodRequest<'_>) -> Result<JobObjects, PodError> {
     let mut containers = vec![build];
     containers.extend(services.containers);
 
+    // The transfer plan is for the transfer containers alone, not one of the broker's inputs.
     let sources = inputs_sources(runner, req.secrets, &req.pod_name, env.secret_data.keys());
+    let transfers = plan.is_some().then(|| {
+        super::transfer::transfer_parts(
+            job,
+            runner,
+            &req.pod_name,
+            &super::checkout::project_dir_root(&env.project_dir),
+            &build_user,
+        )
+    });
+    if let Some((key, value)) = plan {
+        env.secret_data.insert(key, value);
+    }
     let mut init_containers = vec![broker_container(
         runner,
         req.secrets,
@@ -150,6 +164,11 @@ pub fn build_job_objects(req: &PodRequest<'_>) -> Result<JobObjects, PodError> {
     ) {
         init_containers.push(container);
         volumes.push(volume);
+    }
+    if let Some(parts) = transfers {
+        init_containers.extend(parts.fetch);
+        containers.extend(parts.store);
+        volumes.extend(parts.volumes);
     }
 
     let mut spec = pod_spec(req, init_containers, containers, volumes);
@@ -234,6 +253,7 @@ fn job_script(req: &PodRequest<'_>, project_dir: &str, wait_for_services: bool) 
                 .collect(),
             debug_trace: job.debug_trace(),
             wait_for_services,
+            hand_off_to_store: job.transfers.stores(),
         },
     )
 }

@@ -80,7 +80,7 @@ pub fn checkout(
 }
 
 /// The builds volume is mounted at the builds dir, the parent of every project dir.
-fn project_dir_root(project_dir: &str) -> String {
+pub(super) fn project_dir_root(project_dir: &str) -> String {
     let trimmed = project_dir.trim_end_matches('/');
     let mut parts = trimmed.splitn(3, '/');
     match (parts.next(), parts.next()) {

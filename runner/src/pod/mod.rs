@@ -8,6 +8,7 @@ mod env;
 mod metadata;
 mod quantity;
 mod resources;
+mod transfer;
 
 pub use build::{
     AFTER_SCRIPT_TIMEOUT, DEFAULT_JOB_TIMEOUT, JOB_ID_LABEL, JobObjects, MANAGED_BY,

@@ -52,6 +52,7 @@ fn base(id: u64, name: &str) -> Job {
         token: None,
         id_tokens: Vec::new(),
         registry_credentials: Vec::new(),
+        transfers: Default::default(),
     }
 }
 

@@ -2,6 +2,7 @@ use super::samples::{SAMPLE_SECRET_VALUES, sample_jobs, sample_runner};
 use super::*;
 use crate::job::Variable;
 use crate::secrets::collect;
+use keyhole_broker::contract;
 use serde_json::json;
 
 const VAULT: &str = "http://10.213.0.1:8200";
@@ -414,4 +415,115 @@ fn root_in_a_user_namespace_runs_the_build_and_checkout_as_uid_0_without_capabil
     // Off (the default): no user namespace.
     let objects = render("default", &job);
     assert!(objects.pod.spec.unwrap().host_users.is_none());
+}
+
+/// A GitLab job with a dependency to download and an archive and a report to upload.
+fn job_with_transfers() -> crate::job::Job {
+    use keyhole_broker::transfer::plan::{ArtifactUpload, Dependency, Format, When};
+    let mut job = sample_jobs(VAULT).remove(0).1;
+    job.token = Some("glcbt-job-token-for-transfers".to_string().into());
+    job.transfers.dependencies = vec![Dependency {
+        id: 41,
+        name: "build".into(),
+        filename: "artifacts.zip".into(),
+        size: 10,
+        token: "glcbt-job-token-for-transfers".to_string().into(),
+    }];
+    job.transfers.artifacts = vec![ArtifactUpload {
+        name: "artifacts".into(),
+        paths: vec!["dist/".into()],
+        exclude: vec![],
+        when: When::Always,
+        artifact_type: "archive".into(),
+        format: Format::Zip,
+        expire_in: String::new(),
+    }];
+    job
+}
+
+#[test]
+fn transfer_containers_get_their_plan_and_the_project_but_nothing_of_the_brokers() {
+    use keyhole_broker::transfer::plan::{FETCH_CONTAINER, PLAN_SECRET_KEY, STORE_CONTAINER};
+    let job = job_with_transfers();
+    let runner = sample_runner("jobs", VAULT, "keyhole.local/broker:dev");
+    let objects = objects_for(&job, &runner, None, &log_end_token_text());
+    let pod = serde_json::to_value(&objects.pod).unwrap();
+    let spec = &pod["spec"];
+
+    let plan = &objects.secret.data.as_ref().unwrap()[PLAN_SECRET_KEY];
+    let plan: keyhole_broker::transfer::plan::Plan = serde_json::from_slice(&plan.0).unwrap();
+    assert_eq!((plan.job_id, plan.dependencies[0].id), (job.id, 41));
+    assert_eq!(plan.artifacts[0].paths, ["dist/"]);
+
+    // The broker's inputs do not carry the plan: it is the transfer containers' alone.
+    let inputs = serde_json::to_string(&spec["volumes"][0]).unwrap();
+    assert!(!inputs.contains(PLAN_SECRET_KEY), "{inputs}");
+
+    let inits: Vec<&str> = spec["initContainers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        inits.last(),
+        Some(&FETCH_CONTAINER),
+        "fetch runs last: {inits:?}"
+    );
+    let containers = spec["containers"].as_array().unwrap();
+    assert!(containers.iter().any(|c| c["name"] == STORE_CONTAINER));
+    let build = containers
+        .iter()
+        .find(|c| c["name"] == contract::BUILD_CONTAINER)
+        .unwrap();
+    for transfer in spec["initContainers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(containers)
+        .filter(|c| c["name"] == FETCH_CONTAINER || c["name"] == STORE_CONTAINER)
+    {
+        let mounts: Vec<&str> = transfer["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["name"].as_str().unwrap())
+            .collect();
+        for forbidden in [contract::SECRETS_VOLUME, contract::INPUTS_VOLUME] {
+            assert!(!mounts.contains(&forbidden), "{mounts:?}");
+        }
+        assert_eq!(transfer["args"][0], "transfer");
+        // The job's own user: the job owns what is extracted and can be read back.
+        assert_eq!(
+            transfer["securityContext"]["runAsNonRoot"],
+            build["securityContext"]["runAsNonRoot"]
+        );
+        assert_eq!(transfer["securityContext"]["readOnlyRootFilesystem"], true);
+    }
+    // The build container does not mount the plan.
+    let build_mounts = serde_json::to_string(&build["volumeMounts"]).unwrap();
+    assert!(!build_mounts.contains("transfer-plan"), "{build_mounts}");
+    // The script hands its exit code to the store container instead of ending the log.
+    let script = serde_json::to_string(&build["command"]).unwrap()
+        + &serde_json::to_string(&build["args"]).unwrap();
+    assert!(script.contains("script-status"), "{script}");
+    assert!(!script.contains("/keyhole/run/done"), "{script}");
+}
+
+#[test]
+fn a_job_without_transfers_has_no_transfer_containers_and_ends_its_own_log() {
+    let job = sample_jobs(VAULT).remove(0).1;
+    let runner = sample_runner("jobs", VAULT, "keyhole.local/broker:dev");
+    let objects = objects_for(&job, &runner, None, &log_end_token_text());
+    let pod = serde_json::to_string(&objects.pod).unwrap();
+    assert!(!pod.contains("keyhole-fetch") && !pod.contains("keyhole-store"));
+    assert!(pod.contains("/keyhole/run/done"));
+    assert!(
+        !objects
+            .secret
+            .data
+            .as_ref()
+            .unwrap()
+            .contains_key(keyhole_broker::transfer::plan::PLAN_SECRET_KEY)
+    );
 }

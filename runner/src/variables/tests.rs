@@ -65,6 +65,7 @@ fn job(variables: Vec<Variable>) -> Job {
         token: None,
         id_tokens: vec![],
         registry_credentials: Vec::new(),
+        transfers: Default::default(),
     }
 }
 

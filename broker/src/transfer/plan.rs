@@ -1,0 +1,165 @@
+//! What the transfer containers do for one job: written by `keyhole-runner` from the job
+//! payload into the job's Secret (key [`PLAN_SECRET_KEY`]), read by `keyhole-broker transfer`.
+//! It holds the job token (and, for the cache, pre-signed URLs), so it lives in the Secret,
+//! is mounted only into the transfer containers, and never reaches argv, a URL or a log line.
+
+use secrecy::{ExposeSecret as _, SecretString};
+use serde::{Deserialize, Serialize, Serializer};
+
+/// Key of the plan in the per-job Secret.
+pub const PLAN_SECRET_KEY: &str = "transfer.plan";
+/// Where the plan's volume is mounted in the transfer containers.
+pub const PLAN_DIR: &str = "/keyhole/transfer";
+/// Scratch space of the transfer containers (an `emptyDir` of their own, on disk): archives on
+/// their way, never in memory, never where the job could swap them.
+pub const SCRATCH_DIR: &str = "/keyhole/scratch";
+/// File name of the plan in [`PLAN_DIR`].
+pub const PLAN_FILE: &str = "plan.json";
+/// Name of the init container that downloads dependencies' artifacts and restores caches.
+pub const FETCH_CONTAINER: &str = "keyhole-fetch";
+/// Name of the container that uploads artifacts and saves caches once the script ended.
+pub const STORE_CONTAINER: &str = "keyhole-store";
+/// File in the runtime dir: the job script's exit code, written (atomically, by rename) after
+/// `after_script`, when the job has something to store. The store container waits for it. A
+/// job that writes it early or falsely only changes which of its own artifacts are uploaded:
+/// the job's result comes from the build container's exit code.
+pub const SCRIPT_STATUS_FILE: &str = "script-status";
+/// Exit code of a store or fetch container whose transfer failed the job (an artifact that
+/// could not be uploaded, a dependency that could not be downloaded).
+pub const EXIT_TRANSFER_FAILED: i32 = 1;
+/// Exit code of a transfer container whose plan could not be read (a runner bug).
+pub const EXIT_BAD_PLAN: i32 = 3;
+
+/// One job's transfers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Plan {
+    /// GitLab's base URL (`https://gitlab.example.com`), as the runner reaches it.
+    pub gitlab_url: String,
+    pub job_id: u64,
+    #[serde(serialize_with = "expose")]
+    pub job_token: SecretString,
+    /// The project directory (`CI_PROJECT_DIR`): every path is relative to it.
+    pub project_dir: String,
+    /// Artifacts of earlier jobs to extract before the script, in payload order.
+    #[serde(default)]
+    pub dependencies: Vec<Dependency>,
+    /// Artifacts to upload after the script, in payload order.
+    #[serde(default)]
+    pub artifacts: Vec<ArtifactUpload>,
+    /// Compression of zip archives (`ARTIFACT_COMPRESSION_LEVEL`).
+    #[serde(default)]
+    pub compression: Option<String>,
+}
+
+/// A `dependencies[]` entry with an archive to download.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Dependency {
+    pub id: u64,
+    pub name: String,
+    /// GitLab's `artifacts_file.filename` (for the trace).
+    pub filename: String,
+    pub size: u64,
+    #[serde(serialize_with = "expose")]
+    pub token: SecretString,
+}
+
+/// When an upload happens, relative to the script's result (`artifacts:when`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum When {
+    OnSuccess,
+    OnFailure,
+    Always,
+}
+
+impl When {
+    /// Whether to act after a script that ended with `exit_code`.
+    pub fn applies(self, exit_code: i32) -> bool {
+        match self {
+            Self::OnSuccess => exit_code == 0,
+            Self::OnFailure => exit_code != 0,
+            Self::Always => true,
+        }
+    }
+}
+
+/// The archive format GitLab is told (`artifact_format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Format {
+    Zip,
+    Gzip,
+}
+
+impl Format {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Zip => "zip",
+            Self::Gzip => "gzip",
+        }
+    }
+}
+
+/// An `artifacts[]` entry of the payload: the archive or one report.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArtifactUpload {
+    /// The archive's name (`artifacts:name`, default `artifacts`); the file is `<name>.zip`
+    /// or `<name>.gz`.
+    pub name: String,
+    pub paths: Vec<String>,
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    pub when: When,
+    /// `archive`, `junit`, `dotenv`, ...
+    pub artifact_type: String,
+    pub format: Format,
+    /// `expire_in` as written in the job (`1 week`); empty: GitLab's default.
+    #[serde(default)]
+    pub expire_in: String,
+}
+
+fn expose<S: Serializer>(secret: &SecretString, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(secret.expose_secret())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn when_follows_the_scripts_result() {
+        assert!(When::OnSuccess.applies(0) && !When::OnSuccess.applies(1));
+        assert!(!When::OnFailure.applies(0) && When::OnFailure.applies(2));
+        assert!(When::Always.applies(0) && When::Always.applies(1));
+    }
+
+    #[test]
+    fn the_plan_round_trips_and_its_debug_hides_the_tokens() {
+        let plan = Plan {
+            gitlab_url: "http://gitlab".into(),
+            job_id: 7,
+            job_token: SecretString::from("glcbt-secret-token"),
+            project_dir: "/builds/p".into(),
+            dependencies: vec![Dependency {
+                id: 6,
+                name: "build".into(),
+                filename: "artifacts.zip".into(),
+                size: 10,
+                token: SecretString::from("glcbt-secret-token"),
+            }],
+            artifacts: vec![],
+            compression: None,
+        };
+        let json = serde_json::to_string(&plan).unwrap();
+        let back: Plan = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.job_token.expose_secret(), "glcbt-secret-token");
+        assert_eq!(
+            back.dependencies[0].token.expose_secret(),
+            "glcbt-secret-token"
+        );
+        assert!(!format!("{plan:?}").contains("glcbt-secret-token"));
+    }
+}

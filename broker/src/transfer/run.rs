@@ -1,0 +1,363 @@
+//! `keyhole-broker transfer fetch` and `transfer store`: the two ends of a job's transfers,
+//! each in its own container (see `runner/src/pod/transfer.rs`). Their lines go to the job
+//! log through the broker's log pipe, so the broker masks them like the job's own output.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::archive::{Compression, write_gzip, write_zip};
+use super::extract::extract_zip;
+use super::gitlab::{Api, Upload};
+use super::plan::{
+    ArtifactUpload, EXIT_BAD_PLAN, EXIT_TRANSFER_FAILED, Format, PLAN_DIR, PLAN_FILE, Plan,
+    SCRATCH_DIR, SCRIPT_STATUS_FILE,
+};
+use super::select::select;
+use crate::contract;
+
+/// How often the store container looks for the script's exit code.
+const STATUS_POLL: Duration = Duration::from_millis(100);
+
+/// Where a transfer container works.
+#[derive(Debug, Clone)]
+pub struct Dirs {
+    pub plan: PathBuf,
+    pub runtime: PathBuf,
+    pub scratch: PathBuf,
+}
+
+impl Default for Dirs {
+    fn default() -> Self {
+        Self {
+            plan: Path::new(PLAN_DIR).join(PLAN_FILE),
+            runtime: PathBuf::from(contract::RUNTIME_DIR),
+            scratch: PathBuf::from(SCRATCH_DIR),
+        }
+    }
+}
+
+/// The job log: the broker's pipe when there is one (it masks), else stdout.
+struct Log(Box<dyn std::io::Write + Send>);
+
+impl Log {
+    fn open(runtime: &Path) -> Self {
+        let fifo = runtime.join(contract::LOG_FIFO);
+        // The broker holds the pipe open read-write, so opening it for writing never blocks.
+        match std::fs::OpenOptions::new().write(true).open(&fifo) {
+            Ok(f) => Self(Box::new(f)),
+            Err(_) => Self(Box::new(std::io::stdout())),
+        }
+    }
+
+    fn line(&mut self, text: &str) {
+        let _ = writeln!(self.0, "{text}");
+    }
+
+    fn warn(&mut self, text: &str) {
+        self.line(&format!("\x1b[0;33mWARNING: {text}\x1b[0;m"));
+    }
+
+    fn error(&mut self, text: &str) {
+        self.line(&format!("\x1b[31;1mERROR: {text}\x1b[0;m"));
+    }
+
+    fn section(&mut self, edge: &str, name: &str, header: &str) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        self.line(&format!("section_{edge}:{now}:{name}\r\x1b[0K{header}"));
+    }
+}
+
+fn read_plan(path: &Path) -> Result<Plan, String> {
+    let bytes = std::fs::read(path)
+        .map_err(|e| format!("cannot read the transfer plan {}: {e}", path.display()))?;
+    serde_json::from_slice(&bytes).map_err(|e| {
+        format!(
+            "the transfer plan {} is not valid (line {}, column {}): the runner and the broker \
+             image are of different versions?",
+            path.display(),
+            e.line(),
+            e.column()
+        )
+    })
+}
+
+/// Sizes as people read them (`12.4 MiB`).
+pub fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// Before the script: the dependencies' archives, extracted into the project directory.
+/// Returns the container's exit code.
+pub async fn fetch(dirs: &Dirs) -> i32 {
+    let mut log = Log::open(&dirs.runtime);
+    let plan = match read_plan(&dirs.plan) {
+        Ok(p) => p,
+        Err(e) => {
+            log.error(&e);
+            return EXIT_BAD_PLAN;
+        }
+    };
+    let project = PathBuf::from(&plan.project_dir);
+    if let Err(e) = std::fs::create_dir_all(&project) {
+        log.error(&format!("cannot create the project directory: {e}"));
+        return EXIT_TRANSFER_FAILED;
+    }
+    let api = match Api::new(&plan.gitlab_url) {
+        Ok(a) => a,
+        Err(e) => {
+            log.error(&e.to_string());
+            return EXIT_TRANSFER_FAILED;
+        }
+    };
+    log.section("start", "download_artifacts", "Downloading artifacts");
+    let mut code = 0;
+    for dep in &plan.dependencies {
+        log.line(&format!(
+            "\x1b[32;1mDownloading artifacts for {} ({})...\x1b[0;m",
+            dep.name, dep.id
+        ));
+        let file = dirs.scratch.join(format!("download-{}.zip", dep.id));
+        let result = async {
+            let size = api
+                .download(dep.id, &dep.token, &file)
+                .await
+                .map_err(|e| e.to_string())?;
+            let extracted = tokio::task::spawn_blocking({
+                let (file, project) = (file.clone(), project.clone());
+                move || extract_zip(&file, &project)
+            })
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+            Ok::<_, String>((size, extracted))
+        }
+        .await;
+        let _ = std::fs::remove_file(&file);
+        match result {
+            Ok((size, extracted)) => {
+                for w in &extracted.warnings {
+                    log.warn(w);
+                }
+                log.line(&format!(
+                    "Downloading artifacts from coordinator... ok  id={} files={} size={}",
+                    dep.id,
+                    extracted.files,
+                    human_size(size)
+                ));
+            }
+            Err(e) => {
+                log.error(&format!("Downloading artifacts from coordinator... {e}"));
+                code = EXIT_TRANSFER_FAILED;
+                break;
+            }
+        }
+    }
+    log.section("end", "download_artifacts", "");
+    code
+}
+
+/// Waits for the script's exit code ([`SCRIPT_STATUS_FILE`]).
+async fn script_exit_code(runtime: &Path) -> i32 {
+    let path = runtime.join(SCRIPT_STATUS_FILE);
+    loop {
+        if let Ok(text) = std::fs::read_to_string(&path)
+            && let Ok(code) = text.trim().parse::<i32>()
+        {
+            return code;
+        }
+        tokio::time::sleep(STATUS_POLL).await;
+    }
+}
+
+/// After the script: the artifacts its result calls for, uploaded; then the broker is told
+/// the job is over. Returns the container's exit code.
+pub async fn store(dirs: &Dirs) -> i32 {
+    let mut log = Log::open(&dirs.runtime);
+    let plan = match read_plan(&dirs.plan) {
+        Ok(p) => p,
+        Err(e) => {
+            log.error(&e);
+            tell_broker_done(&dirs.runtime);
+            return EXIT_BAD_PLAN;
+        }
+    };
+    let exit_code = script_exit_code(&dirs.runtime).await;
+    let code = upload_all(&plan, exit_code, dirs, &mut log).await;
+    tell_broker_done(&dirs.runtime);
+    code
+}
+
+async fn upload_all(plan: &Plan, exit_code: i32, dirs: &Dirs, log: &mut Log) -> i32 {
+    let due: Vec<&ArtifactUpload> = plan
+        .artifacts
+        .iter()
+        .filter(|a| a.when.applies(exit_code))
+        .collect();
+    if due.is_empty() {
+        return 0;
+    }
+    let (section, header) = if exit_code == 0 {
+        (
+            "upload_artifacts_on_success",
+            "Uploading artifacts for successful job",
+        )
+    } else {
+        (
+            "upload_artifacts_on_failure",
+            "Uploading artifacts for failed job",
+        )
+    };
+    log.section("start", section, header);
+    let level = match plan.compression.as_deref().map(str::parse::<Compression>) {
+        None => Compression::Fast,
+        Some(Ok(level)) => level,
+        Some(Err(e)) => {
+            log.warn(&format!("ARTIFACT_COMPRESSION_LEVEL: {e}; using `fast`"));
+            Compression::Fast
+        }
+    };
+    let api = match Api::new(&plan.gitlab_url) {
+        Ok(a) => a,
+        Err(e) => {
+            log.error(&e.to_string());
+            return EXIT_TRANSFER_FAILED;
+        }
+    };
+    let mut code = 0;
+    for (i, artifact) in due.iter().enumerate() {
+        if let Err(e) = upload_one(plan, artifact, i, level, &api, dirs, log).await {
+            log.error(&e);
+            code = EXIT_TRANSFER_FAILED;
+        }
+    }
+    log.section("end", section, "");
+    code
+}
+
+/// Selects, packs (on disk) and uploads one `artifacts[]` entry. No files is a warning, as
+/// in gitlab-runner, not a failure.
+async fn upload_one(
+    plan: &Plan,
+    a: &ArtifactUpload,
+    index: usize,
+    level: Compression,
+    api: &Api,
+    dirs: &Dirs,
+    log: &mut Log,
+) -> Result<(), String> {
+    log.line("\x1b[32;1mUploading artifacts...\x1b[0;m");
+    let root = PathBuf::from(&plan.project_dir);
+    let (extension, format) = match a.format {
+        Format::Zip => ("zip", "zip"),
+        Format::Gzip => ("gz", "gzip"),
+    };
+    let file = dirs.scratch.join(format!("upload-{index}.{extension}"));
+    let packed = tokio::task::spawn_blocking({
+        let (root, file, a) = (root.clone(), file.clone(), a.clone());
+        move || {
+            let selection = select(&root, &a.paths, &a.exclude).map_err(|e| e.to_string())?;
+            if selection.entries.is_empty() {
+                return Ok((selection, None));
+            }
+            let out = std::fs::File::create(&file)
+                .map_err(|e| format!("cannot write the archive: {e}"))?;
+            let out = std::io::BufWriter::with_capacity(1 << 20, out);
+            let packed = match a.format {
+                Format::Zip => write_zip(&root, &selection.entries, out, level),
+                Format::Gzip => write_gzip(&root, &selection.entries, out),
+            }
+            .map_err(|e| e.to_string())?;
+            Ok::<_, String>((selection, Some(packed)))
+        }
+    })
+    .await
+    .map_err(|e| e.to_string())??;
+    let (selection, packed) = packed;
+    for w in &selection.warnings {
+        log.warn(w);
+    }
+    if selection.excluded > 0 {
+        log.line(&format!("excluded {} files", selection.excluded));
+    }
+    let Some(packed) = packed else {
+        log.error("No files to upload");
+        return Ok(());
+    };
+    log.line(&format!(
+        "{}: found {} matching artifact files and directories",
+        a.paths.join(", "),
+        selection.entries.len()
+    ));
+    let filename = format!("{}.{extension}", a.name);
+    let sent = api
+        .upload(&Upload {
+            job_id: plan.job_id,
+            token: &plan.job_token,
+            file: &file,
+            filename: &filename,
+            artifact_type: &a.artifact_type,
+            artifact_format: format,
+            expire_in: &a.expire_in,
+        })
+        .await;
+    let _ = std::fs::remove_file(&file);
+    for w in &packed.warnings {
+        log.warn(w);
+    }
+    match sent {
+        Ok(status) => {
+            log.line(&format!(
+                "Uploading artifacts as \"{}\" to coordinator... {status}  id={} files={} size={}",
+                a.artifact_type,
+                plan.job_id,
+                packed.files,
+                human_size(packed.bytes)
+            ));
+            Ok(())
+        }
+        Err(e) => Err(format!(
+            "Uploading artifacts as \"{}\" to coordinator... {e}",
+            a.artifact_type
+        )),
+    }
+}
+
+/// One byte on the broker's `done` pipe: the job's output is complete.
+fn tell_broker_done(runtime: &Path) {
+    let done = runtime.join(contract::DONE_FIFO);
+    // Read-write, like the script does: never blocks, even without a reader.
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&done)
+    {
+        let _ = f.write_all(b".");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::human_size;
+
+    #[test]
+    fn sizes_read_like_gitlab_runner_prints_them() {
+        assert_eq!(human_size(512), "512 B");
+        assert_eq!(human_size(13_002_342), "12.4 MiB");
+        assert_eq!(human_size(1 << 30), "1.0 GiB");
+    }
+}

@@ -1,0 +1,100 @@
+//! The job's transfer containers: `keyhole-fetch` (an init container after the checkout:
+//! downloads the dependencies' artifacts) and `keyhole-store` (beside the build container:
+//! waits for the script's end, uploads the artifacts). Both run `keyhole-broker transfer` from
+//! the broker's image (already on the node) as the build container's user, so the job owns
+//! what they extract and they can read what the job wrote. They mount the project directory,
+//! the log pipe, a scratch directory of their own and their plan (job token included), and
+//! nothing of the broker's: no secrets volume, no inputs, no ServiceAccount token.
+
+use k8s_openapi::ByteString;
+use keyhole_broker::contract;
+use keyhole_broker::transfer::plan::{
+    FETCH_CONTAINER, PLAN_DIR, PLAN_FILE, PLAN_SECRET_KEY, Plan, SCRATCH_DIR, STORE_CONTAINER,
+};
+use serde_json::{Value, json};
+
+use super::build::PodError;
+use crate::config::RunnerConfig;
+use crate::job::Job;
+
+/// The plan's volume: the plan key of the per-job Secret, nothing else of it.
+const PLAN_VOLUME: &str = "keyhole-transfer-plan";
+/// Scratch space for archives on their way (on disk, never in memory).
+const SCRATCH_VOLUME: &str = "keyhole-transfer-scratch";
+
+/// What the transfers add to a job pod.
+pub(super) struct TransferParts {
+    pub fetch: Option<Value>,
+    pub store: Option<Value>,
+    pub volumes: Vec<Value>,
+}
+
+/// The plan, as it goes into the per-job Secret; `None` when the job moves no files.
+pub(super) fn plan_secret(
+    job: &Job,
+    runner: &RunnerConfig,
+    project_dir: &str,
+) -> Result<Option<(String, ByteString)>, PodError> {
+    let t = &job.transfers;
+    if !t.fetches() && !t.stores() {
+        return Ok(None);
+    }
+    let Some(token) = job.token.clone() else {
+        return Err(PodError(
+            "the job has artifacts or dependencies but no job token; only GitLab jobs can \
+             upload or download artifacts"
+                .into(),
+        ));
+    };
+    let plan = Plan {
+        gitlab_url: runner.url.trim_end_matches('/').to_owned(),
+        job_id: job.id,
+        job_token: token,
+        project_dir: project_dir.to_owned(),
+        dependencies: t.dependencies.clone(),
+        artifacts: t.artifacts.clone(),
+        compression: job
+            .public_variable("ARTIFACT_COMPRESSION_LEVEL")
+            .map(str::to_owned),
+    };
+    let json = serde_json::to_vec(&plan)
+        .map_err(|e| PodError(format!("internal error writing the transfer plan: {e}")))?;
+    Ok(Some((PLAN_SECRET_KEY.to_owned(), ByteString(json))))
+}
+
+/// The containers and volumes, for a job whose plan is in its Secret.
+pub(super) fn transfer_parts(
+    job: &Job,
+    runner: &RunnerConfig,
+    pod_name: &str,
+    builds_root: &str,
+    security_context: &Value,
+) -> TransferParts {
+    let t = &job.transfers;
+    let container = |name: &str, verb: &str| {
+        let mut context = security_context.clone();
+        context["readOnlyRootFilesystem"] = json!(true);
+        json!({
+            "name": name,
+            "image": runner.keyhole.broker_image,
+            "args": ["transfer", verb],
+            "securityContext": context,
+            "resources": {"requests": {"cpu": "50m", "memory": "32Mi"}, "limits": {"memory": "256Mi"}},
+            "volumeMounts": [
+                {"name": PLAN_VOLUME, "mountPath": PLAN_DIR, "readOnly": true},
+                {"name": SCRATCH_VOLUME, "mountPath": SCRATCH_DIR},
+                {"name": contract::RUNTIME_VOLUME, "mountPath": contract::RUNTIME_DIR},
+                {"name": "builds", "mountPath": builds_root}
+            ]
+        })
+    };
+    TransferParts {
+        fetch: t.fetches().then(|| container(FETCH_CONTAINER, "fetch")),
+        store: t.stores().then(|| container(STORE_CONTAINER, "store")),
+        volumes: vec![
+            json!({"name": PLAN_VOLUME, "secret": {"secretName": pod_name, "defaultMode": 0o440,
+                "items": [{"key": PLAN_SECRET_KEY, "path": PLAN_FILE}]}}),
+            json!({"name": SCRATCH_VOLUME, "emptyDir": {}}),
+        ],
+    }
+}
