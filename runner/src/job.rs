@@ -56,27 +56,16 @@ pub struct Transfers {
     pub caches: Vec<CacheEntry>,
 }
 
-impl Transfers {
-    /// Whether anything must run before the script (dependencies to download).
-    pub fn fetches(&self) -> bool {
-        !self.dependencies.is_empty()
-    }
-
-    /// Whether anything must run after the script (artifacts to upload).
-    pub fn stores(&self) -> bool {
-        !self.artifacts.is_empty()
-    }
-}
-
 /// A `cache[]` entry of the payload.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CacheEntry {
     pub key: String,
     pub paths: Vec<String>,
     pub untracked: bool,
     /// `pull`, `push` or `pull-push`.
     pub policy: String,
-    pub when: String,
+    /// When the cache is saved, after the script.
+    pub when: keyhole_broker::transfer::plan::When,
     pub fallback_keys: Vec<String>,
 }
 

@@ -4,6 +4,7 @@
 //! The library holds the pure core (job model, pod builder, config, script) so that tests and
 //! the binary share it; Kubernetes and GitLab I/O sit in thin modules at the edges.
 
+pub mod cache;
 pub mod config;
 pub mod execute;
 pub mod gitlab;

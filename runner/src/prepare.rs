@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use crate::cache::job_caches;
 use crate::config::{JobIdentity, RunnerConfig, ServiceAccountChoice, choose_service_account};
 use crate::job::Job;
 use crate::pod::{
@@ -112,6 +113,8 @@ pub fn prepare_named(
     )
     .map_err(|e| vec![e.to_string()])?;
     let secrets = collect(job, &runner.keyhole, &service_account.name)?;
+    let timeout = job.timeout.unwrap_or(DEFAULT_JOB_TIMEOUT);
+    let caches = job_caches(job, runner, timeout);
     let objects = build_job_objects(&PodRequest {
         job,
         runner,
@@ -121,34 +124,15 @@ pub fn prepare_named(
         log_end_token: log_end_token(),
         pull_auth: pull_auth.as_ref(),
         instance,
+        caches: caches.plans,
     })
     .map_err(|e| vec![e.0])?;
     Ok(Prepared {
         objects,
         service_account,
         secrets,
-        timeout: job.timeout.unwrap_or(DEFAULT_JOB_TIMEOUT),
+        timeout,
         registries: pull_auth.map(|a| a.registries()).unwrap_or_default(),
-        warnings: transfer_warnings(job),
+        warnings: caches.warnings,
     })
-}
-
-/// A job's `cache:` has nowhere to go: Keyhole has no cache store yet. gitlab-runner without
-/// `[runners.cache]` keeps the cache in the build directory, which a Kubernetes job pod loses
-/// with itself; the job runs either way, and the trace says so.
-fn transfer_warnings(job: &Job) -> Vec<String> {
-    if job.transfers.caches.is_empty() {
-        return Vec::new();
-    }
-    let keys: Vec<&str> = job
-        .transfers
-        .caches
-        .iter()
-        .map(|c| c.key.as_str())
-        .collect();
-    vec![format!(
-        "cache ({}): this runner has no cache store, so the cache is neither restored nor \
-         saved; the job runs without it",
-        keys.join(", ")
-    )]
 }

@@ -76,10 +76,9 @@ pub fn gitlab_client(runner: &RunnerConfig) -> Result<GitlabClient> {
         !runner.url.is_empty(),
         "no GitLab URL: set [[runners]] url or KEYHOLE_RUNNER_URL"
     );
-    Ok(GitlabClient::new(ClientConfig::new(
-        runner.url.clone(),
-        token,
-    ))?)
+    let mut config = ClientConfig::new(runner.url.clone(), token);
+    config.cache = runner.cache.is_some();
+    Ok(GitlabClient::new(config)?)
 }
 
 /// Runs the service until SIGTERM/SIGINT.

@@ -1344,3 +1344,81 @@ async fn vault_commands_in_notes_let_a_tenant_read_its_paths_and_nothing_else() 
         .send()
         .await;
 }
+
+/// `cache:` in the chart's values becomes the runner's `[runners.cache]`, its key pair comes
+/// from the Secret named in `cache.secretName` (never from the values), and job pods may reach
+/// the store when its addresses are given.
+#[tokio::test]
+async fn the_charts_cache_store_reaches_the_runner_with_its_keys_from_a_secret() {
+    let bed = TestBed::connect().await;
+    let rendered = helm_template(
+        &bed,
+        &[
+            "--set",
+            "cache.s3.serverAddress=10.213.0.1:9000",
+            "--set",
+            "cache.s3.bucketName=keyhole-cache",
+            "--set",
+            "cache.s3.insecure=true",
+            "--set",
+            "cache.path=ci",
+            "--set",
+            "cache.secretName=cache-keys",
+            "--set",
+            "networkPolicy.cache.cidrs={10.213.0.1/32}",
+            "--set",
+            "networkPolicy.cache.ports={9000}",
+        ],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let docs = documents(&rendered);
+    let text = only(&docs, "ConfigMap")["data"]["config.toml"]
+        .as_str()
+        .unwrap();
+    let env = |name: &str| match name {
+        "CACHE_S3_ACCESS_KEY" => Some("AKIDFROMSECRET".to_owned()),
+        "CACHE_S3_SECRET_KEY" => Some("secret-from-secret".to_owned()),
+        _ => None,
+    };
+    let loaded = load_str(text, "config.toml", &env).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let cache = loaded.config.runners[0]
+        .cache
+        .clone()
+        .expect("a cache store");
+    assert_eq!(cache.path, "ci");
+    assert_eq!(cache.s3.server_address, "10.213.0.1:9000");
+    assert!(cache.s3.insecure);
+    assert!(cache.s3.access_key.is_some() && cache.s3.secret_key.is_some());
+    assert!(!text.contains("secret-from-secret") && !text.contains("SecretKey"));
+    // Without the Secret's keys the runner refuses to start, naming what is missing.
+    let err = load_str(text, "config.toml", &|_| None)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("cache.s3.AccessKey"), "{err}");
+
+    let container = &only(&docs, "Deployment")["spec"]["template"]["spec"]["containers"][0];
+    for (name, key) in [
+        ("CACHE_S3_ACCESS_KEY", "accesskey"),
+        ("CACHE_S3_SECRET_KEY", "secretkey"),
+    ] {
+        let var = container["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} in {container}"));
+        assert_eq!(
+            var["valueFrom"]["secretKeyRef"],
+            json!({"name": "cache-keys", "key": key})
+        );
+    }
+    let policy = docs
+        .iter()
+        .find(|d| d["kind"] == "NetworkPolicy")
+        .expect("the jobs' NetworkPolicy");
+    let egress = serde_json::to_string(&policy["spec"]["egress"]).unwrap();
+    assert!(
+        egress.contains("10.213.0.1/32") && egress.contains("9000"),
+        "{egress}"
+    );
+}

@@ -1583,3 +1583,123 @@ async fn artifacts_follow_when_refuse_hostile_links_and_fail_the_job_when_too_la
     assert!(s.gitlab.artifacts(too_large.id).is_empty());
     no_job_pods_left(&s).await;
 }
+
+/// The runner's config with the bed's S3 store as its cache (objects under `prefix`).
+fn with_bed_cache(s: &Setup, prefix: &str) -> Config {
+    let s3 = s.bed.env.s3().unwrap();
+    let mut config = config(s);
+    let mut cache = keyhole_runner::config::CacheConfig {
+        kind: "s3".into(),
+        path: prefix.into(),
+        ..Default::default()
+    };
+    cache.s3.server_address = s3.endpoint.trim_start_matches("http://").into();
+    cache.s3.bucket_name = s3.bucket.clone();
+    cache.s3.bucket_location = s3.region.clone();
+    cache.s3.insecure = true;
+    cache.s3.access_key = Some(SecretString::from(s3.access_key.clone()));
+    cache.s3.secret_key = Some(SecretString::from(s3.secret_key().unwrap()));
+    config.runners[0].cache = Some(cache);
+    config
+}
+
+#[tokio::test]
+async fn a_cache_saved_by_one_job_is_restored_by_the_next_and_through_a_fallback_key() {
+    use rusty_s3::S3Action as _;
+    let s = setup("glcache").await;
+    let s3 = s.bed.env.s3().unwrap();
+    let secret_key = s3.secret_key().unwrap();
+    let (tx, handle) = start_runner_with(&s, with_bed_cache(&s, &s.ns.name));
+    let cache = |key: &str, policy: &str, fallbacks: &[&str]| {
+        json!([{"key": key, "untracked": false, "policy": policy, "paths": ["vendor/"],
+                "when": "on_success", "fallback_keys": fallbacks}])
+    };
+    let run = |job: keyhole_tests::coordinator::JobBuilder<'_>| {
+        let job = job.variable("GIT_STRATEGY", "none").enqueue().unwrap();
+        let gitlab = &s.gitlab;
+        async move {
+            let done = gitlab
+                .wait_for_final(job.id, Duration::from_secs(180))
+                .await
+                .unwrap();
+            (job, done)
+        }
+    };
+
+    // The first job finds no cache (a warning, not a failure) and saves one.
+    let (first, done) = run(s
+        .gitlab
+        .job()
+        .cache(cache("deps", "pull-push", &[]))
+        .script([
+            "test ! -e vendor && echo 'nothing restored'",
+            "mkdir -p vendor/sub && echo 'cached library' > vendor/sub/lib.txt",
+        ]))
+    .await;
+    let trace = trace_text(&s, first.id);
+    assert_eq!(done.status, FinalStatus::Success, "{trace}");
+    for line in [
+        "Checking cache for deps...",
+        "Failed to extract cache",
+        "nothing restored",
+        "Creating cache deps...",
+        "Created cache",
+    ] {
+        assert!(trace.contains(line), "missing {line:?}:\n{trace}");
+    }
+    // The object sits where gitlab-runner puts it: <Path>/runner/<short token>/project/<id>/<key>.
+    let object = format!(
+        "{}/runner/{}/project/123/deps",
+        s.ns.name,
+        keyhole_runner::variables::short_token(s.gitlab.runner_token())
+    );
+    let url = s3
+        .bucket()
+        .unwrap()
+        .get_object(Some(&s3.credentials().unwrap()), &object)
+        .sign(Duration::from_secs(60));
+    let stored = reqwest::get(url).await.unwrap();
+    assert_eq!(stored.status(), 200, "no cache object at {object}");
+    assert!(
+        stored.bytes().await.unwrap().starts_with(b"PK"),
+        "a zip archive"
+    );
+
+    // The next job with the same key gets the files back; `pull` does not save.
+    let (second, done) = run(s
+        .gitlab
+        .job()
+        .cache(cache("deps", "pull", &[]))
+        .script(["cat vendor/sub/lib.txt"]))
+    .await;
+    let trace = trace_text(&s, second.id);
+    assert_eq!(done.status, FinalStatus::Success, "{trace}");
+    assert!(trace.contains("Successfully extracted cache"), "{trace}");
+    assert!(trace.contains("cached library"), "{trace}");
+    assert!(!trace.contains("Creating cache"), "{trace}");
+
+    // A new key falls back to the old one.
+    let (third, done) = run(s
+        .gitlab
+        .job()
+        .cache(cache("feature-deps", "pull", &["deps"]))
+        .script(["cat vendor/sub/lib.txt"]))
+    .await;
+    let trace = trace_text(&s, third.id);
+    stop(tx, handle).await;
+    assert_eq!(done.status, FinalStatus::Success, "{trace}");
+    for line in [
+        "Checking cache for feature-deps...",
+        "feature-deps: cache not found",
+        "Checking cache for deps...",
+        "Successfully extracted cache",
+        "cached library",
+    ] {
+        assert!(trace.contains(line), "missing {line:?}:\n{trace}");
+    }
+    // The store's secret key never reaches a job: not its trace, not its pod's Secret.
+    for id in [first.id, second.id, third.id] {
+        assert!(!trace_text(&s, id).contains(&secret_key));
+    }
+    no_job_pods_left(&s).await;
+}

@@ -166,7 +166,7 @@ fn refused(job_id: u64, status: StatusCode) -> ApiError {
 }
 
 /// A reqwest error without its URL (ours carry no secret, but the line stays short).
-fn describe(e: &reqwest::Error) -> String {
+pub(super) fn describe(e: &reqwest::Error) -> String {
     let kind = if e.is_timeout() {
         "timed out"
     } else if e.is_connect() {
@@ -184,7 +184,7 @@ fn describe(e: &reqwest::Error) -> String {
 }
 
 /// Streams a response body to a file, chunk by chunk.
-async fn save(mut response: reqwest::Response, to: &Path) -> Result<u64, ApiError> {
+pub(super) async fn save(mut response: reqwest::Response, to: &Path) -> Result<u64, ApiError> {
     let io = |e: std::io::Error| ApiError::Io(format!("cannot write the download: {e}"));
     let mut file = tokio::fs::File::create(to).await.map_err(io)?;
     let mut total = 0u64;

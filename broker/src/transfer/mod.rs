@@ -5,6 +5,7 @@
 //! symlink or a `..` out of the project directory.
 
 pub mod archive;
+pub mod cache;
 pub mod extract;
 pub mod gitlab;
 pub mod plan;

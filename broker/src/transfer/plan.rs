@@ -50,6 +50,51 @@ pub struct Plan {
     /// Compression of zip archives (`ARTIFACT_COMPRESSION_LEVEL`).
     #[serde(default)]
     pub compression: Option<String>,
+    /// Caches to restore before the script and save after it, in payload order.
+    #[serde(default)]
+    pub caches: Vec<CachePlan>,
+    /// Compression of cache archives (`CACHE_COMPRESSION_LEVEL`).
+    #[serde(default)]
+    pub cache_compression: Option<String>,
+}
+
+impl Plan {
+    /// Whether anything runs before the script.
+    pub fn fetches(&self) -> bool {
+        !self.dependencies.is_empty() || self.caches.iter().any(|c| !c.restore.is_empty())
+    }
+
+    /// Whether anything runs after the script.
+    pub fn stores(&self) -> bool {
+        !self.artifacts.is_empty() || self.caches.iter().any(|c| c.save.is_some())
+    }
+}
+
+/// One `cache:` entry: where to restore it from (its key first, then the fallback keys) and
+/// where to save it, as pre-signed URLs of the cache store. The store's keys stay with the
+/// runner; a URL opens one object, for one method, until it expires.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CachePlan {
+    /// The key, as the trace names it.
+    pub key: String,
+    pub paths: Vec<String>,
+    pub when: When,
+    /// `(key, GET URL)` in the order to try; empty for `policy: push`.
+    #[serde(default)]
+    pub restore: Vec<CacheSource>,
+    /// PUT URL of the key's object; `None` for `policy: pull`.
+    #[serde(default, serialize_with = "expose_option")]
+    pub save: Option<SecretString>,
+}
+
+/// A key to restore a cache from.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSource {
+    pub key: String,
+    #[serde(serialize_with = "expose")]
+    pub url: SecretString,
 }
 
 /// A `dependencies[]` entry with an archive to download.
@@ -121,6 +166,13 @@ pub struct ArtifactUpload {
     pub expire_in: String,
 }
 
+fn expose_option<S: Serializer>(secret: &Option<SecretString>, s: S) -> Result<S::Ok, S::Error> {
+    match secret {
+        Some(v) => s.serialize_some(v.expose_secret()),
+        None => s.serialize_none(),
+    }
+}
+
 fn expose<S: Serializer>(secret: &SecretString, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(secret.expose_secret())
 }
@@ -152,6 +204,19 @@ mod tests {
             }],
             artifacts: vec![],
             compression: None,
+            caches: vec![CachePlan {
+                key: "deps".into(),
+                paths: vec!["vendor/".into()],
+                when: When::OnSuccess,
+                restore: vec![CacheSource {
+                    key: "deps".into(),
+                    url: SecretString::from("http://s3/b/k?X-Amz-Signature=sig-of-get"),
+                }],
+                save: Some(SecretString::from(
+                    "http://s3/b/k?X-Amz-Signature=sig-of-put",
+                )),
+            }],
+            cache_compression: None,
         };
         let json = serde_json::to_string(&plan).unwrap();
         let back: Plan = serde_json::from_str(&json).unwrap();
@@ -160,6 +225,14 @@ mod tests {
             back.dependencies[0].token.expose_secret(),
             "glcbt-secret-token"
         );
-        assert!(!format!("{plan:?}").contains("glcbt-secret-token"));
+        assert_eq!(
+            back.caches[0].save.as_ref().unwrap().expose_secret(),
+            "http://s3/b/k?X-Amz-Signature=sig-of-put"
+        );
+        let debug = format!("{plan:?}");
+        for secret in ["glcbt-secret-token", "sig-of-get", "sig-of-put"] {
+            assert!(!debug.contains(secret), "{debug}");
+        }
+        assert!(plan.fetches() && plan.stores());
     }
 }

@@ -6,14 +6,15 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::archive::{Compression, write_gzip, write_zip};
-use super::extract::extract_zip;
+use super::archive::{Compression, Packed, write_gzip, write_zip};
+use super::cache::{self, Fetched};
+use super::extract::{Extracted, extract_zip};
 use super::gitlab::{Api, Upload};
 use super::plan::{
-    ArtifactUpload, EXIT_BAD_PLAN, EXIT_TRANSFER_FAILED, Format, PLAN_DIR, PLAN_FILE, Plan,
-    SCRATCH_DIR, SCRIPT_STATUS_FILE,
+    ArtifactUpload, CachePlan, EXIT_BAD_PLAN, EXIT_TRANSFER_FAILED, Format, PLAN_DIR, PLAN_FILE,
+    Plan, SCRATCH_DIR, SCRIPT_STATUS_FILE,
 };
-use super::select::select;
+use super::select::{Selection, select};
 use crate::contract;
 
 /// How often the store container looks for the script's exit code.
@@ -101,8 +102,9 @@ pub fn human_size(bytes: u64) -> String {
     }
 }
 
-/// Before the script: the dependencies' archives, extracted into the project directory.
-/// Returns the container's exit code.
+/// Before the script: the caches restored, then the dependencies' archives, extracted into
+/// the project directory (gitlab-runner's order). Returns the container's exit code: a
+/// missing cache is a warning, a dependency that cannot be had fails the job.
 pub async fn fetch(dirs: &Dirs) -> i32 {
     let mut log = Log::open(&dirs.runtime);
     let plan = match read_plan(&dirs.plan) {
@@ -117,6 +119,83 @@ pub async fn fetch(dirs: &Dirs) -> i32 {
         log.error(&format!("cannot create the project directory: {e}"));
         return EXIT_TRANSFER_FAILED;
     }
+    restore_caches(&plan, dirs, &mut log).await;
+    download_dependencies(&plan, dirs, &mut log).await
+}
+
+/// Extracts a downloaded zip into the project directory, off the async threads.
+async fn unpack(file: &Path, project: &Path) -> Result<Extracted, String> {
+    let (file, project) = (file.to_owned(), project.to_owned());
+    tokio::task::spawn_blocking(move || extract_zip(&file, &project))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())
+}
+
+/// Each cache from its key or the first fallback key that has one.
+async fn restore_caches(plan: &Plan, dirs: &Dirs, log: &mut Log) {
+    let caches: Vec<&CachePlan> = plan
+        .caches
+        .iter()
+        .filter(|c| !c.restore.is_empty())
+        .collect();
+    if caches.is_empty() {
+        return;
+    }
+    log.section("start", "restore_cache", "Restoring cache");
+    let http = match cache::client() {
+        Ok(h) => h,
+        Err(e) => {
+            log.warn(&format!("Failed to extract cache: {e}"));
+            log.section("end", "restore_cache", "");
+            return;
+        }
+    };
+    let project = PathBuf::from(&plan.project_dir);
+    for (i, c) in caches.iter().enumerate() {
+        let file = dirs.scratch.join(format!("cache-{i}.zip"));
+        let mut restored = false;
+        for source in &c.restore {
+            log.line(&format!(
+                "\x1b[32;1mChecking cache for {}...\x1b[0;m",
+                source.key
+            ));
+            let outcome = match cache::fetch(&http, &source.url, &file).await {
+                Ok(Fetched::Found(size)) => unpack(&file, &project).await.map(|x| Some((size, x))),
+                Ok(Fetched::Missing) => Ok(None),
+                Err(e) => Err(e),
+            };
+            let _ = std::fs::remove_file(&file);
+            match outcome {
+                Ok(Some((size, extracted))) => {
+                    for w in &extracted.warnings {
+                        log.warn(w);
+                    }
+                    log.line(&format!(
+                        "\x1b[32;1mSuccessfully extracted cache\x1b[0;m  key={} files={} size={}",
+                        source.key,
+                        extracted.files,
+                        human_size(size)
+                    ));
+                    restored = true;
+                    break;
+                }
+                Ok(None) => log.warn(&format!("{}: cache not found", source.key)),
+                Err(e) => log.warn(&format!("{}: {e}", source.key)),
+            }
+        }
+        if !restored {
+            log.warn("Failed to extract cache");
+        }
+    }
+    log.section("end", "restore_cache", "");
+}
+
+/// The dependencies' archives; the first that cannot be had fails the job.
+async fn download_dependencies(plan: &Plan, dirs: &Dirs, log: &mut Log) -> i32 {
+    if plan.dependencies.is_empty() {
+        return 0;
+    }
     let api = match Api::new(&plan.gitlab_url) {
         Ok(a) => a,
         Err(e) => {
@@ -124,6 +203,7 @@ pub async fn fetch(dirs: &Dirs) -> i32 {
             return EXIT_TRANSFER_FAILED;
         }
     };
+    let project = PathBuf::from(&plan.project_dir);
     log.section("start", "download_artifacts", "Downloading artifacts");
     let mut code = 0;
     for dep in &plan.dependencies {
@@ -132,21 +212,10 @@ pub async fn fetch(dirs: &Dirs) -> i32 {
             dep.name, dep.id
         ));
         let file = dirs.scratch.join(format!("download-{}.zip", dep.id));
-        let result = async {
-            let size = api
-                .download(dep.id, &dep.token, &file)
-                .await
-                .map_err(|e| e.to_string())?;
-            let extracted = tokio::task::spawn_blocking({
-                let (file, project) = (file.clone(), project.clone());
-                move || extract_zip(&file, &project)
-            })
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
-            Ok::<_, String>((size, extracted))
-        }
-        .await;
+        let result = match api.download(dep.id, &dep.token, &file).await {
+            Ok(size) => unpack(&file, &project).await.map(|x| (size, x)),
+            Err(e) => Err(e.to_string()),
+        };
         let _ = std::fs::remove_file(&file);
         match result {
             Ok((size, extracted)) => {
@@ -197,6 +266,7 @@ pub async fn store(dirs: &Dirs) -> i32 {
         }
     };
     let exit_code = script_exit_code(&dirs.runtime).await;
+    save_caches(&plan, exit_code, dirs, &mut log).await;
     let code = upload_all(&plan, exit_code, dirs, &mut log).await;
     tell_broker_done(&dirs.runtime);
     code
@@ -223,14 +293,11 @@ async fn upload_all(plan: &Plan, exit_code: i32, dirs: &Dirs, log: &mut Log) -> 
         )
     };
     log.section("start", section, header);
-    let level = match plan.compression.as_deref().map(str::parse::<Compression>) {
-        None => Compression::Fast,
-        Some(Ok(level)) => level,
-        Some(Err(e)) => {
-            log.warn(&format!("ARTIFACT_COMPRESSION_LEVEL: {e}; using `fast`"));
-            Compression::Fast
-        }
-    };
+    let level = level(
+        plan.compression.as_deref(),
+        "ARTIFACT_COMPRESSION_LEVEL",
+        log,
+    );
     let api = match Api::new(&plan.gitlab_url) {
         Ok(a) => a,
         Err(e) => {
@@ -267,27 +334,7 @@ async fn upload_one(
         Format::Gzip => ("gz", "gzip"),
     };
     let file = dirs.scratch.join(format!("upload-{index}.{extension}"));
-    let packed = tokio::task::spawn_blocking({
-        let (root, file, a) = (root.clone(), file.clone(), a.clone());
-        move || {
-            let selection = select(&root, &a.paths, &a.exclude).map_err(|e| e.to_string())?;
-            if selection.entries.is_empty() {
-                return Ok((selection, None));
-            }
-            let out = std::fs::File::create(&file)
-                .map_err(|e| format!("cannot write the archive: {e}"))?;
-            let out = std::io::BufWriter::with_capacity(1 << 20, out);
-            let packed = match a.format {
-                Format::Zip => write_zip(&root, &selection.entries, out, level),
-                Format::Gzip => write_gzip(&root, &selection.entries, out),
-            }
-            .map_err(|e| e.to_string())?;
-            Ok::<_, String>((selection, Some(packed)))
-        }
-    })
-    .await
-    .map_err(|e| e.to_string())??;
-    let (selection, packed) = packed;
+    let (selection, packed) = pack(&root, &a.paths, &a.exclude, a.format, level, &file).await?;
     for w in &selection.warnings {
         log.warn(w);
     }
@@ -335,6 +382,110 @@ async fn upload_one(
             a.artifact_type
         )),
     }
+}
+
+/// Selects `paths` (minus `exclude`) in `root` and packs them into `file`, off the async
+/// threads; no archive when nothing matched.
+async fn pack(
+    root: &Path,
+    paths: &[String],
+    exclude: &[String],
+    format: Format,
+    level: Compression,
+    file: &Path,
+) -> Result<(Selection, Option<Packed>), String> {
+    let (root, file) = (root.to_owned(), file.to_owned());
+    let (paths, exclude) = (paths.to_vec(), exclude.to_vec());
+    tokio::task::spawn_blocking(move || {
+        let selection = select(&root, &paths, &exclude).map_err(|e| e.to_string())?;
+        if selection.entries.is_empty() {
+            return Ok((selection, None));
+        }
+        let out =
+            std::fs::File::create(&file).map_err(|e| format!("cannot write the archive: {e}"))?;
+        let out = std::io::BufWriter::with_capacity(1 << 20, out);
+        let packed = match format {
+            Format::Zip => write_zip(&root, &selection.entries, out, level),
+            Format::Gzip => write_gzip(&root, &selection.entries, out),
+        }
+        .map_err(|e| e.to_string())?;
+        Ok((selection, Some(packed)))
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}
+
+/// A compression level from a job variable, `fast` when unset or invalid (with a warning).
+fn level(value: Option<&str>, variable: &str, log: &mut Log) -> Compression {
+    match value.map(str::parse::<Compression>) {
+        None => Compression::Fast,
+        Some(Ok(level)) => level,
+        Some(Err(e)) => {
+            log.warn(&format!("{variable}: {e}; using `fast`"));
+            Compression::Fast
+        }
+    }
+}
+
+/// Each cache whose `when` the script's result meets, packed and put to its URL. A cache
+/// that cannot be saved is a warning, as in gitlab-runner, never the job's failure.
+async fn save_caches(plan: &Plan, exit_code: i32, dirs: &Dirs, log: &mut Log) {
+    let due: Vec<&CachePlan> = plan
+        .caches
+        .iter()
+        .filter(|c| c.save.is_some() && c.when.applies(exit_code))
+        .collect();
+    if due.is_empty() {
+        return;
+    }
+    log.section("start", "archive_cache", "Saving cache");
+    let level = level(
+        plan.cache_compression.as_deref(),
+        "CACHE_COMPRESSION_LEVEL",
+        log,
+    );
+    let http = match cache::client() {
+        Ok(h) => h,
+        Err(e) => {
+            log.warn(&format!("Failed to create cache: {e}"));
+            log.section("end", "archive_cache", "");
+            return;
+        }
+    };
+    let root = PathBuf::from(&plan.project_dir);
+    for (i, c) in due.iter().enumerate() {
+        let Some(url) = &c.save else { continue };
+        log.line(&format!("\x1b[32;1mCreating cache {}...\x1b[0;m", c.key));
+        let file = dirs.scratch.join(format!("cache-save-{i}.zip"));
+        let result = match pack(&root, &c.paths, &[], Format::Zip, level, &file).await {
+            Ok((selection, packed)) => {
+                for w in &selection.warnings {
+                    log.warn(w);
+                }
+                match packed {
+                    None => Err("no files to cache".to_owned()),
+                    Some(packed) => {
+                        for w in &packed.warnings {
+                            log.warn(w);
+                        }
+                        cache::store(&http, url, &file).await.map(|()| packed)
+                    }
+                }
+            }
+            Err(e) => Err(e),
+        };
+        let _ = std::fs::remove_file(&file);
+        match result {
+            Ok(packed) => log.line(&format!(
+                "\x1b[32;1mCreated cache\x1b[0;m  key={} files={} size={}",
+                c.key,
+                packed.files,
+                human_size(packed.bytes)
+            )),
+            Err(e) => log.warn(&format!("Failed to create cache {}: {e}", c.key)),
+        }
+    }
+    log.section("end", "archive_cache", "");
 }
 
 /// One byte on the broker's `done` pipe: the job's output is complete.

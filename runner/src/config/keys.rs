@@ -40,6 +40,18 @@ pub(crate) const RUNNER_KEYS: &[&str] = &[
     "environment",
     "kubernetes",
     "keyhole",
+    "cache",
+];
+pub(crate) const CACHE_KEYS: &[&str] = &["Type", "Path", "Shared", "s3"];
+pub(crate) const CACHE_S3_KEYS: &[&str] = &[
+    "ServerAddress",
+    "AccessKey",
+    "SecretKey",
+    "BucketName",
+    "BucketLocation",
+    "Insecure",
+    "AuthenticationType",
+    "PathStyle",
 ];
 pub(crate) const KUBERNETES_KEYS: &[&str] = &[
     "host",
@@ -256,8 +268,11 @@ fn kubernetes_reason(key: &str) -> &'static str {
 /// Why Keyhole refuses a key outside `[runners.kubernetes]`.
 fn section_reason(key: &str) -> &'static str {
     match key {
-        "cache" => {
-            "Keyhole has no runner cache; remove `[runners.cache]` (jobs with `cache:` run without one)"
+        "gcs" | "azure" => {
+            "Keyhole's cache store is S3 or any S3-compatible server (`Type = \"s3\"`); GCS and Azure are not implemented"
+        }
+        "MaxUploadedArchiveSize" => {
+            "Keyhole does not cap cache archives; the store's own limits apply"
         }
         "shell" => "the job script runs with the image's POSIX `sh`; remove `shell`",
         "docker" | "ssh" | "parallels" | "virtualbox" | "machine" | "custom" | "autoscaler"
@@ -331,12 +346,33 @@ pub fn refused_keys(table: &toml::Table) -> Vec<RefusedKey> {
                 );
             }
         }
+        if let Some(c) = runner.get("cache").and_then(|c| c.as_table()) {
+            let prefix = format!("{prefix}cache.");
+            refuse_in(c, CACHE_KEYS, &prefix, section_reason, &mut out);
+            if let Some(s3) = c.get("s3").and_then(|s| s.as_table()) {
+                let prefix = format!("{prefix}s3.");
+                refuse_in(s3, CACHE_S3_KEYS, &prefix, s3_reason, &mut out);
+            }
+        }
         if let Some(k) = runner.get("keyhole").and_then(|k| k.as_table()) {
             let prefix = format!("{prefix}keyhole.");
             refuse_in(k, KEYHOLE_KEYS, &prefix, |_| UNKNOWN, &mut out);
         }
     }
     out
+}
+
+/// Why Keyhole refuses a `[runners.cache.s3]` key.
+fn s3_reason(key: &str) -> &'static str {
+    match key {
+        "SessionToken" | "RoleARN" | "UploadRoleARN" | "AssumeRoleARN" => {
+            "Keyhole signs cache URLs with an access key pair (AccessKey/SecretKey); temporary credentials and roles are not implemented"
+        }
+        "ServerSideEncryption" | "ServerSideEncryptionKeyID" | "DualStack" | "Accelerate" => {
+            "Keyhole does not implement it; set it on the bucket instead where the store allows"
+        }
+        _ => MISSPELT,
+    }
 }
 
 const POD_SECURITY_ONLY: &str = "Keyhole sets only run_as_user, run_as_group, fs_group and supplemental_groups (runAsNonRoot is always on)";

@@ -6,7 +6,7 @@ use std::path::Path;
 use secrecy::SecretString;
 
 use super::keys::{RefusedKey, refused_keys};
-use super::model::{Config, RunnerConfig};
+use super::model::{CacheConfig, Config, RunnerConfig};
 
 /// A config file that cannot be used, with where and what to change.
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +97,71 @@ fn apply_env(config: &mut Config, env: &dyn Fn(&str) -> Option<String>) {
     if let Some(addr) = env("KEYHOLE_VAULT_ADDR").filter(|a| !a.is_empty()) {
         runner.keyhole.vault_addr = Some(addr);
     }
+    // gitlab-runner's variables for the cache store's key pair (its chart puts them there from
+    // a Secret), for every runner with a `[runners.cache]`.
+    for runner in &mut config.runners {
+        // `gitlab-runner register` writes an empty `[runners.cache]`: no cache store.
+        if runner.cache.as_ref().is_some_and(CacheConfig::is_unset) {
+            runner.cache = None;
+        }
+        let Some(cache) = &mut runner.cache else {
+            continue;
+        };
+        if let Some(key) = env("CACHE_S3_ACCESS_KEY").filter(|k| !k.is_empty()) {
+            cache.s3.access_key = Some(SecretString::from(key));
+        }
+        if let Some(key) = env("CACHE_S3_SECRET_KEY").filter(|k| !k.is_empty()) {
+            cache.s3.secret_key = Some(SecretString::from(key));
+        }
+    }
+}
+
+/// `[runners.cache]`: an S3 store Keyhole can sign URLs for.
+fn check_cache(
+    cache: &CacheConfig,
+    key: &dyn Fn(&str) -> String,
+    path: &str,
+) -> Result<(), ConfigError> {
+    if !cache.kind.eq_ignore_ascii_case("s3") {
+        return Err(invalid(
+            path,
+            key("cache.Type"),
+            format!(
+                "{:?} is not supported; Keyhole's cache store is S3 or any S3-compatible server: use \"s3\"",
+                cache.kind
+            ),
+        ));
+    }
+    let s3 = &cache.s3;
+    if s3.server_address.is_empty() || s3.server_address.contains("://") {
+        return Err(invalid(
+            path,
+            key("cache.s3.ServerAddress"),
+            "must be the store's host[:port] without a scheme (e.g. s3.amazonaws.com or minio.example:9000; `Insecure = true` for plain HTTP)",
+        ));
+    }
+    if s3.bucket_name.is_empty() {
+        return Err(invalid(
+            path,
+            key("cache.s3.BucketName"),
+            "must name the bucket",
+        ));
+    }
+    if !matches!(s3.authentication_type.as_str(), "" | "access-key") {
+        return Err(invalid(
+            path,
+            key("cache.s3.AuthenticationType"),
+            "only `access-key` is supported: Keyhole signs cache URLs with AccessKey/SecretKey",
+        ));
+    }
+    if s3.access_key.is_none() || s3.secret_key.is_none() {
+        return Err(invalid(
+            path,
+            key("cache.s3.AccessKey"),
+            "the cache store needs AccessKey and SecretKey (or CACHE_S3_ACCESS_KEY and CACHE_S3_SECRET_KEY in the runner's environment, e.g. from a Secret)",
+        ));
+    }
+    Ok(())
 }
 
 fn invalid(path: &str, key: String, message: impl Into<String>) -> ConfigError {
@@ -136,6 +201,9 @@ fn check(config: &Config, path: &str) -> Result<(), ConfigError> {
                 key("url"),
                 "must start with https:// or http://",
             ));
+        }
+        if let Some(cache) = &r.cache {
+            check_cache(cache, &key, path)?;
         }
         let k = &r.kubernetes;
         for (name, value) in [
@@ -274,7 +342,7 @@ service_account = "app-deployer"
             )
             .replace(
                 "[runners.keyhole]\n",
-                "[runners.cache]\nType = \"s3\"\n[runners.keyhole]\nvault_adr = \"x\"\n",
+                "[runners.cache.gcs]\nBucketName = \"x\"\n[runners.keyhole]\nvault_adr = \"x\"\n",
             );
         let ConfigError::Refused { path, keys } = load_str(&text, "c.toml", &no_env).unwrap_err()
         else {
@@ -285,10 +353,10 @@ service_account = "app-deployer"
         assert_eq!(
             named,
             [
-                "runners[0].cache",
                 "runners[0].kubernetes.helper_image",
                 "runners[0].kubernetes.privileged",
                 "runners[0].kubernetes.pod_security_context.selinux_type",
+                "runners[0].cache.gcs",
                 "runners[0].keyhole.vault_adr",
             ]
         );

@@ -71,6 +71,70 @@ pub struct RunnerConfig {
     pub environment: Vec<String>,
     pub kubernetes: KubernetesConfig,
     pub keyhole: KeyholeConfig,
+    /// `[runners.cache]`: where jobs' `cache:` goes; `None`: no cache store (jobs with
+    /// `cache:` run without one, with a warning).
+    pub cache: Option<CacheConfig>,
+}
+
+/// `[runners.cache]` as gitlab-runner documents it, S3 only (any S3-compatible server).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct CacheConfig {
+    /// Must be `s3`.
+    #[serde(rename = "Type")]
+    pub kind: String,
+    /// A prefix for every object name.
+    #[serde(rename = "Path")]
+    pub path: String,
+    /// Share the cache between runners: object names leave out `runner/<short token>/`.
+    #[serde(rename = "Shared")]
+    pub shared: bool,
+    #[serde(rename = "s3")]
+    pub s3: S3CacheConfig,
+}
+
+impl CacheConfig {
+    /// Nothing set: the empty section `gitlab-runner register` writes.
+    pub fn is_unset(&self) -> bool {
+        let s3 = &self.s3;
+        self.kind.is_empty()
+            && self.path.is_empty()
+            && s3.server_address.is_empty()
+            && s3.bucket_name.is_empty()
+            && s3.access_key.is_none()
+            && s3.secret_key.is_none()
+    }
+}
+
+/// `[runners.cache.s3]`. The keys stay with the runner: job pods get pre-signed URLs for their
+/// own objects only.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct S3CacheConfig {
+    /// `host[:port]`, without a scheme (`Insecure` picks http).
+    #[serde(rename = "ServerAddress")]
+    pub server_address: String,
+    /// `CACHE_S3_ACCESS_KEY` overrides it.
+    #[serde(rename = "AccessKey")]
+    pub access_key: Option<SecretString>,
+    /// `CACHE_S3_SECRET_KEY` overrides it.
+    #[serde(rename = "SecretKey")]
+    pub secret_key: Option<SecretString>,
+    #[serde(rename = "BucketName")]
+    pub bucket_name: String,
+    /// The region signatures are made for; `us-east-1` when empty.
+    #[serde(rename = "BucketLocation")]
+    pub bucket_location: String,
+    /// Plain HTTP to the server.
+    #[serde(rename = "Insecure")]
+    pub insecure: bool,
+    /// `access-key` (the default) only.
+    #[serde(rename = "AuthenticationType")]
+    pub authentication_type: String,
+    /// Path-style URLs (`server/bucket/key`); `false`: virtual-host style
+    /// (`bucket.server/key`). Default: path style, which every S3-compatible server takes.
+    #[serde(rename = "PathStyle")]
+    pub path_style: Option<bool>,
 }
 
 impl Default for RunnerConfig {
@@ -86,6 +150,7 @@ impl Default for RunnerConfig {
             environment: Vec::new(),
             kubernetes: KubernetesConfig::default(),
             keyhole: KeyholeConfig::default(),
+            cache: None,
         }
     }
 }

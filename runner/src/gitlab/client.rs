@@ -43,6 +43,8 @@ pub struct ClientConfig {
     /// stuck-job timeout, which is what happens to gitlab-runner during GitLab restarts.
     pub final_update_deadline: Duration,
     pub trace: TraceConfig,
+    /// The runner has a cache store: it tells GitLab it supports `cache` (and fallback keys).
+    pub cache: bool,
 }
 
 impl ClientConfig {
@@ -57,6 +59,7 @@ impl ClientConfig {
             retry: RetryPolicy::default(),
             final_update_deadline: Duration::from_secs(3600),
             trace: TraceConfig::default(),
+            cache: false,
         }
     }
 }
@@ -160,7 +163,7 @@ impl GitlabClient {
     /// [`GitlabError::InvalidRunnerToken`].
     pub async fn verify(&self) -> Result<(), GitlabError> {
         const ACTION: &str = "verify the runner token";
-        let body = json!({ "token": self.inner.config.token.expose_secret(), "info": info() });
+        let body = json!({ "token": self.inner.config.token.expose_secret(), "info": info(self.inner.config.cache) });
         let response = self
             .with_retries(ACTION, || {
                 self.post_runner("runners/verify", &body, None, ACTION)
@@ -186,7 +189,7 @@ impl GitlabClient {
     /// previous 204, so GitLab answers at once when its queue changed meanwhile.
     pub async fn request_job(&self, last_update: Option<&str>) -> Result<JobRequest, GitlabError> {
         const ACTION: &str = "request a job";
-        let mut body = json!({ "token": self.inner.config.token.expose_secret(), "info": info() });
+        let mut body = json!({ "token": self.inner.config.token.expose_secret(), "info": info(self.inner.config.cache) });
         if let Some(lu) = last_update {
             body["last_update"] = Value::from(lu);
         }
@@ -347,10 +350,15 @@ fn runner_token_header(token: &SecretString) -> Result<HeaderMap, GitlabError> {
     token_header(RUNNER_TOKEN_HEADER, token, "token")
 }
 
+/// Features of a runner with a cache store on top of [`FEATURES`].
+const CACHE_FEATURES: &[&str] = &["cache", "fallback_cache_keys"];
+
 /// `info` of runner requests: who we are and what we support.
-fn info() -> Value {
+fn info(cache: bool) -> Value {
+    let cache_features = if cache { CACHE_FEATURES } else { &[] };
     let features: serde_json::Map<String, Value> = FEATURES
         .iter()
+        .chain(cache_features)
         .map(|f| ((*f).to_owned(), Value::Bool(true)))
         .collect();
     json!({
@@ -449,11 +457,18 @@ mod tests {
 
     #[test]
     fn info_advertises_kubernetes_and_features() {
-        let i = info();
+        let i = info(false);
         assert_eq!(i["executor"], "kubernetes");
         assert_eq!(i["name"], "keyhole-runner");
         assert_eq!(i["features"]["two_phase_job_commit"], true);
         assert_eq!(i["features"].as_object().unwrap().len(), FEATURES.len());
+        assert!(
+            i["features"].get("cache").is_none(),
+            "no cache store, no cache"
+        );
+        let i = info(true);
+        assert_eq!(i["features"]["cache"], true);
+        assert_eq!(i["features"]["fallback_cache_keys"], true);
     }
 
     #[test]

@@ -54,6 +54,9 @@ pub struct PodRequest<'a> {
     /// The runner process that will own the pod (`keyhole-runner run`), for its reaper; `None`
     /// for `exec` and `render`, whose pods no reaper deletes.
     pub instance: Option<&'a str>,
+    /// The job's caches as pre-signed URLs ([`crate::cache::job_caches`]); a parameter so
+    /// that the builder stays pure.
+    pub caches: Vec<keyhole_broker::transfer::plan::CachePlan>,
 }
 
 /// What a job pod's own image pull Secret is named after the pod: `<pod>-registry`. The chart's
@@ -109,11 +112,12 @@ pub fn build_job_objects(req: &PodRequest<'_>) -> Result<JobObjects, PodError> {
     let image = build_image(job, k, userns)?;
     let resources = build_resources(k, job)?;
     let mut env = split_variables(job, runner, &req.log_end_token)?;
-    let plan = super::transfer::plan_secret(job, runner, &env.project_dir)?;
+    let plan = super::transfer::plan(job, runner, &env.project_dir, &req.caches)?;
     let (labels, annotations) = pod_metadata(job, runner, req.secrets, req.instance)?;
 
     let services = service_containers(job, k, userns, &env.public)?;
-    let script = job_script(req, &env.project_dir, !services.waits.is_empty());
+    let hand_off = plan.as_ref().is_some_and(|p| p.stores());
+    let script = job_script(req, &env.project_dir, !services.waits.is_empty(), hand_off);
     let honor_entrypoint = flag_enabled(job, "FF_KUBERNETES_HONOR_ENTRYPOINT");
     let build = build_container(
         &image,
@@ -131,16 +135,17 @@ pub fn build_job_objects(req: &PodRequest<'_>) -> Result<JobObjects, PodError> {
 
     // The transfer plan is for the transfer containers alone, not one of the broker's inputs.
     let sources = inputs_sources(runner, req.secrets, &req.pod_name, env.secret_data.keys());
-    let transfers = plan.is_some().then(|| {
+    let transfers = plan.as_ref().map(|plan| {
         super::transfer::transfer_parts(
-            job,
+            plan,
             runner,
             &req.pod_name,
             &super::checkout::project_dir_root(&env.project_dir),
             &build_user,
         )
     });
-    if let Some((key, value)) = plan {
+    if let Some(plan) = &plan {
+        let (key, value) = super::transfer::plan_secret(plan)?;
         env.secret_data.insert(key, value);
     }
     let mut init_containers = vec![broker_container(
@@ -235,7 +240,12 @@ fn job_secret(
 
 /// The script the build container runs; `wait_for_services` makes it wait for the broker's
 /// word that the services are up (or timed out) before the first command.
-fn job_script(req: &PodRequest<'_>, project_dir: &str, wait_for_services: bool) -> String {
+fn job_script(
+    req: &PodRequest<'_>,
+    project_dir: &str,
+    wait_for_services: bool,
+    hand_off_to_store: bool,
+) -> String {
     let job = req.job;
     build_script(
         &job.before_script,
@@ -253,7 +263,7 @@ fn job_script(req: &PodRequest<'_>, project_dir: &str, wait_for_services: bool) 
                 .collect(),
             debug_trace: job.debug_trace(),
             wait_for_services,
-            hand_off_to_store: job.transfers.stores(),
+            hand_off_to_store,
         },
     )
 }

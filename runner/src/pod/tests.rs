@@ -19,6 +19,7 @@ fn render(name: &str, job: &crate::job::Job) -> JobObjects {
         log_end_token: "0123456789abcdef0123456789abcdef".to_string().into(),
         pull_auth: None,
         instance: None,
+        caches: Vec::new(),
     })
     .unwrap()
 }
@@ -45,6 +46,7 @@ fn objects_for(
         log_end_token: log_end.to_string().into(),
         pull_auth,
         instance: None,
+        caches: Vec::new(),
     })
     .unwrap()
 }
@@ -127,6 +129,7 @@ fn resource_overrides_are_capped_and_refused_above_the_cap() {
         log_end_token: log_end_token(),
         pull_auth: None,
         instance: None,
+        caches: Vec::new(),
     })
     .unwrap_err();
     assert!(err.0.contains("above the runner's maximum 1Gi"), "{err}");
@@ -214,6 +217,7 @@ fn a_vault_ca_config_map_reaches_the_brokers_inputs_only_with_the_allow_list() {
         log_end_token: "0123456789abcdef0123456789abcdef".to_string().into(),
         pull_auth: None,
         instance: None,
+        caches: Vec::new(),
     })
     .unwrap()
     .pod;

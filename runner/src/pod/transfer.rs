@@ -9,7 +9,8 @@
 use k8s_openapi::ByteString;
 use keyhole_broker::contract;
 use keyhole_broker::transfer::plan::{
-    FETCH_CONTAINER, PLAN_DIR, PLAN_FILE, PLAN_SECRET_KEY, Plan, SCRATCH_DIR, STORE_CONTAINER,
+    CachePlan, FETCH_CONTAINER, PLAN_DIR, PLAN_FILE, PLAN_SECRET_KEY, Plan, SCRATCH_DIR,
+    STORE_CONTAINER,
 };
 use serde_json::{Value, json};
 
@@ -29,20 +30,21 @@ pub(super) struct TransferParts {
     pub volumes: Vec<Value>,
 }
 
-/// The plan, as it goes into the per-job Secret; `None` when the job moves no files.
-pub(super) fn plan_secret(
+/// What the job's transfer containers do; `None` when it moves no files.
+pub(super) fn plan(
     job: &Job,
     runner: &RunnerConfig,
     project_dir: &str,
-) -> Result<Option<(String, ByteString)>, PodError> {
+    caches: &[CachePlan],
+) -> Result<Option<Plan>, PodError> {
     let t = &job.transfers;
-    if !t.fetches() && !t.stores() {
+    if t.dependencies.is_empty() && t.artifacts.is_empty() && caches.is_empty() {
         return Ok(None);
     }
     let Some(token) = job.token.clone() else {
         return Err(PodError(
-            "the job has artifacts or dependencies but no job token; only GitLab jobs can \
-             upload or download artifacts"
+            "the job has artifacts, dependencies or caches but no job token; only GitLab jobs \
+             move files"
                 .into(),
         ));
     };
@@ -56,21 +58,29 @@ pub(super) fn plan_secret(
         compression: job
             .public_variable("ARTIFACT_COMPRESSION_LEVEL")
             .map(str::to_owned),
+        caches: caches.to_vec(),
+        cache_compression: job
+            .public_variable("CACHE_COMPRESSION_LEVEL")
+            .map(str::to_owned),
     };
-    let json = serde_json::to_vec(&plan)
+    Ok((plan.fetches() || plan.stores()).then_some(plan))
+}
+
+/// The plan as it goes into the per-job Secret.
+pub(super) fn plan_secret(plan: &Plan) -> Result<(String, ByteString), PodError> {
+    let json = serde_json::to_vec(plan)
         .map_err(|e| PodError(format!("internal error writing the transfer plan: {e}")))?;
-    Ok(Some((PLAN_SECRET_KEY.to_owned(), ByteString(json))))
+    Ok((PLAN_SECRET_KEY.to_owned(), ByteString(json)))
 }
 
 /// The containers and volumes, for a job whose plan is in its Secret.
 pub(super) fn transfer_parts(
-    job: &Job,
+    plan: &Plan,
     runner: &RunnerConfig,
     pod_name: &str,
     builds_root: &str,
     security_context: &Value,
 ) -> TransferParts {
-    let t = &job.transfers;
     let container = |name: &str, verb: &str| {
         let mut context = security_context.clone();
         context["readOnlyRootFilesystem"] = json!(true);
@@ -89,8 +99,8 @@ pub(super) fn transfer_parts(
         })
     };
     TransferParts {
-        fetch: t.fetches().then(|| container(FETCH_CONTAINER, "fetch")),
-        store: t.stores().then(|| container(STORE_CONTAINER, "store")),
+        fetch: plan.fetches().then(|| container(FETCH_CONTAINER, "fetch")),
+        store: plan.stores().then(|| container(STORE_CONTAINER, "store")),
         volumes: vec![
             json!({"name": PLAN_VOLUME, "secret": {"secretName": pod_name, "defaultMode": 0o440,
                 "items": [{"key": PLAN_SECRET_KEY, "path": PLAN_FILE}]}}),

@@ -33,6 +33,7 @@ pub struct JobBuilder<'c> {
     secrets: Option<Value>,
     credentials: Option<Value>,
     artifacts: Option<Value>,
+    cache: Option<Value>,
     /// `(job id, job name)` of the jobs whose artifacts this one fetches.
     dependencies: Vec<(u64, String)>,
     timeout: u64,
@@ -55,6 +56,7 @@ impl<'c> JobBuilder<'c> {
             secrets: None,
             credentials: None,
             artifacts: None,
+            cache: None,
             dependencies: Vec::new(),
             timeout: 3600,
         }
@@ -144,6 +146,13 @@ impl<'c> JobBuilder<'c> {
         self
     }
 
+    /// The `cache` array as GitLab sends it: objects with `key`, `untracked`, `policy`,
+    /// `paths`, `when`, `fallback_keys` (the cache itself lives in the runner's store).
+    pub fn cache(mut self, cache: Value) -> Self {
+        self.cache = Some(cache);
+        self
+    }
+
     /// A `dependencies[]` entry for job `job_id` (named `name`), as GitLab writes it when the
     /// payload is made: `{id, token, name, artifacts_file: {filename, size}}`, where `token`
     /// is this job's own token (the one the runner downloads with) and `artifacts_file` that
@@ -221,9 +230,10 @@ impl<'c> JobBuilder<'c> {
         p["image"] = self.image.clone().unwrap_or(Value::Null);
         p["services"] = self.services.clone().into();
         // Not modelled by the coordinator: nothing would serve them.
-        for key in ["cache", "credentials", "hooks"] {
+        for key in ["credentials", "hooks"] {
             p[key] = json!([]);
         }
+        p["cache"] = self.cache.clone().unwrap_or_else(|| json!([]));
         p["artifacts"] = self.artifacts.clone().unwrap_or_else(|| json!([]));
         p["dependencies"] = self.dependencies_json(&token).into();
         if let Some(secrets) = &self.secrets {
