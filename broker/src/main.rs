@@ -26,10 +26,24 @@ enum Command {
         #[arg(long, env = "KEYHOLE_SECRETS_DIR", default_value = contract::SECRETS_DIR)]
         secrets_dir: PathBuf,
     },
-    /// Move the job's artifacts (in a transfer container of the job pod, not the broker's).
+    /// Move the job's artifacts and caches (in a transfer container of the job pod, not the
+    /// broker's).
     Transfer {
         #[command(subcommand)]
         verb: TransferVerb,
+        /// The plan the runner wrote (job token, what to move).
+        #[arg(
+            long,
+            env = "KEYHOLE_TRANSFER_PLAN",
+            default_value = "/keyhole/transfer/plan.json"
+        )]
+        plan: PathBuf,
+        /// The log pipe and the script's status file.
+        #[arg(long, env = "KEYHOLE_RUNTIME_DIR", default_value = contract::RUNTIME_DIR)]
+        runtime_dir: PathBuf,
+        /// Where archives are written on their way.
+        #[arg(long, env = "KEYHOLE_SCRATCH_DIR", default_value = transfer::plan::SCRATCH_DIR)]
+        scratch_dir: PathBuf,
     },
 }
 
@@ -126,7 +140,19 @@ fn main() {
         Command::Ready { secrets_dir } => {
             i32::from(!secrets_dir.join(contract::READY_MARKER).exists())
         }
-        Command::Transfer { verb } => transfer(verb),
+        Command::Transfer {
+            verb,
+            plan,
+            runtime_dir,
+            scratch_dir,
+        } => transfer(
+            verb,
+            transfer::run::Dirs {
+                plan,
+                runtime: runtime_dir,
+                scratch: scratch_dir,
+            },
+        ),
         Command::Run(args) => {
             let args = *args;
             let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
@@ -158,7 +184,7 @@ fn main() {
 
 /// `transfer fetch|store` on a runtime of its own (several threads: packing and unpacking
 /// run beside the network transfer).
-fn transfer(verb: TransferVerb) -> i32 {
+fn transfer(verb: TransferVerb, dirs: transfer::run::Dirs) -> i32 {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -171,7 +197,6 @@ fn transfer(verb: TransferVerb) -> i32 {
             return transfer::plan::EXIT_TRANSFER_FAILED;
         }
     };
-    let dirs = transfer::run::Dirs::default();
     runtime.block_on(async {
         let work = async {
             match verb {
