@@ -54,6 +54,9 @@ pub struct Transfers {
     pub artifacts: Vec<keyhole_broker::transfer::plan::ArtifactUpload>,
     pub dependencies: Vec<keyhole_broker::transfer::plan::Dependency>,
     pub caches: Vec<CacheEntry>,
+    /// Keys of a local job (`exec`) that move files between jobs (`artifacts`, `cache`,
+    /// `needs`, ...): a job run alone has nowhere to move them, and the trace says so.
+    pub left_out: Vec<String>,
 }
 
 /// A `cache[]` entry of the payload.

@@ -133,6 +133,21 @@ pub fn prepare_named(
         secrets,
         timeout,
         registries: pull_auth.map(|a| a.registries()).unwrap_or_default(),
-        warnings: caches.warnings,
+        warnings: left_out_warning(job)
+            .into_iter()
+            .chain(caches.warnings)
+            .collect(),
+    })
+}
+
+/// A local job's keys that move files between jobs, which a job run alone does not use.
+fn left_out_warning(job: &Job) -> Option<String> {
+    let left_out = &job.transfers.left_out;
+    (!left_out.is_empty()).then(|| {
+        format!(
+            "this job runs alone: its {} {} not used (they pass files between the jobs of a pipeline, which only GitLab runs)",
+            left_out.join(", "),
+            if left_out.len() == 1 { "is" } else { "are" }
+        )
     })
 }

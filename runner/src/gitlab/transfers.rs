@@ -32,6 +32,7 @@ pub(super) fn transfers(root: &Obj<'_>) -> Result<Transfers, PayloadError> {
         artifacts,
         dependencies,
         caches,
+        left_out: Vec::new(),
     })
 }
 

@@ -4,7 +4,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use crate::job::{Job, Project};
+use crate::job::{Job, Project, Transfers};
 
 use super::{
     LoadOptions,
@@ -256,6 +256,12 @@ impl<'c> Builder<'c> {
             .transpose()?
             .unwrap_or_default();
         let stage = self.stage()?;
+        // A local run is one job alone: nothing to pass files to or from. Said in the trace.
+        let left_out: Vec<String> = ["artifacts", "cache", "dependencies", "needs"]
+            .into_iter()
+            .filter(|k| pick(k).is_some())
+            .map(str::to_owned)
+            .collect();
 
         let global = match self.config.get("variables") {
             Some(node) => variables::read(node, None)?,
@@ -301,7 +307,10 @@ impl<'c> Builder<'c> {
             token: None,
             id_tokens,
             registry_credentials: Vec::new(),
-            transfers: Default::default(),
+            transfers: Transfers {
+                left_out,
+                ..Transfers::default()
+            },
         })
     }
 

@@ -528,3 +528,22 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn keys_that_move_files_between_jobs_are_named_for_a_local_run() {
+    let text = "default:\n  cache:\n    paths: [vendor/]\nbuild:\n  script: make\n  artifacts:\n    paths: [dist/]\ntest:\n  script: make test\n  needs: [build]\n  cache: []\n";
+    assert_eq!(
+        job(text, "build").transfers.left_out,
+        ["artifacts", "cache"]
+    );
+    // `cache: []` is GitLab's "no cache", yet the key is there: named, erring on the side of
+    // saying too much.
+    let left_out = job(text, "test").transfers.left_out;
+    assert!(left_out.contains(&"needs".to_owned()), "{left_out:?}");
+    assert!(
+        job("lint:\n  script: \"true\"\n", "lint")
+            .transfers
+            .left_out
+            .is_empty()
+    );
+}
