@@ -1462,8 +1462,34 @@ async fn a_two_stage_pipeline_passes_artifacts_and_a_junit_report_through_gitlab
         .await
         .unwrap();
     let trace = trace_text(&s, test.id);
-    stop(tx, handle).await;
     assert_eq!(done.status, FinalStatus::Success, "{trace}");
+
+    // Artifacts that expire between GitLab's payload and the download: the job fails before
+    // its script, saying so (gitlab-runner's downloader fails on 404 too).
+    let late = s
+        .gitlab
+        .job()
+        .name("late")
+        .variable("GIT_STRATEGY", "none")
+        .dependency(build.id, "build")
+        .script(["echo 'the script ran'"])
+        .enqueue()
+        .unwrap();
+    s.gitlab.expire_artifacts(build.id);
+    let late_done = s
+        .gitlab
+        .wait_for_final(late.id, Duration::from_secs(180))
+        .await
+        .unwrap();
+    let late_trace = trace_text(&s, late.id);
+    stop(tx, handle).await;
+    assert_eq!(late_done.status, FinalStatus::Failed, "{late_trace}");
+    assert!(late_trace.contains("not found"), "{late_trace}");
+    assert!(
+        late_trace.contains("downloading the artifacts of earlier jobs failed"),
+        "{late_trace}"
+    );
+    assert!(!late_trace.contains("the script ran"), "{late_trace}");
     for line in [
         format!("Downloading artifacts for build ({})", build.id),
         "Downloading artifacts from coordinator... ok".to_owned(),
@@ -1586,20 +1612,8 @@ async fn artifacts_follow_when_refuse_hostile_links_and_fail_the_job_when_too_la
 
 /// The runner's config with the bed's S3 store as its cache (objects under `prefix`).
 fn with_bed_cache(s: &Setup, prefix: &str) -> Config {
-    let s3 = s.bed.env.s3().unwrap();
     let mut config = config(s);
-    let mut cache = keyhole_runner::config::CacheConfig {
-        kind: "s3".into(),
-        path: prefix.into(),
-        ..Default::default()
-    };
-    cache.s3.server_address = s3.endpoint.trim_start_matches("http://").into();
-    cache.s3.bucket_name = s3.bucket.clone();
-    cache.s3.bucket_location = s3.region.clone();
-    cache.s3.insecure = true;
-    cache.s3.access_key = Some(SecretString::from(s3.access_key.clone()));
-    cache.s3.secret_key = Some(SecretString::from(s3.secret_key().unwrap()));
-    config.runners[0].cache = Some(cache);
+    config.runners[0].cache = Some(keyhole_tests::bed_cache_config(&s.bed.env, prefix).unwrap());
     config
 }
 
