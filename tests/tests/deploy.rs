@@ -1422,3 +1422,24 @@ async fn the_charts_cache_store_reaches_the_runner_with_its_keys_from_a_secret()
         "{egress}"
     );
 }
+
+/// What Argo CD and CI linters run: `helm template` and `helm lint` offline, without
+/// `--kube-version` or any value.
+#[tokio::test]
+async fn helm_template_and_lint_work_without_flags() {
+    let bed = TestBed::connect().await;
+    let chart = keyhole_tests::chart_dir().display().to_string();
+    for args in [
+        vec!["template", "keyhole", chart.as_str()],
+        vec!["lint", chart.as_str()],
+    ] {
+        let out =
+            keyhole_tests::run(keyhole_tests::bed_command(&bed.env, "helm").args(&args)).unwrap();
+        assert!(
+            out.status.success(),
+            "helm {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
