@@ -8,10 +8,18 @@ use keyhole_runner::config::{Config, LogFormat, RunnerConfig, load_file, load_st
 use keyhole_runner::job::Job;
 use keyhole_runner::pipeline::{LoadOptions, load_job};
 
+/// `0.1.0 (commit 0123abcd4567)`.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("KEYHOLE_COMMIT"),
+    ")"
+);
+
 /// Runs GitLab CI jobs as hardened Kubernetes pods whose secrets arrive through the
 /// keyhole-broker sidecar. See docs/runner.md.
 #[derive(Debug, Parser)]
-#[command(name = "keyhole-runner", version, about)]
+#[command(name = "keyhole-runner", version = VERSION, about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -33,6 +41,10 @@ enum Command {
         #[command(flatten)]
         config: ConfigArgs,
     },
+    /// Print a shell completion script: `keyhole-runner completion bash >
+    /// /etc/bash_completion.d/keyhole-runner` (zsh: into a directory of `$fpath` as
+    /// `_keyhole-runner`; fish: `~/.config/fish/completions/keyhole-runner.fish`).
+    Completion { shell: clap_complete::Shell },
 }
 
 #[derive(Debug, Args)]
@@ -234,6 +246,16 @@ fn main() {
         Command::Exec(args) => runtime().and_then(|rt| rt.block_on(exec(&args))),
         Command::Run { config } => runtime().and_then(|rt| rt.block_on(run(&config.config))),
         Command::Verify { config } => runtime().and_then(|rt| rt.block_on(verify(&config.config))),
+        Command::Completion { shell } => {
+            use clap::CommandFactory as _;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "keyhole-runner",
+                &mut std::io::stdout(),
+            );
+            Ok(0)
+        }
     };
     match result {
         Ok(code) => std::process::exit(code),

@@ -254,3 +254,32 @@ async fn verify_checks_the_token_the_runners_rights_and_vault() {
     assert!(!out.contains("glrt-wrong"), "the token was echoed:\n{out}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn version_names_the_commit_and_completions_cover_every_command() {
+    let (code, out) = run(&["--version"], &[]);
+    assert_eq!(code, 0, "{out}");
+    let commit = out
+        .split("(commit ")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .unwrap_or_else(|| panic!("no commit in {out:?}"));
+    assert!(
+        commit == "unknown"
+            || (commit.len() == 12 && commit.chars().all(|c| c.is_ascii_hexdigit())),
+        "{out}"
+    );
+    for shell in ["bash", "zsh", "fish"] {
+        let (code, script) = run(&["completion", shell], &[]);
+        assert_eq!(code, 0, "{shell}: {script}");
+        for word in ["exec", "render", "verify", "namespace"] {
+            assert!(script.contains(word), "{shell} completion lacks {word}");
+        }
+    }
+    let (code, out) = run(&["completion", "tcsh"], &[]);
+    assert_ne!(code, 0);
+    assert!(
+        out.contains("bash") && out.contains("fish"),
+        "names the shells: {out}"
+    );
+}

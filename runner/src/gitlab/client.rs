@@ -364,6 +364,7 @@ fn info(cache: bool) -> Value {
     json!({
         "name": "keyhole-runner",
         "version": env!("CARGO_PKG_VERSION"),
+        "revision": env!("KEYHOLE_COMMIT"),
         "executor": "kubernetes",
         "platform": std::env::consts::OS,
         "architecture": std::env::consts::ARCH,
