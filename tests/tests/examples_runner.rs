@@ -1,18 +1,25 @@
 //! Every example under `examples/` runs as written, so none can rot: its `setup.sh` (the same
 //! Vault and RBAC commands the docs show) and its `.gitlab-ci.yml`, through `keyhole-runner
 //! exec` (the real binary) and through the coordinator (GitLab mode, the same YAML turned into
-//! a job payload).
+//! a job payload, or a whole pipeline of them for the examples that hand files between jobs).
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use keyhole_runner::config::{Config, RunnerConfig, ServiceAccountRule};
+use keyhole_runner::job::Job;
 use keyhole_runner::pipeline::{LoadOptions, load_job};
-use keyhole_tests::coordinator::FinalStatus;
-use keyhole_tests::{Coordinator, CoordinatorOptions, TestBed, TestNamespace, VaultAdmin};
+use keyhole_tests::coordinator::{FinalStatus, JobBuilder, StoredArtifact};
+use keyhole_tests::gitlab_ci::{PipelineJob, pipeline_jobs};
+use keyhole_tests::{
+    Coordinator, CoordinatorOptions, TestBed, TestNamespace, VaultAdmin, bed_cache_config,
+};
 use secrecy::{ExposeSecret, SecretString};
-use serde_json::json;
+use serde_json::{Value, json};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -89,16 +96,9 @@ fn exec(bed: &TestBed, ns: &str, example: &str, job: &str, extra: &[&str]) -> Ra
     }
 }
 
-/// The same example as a GitLab job: the YAML becomes a payload the coordinator hands out.
-async fn through_gitlab(
-    bed: &TestBed,
-    ns: &str,
-    example: &str,
-    job_name: &str,
-    service_account: &str,
-    extra_variables: &[(&str, &str, bool)],
-) -> (FinalStatus, String) {
-    let job = load_job(
+/// Job `job_name` of an example's `.gitlab-ci.yml`, as the runner's own parser reads it.
+fn example_job(example: &str, job_name: &str) -> Job {
+    load_job(
         &repo().join(format!("examples/{example}/.gitlab-ci.yml")),
         job_name,
         &LoadOptions {
@@ -107,17 +107,16 @@ async fn through_gitlab(
             job_id: 1,
         },
     )
-    .unwrap();
-    let gitlab = Coordinator::start(CoordinatorOptions {
-        long_poll: Duration::from_secs(2),
-        ..CoordinatorOptions::default()
-    })
-    .await
-    .unwrap();
+    .unwrap()
+}
+
+/// A payload for `job` as GitLab makes it: project `acme/app` (no repository: `GIT_STRATEGY`
+/// none), before_script and script as one step, after_script, image, and the YAML's variables.
+fn job_builder<'c>(gitlab: &'c Coordinator, job: &Job) -> JobBuilder<'c> {
     let mut builder = gitlab
         .job()
         .project(7, "acme/app")
-        .name(job_name)
+        .name(&job.name)
         .variable("GIT_STRATEGY", "none");
     let mut script = job.before_script.clone();
     script.extend(job.script.clone());
@@ -139,17 +138,15 @@ async fn through_gitlab(
             "file": false, "masked": false, "raw": v.raw
         }));
     }
-    for (key, value, secret) in extra_variables {
-        builder = if *secret {
-            builder.secret_variable(key, value)
-        } else {
-            builder.variable(key, value)
-        };
-    }
     if let Some(secrets) = &job.gitlab_secrets {
         builder = builder.secrets(secrets.clone());
     }
-    let queued = builder.enqueue().unwrap();
+    builder
+}
+
+/// The runner's config for `gitlab`'s jobs: pods in `ns`, project `acme/app` running as
+/// `service_account`.
+fn runner_config(bed: &TestBed, ns: &str, gitlab: &Coordinator, service_account: &str) -> Config {
     let mut runner = RunnerConfig {
         name: format!("examples-{ns}"),
         url: gitlab.url(),
@@ -170,12 +167,40 @@ async fn through_gitlab(
         service_account: service_account.into(),
         ..ServiceAccountRule::default()
     }];
-    let config = Config {
+    Config {
         concurrent: 2,
         runners: vec![runner],
         ..Config::default()
-    };
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    }
+}
+
+/// The same example as a GitLab job: the YAML becomes a payload the coordinator hands out.
+async fn through_gitlab(
+    bed: &TestBed,
+    ns: &str,
+    example: &str,
+    job_name: &str,
+    service_account: &str,
+    extra_variables: &[(&str, &str, bool)],
+) -> (FinalStatus, String) {
+    let job = example_job(example, job_name);
+    let gitlab = Coordinator::start(CoordinatorOptions {
+        long_poll: Duration::from_secs(2),
+        ..CoordinatorOptions::default()
+    })
+    .await
+    .unwrap();
+    let mut builder = job_builder(&gitlab, &job);
+    for (key, value, secret) in extra_variables {
+        builder = if *secret {
+            builder.secret_variable(key, value)
+        } else {
+            builder.variable(key, value)
+        };
+    }
+    let queued = builder.enqueue().unwrap();
+    let config = runner_config(bed, ns, &gitlab, service_account);
+    let (stop_tx, stop_rx) = watch::channel(false);
     let service = tokio::spawn(keyhole_runner::service::run_until(
         config,
         stop_rx,
@@ -189,6 +214,125 @@ async fn through_gitlab(
     stop_tx.send(true).unwrap();
     service.await.unwrap().unwrap();
     (done.status, trace)
+}
+
+/// One job of a pipeline run through GitLab mode.
+#[derive(Debug)]
+struct RanJob {
+    name: String,
+    id: u64,
+    status: FinalStatus,
+    trace: String,
+}
+
+/// An example's whole `.gitlab-ci.yml` in GitLab mode: one coordinator and one runner (with
+/// the bed's S3 store as its cache, objects under the namespace's name) run its pipelines,
+/// job by job in stage order, each payload's `artifacts`, `cache` and `dependencies` made as
+/// GitLab makes them ([`keyhole_tests::gitlab_ci`]). Pipelines run one after the other share
+/// the runner's cache, as pipelines of one project do.
+struct GitlabPipelines {
+    example: String,
+    jobs: Vec<PipelineJob>,
+    gitlab: Coordinator,
+    stop: watch::Sender<bool>,
+    service: JoinHandle<anyhow::Result<()>>,
+}
+
+impl GitlabPipelines {
+    async fn start(bed: &TestBed, ns: &str, example: &str, service_account: &str) -> Self {
+        let file = repo().join(format!("examples/{example}/.gitlab-ci.yml"));
+        let yaml: Value = serde_saphyr::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+        let jobs = pipeline_jobs(&yaml, false).unwrap();
+        // On the bed's bridge: the job pods' transfer containers upload and download
+        // artifacts here.
+        let gitlab = Coordinator::start(CoordinatorOptions {
+            bind: SocketAddr::from(([10, 213, 0, 1], 0)),
+            long_poll: Duration::from_secs(2),
+            ..CoordinatorOptions::default()
+        })
+        .await
+        .unwrap();
+        let mut config = runner_config(bed, ns, &gitlab, service_account);
+        config.runners[0].cache = Some(bed_cache_config(&bed.env, ns).unwrap());
+        let (stop, stop_rx) = watch::channel(false);
+        let service = tokio::spawn(keyhole_runner::service::run_until(
+            config,
+            stop_rx,
+            Some(bed.client.clone()),
+        ));
+        Self {
+            example: example.into(),
+            jobs,
+            gitlab,
+            stop,
+            service,
+        }
+    }
+
+    /// Runs a pipeline of branch `git_ref` (unprotected) and returns its jobs in the order they
+    /// ran. A failed job ends the pipeline: GitLab skips the later stages' jobs.
+    async fn run(&self, git_ref: &str) -> Vec<RanJob> {
+        let mut ran: Vec<RanJob> = Vec::new();
+        for planned in &self.jobs {
+            if ran.iter().any(|r| r.status != FinalStatus::Success) {
+                break;
+            }
+            let job = example_job(&self.example, &planned.name);
+            assert_eq!(job.stage, planned.stage, "the runner's parser agrees");
+            // The predefined variables GitLab sets for a branch pipeline that this example uses.
+            let mut builder = job_builder(&self.gitlab, &job)
+                .variable("CI_COMMIT_REF_NAME", git_ref)
+                .variable("CI_COMMIT_REF_SLUG", &ref_slug(git_ref))
+                .variable("CI_COMMIT_BRANCH", git_ref)
+                .variable("CI_JOB_STAGE", &planned.stage)
+                .artifacts(planned.artifacts.clone())
+                .cache(planned.cache.clone());
+            for name in &planned.dependencies {
+                let id = ran
+                    .iter()
+                    .find(|r| &r.name == name)
+                    .unwrap_or_else(|| panic!("{} depends on {name}, which did not run", job.name))
+                    .id;
+                builder = builder.dependency(id, name);
+            }
+            let mut payload = builder.payload();
+            payload["job_info"]["stage"] = planned.stage.clone().into();
+            payload["git_info"]["ref"] = git_ref.into();
+            payload["git_info"]["refspecs"] = json!([format!(
+                "+refs/heads/{git_ref}:refs/remotes/origin/{git_ref}"
+            )]);
+            let queued = self.gitlab.enqueue(payload).unwrap();
+            let done = self
+                .gitlab
+                .wait_for_final(queued.id, Duration::from_secs(180))
+                .await
+                .unwrap();
+            ran.push(RanJob {
+                name: planned.name.clone(),
+                id: queued.id,
+                status: done.status,
+                trace: String::from_utf8_lossy(&self.gitlab.trace(queued.id)).into_owned(),
+            });
+        }
+        ran
+    }
+
+    async fn stop(self) {
+        self.stop.send(true).unwrap();
+        self.service.await.unwrap().unwrap();
+    }
+}
+
+/// `CI_COMMIT_REF_SLUG`: lowercased, every character but `a-z0-9` a `-`, at most 63 bytes,
+/// no `-` at either end.
+fn ref_slug(git_ref: &str) -> String {
+    let slug: String = git_ref
+        .to_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .take(63)
+        .collect();
+    slug.trim_matches('-').to_owned()
 }
 
 fn assert_has(text: &str, lines: &[&str]) {
@@ -508,4 +652,157 @@ async fn compat_expands_variables_like_gitlab_and_after_script_sees_the_job_stat
     .await;
     assert_eq!(status, FinalStatus::Failed, "{trace}");
     assert_has(&trace, &["after_script sees CI_JOB_STATUS=failed"]);
+}
+
+/// The stored artifact of type `kind` among `stored`.
+fn artifact_of_type<'a>(stored: &'a [StoredArtifact], kind: &str) -> &'a StoredArtifact {
+    stored
+        .iter()
+        .find(|a| a.artifact_type == kind)
+        .unwrap_or_else(|| panic!("no {kind} artifact among {stored:?}"))
+}
+
+/// A gzip artifact's content, as text.
+fn gunzip(artifact: &StoredArtifact) -> String {
+    let mut text = String::new();
+    std::io::Read::read_to_string(
+        &mut flate2::read::GzDecoder::new(&artifact.read().unwrap()[..]),
+        &mut text,
+    )
+    .unwrap();
+    text
+}
+
+#[tokio::test]
+async fn pipeline_passes_artifacts_a_junit_report_and_a_cache_from_build_to_test() {
+    let bed = TestBed::connect().await;
+    let ns = TestNamespace::create(&bed, "expipe", &[]).await.unwrap();
+    setup_example(&bed, &ns.name, "pipeline");
+    // Run alone, a job says what it leaves out and runs its script.
+    let r = exec(&bed, &ns.name, "pipeline", "build", &[]);
+    assert_eq!(r.code, 0, "{}", r.output);
+    assert_has(
+        &r.output,
+        &[
+            "this job runs alone: its artifacts, cache are not used",
+            "no cache yet: fetching dependencies",
+        ],
+    );
+    let pipelines = GitlabPipelines::start(&bed, &ns.name, "pipeline", "keyhole-job").await;
+
+    // On main, the first pipeline finds no cache: `build` fills and saves it, and `test` gets
+    // both `build`'s artifacts and that cache.
+    let first = pipelines.run("main").await;
+    let [build, test] = &first[..] else {
+        panic!("not two jobs: {first:#?}");
+    };
+    assert_eq!((build.name.as_str(), test.name.as_str()), ("build", "test"));
+    assert_eq!(build.status, FinalStatus::Success, "{}", build.trace);
+    assert_eq!(test.status, FinalStatus::Success, "{}", test.trace);
+    assert_has(
+        &build.trace,
+        &[
+            "Checking cache for deps-main-non_protected...",
+            "no cache yet: fetching dependencies",
+            "Creating cache deps-main-non_protected...",
+            "Created cache",
+            "excluded 1 files",
+            "Uploading artifacts as \"archive\" to coordinator... 201 Created",
+            "Uploading artifacts as \"junit\" to coordinator... 201 Created",
+        ],
+    );
+    assert_has(
+        &test.trace,
+        &[
+            &format!("Downloading artifacts for build ({})", build.id),
+            &format!("app 1.0, built by job {} with libgreet 1.2", build.id),
+            "Run dist/app to greet.",
+            "dist/build.log was left out of the artifacts",
+            "Checking cache for deps-main-non_protected...",
+            "Successfully extracted cache",
+            "dependencies from the cache: libgreet 1.2",
+        ],
+    );
+    assert!(
+        !test.trace.contains("Creating cache"),
+        "policy pull saved the cache:\n{}",
+        test.trace
+    );
+
+    // What GitLab keeps of `build`: `dist/` without the log as `app-main.zip`, and the JUnit
+    // report, gzipped and typed `junit`, both for a week.
+    let stored = pipelines.gitlab.artifacts(build.id);
+    assert_eq!(stored.len(), 2, "{stored:?}");
+    let archive = artifact_of_type(&stored, "archive");
+    assert_eq!(
+        (archive.artifact_format.as_str(), archive.filename.as_str()),
+        ("zip", "app-main.zip")
+    );
+    assert_eq!(archive.expire_in.as_deref(), Some("1 week"));
+    let files = tempfile::tempdir().unwrap();
+    keyhole_broker::transfer::extract::extract_zip(&archive.path, files.path()).unwrap();
+    let dist = files.path().join("dist");
+    assert_eq!(
+        std::fs::read_to_string(dist.join("app")).unwrap(),
+        format!(
+            "#!/bin/sh\necho 'app 1.0, built by job {} with libgreet 1.2'\n",
+            build.id
+        )
+    );
+    assert_eq!(
+        std::fs::read_to_string(dist.join("docs/README.txt")).unwrap(),
+        "Run dist/app to greet.\n"
+    );
+    assert!(
+        !dist.join("build.log").exists(),
+        "the excluded log was packed"
+    );
+    let junit = artifact_of_type(&stored, "junit");
+    assert_eq!(junit.artifact_format, "gzip");
+    assert_eq!(junit.expire_in.as_deref(), Some("1 week"));
+    assert!(gunzip(junit).contains("<testsuite name=\"build\""));
+    // `test` has only its report: no `artifacts:paths`, no archive.
+    let stored = pipelines.gitlab.artifacts(test.id);
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    assert!(gunzip(artifact_of_type(&stored, "junit")).contains("<testsuite name=\"smoke\""));
+
+    // A branch's first pipeline has no cache of its own: `build` starts from main's through
+    // the fallback key and saves the branch's, which `test` then restores.
+    let second = pipelines.run("feature/login").await;
+    let [build, test] = &second[..] else {
+        panic!("not two jobs: {second:#?}");
+    };
+    let stored = pipelines.gitlab.artifacts(build.id);
+    pipelines.stop().await;
+    assert_eq!(build.status, FinalStatus::Success, "{}", build.trace);
+    assert_eq!(test.status, FinalStatus::Success, "{}", test.trace);
+    assert_has(
+        &build.trace,
+        &[
+            "Checking cache for deps-feature-login-non_protected...",
+            "deps-feature-login-non_protected: cache not found",
+            "Checking cache for deps-main-non_protected...",
+            "Successfully extracted cache",
+            "found the cache: libgreet 1.2",
+            "Creating cache deps-feature-login-non_protected...",
+        ],
+    );
+    assert!(
+        !build.trace.contains("no cache yet"),
+        "the cache was not restored:\n{}",
+        build.trace
+    );
+    assert_has(
+        &test.trace,
+        &[
+            &format!("app 1.0, built by job {} with libgreet 1.2", build.id),
+            "Checking cache for deps-feature-login-non_protected...",
+            "Successfully extracted cache",
+            "dependencies from the cache: libgreet 1.2",
+        ],
+    );
+    assert_eq!(
+        artifact_of_type(&stored, "archive").filename,
+        "app-feature-login.zip"
+    );
 }
