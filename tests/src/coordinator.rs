@@ -283,6 +283,13 @@ impl Coordinator {
         });
     }
 
+    /// GitLab is down for `length` from now: every request (job requests, updates, trace,
+    /// artifacts, git) is answered 503 until then.
+    pub fn outage(&self, length: Duration) {
+        let until = std::time::Instant::now() + length;
+        self.shared.update(|s| s.outage_until = Some(until));
+    }
+
     /// The next trace PATCH of this job is answered 416 (with the true `Range`), whatever
     /// its range.
     pub fn force_trace_416(&self, job_id: u64) {

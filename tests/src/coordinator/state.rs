@@ -188,6 +188,9 @@ pub(crate) struct State {
     pub(crate) queue_version: u64,
     pub(crate) jobs: BTreeMap<u64, JobRecord>,
     pub(crate) faults: HashMap<Endpoint, VecDeque<Fault>>,
+    /// Until then every Runner API request is answered 503, as GitLab behind its load
+    /// balancer answers while it is down ([`crate::Coordinator::outage`]).
+    pub(crate) outage_until: Option<std::time::Instant>,
     pub(crate) counters: Counters,
     pub(crate) requests: Vec<JobRequestRecord>,
     pub(crate) waiting_pollers: usize,
@@ -269,6 +272,13 @@ impl State {
     /// Takes the next fault for `endpoint`, counting the request.
     pub(crate) fn take_fault(&mut self, endpoint: Endpoint) -> Option<Fault> {
         *self.counters.requests.entry(endpoint).or_default() += 1;
+        if self
+            .outage_until
+            .is_some_and(|until| std::time::Instant::now() < until)
+        {
+            *self.counters.faults.entry(endpoint).or_default() += 1;
+            return Some(Fault::Status(503));
+        }
         let fault = self.faults.get_mut(&endpoint)?.pop_front()?;
         *self.counters.faults.entry(endpoint).or_default() += 1;
         Some(fault)
