@@ -28,21 +28,9 @@
 //! `needs:`/`dependencies:` name jobs of earlier stages.
 
 use anyhow::{Context, Result, bail};
+// Top-level keys that are not jobs (GitLab's reserved names): the runner's own list.
+use keyhole_runner::pipeline::RESERVED_KEYS as RESERVED;
 use serde_json::{Map, Value, json};
-
-/// Top-level keys that are not jobs (GitLab's reserved names).
-const RESERVED: &[&str] = &[
-    "default",
-    "include",
-    "before_script",
-    "image",
-    "services",
-    "after_script",
-    "variables",
-    "stages",
-    "cache",
-    "workflow",
-];
 
 /// Job keys that change which jobs run, or that bring in keys from elsewhere: a pipeline with
 /// them would not run here as GitLab runs it.

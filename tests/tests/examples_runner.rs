@@ -654,25 +654,6 @@ async fn compat_expands_variables_like_gitlab_and_after_script_sees_the_job_stat
     assert_has(&trace, &["after_script sees CI_JOB_STATUS=failed"]);
 }
 
-/// The stored artifact of type `kind` among `stored`.
-fn artifact_of_type<'a>(stored: &'a [StoredArtifact], kind: &str) -> &'a StoredArtifact {
-    stored
-        .iter()
-        .find(|a| a.artifact_type == kind)
-        .unwrap_or_else(|| panic!("no {kind} artifact among {stored:?}"))
-}
-
-/// A gzip artifact's content, as text.
-fn gunzip(artifact: &StoredArtifact) -> String {
-    let mut text = String::new();
-    std::io::Read::read_to_string(
-        &mut flate2::read::GzDecoder::new(&artifact.read().unwrap()[..]),
-        &mut text,
-    )
-    .unwrap();
-    text
-}
-
 #[tokio::test]
 async fn pipeline_passes_artifacts_a_junit_report_and_a_cache_from_build_to_test() {
     let bed = TestBed::connect().await;
@@ -733,14 +714,13 @@ async fn pipeline_passes_artifacts_a_junit_report_and_a_cache_from_build_to_test
     // report, gzipped and typed `junit`, both for a week.
     let stored = pipelines.gitlab.artifacts(build.id);
     assert_eq!(stored.len(), 2, "{stored:?}");
-    let archive = artifact_of_type(&stored, "archive");
+    let archive = StoredArtifact::of_type(&stored, "archive");
     assert_eq!(
         (archive.artifact_format.as_str(), archive.filename.as_str()),
         ("zip", "app-main.zip")
     );
     assert_eq!(archive.expire_in.as_deref(), Some("1 week"));
-    let files = tempfile::tempdir().unwrap();
-    keyhole_broker::transfer::extract::extract_zip(&archive.path, files.path()).unwrap();
+    let files = archive.unzip().unwrap();
     let dist = files.path().join("dist");
     assert_eq!(
         std::fs::read_to_string(dist.join("app")).unwrap(),
@@ -757,14 +737,24 @@ async fn pipeline_passes_artifacts_a_junit_report_and_a_cache_from_build_to_test
         !dist.join("build.log").exists(),
         "the excluded log was packed"
     );
-    let junit = artifact_of_type(&stored, "junit");
+    let junit = StoredArtifact::of_type(&stored, "junit");
     assert_eq!(junit.artifact_format, "gzip");
     assert_eq!(junit.expire_in.as_deref(), Some("1 week"));
-    assert!(gunzip(junit).contains("<testsuite name=\"build\""));
+    assert!(
+        junit
+            .gunzip()
+            .unwrap()
+            .contains("<testsuite name=\"build\"")
+    );
     // `test` has only its report: no `artifacts:paths`, no archive.
     let stored = pipelines.gitlab.artifacts(test.id);
     assert_eq!(stored.len(), 1, "{stored:?}");
-    assert!(gunzip(artifact_of_type(&stored, "junit")).contains("<testsuite name=\"smoke\""));
+    assert!(
+        StoredArtifact::of_type(&stored, "junit")
+            .gunzip()
+            .unwrap()
+            .contains("<testsuite name=\"smoke\"")
+    );
 
     // A branch's first pipeline has no cache of its own: `build` starts from main's through
     // the fallback key and saves the branch's, which `test` then restores.
@@ -802,7 +792,7 @@ async fn pipeline_passes_artifacts_a_junit_report_and_a_cache_from_build_to_test
         ],
     );
     assert_eq!(
-        artifact_of_type(&stored, "archive").filename,
+        StoredArtifact::of_type(&stored, "archive").filename,
         "app-feature-login.zip"
     );
 }

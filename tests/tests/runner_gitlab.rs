@@ -1333,24 +1333,6 @@ async fn a_finished_jobs_pod_goes_promptly_even_with_a_service_that_ignores_sigt
     );
 }
 
-/// Every file of a stored zip archive, extracted by the broker's own extractor into a
-/// temporary directory, which is returned.
-fn unpack(artifact: &keyhole_tests::coordinator::StoredArtifact) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    keyhole_broker::transfer::extract::extract_zip(&artifact.path, dir.path()).unwrap();
-    dir
-}
-
-fn artifact_of_type<'a>(
-    stored: &'a [keyhole_tests::coordinator::StoredArtifact],
-    kind: &str,
-) -> &'a keyhole_tests::coordinator::StoredArtifact {
-    stored
-        .iter()
-        .find(|a| a.artifact_type == kind)
-        .unwrap_or_else(|| panic!("no {kind} artifact among {stored:?}"))
-}
-
 #[tokio::test]
 async fn a_two_stage_pipeline_passes_artifacts_and_a_junit_report_through_gitlab() {
     let s = setup("glart").await;
@@ -1413,13 +1395,13 @@ async fn a_two_stage_pipeline_passes_artifacts_and_a_junit_report_through_gitlab
 
     let stored = s.gitlab.artifacts(build.id);
     assert_eq!(stored.len(), 2, "{stored:?}");
-    let archive = artifact_of_type(&stored, "archive");
+    let archive = keyhole_tests::coordinator::StoredArtifact::of_type(&stored, "archive");
     assert_eq!(
         (archive.artifact_format.as_str(), archive.filename.as_str()),
         ("zip", "build-build.zip")
     );
     assert_eq!(archive.expire_in.as_deref(), Some("1 week"));
-    let files = unpack(archive);
+    let files = archive.unzip().unwrap();
     let dist = files.path().join("dist");
     assert_eq!(std::fs::read(dist.join("app")).unwrap(), b"the binary\n");
     assert!(dist.join("empty").is_dir(), "the empty directory was kept");
@@ -1431,14 +1413,9 @@ async fn a_two_stage_pipeline_passes_artifacts_and_a_junit_report_through_gitlab
         !dist.join("build.log").exists(),
         "the excluded file was packed"
     );
-    let junit = artifact_of_type(&stored, "junit");
+    let junit = keyhole_tests::coordinator::StoredArtifact::of_type(&stored, "junit");
     assert_eq!(junit.artifact_format, "gzip");
-    let mut xml = String::new();
-    std::io::Read::read_to_string(
-        &mut flate2::read::GzDecoder::new(&junit.read().unwrap()[..]),
-        &mut xml,
-    )
-    .unwrap();
+    let xml = junit.gunzip().unwrap();
     assert!(xml.contains("<testsuite name=\"unit\""), "{xml}");
 
     let test = s
@@ -1581,7 +1558,7 @@ async fn artifacts_follow_when_refuse_hostile_links_and_fail_the_job_when_too_la
             .any(|w| w == failing.token.as_bytes()),
         "the archive holds the job token: a link was followed"
     );
-    let files = unpack(&stored[0]);
+    let files = stored[0].unzip().unwrap();
     let out = files.path().join("out");
     assert_eq!(std::fs::read(out.join("log.txt")).unwrap(), b"partial\n");
     assert!(

@@ -16,7 +16,7 @@ use super::{
 };
 
 /// Top-level keys that are not jobs (GitLab's reserved names).
-pub(crate) const RESERVED: &[&str] = &[
+pub const RESERVED: &[&str] = &[
     "default",
     "include",
     "before_script",

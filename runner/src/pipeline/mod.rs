@@ -36,6 +36,7 @@ pub use include::{
     IncludeSource, MAX_FILE_BYTES, MAX_INCLUDE_DEPTH, MAX_INCLUDES, MemoryFiles, NoIncludes,
     ProjectFiles,
 };
+pub use job::RESERVED as RESERVED_KEYS;
 pub use reference::MAX_REFERENCE_DEPTH;
 pub use variables::PIPELINE_SOURCE;
 

@@ -125,6 +125,33 @@ impl StoredArtifact {
     pub fn read(&self) -> std::io::Result<Vec<u8>> {
         std::fs::read(&self.path)
     }
+
+    /// A zip artifact extracted, by the broker's own extractor, into a new temporary
+    /// directory (gone when the returned value is dropped).
+    pub fn unzip(&self) -> anyhow::Result<tempfile::TempDir> {
+        let dir = tempfile::tempdir()?;
+        keyhole_broker::transfer::extract::extract_zip(&self.path, dir.path())?;
+        Ok(dir)
+    }
+
+    /// A gzip artifact (a report) decompressed, as text.
+    pub fn gunzip(&self) -> anyhow::Result<String> {
+        let mut text = String::new();
+        std::io::Read::read_to_string(
+            &mut flate2::read::MultiGzDecoder::new(&self.read()?[..]),
+            &mut text,
+        )?;
+        Ok(text)
+    }
+
+    /// The one of `stored` of type `kind` (`archive`, `junit`, ...); panics naming what there
+    /// is when none is (a test helper).
+    pub fn of_type<'a>(stored: &'a [StoredArtifact], kind: &str) -> &'a StoredArtifact {
+        stored
+            .iter()
+            .find(|a| a.artifact_type == kind)
+            .unwrap_or_else(|| panic!("no {kind} artifact among {stored:?}"))
+    }
 }
 
 /// Where a job is in GitLab's eyes.
