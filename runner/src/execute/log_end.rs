@@ -70,11 +70,6 @@ impl LogEnd {
         out.append(&mut self.held);
     }
 
-    /// Whether both markers came through.
-    pub fn complete(&self) -> bool {
-        self.pending.is_empty()
-    }
-
     fn earliest_marker(&self, haystack: &[u8]) -> Option<(usize, usize)> {
         self.pending
             .iter()

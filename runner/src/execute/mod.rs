@@ -1,5 +1,6 @@
 //! Running jobs on the cluster: pure status reading and the thin I/O loop around it.
 
+mod follow;
 mod log_end;
 mod retry;
 mod run;

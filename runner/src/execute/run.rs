@@ -4,18 +4,17 @@
 
 use std::time::{Duration, Instant};
 
-use futures::{AsyncBufReadExt, StreamExt};
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use keyhole_broker::contract;
 use kube::api::{DeleteParams, LogParams, PostParams, PropagationPolicy};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
-use secrecy::{ExposeSecret as _, SecretString};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use super::log_end::LogEnd;
+use super::follow::follow_log;
 use super::status::{
     ContainerView, FailureKind, Outcome, observe, progress_line, service_stop_warning, verdict,
 };
@@ -101,74 +100,6 @@ fn failed(kind: FailureKind, exit_code: Option<i32>, message: impl Into<String>)
         exit_code,
         message: message.into(),
     }
-}
-
-/// Follows the broker's log (the job's masked output) into the trace until the broker's
-/// log-end markers for `log_end_token` came through, or the stream ends. Returns whether the
-/// markers came: they follow the whole job output, so without them the trace may lack the
-/// job's last lines.
-async fn follow_log(
-    pods: Api<Pod>,
-    name: String,
-    trace: TraceWriter,
-    limit: u64,
-    log_end_token: SecretString,
-) -> bool {
-    let params = LogParams {
-        container: Some(contract::BROKER_CONTAINER.into()),
-        follow: true,
-        ..LogParams::default()
-    };
-    let mut stream = match pods.log_stream(&name, &params).await {
-        Ok(s) => s,
-        Err(e) => {
-            trace.warn(&format!("cannot follow the job log: {e}")).await;
-            return false;
-        }
-    };
-    let mut end = LogEnd::new(log_end_token.expose_secret());
-    drop(log_end_token);
-    let mut sent: u64 = 0;
-    loop {
-        let mut chunk = Vec::new();
-        let complete = match stream.fill_buf().await {
-            Ok([]) => {
-                end.finish(&mut chunk);
-                true
-            }
-            Ok(buf) => {
-                let n = buf.len();
-                let complete = end.feed(buf, &mut chunk);
-                stream.consume_unpin(n);
-                complete
-            }
-            Err(e) => {
-                trace.warn(&format!("the job log stream broke: {e}")).await;
-                end.finish(&mut chunk);
-                true
-            }
-        };
-        if sent < limit && !chunk.is_empty() {
-            let room = (limit - sent) as usize;
-            sent += chunk.len() as u64;
-            if chunk.len() > room {
-                chunk.truncate(room);
-                trace.raw(chunk).await;
-                trace
-                    .warn(&format!(
-                        "Job's log exceeded limit of {} KiB; the rest is not shown.",
-                        limit / 1024
-                    ))
-                    .await;
-            } else {
-                trace.raw(chunk).await;
-            }
-        }
-        if complete {
-            break;
-        }
-    }
-    end.complete()
 }
 
 /// The broker's log when it ended before we could follow it (its error lines say why).
