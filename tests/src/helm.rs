@@ -114,7 +114,8 @@ impl HelmRelease {
         })
     }
 
-    /// `helm upgrade` with new values (`--reset-values`: only these apply).
+    /// `helm upgrade` with new values (`--reset-values`: only these apply). Waits for no
+    /// rollout: old runner pods may drain their jobs for up to their grace period.
     pub fn upgrade(&self, values_yaml: &str) -> Result<String> {
         let values = write_values(&format!("{}-{}", self.namespace, self.name), values_yaml)?;
         let result = run_ok(bed_command(&self.env, "helm").args([

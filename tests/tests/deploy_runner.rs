@@ -2,18 +2,23 @@
 //! (`keyhole.local/runner:dev`), the runner pod talking to the coordinator (a fake GitLab on the
 //! bed's bridge) and to the apiserver with its ServiceAccount, a job of a tenant project run in a
 //! job pod whose broker reads a Vault secret with the tenant's ServiceAccount, and the release
-//! deleted with the runner stopping gracefully.
+//! deleted with the runner stopping gracefully; and two runner replicas rolled by a `helm
+//! upgrade` while they run jobs, the old pods draining theirs.
 //!
 //! Needs `scripts/testbed up` and both images:
 //! `cargo build --release -p keyhole-runner -p keyhole-broker`, then
 //! `scripts/testbed image keyhole.local/runner:dev target/release/keyhole-runner` and
 //! `scripts/testbed image keyhole.local/broker:dev target/release/keyhole-broker`.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use futures::{AsyncBufReadExt, TryStreamExt};
+use futures::{AsyncBufReadExt, StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Pod, Secret};
+use keyhole_runner::instance::INSTANCE_LABEL;
+use keyhole_runner::pod::{JOB_ID_LABEL, MANAGED_BY, MANAGED_BY_LABEL};
 use keyhole_tests::coordinator::FinalStatus;
 use keyhole_tests::{
     BedEnv, Coordinator, CoordinatorOptions, HelmRelease, TestBed, TestNamespace, VaultAdmin,
@@ -24,6 +29,7 @@ use kube::api::{ListParams, LogParams, PostParams};
 use kube::runtime::wait::await_condition;
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::json;
+use tokio::task::JoinHandle;
 
 /// Release name; the namespace keeps test runs apart.
 const RELEASE: &str = "kh";
@@ -113,6 +119,44 @@ fn metrics(env: &BedEnv, namespace: &str, pod: &str) -> anyhow::Result<String> {
     ]))
 }
 
+/// The runner token, in a Secret of our own (not in Helm's release data): `runner-token`.
+async fn create_runner_token(ns: &TestNamespace, gitlab: &Coordinator) {
+    ns.api::<Secret>()
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "metadata": {"name": "runner-token"},
+                "stringData": {"token": gitlab.runner_token()}
+            }))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+}
+
+/// Follows a pod's log in the background; the task returns its lines once the pod's container
+/// has ended.
+async fn follow_log(pods: &Api<Pod>, name: &str) -> JoinHandle<Vec<String>> {
+    let log = pods
+        .log_stream(
+            name,
+            &LogParams {
+                follow: true,
+                ..LogParams::default()
+            },
+        )
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        let mut lines = log.lines();
+        let mut out = Vec::new();
+        while let Ok(Some(line)) = lines.try_next().await {
+            out.push(line);
+        }
+        out
+    })
+}
+
 #[tokio::test]
 async fn the_charts_runner_takes_a_job_and_completes_it_with_a_vault_secret() {
     let bed = TestBed::connect().await;
@@ -134,18 +178,7 @@ async fn the_charts_runner_takes_a_job_and_completes_it_with_a_vault_secret() {
     .await
     .unwrap();
 
-    // The runner token, in a Secret of our own (not in Helm's release data).
-    Api::<Secret>::namespaced(bed.client.clone(), &ns.name)
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({
-                "metadata": {"name": "runner-token"},
-                "stringData": {"token": gitlab.runner_token()}
-            }))
-            .unwrap(),
-        )
-        .await
-        .unwrap();
+    create_runner_token(&ns, &gitlab).await;
 
     // A tenant: its jobs run as their own ServiceAccount, whose Vault role (named like it, and
     // unique to this run) reads one KV path. The values are unique to this run too.
@@ -293,24 +326,7 @@ networkPolicy:
     }
 
     // Deleting the release stops the runner gracefully: SIGTERM, no new jobs, "stopped", exit.
-    let log = pods
-        .log_stream(
-            &runner_name,
-            &LogParams {
-                follow: true,
-                ..LogParams::default()
-            },
-        )
-        .await
-        .unwrap();
-    let follow = tokio::spawn(async move {
-        let mut lines = log.lines();
-        let mut out = Vec::new();
-        while let Ok(Some(line)) = lines.try_next().await {
-            out.push(line);
-        }
-        out
-    });
+    let follow = follow_log(&pods, &runner_name).await;
     tokio::task::spawn_blocking(move || release.uninstall())
         .await
         .unwrap()
@@ -338,5 +354,446 @@ networkPolicy:
     assert!(
         lines.last().is_some_and(|l| l.contains("stopped")),
         "the runner's last line is not \"stopped\":\n{log}"
+    );
+}
+
+/// What a watch saw of one runner pod during a rolling upgrade.
+#[derive(Debug, Clone, Default)]
+struct RunnerPodSeen {
+    name: String,
+    ready: Option<Instant>,
+    /// When its deletion began (Kubernetes sent SIGTERM).
+    terminating: Option<Instant>,
+    gone: Option<Instant>,
+}
+
+/// Runner pods by UID.
+type RunnerPods = Arc<Mutex<BTreeMap<String, RunnerPodSeen>>>;
+
+/// Job pods by job id: each pod made for the job, with the runner instance it is labelled with.
+type JobPods = Arc<Mutex<BTreeMap<u64, BTreeMap<String, String>>>>;
+
+/// Watches the runner pods in the background, noting when each became Ready, began
+/// terminating and was gone (a watch, so that no step falls between two polls).
+fn watch_runner_pods(pods: Api<Pod>) -> (RunnerPods, JoinHandle<()>) {
+    let seen = RunnerPods::default();
+    let record = seen.clone();
+    let task = tokio::spawn(async move {
+        let events =
+            watcher(pods, watcher::Config::default().labels(RUNNER_SELECTOR)).default_backoff();
+        let mut events = std::pin::pin!(events);
+        while let Some(event) = events.next().await {
+            let (pod, deleted) = match event {
+                Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) => (p, false),
+                Ok(watcher::Event::Delete(p)) => (p, true),
+                _ => continue,
+            };
+            let now = Instant::now();
+            let uid = pod.metadata.uid.clone().unwrap_or_default();
+            let mut seen = record.lock().unwrap();
+            let entry = seen.entry(uid).or_default();
+            entry.name = pod.metadata.name.clone().unwrap_or_default();
+            if is_ready(&pod) && pod.metadata.deletion_timestamp.is_none() {
+                entry.ready.get_or_insert(now);
+            }
+            if pod.metadata.deletion_timestamp.is_some() || deleted {
+                entry.terminating.get_or_insert(now);
+            }
+            if deleted {
+                entry.gone.get_or_insert(now);
+            }
+        }
+    });
+    (seen, task)
+}
+
+/// Watches the job pods of `jobs` (a jobs namespace) in the background, noting each pod made
+/// for a job and the runner instance it belongs to.
+fn watch_job_pods(jobs: Api<Pod>) -> (JobPods, JoinHandle<()>) {
+    let seen = JobPods::default();
+    let record = seen.clone();
+    let task = tokio::spawn(async move {
+        let selector = format!("{MANAGED_BY_LABEL}={MANAGED_BY}");
+        let pods = watcher(jobs, watcher::Config::default().labels(&selector))
+            .default_backoff()
+            .applied_objects();
+        let mut pods = std::pin::pin!(pods);
+        while let Some(pod) = pods.next().await {
+            let Ok(pod) = pod else { continue };
+            let labels = pod.metadata.labels.clone().unwrap_or_default();
+            let Some(job) = labels.get(JOB_ID_LABEL).and_then(|id| id.parse().ok()) else {
+                continue;
+            };
+            let instance = labels.get(INSTANCE_LABEL).cloned().unwrap_or_default();
+            record
+                .lock()
+                .unwrap()
+                .entry(job)
+                .or_default()
+                .insert(pod.metadata.name.clone().unwrap_or_default(), instance);
+        }
+    });
+    (seen, task)
+}
+
+/// Checks `check` every 200 ms until it returns `Some`, for at most `timeout`.
+async fn poll_until<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(found) = check() {
+            return Some(found);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn trace_text(gitlab: &Coordinator, job: u64) -> String {
+    String::from_utf8_lossy(&gitlab.trace(job)).into_owned()
+}
+
+/// How many of the trace's lines are exactly `line` (the job's output, not the echoed command).
+fn count_lines(trace: &str, line: &str) -> usize {
+    trace.lines().filter(|l| l.trim_end() == line).count()
+}
+
+/// Two runner replicas, each with three of six 40 s jobs, and a `helm upgrade` that changes
+/// the config while they run: the Deployment rolls, the new pods come up and take a new job at
+/// once, the old pods stop taking jobs, drain theirs and go, and no job is deleted by the new
+/// pods, restarted or failed. Prints how long the rollout and the drain took (issue 15).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_upgrade_of_two_replicas_drains_the_old_pods_and_loses_no_job() {
+    /// Jobs of the first pods: `concurrent` 3 on each of 2 replicas, so both take some.
+    const JOBS: u64 = 6;
+    let bed = TestBed::connect().await;
+    let ns = TestNamespace::create(
+        &bed,
+        "deployroll",
+        &[("pod-security.kubernetes.io/enforce", "restricted")],
+    )
+    .await
+    .unwrap();
+    let jobs_ns = format!("{}-jobs", ns.name);
+    let gitlab = Coordinator::start(CoordinatorOptions {
+        bind: SocketAddr::from(([10, 213, 0, 1], 0)),
+        long_poll: Duration::from_secs(5),
+        ..CoordinatorOptions::default()
+    })
+    .await
+    .unwrap();
+    create_runner_token(&ns, &gitlab).await;
+    // The grace period covers the jobs' rest: the chart gives the runner 180 - 90 = 90 s to
+    // drain (`shutdown_timeout`). A new log level is a config change: the pods roll.
+    let values = |log_level: &str| {
+        format!(
+            r#"
+image: {{repository: keyhole.local/runner, tag: dev, pullPolicy: Never}}
+replicas: 2
+runner:
+  url: "{url}"
+  logFormat: text
+  logLevel: "{log_level}"
+  concurrent: 3
+  terminationGracePeriodSeconds: 180
+  token: {{secretName: runner-token}}
+  kubernetes:
+    host: "{apiserver}"
+    image: "keyhole.local/busybox:1"
+    pull_policy: never
+    pod_termination_grace_period_seconds: 20
+broker: {{image: "keyhole.local/broker:dev"}}
+jobs:
+  namespace: {jobs_ns}
+  kubeApi: "{apiserver}"
+networkPolicy:
+  gitlab: {{cidrs: [10.213.0.1/32], ports: [{gitlab_port}]}}
+  kubernetesApi: {{cidrs: [10.213.0.1/32], ports: [6443]}}
+"#,
+            url = gitlab.url(),
+            apiserver = bed.env.apiserver_url,
+            gitlab_port = gitlab.addr().port(),
+        )
+    };
+    let release = HelmRelease::install(&bed.env, RELEASE, &ns.name, &values("")).unwrap();
+    let pods: Api<Pod> = ns.api();
+    let (runners, runner_watch) = watch_runner_pods(pods.clone());
+    let (job_pods, job_watch) = watch_job_pods(Api::namespaced(bed.client.clone(), &jobs_ns));
+
+    let ready_uids = |runners: &RunnerPods| -> BTreeSet<String> {
+        runners
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, p)| p.ready.is_some() && p.terminating.is_none())
+            .map(|(uid, _)| uid.clone())
+            .collect()
+    };
+    let Some(old) = poll_until(RUNNER_READY, || {
+        Some(ready_uids(&runners)).filter(|r| r.len() == 2)
+    })
+    .await
+    else {
+        panic!(
+            "two runner pods were not Ready within {RUNNER_READY:?}:\n{}",
+            describe_runner(&pods).await
+        );
+    };
+    let mut old_logs = Vec::new();
+    for uid in &old {
+        let name = runners.lock().unwrap()[uid].name.clone();
+        old_logs.push((name.clone(), follow_log(&pods, &name).await));
+    }
+
+    // Six jobs of 40 s; all run at once, three on each replica.
+    let enqueued = Instant::now();
+    let jobs: Vec<u64> = (1..=JOBS)
+        .map(|n| {
+            gitlab
+                .job()
+                .name(&format!("long-{n}"))
+                .variable("GIT_STRATEGY", "none")
+                .script([
+                    format!("echo started {n}"),
+                    "sleep 40".to_owned(),
+                    format!("echo done {n}"),
+                ])
+                .enqueue()
+                .unwrap()
+                .id
+        })
+        .collect();
+    let job_instance = |id: u64| -> Option<String> {
+        let seen = job_pods.lock().unwrap();
+        let made = seen.get(&id)?;
+        (made.len() == 1).then(|| made.values().next().cloned().unwrap_or_default())
+    };
+    let running = poll_until(JOB_DONE, || {
+        jobs.iter()
+            .zip(1..)
+            .map(|(&id, n)| {
+                (count_lines(&trace_text(&gitlab, id), &format!("started {n}")) == 1)
+                    .then(|| job_instance(id))
+                    .flatten()
+            })
+            .collect::<Option<Vec<String>>>()
+    })
+    .await;
+    let Some(running) = running else {
+        let traces: Vec<String> = jobs.iter().map(|&id| trace_text(&gitlab, id)).collect();
+        let described = describe_runner(&pods).await;
+        panic!(
+            "the {JOBS} jobs did not all start within {JOB_DONE:?}; traces: {traces:#?}\njob pods: {:?}\n{described}",
+            job_pods.lock().unwrap(),
+        );
+    };
+    let mut per_instance: BTreeMap<&str, usize> = BTreeMap::new();
+    for instance in &running {
+        *per_instance.entry(instance.as_str()).or_default() += 1;
+    }
+    assert_eq!(
+        per_instance
+            .keys()
+            .map(|i| i.to_string())
+            .collect::<BTreeSet<_>>(),
+        old,
+        "the job pods carry both runner pods' instance ids (their UIDs)"
+    );
+    assert!(
+        per_instance.values().all(|&n| n == 3),
+        "three jobs on each replica (concurrent 3): {per_instance:?}"
+    );
+
+    // The config changes while the jobs run: the Deployment rolls its pods.
+    let upgraded = Instant::now();
+    tokio::task::block_in_place(|| release.upgrade(&values("info"))).unwrap();
+    let rolled = poll_until(RUNNER_READY, || {
+        let new = &ready_uids(&runners) - &old;
+        let seen = runners.lock().unwrap();
+        let old_stopping = old.iter().all(|uid| seen[uid].terminating.is_some());
+        (new.len() == 2 && old_stopping).then_some(new)
+    })
+    .await;
+    let Some(new) = rolled else {
+        let described = describe_runner(&pods).await;
+        panic!(
+            "the Deployment did not roll within {RUNNER_READY:?}: {:?}\n{described}",
+            runners.lock().unwrap(),
+        );
+    };
+    let new_ready = {
+        let seen = runners.lock().unwrap();
+        new.iter()
+            .filter_map(|uid| seen[uid].ready)
+            .max()
+            .unwrap()
+            .duration_since(upgraded)
+    };
+
+    // A job after the upgrade: the old pods take no more, a new one runs it.
+    let seventh = gitlab
+        .job()
+        .name("after-upgrade")
+        .variable("GIT_STRATEGY", "none")
+        .script(["echo seventh"])
+        .enqueue()
+        .unwrap()
+        .id;
+
+    let all: Vec<u64> = jobs.iter().copied().chain([seventh]).collect();
+    let finals = futures::future::join_all(all.iter().map(|&id| {
+        let gitlab = &gitlab;
+        async move {
+            let done = gitlab.wait_for_final(id, JOB_DONE).await;
+            (id, done, Instant::now())
+        }
+    }))
+    .await;
+    let mut finished_at = BTreeMap::new();
+    for (id, done, at) in finals {
+        let trace = trace_text(&gitlab, id);
+        let done = match done {
+            Ok(done) => done,
+            Err(e) => panic!(
+                "job {id}: {e:#}\ntrace:\n{trace}\n{}",
+                describe_runner(&pods).await
+            ),
+        };
+        assert_eq!(done.status, FinalStatus::Success, "job {id}:\n{trace}");
+        assert!(
+            !trace.contains("deleted by someone else"),
+            "job {id}'s pod was deleted under it:\n{trace}"
+        );
+        assert!(
+            gitlab
+                .updates(id)
+                .iter()
+                .all(|u| u.failure_reason.is_none()),
+            "job {id}: {:?}",
+            gitlab.updates(id)
+        );
+        finished_at.insert(id, at);
+    }
+    let jobs_took = jobs
+        .iter()
+        .map(|id| finished_at[id])
+        .max()
+        .unwrap()
+        .duration_since(enqueued);
+    for (&id, n) in jobs.iter().zip(1..) {
+        let trace = trace_text(&gitlab, id);
+        // Once each: a job started again (on another pod) would print "started" twice.
+        assert_eq!(
+            count_lines(&trace, &format!("started {n}")),
+            1,
+            "job {id}:\n{trace}"
+        );
+        assert_eq!(
+            count_lines(&trace, &format!("done {n}")),
+            1,
+            "job {id}:\n{trace}"
+        );
+    }
+    let trace = trace_text(&gitlab, seventh);
+    assert_eq!(count_lines(&trace, "seventh"), 1, "{trace}");
+    {
+        let seen = job_pods.lock().unwrap();
+        for id in &all {
+            assert_eq!(
+                seen.get(id).map_or(0, BTreeMap::len),
+                1,
+                "job {id} had one pod: {seen:?}"
+            );
+        }
+        let on = seen[&seventh].values().next().unwrap();
+        assert!(
+            new.contains(on),
+            "the job after the upgrade ran on a new runner pod ({new:?}), not on {on}"
+        );
+    }
+
+    // The old pods drained their jobs and went; they were asked to stop while their jobs ran.
+    let Some(drained) = poll_until(RUNNER_GONE, || {
+        let seen = runners.lock().unwrap();
+        old.iter()
+            .map(|uid| {
+                let pod = &seen[uid];
+                Some((uid.clone(), pod.terminating?, pod.gone?))
+            })
+            .collect::<Option<Vec<_>>>()
+    })
+    .await
+    else {
+        let described = describe_runner(&pods).await;
+        panic!(
+            "the old runner pods were not gone {RUNNER_GONE:?} after their jobs: {:?}\n{described}",
+            runners.lock().unwrap(),
+        );
+    };
+    let mut drains = Vec::new();
+    for (uid, terminating, gone) in &drained {
+        let last_job = jobs
+            .iter()
+            .zip(&running)
+            .filter(|(_, instance)| *instance == uid)
+            .map(|(id, _)| finished_at[id])
+            .max()
+            .unwrap();
+        assert!(
+            *terminating < last_job,
+            "runner pod {uid} was stopped only after its jobs ended: the upgrade tested no drain"
+        );
+        drains.push((
+            gone.duration_since(*terminating),
+            gone.duration_since(last_job),
+        ));
+    }
+    for (name, log) in old_logs {
+        let lines = tokio::time::timeout(RUNNER_GONE, log)
+            .await
+            .expect("the runner's log ends with its pod")
+            .unwrap();
+        let log = lines.join("\n");
+        assert!(
+            log.contains("stopping: no new jobs"),
+            "{name} did not stop taking jobs on SIGTERM:\n{log}"
+        );
+        assert!(
+            !log.contains("aborting the remaining jobs"),
+            "{name} ran out of grace:\n{log}"
+        );
+        assert!(
+            lines.last().is_some_and(|l| l.contains("stopped")),
+            "{name}'s last line is not \"stopped\":\n{log}"
+        );
+    }
+    assert_eq!(
+        ready_uids(&runners),
+        new,
+        "the new runner pods are the Ready ones"
+    );
+    runner_watch.abort();
+    job_watch.abort();
+
+    println!(
+        "FIGURE helm-upgrade: 2 new runner pods Ready {:.1} s after `helm upgrade`",
+        new_ready.as_secs_f64()
+    );
+    println!(
+        "FIGURE helm-upgrade: old runner pods drained in {} (SIGTERM to gone, with 3 running jobs each)",
+        drains
+            .iter()
+            .map(|(drain, after)| format!(
+                "{:.1} s (gone {:.1} s after its last job's final state)",
+                drain.as_secs_f64(),
+                after.as_secs_f64()
+            ))
+            .collect::<Vec<_>>()
+            .join(" and ")
+    );
+    println!(
+        "FIGURE helm-upgrade: {JOBS} jobs of 40 s took {:.1} s from enqueue to the last final state across the upgrade; none failed, restarted or lost",
+        jobs_took.as_secs_f64()
     );
 }
