@@ -47,7 +47,7 @@ where
                 trace.error(e).await;
             }
             Outcome::Failed {
-                kind: FailureKind::Secrets,
+                kind: FailureKind::Configuration,
                 exit_code: None,
                 message: "the job was not started".into(),
             }

@@ -239,7 +239,7 @@ pub fn failure_reason(kind: FailureKind) -> FailureReason {
         FailureKind::Script | FailureKind::Canceled => FailureReason::ScriptFailure,
         FailureKind::Timeout => FailureReason::JobExecutionTimeout,
         FailureKind::ImagePull => FailureReason::ImagePullFailure,
-        FailureKind::Secrets => FailureReason::RunnerConfigurationError,
+        FailureKind::Configuration => FailureReason::RunnerConfigurationError,
         FailureKind::Unschedulable => FailureReason::StuckOrTimeoutFailure,
         FailureKind::System => FailureReason::RunnerSystemFailure,
     }
@@ -260,7 +260,7 @@ impl Service {
         gitlab
             .verify()
             .await
-            .context("GitLab refused the runner token")?;
+            .with_context(|| format!("checking the runner token with GitLab at {}", runner.url))?;
         kube.apiserver_version()
             .await
             .context("the Kubernetes API server does not answer")?;
@@ -527,7 +527,7 @@ impl Service {
                     trace.error(e).await;
                 }
                 let outcome = Outcome::Failed {
-                    kind: FailureKind::Secrets,
+                    kind: FailureKind::Configuration,
                     exit_code: None,
                     message: "the job cannot run on this runner as configured".into(),
                 };

@@ -297,7 +297,7 @@ async fn a_secret_the_service_account_may_not_read_fails_the_job_before_the_scri
     let r = run_job(&s, &j, Duration::from_secs(120), never_cancel()).await;
     match &r.outcome {
         Outcome::Failed {
-            kind: FailureKind::Secrets,
+            kind: FailureKind::Configuration,
             ..
         } => {}
         other => panic!("{other:?}\n{}", r.trace),

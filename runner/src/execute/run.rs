@@ -364,7 +364,7 @@ async fn wind_down(
         None => {
             delete_pod(pods, name, delete_grace).await;
             if let Outcome::Failed {
-                kind: FailureKind::Secrets | FailureKind::System,
+                kind: FailureKind::Configuration | FailureKind::System,
                 ..
             } = outcome
             {

@@ -27,8 +27,10 @@ pub enum FailureKind {
     Canceled,
     /// An image could not be pulled.
     ImagePull,
-    /// The broker could not deliver the job's secrets (a job configuration problem).
-    Secrets,
+    /// The job cannot run as configured: the broker could not deliver its secrets, or it asks
+    /// for what this runner does not allow (an image, a user, a ServiceAccount, a reference).
+    /// GitLab's `runner_configuration_error`.
+    Configuration,
     /// The pod could not be scheduled in time.
     Unschedulable,
     /// Everything else: the cluster, the broker's deployment, the runner.
@@ -433,7 +435,7 @@ pub fn broker_failure(code: i32) -> (FailureKind, String) {
     use contract::exit_code;
     match code {
         exit_code::SECRETS_FAILED => (
-            FailureKind::Secrets,
+            FailureKind::Configuration,
             "the job's secrets could not be delivered (see the keyhole-broker lines above); the script did not run".into(),
         ),
         exit_code::BAD_INPUTS => (
@@ -595,7 +597,7 @@ mod tests {
         assert!(matches!(
             verdict(&broker, false),
             Some(Outcome::Failed {
-                kind: FailureKind::Secrets,
+                kind: FailureKind::Configuration,
                 ..
             })
         ));
@@ -615,7 +617,7 @@ mod tests {
                 "state": {"waiting": {"reason": "CrashLoopBackOff"}},
                 "lastState": {"terminated": {"exitCode": 64}}}]})));
         assert_eq!(v.broker_last_exit, Some(64));
-        assert_eq!(broker_failure(64).0, FailureKind::Secrets);
+        assert_eq!(broker_failure(64).0, FailureKind::Configuration);
         assert_eq!(broker_failure(69).0, FailureKind::System);
     }
 
