@@ -12,22 +12,40 @@
 //!   100-byte lines; the trace GitLab holds is checked line by line (lost, duplicated and
 //!   corrupt count lines).
 //!
-//! Figures are printed, not asserted. Needs the bed (`scripts/testbed up`) and the broker
-//! image `keyhole.local/broker:dev` on it.
+//! - `P10 case=… store_mib_s=… fetch_mib_s=… store_rss_kib=… fetch_rss_kib=…`: a job's
+//!   artifacts through the real `keyhole-broker transfer store` and `transfer fetch` binary
+//!   (`$KEYHOLE_BROKER_BIN`, the `broker` profile) against the coordinator on 127.0.0.1, no
+//!   pod: `P10_FILES` (1000) files of 1 MiB, then one file of `P10_MIB` (1024) MiB, on disk,
+//!   half random bytes and half log-like text. Store: pack (zip, the default level) and
+//!   upload; fetch: download and extract into an empty project directory, checked against
+//!   the original (every file's size, every 50th file's bytes). Peak RSS of each run from
+//!   GNU time (`ru_maxrss`). The store split into pack and upload at the moment the upload
+//!   request reaches the coordinator, the fetch into download and extract at the moment the
+//!   downloaded archive is whole in the scratch dir. One more store line per case with
+//!   `ARTIFACT_COMPRESSION_LEVEL=fastest`. The goals (`P10_GOAL_RSS_MIB`,
+//!   `P10_GOAL_PACK_MIB_S`, set by `scripts/bench`) are printed as PASS or MISS.
+//!
+//! Arguments name the figures to run (`P4 P5 P6 P10`; all when none). Figures are printed,
+//! not asserted. P4–P6 need the bed (`scripts/testbed up`) and the broker image
+//! `keyhole.local/broker:dev` on it; P10 needs neither, only `/usr/bin/time` (GNU time).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use k8s_openapi::api::core::v1::ServiceAccount;
+use keyhole_tests::bench::artifacts::{
+    BrokerRun, RoundTrip, Shape, TransferDirs, artifacts_entry, compare_trees, fetch_plan,
+    free_bytes, mib_per_s, run_transfer, store_plan, take_job, verdict, write_data,
+};
 use keyhole_tests::bench::{
     COUNTER_LINE_LEN, CounterCheck, between_marker_lines, check_counter_log, counter_command,
     counter_lines_for, percentile,
 };
-use keyhole_tests::coordinator::{EnqueuedJob, FinalStatus};
+use keyhole_tests::coordinator::{Endpoint, EnqueuedJob, FinalStatus};
 use keyhole_tests::{
     Coordinator, CoordinatorOptions, RunnerLog, RunnerProcess, TestBed, TestNamespace,
-    runner_binary,
+    broker_binary, runner_binary,
 };
 use kube::Api;
 use kube::api::PostParams;
@@ -67,20 +85,63 @@ fn env_number(name: &str, default: u64) -> Result<u64> {
     }
 }
 
+/// The figures this bench prints, in the order it runs them.
+const FIGURES: [&str; 4] = ["P4", "P5", "P6", "P10"];
+
+/// The figures named on the command line (any letter case), all of them when none is.
+fn selected_figures() -> Result<Vec<&'static str>> {
+    let mut selected = Vec::new();
+    for arg in std::env::args().skip(1) {
+        let Some(figure) = FIGURES.iter().find(|f| f.eq_ignore_ascii_case(&arg)) else {
+            bail!("unknown figure {arg:?}; this bench prints {FIGURES:?}");
+        };
+        selected.push(*figure);
+    }
+    Ok(if selected.is_empty() {
+        FIGURES.to_vec()
+    } else {
+        selected
+    })
+}
+
 async fn run() -> Result<()> {
-    let p4_jobs = env_number("P4_JOBS", 20)?;
-    let p5_jobs = env_number("P5_JOBS", 100)?;
-    let p6_mib = env_number("P6_MIB", 100)?;
-    let bench = Bench::new().await?;
+    let figures = selected_figures()?;
+    let size = |figure: &str, var: &str, default: u64| {
+        if figures.contains(&figure) {
+            env_number(var, default)
+        } else {
+            Ok(0)
+        }
+    };
     // 0 skips a phase.
-    if p4_jobs > 0 {
-        p4(&bench, p4_jobs).await?;
+    let p4_jobs = size("P4", "P4_JOBS", 20)?;
+    let p5_jobs = size("P5", "P5_JOBS", 100)?;
+    let p6_mib = size("P6", "P6_MIB", 100)?;
+    let p10_files = size("P10", "P10_FILES", 1000)?;
+    let p10_mib = size("P10", "P10_MIB", 1024)?;
+    if p4_jobs + p5_jobs + p6_mib > 0 {
+        let bench = Bench::new().await?;
+        if p4_jobs > 0 {
+            p4(&bench, p4_jobs).await?;
+        }
+        if p5_jobs > 0 {
+            p5(&bench, p5_jobs).await?;
+        }
+        if p6_mib > 0 {
+            p6(&bench, p6_mib).await?;
+        }
     }
-    if p5_jobs > 0 {
-        p5(&bench, p5_jobs).await?;
-    }
-    if p6_mib > 0 {
-        p6(&bench, p6_mib).await?;
+    if p10_files + p10_mib > 0 {
+        let goals = Goals {
+            rss_mib: env_number("P10_GOAL_RSS_MIB", 64)?,
+            pack_mib_s: env_number("P10_GOAL_PACK_MIB_S", 200)?,
+        };
+        let broker = broker_binary()?;
+        for shape in [Shape::Files(p10_files), Shape::OneFile(p10_mib)] {
+            if shape.bytes() > 0 {
+                p10(&broker, shape, &goals).await?;
+            }
+        }
     }
     Ok(())
 }
@@ -363,5 +424,204 @@ async fn p6(bench: &Bench, mib: u64) -> Result<()> {
             path.display()
         );
     }
+    Ok(())
+}
+
+/// P10's goals (from `scripts/bench`): each transfer's peak RSS below `rss_mib`, packing at
+/// `pack_mib_s` or faster.
+struct Goals {
+    rss_mib: u64,
+    pack_mib_s: u64,
+}
+
+/// `bytes` over `time`, in MiB/s, or `-` when the phase boundary was not seen.
+fn rate(bytes: u64, time: Option<Duration>) -> String {
+    time.map_or_else(|| "-".into(), |t| format!("{:.0}", mib_per_s(bytes, t)))
+}
+
+/// The first phase of `run` (up to its mark) and the second (from the mark to the exit).
+fn phases(run: &BrokerRun) -> (Option<Duration>, Option<Duration>) {
+    (run.mark, run.mark.map(|m| run.wall.saturating_sub(m)))
+}
+
+/// The packing rate the goal is held against: up to the upload request, or the whole store
+/// when that moment was not seen.
+fn pack_rate(bytes: u64, store: &BrokerRun) -> f64 {
+    mib_per_s(bytes, store.mark.unwrap_or(store.wall))
+}
+
+/// `<dir>/output.log` says the broker packed `files` files.
+fn check_packed(dirs: &TransferDirs, files: u64) -> Result<()> {
+    let output = std::fs::read_to_string(&dirs.log)?;
+    ensure!(
+        output.contains(&format!(" files={files} size=")),
+        "transfer store did not report {files} files uploaded:\n{output}"
+    );
+    Ok(())
+}
+
+/// One `transfer store` of `<project>/data` for the running job `job`; the run and the size
+/// of the archive GitLab then holds.
+async fn p10_store(
+    broker: &Path,
+    gitlab: &Coordinator,
+    job: &EnqueuedJob,
+    project: &Path,
+    dir: &Path,
+    compression: Option<&str>,
+    files: u64,
+) -> Result<(BrokerRun, u64)> {
+    let plan = store_plan(gitlab, job, project, &["data"], compression);
+    let dirs = TransferDirs::create(dir, &plan, Some(0))?;
+    let uploads = || gitlab.counters().requests(Endpoint::UploadArtifacts);
+    let before = uploads();
+    let run = run_transfer(broker, "store", &dirs, || uploads() > before).await?;
+    check_packed(&dirs, files)?;
+    let archive = gitlab
+        .artifacts(job.id)
+        .into_iter()
+        .find(|a| a.artifact_type == "archive")
+        .context("transfer store exited 0, but GitLab holds no archive of the job")?;
+    Ok((run, archive.size))
+}
+
+/// P10: a job's artifacts of `shape` through `keyhole-broker transfer store`, a dependent
+/// job's `transfer fetch`, and one more store at `fastest`, against a coordinator of its own.
+async fn p10(broker: &Path, shape: Shape, goals: &Goals) -> Result<()> {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let bytes = shape.bytes();
+    // On disk (the system temp dir), as a job's project directory and the transfer
+    // containers' scratch dir are. Removed when the case ends, as are the coordinator's files.
+    let work = tempfile::Builder::new()
+        .prefix("keyhole-bench-p10-")
+        .tempdir()?;
+    // The data, the archive in scratch and at GitLab (twice: the fastest store), the copy.
+    let need = bytes * 4 + (1 << 30);
+    let free = free_bytes(work.path())?;
+    ensure!(
+        free >= need,
+        "P10 {shape} needs about {} MiB free in {}; {} MiB are",
+        need >> 20,
+        work.path().display(),
+        free >> 20
+    );
+    eprintln!("P10 {shape}: writing the data set");
+    let project = work.path().join("project");
+    let data = project.join("data");
+    write_data(&data, shape)?;
+    let files = match shape {
+        Shape::Files(n) => n,
+        Shape::OneFile(_) => 1,
+    };
+
+    let gitlab = Coordinator::start(CoordinatorOptions {
+        max_artifacts_size: bytes * 2,
+        ..CoordinatorOptions::default()
+    })
+    .await?;
+    let http = reqwest::Client::new();
+    let build = gitlab
+        .job()
+        .name("p10-build")
+        .artifacts(artifacts_entry(&["data"]))
+        .enqueue()?;
+    take_job(&gitlab, &http, &build).await?;
+    eprintln!("P10 {shape}: transfer store");
+    let (store, archive) = p10_store(
+        broker,
+        &gitlab,
+        &build,
+        &project,
+        &work.path().join("store"),
+        None,
+        files,
+    )
+    .await?;
+
+    let test = gitlab
+        .job()
+        .name("p10-test")
+        .dependency(build.id, "p10-build")
+        .enqueue()?;
+    let payload = take_job(&gitlab, &http, &test).await?;
+    let fetched = work.path().join("fetched");
+    std::fs::create_dir(&fetched)?;
+    let plan = fetch_plan(&gitlab, &test, &fetched, &payload)?;
+    let dirs = TransferDirs::create(&work.path().join("fetch"), &plan, None)?;
+    // Where the broker downloads the archive to before it extracts it.
+    let download = dirs.scratch.join(format!("download-{}.zip", build.id));
+    eprintln!("P10 {shape}: transfer fetch");
+    let fetch = run_transfer(broker, "fetch", &dirs, || {
+        std::fs::metadata(&download).is_ok_and(|m| m.len() >= archive)
+    })
+    .await?;
+    let RoundTrip {
+        files: copied,
+        bytes: copied_bytes,
+        sampled,
+    } = compare_trees(&data, &fetched.join("data"), 50)
+        .with_context(|| format!("P10 {shape}: the fetched copy is not the original"))?;
+    ensure!(
+        copied == files && copied_bytes == bytes,
+        "P10 {shape}: the data set has {copied} files of {copied_bytes} bytes, not {files} of {bytes}"
+    );
+    std::fs::remove_dir_all(&fetched)?;
+
+    let (pack, upload) = phases(&store);
+    let (download_time, extract) = phases(&fetch);
+    let rss_met = store.peak_rss_kib.max(fetch.peak_rss_kib) < goals.rss_mib * 1024;
+    let pack_met = pack_rate(bytes, &store) >= goals.pack_mib_s as f64;
+    println!(
+        "P10 case={shape} files={files} bytes={bytes} store_mib_s={:.0} fetch_mib_s={:.0} store_rss_kib={} fetch_rss_kib={} archive_bytes={archive} pack_mib_s={} upload_mib_s={} download_mib_s={} extract_mib_s={} store_s={:.2} fetch_s={:.2} store_cpu_s={:.2} fetch_cpu_s={:.2} sampled_files={sampled} rss_goal={}(<{}MiB) pack_goal={}(>={}MiB/s)",
+        mib_per_s(bytes, store.wall),
+        mib_per_s(bytes, fetch.wall),
+        store.peak_rss_kib,
+        fetch.peak_rss_kib,
+        rate(bytes, pack),
+        rate(archive, upload),
+        rate(archive, download_time),
+        rate(bytes, extract),
+        store.wall.as_secs_f64(),
+        fetch.wall.as_secs_f64(),
+        store.cpu.as_secs_f64(),
+        fetch.cpu.as_secs_f64(),
+        verdict(rss_met),
+        goals.rss_mib,
+        verdict(pack_met),
+        goals.pack_mib_s,
+    );
+
+    // The same store at the level a job can choose for speed (deflate level 1).
+    let again = gitlab
+        .job()
+        .name("p10-build-fastest")
+        .artifacts(artifacts_entry(&["data"]))
+        .enqueue()?;
+    take_job(&gitlab, &http, &again).await?;
+    eprintln!("P10 {shape}: transfer store, ARTIFACT_COMPRESSION_LEVEL=fastest");
+    let (fastest, fastest_archive) = p10_store(
+        broker,
+        &gitlab,
+        &again,
+        &project,
+        &work.path().join("store-fastest"),
+        Some("fastest"),
+        files,
+    )
+    .await?;
+    let (pack, upload) = phases(&fastest);
+    println!(
+        "P10 case={shape} compression=fastest store_mib_s={:.0} store_rss_kib={} archive_bytes={fastest_archive} pack_mib_s={} upload_mib_s={} store_s={:.2} store_cpu_s={:.2} pack_goal={}(>={}MiB/s)",
+        mib_per_s(bytes, fastest.wall),
+        fastest.peak_rss_kib,
+        rate(bytes, pack),
+        rate(fastest_archive, upload),
+        fastest.wall.as_secs_f64(),
+        fastest.cpu.as_secs_f64(),
+        verdict(pack_rate(bytes, &fastest) >= goals.pack_mib_s as f64),
+        goals.pack_mib_s,
+    );
+    drop(http);
+    gitlab.shutdown().await;
     Ok(())
 }

@@ -1,6 +1,9 @@
 //! Pure helpers of the benchmarks (`scripts/bench`): percentiles of latency samples, and the
 //! counter log a job writes (numbered fixed-length lines) with the check that it reached the
-//! trace with no line lost, duplicated or damaged.
+//! trace with no line lost, duplicated or damaged. [`artifacts`]: the parts of P10 (artifacts
+//! through `keyhole-broker transfer store|fetch`).
+
+pub mod artifacts;
 
 /// The `p`-th percentile (0–100) of `samples` by nearest rank: the smallest sample with at
 /// least `p`% of the samples at or below it. `None` for no samples.
