@@ -547,6 +547,23 @@ cmd_up() {
   log "up in $((SECONDS - t0))s; run: eval \"\$(scripts/testbed env)\""
 }
 
+# restart PART [SECONDS]: stops one part of a running bed by its pid, waits SECONDS (default 0)
+# and starts it again with the same settings; for fault tests (an apiserver or kubelet restart
+# in the middle of a job). Parts whose state would be lost (etcd, Vault's dev server) are not
+# offered.
+cmd_restart() {
+  local part=${1:-} pause=${2:-0}
+  [[ $(id -u) == 0 ]] || die "the test bed needs root"
+  [[ $pause =~ ^[0-9]+$ ]] || die "restart: SECONDS must be a whole number (got '$pause')"
+  core_status >/dev/null 2>&1 || die "restart: the bed is not up; run 'scripts/testbed up'"
+  case $part in
+  kube-apiserver) stop_pid kube-apiserver; sleep "$pause"; start_apiserver ;;
+  kubelet) stop_pid kubelet; sleep "$pause"; start_kubelet ;;
+  *) die "restart: PART is kube-apiserver or kubelet (got '$part')" ;;
+  esac
+  log "$part restarted"
+}
+
 stop_pid() { # name
   local f
   f=$(pid_file "$1")

@@ -119,7 +119,7 @@ pub(super) async fn follow_log(
                 why
             }
         };
-        if last_progress.elapsed() > NO_PROGRESS_LIMIT || pod_gone(&why) {
+        if last_progress.elapsed() > NO_PROGRESS_LIMIT || pod_gone(&pods, &name).await {
             sink.finish().await;
             if !warned {
                 trace
@@ -140,9 +140,11 @@ pub(super) async fn follow_log(
     }
 }
 
-/// A 404: the pod is gone, its log with it.
-fn pod_gone(why: &str) -> bool {
-    why.contains("NotFound") || why.contains("not found")
+/// Whether the pod is gone, and its log with it. Asked of the apiserver, not read from the
+/// log request's error: a kubelet that has just restarted answers "not found" for a pod it has
+/// not yet taken up again. An apiserver that does not answer: not known to be gone.
+async fn pod_gone(pods: &Api<Pod>, name: &str) -> bool {
+    matches!(pods.get_opt(name).await, Ok(None))
 }
 
 /// One `follow` stream: the part already passed on skipped (and checked), the rest fed on.

@@ -1,0 +1,128 @@
+//! Faults of the bed's own parts in the middle of a job, each in a real run: the kubelet
+//! restarted. Its own test binary, so that no other test's pods meet the fault. Figures are
+//! printed as `FIGURE` lines and collected in docs/reliability.md.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::ServiceAccount;
+use keyhole_runner::config::{Config, RunnerConfig};
+use keyhole_tests::coordinator::FinalStatus;
+use keyhole_tests::{Coordinator, CoordinatorOptions, TestBed, TestNamespace, repo_dir, run_ok};
+use kube::Api;
+use kube::api::PostParams;
+use secrecy::SecretString;
+use serde_json::json;
+
+/// The kubelet stops for 5 s while a job prints (its containers keep running under
+/// containerd) and starts again: the job completes and its trace has every line once, in
+/// order, the runner following the log again once the kubelet serves it.
+#[tokio::test]
+async fn a_kubelet_restart_mid_job_loses_no_line_and_the_job_completes() {
+    let bed = TestBed::connect().await;
+    let ns = TestNamespace::create(
+        &bed,
+        "kubeletrs",
+        &[("pod-security.kubernetes.io/enforce", "restricted")],
+    )
+    .await
+    .unwrap();
+    Api::<ServiceAccount>::namespaced(bed.client.clone(), &ns.name)
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "keyhole-job"}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    let gitlab = Coordinator::start(CoordinatorOptions {
+        bind: SocketAddr::from(([10, 213, 0, 1], 0)),
+        long_poll: Duration::from_secs(2),
+        ..CoordinatorOptions::default()
+    })
+    .await
+    .unwrap();
+    let mut runner = RunnerConfig {
+        name: format!("test-{}", ns.name),
+        url: gitlab.url(),
+        token: Some(SecretString::from(gitlab.runner_token().to_string())),
+        ..RunnerConfig::default()
+    };
+    runner.kubernetes.namespace = ns.name.clone();
+    runner.kubernetes.pull_policy.0 = vec!["never".into()];
+    runner.kubernetes.pod_termination_grace_period_seconds = Some(20);
+    runner.keyhole.kube_api = bed.env.apiserver_url.clone();
+    let journal = std::env::temp_dir().join(format!("keyhole-journal-{}", ns.name));
+    runner.keyhole.journal_dir = journal.display().to_string();
+    let config = Config {
+        concurrent: 2,
+        runners: vec![runner],
+        ..Config::default()
+    };
+    let job = gitlab
+        .job()
+        .variable("GIT_STRATEGY", "none")
+        .script([
+            "i=1; while [ $i -le 50 ]; do echo \"line $i of 50\"; i=$((i+1)); sleep 0.5; done",
+        ])
+        .enqueue()
+        .unwrap();
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let service = tokio::spawn(keyhole_runner::service::run_until(
+        config,
+        rx,
+        Some(bed.client.clone()),
+    ));
+    let trace = || String::from_utf8_lossy(&gitlab.trace(job.id)).into_owned();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !trace().contains("line 5 of 50") {
+        assert!(
+            Instant::now() < deadline,
+            "the job never printed:\n{}",
+            trace()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let line_5_seen = Instant::now();
+    let restart = tokio::task::spawn_blocking(|| {
+        run_ok(
+            std::process::Command::new(repo_dir().join("scripts/testbed"))
+                .args(["restart", "kubelet", "5"]),
+        )
+    });
+    restart.await.unwrap().unwrap();
+    let back = Instant::now();
+    // The line the job printed by the time the kubelet was back (one each half second from
+    // line 5 on, one less to be safe): how long the trace takes to catch up with it.
+    let printed = (5 + (back - line_5_seen).as_millis() / 500)
+        .saturating_sub(1)
+        .min(50);
+    let marker = format!("line {printed} of 50");
+    while !trace().contains(&marker) {
+        assert!(
+            back.elapsed() < Duration::from_secs(120),
+            "{marker:?} never came:\n{}",
+            trace()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let caught_up = back.elapsed();
+    let done = gitlab
+        .wait_for_final(job.id, Duration::from_secs(180))
+        .await
+        .unwrap();
+    let text = trace();
+    tx.send(true).unwrap();
+    service.await.unwrap().unwrap();
+    let _ = std::fs::remove_dir_all(&journal);
+    assert_eq!(done.status, FinalStatus::Success, "{text}");
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("line ") && l.ends_with(" of 50"))
+        .collect();
+    let expected: Vec<String> = (1..=50).map(|i| format!("line {i} of 50")).collect();
+    assert_eq!(lines, expected, "every line once, in order:\n{text}");
+    println!(
+        "FIGURE kubelet-restart-5s: the trace caught up {:.1} s after the kubelet was back; no line lost or doubled",
+        caught_up.as_secs_f64()
+    );
+}
