@@ -8,7 +8,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use secrecy::{ExposeSecret as _, SecretString};
 
-use super::gitlab::{describe, save};
+use super::gitlab::{describe, file_body, save};
 
 /// What became of a restore attempt.
 #[derive(Debug)]
@@ -64,7 +64,7 @@ pub async fn store(http: &reqwest::Client, url: &SecretString, file: &Path) -> R
         .put(url.expose_secret())
         .header(reqwest::header::CONTENT_LENGTH, len)
         .header(reqwest::header::CONTENT_TYPE, "application/zip")
-        .body(body)
+        .body(file_body(body))
         .send()
         .await
         .map_err(|e| describe(&e))?;

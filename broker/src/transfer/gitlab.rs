@@ -101,7 +101,7 @@ impl Api {
                 .await
                 .map_err(|e| ApiError::Io(format!("cannot read the archive: {e}")))?
                 .len();
-            let part = reqwest::multipart::Part::stream_with_length(file, len)
+            let part = reqwest::multipart::Part::stream_with_length(file_body(file), len)
                 .file_name(u.filename.to_owned())
                 .mime_str("application/octet-stream")
                 .map_err(|e| ApiError::Io(e.to_string()))?;
@@ -181,6 +181,34 @@ pub(super) fn describe(e: &reqwest::Error) -> String {
         source = s.source();
     }
     text
+}
+
+/// Chunks a file is sent in: reqwest's own file body reads a few KiB at a time, which costs
+/// more CPU than the network does (P10 measured ~100 MiB/s on loopback).
+const SEND_CHUNK: usize = 1 << 20;
+
+/// A file as a request body, read in [`SEND_CHUNK`]s (one or two in flight: memory stays
+/// bounded).
+pub(super) fn file_body(file: tokio::fs::File) -> reqwest::Body {
+    use tokio::io::AsyncReadExt as _;
+    let chunks = futures::stream::try_unfold(file, |mut file| async move {
+        let mut buf = vec![0u8; SEND_CHUNK];
+        let mut filled = 0;
+        // Fill the chunk (a read may return less), so chunks stay large.
+        while filled < SEND_CHUNK {
+            let n = file.read(&mut buf[filled..]).await?;
+            if n == 0 {
+                break;
+            }
+            filled += n;
+        }
+        if filled == 0 {
+            return Ok::<_, std::io::Error>(None);
+        }
+        buf.truncate(filled);
+        Ok(Some((buf, file)))
+    });
+    reqwest::Body::wrap_stream(chunks)
 }
 
 /// Streams a response body to a file, chunk by chunk.
