@@ -35,7 +35,7 @@ enum Command {
         #[arg(
             long,
             env = "KEYHOLE_TRANSFER_PLAN",
-            default_value = "/keyhole/transfer/plan.json"
+            default_value = transfer::plan::PLAN_PATH
         )]
         plan: PathBuf,
         /// The log pipe and the script's status file.

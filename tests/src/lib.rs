@@ -14,6 +14,7 @@ pub mod chart;
 pub mod coordinator;
 pub mod exposure;
 pub mod gitlab_ci;
+pub mod gitlab_mode;
 mod helm;
 mod namespace;
 mod outage;

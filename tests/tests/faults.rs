@@ -2,62 +2,21 @@
 //! restarted. Its own test binary, so that no other test's pods meet the fault. Figures are
 //! printed as `FIGURE` lines and collected in docs/reliability.md.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::ServiceAccount;
-use keyhole_runner::config::{Config, RunnerConfig};
 use keyhole_tests::coordinator::FinalStatus;
-use keyhole_tests::{Coordinator, CoordinatorOptions, TestBed, TestNamespace, repo_dir, run_ok};
-use kube::Api;
-use kube::api::PostParams;
-use secrecy::SecretString;
-use serde_json::json;
+use keyhole_tests::gitlab_mode::{config, setup};
+use keyhole_tests::{repo_dir, run_ok};
 
 /// The kubelet stops for 5 s while a job prints (its containers keep running under
 /// containerd) and starts again: the job completes and its trace has every line once, in
 /// order, the runner following the log again once the kubelet serves it.
 #[tokio::test]
 async fn a_kubelet_restart_mid_job_loses_no_line_and_the_job_completes() {
-    let bed = TestBed::connect().await;
-    let ns = TestNamespace::create(
-        &bed,
-        "kubeletrs",
-        &[("pod-security.kubernetes.io/enforce", "restricted")],
-    )
-    .await
-    .unwrap();
-    Api::<ServiceAccount>::namespaced(bed.client.clone(), &ns.name)
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": "keyhole-job"}})).unwrap(),
-        )
-        .await
-        .unwrap();
-    let gitlab = Coordinator::start(CoordinatorOptions {
-        bind: SocketAddr::from(([10, 213, 0, 1], 0)),
-        long_poll: Duration::from_secs(2),
-        ..CoordinatorOptions::default()
-    })
-    .await
-    .unwrap();
-    let mut runner = RunnerConfig {
-        name: format!("test-{}", ns.name),
-        url: gitlab.url(),
-        token: Some(SecretString::from(gitlab.runner_token().to_string())),
-        ..RunnerConfig::default()
-    };
-    runner.kubernetes.namespace = ns.name.clone();
-    runner.kubernetes.pull_policy.0 = vec!["never".into()];
-    runner.kubernetes.pod_termination_grace_period_seconds = Some(20);
-    runner.keyhole.kube_api = bed.env.apiserver_url.clone();
-    let journal = std::env::temp_dir().join(format!("keyhole-journal-{}", ns.name));
-    runner.keyhole.journal_dir = journal.display().to_string();
-    let config = Config {
-        concurrent: 2,
-        runners: vec![runner],
-        ..Config::default()
-    };
+    let s = setup("kubeletrs").await;
+    let (bed, gitlab, journal) = (&s.bed, &s.gitlab, &s.journal);
+    let mut config = config(&s);
+    config.concurrent = 2;
     let job = gitlab
         .job()
         .variable("GIT_STRATEGY", "none")
@@ -113,7 +72,7 @@ async fn a_kubelet_restart_mid_job_loses_no_line_and_the_job_completes() {
     let text = trace();
     tx.send(true).unwrap();
     service.await.unwrap().unwrap();
-    let _ = std::fs::remove_dir_all(&journal);
+    let _ = std::fs::remove_dir_all(journal);
     assert_eq!(done.status, FinalStatus::Success, "{text}");
     let lines: Vec<&str> = text
         .lines()

@@ -5,75 +5,16 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
-use keyhole_runner::config::{Config, RunnerConfig, ServiceAccountRule, UserNamespaceRoot};
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use keyhole_runner::config::{Config, ServiceAccountRule, UserNamespaceRoot};
 use keyhole_tests::coordinator::FinalStatus;
-use keyhole_tests::{Coordinator, CoordinatorOptions, OutageProxy, TestBed, TestNamespace};
+use keyhole_tests::gitlab_mode::{Setup, config, setup};
+use keyhole_tests::{Coordinator, CoordinatorOptions, OutageProxy};
 use kube::Api;
 use kube::api::{ListParams, PostParams};
 use secrecy::SecretString;
 use serde_json::json;
 use tokio::sync::watch;
-
-struct Setup {
-    bed: TestBed,
-    ns: TestNamespace,
-    gitlab: Coordinator,
-    journal: std::path::PathBuf,
-}
-
-async fn setup(tag: &str) -> Setup {
-    let bed = TestBed::connect().await;
-    let ns = TestNamespace::create(
-        &bed,
-        tag,
-        &[("pod-security.kubernetes.io/enforce", "restricted")],
-    )
-    .await
-    .unwrap();
-    Api::<ServiceAccount>::namespaced(bed.client.clone(), &ns.name)
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": "keyhole-job"}})).unwrap(),
-        )
-        .await
-        .unwrap();
-    // Pods fetch the repository from the coordinator, so it listens on the bed's bridge.
-    let gitlab = Coordinator::start(CoordinatorOptions {
-        bind: SocketAddr::from(([10, 213, 0, 1], 0)),
-        long_poll: Duration::from_secs(2),
-        ..CoordinatorOptions::default()
-    })
-    .await
-    .unwrap();
-    let journal = std::env::temp_dir().join(format!("keyhole-journal-{}", ns.name));
-    Setup {
-        bed,
-        ns,
-        gitlab,
-        journal,
-    }
-}
-
-fn config(s: &Setup) -> Config {
-    let mut runner = RunnerConfig {
-        name: format!("test-{}", s.ns.name),
-        url: s.gitlab.url(),
-        token: Some(SecretString::from(s.gitlab.runner_token().to_string())),
-        ..RunnerConfig::default()
-    };
-    runner.kubernetes.namespace = s.ns.name.clone();
-    runner.kubernetes.pull_policy.0 = vec!["never".into()];
-    runner.kubernetes.pod_termination_grace_period_seconds = Some(20);
-    runner.keyhole.vault_addr = Some(s.bed.env.vault_pod_addr.clone());
-    runner.keyhole.kube_api = s.bed.env.apiserver_url.clone();
-    runner.keyhole.journal_dir = s.journal.display().to_string();
-    Config {
-        concurrent: 4,
-        runners: vec![runner],
-        ..Config::default()
-    }
-}
 
 /// Runs the service in the background; dropping the returned sender stops it gracefully.
 fn start_runner(

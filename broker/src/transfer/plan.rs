@@ -15,6 +15,8 @@ pub const PLAN_DIR: &str = "/keyhole/transfer";
 pub const SCRATCH_DIR: &str = "/keyhole/scratch";
 /// File name of the plan in [`PLAN_DIR`].
 pub const PLAN_FILE: &str = "plan.json";
+/// [`PLAN_FILE`] in [`PLAN_DIR`]: where the transfer containers read their plan.
+pub const PLAN_PATH: &str = "/keyhole/transfer/plan.json";
 /// Name of the init container that downloads dependencies' artifacts and restores caches.
 pub const FETCH_CONTAINER: &str = "keyhole-fetch";
 /// Name of the container that uploads artifacts and saves caches once the script ended.
@@ -180,6 +182,11 @@ fn expose<S: Serializer>(secret: &SecretString, s: S) -> Result<S::Ok, S::Error>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_plan_path_is_the_file_in_the_mounted_dir() {
+        assert_eq!(PLAN_PATH, format!("{PLAN_DIR}/{PLAN_FILE}"));
+    }
 
     #[test]
     fn when_follows_the_scripts_result() {

@@ -11,8 +11,8 @@ use super::cache::{self, Fetched};
 use super::extract::{Extracted, extract_zip};
 use super::gitlab::{Api, Upload};
 use super::plan::{
-    ArtifactUpload, CachePlan, EXIT_BAD_PLAN, EXIT_TRANSFER_FAILED, Format, PLAN_DIR, PLAN_FILE,
-    Plan, SCRATCH_DIR, SCRIPT_STATUS_FILE,
+    ArtifactUpload, CachePlan, EXIT_BAD_PLAN, EXIT_TRANSFER_FAILED, Format, Plan,
+    SCRIPT_STATUS_FILE,
 };
 use super::select::{Selection, select};
 use crate::contract;
@@ -26,16 +26,6 @@ pub struct Dirs {
     pub plan: PathBuf,
     pub runtime: PathBuf,
     pub scratch: PathBuf,
-}
-
-impl Default for Dirs {
-    fn default() -> Self {
-        Self {
-            plan: Path::new(PLAN_DIR).join(PLAN_FILE),
-            runtime: PathBuf::from(contract::RUNTIME_DIR),
-            scratch: PathBuf::from(SCRATCH_DIR),
-        }
-    }
 }
 
 /// The job log: the broker's pipe when there is one (it masks), else stdout.

@@ -1,0 +1,79 @@
+//! The set-up of a GitLab-mode test on the bed: a PodSecurity-restricted namespace with the
+//! default job ServiceAccount, a coordinator (fake GitLab) on the bed's bridge, where job pods
+//! reach it, and the runner config that points at both. Shared by the GitLab-mode suites.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::ServiceAccount;
+use keyhole_runner::config::{Config, RunnerConfig};
+use kube::Api;
+use kube::api::PostParams;
+use secrecy::SecretString;
+use serde_json::json;
+
+use crate::{Coordinator, CoordinatorOptions, TestBed, TestNamespace};
+
+/// What a GitLab-mode test works with.
+#[derive(Debug)]
+pub struct Setup {
+    pub bed: TestBed,
+    pub ns: TestNamespace,
+    pub gitlab: Coordinator,
+    pub journal: std::path::PathBuf,
+}
+
+/// A namespace named after `tag`, its default job ServiceAccount, and a coordinator.
+pub async fn setup(tag: &str) -> Setup {
+    let bed = TestBed::connect().await;
+    let ns = TestNamespace::create(
+        &bed,
+        tag,
+        &[("pod-security.kubernetes.io/enforce", "restricted")],
+    )
+    .await
+    .unwrap();
+    Api::<ServiceAccount>::namespaced(bed.client.clone(), &ns.name)
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "keyhole-job"}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    // Pods fetch the repository from the coordinator, so it listens on the bed's bridge.
+    let gitlab = Coordinator::start(CoordinatorOptions {
+        bind: SocketAddr::from(([10, 213, 0, 1], 0)),
+        long_poll: Duration::from_secs(2),
+        ..CoordinatorOptions::default()
+    })
+    .await
+    .unwrap();
+    let journal = std::env::temp_dir().join(format!("keyhole-journal-{}", ns.name));
+    Setup {
+        bed,
+        ns,
+        gitlab,
+        journal,
+    }
+}
+
+/// The runner's config for `s`: one runner of that coordinator, jobs in that namespace.
+pub fn config(s: &Setup) -> Config {
+    let mut runner = RunnerConfig {
+        name: format!("test-{}", s.ns.name),
+        url: s.gitlab.url(),
+        token: Some(SecretString::from(s.gitlab.runner_token().to_string())),
+        ..RunnerConfig::default()
+    };
+    runner.kubernetes.namespace = s.ns.name.clone();
+    runner.kubernetes.pull_policy.0 = vec!["never".into()];
+    runner.kubernetes.pod_termination_grace_period_seconds = Some(20);
+    runner.keyhole.vault_addr = Some(s.bed.env.vault_pod_addr.clone());
+    runner.keyhole.kube_api = s.bed.env.apiserver_url.clone();
+    runner.keyhole.journal_dir = s.journal.display().to_string();
+    Config {
+        concurrent: 4,
+        runners: vec![runner],
+        ..Config::default()
+    }
+}
