@@ -77,3 +77,25 @@ pub fn config(s: &Setup) -> Config {
         ..Config::default()
     }
 }
+
+/// A job script that prints `line <i> of <total>` for i = 1..=total, `pause` seconds apart
+/// (a `sleep` argument such as `0.5`): output spread over time, for faults in the middle of it.
+pub fn numbered_lines_script(total: u32, pause: &str) -> String {
+    format!(
+        "i=1; while [ $i -le {total} ]; do echo \"line $i of {total}\"; i=$((i+1)); sleep {pause}; done"
+    )
+}
+
+/// Asserts that `trace` holds the lines of [`numbered_lines_script`] each once, in order:
+/// nothing lost, nothing doubled.
+pub fn assert_numbered_lines_once(trace: &str, total: u32) {
+    let suffix = format!(" of {total}");
+    let lines: Vec<&str> = trace
+        .lines()
+        .filter(|l| l.starts_with("line ") && l.ends_with(&suffix))
+        .collect();
+    let expected: Vec<String> = (1..=total)
+        .map(|i| format!("line {i} of {total}"))
+        .collect();
+    assert_eq!(lines, expected, "every line once, in order:\n{trace}");
+}

@@ -5,7 +5,9 @@
 use std::time::{Duration, Instant};
 
 use keyhole_tests::coordinator::FinalStatus;
-use keyhole_tests::gitlab_mode::{config, setup};
+use keyhole_tests::gitlab_mode::{
+    assert_numbered_lines_once, config, numbered_lines_script, setup,
+};
 use keyhole_tests::{repo_dir, run_ok};
 
 /// The kubelet stops for 5 s while a job prints (its containers keep running under
@@ -20,9 +22,7 @@ async fn a_kubelet_restart_mid_job_loses_no_line_and_the_job_completes() {
     let job = gitlab
         .job()
         .variable("GIT_STRATEGY", "none")
-        .script([
-            "i=1; while [ $i -le 50 ]; do echo \"line $i of 50\"; i=$((i+1)); sleep 0.5; done",
-        ])
+        .script([numbered_lines_script(50, "0.5")])
         .enqueue()
         .unwrap();
     let (tx, rx) = tokio::sync::watch::channel(false);
@@ -74,12 +74,7 @@ async fn a_kubelet_restart_mid_job_loses_no_line_and_the_job_completes() {
     service.await.unwrap().unwrap();
     let _ = std::fs::remove_dir_all(journal);
     assert_eq!(done.status, FinalStatus::Success, "{text}");
-    let lines: Vec<&str> = text
-        .lines()
-        .filter(|l| l.starts_with("line ") && l.ends_with(" of 50"))
-        .collect();
-    let expected: Vec<String> = (1..=50).map(|i| format!("line {i} of 50")).collect();
-    assert_eq!(lines, expected, "every line once, in order:\n{text}");
+    assert_numbered_lines_once(&text, 50);
     println!(
         "FIGURE kubelet-restart-5s: the trace caught up {:.1} s after the kubelet was back; no line lost or doubled",
         caught_up.as_secs_f64()

@@ -8,7 +8,9 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use keyhole_runner::config::{Config, ServiceAccountRule, UserNamespaceRoot};
 use keyhole_tests::coordinator::FinalStatus;
-use keyhole_tests::gitlab_mode::{Setup, config, setup};
+use keyhole_tests::gitlab_mode::{
+    Setup, assert_numbered_lines_once, config, numbered_lines_script, setup,
+};
 use keyhole_tests::{Coordinator, CoordinatorOptions, OutageProxy};
 use kube::Api;
 use kube::api::{ListParams, PostParams};
@@ -1647,7 +1649,7 @@ async fn gitlab_down_for_a_minute_mid_job_loses_no_trace_and_gets_the_final_stat
         .gitlab
         .job()
         .variable("GIT_STRATEGY", "none")
-        .script(["i=1; while [ $i -le 80 ]; do echo \"line $i of 80\"; i=$((i+1)); sleep 1; done"])
+        .script([numbered_lines_script(80, "1")])
         .enqueue()
         .unwrap();
     let (tx, handle) = start_runner(&s);
@@ -1667,12 +1669,7 @@ async fn gitlab_down_for_a_minute_mid_job_loses_no_trace_and_gets_the_final_stat
     let trace = trace_text(&s, job.id);
     stop(tx, handle).await;
     assert_eq!(done.status, FinalStatus::Success, "{trace}");
-    let lines: Vec<&str> = trace
-        .lines()
-        .filter(|l| l.starts_with("line ") && l.ends_with(" of 80"))
-        .collect();
-    let expected: Vec<String> = (1..=80).map(|i| format!("line {i} of 80")).collect();
-    assert_eq!(lines, expected, "every line once, in order:\n{trace}");
+    assert_numbered_lines_once(&trace, 80);
     assert_eq!(done.trace_len, s.gitlab.trace(job.id).len());
     assert!(
         s.gitlab.counters().faults.values().sum::<u64>() > 0,
@@ -1697,9 +1694,7 @@ async fn an_apiserver_restart_mid_job_loses_no_trace_and_doubles_none() {
         .gitlab
         .job()
         .variable("GIT_STRATEGY", "none")
-        .script([
-            "i=1; while [ $i -le 60 ]; do echo \"line $i of 60\"; i=$((i+1)); sleep 0.5; done",
-        ])
+        .script([numbered_lines_script(60, "0.5")])
         .enqueue()
         .unwrap();
     let (tx, rx) = watch::channel(false);
@@ -1724,12 +1719,7 @@ async fn an_apiserver_restart_mid_job_loses_no_trace_and_doubles_none() {
     let trace = trace_text(&s, job.id);
     stop(tx, handle).await;
     assert_eq!(done.status, FinalStatus::Success, "{trace}");
-    let lines: Vec<&str> = trace
-        .lines()
-        .filter(|l| l.starts_with("line ") && l.ends_with(" of 60"))
-        .collect();
-    let expected: Vec<String> = (1..=60).map(|i| format!("line {i} of 60")).collect();
-    assert_eq!(lines, expected, "every line once, in order:\n{trace}");
+    assert_numbered_lines_once(&trace, 60);
     println!(
         "FIGURE apiserver-restart-10s: the trace caught up {:.1} s after the apiserver came back; no byte lost or doubled",
         caught_up.as_secs_f64()
