@@ -825,7 +825,9 @@ async fn private_registry_image_is_pulled_only_with_an_image_pull_secret_holding
             "anonymous",
             "authorization failed: no basic auth credentials",
         ),
-        ("wrong-password", "401 Unauthorized"),
+        // Mostly the registry's 401; containerd sometimes reports the same refusal as for an
+        // anonymous pull (seen once in test-all): either is a refusal on authorization.
+        ("wrong-password", "401 Unauthorized|authorization failed"),
     ] {
         let refused = wait_for_pod(&pods, name, |p| {
             let phase = p.and_then(|p| p.status.as_ref()?.phase.clone());
@@ -844,7 +846,7 @@ async fn private_registry_image_is_pulled_only_with_an_image_pull_secret_holding
         );
         let (reason, message) = waiting_of(Some(&refused)).unwrap();
         assert!(
-            message.contains(refusal),
+            refusal.split('|').any(|r| message.contains(r)),
             "{name}: the pull must fail on authorization ({refusal:?}), got {reason}: {message}"
         );
     }
