@@ -14,6 +14,7 @@
 //! file-system primitives `extract` shares (walking beneath a root without following symlinks,
 //! a copy that tells read errors from write errors, zip timestamps).
 
+use std::collections::VecDeque;
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{self, Read, Seek, Write};
@@ -22,14 +23,13 @@ use std::os::unix::ffi::OsStrExt as _;
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Component, Path, PathBuf};
 
+use super::deflate_pool::{CHUNK, DICTIONARY, DeflatePool, Pending};
+use super::select::{Entry, EntryKind};
+use super::zip_writer::{Header, Method, ZipStream};
 use flate2::GzBuilder;
 use nix::errno::Errno;
 use nix::fcntl::{OFlag, openat};
 use nix::sys::stat::{Mode, SFlag, fstat};
-use zip::ZipWriter;
-use zip::write::{FullFileOptions, SimpleFileOptions};
-
-use super::select::{Entry, EntryKind};
 
 /// Why archiving, selecting or extracting failed. Problems with single files that the job may
 /// have caused (a file replaced since it was selected, an unsafe archive entry) are not errors
@@ -53,12 +53,6 @@ pub enum ArchiveError {
     /// Writing the archive failed (the output, or the zip writer).
     #[error("writing the archive at {entry}: {source}")]
     Write { entry: String, source: io::Error },
-    /// The zip writer refused an entry or could not finish the archive.
-    #[error("writing the archive at {entry}: {source}")]
-    Zip {
-        entry: String,
-        source: zip::result::ZipError,
-    },
     /// The archive to extract cannot be opened or is not a zip archive.
     #[error("{archive}: not a readable zip archive: {source}")]
     Unreadable {
@@ -111,7 +105,7 @@ impl Compression {
     /// The deflate level (1 to 9). gitlab-runner's fastzip stores without compressing at
     /// `fastest`; here every level deflates, `fastest` at level 1, so that `fastest` never
     /// makes an archive larger than its files.
-    pub fn deflate_level(self) -> i64 {
+    pub fn deflate_level(self) -> u32 {
         match self {
             Self::Fastest => 1,
             Self::Fast => 3,
@@ -145,11 +139,20 @@ impl std::str::FromStr for Compression {
 /// deflate can grow incompressible data a little); the cost is 20 bytes per such file.
 const ZIP64_FROM: u64 = 2 << 30;
 
+/// Deflated chunks waiting for a worker, per worker: enough to keep every worker busy while
+/// the writer catches up, few enough to bound memory (each is at most two chunks of bytes).
+const IN_FLIGHT_PER_WORKER: usize = 2;
+
+/// Headers queued behind a chunk still being deflated, at most (many directories or symlinks
+/// after a large file): past it, the writer waits for the chunk.
+const MAX_QUEUED: usize = 4096;
+
 /// Writes `entries` (from `select()`, below `root`) as a zip archive: regular files deflated at
-/// `level`, directories as directory entries (so empty ones survive), symlinks as zip symlinks
-/// (unix mode `S_IFLNK`, the target as content, never followed). Permissions are kept without
-/// setuid, setgid and sticky bits; modification times are kept (DOS time in UTC plus the
-/// extended-timestamp field, as Go's `archive/zip` writes them).
+/// `level` on every core (`deflate_pool`), directories as directory entries (so empty ones
+/// survive), symlinks as zip symlinks (unix mode `S_IFLNK`, the target as content, never
+/// followed). Permissions are kept without setuid, setgid and sticky bits; modification times
+/// are kept (DOS time in UTC plus the extended-timestamp field, as Go's `archive/zip` writes
+/// them). Memory is bounded whatever the sizes: a few chunks per worker.
 ///
 /// A file that is no longer a regular file reached without symlinks (replaced, moved, a
 /// directory on its path swapped for a symlink) is skipped with a warning in [`Packed`].
@@ -157,8 +160,8 @@ const ZIP64_FROM: u64 = 2 << 30;
 /// # Errors
 /// [`ArchiveError::Root`] when `root` cannot be opened, [`ArchiveError::EntryPath`] for an entry
 /// path `select()` would not make, [`ArchiveError::Read`] for a file that cannot be read for
-/// another reason, [`ArchiveError::Write`]/[`ArchiveError::Zip`] when the output fails. The
-/// output is unusable after an error.
+/// another reason, [`ArchiveError::Write`] when the output fails. The output is unusable after
+/// an error.
 pub fn write_zip<W: Write + Seek>(
     root: &Path,
     entries: &[Entry],
@@ -166,18 +169,22 @@ pub fn write_zip<W: Write + Seek>(
     level: Compression,
 ) -> Result<Packed, ArchiveError> {
     let root_fd = open_root(root)?;
-    let mut zip = ZipWriter::new(out);
+    let workers = DeflatePool::workers_for_this_machine();
+    let mut packer = Packer {
+        zip: ZipStream::new(out),
+        pool: DeflatePool::new(level.deflate_level(), workers),
+        queue: VecDeque::new(),
+        in_flight: 0,
+        max_in_flight: workers * IN_FLIGHT_PER_WORKER,
+        writing: String::new(),
+    };
     let mut packed = Packed::default();
     for entry in entries {
         let name = zip_name(&entry.relative)?;
-        let zip_err = |source| ArchiveError::Zip {
-            entry: name.to_owned(),
-            source,
-        };
         match &entry.kind {
             EntryKind::Dir { mode } => {
-                let options = entry_options(*mode, entry.mtime);
-                zip.add_directory(name, options).map_err(zip_err)?;
+                let header = stored_header(format!("{name}/"), SFlag::S_IFDIR, *mode, entry);
+                packer.stored(header, Vec::new())?;
             }
             EntryKind::Symlink { target } => {
                 let Some(target) = target.to_str() else {
@@ -186,29 +193,177 @@ pub fn write_zip<W: Write + Seek>(
                     ));
                     continue;
                 };
-                let options = entry_options(0o777, entry.mtime);
-                zip.add_symlink(name, target, options).map_err(zip_err)?;
+                let header = stored_header(name.to_owned(), SFlag::S_IFLNK, 0o777, entry);
+                packer.stored(header, target.as_bytes().to_vec())?;
             }
             EntryKind::File { .. } => {
                 let Some(file) = open_regular(root_fd.as_fd(), root, entry, &mut packed)? else {
                     continue;
                 };
-                let options = entry_options(file.mode, file.mtime)
-                    .compression_method(zip::CompressionMethod::Deflated)
-                    .compression_level(Some(level.deflate_level()))
-                    .large_file(file.size >= ZIP64_FROM);
-                zip.start_file(name, options).map_err(zip_err)?;
-                let bytes = copy_file(file.file, &mut zip, root, entry, name)?;
+                let header = Header {
+                    name: name.to_owned(),
+                    method: Method::Deflated,
+                    mode: SFlag::S_IFREG.bits() | (file.mode & 0o777),
+                    mtime: file.mtime,
+                    zip64: file.size >= ZIP64_FROM,
+                };
+                let read_failed = |source| ArchiveError::Read {
+                    path: root.join(&entry.relative),
+                    source,
+                };
+                packed.bytes += packer.deflated(header, file.file, read_failed)?;
                 packed.files += 1;
-                packed.bytes += bytes;
             }
         }
     }
-    zip.finish().map_err(|source| ArchiveError::Zip {
-        entry: "(central directory)".to_owned(),
-        source,
-    })?;
+    packer.finish()?;
     Ok(packed)
+}
+
+/// The header of a directory or symlink entry: stored, the permission bits of `mode` under
+/// `kind`, the selection's modification time.
+fn stored_header(name: String, kind: SFlag, mode: u32, entry: &Entry) -> Header {
+    Header {
+        name,
+        method: Method::Stored,
+        mode: kind.bits() | (mode & 0o777),
+        mtime: entry.mtime,
+        zip64: false,
+    }
+}
+
+/// One step of writing the archive, kept in order while chunks are deflated elsewhere.
+enum Step {
+    Begin(Header),
+    Data(Vec<u8>),
+    Deflated(Pending),
+    End { crc: u32, size: u64 },
+}
+
+/// Feeds files to the deflate workers and writes the archive in order: steps queue up behind
+/// chunks still being deflated, and the queue is drained whenever too many are in flight.
+struct Packer<W: Write + Seek> {
+    zip: ZipStream<W>,
+    pool: DeflatePool,
+    queue: VecDeque<Step>,
+    in_flight: usize,
+    max_in_flight: usize,
+    /// The entry whose steps are being written, for error messages.
+    writing: String,
+}
+
+impl<W: Write + Seek> Packer<W> {
+    /// Queues an entry whose (small) content is stored as it is.
+    fn stored(&mut self, header: Header, content: Vec<u8>) -> Result<(), ArchiveError> {
+        let crc = crc32fast::hash(&content);
+        let size = content.len() as u64;
+        self.push(Step::Begin(header))?;
+        self.push(Step::Data(content))?;
+        self.push(Step::End { crc, size })
+    }
+
+    /// Queues a regular file, read here chunk by chunk and deflated by the workers; returns
+    /// the bytes read.
+    fn deflated(
+        &mut self,
+        header: Header,
+        mut file: File,
+        read_failed: impl Fn(io::Error) -> ArchiveError,
+    ) -> Result<u64, ArchiveError> {
+        self.push(Step::Begin(header))?;
+        let mut crc = crc32fast::Hasher::new();
+        let mut size = 0u64;
+        let mut dictionary = Vec::new();
+        let mut chunk = read_chunk(&mut file).map_err(&read_failed)?;
+        loop {
+            let next = if chunk.len() == CHUNK {
+                read_chunk(&mut file).map_err(&read_failed)?
+            } else {
+                Vec::new()
+            };
+            let last = next.is_empty();
+            crc.update(&chunk);
+            size += chunk.len() as u64;
+            let tail = chunk
+                .get(chunk.len().saturating_sub(DICTIONARY)..)
+                .unwrap_or_default()
+                .to_vec();
+            let previous_tail = std::mem::replace(&mut dictionary, tail);
+            let pending = self
+                .pool
+                .submit(chunk, previous_tail, last)
+                .map_err(|source| self.write_failed(source))?;
+            self.push(Step::Deflated(pending))?;
+            if last {
+                break;
+            }
+            chunk = next;
+        }
+        self.push(Step::End {
+            crc: crc.finalize(),
+            size,
+        })?;
+        Ok(size)
+    }
+
+    fn push(&mut self, step: Step) -> Result<(), ArchiveError> {
+        if matches!(step, Step::Deflated(_)) {
+            self.in_flight += 1;
+        }
+        self.queue.push_back(step);
+        while self.in_flight > self.max_in_flight || self.queue.len() > MAX_QUEUED {
+            self.write_next()?;
+        }
+        Ok(())
+    }
+
+    /// Writes the first queued step, waiting for its chunk if it is still being deflated.
+    fn write_next(&mut self) -> Result<(), ArchiveError> {
+        let Some(step) = self.queue.pop_front() else {
+            return Ok(());
+        };
+        let written = match step {
+            Step::Begin(header) => {
+                self.writing.clone_from(&header.name);
+                self.zip.begin(header)
+            }
+            Step::Data(bytes) => self.zip.data(&bytes),
+            Step::Deflated(pending) => {
+                self.in_flight -= 1;
+                pending.wait().and_then(|bytes| self.zip.data(&bytes))
+            }
+            Step::End { crc, size } => self.zip.end(crc, size),
+        };
+        written.map_err(|source| self.write_failed(source))
+    }
+
+    fn write_failed(&self, source: io::Error) -> ArchiveError {
+        ArchiveError::Write {
+            entry: self.writing.clone(),
+            source,
+        }
+    }
+
+    /// Writes what is queued and the central directory.
+    fn finish(mut self) -> Result<(), ArchiveError> {
+        while !self.queue.is_empty() {
+            self.write_next()?;
+        }
+        self.writing = "(central directory)".to_owned();
+        let Self { zip, writing, .. } = self;
+        zip.finish().map_err(|source| ArchiveError::Write {
+            entry: writing,
+            source,
+        })?;
+        Ok(())
+    }
+}
+
+/// Reads up to [`CHUNK`] bytes: less only at the end of the file.
+fn read_chunk(file: &mut File) -> io::Result<Vec<u8>> {
+    let mut chunk = Vec::with_capacity(CHUNK);
+    file.take(CHUNK as u64).read_to_end(&mut chunk)?;
+    Ok(chunk)
 }
 
 /// Writes the regular files of `entries` as GitLab's `gzip` artifact format, the way
@@ -260,19 +415,6 @@ pub fn write_gzip<W: Write>(
         source,
     })?;
     Ok(packed)
-}
-
-/// Zip options shared by every kind of entry.
-fn entry_options(mode: u32, mtime: i64) -> FullFileOptions<'static, 'static> {
-    let options = SimpleFileOptions::default()
-        .unix_permissions(mode & 0o777)
-        .last_modified_time(zip_time(mtime));
-    let extended = u32::try_from(mtime).ok();
-    let full = options.into_full_options();
-    // The extended timestamp only fails for over-long extra data, which one field is not.
-    full.clone()
-        .with_extended_timestamp(extended, None, None)
-        .unwrap_or(full)
 }
 
 /// The archive name of an entry: its relative path, `/`-separated, refused unless every

@@ -6,8 +6,10 @@
 
 pub mod archive;
 pub mod cache;
+mod deflate_pool;
 pub mod extract;
 pub mod gitlab;
 pub mod plan;
 pub mod run;
 pub mod select;
+mod zip_writer;
