@@ -4,10 +4,12 @@
 //! broker (`cargo build -p keyhole-broker`; see `keyhole_tests::broker_binary`).
 
 use std::net::TcpListener;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use keyhole_broker::contract::exit_code;
+use keyhole_broker::leases::END_DEADLINE;
 use keyhole_tests::{
     AuditedCall, BrokerDirs, BrokerExit, BrokerProcess, TestBed, TestNamespace, VaultAdmin,
     audited_calls_of_namespace,
@@ -140,15 +142,175 @@ fn error_lines(stderr: &str) -> Vec<&str> {
         .collect()
 }
 
-/// A Vault dev server of this test's own, stopped (by its pid) when the test ends, panics
-/// included.
-struct OwnVault(std::process::Child);
+/// A Vault dev server of the test's own (the bed's binary, root token `root`), stopped (by its
+/// pid) when the test ends, panics included: sealing the shared Vault would break other tests.
+struct OwnVault {
+    child: std::process::Child,
+    addr: String,
+    http: reqwest::Client,
+}
 
 impl Drop for OwnVault {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
+}
+
+impl OwnVault {
+    /// Starts it on a free loopback port and waits until it answers.
+    async fn start(bed: &TestBed) -> Self {
+        let port = free_port();
+        let child = std::process::Command::new(bed.env.bin("vault"))
+            .args([
+                "server",
+                "-dev",
+                "-dev-root-token-id=root",
+                &format!("-dev-listen-address=127.0.0.1:{port}"),
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("the bed's vault binary");
+        let vault = Self {
+            child,
+            addr: format!("http://127.0.0.1:{port}"),
+            http: reqwest::Client::new(),
+        };
+        tokio::time::timeout(Duration::from_secs(60), async {
+            while !vault
+                .http
+                .get(format!("{}/v1/sys/health", vault.addr))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+        .await
+        .expect("our own dev Vault starts");
+        vault
+    }
+
+    /// `PUT /v1/<path>` as root; panics with Vault's answer unless it is a success.
+    async fn write(&self, path: &str, body: serde_json::Value) {
+        let resp = self
+            .http
+            .put(format!("{}/v1/{path}", self.addr))
+            .header("X-Vault-Token", "root")
+            .json(&body)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("our own Vault, {path}: {e}"));
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        assert!(
+            status.is_success(),
+            "our own Vault, {path}: {status}: {text}"
+        );
+    }
+
+    /// Seals it (`PUT sys/seal`): from then on it answers every request 503 "Vault is sealed".
+    async fn seal(&self) {
+        self.write("sys/seal", json!({})).await;
+    }
+
+    /// Sets it up as `scripts/lib/up.sh` sets up the bed's Vault for dynamic secrets: kubernetes
+    /// auth against the bed's API server (reviewer: the bed's `kube-system/vault-auth`), the
+    /// database engine on the bed's Redis with the role [`SHORT_LIVED`] (users live 6 s unless
+    /// renewed, 60 s at most). ServiceAccount `job` of `namespace` logs in as role `namespace`
+    /// with a token of 300 s (no token renewal within the test) and may read the role's
+    /// credentials and revoke its leases.
+    async fn configure_dynamic_secrets(&self, bed: &TestBed, namespace: &str) {
+        let reviewer = bed
+            .service_account_token("kube-system", "vault-auth", &[])
+            .await
+            .unwrap();
+        let ca = std::fs::read_to_string(bed.path("pki/ca.crt")).unwrap();
+        self.write("sys/auth/kubernetes", json!({"type": "kubernetes"}))
+            .await;
+        self.write(
+            "auth/kubernetes/config",
+            json!({"kubernetes_host": bed.env.apiserver_url, "kubernetes_ca_cert": ca,
+                   "token_reviewer_jwt": reviewer, "disable_local_ca_jwt": true}),
+        )
+        .await;
+        let redis = bed.env.redis.as_ref().expect("the bed has Redis");
+        let (host, port) = redis.addr.rsplit_once(':').unwrap();
+        let password = std::fs::read_to_string(&redis.password_file).unwrap();
+        self.write("sys/mounts/database", json!({"type": "database"}))
+            .await;
+        self.write(
+            "database/config/redis",
+            json!({"plugin_name": "redis-database-plugin", "host": host, "port": port.parse::<u16>().unwrap(),
+                   "tls": false, "username": "default", "password": password.trim(), "allowed_roles": "*"}),
+        )
+        .await;
+        self.write(
+            "database/roles/short-lived",
+            json!({"db_name": "redis", "creation_statements": "[\"~*\", \"+@read\", \"+ping\"]",
+                   "default_ttl": "6s", "max_ttl": "60s"}),
+        )
+        .await;
+        let policy = format!(
+            "path \"{SHORT_LIVED}\" {{ capabilities = [\"read\"] }}\n\
+             path \"sys/internal/ui/mounts/*\" {{ capabilities = [\"read\"] }}\n\
+             path \"sys/leases/revoke\" {{ capabilities = [\"update\"] }}\n"
+        );
+        self.write(
+            &format!("sys/policies/acl/{namespace}"),
+            json!({"policy": policy}),
+        )
+        .await;
+        self.write(
+            &format!("auth/kubernetes/role/{namespace}"),
+            json!({"bound_service_account_names": ["job"],
+                   "bound_service_account_namespaces": [namespace], "audience": "vault",
+                   "token_policies": [namespace], "token_ttl": "300s"}),
+        )
+        .await;
+    }
+}
+
+/// The dynamic credentials [`OwnVault::configure_dynamic_secrets`] issues.
+const SHORT_LIVED: &str = "database/creds/short-lived";
+
+/// Deletes a user of the bed's Redis when dropped (panics included): a sealed Vault cannot
+/// revoke the lease that made it, and the test's own Vault is gone after the test.
+struct RedisUserRemoved {
+    bed: TestBed,
+    user: String,
+}
+
+impl Drop for RedisUserRemoved {
+    fn drop(&mut self) {
+        let Some(redis) = self.bed.env.redis.as_ref() else {
+            return;
+        };
+        let Some((host, port)) = redis.addr.rsplit_once(':') else {
+            return;
+        };
+        let password = std::fs::read_to_string(&redis.password_file).unwrap_or_default();
+        let _ = std::process::Command::new(self.bed.env.bin("redis-cli"))
+            .env("REDISCLI_AUTH", password.trim())
+            .args(["-h", host, "-p", port, "ACL", "DELUSER", &self.user])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
+/// The lease id on a secret's audit line.
+fn lease_of(stderr: &str, secret: &str) -> String {
+    let line = stderr
+        .lines()
+        .find(|l| l.contains(&format!("audit secret={secret} ")))
+        .unwrap_or_else(|| panic!("no audit line for {secret}:\n{stderr}"));
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix("lease="))
+        .unwrap_or_else(|| panic!("no lease on {line:?}"))
+        .to_owned()
 }
 
 /// A loopback port with nothing listening on it.
@@ -305,41 +467,9 @@ async fn vault_down_is_unavailable_after_the_deadline() {
 async fn a_sealed_vault_is_unavailable() {
     // Sealing the shared Vault would break other tests: start a dev server of our own.
     let job = Job::new("bfseal").await;
-    let port = free_port();
-    let addr = format!("http://127.0.0.1:{port}");
-    let _vault = OwnVault(
-        std::process::Command::new(job.bed.env.bin("vault"))
-            .args([
-                "server",
-                "-dev",
-                "-dev-root-token-id=root",
-                &format!("-dev-listen-address=127.0.0.1:{port}"),
-            ])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("the bed's vault binary"),
-    );
-    let http = reqwest::Client::new();
-    tokio::time::timeout(std::time::Duration::from_secs(60), async {
-        while !http
-            .get(format!("{addr}/v1/sys/health"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
-    })
-    .await
-    .expect("our own dev Vault starts");
-    http.put(format!("{addr}/v1/sys/seal"))
-        .header("X-Vault-Token", "root")
-        .send()
-        .await
-        .unwrap()
-        .error_for_status()
-        .expect("our own dev Vault seals");
+    let vault = OwnVault::start(&job.bed).await;
+    let addr = vault.addr.clone();
+    vault.seal().await;
     let exit = job
         .run_to_failure(
             &[("DB_PASSWORD", "vault:kv/app/db#password")],
@@ -356,6 +486,115 @@ async fn a_sealed_vault_is_unavailable() {
         "{}",
         exit.stderr
     );
+}
+
+/// The fault "Vault sealed mid-job" of docs/reliability.md, on a Vault of the test's own: a job
+/// holds dynamic Redis credentials whose lease lives 6 s unless renewed; Vault is sealed once
+/// they are delivered. The files keep their bytes, the renewal fails with a warning naming the
+/// lease and the sealed Vault while the job goes on, and at the job's end the revocation is
+/// attempted, fails as sealed, and the broker exits 0 within [`END_DEADLINE`].
+#[tokio::test]
+async fn a_vault_sealed_mid_job_keeps_delivered_files_warns_on_renewal_and_bounds_revocation() {
+    let job = Job::new("bfsealmid").await;
+    let ns = job.ns.name.clone();
+    let vault = OwnVault::start(&job.bed).await;
+    vault.configure_dynamic_secrets(&job.bed, &ns).await;
+    let addr = vault.addr.clone();
+    job.dirs
+        .write_references(&[
+            ("REDIS_USER", &format!("vault:{SHORT_LIVED}#username")),
+            ("REDIS_PASSWORD", &format!("vault:{SHORT_LIVED}#password")),
+        ])
+        .unwrap();
+    let mut broker =
+        BrokerProcess::spawn(&with(job.settings(), &[("KEYHOLE_VAULT_ADDR", &addr)])).unwrap();
+    let stderr = broker.wait_ready().await.unwrap();
+    let lease = lease_of(&stderr, "REDIS_PASSWORD");
+    let read = |name: &str| std::fs::read(job.dirs.secrets.join(name)).unwrap();
+    let delivered = [read("REDIS_USER"), read("REDIS_PASSWORD")];
+    assert!(
+        delivered.iter().all(|v| !v.is_empty()),
+        "empty credentials delivered"
+    );
+    let _user = RedisUserRemoved {
+        bed: job.bed.clone(),
+        user: String::from_utf8(delivered[0].clone()).unwrap(),
+    };
+
+    vault.seal().await;
+    let sealed = Instant::now();
+    let failed = format!("keyhole-broker: warning: renewing lease {lease} failed: ");
+    let stderr = broker
+        .wait_for_stderr("a failed renewal", |s| s.contains(&failed))
+        .await
+        .unwrap();
+    let warned = sealed.elapsed();
+    let line = stderr.lines().find(|l| l.starts_with(&failed)).unwrap();
+    assert!(
+        line.contains(&format!("Vault at {addr} is sealed"))
+            && line.contains(
+                "the secrets from it (REDIS_PASSWORD, REDIS_USER) stop working when it ends"
+            )
+            && line.ends_with("the job goes on"),
+        "{line}"
+    );
+    assert!(
+        !line.contains("rerun the job"),
+        "the job is running: {line}"
+    );
+
+    // The job goes on past the lease's end (6 s after it was issued), files and log alike.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    job.dirs.write_job_log("still running\n").unwrap();
+    // Compared, never printed: they are credentials.
+    assert!(
+        [read("REDIS_USER"), read("REDIS_PASSWORD")] == delivered,
+        "the delivered files changed"
+    );
+
+    let ended = Instant::now();
+    broker.terminate().unwrap();
+    let exit = broker.wait().await.unwrap();
+    let took = ended.elapsed();
+    eprintln!(
+        "FIGURE vault-sealed-mid-job: renewal warning {:.1} s after the seal; broker exit {} ms after the job's end (revocation attempted, refused as sealed)",
+        warned.as_secs_f64(),
+        took.as_millis()
+    );
+    assert_eq!(exit.code, Some(exit_code::OK), "{}", exit.stderr);
+    assert!(
+        took < END_DEADLINE + Duration::from_secs(2),
+        "the broker took {took:?} to end: {}",
+        exit.stderr
+    );
+    assert!(exit.stdout.contains("still running"), "{}", exit.stdout);
+    for attempt in [
+        format!(
+            "keyhole-broker: warning: revoking lease {lease}: Vault at {addr} is sealed; it expires at its TTL\n"
+        ),
+        format!(
+            "keyhole-broker: warning: revoking the Vault token: Vault at {addr} is sealed; it and the leases it holds expire at their TTL\n"
+        ),
+    ] {
+        assert!(
+            exit.stderr.contains(&attempt),
+            "{attempt:?} in:\n{}",
+            exit.stderr
+        );
+    }
+    assert!(
+        !exit.stderr.contains("Vault token revoked"),
+        "{}",
+        exit.stderr
+    );
+    assert_eq!(job.dirs.secret_files().unwrap(), Vec::<String>::new());
+    for value in &delivered {
+        let value = String::from_utf8_lossy(value);
+        assert!(
+            !exit.stderr.contains(value.as_ref()) && !exit.stdout.contains(value.as_ref()),
+            "a credential reached the broker's output"
+        );
+    }
 }
 
 #[tokio::test]

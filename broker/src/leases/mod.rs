@@ -20,6 +20,26 @@ use crate::vault::{Lease, VaultClient, VaultError};
 /// for reads says; what outlives this still expires at its TTL.
 pub const END_DEADLINE: Duration = Duration::from_secs(10);
 
+/// A Vault failure as the trace states it once the job runs: a [`VaultError`]'s own text is
+/// written for a job that could not start, and tells a sealed Vault's operator to "rerun the
+/// job", which is wrong for a renewal while the job goes on or a revocation after it ended.
+#[derive(Debug, thiserror::Error)]
+enum MidJobError {
+    #[error("Vault at {addr} is sealed")]
+    Sealed { addr: String },
+    #[error(transparent)]
+    Other(VaultError),
+}
+
+impl From<VaultError> for MidJobError {
+    fn from(e: VaultError) -> Self {
+        match e {
+            VaultError::Sealed { addr } => MidJobError::Sealed { addr },
+            other => MidJobError::Other(other),
+        }
+    }
+}
+
 /// A lease the broker holds, and the secrets that came from it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HeldLease {
@@ -165,6 +185,7 @@ impl VaultSession {
                 ),
             },
             Err(e) => {
+                let e = MidJobError::from(e);
                 let left = kept.clock.failed(now);
                 eprintln!(
                     "keyhole-broker: warning: renewing lease {id} failed: {e}; the secrets from it ({}) stop working when it ends, in at most {}s{}; the job goes on",
@@ -203,6 +224,7 @@ impl VaultSession {
                 ),
             },
             Err(e) => {
+                let e = MidJobError::from(e);
                 let left = self.token.failed(now);
                 eprintln!(
                     "keyhole-broker: warning: renewing the Vault token failed: {e}; it and the leases it holds end in {}s; the job goes on",
@@ -213,7 +235,8 @@ impl VaultSession {
     }
 
     /// Revokes every lease (`sys/leases/revoke`), then the token, within [`END_DEADLINE`].
-    /// A lease the token's policy may not revoke ends with the token anyway.
+    /// A lease the token's policy may not revoke ends with the token anyway. A refusal (a
+    /// sealed Vault) is not retried: what was not revoked expires at its TTL.
     pub async fn end(mut self) {
         let started = std::time::Instant::now();
         let ended = tokio::time::timeout(END_DEADLINE, async {
@@ -224,7 +247,10 @@ impl VaultSession {
                     Err(VaultError::Denied { .. }) => eprintln!(
                         "keyhole-broker: lease {id}: the token's policy does not allow sys/leases/revoke; revoking the token ends it"
                     ),
-                    Err(e) => eprintln!("keyhole-broker: warning: revoking lease {id}: {e}"),
+                    Err(e) => eprintln!(
+                        "keyhole-broker: warning: revoking lease {id}: {}; it expires at its TTL",
+                        MidJobError::from(e)
+                    ),
                 }
             }
             self.client.revoke_self().await
@@ -235,11 +261,34 @@ impl VaultSession {
                 "keyhole-broker: Vault token revoked ({} ms)",
                 started.elapsed().as_millis()
             ),
-            Ok(Err(e)) => eprintln!("keyhole-broker: warning: revoking the Vault token: {e}"),
+            Ok(Err(e)) => eprintln!(
+                "keyhole-broker: warning: revoking the Vault token: {}; it and the leases it holds expire at their TTL",
+                MidJobError::from(e)
+            ),
             Err(_) => eprintln!(
                 "keyhole-broker: warning: revoking the Vault token and leases took over {}s; they expire at their TTL",
                 END_DEADLINE.as_secs()
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sealed_vault_mid_job_is_named_without_the_advice_to_rerun() {
+        let sealed = MidJobError::from(VaultError::Sealed {
+            addr: "http://vault:8200".into(),
+        });
+        assert_eq!(sealed.to_string(), "Vault at http://vault:8200 is sealed");
+        let other = MidJobError::from(VaultError::NotFound {
+            path: "sys/leases/renew".into(),
+        });
+        assert_eq!(
+            other.to_string(),
+            "Vault has nothing at sys/leases/renew; check the mount, path and version"
+        );
     }
 }
