@@ -18,7 +18,7 @@ use crate::execute::{Control, FailureKind, JobRun, Outcome, TraceWriter, execute
 use crate::gitlab::{
     ClientConfig, FailureReason, GitlabClient, JobOutcome, JobPayload, JobRequest, RemoteStatus,
 };
-use crate::journal::{Entry, Journal};
+use crate::journal::{DirJournal, Entry, Journal, SecretJournal};
 use crate::metrics::Metrics;
 use crate::prepare::prepare;
 use crate::reaper::ActiveJob;
@@ -181,6 +181,29 @@ pub async fn run_until(
     Ok(())
 }
 
+/// The runner's journal: the Secret `journal_secret` names (which must be readable: a journal
+/// that fails only at the first crash is worse than none), else the directory `journal_dir`
+/// (a warning when it cannot be made: the runner runs on without).
+async fn open_journal(runner: &RunnerConfig, kube: &kube::Client) -> Result<Option<Journal>> {
+    let label = crate::pod::label_value(&runner.name);
+    if let Some(value) = &runner.keyhole.journal_secret {
+        let (namespace, name) = crate::config::journal_secret_parts(value)
+            .with_context(|| format!("keyhole.journal_secret {value:?} is not NAMESPACE/NAME"))?;
+        let journal = SecretJournal::open(kube.clone(), namespace, name, &label)
+            .await
+            .with_context(|| format!("opening the job journal (keyhole.journal_secret = {value:?}): create the Secret and grant the runner get and patch on it (the chart does)"))?;
+        return Ok(Some(Journal::Secret(Box::new(journal))));
+    }
+    let dir = PathBuf::from(&runner.keyhole.journal_dir);
+    match DirJournal::open_for_runner(&dir, &label) {
+        Ok(j) => Ok(Some(Journal::Dir(j))),
+        Err(e) => {
+            warn!(dir = %runner.keyhole.journal_dir, error = %e, "no job journal: jobs of a crashed runner will not be reported until GitLab times them out");
+            Ok(None)
+        }
+    }
+}
+
 /// Runners label their pods (and find their orphans) by name, so two entries must not share
 /// one.
 fn check_runner_names(runners: &[RunnerConfig]) -> Result<()> {
@@ -274,14 +297,7 @@ impl Service {
             .await
             .with_context(|| format!("keeping the runner's instance Lease in namespace {ns} (other runners reap the pods of an instance without one): grant the runner get, list, create, update and delete on leases.coordination.k8s.io there (the chart's Role does)"))?;
         info!(runner = %runner.name, url = %runner.url, namespace = %runner.kubernetes.namespace, "runner ready");
-        let dir = PathBuf::from(&runner.keyhole.journal_dir);
-        let journal = match Journal::open_for_runner(&dir, &crate::pod::label_value(&runner.name)) {
-            Ok(j) => Some(j),
-            Err(e) => {
-                warn!(dir = %runner.keyhole.journal_dir, error = %e, "no job journal: jobs of a crashed runner will not be reported until GitLab times them out");
-                None
-            }
-        };
+        let journal = open_journal(&runner, &kube).await?;
         Ok(Self {
             runner: Arc::new(runner),
             gitlab,
@@ -438,42 +454,89 @@ impl Service {
         }
     }
 
-    /// Reports the jobs a crashed predecessor left running, and deletes their pods.
+    /// Reports the jobs a crashed predecessor (a process in this pod) left running, and
+    /// deletes their pods.
     async fn recover(&self) {
         let Some(journal) = &self.journal else { return };
-        let (entries, problems) = journal.unfinished();
+        let (entries, problems) = journal.unfinished(&self.instance).await;
         for p in problems {
             warn!("{p}");
         }
         for entry in entries {
             info!(job = entry.job_id, pod = %entry.pod_name, "reporting a job a previous runner process left running");
-            let pods = kube::Api::namespaced(self.kube.clone(), &entry.namespace);
-            crate::execute::delete_pod(&pods, &entry.pod_name, 0).await;
-            let session = self.gitlab.job_session(entry.job_id, entry.token.clone());
-            let trace = session.trace();
-            // This process does not know how much trace GitLab holds. One byte sent at
-            // offset 0 learns it: GitLab answers 416 with its size (the byte is dropped) and
-            // the trace goes on from there; on an empty trace the byte is simply stored.
-            let _ = trace.append(b"\n").await;
-            let _ = trace.flush().await;
-            let _ = trace
-                .append(b"\x1b[31;1mERROR: keyhole-runner restarted while this job ran; the job was stopped and its pod deleted\x1b[0;m\n")
+            self.report_abandoned(&entry, "keyhole-runner restarted while this job ran")
                 .await;
-            match session
-                .finish(JobOutcome::Failed {
-                    reason: FailureReason::RunnerSystemFailure,
-                    exit_code: None,
-                })
-                .await
-            {
-                Ok(()) => info!(job = entry.job_id, "recovered job reported as failed"),
-                Err(e) => warn!(job = entry.job_id, error = %e, "reporting a recovered job failed"),
+            journal.remove(entry.job_id).await;
+        }
+    }
+
+    /// Reports the jobs of this runner whose process died (its Lease expired: a replaced or
+    /// crashed pod), and deletes their pods. Only the Secret journal outlives a pod.
+    async fn take_over_abandoned(&self) {
+        let Some(journal @ Journal::Secret(_)) = &self.journal else {
+            return;
+        };
+        let namespace = &self.runner.kubernetes.namespace;
+        let live = match crate::instance::live_instances(&self.kube, namespace).await {
+            Ok(live) => live,
+            Err(e) => {
+                warn!(error = %e, "listing live runner instances failed; abandoned jobs wait");
+                return;
             }
-            journal.remove(entry.job_id);
+        };
+        let (entries, problems) = journal.abandoned(&self.instance, &live).await;
+        for p in problems {
+            warn!("{p}");
+        }
+        for entry in entries {
+            info!(job = entry.job_id, pod = %entry.pod_name, instance = %entry.instance, "reporting a job whose runner process is gone");
+            let why = format!(
+                "the keyhole-runner process that ran this job (instance {}) is gone (its pod was replaced or crashed)",
+                entry.instance
+            );
+            if !self.report_abandoned(&entry, &why).await
+                && let Err(e) = journal.record(&entry).await
+            {
+                warn!(job = entry.job_id, error = %e, "putting the job back into the journal failed; GitLab will time it out");
+            }
+        }
+    }
+
+    /// Deletes the pod of a job no process runs any more and fails the job in GitLab with
+    /// `why` in its trace; whether GitLab took the final state.
+    async fn report_abandoned(&self, entry: &Entry, why: &str) -> bool {
+        let pods = kube::Api::namespaced(self.kube.clone(), &entry.namespace);
+        crate::execute::delete_pod(&pods, &entry.pod_name, 0).await;
+        let session = self.gitlab.job_session(entry.job_id, entry.token.clone());
+        let trace = session.trace();
+        // This process does not know how much trace GitLab holds. One byte sent at offset 0
+        // learns it: GitLab answers 416 with its size (the byte is dropped) and the trace goes
+        // on from there; on an empty trace the byte is simply stored.
+        let _ = trace.append(b"\n").await;
+        let _ = trace.flush().await;
+        let line =
+            format!("\x1b[31;1mERROR: {why}; the job was stopped and its pod deleted\x1b[0;m\n");
+        let _ = trace.append(line.as_bytes()).await;
+        match session
+            .finish(JobOutcome::Failed {
+                reason: FailureReason::RunnerSystemFailure,
+                exit_code: None,
+            })
+            .await
+        {
+            Ok(()) => {
+                info!(job = entry.job_id, "abandoned job reported as failed");
+                true
+            }
+            Err(e) => {
+                warn!(job = entry.job_id, error = %e, "reporting an abandoned job failed");
+                false
+            }
         }
     }
 
     async fn reap(&self) {
+        self.take_over_abandoned().await;
         let active = &self.active;
         let snapshot = || -> BTreeSet<ActiveJob> {
             active
@@ -548,12 +611,15 @@ impl Service {
                     .clone()
                     .unwrap_or_default();
                 if let Some(j) = &self.journal
-                    && let Err(e) = j.record(&Entry {
-                        job_id: job.id,
-                        namespace: self.runner.kubernetes.namespace.clone(),
-                        pod_name: pod_name.clone(),
-                        token: token.clone(),
-                    })
+                    && let Err(e) = j
+                        .record(&Entry {
+                            job_id: job.id,
+                            namespace: self.runner.kubernetes.namespace.clone(),
+                            pod_name: pod_name.clone(),
+                            token: token.clone(),
+                            instance: self.instance.to_string(),
+                        })
+                        .await
                 {
                     warn!(error = %e, "writing the job journal failed");
                 }
@@ -686,7 +752,7 @@ impl Service {
                 let _ = d.await;
             }
             if let Some(j) = &self.journal {
-                j.remove(job.id);
+                j.remove(job.id).await;
             }
             self.active
                 .lock()

@@ -166,6 +166,9 @@ async fn check_cluster(runner: &RunnerConfig, report: &mut VerifyReport) {
             extra.join(", ")
         ));
     }
+    if let Some(value) = &runner.keyhole.journal_secret {
+        check_journal_secret(&client, value, report).await;
+    }
     if runner.keyhole.user_namespace_root != UserNamespaceRoot::Off {
         match user_namespace_probe(&client, runner).await {
             Ok(()) => report.ok(format!(
@@ -173,6 +176,49 @@ async fn check_cluster(runner: &RunnerConfig, report: &mut VerifyReport) {
             )),
             Err(e) => report.problem(e),
         }
+    }
+}
+
+/// The journal Secret (`journal_secret`) exists and the runner may get and patch it: a
+/// journal that fails only when a runner pod dies would lose the jobs it is for.
+async fn check_journal_secret(client: &kube::Client, value: &str, report: &mut VerifyReport) {
+    let Some((namespace, name)) = crate::config::journal_secret_parts(value) else {
+        return report.problem(format!(
+            "keyhole.journal_secret {value:?} is not NAMESPACE/NAME"
+        ));
+    };
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(client.clone(), namespace);
+    if let Err(e) = secrets.get_metadata(name).await {
+        return report.problem(format!(
+            "the journal Secret {value}: {e}; create it and grant the runner get and patch on it (the chart does)"
+        ));
+    }
+    let review = SelfSubjectAccessReview {
+        spec: SelfSubjectAccessReviewSpec {
+            resource_attributes: Some(ResourceAttributes {
+                namespace: Some(namespace.into()),
+                verb: Some("patch".into()),
+                resource: Some("secrets".into()),
+                name: Some(name.into()),
+                ..ResourceAttributes::default()
+            }),
+            ..SelfSubjectAccessReviewSpec::default()
+        },
+        ..SelfSubjectAccessReview::default()
+    };
+    let allowed = Api::<SelfSubjectAccessReview>::all(client.clone())
+        .create(&PostParams::default(), &review)
+        .await
+        .map(|answer| answer.status.is_some_and(|s| s.allowed));
+    match allowed {
+        Ok(true) => report.ok(format!(
+            "the runner keeps its journal of running jobs in Secret {value}"
+        )),
+        Ok(false) => report.problem(format!(
+            "the runner may read but not patch its journal Secret {value}; grant patch on it (resourceNames) so it can record running jobs"
+        )),
+        Err(e) => report.problem(format!("asking the API server about the journal Secret: {e}")),
     }
 }
 

@@ -243,11 +243,18 @@ async fn the_runner_loads_the_charts_config_without_ignoring_a_key() {
                 .clone()
         };
         assert!(volume_at("/etc/keyhole")["configMap"].is_object());
-        // The journal of running jobs: a directory the runner makes (mode 0700, so it must own
-        // it) on a memory-backed volume (the root fs is read-only, and the journal holds tokens).
-        let journal_dir = std::path::Path::new(&runner.keyhole.journal_dir);
-        let state = volume_at(journal_dir.parent().unwrap().to_str().unwrap());
-        assert_eq!(state["emptyDir"]["medium"], "Memory", "{state}");
+        // The journal of running jobs: the chart's Secret, which outlives the runner pod, in
+        // the release namespace.
+        let journal = docs
+            .iter()
+            .find(|d| d["kind"] == "Secret" && d["metadata"]["name"] == "kh-keyhole-journal")
+            .expect("the journal Secret is rendered");
+        assert_eq!(journal["metadata"]["namespace"], "keyhole", "{journal}");
+        assert_eq!(
+            runner.keyhole.journal_secret.as_deref(),
+            Some("keyhole/kh-keyhole-journal")
+        );
+        assert!(journal.get("data").is_none_or(Value::is_null), "{journal}");
         assert_eq!(
             config.listen_address,
             Some(format!(
@@ -697,6 +704,9 @@ async fn rbac_gives_the_runner_and_each_job_account_only_what_it_needs() {
         Access::new("delete", "pods", j),
         Access::new("get", "pods/log", j),
         Access::new("create", "secrets", j),
+        // Its journal of running jobs, and only that Secret of its own namespace.
+        Access::new("get", "secrets", &ns.name).named("kh-keyhole-journal"),
+        Access::new("patch", "secrets", &ns.name).named("kh-keyhole-journal"),
     ];
     let runner_denied = [
         // The per-job Secret goes with its pod; deleting a tenant's would let the runner put
@@ -719,6 +729,11 @@ async fn rbac_gives_the_runner_and_each_job_account_only_what_it_needs() {
         // Nothing outside the jobs namespace: not its own, not another, not cluster-wide.
         Access::new("create", "pods", &ns.name),
         Access::new("get", "secrets", &ns.name).named("kh-keyhole-token"),
+        Access::new("patch", "secrets", &ns.name).named("kh-keyhole-token"),
+        Access::new("get", "secrets", &ns.name),
+        Access::new("list", "secrets", &ns.name),
+        Access::new("update", "secrets", &ns.name).named("kh-keyhole-journal"),
+        Access::new("delete", "secrets", &ns.name).named("kh-keyhole-journal"),
         Access::new("create", "pods", &other.name),
         Access::new("create", "secrets", &other.name),
         Access::new("list", "events", &other.name),

@@ -25,7 +25,7 @@ use keyhole_tests::{
     bed_command, bed_script, run_ok,
 };
 use kube::Api;
-use kube::api::{ListParams, LogParams, PostParams};
+use kube::api::{DeleteParams, ListParams, LogParams, PostParams};
 use kube::runtime::wait::await_condition;
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::json;
@@ -325,6 +325,12 @@ networkPolicy:
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 
+    // The runner pod dies mid-job (force-deleted: killed at once, no shutdown, its Lease left
+    // to expire, its emptyDirs gone). The Deployment's next pod finds the job in the journal
+    // Secret, reports it to GitLab and deletes its pod.
+    let runner_name =
+        kill_the_runner_mid_job(&gitlab, &pods, &ns.api(), &jobs_ns, &runner_name).await;
+
     // Deleting the release stops the runner gracefully: SIGTERM, no new jobs, "stopped", exit.
     let follow = follow_log(&pods, &runner_name).await;
     tokio::task::spawn_blocking(move || release.uninstall())
@@ -355,6 +361,90 @@ networkPolicy:
         lines.last().is_some_and(|l| l.contains("stopped")),
         "the runner's last line is not \"stopped\":\n{log}"
     );
+}
+
+/// Starts a long job, force-deletes the runner pod `runner_name` once the job runs, and checks
+/// that the Deployment's next runner pod reports the job as a runner system failure and
+/// deletes its pod, printing how long that took. Returns the new runner pod's name.
+async fn kill_the_runner_mid_job(
+    gitlab: &Coordinator,
+    pods: &Api<Pod>,
+    journal_secrets: &Api<Secret>,
+    jobs_ns: &str,
+    runner_name: &str,
+) -> String {
+    let job = gitlab
+        .job()
+        .variable("GIT_STRATEGY", "none")
+        .script(["echo started", "sleep 600"])
+        .enqueue()
+        .unwrap();
+    let started = poll_until(JOB_DONE, || {
+        trace_text(gitlab, job.id)
+            .contains("started\n")
+            .then_some(())
+    })
+    .await;
+    assert!(started.is_some(), "{}", trace_text(gitlab, job.id));
+    let journal = journal_secrets
+        .get(&format!("{RELEASE}-keyhole-journal"))
+        .await
+        .unwrap();
+    assert_eq!(
+        journal.data.unwrap_or_default().len(),
+        1,
+        "the running job is in the journal Secret"
+    );
+    pods.delete(
+        runner_name,
+        &DeleteParams {
+            grace_period_seconds: Some(0),
+            ..DeleteParams::default()
+        },
+    )
+    .await
+    .unwrap();
+    let killed = Instant::now();
+    let done = match gitlab
+        .wait_for_final(job.id, Duration::from_secs(180))
+        .await
+    {
+        Ok(done) => done,
+        Err(e) => panic!("{e:#}\n{}", describe_runner(pods).await),
+    };
+    let reported = killed.elapsed();
+    let trace = trace_text(gitlab, job.id);
+    assert_eq!(done.status, FinalStatus::Failed, "{trace}");
+    assert_eq!(
+        done.failure_reason.as_deref(),
+        Some("runner_system_failure")
+    );
+    assert!(
+        trace.contains("is gone (its pod was replaced or crashed)"),
+        "{trace}"
+    );
+    let jobs: Api<Pod> = Api::namespaced(pods.clone().into_client(), jobs_ns);
+    let selector = ListParams::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
+    let mut pod_gone = None;
+    for _ in 0..120 {
+        if jobs.list(&selector).await.unwrap().items.is_empty() {
+            pod_gone = Some(killed.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let pod_gone = pod_gone.expect("the dead runner's job pod is deleted");
+    eprintln!(
+        "figure: runner pod killed mid-job: GitLab had the job's final state after {:.1} s, its pod was gone after {:.1} s",
+        reported.as_secs_f64(),
+        pod_gone.as_secs_f64()
+    );
+    assert!(
+        reported < Duration::from_secs(90),
+        "reported after {reported:?}"
+    );
+    let next = ready_runner(pods).await;
+    next.metadata.name.unwrap()
 }
 
 /// What a watch saw of one runner pod during a rolling upgrade.

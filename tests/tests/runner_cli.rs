@@ -166,8 +166,14 @@ async fn verify_checks_the_token_the_runners_rights_and_vault() {
         {"apiGroups": [""], "resources": ["pods"], "verbs": ["create", "get", "list", "watch", "delete"]},
         {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
         {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
-        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "list", "create", "update", "delete"]}
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "list", "create", "update", "delete"]},
+        {"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["runner-journal"], "verbs": ["get", "patch"]}
     ]);
+    create(
+        &ns.api::<k8s_openapi::api::core::v1::Secret>(),
+        json!({"metadata": {"name": "runner-journal"}}),
+    )
+    .await;
     create(
         &ns.api::<Role>(),
         json!({"metadata": {"name": "runner"}, "rules": rules}),
@@ -188,21 +194,22 @@ async fn verify_checks_the_token_the_runners_rights_and_vault() {
     std::fs::create_dir_all(&dir).unwrap();
     let kube = dir.join("kubeconfig");
     kubeconfig(&bed, &token, &kube);
-    let write_config = |runner_token: &str| {
+    let write_config = |runner_token: &str, journal: &str| {
         let path = dir.join("config.toml");
         std::fs::write(
             &path,
             format!(
-                "[[runners]]\nurl = \"{}\"\ntoken = \"{runner_token}\"\n[runners.kubernetes]\nnamespace = \"{}\"\n[runners.keyhole]\nvault_addr = \"{}\"\n",
+                "[[runners]]\nurl = \"{}\"\ntoken = \"{runner_token}\"\n[runners.kubernetes]\nnamespace = \"{}\"\n[runners.keyhole]\nvault_addr = \"{}\"\njournal_secret = \"{}/{journal}\"\n",
                 gitlab.url(),
                 ns.name,
-                bed.env.vault_addr
+                bed.env.vault_addr,
+                ns.name
             ),
         )
         .unwrap();
         path
     };
-    let config = write_config(gitlab.runner_token());
+    let config = write_config(gitlab.runner_token(), "runner-journal");
     // The Role is new: wait until RBAC serves it before judging.
     keyhole_tests::wait_until_allowed(
         &bed.client,
@@ -221,6 +228,7 @@ async fn verify_checks_the_token_the_runners_rights_and_vault() {
         "the runner may do what it needs",
         "cannot read or delete Secrets",
         "is up and unsealed",
+        "keeps its journal of running jobs in Secret",
     ] {
         assert!(out.contains(needle), "missing {needle:?}:\n{out}");
     }
@@ -240,7 +248,7 @@ async fn verify_checks_the_token_the_runners_rights_and_vault() {
     )
     .await
     .unwrap();
-    let config = write_config("glrt-wrong");
+    let config = write_config("glrt-wrong", "no-such-journal");
     let (code, out) = run(
         &["verify", "--config", config.to_str().unwrap()],
         &[("KUBECONFIG", &kube)],
@@ -249,6 +257,13 @@ async fn verify_checks_the_token_the_runners_rights_and_vault() {
     assert!(out.contains("PROBLEM  GitLab"), "{out}");
     assert!(
         out.contains("PROBLEM  the runner may get secrets, delete secrets"),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "PROBLEM  the journal Secret {}/no-such-journal",
+            ns.name
+        )),
         "{out}"
     );
     assert!(!out.contains("glrt-wrong"), "the token was echoed:\n{out}");

@@ -297,6 +297,99 @@ async fn a_runner_restarted_mid_job_reports_it_and_removes_its_pod() {
     let _ = std::fs::remove_dir_all(&s.journal);
 }
 
+/// Issue 15: a runner pod that dies mid-job (node loss, SIGKILL, a replaced pod) takes its
+/// memory-backed journal with it; with the journal in a Secret (`journal_secret`, as the chart
+/// sets it), the next runner process reports the job once the dead one's Lease has expired,
+/// and deletes its pod. A second live instance does not touch the job before that.
+#[tokio::test]
+async fn a_dead_runner_pods_job_is_reported_by_the_next_pod_through_the_journal_secret() {
+    let s = setup("gljsecret").await;
+    let secrets: Api<Secret> = s.ns.api();
+    let journal_secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "keyhole-journal"}, "type": "Opaque", "data": {}
+    }))
+    .unwrap();
+    secrets
+        .create(&PostParams::default(), &journal_secret)
+        .await
+        .unwrap();
+    let mut with_secret = config(&s);
+    with_secret.runners[0].keyhole.journal_secret = Some(format!("{}/keyhole-journal", s.ns.name));
+    let job = s
+        .gitlab
+        .job()
+        .variable("GIT_STRATEGY", "none")
+        .script(["echo started", "sleep 600"])
+        .enqueue()
+        .unwrap();
+    let (_tx, first) = start_runner_with(&s, with_secret.clone());
+    wait_for_trace(&s, job.id, "started\n").await;
+    let key = format!(
+        "{}.{}",
+        keyhole_runner::pod::label_value(&with_secret.runners[0].name),
+        job.id
+    );
+    let journal_keys = || async {
+        secrets
+            .get("keyhole-journal")
+            .await
+            .unwrap()
+            .data
+            .unwrap_or_default()
+            .into_keys()
+            .collect::<Vec<String>>()
+    };
+    assert_eq!(
+        journal_keys().await,
+        std::slice::from_ref(&key),
+        "the running job is journaled"
+    );
+    // The pod dies: its process, its memory and its emptyDir go; its Lease is left to expire.
+    first.abort();
+    let _ = first.await;
+    let died = std::time::Instant::now();
+    let (tx, second) = start_runner_with(&s, with_secret);
+    // The dead instance's Lease lasts up to 30 s: until then its job is left alone.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert!(
+        s.gitlab.final_state(job.id).is_none(),
+        "the job was reported while its instance's Lease was still alive"
+    );
+    let done = s
+        .gitlab
+        .wait_for_final(job.id, Duration::from_secs(120))
+        .await
+        .unwrap();
+    let reported_after = died.elapsed();
+    stop(tx, second).await;
+    let trace = trace_text(&s, job.id);
+    assert_eq!(done.status, FinalStatus::Failed, "{trace}");
+    assert_eq!(
+        done.failure_reason.as_deref(),
+        Some("runner_system_failure")
+    );
+    assert!(
+        trace.contains(
+            "is gone (its pod was replaced or crashed); the job was stopped and its pod deleted"
+        ),
+        "{trace}"
+    );
+    assert!(trace.contains("started\n"), "{trace}");
+    no_job_pods_left(&s).await;
+    assert!(
+        journal_keys().await.is_empty(),
+        "the reported job left its journal entry"
+    );
+    eprintln!(
+        "figure: job of a dead runner process reported {:.1} s after it died (Lease 30 s, reaper every 30 s)",
+        reported_after.as_secs_f64()
+    );
+    assert!(
+        reported_after < Duration::from_secs(75),
+        "reported {reported_after:?} after the runner died"
+    );
+}
+
 #[tokio::test]
 async fn stopping_the_runner_takes_no_new_jobs_and_lets_running_ones_finish() {
     let s = setup("gldrain").await;

@@ -114,6 +114,7 @@ pub(crate) const KEYHOLE_KEYS: &[&str] = &[
     "broker_image",
     "git_image",
     "journal_dir",
+    "journal_secret",
     "vault_addr",
     "vault_allowed",
     "vault_namespace",

@@ -247,6 +247,17 @@ fn check(config: &Config, path: &str) -> Result<(), ConfigError> {
                 ));
             }
         }
+        if let Some(value) = &r.keyhole.journal_secret
+            && journal_secret_parts(value).is_none()
+        {
+            return Err(invalid(
+                path,
+                key("keyhole.journal_secret"),
+                format!(
+                    "{value:?} must be NAMESPACE/NAME of a Secret (lower-case letters, digits, '-' and '.')"
+                ),
+            ));
+        }
         if let Some(name) = &r.keyhole.vault_ca_config_map
             && !is_dns_subdomain(name)
         {
@@ -269,6 +280,13 @@ fn check(config: &Config, path: &str) -> Result<(), ConfigError> {
         }
     }
     Ok(())
+}
+
+/// The namespace and name of `journal_secret` (`NAMESPACE/NAME`), if it is that.
+pub fn journal_secret_parts(value: &str) -> Option<(&str, &str)> {
+    let (namespace, name) = value.split_once('/')?;
+    (is_dns_subdomain(namespace) && is_dns_subdomain(name) && !namespace.contains('.'))
+        .then_some((namespace, name))
 }
 
 /// A Kubernetes object name (RFC 1123 subdomain).
@@ -327,6 +345,40 @@ service_account = "app-deployer"
             "app-deployer"
         );
         assert_eq!(r.token.as_ref().unwrap().expose_secret(), "glrt-xyz");
+    }
+
+    #[test]
+    fn a_journal_secret_is_namespace_slash_name_or_refused_naming_the_key() {
+        let with = |value: &str| {
+            SHAPE.replace(
+                "[runners.keyhole]\n",
+                &format!("[runners.keyhole]\njournal_secret = {value:?}\n"),
+            )
+        };
+        let loaded = load_str(&with("keyhole/keyhole-journal"), "c.toml", &no_env).unwrap();
+        let value = loaded.config.runners[0].keyhole.journal_secret.clone();
+        assert_eq!(value.as_deref(), Some("keyhole/keyhole-journal"));
+        assert_eq!(
+            journal_secret_parts("keyhole/keyhole-journal"),
+            Some(("keyhole", "keyhole-journal"))
+        );
+        for bad in [
+            "keyhole-journal",
+            "a/b/c",
+            "Keyhole/j",
+            "ns/",
+            "/j",
+            "n.s/j",
+        ] {
+            let message = load_str(&with(bad), "c.toml", &no_env)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                message.contains("runners[0].keyhole.journal_secret")
+                    && message.contains("must be NAMESPACE/NAME"),
+                "{bad}: {message}"
+            );
+        }
     }
 
     #[test]

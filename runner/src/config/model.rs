@@ -344,6 +344,9 @@ pub struct KeyholeConfig {
     pub broker_image: String,
     /// Where the runner journals its running jobs (memory-backed volume; see docs/runner.md).
     pub journal_dir: String,
+    /// `namespace/name` of a Secret that holds the journal instead of `journal_dir`, so that
+    /// the next pod of a Deployment reports the jobs of a pod that died (the chart sets it).
+    pub journal_secret: Option<String>,
     /// Image of the init container that checks out the job's repository (needs `sh` and `git`).
     pub git_image: String,
     /// Vault address the broker uses for `vault:` references; unset: `vault:` fails the job.
@@ -382,6 +385,7 @@ impl Default for KeyholeConfig {
             broker_image: "keyhole.local/broker:dev".into(),
             git_image: "keyhole.local/git:2".into(),
             journal_dir: "/var/lib/keyhole-runner/jobs".into(),
+            journal_secret: None,
             vault_addr: None,
             vault_allowed: Vec::new(),
             vault_namespace: None,

@@ -120,16 +120,10 @@ default job ServiceAccount, which must stay without permissions.
 {{- end -}}
 
 {{/*
-The runner's state volume (memory-backed emptyDir) and, in it, the journal of running jobs
-(`journal_dir`). The journal is a subdirectory because the runner makes it mode 0700, which it
-may only do to a directory it owns, and an emptyDir's root belongs to root.
+The Secret that holds the journal of running jobs (`journal_secret`; templates/journal.yaml).
 */}}
-{{- define "keyhole.stateDir" -}}
-/var/lib/keyhole-runner
-{{- end -}}
-
-{{- define "keyhole.journalDir" -}}
-{{- include "keyhole.stateDir" . }}/jobs
+{{- define "keyhole.journalSecret" -}}
+{{ include "keyhole.fullname" . }}-journal
 {{- end -}}
 
 {{/*

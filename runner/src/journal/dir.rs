@@ -1,6 +1,6 @@
-//! The in-flight job journal: one small file per running job, so a runner that crashed and
-//! restarted (same pod, same memory-backed volume) can still tell GitLab how its jobs ended
-//! instead of leaving them "running" until GitLab's own timeout. gitlab-runner loses them.
+//! The journal as a directory: one small file per running job, so a runner that crashed and
+//! restarted (same pod, same memory-backed volume) can still tell GitLab how its jobs ended.
+//! A replacement pod does not see it; the [Secret journal](super::secret) covers that.
 //!
 //! An entry holds the job token (needed to report the job), so the directory must be on a
 //! memory-backed volume private to the runner; files are 0600 and removed when the job ends.
@@ -9,34 +9,17 @@ use std::io::Write as _;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use secrecy::{ExposeSecret, SecretString};
-use serde::Deserialize;
 use zeroize::Zeroizing;
 
-/// One running job, as written to the journal.
-#[derive(Debug, Clone)]
-pub struct Entry {
-    pub job_id: u64,
-    pub namespace: String,
-    pub pod_name: String,
-    pub token: SecretString,
-}
-
-#[derive(Deserialize)]
-struct Stored {
-    job_id: u64,
-    namespace: String,
-    pod_name: String,
-    token: String,
-}
+use super::{Entry, Stored};
 
 /// A journal directory.
 #[derive(Debug, Clone)]
-pub struct Journal {
+pub struct DirJournal {
     dir: PathBuf,
 }
 
-impl Journal {
+impl DirJournal {
     /// Opens (creates, mode 0700) the directory.
     pub fn open(dir: &Path) -> std::io::Result<Self> {
         std::fs::create_dir_all(dir)?;
@@ -57,15 +40,7 @@ impl Journal {
 
     /// Records a job before its pod is created; written atomically.
     pub fn record(&self, entry: &Entry) -> std::io::Result<()> {
-        let text = Zeroizing::new(
-            serde_json::json!({
-                "job_id": entry.job_id,
-                "namespace": entry.namespace,
-                "pod_name": entry.pod_name,
-                "token": entry.token.expose_secret(),
-            })
-            .to_string(),
-        );
+        let text = entry.to_json();
         let tmp = self.dir.join(format!(".job-{}.tmp", entry.job_id));
         let mut f = std::fs::OpenOptions::new()
             .write(true)
@@ -102,12 +77,7 @@ impl Journal {
                 .map(Zeroizing::new)
                 .and_then(|bytes| serde_json::from_slice::<Stored>(&bytes).ok());
             match parsed {
-                Some(s) => entries.push(Entry {
-                    job_id: s.job_id,
-                    namespace: s.namespace,
-                    pod_name: s.pod_name,
-                    token: SecretString::from(s.token),
-                }),
+                Some(s) => entries.push(s.into()),
                 None => {
                     problems.push(format!(
                         "{} is not a journal entry; removed",
@@ -124,6 +94,8 @@ impl Journal {
 
 #[cfg(test)]
 mod tests {
+    use secrecy::{ExposeSecret as _, SecretString};
+
     use super::*;
 
     fn tmpdir(tag: &str) -> PathBuf {
@@ -135,12 +107,13 @@ mod tests {
     #[test]
     fn records_survive_a_restart_and_are_private() {
         let dir = tmpdir("a");
-        let j = Journal::open(&dir).unwrap();
+        let j = DirJournal::open(&dir).unwrap();
         j.record(&Entry {
             job_id: 7,
             namespace: "ns".into(),
             pod_name: "kh-7-abc".into(),
             token: SecretString::from("glcbt-secret"),
+            instance: "i".into(),
         })
         .unwrap();
         let mode = std::fs::metadata(dir.join("job-7.json"))
@@ -148,7 +121,7 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
-        let again = Journal::open(&dir).unwrap();
+        let again = DirJournal::open(&dir).unwrap();
         let (entries, problems) = again.unfinished();
         assert!(problems.is_empty());
         assert_eq!(entries.len(), 1);
@@ -168,9 +141,10 @@ mod tests {
             namespace: "ns".into(),
             pod_name: format!("kh-{job_id}"),
             token: SecretString::from("t"),
+            instance: "i".into(),
         };
-        let a = Journal::open_for_runner(&dir, "a").unwrap();
-        let b = Journal::open_for_runner(&dir, "b").unwrap();
+        let a = DirJournal::open_for_runner(&dir, "a").unwrap();
+        let b = DirJournal::open_for_runner(&dir, "b").unwrap();
         a.record(&entry(1)).unwrap();
         b.record(&entry(1)).unwrap();
         b.record(&entry(2)).unwrap();
@@ -186,7 +160,7 @@ mod tests {
     #[test]
     fn garbage_entries_are_removed_and_reported_without_content() {
         let dir = tmpdir("b");
-        let j = Journal::open(&dir).unwrap();
+        let j = DirJournal::open(&dir).unwrap();
         std::fs::write(dir.join("job-9.json"), "token=hunter2").unwrap();
         let (entries, problems) = j.unfinished();
         assert!(entries.is_empty());
