@@ -1,8 +1,14 @@
 //! Faults of the bed's own parts in the middle of a job, each in a real run: the kubelet
-//! restarted. Its own test binary, so that no other test's pods meet the fault. Figures are
-//! printed as `FIGURE` lines and collected in docs/reliability.md.
+//! restarted, the node out of pods. Its own test binary, so that no other test's pods meet the
+//! fault; the faults take turns ([`SERIAL`]). Figures are printed as `FIGURE` lines and
+//! collected in docs/reliability.md.
 
 use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::Api;
+use kube::api::{DeleteParams, ListParams, PostParams};
+use serde_json::json;
 
 use keyhole_tests::coordinator::FinalStatus;
 use keyhole_tests::gitlab_mode::{
@@ -13,8 +19,12 @@ use keyhole_tests::{repo_dir, run_ok};
 /// The kubelet stops for 5 s while a job prints (its containers keep running under
 /// containerd) and starts again: the job completes and its trace has every line once, in
 /// order, the runner following the log again once the kubelet serves it.
+/// One fault at a time: each would disturb the other's job.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test]
 async fn a_kubelet_restart_mid_job_loses_no_line_and_the_job_completes() {
+    let _turn = SERIAL.lock().await;
     let s = setup("kubeletrs").await;
     let (bed, gitlab, journal) = (&s.bed, &s.gitlab, &s.journal);
     let mut config = config(&s);
@@ -78,5 +88,162 @@ async fn a_kubelet_restart_mid_job_loses_no_line_and_the_job_completes() {
     println!(
         "FIGURE kubelet-restart-5s: the trace caught up {:.1} s after the kubelet was back; no line lost or doubled",
         caught_up.as_secs_f64()
+    );
+}
+
+/// How many more pods the bed's node admits: its allocatable `pods` (the kubelet's `maxPods`)
+/// less the pods bound to it that have not ended.
+async fn free_pod_slots(client: &kube::Client, node: &str) -> usize {
+    let allocatable = Api::<Node>::all(client.clone())
+        .get(node)
+        .await
+        .unwrap()
+        .status
+        .and_then(|s| s.allocatable)
+        .and_then(|a| a.get("pods").and_then(|q| q.0.parse::<usize>().ok()))
+        .expect("the node reports allocatable pods");
+    let bound = Api::<Pod>::all(client.clone())
+        .list(&ListParams::default().fields(&format!("spec.nodeName={node}")))
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .filter(|p| {
+            let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
+            !matches!(phase, Some("Succeeded" | "Failed"))
+        })
+        .count();
+    allocatable.saturating_sub(bound)
+}
+
+/// A pod that only takes a slot of the node: restricted, ends at once when deleted.
+fn filler(name: &str) -> Pod {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": {"keyhole-test": "filler"}},
+        "spec": {
+            "terminationGracePeriodSeconds": 0,
+            "automountServiceAccountToken": false,
+            "securityContext": {"runAsNonRoot": true, "runAsUser": 1000,
+                "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [{"name": "sleep", "image": "keyhole.local/busybox:1",
+                "imagePullPolicy": "Never", "command": ["sleep", "3600"],
+                "securityContext": {"allowPrivilegeEscalation": false,
+                    "capabilities": {"drop": ["ALL"]}}}]
+        }
+    }))
+    .unwrap()
+}
+
+/// The node is out of pods (`maxPods` reached) when a job comes: the job's pod waits Pending
+/// with the scheduler's reason in the trace, and runs as soon as a pod of the node goes.
+#[tokio::test]
+async fn a_full_node_makes_the_job_wait_with_the_reason_and_run_when_room_frees() {
+    let _turn = SERIAL.lock().await;
+    let s = setup("fullnode").await;
+    let (bed, gitlab) = (&s.bed, &s.gitlab);
+    let node = bed.env.node_name.clone();
+    let pods: Api<Pod> = s.ns.api();
+    let free = free_pod_slots(&bed.client, &node).await;
+    let fill_started = Instant::now();
+    for i in 0..free {
+        pods.create(&PostParams::default(), &filler(&format!("filler-{i}")))
+            .await
+            .unwrap();
+    }
+    let fillers = ListParams::default().labels("keyhole-test=filler");
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let bound = pods
+            .list(&fillers)
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .filter(|p| p.spec.as_ref().is_some_and(|s| s.node_name.is_some()))
+            .count();
+        if free_pod_slots(&bed.client, &node).await == 0 {
+            println!(
+                "node full: {bound} filler pods bound in {:.1} s",
+                fill_started.elapsed().as_secs_f64()
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the node never filled up ({bound} of {free} fillers bound)"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    let mut config = config(&s);
+    config.runners[0].kubernetes.poll_timeout = 600;
+    let job = gitlab
+        .job()
+        .variable("GIT_STRATEGY", "none")
+        .script(["echo running on a node with room"])
+        .enqueue()
+        .unwrap();
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let service = tokio::spawn(keyhole_runner::service::run_until(
+        config,
+        rx,
+        Some(bed.client.clone()),
+    ));
+    let trace = || String::from_utf8_lossy(&gitlab.trace(job.id)).into_owned();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !trace().contains("Too many pods") {
+        assert!(
+            Instant::now() < deadline,
+            "the scheduler's reason never reached the trace:\n{}",
+            trace()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Still waiting a few seconds later, not failed.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(gitlab.final_state(job.id).is_none(), "{}", trace());
+
+    // Room frees: fillers that never got a slot go first (they would take it), then one that
+    // has one.
+    let (bound, unbound): (Vec<Pod>, Vec<Pod>) = pods
+        .list(&fillers)
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .partition(|p| p.spec.as_ref().is_some_and(|s| s.node_name.is_some()));
+    let now = DeleteParams {
+        grace_period_seconds: Some(0),
+        ..DeleteParams::default()
+    };
+    for p in unbound.iter().chain(bound.first()) {
+        pods.delete(p.metadata.name.as_deref().unwrap(), &now)
+            .await
+            .unwrap();
+    }
+    let freed = Instant::now();
+    while !trace().contains("\nrunning on a node with room") {
+        assert!(
+            freed.elapsed() < Duration::from_secs(180),
+            "the job did not run once room freed:\n{}",
+            trace()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ran_after = freed.elapsed();
+    let done = gitlab
+        .wait_for_final(job.id, Duration::from_secs(120))
+        .await
+        .unwrap();
+    let text = trace();
+    tx.send(true).unwrap();
+    service.await.unwrap().unwrap();
+    pods.delete_collection(&now, &fillers).await.unwrap();
+    let _ = std::fs::remove_dir_all(&s.journal);
+    assert_eq!(done.status, FinalStatus::Success, "{text}");
+    assert!(text.contains("Too many pods"), "{text}");
+    println!(
+        "FIGURE node-out-of-pods: the job waited Pending with the scheduler's reason; it ran {:.1} s after a pod of the node was deleted",
+        ran_after.as_secs_f64()
     );
 }
