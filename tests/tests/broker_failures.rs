@@ -439,6 +439,7 @@ async fn vault_down_is_unavailable_after_the_deadline() {
     let job = Job::new("bfdown").await;
     let addr = format!("http://127.0.0.1:{}", free_port());
     let ns = &job.ns.name;
+    let started = std::time::Instant::now();
     let exit = job
         .run_to_failure(
             &[("DB_PASSWORD", &format!("vault:kv/{ns}/db#password"))],
@@ -451,7 +452,18 @@ async fn vault_down_is_unavailable_after_the_deadline() {
             ),
         )
         .await;
+    let failed_after = started.elapsed();
     assert_eq!(exit.code, Some(exit_code::UNAVAILABLE), "{}", exit.stderr);
+    // The failure comes within 10 s of the 2 s deadline, and nothing was delivered.
+    assert!(
+        failed_after < std::time::Duration::from_secs(12),
+        "failed {failed_after:?} after start, deadline 2 s"
+    );
+    job.assert_nothing_left(&exit);
+    println!(
+        "FIGURE vault-unreachable-at-start: the broker failed {:.1} s after it started (KEYHOLE_VAULT_DEADLINE 2 s), no file written",
+        failed_after.as_secs_f64()
+    );
     let errors = error_lines(&exit.stderr);
     assert_eq!(errors.len(), 1, "{}", exit.stderr);
     assert!(

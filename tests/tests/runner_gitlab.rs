@@ -280,13 +280,19 @@ async fn a_runner_restarted_mid_job_reports_it_and_removes_its_pod() {
     let pods: Api<Pod> = s.ns.api();
     let before = pods.list(&ListParams::default()).await.unwrap().items.len();
     assert_eq!(before, 1, "the job pod outlives the crashed runner");
+    let restarted = std::time::Instant::now();
     let (tx, handle) = start_runner(&s);
     let done = s
         .gitlab
         .wait_for_final(job.id, Duration::from_secs(120))
         .await
         .unwrap();
+    let reported_after = restarted.elapsed();
     stop(tx, handle).await;
+    println!(
+        "FIGURE runner-restarted-mid-job: GitLab had the job's final state {:.1} s after the runner started again",
+        reported_after.as_secs_f64()
+    );
     assert_eq!(done.status, FinalStatus::Failed);
     assert_eq!(
         done.failure_reason.as_deref(),
