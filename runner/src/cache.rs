@@ -178,14 +178,9 @@ pub fn job_caches(job: &Job, runner: &RunnerConfig, timeout: Duration) -> JobCac
     };
     let valid = (timeout + URL_MARGIN).min(URL_MAX);
     for entry in entries {
-        if entry.paths.is_empty() {
+        // Nothing to cache: gitlab-runner skips such an entry too.
+        if entry.paths.is_empty() && !entry.untracked {
             continue;
-        }
-        if entry.untracked {
-            out.warnings.push(format!(
-                "cache {}: `untracked` is not supported; only `paths` are cached",
-                entry.key
-            ));
         }
         let entry = CacheEntry {
             key: effective_key(entry, job),
@@ -216,6 +211,7 @@ pub fn job_caches(job: &Job, runner: &RunnerConfig, timeout: Duration) -> JobCac
         out.plans.push(CachePlan {
             key: entry.key.clone(),
             paths: entry.paths.clone(),
+            untracked: entry.untracked,
             when: entry.when,
             restore,
             save: push.then(|| store.put(&object, valid)),
@@ -288,21 +284,8 @@ mod tests {
         assert!(warnings.is_empty());
     }
 
-    #[test]
-    fn urls_are_signed_for_this_jobs_objects_and_never_carry_the_secret_key() {
-        let mut job = crate::pod::samples::sample_jobs("http://v").remove(0).1;
-        job.project.id = 7;
-        job.transfers.caches = vec![
-            entry("deps", &["fallback"]),
-            CacheEntry {
-                policy: "pull".into(),
-                ..entry("tools", &[])
-            },
-            CacheEntry {
-                policy: "push".into(),
-                ..entry("out", &[])
-            },
-        ];
+    /// A runner with an S3 cache store.
+    fn runner_with_store() -> RunnerConfig {
         let mut runner = RunnerConfig {
             token: Some(SecretString::from("glrt-abcdefghijkl".to_string())),
             ..RunnerConfig::default()
@@ -318,6 +301,25 @@ mod tests {
         cache.s3.access_key = Some(SecretString::from("ACCESSKEYID".to_string()));
         cache.s3.secret_key = Some(SecretString::from("the-secret-key-value".to_string()));
         runner.cache = Some(cache);
+        runner
+    }
+
+    #[test]
+    fn urls_are_signed_for_this_jobs_objects_and_never_carry_the_secret_key() {
+        let mut job = crate::pod::samples::sample_jobs("http://v").remove(0).1;
+        job.project.id = 7;
+        job.transfers.caches = vec![
+            entry("deps", &["fallback"]),
+            CacheEntry {
+                policy: "pull".into(),
+                ..entry("tools", &[])
+            },
+            CacheEntry {
+                policy: "push".into(),
+                ..entry("out", &[])
+            },
+        ];
+        let mut runner = runner_with_store();
         let caches = job_caches(&job, &runner, Duration::from_secs(600));
         assert!(caches.warnings.is_empty(), "{:?}", caches.warnings);
         let [deps, tools, out] = &caches.plans[..] else {
@@ -338,6 +340,38 @@ mod tests {
         let shared = job_caches(&job, &runner, Duration::from_secs(600));
         let url = shared.plans[0].restore[0].url.expose_secret().to_owned();
         assert!(url.contains("/keyhole-cache/ci/project/7/deps?"), "{url}");
+    }
+
+    #[test]
+    fn untracked_is_carried_into_the_plan_with_or_without_paths() {
+        let mut job = crate::pod::samples::sample_jobs("http://v").remove(0).1;
+        job.transfers.caches = vec![
+            CacheEntry {
+                untracked: true,
+                ..entry("both", &[])
+            },
+            CacheEntry {
+                untracked: true,
+                paths: vec![],
+                ..entry("alone", &[])
+            },
+            CacheEntry {
+                paths: vec![],
+                ..entry("nothing", &[])
+            },
+            entry("paths", &[]),
+        ];
+        let caches = job_caches(&job, &runner_with_store(), Duration::from_secs(600));
+        assert!(caches.warnings.is_empty(), "{:?}", caches.warnings);
+        let plans: Vec<(&str, bool, usize)> = caches
+            .plans
+            .iter()
+            .map(|p| (p.key.as_str(), p.untracked, p.paths.len()))
+            .collect();
+        assert_eq!(
+            plans,
+            [("both", true, 1), ("alone", true, 0), ("paths", false, 1)]
+        );
     }
 
     #[test]

@@ -12,4 +12,5 @@ pub mod gitlab;
 pub mod plan;
 pub mod run;
 pub mod select;
+pub mod untracked;
 mod zip_writer;

@@ -81,6 +81,10 @@ pub struct CachePlan {
     /// The key, as the trace names it.
     pub key: String,
     pub paths: Vec<String>,
+    /// `cache:untracked`: the files git does not track are cached too (see
+    /// [`super::untracked`]).
+    #[serde(default)]
+    pub untracked: bool,
     pub when: When,
     /// `(key, GET URL)` in the order to try; empty for `policy: push`.
     #[serde(default)]
@@ -159,6 +163,10 @@ pub struct ArtifactUpload {
     pub paths: Vec<String>,
     #[serde(default)]
     pub exclude: Vec<String>,
+    /// `artifacts:untracked`: the files git does not track are archived too, `exclude`
+    /// applying to them (see [`super::untracked`]).
+    #[serde(default)]
+    pub untracked: bool,
     pub when: When,
     /// `archive`, `junit`, `dotenv`, ...
     pub artifact_type: String,
@@ -214,6 +222,7 @@ mod tests {
             caches: vec![CachePlan {
                 key: "deps".into(),
                 paths: vec!["vendor/".into()],
+                untracked: true,
                 when: When::OnSuccess,
                 restore: vec![CacheSource {
                     key: "deps".into(),
@@ -241,5 +250,27 @@ mod tests {
             assert!(!debug.contains(secret), "{debug}");
         }
         assert!(plan.fetches() && plan.stores());
+        assert!(back.caches[0].untracked);
+    }
+
+    #[test]
+    fn untracked_defaults_to_false_for_a_plan_written_without_it() {
+        let artifact: ArtifactUpload = serde_json::from_value(serde_json::json!({
+            "name": "artifacts", "paths": ["a"], "when": "on_success",
+            "artifact_type": "archive", "format": "zip"
+        }))
+        .unwrap();
+        assert!(!artifact.untracked);
+        let cache: CachePlan = serde_json::from_value(serde_json::json!({
+            "key": "k", "paths": [], "when": "always"
+        }))
+        .unwrap();
+        assert!(!cache.untracked);
+        let untracked: ArtifactUpload = serde_json::from_value(serde_json::json!({
+            "name": "artifacts", "paths": [], "untracked": true, "when": "on_success",
+            "artifact_type": "archive", "format": "zip"
+        }))
+        .unwrap();
+        assert!(untracked.untracked);
     }
 }

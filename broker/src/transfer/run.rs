@@ -14,7 +14,7 @@ use super::plan::{
     ArtifactUpload, CachePlan, EXIT_BAD_PLAN, EXIT_TRANSFER_FAILED, Format, Plan,
     SCRIPT_STATUS_FILE,
 };
-use super::select::{Selection, select};
+use super::select::{Selection, select_with_untracked};
 use crate::contract;
 
 /// How often the store container looks for the script's exit code.
@@ -324,7 +324,16 @@ async fn upload_one(
         Format::Gzip => ("gz", "gzip"),
     };
     let file = dirs.scratch.join(format!("upload-{index}.{extension}"));
-    let (selection, packed) = pack(&root, &a.paths, &a.exclude, a.format, level, &file).await?;
+    let (selection, packed) = pack(
+        &root,
+        &a.paths,
+        &a.exclude,
+        a.untracked,
+        a.format,
+        level,
+        &file,
+    )
+    .await?;
     for w in &selection.warnings {
         log.warn(w);
     }
@@ -374,12 +383,13 @@ async fn upload_one(
     }
 }
 
-/// Selects `paths` (minus `exclude`) in `root` and packs them into `file`, off the async
-/// threads; no archive when nothing matched.
+/// Selects `paths` and, with `untracked`, the files git does not track (minus `exclude`) in
+/// `root` and packs them into `file`, off the async threads; no archive when nothing matched.
 async fn pack(
     root: &Path,
     paths: &[String],
     exclude: &[String],
+    untracked: bool,
     format: Format,
     level: Compression,
     file: &Path,
@@ -387,7 +397,8 @@ async fn pack(
     let (root, file) = (root.to_owned(), file.to_owned());
     let (paths, exclude) = (paths.to_vec(), exclude.to_vec());
     tokio::task::spawn_blocking(move || {
-        let selection = select(&root, &paths, &exclude).map_err(|e| e.to_string())?;
+        let selection =
+            select_with_untracked(&root, &paths, &exclude, untracked).map_err(|e| e.to_string())?;
         if selection.entries.is_empty() {
             return Ok((selection, None));
         }
@@ -447,7 +458,8 @@ async fn save_caches(plan: &Plan, exit_code: i32, dirs: &Dirs, log: &mut Log) {
         let Some(url) = &c.save else { continue };
         log.line(&format!("\x1b[32;1mCreating cache {}...\x1b[0;m", c.key));
         let file = dirs.scratch.join(format!("cache-save-{i}.zip"));
-        let result = match pack(&root, &c.paths, &[], Format::Zip, level, &file).await {
+        let result = match pack(&root, &c.paths, &[], c.untracked, Format::Zip, level, &file).await
+        {
             Ok((selection, packed)) => {
                 for w in &selection.warnings {
                     log.warn(w);

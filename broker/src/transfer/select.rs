@@ -15,6 +15,9 @@
 //! so `exclude: [build]` there drops only the directory's own entry); and an `exclude:`
 //! pattern that is not a glob is an error rather than ignored (ignoring it would archive what
 //! the job meant to leave out).
+//!
+//! `untracked: true` adds the files git does not track ([`super::untracked`]), as
+//! gitlab-runner adds what `git ls-files -o` prints; `exclude:` applies to them too.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
@@ -24,6 +27,7 @@ use globset::{GlobBuilder, GlobMatcher, GlobSet, GlobSetBuilder};
 use walkdir::WalkDir;
 
 use super::archive::ArchiveError;
+use super::untracked::Listing;
 
 /// One file, directory or symlink to archive.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,7 +66,8 @@ pub struct Selection {
     /// directory or through a symlink, skipped special files.
     pub warnings: Vec<String>,
     /// Files, directories and symlinks left out by `exclude:`, beneath excluded directories
-    /// too; counted once per `paths:` item that reached them (as gitlab-runner counts).
+    /// too; counted once per `paths:` item that reached them, and once more for an untracked
+    /// file (as gitlab-runner counts).
     pub excluded: u64,
 }
 
@@ -76,6 +81,23 @@ pub fn select(
     root: &Path,
     paths: &[String],
     exclude: &[String],
+) -> Result<Selection, ArchiveError> {
+    select_with_untracked(root, paths, exclude, false)
+}
+
+/// [`select`], plus, with `untracked` (`artifacts:untracked`, `cache:untracked`), the files
+/// git does not track in `root` ([`super::untracked::list`]: what `git ls-files -o` prints,
+/// ignored files included), minus `exclude` as well. The result stays sorted and
+/// deduplicated; problems with the repository are warnings (no untracked files), as in
+/// gitlab-runner.
+///
+/// # Errors
+/// As [`select`].
+pub fn select_with_untracked(
+    root: &Path,
+    paths: &[String],
+    exclude: &[String],
+    untracked: bool,
 ) -> Result<Selection, ArchiveError> {
     let metadata = std::fs::metadata(root).map_err(|source| ArchiveError::Root {
         root: root.to_owned(),
@@ -98,6 +120,14 @@ pub fn select(
     };
     for item in paths {
         collector.process(item);
+    }
+    if untracked {
+        match super::untracked::list(root) {
+            Ok(listing) => collector.add_untracked(listing),
+            Err(e) => collector
+                .warnings
+                .push(format!("untracked: {e}; no untracked files are added")),
+        }
     }
     Ok(Selection {
         entries: collector
@@ -393,49 +423,78 @@ impl Collector<'_> {
 
     /// Adds one walked path, or warns why not. Returns whether it was added.
     fn add(&mut self, relative: &Path, dent: &walkdir::DirEntry) -> bool {
-        if relative.to_str().is_none() {
-            self.warnings.push(format!(
-                "{}: file name is not UTF-8; skipped",
-                relative.display()
-            ));
-            return false;
+        match entry_of(relative, dent) {
+            Ok(entry) => {
+                self.entries
+                    .insert(entry.relative, (entry.kind, entry.mtime));
+                true
+            }
+            Err(warning) => {
+                self.warnings.push(warning);
+                false
+            }
         }
-        // With follow_links(false) this is lstat: the entry itself, never a link's target.
-        let metadata = match dent.metadata() {
-            Ok(metadata) => metadata,
-            Err(e) => {
-                self.warnings.push(format!("{}: {e}", relative.display()));
-                return false;
-            }
-        };
-        let mode = metadata.permissions().mode() & 0o7777;
-        let file_type = metadata.file_type();
-        let kind = if file_type.is_file() {
-            EntryKind::File {
-                size: metadata.len(),
-                mode,
-            }
-        } else if file_type.is_dir() {
-            EntryKind::Dir { mode }
-        } else if file_type.is_symlink() {
-            match std::fs::read_link(dent.path()) {
-                Ok(target) => EntryKind::Symlink { target },
-                Err(e) => {
-                    self.warnings.push(format!("{}: {e}", relative.display()));
-                    return false;
-                }
-            }
-        } else {
-            self.warnings.push(format!(
-                "{}: not a regular file, directory or symbolic link; skipped",
-                relative.display()
-            ));
-            return false;
-        };
-        self.entries
-            .insert(relative.to_path_buf(), (kind, metadata.mtime()));
-        true
     }
+
+    /// The untracked files (`untracked: true`), added after the `paths:` items: `exclude:`
+    /// applies to them as to paths (each one left out counts once), and a file both lists
+    /// name is one entry. Warns as gitlab-runner does when there is none.
+    fn add_untracked(&mut self, listing: Listing) {
+        self.warnings.extend(listing.warnings);
+        let mut found = 0u64;
+        for entry in listing.entries {
+            if self.excluded_with_parents(&entry.relative) {
+                self.excluded += 1;
+                continue;
+            }
+            self.entries
+                .insert(entry.relative, (entry.kind, entry.mtime));
+            found += 1;
+        }
+        if found == 0 {
+            self.warnings.push("untracked: no files".to_owned());
+        }
+    }
+}
+
+/// The [`Entry`] for one walked path (its `lstat` facts, a symlink's target read, never
+/// followed), or the warning that says why it is skipped: a name that is not UTF-8, a FIFO,
+/// socket or device, a path that vanished.
+pub(super) fn entry_of(relative: &Path, dent: &walkdir::DirEntry) -> Result<Entry, String> {
+    if relative.to_str().is_none() {
+        return Err(format!(
+            "{}: file name is not UTF-8; skipped",
+            relative.display()
+        ));
+    }
+    // With follow_links(false) this is lstat: the entry itself, never a link's target.
+    let metadata = dent
+        .metadata()
+        .map_err(|e| format!("{}: {e}", relative.display()))?;
+    let mode = metadata.permissions().mode() & 0o7777;
+    let file_type = metadata.file_type();
+    let kind = if file_type.is_file() {
+        EntryKind::File {
+            size: metadata.len(),
+            mode,
+        }
+    } else if file_type.is_dir() {
+        EntryKind::Dir { mode }
+    } else if file_type.is_symlink() {
+        let target =
+            std::fs::read_link(dent.path()).map_err(|e| format!("{}: {e}", relative.display()))?;
+        EntryKind::Symlink { target }
+    } else {
+        return Err(format!(
+            "{}: not a regular file, directory or symbolic link; skipped",
+            relative.display()
+        ));
+    };
+    Ok(Entry {
+        relative: relative.to_path_buf(),
+        kind,
+        mtime: metadata.mtime(),
+    })
 }
 
 #[cfg(test)]
@@ -443,6 +502,7 @@ mod tests {
     use std::os::unix::fs::symlink;
 
     use super::*;
+    use crate::transfer::untracked::tests::repository;
 
     fn write(root: &Path, relative: &str) {
         let path = root.join(relative);
@@ -680,6 +740,73 @@ mod tests {
             selection.warnings,
             ["out/fifo: not a regular file, directory or symbolic link; skipped"]
         );
+    }
+
+    #[test]
+    fn untracked_files_join_the_paths_once_in_order_and_exclude_applies_to_them() {
+        let dir = repository(&[], &["src/main.rs", "dist/README"]);
+        let root = dir.path();
+        std::fs::write(root.join(".gitignore"), "*.o\n").unwrap();
+        for file in [
+            "dist/app",
+            "dist/tmp/x",
+            "notes.txt",
+            "src/gen.rs",
+            "obj/a.o",
+        ] {
+            write(root, file);
+        }
+        let selection = select_with_untracked(
+            root,
+            &paths(&["dist"]),
+            &paths(&["dist/tmp", "*.txt"]),
+            true,
+        )
+        .unwrap();
+        assert_eq!(
+            names(&selection),
+            [
+                ".gitignore",
+                "dist",
+                "dist/README",
+                "dist/app",
+                "obj/a.o",
+                "src/gen.rs"
+            ]
+        );
+        // dist/tmp and dist/tmp/x from `paths`; dist/tmp/x and notes.txt from `untracked`.
+        assert_eq!(selection.excluded, 4);
+        assert!(selection.warnings.is_empty(), "{:?}", selection.warnings);
+        assert_eq!(
+            select_with_untracked(root, &[], &[], true)
+                .unwrap()
+                .entries
+                .len(),
+            6,
+            "untracked alone: .gitignore, dist/app, dist/tmp/x, notes.txt, src/gen.rs, obj/a.o"
+        );
+        assert_eq!(
+            select_with_untracked(root, &paths(&["dist"]), &[], false).unwrap(),
+            select(root, &paths(&["dist"]), &[]).unwrap()
+        );
+    }
+
+    #[test]
+    fn untracked_without_a_repository_or_files_warns_and_keeps_the_paths() {
+        let dir = tree(&["a"]);
+        let selection = select_with_untracked(dir.path(), &paths(&["a"]), &[], true).unwrap();
+        assert_eq!(names(&selection), ["a"]);
+        assert_eq!(
+            selection.warnings,
+            [
+                "untracked: no git repository in the project directory (no .git); no untracked files are added"
+            ]
+        );
+
+        let clean = repository(&[], &["a"]);
+        let selection = select_with_untracked(clean.path(), &[], &[], true).unwrap();
+        assert!(selection.entries.is_empty());
+        assert_eq!(selection.warnings, ["untracked: no files"]);
     }
 
     #[test]

@@ -36,19 +36,12 @@ pub(super) fn transfers(root: &Obj<'_>) -> Result<Transfers, PayloadError> {
     })
 }
 
-/// One `artifacts[]` entry; `None` when it names no files (GitLab sends such entries for jobs
-/// without `artifacts:`, and gitlab-runner skips them).
+/// One `artifacts[]` entry; `None` when it names no files, neither `paths` nor `untracked`
+/// (GitLab sends such entries for jobs without `artifacts:`, and gitlab-runner skips them).
 fn artifact(a: &Obj<'_>) -> Result<Option<ArtifactUpload>, PayloadError> {
-    if a.flag("untracked")? {
-        return Err(PayloadError::Unsupported {
-            field: a.field("untracked"),
-            reason: "Keyhole does not collect untracked files yet; list the files in \
-                     `artifacts:paths` instead"
-                .into(),
-        });
-    }
+    let untracked = a.flag("untracked")?;
     let paths = a.str_list("paths")?;
-    if paths.is_empty() {
+    if paths.is_empty() && !untracked {
         return Ok(None);
     }
     let format = match a.opt_str("artifact_format")?.unwrap_or_default() {
@@ -78,6 +71,7 @@ fn artifact(a: &Obj<'_>) -> Result<Option<ArtifactUpload>, PayloadError> {
         name: name.to_owned(),
         paths,
         exclude: a.str_list("exclude")?,
+        untracked,
         when: when(a)?,
         artifact_type: artifact_type.to_owned(),
         format,
@@ -199,10 +193,6 @@ mod tests {
     fn what_keyhole_cannot_honour_is_refused_by_name() {
         for (artifacts, field) in [
             (
-                json!([{"paths": ["a"], "untracked": true}]),
-                "artifacts[0].untracked",
-            ),
-            (
                 json!([{"paths": ["a"], "artifact_format": "tarzstd"}]),
                 "artifacts[0].artifact_format",
             ),
@@ -222,6 +212,38 @@ mod tests {
                 "{text}"
             );
         }
+    }
+
+    #[test]
+    fn untracked_is_carried_into_the_plan_with_or_without_paths() {
+        let job = job_from_value(&payload(json!({
+            "artifacts": [
+                {"name": "both", "paths": ["dist/"], "untracked": true, "exclude": ["*.o"]},
+                {"name": "alone", "paths": [], "untracked": true},
+                {"name": "nothing", "paths": [], "untracked": false},
+                {"name": "paths", "paths": ["a"]}
+            ],
+            "cache": [{"key": "deps", "paths": [], "untracked": true}]
+        })))
+        .unwrap()
+        .job;
+        let artifacts: Vec<(&str, bool, usize)> = job
+            .transfers
+            .artifacts
+            .iter()
+            .map(|a| (a.name.as_str(), a.untracked, a.paths.len()))
+            .collect();
+        assert_eq!(
+            artifacts,
+            [("both", true, 1), ("alone", true, 0), ("paths", false, 1)]
+        );
+        assert_eq!(job.transfers.artifacts[0].exclude, ["*.o"]);
+        assert!(job.transfers.caches[0].untracked);
+        let err = job_from_value(&payload(
+            json!({"artifacts": [{"paths": [], "untracked": "yes"}]}),
+        ))
+        .unwrap_err();
+        assert!(err.to_string().contains("artifacts[0].untracked"), "{err}");
     }
 
     #[test]

@@ -437,6 +437,7 @@ fn job_with_transfers() -> crate::job::Job {
         name: "artifacts".into(),
         paths: vec!["dist/".into()],
         exclude: vec![],
+        untracked: false,
         when: When::Always,
         artifact_type: "archive".into(),
         format: Format::Zip,

@@ -317,6 +317,7 @@ pub fn store_plan(
             name: "artifacts".into(),
             paths: paths.iter().map(|p| (*p).to_owned()).collect(),
             exclude: Vec::new(),
+            untracked: false,
             when: When::OnSuccess,
             artifact_type: "archive".into(),
             format: Format::Zip,
