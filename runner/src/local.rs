@@ -1,36 +1,58 @@
 //! `keyhole-runner exec`: one job of a local `.gitlab-ci.yml` on the cluster, no GitLab. The
-//! trace goes to the terminal as it happens, progress lines included.
+//! job's log goes to stdout as it happens, byte for byte, for scripts to pipe; the runner's own
+//! lines go to stderr from the first moment: the pod being made, why it is still pending
+//! (scheduling, image pulls, the broker delivering secrets, checkout), warnings, errors, and at
+//! the end one summary line.
 
 use std::time::{Duration, Instant};
 
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 
 use crate::config::RunnerConfig;
-use crate::execute::{Control, FailureKind, JobRun, Outcome, TraceWriter, execute};
+use crate::execute::{Control, FailureKind, JobRun, Outcome, TraceChunk, TraceWriter, execute};
 use crate::job::Job;
 use crate::prepare::prepare;
 
-/// Runs `job` and writes its trace to `out`. Ctrl-C cancels it (after_script still runs); a
-/// second Ctrl-C aborts.
-pub async fn exec_job<W>(
+/// Where `exec` writes: the job's log, the runner's lines, and whether those are coloured
+/// (GitLab's colours, for a terminal).
+#[derive(Debug)]
+pub struct Terminal<O, E> {
+    pub stdout: O,
+    pub stderr: E,
+    pub colour: bool,
+}
+
+/// Runs `job`: its log to `term.stdout`, the runner's lines and the summary to `term.stderr`.
+/// Ctrl-C cancels it (after_script still runs); a second Ctrl-C aborts.
+pub async fn exec_job<O, E>(
     job: &Job,
     runner: &RunnerConfig,
     client: kube::Client,
-    mut out: W,
+    term: Terminal<O, E>,
 ) -> Outcome
 where
-    W: tokio::io::AsyncWrite + Unpin + Send + 'static,
+    O: AsyncWrite + Unpin + Send + 'static,
+    E: AsyncWrite + Unpin + Send + 'static,
 {
     let started = Instant::now();
-    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(256);
+    let Terminal {
+        mut stdout,
+        mut stderr,
+        colour,
+    } = term;
+    let (tx, mut rx) = mpsc::channel::<TraceChunk>(256);
+    // One printer for both, so the runner's lines and the log keep their order.
     let printer = tokio::spawn(async move {
         while let Some(chunk) = rx.recv().await {
-            if out.write_all(&chunk).await.is_err() {
-                break;
-            }
+            let out: &mut (dyn AsyncWrite + Unpin + Send) = match &chunk {
+                TraceChunk::Log(_) => &mut stdout,
+                TraceChunk::Runner { .. } => &mut stderr,
+            };
+            let _ = out.write_all(&chunk.into_bytes(colour)).await;
             let _ = out.flush().await;
         }
+        stderr
     });
     let trace = TraceWriter(tx.clone());
     trace
@@ -41,6 +63,7 @@ where
             runner.kubernetes.namespace
         ))
         .await;
+    let mut pod = None;
     let outcome = match prepare(job, runner, None) {
         Err(errors) => {
             for e in &errors {
@@ -70,6 +93,12 @@ where
                     .info(&format!("Secrets to resolve: {}", names.join(", ")))
                     .await;
             }
+            let meta = &prepared.objects.pod.metadata;
+            pod = Some(format!(
+                "{}/{}",
+                meta.namespace.as_deref().unwrap_or_default(),
+                meta.name.as_deref().unwrap_or_default()
+            ));
             let (control_tx, control_rx) = watch::channel(Control::Run);
             let interrupt = tokio::spawn(async move {
                 if tokio::signal::ctrl_c().await.is_ok() {
@@ -90,25 +119,92 @@ where
                 control: control_rx,
                 metrics: None,
                 retry: crate::execute::ApiRetry::from_config(&runner.kubernetes),
+                image_pulls: true,
             })
             .await;
             interrupt.abort();
             outcome
         }
     };
-    let secs = started.elapsed().as_secs_f64();
-    match &outcome {
-        Outcome::Success => trace.info(&format!("Job succeeded in {secs:.1}s")).await,
-        Outcome::Failed { message, .. } => {
-            trace
-                .error(&format!("Job failed: {message} ({secs:.1}s)"))
-                .await
-        }
+    if let Outcome::Failed {
+        kind: FailureKind::Script,
+        exit_code: Some(_),
+        message,
+    } = &outcome
+        && message.len() > SHORT_REASON
+    {
+        // Said nowhere else (the other failures' messages are in the lines above), and too
+        // long for the summary: e.g. the build container ran out of memory.
+        trace.error(message).await;
     }
     drop(trace);
     drop(tx);
-    let _ = printer.await;
+    if let Ok(mut stderr) = printer.await {
+        let line = summary(&job.name, &outcome, started.elapsed(), pod.as_deref());
+        let line = match (&outcome, colour) {
+            (_, false) => format!("{line}\n"),
+            (Outcome::Success, true) => format!("\x1b[32;1m{line}\x1b[0;m\n"),
+            (Outcome::Failed { .. }, true) => format!("\x1b[31;1m{line}\x1b[0;m\n"),
+        };
+        let _ = stderr.write_all(line.as_bytes()).await;
+        let _ = stderr.flush().await;
+    }
     outcome
+}
+
+/// Failure messages up to this long are the summary's reason as they are; longer ones are in
+/// the lines above it, and the summary says the kind of failure.
+const SHORT_REASON: usize = 60;
+
+/// The line `exec` ends with: `Job build succeeded in 6.2 s (pod keyhole-jobs/kh-1-abc)`, or
+/// `Job build failed (exit code 1) in ...`; no pod when none was made.
+pub fn summary(job: &str, outcome: &Outcome, took: Duration, pod: Option<&str>) -> String {
+    let verdict = match outcome {
+        Outcome::Success => "succeeded".to_string(),
+        Outcome::Failed {
+            kind,
+            exit_code,
+            message,
+        } => format!("failed ({})", reason(*kind, *exit_code, message)),
+    };
+    let pod = pod.map(|p| format!(" (pod {p})")).unwrap_or_default();
+    format!("Job {job} {verdict} in {}{pod}", human_duration(took))
+}
+
+/// Why a job failed, in a few words.
+fn reason(kind: FailureKind, exit_code: Option<i32>, message: &str) -> String {
+    let message = message.split_whitespace().collect::<Vec<_>>().join(" ");
+    if !message.is_empty() && message.len() <= SHORT_REASON {
+        return message;
+    }
+    match (kind, exit_code) {
+        (_, Some(code)) => format!("exit code {code}"),
+        (FailureKind::Script, None) => "script failure".into(),
+        (FailureKind::Timeout, None) => "timed out".into(),
+        (FailureKind::Canceled, None) => "canceled".into(),
+        (FailureKind::ImagePull, None) => "image pull failed".into(),
+        (FailureKind::Configuration, None) => "configuration error".into(),
+        (FailureKind::Unschedulable, None) => "not scheduled".into(),
+        (FailureKind::System, None) => "system failure".into(),
+    }
+}
+
+/// A duration as people read it: `850 ms`, `6.2 s`, `2 min 5 s`, `1 h 3 min`.
+pub fn human_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1000 {
+        return format!("{ms} ms");
+    }
+    let tenths = (ms + 50) / 100;
+    if tenths < 600 {
+        return format!("{}.{} s", tenths / 10, tenths % 10);
+    }
+    let secs = (ms + 500) / 1000;
+    if secs < 3600 {
+        return format!("{} min {} s", secs / 60, secs % 60);
+    }
+    let mins = (secs + 30) / 60;
+    format!("{} h {} min", mins / 60, mins % 60)
 }
 
 /// The process exit code for an outcome: the script's own code when it failed, 1 otherwise.
@@ -133,6 +229,84 @@ pub fn local_job_id() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_read_as_people_say_them() {
+        let ms = Duration::from_millis;
+        assert_eq!(human_duration(ms(0)), "0 ms");
+        assert_eq!(human_duration(ms(850)), "850 ms");
+        assert_eq!(human_duration(ms(999)), "999 ms");
+        assert_eq!(human_duration(ms(1000)), "1.0 s");
+        assert_eq!(human_duration(ms(6_240)), "6.2 s");
+        assert_eq!(human_duration(ms(6_250)), "6.3 s");
+        assert_eq!(human_duration(ms(59_940)), "59.9 s");
+        // Never `60.0 s`.
+        assert_eq!(human_duration(ms(59_960)), "1 min 0 s");
+        assert_eq!(human_duration(ms(125_000)), "2 min 5 s");
+        assert_eq!(human_duration(ms(125_600)), "2 min 6 s");
+        assert_eq!(human_duration(ms(3_599_400)), "59 min 59 s");
+        assert_eq!(human_duration(ms(3_600_000)), "1 h 0 min");
+        assert_eq!(human_duration(ms(3_780_000)), "1 h 3 min");
+    }
+
+    #[test]
+    fn the_summary_says_how_the_job_ended_how_long_it_took_and_its_pod() {
+        let pod = Some("keyhole-jobs/kh-local-abc");
+        assert_eq!(
+            summary(
+                "build",
+                &Outcome::Success,
+                Duration::from_millis(6_200),
+                pod
+            ),
+            "Job build succeeded in 6.2 s (pod keyhole-jobs/kh-local-abc)"
+        );
+        let failed = |message: &str| Outcome::Failed {
+            kind: FailureKind::Script,
+            exit_code: Some(1),
+            message: message.into(),
+        };
+        assert_eq!(
+            summary(
+                "test",
+                &failed("exit code 1"),
+                Duration::from_secs(125),
+                pod
+            ),
+            "Job test failed (exit code 1) in 2 min 5 s (pod keyhole-jobs/kh-local-abc)"
+        );
+        assert_eq!(
+            summary(
+                "lint",
+                &failed("the job\nwas not started"),
+                Duration::from_millis(850),
+                None
+            ),
+            "Job lint failed (the job was not started) in 850 ms"
+        );
+        // A long message is in the lines above; the summary names the kind of failure.
+        let long = "creating the job pod ns/kh-1-abc failed: ApiError: pods \"kh-1-abc\" is forbidden: error looking up service account";
+        let cases = [
+            (FailureKind::Script, Some(137), "exit code 137"),
+            (FailureKind::Script, None, "script failure"),
+            (FailureKind::ImagePull, None, "image pull failed"),
+            (FailureKind::Configuration, None, "configuration error"),
+            (FailureKind::Unschedulable, None, "not scheduled"),
+            (FailureKind::System, None, "system failure"),
+            (FailureKind::Timeout, None, "timed out"),
+        ];
+        for (kind, exit_code, reason) in cases {
+            let outcome = Outcome::Failed {
+                kind,
+                exit_code,
+                message: long.into(),
+            };
+            assert_eq!(
+                summary("j", &outcome, Duration::from_millis(70), None),
+                format!("Job j failed ({reason}) in 70 ms")
+            );
+        }
+    }
 
     #[test]
     fn exit_codes_follow_the_script() {

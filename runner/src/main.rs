@@ -25,18 +25,40 @@ struct Cli {
     command: Command,
 }
 
+/// Each command's help ends with an example of it; `runner_cli.rs` checks every command has one,
+/// and the tests below that each parses.
+const RUN_EXAMPLE: &str = "Example:
+  keyhole-runner run --config /etc/keyhole/config.toml";
+const EXEC_EXAMPLE: &str = "Example:
+  # job `build` of ./.gitlab-ci.yml, its pod in namespace keyhole-jobs; ends (on stderr) with
+  # Job build succeeded in 6.2 s (pod keyhole-jobs/kh-796382603-gdm44u)
+  keyhole-runner exec .gitlab-ci.yml build --namespace keyhole-jobs";
+const RENDER_EXAMPLE: &str = "Example:
+  keyhole-runner render .gitlab-ci.yml build --namespace keyhole-jobs > build-pod.yaml";
+const VERIFY_EXAMPLE: &str = "Example:
+  keyhole-runner verify --config /etc/keyhole/config.toml";
+const COMPLETION_EXAMPLE: &str = "Example:
+  keyhole-runner completion bash > /etc/bash_completion.d/keyhole-runner";
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Take jobs from GitLab (the runner service).
+    #[command(after_help = RUN_EXAMPLE)]
     Run {
         #[command(flatten)]
         config: ConfigArgs,
     },
     /// Run one job of a local .gitlab-ci.yml on the cluster, without GitLab.
+    ///
+    /// The job's log goes to stdout; progress (the pod, why it is pending) and a summary line
+    /// go to stderr. The exit code is the script's.
+    #[command(after_help = EXEC_EXAMPLE)]
     Exec(LocalArgs),
     /// Print the Kubernetes objects a job would get, without a cluster.
+    #[command(after_help = RENDER_EXAMPLE)]
     Render(LocalArgs),
     /// Check the config, the GitLab token, cluster permissions and Vault settings.
+    #[command(after_help = VERIFY_EXAMPLE)]
     Verify {
         #[command(flatten)]
         config: ConfigArgs,
@@ -44,6 +66,7 @@ enum Command {
     /// Print a shell completion script: `keyhole-runner completion bash >
     /// /etc/bash_completion.d/keyhole-runner` (zsh: into a directory of `$fpath` as
     /// `_keyhole-runner`; fish: `~/.config/fish/completions/keyhole-runner.fish`).
+    #[command(after_help = COMPLETION_EXAMPLE)]
     Completion { shell: clap_complete::Shell },
 }
 
@@ -234,7 +257,14 @@ async fn exec(args: &LocalArgs) -> Result<i32> {
     let runner = local_runner(args)?;
     let job = local_job(args, &runner)?;
     let client = keyhole_runner::service::kube_client(&runner).await?;
-    let outcome = keyhole_runner::local::exec_job(&job, &runner, client, tokio::io::stdout()).await;
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let term = keyhole_runner::local::Terminal {
+        stdout: tokio::io::stdout(),
+        stderr: tokio::io::stderr(),
+        colour,
+    };
+    let outcome = keyhole_runner::local::exec_job(&job, &runner, client, term).await;
     Ok(keyhole_runner::local::exit_code(&outcome))
 }
 
@@ -290,5 +320,48 @@ async fn verify(path: &Path) -> Result<i32> {
         Ok(0)
     } else {
         bail!("{} problem(s) found", report.problems)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory as _;
+
+    #[test]
+    fn the_cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    /// Every example parses as written (shell comments and a redirection aside).
+    #[test]
+    fn every_example_parses() {
+        let mut cli = Cli::command();
+        cli.build();
+        for sub in cli.get_subcommands().filter(|s| s.get_name() != "help") {
+            let help = sub
+                .get_after_help()
+                .unwrap_or_else(|| panic!("{} has no example", sub.get_name()))
+                .to_string();
+            let examples: Vec<&str> = help
+                .lines()
+                .map(str::trim)
+                .filter(|l| l.starts_with("keyhole-runner "))
+                .collect();
+            assert!(!examples.is_empty(), "{}: {help}", sub.get_name());
+            for example in examples {
+                let words = example.split_whitespace().take_while(|w| *w != ">");
+                let parsed =
+                    Cli::try_parse_from(words).unwrap_or_else(|e| panic!("{example}: {e}"));
+                let name = match parsed.command {
+                    Command::Run { .. } => "run",
+                    Command::Exec(_) => "exec",
+                    Command::Render(_) => "render",
+                    Command::Verify { .. } => "verify",
+                    Command::Completion { .. } => "completion",
+                };
+                assert_eq!(name, sub.get_name(), "{example}");
+            }
+        }
     }
 }

@@ -14,7 +14,9 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::config::{Config, RunnerConfig};
-use crate::execute::{Control, FailureKind, JobRun, Outcome, TraceWriter, execute_timed};
+use crate::execute::{
+    Control, FailureKind, JobRun, Outcome, TraceChunk, TraceWriter, execute_timed,
+};
 use crate::gitlab::{
     ClientConfig, FailureReason, GitlabClient, JobOutcome, JobPayload, JobRequest, RemoteStatus,
 };
@@ -580,7 +582,7 @@ impl Service {
         job: &crate::job::Job,
         token: &SecretString,
         trace: &TraceWriter,
-        trace_tx: mpsc::Sender<Vec<u8>>,
+        trace_tx: mpsc::Sender<TraceChunk>,
         control_rx: watch::Receiver<Control>,
         received: Instant,
     ) -> (Outcome, Instant, Option<tokio::task::JoinHandle<()>>) {
@@ -634,6 +636,8 @@ impl Service {
                     control: control_rx,
                     metrics: Some(self.metrics.clone()),
                     retry: crate::execute::ApiRetry::from_config(&self.runner.kubernetes),
+                    // The runner's Role has no right to read Events (docs/deploy.md).
+                    image_pulls: false,
                 })
                 .await
             }
@@ -683,11 +687,11 @@ impl Service {
                     }
                 }
             });
-            let (trace_tx, mut trace_rx) = mpsc::channel::<Vec<u8>>(256);
+            let (trace_tx, mut trace_rx) = mpsc::channel::<TraceChunk>(256);
             let sender = session.trace();
             let forwarder = tokio::spawn(async move {
                 while let Some(chunk) = trace_rx.recv().await {
-                    if sender.append(&chunk).await.is_err() {
+                    if sender.append(&chunk.into_bytes(true)).await.is_err() {
                         // GitLab dropped the job: keep draining so the executor never blocks.
                         while trace_rx.recv().await.is_some() {}
                         break;

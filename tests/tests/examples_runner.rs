@@ -96,6 +96,122 @@ fn exec(bed: &TestBed, ns: &str, example: &str, job: &str, extra: &[&str]) -> Ra
     }
 }
 
+/// One line of an `exec` run, as it arrived: on stderr (`progress`) or stdout, and when.
+#[derive(Debug)]
+struct Line {
+    at: std::time::Instant,
+    stderr: bool,
+    text: String,
+}
+
+/// An `exec` run with its stdout and stderr kept apart, each line stamped as it came.
+struct Streams {
+    code: i32,
+    stdout: String,
+    lines: Vec<Line>,
+}
+
+impl Streams {
+    fn stderr(&self) -> String {
+        self.lines
+            .iter()
+            .filter(|l| l.stderr)
+            .map(|l| format!("{}\n", l.text))
+            .collect()
+    }
+}
+
+/// [`exec`], reading stdout and stderr as they are written.
+fn exec_streams(bed: &TestBed, ns: &str, example: &str, job: &str) -> Streams {
+    use std::io::{BufRead, BufReader, Read};
+    use std::process::Stdio;
+    use std::sync::{Arc, Mutex};
+    let mut cmd = Command::new(runner_binary());
+    cmd.args(["exec", &format!("examples/{example}/.gitlab-ci.yml"), job])
+        .args(["--namespace", ns, "--pull-policy", "never"])
+        .args([
+            "--vault-addr",
+            &bed.env.vault_pod_addr,
+            "--kube-api",
+            &bed.env.apiserver_url,
+        ]);
+    bed_env(bed, &mut cmd, ns);
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let stdout_bytes = Arc::new(Mutex::new(Vec::new()));
+    let read = |pipe: Box<dyn Read + Send>, stderr: bool| {
+        let (lines, bytes) = (lines.clone(), stdout_bytes.clone());
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(pipe);
+            let mut line = Vec::new();
+            while reader.read_until(b'\n', &mut line).unwrap_or(0) > 0 {
+                if !stderr {
+                    bytes.lock().unwrap().extend_from_slice(&line);
+                }
+                lines.lock().unwrap().push(Line {
+                    at: std::time::Instant::now(),
+                    stderr,
+                    text: String::from_utf8_lossy(&line).trim_end().to_string(),
+                });
+                line.clear();
+            }
+        })
+    };
+    let readers = [
+        read(Box::new(child.stdout.take().unwrap()), false),
+        read(Box::new(child.stderr.take().unwrap()), true),
+    ];
+    let status = child.wait().unwrap();
+    for r in readers {
+        r.join().unwrap();
+    }
+    let mut lines = std::mem::take(&mut *lines.lock().unwrap());
+    lines.sort_by_key(|l| l.at);
+    let stdout = String::from_utf8_lossy(&stdout_bytes.lock().unwrap()).into_owned();
+    Streams {
+        code: status.code().unwrap_or(-1),
+        stdout,
+        lines,
+    }
+}
+
+/// The summary `exec` ends with: `Job <name> succeeded|failed (<why>) in <duration> (pod
+/// <ns>/<name>)`, checked part by part; the pod's name.
+fn assert_summary(r: &Streams, job: &str, ns: &str, verdict: &str) -> String {
+    let stderr = r.stderr();
+    let last = r
+        .lines
+        .iter()
+        .rfind(|l| l.stderr)
+        .map(|l| l.text.as_str())
+        .unwrap_or_default();
+    let prefix = format!("Job {job} {verdict} ");
+    assert!(
+        last.starts_with(&prefix),
+        "the last line on stderr is not the summary {prefix:?}...:\n{stderr}"
+    );
+    let (took, pod) = last
+        .rsplit_once(" (pod ")
+        .unwrap_or_else(|| panic!("no pod in the summary {last:?}"));
+    let duration = took.rsplit_once(" in ").map(|(_, d)| d).unwrap_or_default();
+    let number = duration.split(' ').next().unwrap_or_default();
+    assert!(
+        number.parse::<f64>().is_ok() && [" ms", " s"].iter().any(|unit| duration.ends_with(unit)),
+        "no duration in the summary {last:?}"
+    );
+    let pod = pod.strip_suffix(')').unwrap_or(pod);
+    assert!(
+        pod.starts_with(&format!("{ns}/kh-")),
+        "pod {pod:?} in the summary {last:?}"
+    );
+    pod.to_string()
+}
+
 /// Job `job_name` of an example's `.gitlab-ci.yml`, as the runner's own parser reads it.
 fn example_job(example: &str, job_name: &str) -> Job {
     load_job(
@@ -367,7 +483,7 @@ async fn hello_runs_and_cleans_up() {
             "Hello from hello in /builds/local/project",
             "uid=1000",
             "the build container has no ServiceAccount token",
-            "Job succeeded",
+            "Job hello succeeded in ",
         ],
     );
     let (status, trace) =
@@ -380,6 +496,94 @@ async fn hello_runs_and_cleans_up() {
             "the build container has no ServiceAccount token",
         ],
     );
+}
+
+/// What a person at a terminal sees: on stderr, from the start, the pod being made and why it is
+/// still pending, then one summary line; on stdout only the job's log, for scripts to pipe.
+#[tokio::test]
+async fn exec_shows_progress_and_a_summary_on_stderr_and_only_the_job_log_on_stdout() {
+    let bed = TestBed::connect().await;
+    let ns = TestNamespace::create(&bed, "exprogress", &[])
+        .await
+        .unwrap();
+    setup_example(&bed, &ns.name, "hello");
+    let r = exec_streams(&bed, &ns.name, "hello", "hello");
+    let stderr = r.stderr();
+    assert_eq!(r.code, 0, "stdout:\n{}\nstderr:\n{stderr}", r.stdout);
+    let pod = assert_summary(&r, "hello", &ns.name, "succeeded");
+    assert!(
+        stderr.contains(&format!("Creating pod {pod}\n")),
+        "no pod line on stderr:\n{stderr}"
+    );
+    // Before the job log's first line: the pod line and what it waits for.
+    let first_output = r
+        .lines
+        .iter()
+        .position(|l| !l.stderr)
+        .unwrap_or_else(|| panic!("nothing on stdout; stderr:\n{stderr}"));
+    let before: Vec<&str> = r.lines[..first_output]
+        .iter()
+        .filter(|l| l.stderr)
+        .map(|l| l.text.as_str())
+        .collect();
+    assert!(
+        before.iter().any(|l| l.starts_with("Creating pod "))
+            && before.iter().any(|l| l.starts_with("Pod Pending: ")),
+        "no progress before the job's output: {before:#?}"
+    );
+    // The kubelet's image pulls, from the pod's Events (the bed's images are local, pulled
+    // `never`: `already present`).
+    for line in [
+        "keyhole-broker: Container image \"keyhole.local/broker:",
+        "build: Container image \"keyhole.local/busybox:1\" already present",
+    ] {
+        assert!(stderr.contains(line), "no {line:?} on stderr:\n{stderr}");
+    }
+    // stdout: the job's log, nothing of the runner's.
+    assert_has(
+        &r.stdout,
+        &[
+            "Hello from hello in /builds/local/project",
+            "uid=1000",
+            "the build container has no ServiceAccount token",
+        ],
+    );
+    for runner_text in [
+        "Running job",
+        "Creating pod",
+        "Pod Pending",
+        "Job hello",
+        "ServiceAccount keyhole-job",
+        // The runner's colour; the job log has GitLab's own codes (`$ command` lines).
+        "\x1b[36;1m",
+    ] {
+        assert!(
+            !r.stdout.contains(runner_text),
+            "stdout holds the runner's {runner_text:?}:\n{}",
+            r.stdout
+        );
+    }
+    assert!(
+        !stderr.contains("Hello from hello"),
+        "the job's output is on stderr too:\n{stderr}"
+    );
+
+    setup_example(&bed, &ns.name, "compat");
+    let failed = exec_streams(&bed, &ns.name, "compat", "job-status-on-failure");
+    let stderr = failed.stderr();
+    assert_eq!(
+        failed.code, 1,
+        "stdout:\n{}\nstderr:\n{stderr}",
+        failed.stdout
+    );
+    assert_summary(
+        &failed,
+        "job-status-on-failure",
+        &ns.name,
+        "failed (exit code 1)",
+    );
+    assert_has(&failed.stdout, &["this job fails on purpose"]);
+    assert!(!failed.stdout.contains("Job "), "{}", failed.stdout);
 }
 
 #[tokio::test]

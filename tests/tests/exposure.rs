@@ -733,11 +733,13 @@ async fn a_gitlab_job_leaves_its_secrets_nowhere_but_where_keyhole_puts_them() {
 
 // --- exec mode: the keyhole-runner binary on a local .gitlab-ci.yml ----------------------------
 
-/// Collects a child's output while it runs.
-fn collect(mut from: impl tokio::io::AsyncRead + Unpin + Send + 'static) -> Arc<Mutex<Vec<u8>>> {
+/// Collects a child's output while it runs; the task ends at the end of the output.
+fn collect(
+    mut from: impl tokio::io::AsyncRead + Unpin + Send + 'static,
+) -> (Arc<Mutex<Vec<u8>>>, tokio::task::JoinHandle<()>) {
     let buffer = Arc::new(Mutex::new(Vec::new()));
     let into = buffer.clone();
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         let mut chunk = [0u8; 8192];
         while let Ok(n) = from.read(&mut chunk).await {
             if n == 0 {
@@ -746,7 +748,7 @@ fn collect(mut from: impl tokio::io::AsyncRead + Unpin + Send + 'static) -> Arc<
             into.lock().unwrap().extend_from_slice(&chunk[..n]);
         }
     });
-    buffer
+    (buffer, task)
 }
 
 fn text(buffer: &Arc<Mutex<Vec<u8>>>) -> String {
@@ -797,8 +799,8 @@ async fn an_exec_job_leaves_its_secrets_nowhere_but_where_keyhole_puts_them() {
         .kill_on_drop(true)
         .spawn()
         .unwrap_or_else(|e| panic!("starting {}: {e}", binary.display()));
-    let stdout = collect(child.stdout.take().unwrap());
-    let stderr = collect(child.stderr.take().unwrap());
+    let (stdout, stdout_read) = collect(child.stdout.take().unwrap());
+    let (stderr, stderr_read) = collect(child.stderr.take().unwrap());
 
     let trace = wait_for_line(|| text(&stdout), "exposure-ready").await;
     let pod = job_pod(&s).await;
@@ -840,17 +842,12 @@ async fn an_exec_job_leaves_its_secrets_nowhere_but_where_keyhole_puts_them() {
         .expect("keyhole-runner exec did not finish")
         .unwrap();
     // Let the readers drain the closed pipes.
-    let trace = tokio::time::timeout(DEADLINE, async {
-        loop {
-            let t = text(&stdout);
-            if t.contains("Job succeeded") || t.contains("Job failed") {
-                return t;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+    let _ = tokio::time::timeout(DEADLINE, async {
+        let _ = stdout_read.await;
+        let _ = stderr_read.await;
     })
-    .await
-    .unwrap_or_else(|_| text(&stdout));
+    .await;
+    let trace = text(&stdout);
     assert!(
         status.success(),
         "exec failed ({status}):\n{trace}\n{}",

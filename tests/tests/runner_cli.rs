@@ -298,3 +298,84 @@ fn version_names_the_commit_and_completions_cover_every_command() {
         "names the shells: {out}"
     );
 }
+
+/// The subcommands `keyhole-runner --help` lists (clap's own `help` aside).
+fn subcommands() -> Vec<String> {
+    let (code, out) = run(&["--help"], &[]);
+    assert_eq!(code, 0, "{out}");
+    let commands = out
+        .split("Commands:\n")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no commands in:\n{out}"));
+    commands
+        .lines()
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| *c != "help")
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn every_command_help_ends_with_an_example_of_itself() {
+    let commands = subcommands();
+    for expected in ["run", "exec", "render", "verify", "completion"] {
+        assert!(commands.iter().any(|c| c == expected), "{commands:?}");
+    }
+    for command in &commands {
+        for flag in ["--help", "-h"] {
+            let (code, out) = run(&[command, flag], &[]);
+            assert_eq!(code, 0, "{command} {flag}: {out}");
+            let example = out
+                .split("\nExample:\n")
+                .nth(1)
+                .unwrap_or_else(|| panic!("`{command} {flag}` has no Example section:\n{out}"));
+            assert!(
+                example.lines().any(|l| l
+                    .trim_start()
+                    .starts_with(&format!("keyhole-runner {command} "))),
+                "the example of `{command}` does not run it:\n{example}"
+            );
+        }
+    }
+}
+
+/// `render`'s example works as written: a `.gitlab-ci.yml` with a job `build` in the current
+/// directory.
+#[test]
+fn the_render_example_works_as_written() {
+    let (_, help) = run(&["render", "--help"], &[]);
+    let example = help
+        .split("\nExample:\n")
+        .nth(1)
+        .and_then(|e| {
+            e.lines()
+                .map(str::trim)
+                .find(|l| l.starts_with("keyhole-runner render "))
+        })
+        .unwrap_or_else(|| panic!("no example in:\n{help}"))
+        .to_string();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join(".gitlab-ci.yml"),
+        "build:\n  image: keyhole.local/busybox:1\n  script: [make]\n",
+    )
+    .unwrap();
+    let args: Vec<&str> = example
+        .split_whitespace()
+        .skip(1)
+        .take_while(|a| *a != ">")
+        .collect();
+    let out = Command::new(runner_binary())
+        .args(&args)
+        .current_dir(dir.path())
+        .env_remove("KEYHOLE_CONFIG")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("kind: Pod"),
+        "{example}: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -7,7 +7,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use keyhole_runner::config::RunnerConfig;
-use keyhole_runner::execute::{Control, FailureKind, JobRun, Outcome, execute};
+use keyhole_runner::execute::{Control, FailureKind, JobRun, Outcome, TraceChunk, execute};
 use keyhole_runner::job::{Image, Job, Variable};
 use keyhole_runner::pod::samples::{sample_jobs, sample_runner};
 use keyhole_runner::prepare::prepare;
@@ -82,11 +82,11 @@ async fn run_job(
     control: watch::Receiver<Control>,
 ) -> Ran {
     let prepared = prepare(job, &s.runner, None).unwrap_or_else(|e| panic!("{e:?}"));
-    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(64);
+    let (tx, mut rx) = mpsc::channel::<TraceChunk>(64);
     let collector = tokio::spawn(async move {
         let mut all = Vec::new();
         while let Some(chunk) = rx.recv().await {
-            all.extend(chunk);
+            all.extend(chunk.into_bytes(true));
         }
         all
     });
@@ -100,6 +100,7 @@ async fn run_job(
         control,
         metrics: None,
         retry: keyhole_runner::execute::ApiRetry::default(),
+        image_pulls: false,
     })
     .await;
     let trace = String::from_utf8_lossy(&collector.await.unwrap()).into_owned();

@@ -75,7 +75,7 @@ impl Sink {
         self.sent += chunk.len() as u64;
         if chunk.len() > room {
             chunk.truncate(room);
-            self.trace.raw(chunk).await;
+            self.trace.log(chunk).await;
             self.trace
                 .warn(&format!(
                     "Job's log exceeded limit of {} KiB; the rest is not shown.",
@@ -83,7 +83,7 @@ impl Sink {
                 ))
                 .await;
         } else {
-            self.trace.raw(chunk).await;
+            self.trace.log(chunk).await;
         }
     }
 }

@@ -1,13 +1,17 @@
 //! Running jobs on the cluster: pure status reading and the thin I/O loop around it.
 
+mod events;
 mod follow;
 mod log_end;
 mod retry;
 mod run;
 mod status;
 
+pub use events::image_line;
 pub use retry::{ApiRetry, is_transient, with_retry};
-pub use run::{Control, JobRun, TraceWriter, delete_pod, execute, execute_timed};
+pub use run::{
+    Control, JobRun, Level, TraceChunk, TraceWriter, delete_pod, execute, execute_timed,
+};
 pub use status::{
     ContainerView, FailureKind, Outcome, PodView, ServiceStop, broker_failure, observe,
     progress_line, service_stop_warning, verdict,

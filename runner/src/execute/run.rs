@@ -40,12 +40,16 @@ pub struct JobRun {
     /// Trace bytes beyond this are dropped with a note (gitlab-runner's `output_limit`).
     pub output_limit: u64,
     /// Where the trace goes (the GitLab trace sender, or the terminal).
-    pub trace: mpsc::Sender<Vec<u8>>,
+    pub trace: mpsc::Sender<TraceChunk>,
     pub control: watch::Receiver<Control>,
     /// Where to record the pod start latency, if anywhere.
     pub metrics: Option<crate::metrics::Metrics>,
     /// How creating the pod and its Secret retries an apiserver that does not answer.
     pub retry: super::ApiRetry,
+    /// Also tell the kubelet's image pulls, read from the pod's Events (see
+    /// [`super::events`]). Needs `list` and `watch` on events, which the service's Role does
+    /// not have (docs/deploy.md); `exec` runs with its user's rights and asks for them.
+    pub image_pulls: bool,
 }
 
 impl std::fmt::Debug for JobRun {
@@ -66,31 +70,67 @@ pub const FINISHED_POD_GRACE_SECONDS: i64 = 15;
 /// output, which the broker cuts at `output_limit`.
 const BROKER_LINES_ALLOWANCE: u64 = 64 * 1024;
 
-/// Writes runner lines into the trace, in GitLab's colours.
+/// How much a runner line matters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    Info,
+    Warning,
+    Error,
+}
+
+/// One piece of a job's trace, in the order it happened: a line of the runner's own, or the
+/// job's log. GitLab gets both in one trace; `exec` puts the log on stdout and the runner's
+/// lines on stderr.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TraceChunk {
+    /// What the runner says: what it does, the pod's progress, warnings, errors. One line.
+    Runner { level: Level, line: String },
+    /// The job's log as the broker relays it (masked), byte for byte.
+    Log(Vec<u8>),
+}
+
+impl TraceChunk {
+    /// The chunk as a trace holds it: a runner line with its `WARNING: `/`ERROR: ` prefix and a
+    /// newline, in GitLab's colours if `colour`; the log as it came.
+    pub fn into_bytes(self, colour: bool) -> Vec<u8> {
+        let (level, line) = match self {
+            TraceChunk::Log(bytes) => return bytes,
+            TraceChunk::Runner { level, line } => (level, line),
+        };
+        let (code, prefix) = match level {
+            Level::Info => ("\x1b[36;1m", ""),
+            Level::Warning => ("\x1b[0;33m", "WARNING: "),
+            Level::Error => ("\x1b[31;1m", "ERROR: "),
+        };
+        if colour {
+            format!("{code}{prefix}{line}\x1b[0;m\n").into_bytes()
+        } else {
+            format!("{prefix}{line}\n").into_bytes()
+        }
+    }
+}
+
+/// Writes into the trace: the runner's lines and the job's log.
 #[derive(Debug, Clone)]
-pub struct TraceWriter(pub mpsc::Sender<Vec<u8>>);
+pub struct TraceWriter(pub mpsc::Sender<TraceChunk>);
 
 impl TraceWriter {
+    async fn line(&self, level: Level, line: &str) {
+        let line = line.to_string();
+        let _ = self.0.send(TraceChunk::Runner { level, line }).await;
+    }
     pub async fn info(&self, line: &str) {
-        let _ = self
-            .0
-            .send(format!("\x1b[36;1m{line}\x1b[0;m\n").into_bytes())
-            .await;
+        self.line(Level::Info, line).await;
     }
     pub async fn warn(&self, line: &str) {
-        let _ = self
-            .0
-            .send(format!("\x1b[0;33mWARNING: {line}\x1b[0;m\n").into_bytes())
-            .await;
+        self.line(Level::Warning, line).await;
     }
     pub async fn error(&self, line: &str) {
-        let _ = self
-            .0
-            .send(format!("\x1b[31;1mERROR: {line}\x1b[0;m\n").into_bytes())
-            .await;
+        self.line(Level::Error, line).await;
     }
-    pub async fn raw(&self, bytes: Vec<u8>) {
-        let _ = self.0.send(bytes).await;
+    /// Bytes of the job's log.
+    pub async fn log(&self, bytes: Vec<u8>) {
+        let _ = self.0.send(TraceChunk::Log(bytes)).await;
     }
 }
 
@@ -145,6 +185,16 @@ pub async fn execute_timed(mut run: JobRun) -> (Outcome, Instant, Option<JoinHan
     if let Err((message, ended)) = create_objects(&run, &pods, &secrets, &trace).await {
         return (failed(FailureKind::System, None, message), ended, None);
     }
+    // Image pulls come after the build container started too (services'): followed to the
+    // end of the job.
+    let image_pulls = run.image_pulls.then(|| {
+        let events = Api::namespaced(run.client.clone(), &ns);
+        AbortOnDrop(tokio::spawn(super::events::follow_image_pulls(
+            events,
+            name.clone(),
+            trace.clone(),
+        )))
+    });
 
     let grace = pod
         .spec
@@ -256,8 +306,18 @@ pub async fn execute_timed(mut run: JobRun) -> (Outcome, Instant, Option<JoinHan
         }
     };
     let ended = Instant::now();
+    drop(image_pulls);
     let deletion = wind_down(&pods, &name, &outcome, log_task, delete_grace, &trace).await;
     (outcome, ended, deletion)
+}
+
+/// A task that ends with its owner.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Creates the job's pod, then its Secrets owned by it. On failure: the message (already in
@@ -370,7 +430,7 @@ async fn wind_down(
             {
                 let log = broker_log_after_exit(pods, name).await;
                 if !log.is_empty() {
-                    trace.raw(log.into_bytes()).await;
+                    trace.log(log.into_bytes()).await;
                 }
             }
         }

@@ -401,7 +401,9 @@ pub fn verdict(v: &PodView, started: bool) -> Option<Outcome> {
     None
 }
 
-/// A short human line for the pod's progress, printed when it changes.
+/// A short human line for the pod's progress, printed when it changes: scheduling, the
+/// broker's delivery of the secrets, the init containers checking out the repository and
+/// downloading artifacts (when the job has them), the build container.
 pub fn progress_line(v: &PodView) -> String {
     if let Some(m) = &v.unschedulable {
         return format!("Waiting for the pod to be scheduled: {m}");
@@ -419,14 +421,21 @@ pub fn progress_line(v: &PodView) -> String {
         ContainerView::Running { started: true } => "secrets delivered".to_string(),
         other => container("broker", other),
     };
+    let mut parts = vec![broker];
+    for (name, c) in [("checkout", &v.checkout), ("artifact download", &v.fetch)] {
+        if *c != ContainerView::Absent {
+            parts.push(container(name, c));
+        }
+    }
+    parts.push(container("build", &v.build));
     format!(
-        "Pod {}: {broker}, {}",
+        "Pod {}: {}",
         if v.phase.is_empty() {
             "Pending"
         } else {
             &v.phase
         },
-        container("build", &v.build)
+        parts.join(", ")
     )
 }
 
@@ -472,6 +481,39 @@ mod tests {
             Some("0/1 nodes are available: 1 Insufficient memory.")
         );
         assert!(progress_line(&v).contains("Insufficient memory"));
+    }
+
+    #[test]
+    fn progress_names_the_init_containers_the_job_has() {
+        let init = |name: &str, state: serde_json::Value| json!({"name": name, "image": "i", "imageID": "", "ready": false, "restartCount": 0, "state": state});
+        let v = observe(&pod(json!({"phase": "Pending",
+            "initContainerStatuses": [
+                init("keyhole-broker", json!({"running": {}})),
+                init(crate::pod::CHECKOUT_CONTAINER, json!({"waiting": {"reason": "PodInitializing"}})),
+            ],
+            "containerStatuses": [{"name": "build", "image": "x", "imageID": "", "ready": false, "restartCount": 0,
+                "state": {"waiting": {"reason": "PodInitializing"}}}]})));
+        assert_eq!(
+            progress_line(&v),
+            "Pod Pending: secrets resolving, checkout PodInitializing, build PodInitializing"
+        );
+        let v = observe(&pod(json!({"phase": "Pending",
+        "initContainerStatuses": [
+            init("keyhole-broker", json!({"running": {}})),
+            init(crate::pod::CHECKOUT_CONTAINER, json!({"terminated": {"exitCode": 0}})),
+            init(FETCH_CONTAINER, json!({"running": {}})),
+        ]})));
+        assert_eq!(v.broker, ContainerView::Running { started: false });
+        assert_eq!(
+            progress_line(&v),
+            "Pod Pending: secrets resolving, checkout exited 0, artifact download starting, build not created"
+        );
+        // A job without them: as before.
+        let v = observe(&pod(json!({"phase": "Pending"})));
+        assert_eq!(
+            progress_line(&v),
+            "Pod Pending: broker not created, build not created"
+        );
     }
 
     #[test]
