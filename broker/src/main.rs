@@ -25,6 +25,12 @@ enum Command {
     Ready {
         #[arg(long, env = "KEYHOLE_SECRETS_DIR", default_value = contract::SECRETS_DIR)]
         secrets_dir: PathBuf,
+        /// Wait up to this many seconds for the delivery instead of answering at once: the
+        /// kubelet probes a sidecar once a second, so a probe that answers "not yet" just
+        /// before the delivery holds the job's start back by up to a second; one that waits
+        /// answers the moment the files are there.
+        #[arg(long, default_value_t = 0)]
+        wait: u64,
     },
     /// Move the job's artifacts and caches (in a transfer container of the job pod, not the
     /// broker's).
@@ -134,12 +140,31 @@ struct RunArgs {
     wait_for_services_timeout: u64,
 }
 
+/// How often `ready --wait` looks for the marker: well below what a person notices, a few
+/// hundred cheap `stat` calls a second at most.
+const READY_POLL: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// Whether `marker` exists now or appears within `wait`.
+fn wait_until_ready(marker: &std::path::Path, wait: std::time::Duration) -> bool {
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        if marker.exists() {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(READY_POLL);
+    }
+}
+
 fn main() {
     let cli = Cli::parse();
     let code = match cli.command {
-        Command::Ready { secrets_dir } => {
-            i32::from(!secrets_dir.join(contract::READY_MARKER).exists())
-        }
+        Command::Ready { secrets_dir, wait } => i32::from(!wait_until_ready(
+            &secrets_dir.join(contract::READY_MARKER),
+            std::time::Duration::from_secs(wait),
+        )),
         Command::Transfer {
             verb,
             plan,
@@ -269,4 +294,33 @@ fn run_config(a: RunArgs) -> Result<RunConfig, String> {
             }),
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_waits_for_the_marker_and_gives_up_at_the_deadline() {
+        let dir = std::env::temp_dir().join(format!("keyhole-ready-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let marker = dir.join(contract::READY_MARKER);
+        let _ = std::fs::remove_file(&marker);
+        assert!(!wait_until_ready(&marker, std::time::Duration::ZERO));
+        let writer = {
+            let marker = marker.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                std::fs::write(marker, b"").unwrap();
+            })
+        };
+        let started = std::time::Instant::now();
+        assert!(wait_until_ready(
+            &marker,
+            std::time::Duration::from_secs(10)
+        ));
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        writer.join().unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

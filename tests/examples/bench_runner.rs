@@ -25,7 +25,14 @@
 //!   `ARTIFACT_COMPRESSION_LEVEL=fastest`. The goals (`P10_GOAL_RSS_MIB`,
 //!   `P10_GOAL_PACK_MIB_S`, set by `scripts/bench`) are printed as PASS or MISS.
 //!
-//! Arguments name the figures to run (`P4 P5 P6 P10`; all when none). Figures are printed,
+//! - `P7 variant=… keyhole_ms=… floor_ms=… ratio=…`: the time from a job handed to the
+//!   runner (GitLab mode, long-polling the coordinator) to its first script command (`cat
+//!   /proc/uptime`), against a bare pod of the same image and hardening from its create request
+//!   to its first command, medians of `P7_RUNS` (7) runs each, floor and variants taking turns
+//!   in the same run. Both ends read the kernel's uptime (pods share the node's kernel). Three
+//!   variants: no secrets, one Vault secret, a repository checkout.
+//!
+//! Arguments name the figures to run (`P4 P5 P6 P7 P10`; all when none). Figures are printed,
 //! not asserted. P4–P6 need the bed (`scripts/testbed up`) and the broker image
 //! `keyhole.local/broker:dev` on it; P10 needs neither, only `/usr/bin/time` (GNU time).
 
@@ -33,19 +40,20 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
 use keyhole_tests::bench::artifacts::{
     BrokerRun, RoundTrip, Shape, TransferDirs, artifacts_entry, compare_trees, fetch_plan,
     free_bytes, mib_per_s, run_transfer, store_plan, take_job, verdict, write_data,
 };
+use keyhole_tests::bench::start::{first_uptime_line, median, uptime_now};
 use keyhole_tests::bench::{
     COUNTER_LINE_LEN, CounterCheck, between_marker_lines, check_counter_log, counter_command,
     counter_lines_for, percentile,
 };
 use keyhole_tests::coordinator::{Endpoint, EnqueuedJob, FinalStatus};
 use keyhole_tests::{
-    Coordinator, CoordinatorOptions, RunnerLog, RunnerProcess, TestBed, TestNamespace,
-    broker_binary, runner_binary,
+    Coordinator, CoordinatorOptions, RunnerLog, RunnerProcess, TestBed, TestNamespace, VaultAdmin,
+    broker_binary, pod_logs, run_pod_to_completion, runner_binary,
 };
 use kube::Api;
 use kube::api::PostParams;
@@ -86,7 +94,7 @@ fn env_number(name: &str, default: u64) -> Result<u64> {
 }
 
 /// The figures this bench prints, in the order it runs them.
-const FIGURES: [&str; 4] = ["P4", "P5", "P6", "P10"];
+const FIGURES: [&str; 5] = ["P4", "P5", "P6", "P7", "P10"];
 
 /// The figures named on the command line (any letter case), all of them when none is.
 fn selected_figures() -> Result<Vec<&'static str>> {
@@ -117,9 +125,10 @@ async fn run() -> Result<()> {
     let p4_jobs = size("P4", "P4_JOBS", 20)?;
     let p5_jobs = size("P5", "P5_JOBS", 100)?;
     let p6_mib = size("P6", "P6_MIB", 100)?;
+    let p7_runs = size("P7", "P7_RUNS", 7)?;
     let p10_files = size("P10", "P10_FILES", 1000)?;
     let p10_mib = size("P10", "P10_MIB", 1024)?;
-    if p4_jobs + p5_jobs + p6_mib > 0 {
+    if p4_jobs + p5_jobs + p6_mib + p7_runs > 0 {
         let bench = Bench::new().await?;
         if p4_jobs > 0 {
             p4(&bench, p4_jobs).await?;
@@ -129,6 +138,9 @@ async fn run() -> Result<()> {
         }
         if p6_mib > 0 {
             p6(&bench, p6_mib).await?;
+        }
+        if p7_runs > 0 {
+            p7(&bench, p7_runs).await?;
         }
     }
     if p10_files + p10_mib > 0 {
@@ -364,6 +376,138 @@ async fn p5(bench: &Bench, n: u64) -> Result<()> {
         log.problem_count,
     );
     Ok(())
+}
+
+/// The variants of P7: what the job asks for besides its one command.
+const P7_VARIANTS: [&str; 3] = ["none", "vault", "checkout"];
+
+/// P7: job start (handed out → first command) against the bare-pod floor, medians of `runs`.
+async fn p7(bench: &Bench, runs: u64) -> Result<()> {
+    eprintln!("P7: {runs} runs of the floor and of each variant ({P7_VARIANTS:?})");
+    let ns = bench.ns.name.clone();
+    let vault = VaultAdmin::new(&bench.bed.env);
+    vault
+        .grant_job_in_namespace(&ns, &[format!("kv/data/{ns}/*")])
+        .await?;
+    vault
+        .write(
+            &format!("kv/data/{ns}/p7"),
+            json!({"data": {"value": "p7-bench-value"}}),
+        )
+        .await?;
+    Api::<ServiceAccount>::namespaced(bench.bed.client.clone(), &ns)
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "job"}}))?,
+        )
+        .await
+        .context("creating the ServiceAccount job")?;
+    // On the bed's bridge: the checkout variant's pods fetch the repository from it.
+    let gitlab = Coordinator::start(CoordinatorOptions {
+        bind: std::net::SocketAddr::from(([10, 213, 0, 1], 0)),
+        long_poll: Duration::from_secs(30),
+        ..CoordinatorOptions::default()
+    })
+    .await?;
+    let sha = gitlab.create_repo("bench/p7", &[("README.md", "p7\n")])?;
+    let journal = tempfile::Builder::new()
+        .prefix("keyhole-bench-journal-")
+        .tempdir_in("/dev/shm")?;
+    let config = bench
+        .config(&gitlab, "p7", 1, 4096, journal.path())
+        .replace(
+            "  [runners.keyhole]\n",
+            &format!(
+                "  service_account = \"job\"\n\n  [runners.keyhole]\n  vault_addr = {:?}\n  vault_role = {ns:?}\n",
+                bench.bed.env.vault_pod_addr
+            ),
+        );
+    let kubeconfig = bench.bed.env.kubeconfig.display().to_string();
+    let mut runner = RunnerProcess::start(
+        &bench.binary,
+        &config,
+        &[("KUBECONFIG", &kubeconfig), ("RUST_LOG", "info")],
+    )?;
+    runner.wait_ready(READY_DEADLINE).await?;
+    let pods: Api<Pod> = Api::namespaced(bench.bed.client.clone(), &ns);
+    let mut floor = Vec::new();
+    let mut variants: std::collections::BTreeMap<&str, Vec<f64>> = Default::default();
+    for run in 0..runs {
+        floor.push(p7_floor(&pods, run).await?);
+        for variant in P7_VARIANTS {
+            gitlab.wait_for_pollers(1, READY_DEADLINE).await?;
+            let job = gitlab.job().name(&format!("p7-{variant}-{run}"));
+            let job = match variant {
+                "vault" => job
+                    .variable("GIT_STRATEGY", "none")
+                    .variable("KEYHOLE_SECRET_P7", &format!("vault:kv/{ns}/p7#value")),
+                "checkout" => job.project(7, "bench/p7").sha(&sha),
+                _ => job.variable("GIT_STRATEGY", "none"),
+            };
+            let handed_out = uptime_now()?;
+            let job = job.script(["cat /proc/uptime"]).enqueue()?;
+            let done = gitlab.wait_for_final(job.id, JOB_DEADLINE).await?;
+            let trace = String::from_utf8_lossy(&gitlab.trace(job.id)).into_owned();
+            ensure!(
+                done.status == FinalStatus::Success,
+                "P7 {variant} job failed:\n{trace}"
+            );
+            let ran = first_uptime_line(&trace).with_context(|| {
+                format!("no uptime line in the {variant} job's trace:\n{trace}")
+            })?;
+            variants.entry(variant).or_default().push(ran - handed_out);
+        }
+    }
+    runner.stop(STOP_GRACE).await?;
+    let floor_ms = median(&floor).unwrap_or(0.0) * 1000.0;
+    for variant in P7_VARIANTS {
+        let keyhole_ms = median(&variants[variant]).unwrap_or(0.0) * 1000.0;
+        let goal = if variant == "checkout" { 1.5 } else { 1.25 };
+        let ratio = keyhole_ms / floor_ms.max(1.0);
+        let samples: Vec<String> = variants[variant]
+            .iter()
+            .map(|s| format!("{:.0}", s * 1000.0))
+            .collect();
+        println!(
+            "P7 variant={variant} keyhole_ms={keyhole_ms:.0} floor_ms={floor_ms:.0} ratio={ratio:.2} goal={} runs={runs} keyhole_samples_ms={}",
+            if ratio <= goal {
+                format!("PASS(<={goal})")
+            } else {
+                format!("MISS(<={goal})")
+            },
+            samples.join(",")
+        );
+    }
+    let floor_samples: Vec<String> = floor.iter().map(|s| format!("{:.0}", s * 1000.0)).collect();
+    eprintln!("P7 floor samples_ms={}", floor_samples.join(","));
+    Ok(())
+}
+
+/// One bare pod with the build container's image and hardening: create request → its first
+/// command, in seconds.
+async fn p7_floor(pods: &Api<Pod>, run: u64) -> Result<f64> {
+    let name = format!("p7-floor-{run}");
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {
+            "restartPolicy": "Never",
+            "automountServiceAccountToken": false,
+            "securityContext": {"runAsNonRoot": true, "runAsUser": 1000, "runAsGroup": 1000,
+                "fsGroup": 1000, "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [{"name": "build", "image": "keyhole.local/busybox:1",
+                "imagePullPolicy": "Never", "command": ["sh", "-c", "cat /proc/uptime"],
+                "securityContext": {"allowPrivilegeEscalation": false,
+                    "capabilities": {"drop": ["ALL"]}}}]
+        }
+    }))?;
+    let created = uptime_now()?;
+    let done = run_pod_to_completion(pods, &pod).await?;
+    let phase = done.status.and_then(|s| s.phase).unwrap_or_default();
+    ensure!(phase == "Succeeded", "P7 floor pod {name} ended {phase}");
+    let log = pod_logs(pods, &name, "build").await?;
+    pods.delete(&name, &Default::default()).await?;
+    let ran = first_uptime_line(&log).with_context(|| format!("floor pod log: {log:?}"))?;
+    Ok(ran - created)
 }
 
 /// P6: a job writing `mib` MiB of counter lines; every line must reach GitLab's trace once.

@@ -4,6 +4,7 @@
 //! through `keyhole-broker transfer store|fetch`).
 
 pub mod artifacts;
+pub mod start;
 
 /// The `p`-th percentile (0–100) of `samples` by nearest rank: the smallest sample with at
 /// least `p`% of the samples at or below it. `None` for no samples.
