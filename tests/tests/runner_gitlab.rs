@@ -1397,10 +1397,13 @@ async fn a_two_stage_pipeline_passes_artifacts_and_a_junit_report_through_gitlab
             "ln -s app dist/link",
             "echo scratch > dist/build.log",
             "echo '<testsuite name=\"unit\" tests=\"1\"><testcase name=\"ok\"/></testsuite>' > report.xml",
+            "mkdir -p notes && echo 'not in git' > notes/untracked.txt && echo changed >> src.txt",
         ])
         .variable("DIST", "dist")
+        // `untracked`: every file git does not track joins the archive (notes/, report.xml),
+        // never a tracked one (src.txt, changed or not).
         .artifacts(json!([
-            {"name": "build-$CI_JOB_NAME", "untracked": false, "paths": ["$DIST/"],
+            {"name": "build-$CI_JOB_NAME", "untracked": true, "paths": ["$DIST/"],
              "exclude": ["dist/*.log"], "when": "on_success", "artifact_type": "archive",
              "artifact_format": "zip", "expire_in": "1 week"},
             {"name": "", "untracked": false, "paths": ["report.xml"], "exclude": [],
@@ -1420,10 +1423,15 @@ async fn a_two_stage_pipeline_passes_artifacts_and_a_junit_report_through_gitlab
         "Uploading artifacts for successful job",
         "Uploading artifacts as \"archive\" to coordinator... 201 Created",
         "Uploading artifacts as \"junit\" to coordinator... 201 Created",
-        "excluded 1 files",
+        // dist/build.log, reached by `paths` and by `untracked`: counted per way, as
+        // gitlab-runner counts.
+        "excluded 2 files",
     ] {
         assert!(trace.contains(line), "missing {line:?}:\n{trace}");
     }
+    // dist/app, dist/sub/blob.bin, and the untracked notes/untracked.txt and report.xml.
+    let archived = format!("201 Created  id={} files=4 ", build.id);
+    assert!(trace.contains(&archived), "missing {archived:?}:\n{trace}");
     assert!(
         !trace.contains(&build.token),
         "the job token reached the trace"
@@ -1454,6 +1462,18 @@ async fn a_two_stage_pipeline_passes_artifacts_and_a_junit_report_through_gitlab
     assert!(
         !dist.join("build.log").exists(),
         "the excluded file was packed"
+    );
+    assert_eq!(
+        std::fs::read(files.path().join("notes/untracked.txt")).unwrap(),
+        b"not in git\n"
+    );
+    assert!(
+        files.path().join("report.xml").is_file(),
+        "an untracked file was left out"
+    );
+    assert!(
+        !files.path().join("src.txt").exists(),
+        "a tracked file was packed as untracked"
     );
     let junit = keyhole_tests::coordinator::StoredArtifact::of_type(&stored, "junit");
     assert_eq!(junit.artifact_format, "gzip");
