@@ -1,6 +1,7 @@
 //! The set-up of a GitLab-mode test on the bed: a PodSecurity-restricted namespace with the
 //! default job ServiceAccount, a coordinator (fake GitLab) on the bed's bridge, where job pods
-//! reach it, and the runner config that points at both. Shared by the GitLab-mode suites.
+//! reach it, and the runner config that points at both; the runner service started in the
+//! test's process, and its jobs' traces waited for. Shared by the GitLab-mode suites.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -98,4 +99,51 @@ pub fn assert_numbered_lines_once(trace: &str, total: u32) {
         .map(|i| format!("line {i} of {total}"))
         .collect();
     assert_eq!(lines, expected, "every line once, in order:\n{trace}");
+}
+
+/// A runner service running in the test's process: send `true` to stop it gracefully.
+pub type RunningService = (
+    tokio::sync::watch::Sender<bool>,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+);
+
+/// Runs the service with [`config`] in the background.
+pub fn start_runner(s: &Setup) -> RunningService {
+    start_runner_with(s, config(s))
+}
+
+/// [`start_runner`] with a config the test adjusted.
+pub fn start_runner_with(s: &Setup, config: Config) -> RunningService {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let handle = tokio::spawn(keyhole_runner::service::run_until(
+        config,
+        rx,
+        Some(s.bed.client.clone()),
+    ));
+    (tx, handle)
+}
+
+/// Stops the service gracefully and waits for it to end, which must be without an error.
+pub async fn stop(
+    tx: tokio::sync::watch::Sender<bool>,
+    handle: tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
+    tx.send(true).unwrap();
+    handle.await.unwrap().unwrap();
+}
+
+/// The job's trace as GitLab holds it, as text.
+pub fn trace_text(s: &Setup, id: u64) -> String {
+    String::from_utf8_lossy(&s.gitlab.trace(id)).into_owned()
+}
+
+/// Waits (bounded, 2 min, looking every 100 ms) until the job's trace contains `marker`.
+pub async fn wait_for_trace(s: &Setup, id: u64, marker: &str) {
+    for _ in 0..1200 {
+        if trace_text(s, id).contains(marker) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{marker:?} never reached the trace:\n{}", trace_text(s, id));
 }

@@ -12,7 +12,8 @@ use serde_json::json;
 
 use keyhole_tests::coordinator::FinalStatus;
 use keyhole_tests::gitlab_mode::{
-    assert_numbered_lines_once, config, numbered_lines_script, setup,
+    assert_numbered_lines_once, config, numbered_lines_script, setup, start_runner_with, stop,
+    trace_text, wait_for_trace,
 };
 use keyhole_tests::{repo_dir, run_ok};
 
@@ -26,7 +27,7 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 async fn a_kubelet_restart_mid_job_loses_no_line_and_the_job_completes() {
     let _turn = SERIAL.lock().await;
     let s = setup("kubeletrs").await;
-    let (bed, gitlab, journal) = (&s.bed, &s.gitlab, &s.journal);
+    let (gitlab, journal) = (&s.gitlab, &s.journal);
     let mut config = config(&s);
     config.concurrent = 2;
     let job = gitlab
@@ -35,22 +36,9 @@ async fn a_kubelet_restart_mid_job_loses_no_line_and_the_job_completes() {
         .script([numbered_lines_script(50, "0.5")])
         .enqueue()
         .unwrap();
-    let (tx, rx) = tokio::sync::watch::channel(false);
-    let service = tokio::spawn(keyhole_runner::service::run_until(
-        config,
-        rx,
-        Some(bed.client.clone()),
-    ));
-    let trace = || String::from_utf8_lossy(&gitlab.trace(job.id)).into_owned();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !trace().contains("line 5 of 50") {
-        assert!(
-            Instant::now() < deadline,
-            "the job never printed:\n{}",
-            trace()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let (tx, service) = start_runner_with(&s, config);
+    let trace = || trace_text(&s, job.id);
+    wait_for_trace(&s, job.id, "line 5 of 50").await;
     let line_5_seen = Instant::now();
     let restart = tokio::task::spawn_blocking(|| {
         run_ok(
@@ -80,8 +68,7 @@ async fn a_kubelet_restart_mid_job_loses_no_line_and_the_job_completes() {
         .await
         .unwrap();
     let text = trace();
-    tx.send(true).unwrap();
-    service.await.unwrap().unwrap();
+    stop(tx, service).await;
     let _ = std::fs::remove_dir_all(journal);
     assert_eq!(done.status, FinalStatus::Success, "{text}");
     assert_numbered_lines_once(&text, 50);
@@ -183,22 +170,9 @@ async fn a_full_node_makes_the_job_wait_with_the_reason_and_run_when_room_frees(
         .script(["echo running on a node with room"])
         .enqueue()
         .unwrap();
-    let (tx, rx) = tokio::sync::watch::channel(false);
-    let service = tokio::spawn(keyhole_runner::service::run_until(
-        config,
-        rx,
-        Some(bed.client.clone()),
-    ));
-    let trace = || String::from_utf8_lossy(&gitlab.trace(job.id)).into_owned();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !trace().contains("Too many pods") {
-        assert!(
-            Instant::now() < deadline,
-            "the scheduler's reason never reached the trace:\n{}",
-            trace()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let (tx, service) = start_runner_with(&s, config);
+    let trace = || trace_text(&s, job.id);
+    wait_for_trace(&s, job.id, "Too many pods").await;
     // Still waiting a few seconds later, not failed.
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert!(gitlab.final_state(job.id).is_none(), "{}", trace());
@@ -236,8 +210,7 @@ async fn a_full_node_makes_the_job_wait_with_the_reason_and_run_when_room_frees(
         .await
         .unwrap();
     let text = trace();
-    tx.send(true).unwrap();
-    service.await.unwrap().unwrap();
+    stop(tx, service).await;
     pods.delete_collection(&now, &fillers).await.unwrap();
     let _ = std::fs::remove_dir_all(&s.journal);
     assert_eq!(done.status, FinalStatus::Success, "{text}");

@@ -9,7 +9,8 @@ use k8s_openapi::api::core::v1::{Pod, Secret};
 use keyhole_runner::config::{Config, ServiceAccountRule, UserNamespaceRoot};
 use keyhole_tests::coordinator::FinalStatus;
 use keyhole_tests::gitlab_mode::{
-    Setup, assert_numbered_lines_once, config, numbered_lines_script, setup,
+    Setup, assert_numbered_lines_once, config, numbered_lines_script, setup, start_runner,
+    start_runner_with, stop, trace_text, wait_for_trace,
 };
 use keyhole_tests::{Coordinator, CoordinatorOptions, OutageProxy};
 use kube::Api;
@@ -17,53 +18,6 @@ use kube::api::{ListParams, PostParams};
 use secrecy::SecretString;
 use serde_json::json;
 use tokio::sync::watch;
-
-/// Runs the service in the background; dropping the returned sender stops it gracefully.
-fn start_runner(
-    s: &Setup,
-) -> (
-    watch::Sender<bool>,
-    tokio::task::JoinHandle<anyhow::Result<()>>,
-) {
-    start_runner_with(s, config(s))
-}
-
-/// [`start_runner`] with a config the test adjusted.
-fn start_runner_with(
-    s: &Setup,
-    config: Config,
-) -> (
-    watch::Sender<bool>,
-    tokio::task::JoinHandle<anyhow::Result<()>>,
-) {
-    let (tx, rx) = watch::channel(false);
-    let handle = tokio::spawn(keyhole_runner::service::run_until(
-        config,
-        rx,
-        Some(s.bed.client.clone()),
-    ));
-    (tx, handle)
-}
-
-async fn stop(tx: watch::Sender<bool>, handle: tokio::task::JoinHandle<anyhow::Result<()>>) {
-    tx.send(true).unwrap();
-    handle.await.unwrap().unwrap();
-}
-
-fn trace_text(s: &Setup, id: u64) -> String {
-    String::from_utf8_lossy(&s.gitlab.trace(id)).into_owned()
-}
-
-/// Waits (bounded, 2 min) until the job's trace contains `marker`.
-async fn wait_for_trace(s: &Setup, id: u64, marker: &str) {
-    for _ in 0..240 {
-        if trace_text(s, id).contains(marker) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    panic!("{marker:?} never reached the trace:\n{}", trace_text(s, id));
-}
 
 async fn no_job_pods_left(s: &Setup) {
     let pods: Api<Pod> = s.ns.api();
