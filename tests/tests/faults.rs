@@ -103,6 +103,19 @@ async fn free_pod_slots(client: &kube::Client, node: &str) -> usize {
     allocatable.saturating_sub(bound)
 }
 
+/// Fillers beyond the node's free slots (see the test).
+const SPARE_FILLERS: usize = 2;
+
+/// How many of the pods `selector` finds are bound to a node, and how many wait for one.
+async fn bound_and_waiting(pods: &Api<Pod>, selector: &ListParams) -> (usize, usize) {
+    let items = pods.list(selector).await.unwrap().items;
+    let bound = items
+        .iter()
+        .filter(|p| p.spec.as_ref().is_some_and(|s| s.node_name.is_some()))
+        .count();
+    (bound, items.len() - bound)
+}
+
 /// A pod that only takes a slot of the node: restricted, ends at once when deleted.
 fn filler(name: &str) -> Pod {
     serde_json::from_value(json!({
@@ -130,9 +143,12 @@ async fn a_full_node_makes_the_job_wait_with_the_reason_and_run_when_room_frees(
     let (bed, gitlab) = (&s.bed, &s.gitlab);
     let node = bed.env.node_name.clone();
     let pods: Api<Pod> = s.ns.api();
+    // Two fillers more than there are slots: they wait Pending and take any slot that frees
+    // meanwhile (a pod of an earlier test still terminating), so the node stays full until
+    // the test frees one itself.
     let free = free_pod_slots(&bed.client, &node).await;
     let fill_started = Instant::now();
-    for i in 0..free {
+    for i in 0..free + SPARE_FILLERS {
         pods.create(&PostParams::default(), &filler(&format!("filler-{i}")))
             .await
             .unwrap();
@@ -140,24 +156,17 @@ async fn a_full_node_makes_the_job_wait_with_the_reason_and_run_when_room_frees(
     let fillers = ListParams::default().labels("keyhole-test=filler");
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
-        let bound = pods
-            .list(&fillers)
-            .await
-            .unwrap()
-            .items
-            .iter()
-            .filter(|p| p.spec.as_ref().is_some_and(|s| s.node_name.is_some()))
-            .count();
-        if free_pod_slots(&bed.client, &node).await == 0 {
+        let (bound, waiting) = bound_and_waiting(&pods, &fillers).await;
+        if free_pod_slots(&bed.client, &node).await == 0 && waiting > 0 {
             println!(
-                "node full: {bound} filler pods bound in {:.1} s",
+                "node full: {bound} filler pods bound, {waiting} waiting, in {:.1} s",
                 fill_started.elapsed().as_secs_f64()
             );
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "the node never filled up ({bound} of {free} fillers bound)"
+            "the node never filled up ({bound} fillers bound, {waiting} waiting, {free} slots free at first)"
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
