@@ -1,4 +1,5 @@
 # `scripts/testbed up|down|status|env`: starts and stops the bed's processes, each recorded by pid.
+source "$(dirname "${BASH_SOURCE[0]}")/audit.sh"
 
 NODE_NAME=keyhole-node
 # The bed's own bridge: the node address, the pod gateway and the only place pods can reach.
@@ -144,7 +145,7 @@ start_apiserver() {
     --kubelet-client-certificate="$p/apiserver-kubelet-client.crt" \
     --kubelet-client-key="$p/apiserver-kubelet-client.key" --allow-privileged=true \
     --kubelet-preferred-address-types=InternalIP \
-    --enable-priority-and-fairness=false --profiling=false --v=1
+    --enable-priority-and-fairness=false --profiling=false --v=1 $(apiserver_audit_flags)
   wait_for kube-apiserver 120 curl -fsS --cacert "$p/ca.crt" "$APISERVER_URL/readyz"
 }
 
