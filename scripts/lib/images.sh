@@ -35,47 +35,11 @@ pause_rootfs() {
   gcc -static -O2 -o "$dir/pause" "$HERE/lib/pause.c" || fail_up "compiling the pause binary failed (needs gcc, libc6-dev)"
 }
 
-# A small job image: busybox (sh and coreutils-like applets) with a non-root user 1000.
-busybox_rootfs() {
-  local dir=$1
-  mkdir -p "$dir"/{bin,etc,tmp,home/keyhole,builds}
-  cp /bin/busybox "$dir/bin/busybox"
-  local applet
-  for applet in $("$dir/bin/busybox" --list); do
-    [[ $applet == busybox ]] || ln -sf busybox "$dir/bin/$applet"
-  done
-  printf 'root:x:0:0:root:/root:/bin/sh\nkeyhole:x:1000:1000:keyhole:/home/keyhole:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n' >"$dir/etc/passwd"
-  printf 'root:x:0:\nkeyhole:x:1000:\nnobody:x:65534:\n' >"$dir/etc/group"
-  chmod 1777 "$dir/tmp"
-  chown 1000:1000 "$dir/home/keyhole" "$dir/builds"
-}
-
-# The checkout image: busybox plus this machine's git and its HTTP helper (and their libraries),
-# for the init container that clones a job's repository before the script runs.
-git_rootfs() {
-  local dir=$1
-  busybox_rootfs "$dir"
-  local file lib
-  for file in /usr/bin/git /usr/lib/git-core/git-remote-http; do
-    [[ -x $file ]] || fail_up "$file is missing: install git (apt-get install git)"
-    mkdir -p "$dir$(dirname "$file")"
-    cp -L "$file" "$dir$file"
-    for lib in $(ldd "$file" | grep -o '/[^ ]*'); do
-      mkdir -p "$dir$(dirname "$lib")"
-      cp -L "$lib" "$dir$lib"
-    done
-  done
-  ln -sf git-remote-http "$dir/usr/lib/git-core/git-remote-https"
-  ln -sf /usr/bin/git "$dir/usr/lib/git-core/git"
-  mkdir -p "$dir/etc/ssl/certs"
-  cp /etc/ssl/certs/ca-certificates.crt "$dir/etc/ssl/certs/"
-}
-
 # An image whose entrypoint is a shell wrapper ending in `exec "$@"` (the shape of many
 # official images' docker-entrypoint.sh): it marks the environment, then runs its arguments.
 wrapper_rootfs() {
   local dir=$1
-  busybox_rootfs "$dir"
+  busybox_rootfs "$dir" || return 1
   mkdir -p "$dir/usr/local/bin"
   printf '#!/bin/sh\nexport WRAPPED_BY_ENTRYPOINT=yes\nexec "$@"\n' >"$dir/usr/local/bin/entry.sh"
   chmod 0755 "$dir/usr/local/bin/entry.sh"
@@ -87,11 +51,11 @@ import_images() {
   tmp=$(mktemp -d "$KEYHOLE_TESTBED_DIR/rootfs.XXXXXX")
   pause_rootfs "$tmp/pause"
   add_image "$PAUSE_IMAGE" "$tmp/pause" '["/pause"]' 65535
-  busybox_rootfs "$tmp/busybox"
+  busybox_rootfs "$tmp/busybox" || fail_up "building the busybox image failed"
   add_image keyhole.local/busybox:1 "$tmp/busybox" '["/bin/sh"]'
-  git_rootfs "$tmp/git"
+  git_rootfs "$tmp/git" || fail_up "building the checkout image failed"
   add_image "$GIT_IMAGE" "$tmp/git" '["/usr/bin/git"]' 1000
-  wrapper_rootfs "$tmp/wrapper"
+  wrapper_rootfs "$tmp/wrapper" || fail_up "building the wrapper image failed"
   add_image keyhole.local/wrapper:1 "$tmp/wrapper" '["/usr/local/bin/entry.sh"]'
   rm -rf "$tmp"
 }
@@ -104,8 +68,7 @@ binary_rootfs() { # dir binary
   chmod 1777 "$dir/tmp"
   cp "$binary" "$dir/usr/local/bin/"
   # TLS clients (rustls' platform verifier) want the system CA bundle even when given a CA.
-  mkdir -p "$dir/etc/ssl/certs"
-  cp /etc/ssl/certs/ca-certificates.crt "$dir/etc/ssl/certs/"
+  ca_bundle "$dir" || die "the image needs the system CA bundle"
   local lib
   for lib in $(ldd "$binary" | grep -o '/[^ ]*'); do
     mkdir -p "$dir$(dirname "$lib")"
@@ -122,4 +85,57 @@ cmd_image() {
   binary_rootfs "$tmp" "$binary"
   add_image "$ref" "$tmp" "[\"/usr/local/bin/$(basename "$binary")\"]" 1000
   rm -rf "$tmp"
+}
+
+# registry_hosts_with_login: a throwaway containerd hosts dir (printed) for the bed's registry
+# whose requests carry the bed's login as a static Authorization header, read by ctr from a 0600
+# file rather than taken from its command line (--user). The caller removes it.
+registry_hosts_with_login() {
+  local d=$KEYHOLE_TESTBED_DIR hosts
+  hosts=$(mktemp -d "$d/registry-hosts.XXXXXX")
+  (
+    umask 077
+    mkdir -p "$hosts/$REGISTRY"
+    cat >"$hosts/$REGISTRY/hosts.toml" <<TOML
+server = "https://$REGISTRY"
+ca = "$d/pki/ca.crt"
+[header]
+  Authorization = "Basic $(printf '%s:%s' "$REGISTRY_USER" "$(cat "$d/registry-password")" | base64 -w0)"
+TOML
+  )
+  echo "$hosts"
+}
+
+# `scripts/testbed registry-login DIR`: what a client outside the bed needs to push to the bed's
+# registry: DIR/auth.json (containers-auth.json with the bed's login, 0600) and DIR/certs/ca.crt
+# (the bed's CA). Prints the registry's address, e.g. for
+# `scripts/build-images --push "$(scripts/testbed registry-login DIR)/keyhole" --authfile DIR/auth.json --cert-dir DIR/certs`.
+cmd_registry_login() {
+  local dir=${1:?usage: scripts/testbed registry-login DIR}
+  pid_alive registry || die "the bed's registry is not running: run 'scripts/testbed up'"
+  mkdir -p "$dir/certs"
+  cp "$KEYHOLE_TESTBED_DIR/pki/ca.crt" "$dir/certs/ca.crt"
+  local auth
+  auth=$(printf '%s:%s' "$REGISTRY_USER" "$(cat "$KEYHOLE_TESTBED_DIR/registry-password")" | base64 -w0)
+  (umask 077 && jq -n --arg r "$REGISTRY" --arg a "$auth" '{auths: {($r): {auth: $a}}}' >"$dir/auth.json")
+  echo "$REGISTRY"
+}
+
+# `scripts/testbed pull REF [ALIAS...]`: containerd pulls REF from the bed's registry (TLS, with
+# the bed's login) and tags it as each ALIAS, e.g. the images scripts/build-images pushed there
+# under the names the tests use (keyhole.local/broker:dev).
+cmd_pull() {
+  local ref=${1:?usage: scripts/testbed pull REF [ALIAS...]}
+  shift
+  [[ $ref == "$REGISTRY"/* ]] || die "$ref is not in the bed's registry ($REGISTRY)"
+  pid_alive containerd || die "test bed not up: run 'scripts/testbed up'"
+  local hosts ok=0 alias
+  hosts=$(registry_hosts_with_login)
+  ctr_k8s images pull --hosts-dir "$hosts" --platform linux/amd64 "$ref" >>"$(log_file images)" 2>&1 && ok=1
+  rm -rf "$hosts"
+  ((ok)) || die "pulling $ref from the bed's registry failed; see $(log_file images)"
+  for alias in "$@"; do
+    ctr_k8s images tag --force "$ref" "$alias" >>"$(log_file images)" 2>&1 || die "tagging $ref as $alias failed"
+  done
+  log "image $ref pulled from the bed's registry${*:+ (as $*)}"
 }

@@ -373,21 +373,10 @@ YAML
 
 # Pushes the busybox job image as $PRIVATE_IMAGE, then removes that name from containerd, so
 # only a pull with credentials brings it back (the blobs stay, shared with the local image, so
-# the pull is quick). The credentials go in a throwaway hosts dir as a static Authorization
-# header, read by ctr from a 0600 file rather than taken from its command line (--user).
+# the pull is quick). The credentials go in a throwaway hosts dir (registry_hosts_with_login).
 push_private_image() {
-  local d=$KEYHOLE_TESTBED_DIR hosts
-  hosts=$(mktemp -d "$d/push-hosts.XXXXXX")
-  (
-    umask 077
-    mkdir -p "$hosts/$REGISTRY"
-    cat >"$hosts/$REGISTRY/hosts.toml" <<TOML
-server = "https://$REGISTRY"
-ca = "$d/pki/ca.crt"
-[header]
-  Authorization = "Basic $(printf '%s:%s' "$REGISTRY_USER" "$(cat "$d/registry-password")" | base64 -w0)"
-TOML
-  )
+  local hosts
+  hosts=$(registry_hosts_with_login)
   local ok=0
   ctr_k8s images tag --force keyhole.local/busybox:1 "$PRIVATE_IMAGE" >>"$(log_file images)" 2>&1 &&
     ctr_k8s images push --hosts-dir "$hosts" "$PRIVATE_IMAGE" >>"$(log_file images)" 2>&1 &&
