@@ -1,7 +1,7 @@
 //! Whose fix a failure needs. It picks the broker's exit code, which the runner turns into the
 //! job's failure reason, so a user is never told to fix what only the platform can.
 
-use crate::contract::exit_code;
+use keyhole_contract::exit_code;
 
 /// Ordered by precedence: when failures are mixed, the greatest decides the exit code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

@@ -6,8 +6,8 @@ use std::path::Path;
 
 use secrecy::SecretSlice;
 
-use crate::contract;
-use crate::reference::{ReferenceError, SecretRef, parse_keyhole};
+use keyhole_contract as contract;
+use keyhole_contract::reference::{ReferenceError, SecretRef, parse_keyhole};
 
 /// An input file that cannot be used.
 #[derive(Debug, thiserror::Error)]

@@ -12,9 +12,9 @@ use std::collections::BTreeMap;
 
 use secrecy::{ExposeSecret as _, SecretSlice};
 
-use crate::contract::{JOB_FILE_VARIABLE_PREFIX, JOB_VARIABLE_PREFIX};
 use crate::delivery::{Delivery, Resolved};
-use crate::reference::{NameError, SecretName, SecretRef};
+use keyhole_contract::reference::{NameError, SecretName, SecretRef};
+use keyhole_contract::{JOB_FILE_VARIABLE_PREFIX, JOB_VARIABLE_PREFIX};
 
 /// How a job variable reaches the job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -173,7 +173,7 @@ pub fn broker_input<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::reference::parse_keyhole;
+    use keyhole_contract::reference::parse_keyhole;
 
     fn secret(entries: &[(&str, &str)]) -> BTreeMap<String, SecretSlice<u8>> {
         entries

@@ -2,11 +2,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use keyhole_broker::contract;
 use keyhole_broker::delivery::Ownership;
 use keyhole_broker::log_budget::{LogLimits, Pace};
 use keyhole_broker::run::{AuthMethod, KubeSettings, RunConfig, VaultSettings, run};
 use keyhole_broker::transfer;
+use keyhole_contract::{self as contract, env};
 
 /// Delivers a job's secrets as files and masks them out of its log. Runs as a native sidecar
 /// in each Keyhole job pod; see docs/broker.md.
@@ -23,7 +23,7 @@ enum Command {
     Run(Box<RunArgs>),
     /// Startup probe: exits 0 once every secret is delivered.
     Ready {
-        #[arg(long, env = "KEYHOLE_SECRETS_DIR", default_value = contract::SECRETS_DIR)]
+        #[arg(long, env = env::SECRETS_DIR, default_value = contract::SECRETS_DIR)]
         secrets_dir: PathBuf,
         /// Wait up to this many seconds for the delivery instead of answering at once: the
         /// kubelet probes a sidecar once a second, so a probe that answers "not yet" just
@@ -40,15 +40,15 @@ enum Command {
         /// The plan the runner wrote (job token, what to move).
         #[arg(
             long,
-            env = "KEYHOLE_TRANSFER_PLAN",
-            default_value = transfer::plan::PLAN_PATH
+            env = env::TRANSFER_PLAN,
+            default_value = contract::transfer::PLAN_PATH
         )]
         plan: PathBuf,
         /// The log pipe and the script's status file.
-        #[arg(long, env = "KEYHOLE_RUNTIME_DIR", default_value = contract::RUNTIME_DIR)]
+        #[arg(long, env = env::RUNTIME_DIR, default_value = contract::RUNTIME_DIR)]
         runtime_dir: PathBuf,
         /// Where archives are written on their way.
-        #[arg(long, env = "KEYHOLE_SCRATCH_DIR", default_value = transfer::plan::SCRATCH_DIR)]
+        #[arg(long, env = env::SCRATCH_DIR, default_value = contract::transfer::SCRATCH_DIR)]
         scratch_dir: PathBuf,
     },
 }
@@ -63,80 +63,80 @@ enum TransferVerb {
 
 #[derive(Debug, Args)]
 struct RunArgs {
-    #[arg(long, env = "KEYHOLE_INPUTS_DIR", default_value = contract::INPUTS_DIR)]
+    #[arg(long, env = env::INPUTS_DIR, default_value = contract::INPUTS_DIR)]
     inputs_dir: PathBuf,
-    #[arg(long, env = "KEYHOLE_SECRETS_DIR", default_value = contract::SECRETS_DIR)]
+    #[arg(long, env = env::SECRETS_DIR, default_value = contract::SECRETS_DIR)]
     secrets_dir: PathBuf,
-    #[arg(long, env = "KEYHOLE_RUNTIME_DIR", default_value = contract::RUNTIME_DIR)]
+    #[arg(long, env = env::RUNTIME_DIR, default_value = contract::RUNTIME_DIR)]
     runtime_dir: PathBuf,
     /// Vault address; without it `vault:` references fail with a clear message.
-    #[arg(long, env = "KEYHOLE_VAULT_ADDR")]
+    #[arg(long, env = env::VAULT_ADDR)]
     vault_addr: Option<String>,
     /// Comma-separated Vault addresses the broker may send a token to.
-    #[arg(long, env = "KEYHOLE_VAULT_ALLOWED", value_delimiter = ',')]
+    #[arg(long, env = env::VAULT_ALLOWED, value_delimiter = ',')]
     vault_allowed: Vec<String>,
-    #[arg(long, env = "KEYHOLE_VAULT_NAMESPACE")]
+    #[arg(long, env = env::VAULT_NAMESPACE)]
     vault_namespace: Option<String>,
-    #[arg(long, env = "KEYHOLE_VAULT_CA_FILE")]
+    #[arg(long, env = env::VAULT_CA_FILE)]
     vault_ca_file: Option<PathBuf>,
-    #[arg(long, env = "KEYHOLE_VAULT_AUTH_MOUNT", default_value = "kubernetes")]
+    #[arg(long, env = env::VAULT_AUTH_MOUNT, default_value = "kubernetes")]
     vault_auth_mount: String,
     /// `kubernetes` (the pod's ServiceAccount token) or `jwt` (the job's GitLab ID token).
-    #[arg(long, env = "KEYHOLE_VAULT_AUTH_METHOD", default_value = "kubernetes", value_parser = ["kubernetes", "jwt"])]
+    #[arg(long, env = env::VAULT_AUTH_METHOD, default_value = "kubernetes", value_parser = ["kubernetes", "jwt"])]
     vault_auth_method: String,
     /// With `jwt`: the per-job Secret key holding the ID token.
     #[arg(
         long,
-        env = "KEYHOLE_VAULT_JWT_INPUT",
+        env = env::VAULT_JWT_INPUT,
         default_value = "VAULT_ID_TOKEN"
     )]
     vault_jwt_input: String,
     /// Vault role the job logs in as (for `jwt`, empty means the mount's default role).
-    #[arg(long, env = "KEYHOLE_VAULT_ROLE", default_value = "")]
+    #[arg(long, env = env::VAULT_ROLE, default_value = "")]
     vault_role: String,
     /// Total time to keep retrying an unreachable Vault, in seconds.
-    #[arg(long, env = "KEYHOLE_VAULT_DEADLINE", default_value_t = 30)]
+    #[arg(long, env = env::VAULT_DEADLINE, default_value_t = 30)]
     vault_deadline: u64,
     /// Kubernetes API URL for `k8s:` references.
-    #[arg(long, env = "KEYHOLE_KUBE_API")]
+    #[arg(long, env = env::KUBE_API)]
     kube_api: Option<String>,
     #[arg(
         long,
-        env = "KEYHOLE_KUBE_CA_FILE",
+        env = env::KUBE_CA_FILE,
         default_value = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
     )]
     kube_ca_file: PathBuf,
-    #[arg(long, env = "KEYHOLE_NAMESPACE", default_value = "default")]
+    #[arg(long, env = env::NAMESPACE, default_value = "default")]
     namespace: String,
     /// Owner uid of the secret files (default: the broker's own).
-    #[arg(long, env = "KEYHOLE_FILE_UID")]
+    #[arg(long, env = env::FILE_UID)]
     file_uid: Option<u32>,
     /// Group of the secret files; makes them 0440 instead of 0400.
-    #[arg(long, env = "KEYHOLE_FILE_GID")]
+    #[arg(long, env = env::FILE_GID)]
     file_gid: Option<u32>,
     /// Allow writing secrets to a disk-backed directory (not recommended).
-    #[arg(long, env = "KEYHOLE_ALLOW_DISK")]
+    #[arg(long, env = env::ALLOW_DISK)]
     allow_disk: bool,
     /// Job output passed to the log, in KiB (the runner's `output_limit`); the rest is dropped
     /// after one notice. 0: no limit.
-    #[arg(long, env = "KEYHOLE_LOG_LIMIT_KIB", default_value_t = 0)]
+    #[arg(long, env = env::LOG_LIMIT_KIB, default_value_t = 0)]
     log_limit_kib: u64,
     /// Past the burst, pass job output at most this fast, in KiB/s (the job's writes wait),
     /// so the kubelet's log follower keeps up. 0: no pacing.
-    #[arg(long, env = "KEYHOLE_LOG_RATE_KIB", default_value_t = 0)]
+    #[arg(long, env = env::LOG_RATE_KIB, default_value_t = 0)]
     log_rate_kib: u64,
     /// Output passed at once before the pace applies, in KiB; keep it under the kubelet's
     /// `containerLogMaxSize`.
-    #[arg(long, env = "KEYHOLE_LOG_BURST_KIB", default_value_t = 8192)]
+    #[arg(long, env = env::LOG_BURST_KIB, default_value_t = 8192)]
     log_burst_kib: u64,
-    #[arg(long, env = "KEYHOLE_CONCURRENCY", default_value_t = 16)]
+    #[arg(long, env = env::CONCURRENCY, default_value_t = 16)]
     concurrency: usize,
     /// Services the job's script waits for (`name:port[+port...]`, comma-separated; see
     /// `contract::SERVICES_FIFO`). Empty: the script starts at once.
-    #[arg(long, env = contract::WAIT_FOR_SERVICES_ENV, default_value = "")]
+    #[arg(long, env = env::WAIT_FOR_SERVICES, default_value = "")]
     wait_for_services: String,
     /// Seconds to wait for them before the job starts anyway, with a warning.
-    #[arg(long, env = contract::WAIT_FOR_SERVICES_TIMEOUT_ENV, default_value_t = 30)]
+    #[arg(long, env = env::WAIT_FOR_SERVICES_TIMEOUT, default_value_t = 30)]
     wait_for_services_timeout: u64,
 }
 
@@ -219,7 +219,7 @@ fn transfer(verb: TransferVerb, dirs: transfer::run::Dirs) -> i32 {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("keyhole-broker: error: starting the runtime: {e}");
-            return transfer::plan::EXIT_TRANSFER_FAILED;
+            return contract::transfer::EXIT_TRANSFER_FAILED;
         }
     };
     runtime.block_on(async {

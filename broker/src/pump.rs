@@ -38,7 +38,7 @@ pub fn create_fifo_with_mode(path: &Path, mode: u32) -> io::Result<()> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
 }
 
-/// Returns once the job's script wrote to its `done` FIFO ([`crate::contract::DONE_FIFO`]).
+/// Returns once the job's script wrote to its `done` FIFO ([`keyhole_contract::DONE_FIFO`]).
 pub async fn wait_for_done(fifo: &Path) -> io::Result<()> {
     // Read-write, like the log FIFO: no EOF, no blocking open.
     let mut rx = pipe::OpenOptions::new()

@@ -16,8 +16,8 @@ use crate::blame::Blame;
 use crate::delivery::{Delivery, Resolved};
 use crate::kube_secrets::read_secret;
 use crate::leases::{HeldLease, VaultSession};
-use crate::reference::{Engine, SecretRef, Source, VaultRef};
 use crate::vault::{LoginMethod, VaultClient, VaultConfig, VaultError, reconcile_engine};
+use keyhole_contract::reference::{Engine, SecretRef, Source, VaultRef};
 
 /// Where `vault:` references are read.
 #[derive(Debug)]
@@ -221,7 +221,10 @@ async fn login_unless_terminated(
 async fn login(vault: Option<VaultSource>) -> Result<VaultClient, Blocked> {
     let Some(source) = vault else {
         return Err((
-            "no Vault is configured for this broker (KEYHOLE_VAULT_ADDR)".to_owned(),
+            format!(
+                "no Vault is configured for this broker ({})",
+                keyhole_contract::env::VAULT_ADDR
+            ),
             Blame::Settings,
         ));
     };
@@ -379,7 +382,10 @@ async fn read_one(
             let kube = kube.ok_or_else(|| {
                 failure(
                     &r,
-                    "no Kubernetes API is configured for this broker (KEYHOLE_KUBE_API)".into(),
+                    format!(
+                        "no Kubernetes API is configured for this broker ({})",
+                        keyhole_contract::env::KUBE_API
+                    ),
                     Blame::Settings,
                 )
             })?;
@@ -477,7 +483,7 @@ async fn read_dynamic(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::reference::parse_keyhole;
+    use keyhole_contract::reference::parse_keyhole;
 
     fn refs(list: &[(&str, &str)]) -> Vec<SecretRef> {
         list.iter()

@@ -11,7 +11,6 @@ use tokio::io::AsyncWriteExt as _;
 use tokio::sync::watch;
 
 use crate::blame::Blame;
-use crate::contract::{self, exit_code};
 use crate::delivery::{DeliveryError, Ownership, Resolved, SecretFiles, WriteOptions};
 use crate::inputs;
 use crate::job_vars::{self, JobVariable, VariableKind};
@@ -19,9 +18,10 @@ use crate::kube_secrets::service_account_of;
 use crate::leases::VaultSession;
 use crate::log_budget::LogLimits;
 use crate::mask::{MaskPlan, StreamMasker};
-use crate::reference::Source;
 use crate::resolve::{AuditEntry, KubeSource, Outcome, Unresolved, VaultSource, resolve_all};
 use crate::vault::{LoginMethod, RetryPolicy, VaultConfig};
+use keyhole_contract::reference::Source;
+use keyhole_contract::{self as contract, exit_code};
 
 /// Settings of one broker run (from flags and `KEYHOLE_*` environment variables).
 #[derive(Debug, Clone)]
@@ -214,7 +214,7 @@ where
 
 /// The job's inputs: its references, its per-job Secret and the variables in it.
 struct JobInputs {
-    refs: Vec<crate::reference::SecretRef>,
+    refs: Vec<keyhole_contract::reference::SecretRef>,
     job_secret: std::collections::BTreeMap<String, SecretSlice<u8>>,
     variables: Vec<JobVariable>,
 }
@@ -291,7 +291,7 @@ fn read_inputs(config: &RunConfig) -> Result<JobInputs, Stop> {
 /// configuration, client stack) costs start-up time and memory for nothing otherwise.
 async fn kube_source_if_needed(
     config: &RunConfig,
-    refs: &[crate::reference::SecretRef],
+    refs: &[keyhole_contract::reference::SecretRef],
 ) -> Result<Option<KubeSource>, Stop> {
     let needs_kube = refs
         .iter()
@@ -672,7 +672,7 @@ mod tests {
     use super::*;
     use crate::delivery::Delivery;
     use crate::mask::mask_all;
-    use crate::reference::SecretName;
+    use keyhole_contract::reference::SecretName;
 
     fn value(text: &str) -> SecretSlice<u8> {
         SecretSlice::from(text.as_bytes().to_vec())

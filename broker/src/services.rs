@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use crate::contract::ServiceWait;
+use keyhole_contract::ServiceWait;
 
 /// How often a port that refused is tried again.
 const RETRY_EVERY: Duration = Duration::from_millis(200);
@@ -229,7 +229,7 @@ mod tests {
     async fn the_gate_waits_for_a_script_that_comes_late_and_gives_up_at_the_job_end() {
         let dir = std::env::temp_dir().join(format!("kh-gate-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let fifo = dir.join(crate::contract::SERVICES_FIFO);
+        let fifo = dir.join(keyhole_contract::SERVICES_FIFO);
         crate::pump::create_fifo_with_mode(&fifo, 0o640).unwrap();
         // The script: a blocking open and read, 200 ms after the broker started trying.
         let reader = std::thread::spawn({

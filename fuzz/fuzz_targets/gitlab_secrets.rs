@@ -1,7 +1,7 @@
 //! The GitLab `secrets:` conversion never panics on any JSON.
 #![no_main]
 
-use keyhole_broker::reference::from_gitlab_secrets;
+use keyhole_runner::secrets::from_gitlab_secrets;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

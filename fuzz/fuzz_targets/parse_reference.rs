@@ -1,7 +1,7 @@
 //! Reference parsing never panics, and what it accepts prints back to an equal reference.
 #![no_main]
 
-use keyhole_broker::reference::parse_keyhole;
+use keyhole_contract::reference::parse_keyhole;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use keyhole_broker::transfer::plan::{CachePlan, CacheSource};
+use keyhole_contract::transfer::{CachePlan, CacheSource};
 use rusty_s3::{Bucket, Credentials, S3Action as _, UrlStyle};
 use secrecy::{ExposeSecret as _, SecretString};
 
@@ -223,7 +223,7 @@ pub fn job_caches(job: &Job, runner: &RunnerConfig, timeout: Duration) -> JobCac
 #[cfg(test)]
 mod tests {
     use super::*;
-    use keyhole_broker::transfer::plan::When;
+    use keyhole_contract::transfer::When;
 
     #[test]
     fn object_names_stay_in_the_projects_cache() {

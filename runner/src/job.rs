@@ -31,7 +31,7 @@ pub struct Job {
     /// The job's timeout; `None` uses the runner's default.
     pub timeout: Option<Duration>,
     /// GitLab `secrets:` entries as GitLab sent them (JSON), converted and validated by the
-    /// runner with `keyhole_broker::reference::from_gitlab_secrets`.
+    /// runner with `crate::secrets::from_gitlab_secrets`.
     pub gitlab_secrets: Option<serde_json::Value>,
     /// The CI job token; `None` for local jobs.
     pub token: Option<SecretString>,
@@ -48,11 +48,11 @@ pub struct Job {
 }
 
 /// A job's `artifacts:`, `dependencies:`/`needs:` and `cache:` as GitLab sends them (see
-/// [`keyhole_broker::transfer::plan`], which the transfer containers act on).
+/// [`keyhole_contract::transfer`], which the transfer containers act on).
 #[derive(Debug, Clone, Default)]
 pub struct Transfers {
-    pub artifacts: Vec<keyhole_broker::transfer::plan::ArtifactUpload>,
-    pub dependencies: Vec<keyhole_broker::transfer::plan::Dependency>,
+    pub artifacts: Vec<keyhole_contract::transfer::ArtifactUpload>,
+    pub dependencies: Vec<keyhole_contract::transfer::Dependency>,
     pub caches: Vec<CacheEntry>,
     /// Keys of a local job (`exec`) that move files between jobs (`artifacts`, `cache`,
     /// `needs`, ...): a job run alone has nowhere to move them, and the trace says so.
@@ -68,7 +68,7 @@ pub struct CacheEntry {
     /// `pull`, `push` or `pull-push`.
     pub policy: String,
     /// When the cache is saved, after the script.
-    pub when: keyhole_broker::transfer::plan::When,
+    pub when: keyhole_contract::transfer::When,
     pub fallback_keys: Vec<String>,
 }
 

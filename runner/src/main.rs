@@ -76,7 +76,7 @@ struct ConfigArgs {
     #[arg(
         long,
         short,
-        env = "KEYHOLE_CONFIG",
+        env = keyhole_contract::env::runner::CONFIG,
         default_value = "/etc/keyhole/config.toml"
     )]
     config: PathBuf,
@@ -89,7 +89,7 @@ struct LocalArgs {
     /// The job to run.
     job: String,
     /// Optional config.toml; without it the defaults and the flags below apply.
-    #[arg(long, short, env = "KEYHOLE_CONFIG")]
+    #[arg(long, short, env = keyhole_contract::env::runner::CONFIG)]
     config: Option<PathBuf>,
     /// Namespace for the job pod.
     #[arg(long, short)]

@@ -10,7 +10,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use keyhole_broker::contract;
+use keyhole_contract as contract;
 
 /// What the script needs besides the job's commands.
 #[derive(Debug, Clone)]
@@ -25,7 +25,7 @@ pub struct ScriptOptions {
     /// before the first command.
     pub wait_for_services: bool,
     /// The job has artifacts to upload: the script hands its exit code to the store container
-    /// (see [`keyhole_broker::transfer::plan::SCRIPT_STATUS_FILE`]), which tells the broker
+    /// (see [`keyhole_contract::transfer::SCRIPT_STATUS_FILE`]), which tells the broker
     /// the job is over once the uploads are done, instead of the script telling it.
     pub hand_off_to_store: bool,
 }
@@ -173,7 +173,7 @@ pub fn build_script(
         let status = format!(
             "{}/{}",
             contract::RUNTIME_DIR,
-            keyhole_broker::transfer::plan::SCRIPT_STATUS_FILE
+            keyhole_contract::transfer::SCRIPT_STATUS_FILE
         );
         let _ = writeln!(
             out,

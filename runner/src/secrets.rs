@@ -3,9 +3,10 @@
 //! carries in annotations, and the Vault login the broker will use is fixed here, against the
 //! runner's allow-list, so a job cannot point the broker's token at a server of its choosing.
 
-use keyhole_broker::reference::{
-    KEYHOLE_VARIABLE_PREFIX, SecretRef, Source, from_gitlab_secrets, parse_keyhole,
-};
+mod gitlab;
+
+pub use gitlab::{GitlabSecretsError, from_gitlab_secrets};
+use keyhole_contract::reference::{KEYHOLE_VARIABLE_PREFIX, SecretRef, Source, parse_keyhole};
 use secrecy::ExposeSecret;
 
 use crate::config::KeyholeConfig;
@@ -143,7 +144,7 @@ fn vault_login(
     service_account: &str,
     errors: &mut Vec<String>,
 ) -> Option<VaultLogin> {
-    let vault_refs: Vec<(&SecretRef, &keyhole_broker::reference::VaultRef)> = references
+    let vault_refs: Vec<(&SecretRef, &keyhole_contract::reference::VaultRef)> = references
         .iter()
         .filter_map(|r| match &r.source {
             Source::Vault(v) => Some((r, v)),
@@ -216,6 +217,11 @@ mod tests {
     use super::*;
     use crate::job::{GitCheckout, Project, Variable};
 
+    /// The job variable carrying the reference for the secret `name`.
+    fn reference_var(name: &str) -> String {
+        format!("{KEYHOLE_VARIABLE_PREFIX}{name}")
+    }
+
     fn job(vars: &[(&str, &str)], gitlab: Option<serde_json::Value>) -> Job {
         Job {
             id: 1,
@@ -247,10 +253,11 @@ mod tests {
 
     #[test]
     fn keyhole_variables_become_references_with_a_kubernetes_login_as_the_service_account() {
+        let (db, token) = (reference_var("DB"), reference_var("TOKEN"));
         let j = job(
             &[
-                ("KEYHOLE_SECRET_DB", "vault:kv/app/db#password"),
-                ("KEYHOLE_SECRET_TOKEN", "k8s:registry/token?file=false"),
+                (db.as_str(), "vault:kv/app/db#password"),
+                (token.as_str(), "k8s:registry/token?file=false"),
                 ("OTHER", "x"),
             ],
             None,
@@ -315,11 +322,12 @@ mod tests {
 
     #[test]
     fn every_bad_reference_is_reported() {
+        let names = ["A", "B", "C"].map(reference_var);
         let j = job(
             &[
-                ("KEYHOLE_SECRET_A", "vault:nomount"),
-                ("KEYHOLE_SECRET_B", "s3:bucket/key"),
-                ("KEYHOLE_SECRET_C", "vault:kv/x#y"),
+                (names[0].as_str(), "vault:nomount"),
+                (names[1].as_str(), "s3:bucket/key"),
+                (names[2].as_str(), "vault:kv/x#y"),
             ],
             None,
         );
@@ -334,10 +342,8 @@ mod tests {
 
     #[test]
     fn a_secret_put_in_a_keyhole_variable_is_not_echoed() {
-        let j = job(
-            &[("KEYHOLE_SECRET_DB", "correct-horse-battery-staple-42")],
-            None,
-        );
+        let db = reference_var("DB");
+        let j = job(&[(db.as_str(), "correct-horse-battery-staple-42")], None);
         let errs = collect(&j, &keyhole(), "sa").unwrap_err();
         assert_eq!(errs.len(), 1, "{errs:?}");
         assert!(errs[0].contains("DB"), "{errs:?}");

@@ -24,8 +24,8 @@
 
 use std::borrow::Cow;
 
-use keyhole_broker::contract;
-use keyhole_broker::reference::KEYHOLE_VARIABLE_PREFIX;
+use keyhole_contract as contract;
+use keyhole_contract::reference::KEYHOLE_VARIABLE_PREFIX;
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::config::RunnerConfig;

@@ -112,7 +112,7 @@ pub fn restricted() -> Value {
            "runAsNonRoot": true, "seccompProfile": {"type": "RuntimeDefault"}})
 }
 
-/// A job pod of the shape the runner builds (see the pod contract in `broker/src/contract.rs`):
+/// A job pod of the shape the runner builds (see the pod contract in `contract/src/lib.rs`):
 /// named `kh-<job id>-<6 random>`, the job labels, the projected `keyhole-inputs` volume whose
 /// only Secret is the per-job Secret named like the pod, memory-backed `keyhole-secrets`, the
 /// `keyhole-run` emptyDir, a native sidecar `keyhole-broker` and the `build` container, all

@@ -5,7 +5,7 @@
 //! built broker (`cargo build -p keyhole-broker`).
 
 use k8s_openapi::api::core::v1::ServiceAccount;
-use keyhole_broker::contract::exit_code;
+use keyhole_contract::exit_code;
 use keyhole_tests::exposure::vault_tokens_of_namespace;
 use keyhole_tests::{
     BrokerDirs, BrokerProcess, Redis, Reply, SilentServer, TestBed, TestNamespace, VaultAdmin,

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-use keyhole_broker::contract::exit_code;
+use keyhole_contract::exit_code;
 use keyhole_broker::leases::END_DEADLINE;
 use keyhole_tests::{
     AuditedCall, BrokerDirs, BrokerExit, BrokerProcess, TestBed, TestNamespace, VaultAdmin,

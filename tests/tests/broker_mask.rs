@@ -12,7 +12,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-use keyhole_broker::contract::exit_code;
+use keyhole_contract::exit_code;
 use keyhole_tests::{BrokerDirs, BrokerProcess, TestBed, TestNamespace, VaultAdmin};
 use kube::Api;
 use kube::api::PostParams;

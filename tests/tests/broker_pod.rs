@@ -324,7 +324,7 @@ async fn broker_refuses_a_secret_the_service_account_may_not_read_and_the_job_ne
         .unwrap();
     assert_eq!(
         terminated.exit_code,
-        keyhole_broker::contract::exit_code::SECRETS_FAILED
+        keyhole_contract::exit_code::SECRETS_FAILED
     );
     let log = pods
         .logs(

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ServiceAccount;
-use keyhole_broker::reference::Engine;
+use keyhole_contract::reference::Engine;
 use keyhole_broker::vault::{LoginMethod, RetryPolicy, VaultClient, VaultConfig, VaultError};
 use keyhole_tests::{TestBed, TestNamespace, VaultAdmin};
 use kube::api::{ObjectMeta, PostParams};

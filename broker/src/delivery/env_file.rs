@@ -1,6 +1,6 @@
 use zeroize::Zeroizing;
 
-use crate::reference::SecretName;
+use keyhole_contract::reference::SecretName;
 
 /// A value that a POSIX shell variable cannot hold.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

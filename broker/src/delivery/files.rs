@@ -7,8 +7,8 @@ use secrecy::{ExposeSecret, SecretSlice};
 
 use super::env_file::{EnvFileError, render_env_file};
 use super::mounts::{MountCheckError, filesystem_of, is_memory_backed};
-use crate::contract;
-use crate::reference::SecretName;
+use keyhole_contract as contract;
+use keyhole_contract::reference::SecretName;
 
 /// One resolved secret or job variable, ready to deliver.
 pub struct Resolved {

@@ -10,12 +10,12 @@ use super::archive::{Compression, Packed, write_gzip, write_zip};
 use super::cache::{self, Fetched};
 use super::extract::{Extracted, extract_zip};
 use super::gitlab::{Api, Upload};
-use super::plan::{
+use super::select::{Selection, select_with_untracked};
+use keyhole_contract as contract;
+use keyhole_contract::transfer::{
     ArtifactUpload, CachePlan, EXIT_BAD_PLAN, EXIT_TRANSFER_FAILED, Format, Plan,
     SCRIPT_STATUS_FILE,
 };
-use super::select::{Selection, select_with_untracked};
-use crate::contract;
 
 /// How often the store container looks for the script's exit code.
 const STATUS_POLL: Duration = Duration::from_millis(100);

@@ -10,7 +10,7 @@ use serde_json::value::RawValue;
 use zeroize::Zeroizing;
 
 use super::{RetryPolicy, VaultError};
-use crate::reference::Engine;
+use keyhole_contract::reference::Engine;
 
 /// How to reach one Vault server.
 #[derive(Debug, Clone)]

@@ -12,7 +12,8 @@ pub enum VaultError {
     )]
     Unreachable { addr: String, reason: String },
     #[error(
-        "Vault at {addr} presented a certificate the broker does not trust ({reason}); give the broker the CA bundle that signs it (runner: [runners.keyhole] vault_ca_config_map; broker: KEYHOLE_VAULT_CA_FILE)"
+        "Vault at {addr} presented a certificate the broker does not trust ({reason}); give the broker the CA bundle that signs it (runner: [runners.keyhole] vault_ca_config_map; broker: {ca_file})",
+        ca_file = keyhole_contract::env::VAULT_CA_FILE
     )]
     Untrusted { addr: String, reason: String },
     #[error("Vault at {addr} is sealed; unseal it (vault operator unseal) and rerun the job")]

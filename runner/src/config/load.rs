@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use keyhole_contract::env::runner as runner_env;
 use secrecy::SecretString;
 
 use super::keys::{RefusedKey, refused_keys};
@@ -77,24 +78,24 @@ pub fn load_str(
 /// Environment overrides for the first runner, so a Deployment can keep the token in a Secret
 /// and the rest in a ConfigMap.
 fn apply_env(config: &mut Config, env: &dyn Fn(&str) -> Option<String>) {
-    config.instance = env("KEYHOLE_INSTANCE").filter(|i| !i.is_empty());
+    config.instance = env(runner_env::INSTANCE).filter(|i| !i.is_empty());
     if config.runners.is_empty() {
         config.runners.push(RunnerConfig::default());
     }
     let runner = &mut config.runners[0];
-    if let Some(token) = env("KEYHOLE_RUNNER_TOKEN").filter(|t| !t.is_empty()) {
+    if let Some(token) = env(runner_env::RUNNER_TOKEN).filter(|t| !t.is_empty()) {
         runner.token = Some(SecretString::from(token));
     }
-    if let Some(url) = env("KEYHOLE_RUNNER_URL").filter(|u| !u.is_empty()) {
+    if let Some(url) = env(runner_env::RUNNER_URL).filter(|u| !u.is_empty()) {
         runner.url = url;
     }
-    if let Some(ns) = env("KEYHOLE_NAMESPACE").filter(|n| !n.is_empty()) {
+    if let Some(ns) = env(runner_env::NAMESPACE).filter(|n| !n.is_empty()) {
         runner.kubernetes.namespace = ns;
     }
-    if let Some(image) = env("KEYHOLE_BROKER_IMAGE").filter(|i| !i.is_empty()) {
+    if let Some(image) = env(runner_env::BROKER_IMAGE).filter(|i| !i.is_empty()) {
         runner.keyhole.broker_image = image;
     }
-    if let Some(addr) = env("KEYHOLE_VAULT_ADDR").filter(|a| !a.is_empty()) {
+    if let Some(addr) = env(runner_env::VAULT_ADDR).filter(|a| !a.is_empty()) {
         runner.keyhole.vault_addr = Some(addr);
     }
     // gitlab-runner's variables for the cache store's key pair (its chart puts them there from
@@ -480,8 +481,8 @@ shutdown_timeout = 0
     #[test]
     fn environment_overrides_the_token_and_namespace() {
         let env = |k: &str| match k {
-            "KEYHOLE_RUNNER_TOKEN" => Some("glrt-env".to_string()),
-            "KEYHOLE_NAMESPACE" => Some("ns2".to_string()),
+            runner_env::RUNNER_TOKEN => Some("glrt-env".to_string()),
+            runner_env::NAMESPACE => Some("ns2".to_string()),
             _ => None,
         };
         let loaded = load_str("[[runners]]\ntoken = \"glrt-file\"\n", "c.toml", &env).unwrap();

@@ -392,7 +392,7 @@ impl Default for KeyholeConfig {
             vault_ca_config_map: None,
             vault_auth_mount: "kubernetes".into(),
             vault_role: None,
-            vault_audience: keyhole_broker::contract::VAULT_AUDIENCE.into(),
+            vault_audience: keyhole_contract::VAULT_AUDIENCE.into(),
             token_expiration_seconds: 600,
             kube_api: "https://kubernetes.default.svc".into(),
             service_account_rules: Vec::new(),

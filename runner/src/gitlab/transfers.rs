@@ -2,7 +2,7 @@
 //! containers upload, download and restore. What Keyhole cannot honour is refused by name,
 //! never dropped.
 
-use keyhole_broker::transfer::plan::{ArtifactUpload, Dependency, Format, When};
+use keyhole_contract::transfer::{ArtifactUpload, Dependency, Format, When};
 use secrecy::SecretString;
 
 use super::fields::Obj;

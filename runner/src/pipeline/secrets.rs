@@ -2,7 +2,7 @@
 //!
 //! `secrets:` becomes the JSON object GitLab puts in the job payload (see
 //! `job-response-vault-example.json`), so a local job and a GitLab job reach the broker through
-//! the same `keyhole_broker::reference::from_gitlab_secrets`. As in GitLab, the `server` block
+//! the same `crate::secrets::from_gitlab_secrets`. As in GitLab, the `server` block
 //! is not written in YAML: it comes from the `VAULT_SERVER_URL`, `VAULT_NAMESPACE`,
 //! `VAULT_AUTH_PATH` and `VAULT_AUTH_ROLE` variables, and its JWT is the secret's `token:`, else
 //! the job's first ID token, else the legacy `${CI_JOB_JWT}`. Also as in GitLab, every secret of
@@ -276,7 +276,7 @@ fn vault_server(vars: &Variables, jwt: String) -> Result<Json, String> {
 mod tests {
     use std::sync::Arc;
 
-    use keyhole_broker::reference::{Engine, Source, from_gitlab_secrets};
+    use keyhole_contract::reference::{Engine, Source};
 
     use super::*;
     use crate::pipeline::{variables, yaml::load_config};
@@ -290,7 +290,7 @@ mod tests {
     }
 
     fn fixture_secrets() -> Json {
-        let text = include_str!("../../../broker/tests/fixtures/job-response-vault-example.json");
+        let text = include_str!("../gitlab/fixtures/job-response-vault-example.json");
         let job: Json = serde_json::from_str(text).unwrap();
         job["secrets"].clone()
     }
@@ -326,7 +326,7 @@ mod tests {
             &[],
         )
         .unwrap();
-        let refs = from_gitlab_secrets(&got).unwrap();
+        let refs = crate::secrets::from_gitlab_secrets(&got).unwrap();
         let Source::Vault(v) = &refs[0].source else {
             panic!("not vault")
         };

@@ -214,7 +214,11 @@ isolated:
         "job: {script: [a], variables: {KEYHOLE_SECRET_API: 'vault:kv/app#key'}}\n",
         "job",
     );
-    assert_eq!(var(&k, "KEYHOLE_SECRET_API"), Some("vault:kv/app#key"));
+    let name = format!(
+        "{}API",
+        keyhole_contract::reference::KEYHOLE_VARIABLE_PREFIX
+    );
+    assert_eq!(var(&k, &name), Some("vault:kv/app#key"));
 }
 
 #[test]
@@ -346,7 +350,7 @@ deploy:
     let entry = &secrets["DATABASE_PASSWORD"]["vault"];
     assert_eq!(entry["server"]["auth"]["data"]["jwt"], "$VAULT_ID_TOKEN");
     assert_eq!(entry["engine"]["path"], "ops");
-    let refs = keyhole_broker::reference::from_gitlab_secrets(&secrets).unwrap();
+    let refs = crate::secrets::from_gitlab_secrets(&secrets).unwrap();
     assert_eq!(refs[0].name.as_str(), "DATABASE_PASSWORD");
     assert_eq!(j.id_tokens[0].name, "VAULT_ID_TOKEN");
 }

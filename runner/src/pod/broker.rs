@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use keyhole_broker::contract;
+use keyhole_contract as contract;
 use serde_json::{Value, json};
 
 /// How long the broker's postStart hook waits for the delivery: as long as the startup probe
@@ -21,45 +21,51 @@ use crate::secrets::{JobSecrets, VaultMethod};
 fn broker_env(runner: &RunnerConfig, secrets: &JobSecrets) -> BTreeMap<String, String> {
     let k = &runner.kubernetes;
     let mut env: BTreeMap<String, String> = BTreeMap::new();
-    env.insert("KEYHOLE_NAMESPACE".into(), k.namespace.clone());
+    env.insert(contract::env::NAMESPACE.into(), k.namespace.clone());
     env.insert(
-        "KEYHOLE_FILE_GID".into(),
+        contract::env::FILE_GID.into(),
         k.pod_security_context.fs_group.to_string(),
     );
     // The broker cuts and paces the log where it is made (see docs/runner.md, "Big logs").
     env.insert(
-        "KEYHOLE_LOG_LIMIT_KIB".into(),
+        contract::env::LOG_LIMIT_KIB.into(),
         runner.output_limit.to_string(),
     );
     env.insert(
-        "KEYHOLE_LOG_RATE_KIB".into(),
+        contract::env::LOG_RATE_KIB.into(),
         runner.keyhole.log_rate_kib.to_string(),
     );
     if let Some(v) = &secrets.vault {
-        env.insert("KEYHOLE_VAULT_ADDR".into(), v.addr.clone());
-        env.insert("KEYHOLE_VAULT_AUTH_MOUNT".into(), v.auth_mount.clone());
-        env.insert("KEYHOLE_VAULT_ROLE".into(), v.role.clone());
+        env.insert(contract::env::VAULT_ADDR.into(), v.addr.clone());
+        env.insert(contract::env::VAULT_AUTH_MOUNT.into(), v.auth_mount.clone());
+        env.insert(contract::env::VAULT_ROLE.into(), v.role.clone());
         if let Some(n) = &v.namespace {
-            env.insert("KEYHOLE_VAULT_NAMESPACE".into(), n.clone());
+            env.insert(contract::env::VAULT_NAMESPACE.into(), n.clone());
         }
         if let VaultMethod::Jwt { id_token_variable } = &v.method {
-            env.insert("KEYHOLE_VAULT_AUTH_METHOD".into(), "jwt".into());
-            env.insert("KEYHOLE_VAULT_JWT_INPUT".into(), id_token_variable.clone());
+            env.insert(contract::env::VAULT_AUTH_METHOD.into(), "jwt".into());
+            env.insert(
+                contract::env::VAULT_JWT_INPUT.into(),
+                id_token_variable.clone(),
+            );
         }
         // The broker's own check of where its token may go: the runner's allow-list, not just
         // the address it was given.
-        env.insert("KEYHOLE_VAULT_ALLOWED".into(), v.allowed.join(","));
+        env.insert(contract::env::VAULT_ALLOWED.into(), v.allowed.join(","));
         if runner.keyhole.vault_ca_config_map.is_some() {
             env.insert(
-                "KEYHOLE_VAULT_CA_FILE".into(),
+                contract::env::VAULT_CA_FILE.into(),
                 format!("{}/{}", contract::INPUTS_DIR, contract::INPUT_VAULT_CA),
             );
         }
     }
     if secrets.uses_kubernetes {
-        env.insert("KEYHOLE_KUBE_API".into(), runner.keyhole.kube_api.clone());
         env.insert(
-            "KEYHOLE_KUBE_CA_FILE".into(),
+            contract::env::KUBE_API.into(),
+            runner.keyhole.kube_api.clone(),
+        );
+        env.insert(
+            contract::env::KUBE_CA_FILE.into(),
             format!("{}/kube-ca.crt", contract::INPUTS_DIR),
         );
     }
@@ -110,16 +116,22 @@ pub(super) fn broker_container(
     let mut env = broker_env(runner, secrets);
     if other_user {
         let security = &runner.kubernetes.pod_security_context;
-        env.insert("KEYHOLE_FILE_UID".into(), security.run_as_user.to_string());
-        env.insert("KEYHOLE_FILE_GID".into(), security.fs_group.to_string());
+        env.insert(
+            contract::env::FILE_UID.into(),
+            security.run_as_user.to_string(),
+        );
+        env.insert(
+            contract::env::FILE_GID.into(),
+            security.fs_group.to_string(),
+        );
     }
     if !waits.is_empty() {
         env.insert(
-            contract::WAIT_FOR_SERVICES_ENV.into(),
+            contract::env::WAIT_FOR_SERVICES.into(),
             contract::encode_service_waits(waits),
         );
         env.insert(
-            contract::WAIT_FOR_SERVICES_TIMEOUT_ENV.into(),
+            contract::env::WAIT_FOR_SERVICES_TIMEOUT.into(),
             runner.kubernetes.services_timeout_secs().to_string(),
         );
     }

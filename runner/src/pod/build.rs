@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Pod, Secret};
-use keyhole_broker::contract;
+use keyhole_contract as contract;
 use secrecy::SecretString;
 use serde_json::{Value, json};
 
@@ -56,7 +56,7 @@ pub struct PodRequest<'a> {
     pub instance: Option<&'a str>,
     /// The job's caches as pre-signed URLs ([`crate::cache::job_caches`]); a parameter so
     /// that the builder stays pure.
-    pub caches: Vec<keyhole_broker::transfer::plan::CachePlan>,
+    pub caches: Vec<keyhole_contract::transfer::CachePlan>,
 }
 
 /// What a job pod's own image pull Secret is named after the pod: `<pod>-registry`. The chart's

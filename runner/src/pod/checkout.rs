@@ -2,7 +2,7 @@
 //! script runs. It alone sees the job token (one file from the per-job Secret), so the token is
 //! never in a URL, argv or env of any container, and never in the build container at all.
 
-use keyhole_broker::contract;
+use keyhole_contract as contract;
 use serde_json::{Value, json};
 
 use crate::job::{GitStrategy, Job};

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use keyhole_broker::contract;
+use keyhole_contract as contract;
 use serde_json::{Value, json};
 
 use super::build::PodError;

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::ByteString;
-use keyhole_broker::contract;
+use keyhole_contract as contract;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 
@@ -41,7 +41,7 @@ pub(super) fn split_variables(
     }
     for v in &job.variables {
         if v.key
-            .starts_with(keyhole_broker::reference::KEYHOLE_VARIABLE_PREFIX)
+            .starts_with(keyhole_contract::reference::KEYHOLE_VARIABLE_PREFIX)
         {
             continue; // references: the broker resolves them; the value is a location.
         }

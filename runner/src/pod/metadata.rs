@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use keyhole_broker::contract;
+use keyhole_contract as contract;
 use secrecy::ExposeSecret;
 
 use super::build::{JOB_ID_LABEL, MANAGED_BY, MANAGED_BY_LABEL, PodError, RUNNER_LABEL};

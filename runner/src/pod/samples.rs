@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use keyhole_contract::reference::KEYHOLE_VARIABLE_PREFIX;
 use secrecy::SecretString;
 
 use crate::config::RunnerConfig;
@@ -98,9 +99,12 @@ pub fn sample_jobs(vault_addr: &str) -> Vec<(&'static str, Job)> {
         ports: vec![],
     }];
     refs.variables.extend([
-        Variable::public("KEYHOLE_SECRET_DB_PASSWORD", "vault:kv/acme/db#password"),
         Variable::public(
-            "KEYHOLE_SECRET_API_KEY",
+            format!("{KEYHOLE_VARIABLE_PREFIX}DB_PASSWORD"),
+            "vault:kv/acme/db#password",
+        ),
+        Variable::public(
+            format!("{KEYHOLE_VARIABLE_PREFIX}API_KEY"),
             "k8s:api-credentials/key?file=false",
         ),
         Variable::public("KUBERNETES_MEMORY_LIMIT", "512Mi"),

@@ -2,7 +2,7 @@ use super::samples::{SAMPLE_SECRET_VALUES, sample_jobs, sample_runner};
 use super::*;
 use crate::job::Variable;
 use crate::secrets::collect;
-use keyhole_broker::contract;
+use keyhole_contract as contract;
 use serde_json::json;
 
 const VAULT: &str = "http://10.213.0.1:8200";
@@ -91,13 +91,13 @@ fn only_the_broker_mounts_its_inputs_and_the_build_container_reads_secrets_read_
         assert!(
             mounts
                 .iter()
-                .all(|m| m.name != keyhole_broker::contract::INPUTS_VOLUME),
+                .all(|m| m.name != keyhole_contract::INPUTS_VOLUME),
             "{}",
             c.name
         );
         if let Some(m) = mounts
             .iter()
-            .find(|m| m.name == keyhole_broker::contract::SECRETS_VOLUME)
+            .find(|m| m.name == keyhole_contract::SECRETS_VOLUME)
         {
             assert_eq!(m.read_only, Some(true), "{}", c.name);
         }
@@ -226,7 +226,7 @@ fn a_vault_ca_config_map_reaches_the_brokers_inputs_only_with_the_allow_list() {
         .as_array()
         .unwrap()
         .iter()
-        .find(|v| v["name"] == keyhole_broker::contract::INPUTS_VOLUME)
+        .find(|v| v["name"] == keyhole_contract::INPUTS_VOLUME)
         .unwrap();
     assert!(
         inputs["projected"]["sources"]
@@ -239,7 +239,7 @@ fn a_vault_ca_config_map_reaches_the_brokers_inputs_only_with_the_allow_list() {
         .as_array()
         .unwrap()
         .iter()
-        .find(|c| c["name"] == keyhole_broker::contract::BROKER_CONTAINER)
+        .find(|c| c["name"] == keyhole_contract::BROKER_CONTAINER)
         .unwrap();
     let env: std::collections::BTreeMap<&str, &str> = broker["env"]
         .as_array()
@@ -252,9 +252,12 @@ fn a_vault_ca_config_map_reaches_the_brokers_inputs_only_with_the_allow_list() {
             )
         })
         .collect();
-    assert_eq!(env["KEYHOLE_VAULT_CA_FILE"], "/keyhole/inputs/vault-ca.crt");
     assert_eq!(
-        env["KEYHOLE_VAULT_ALLOWED"],
+        env[contract::env::VAULT_CA_FILE],
+        "/keyhole/inputs/vault-ca.crt"
+    );
+    assert_eq!(
+        env[contract::env::VAULT_ALLOWED],
         format!("{VAULT},https://vault.example.com:8200")
     );
     // No other container mounts the inputs (and with them the CA bundle).
@@ -262,7 +265,7 @@ fn a_vault_ca_config_map_reaches_the_brokers_inputs_only_with_the_allow_list() {
         assert!(
             !c["volumeMounts"]
                 .to_string()
-                .contains(keyhole_broker::contract::INPUTS_VOLUME),
+                .contains(keyhole_contract::INPUTS_VOLUME),
             "{c}"
         );
     }
@@ -413,7 +416,7 @@ fn root_in_a_user_namespace_runs_the_build_and_checkout_as_uid_0_without_capabil
             .as_array()
             .unwrap()
             .iter()
-            .any(|e| e["name"] == "KEYHOLE_FILE_GID"),
+            .any(|e| e["name"] == contract::env::FILE_GID),
         "{broker}"
     );
     // Off (the default): no user namespace.
@@ -423,7 +426,7 @@ fn root_in_a_user_namespace_runs_the_build_and_checkout_as_uid_0_without_capabil
 
 /// A GitLab job with a dependency to download and an archive and a report to upload.
 fn job_with_transfers() -> crate::job::Job {
-    use keyhole_broker::transfer::plan::{ArtifactUpload, Dependency, Format, When};
+    use keyhole_contract::transfer::{ArtifactUpload, Dependency, Format, When};
     let mut job = sample_jobs(VAULT).remove(0).1;
     job.token = Some("glcbt-job-token-for-transfers".to_string().into());
     job.transfers.dependencies = vec![Dependency {
@@ -448,7 +451,7 @@ fn job_with_transfers() -> crate::job::Job {
 
 #[test]
 fn transfer_containers_get_their_plan_and_the_project_but_nothing_of_the_brokers() {
-    use keyhole_broker::transfer::plan::{FETCH_CONTAINER, PLAN_SECRET_KEY, STORE_CONTAINER};
+    use keyhole_contract::transfer::{FETCH_CONTAINER, PLAN_SECRET_KEY, STORE_CONTAINER};
     let job = job_with_transfers();
     let runner = sample_runner("jobs", VAULT, "keyhole.local/broker:dev");
     let objects = objects_for(&job, &runner, None, &log_end_token_text());
@@ -456,7 +459,7 @@ fn transfer_containers_get_their_plan_and_the_project_but_nothing_of_the_brokers
     let spec = &pod["spec"];
 
     let plan = &objects.secret.data.as_ref().unwrap()[PLAN_SECRET_KEY];
-    let plan: keyhole_broker::transfer::plan::Plan = serde_json::from_slice(&plan.0).unwrap();
+    let plan: keyhole_contract::transfer::Plan = serde_json::from_slice(&plan.0).unwrap();
     assert_eq!((plan.job_id, plan.dependencies[0].id), (job.id, 41));
     assert_eq!(plan.artifacts[0].paths, ["dist/"]);
 
@@ -529,6 +532,6 @@ fn a_job_without_transfers_has_no_transfer_containers_and_ends_its_own_log() {
             .data
             .as_ref()
             .unwrap()
-            .contains_key(keyhole_broker::transfer::plan::PLAN_SECRET_KEY)
+            .contains_key(keyhole_contract::transfer::PLAN_SECRET_KEY)
     );
 }

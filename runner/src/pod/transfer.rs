@@ -7,8 +7,8 @@
 //! nothing of the broker's: no secrets volume, no inputs, no ServiceAccount token.
 
 use k8s_openapi::ByteString;
-use keyhole_broker::contract;
-use keyhole_broker::transfer::plan::{
+use keyhole_contract as contract;
+use keyhole_contract::transfer::{
     CachePlan, FETCH_CONTAINER, PLAN_DIR, PLAN_FILE, PLAN_SECRET_KEY, Plan, SCRATCH_DIR,
     STORE_CONTAINER,
 };

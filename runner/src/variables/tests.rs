@@ -183,20 +183,19 @@ fn a_public_variable_taking_in_a_secret_value_leaves_the_pod_spec() {
 
 #[test]
 fn a_secret_reference_may_not_take_in_a_masked_value() {
+    let ok = format!("{KEYHOLE_VARIABLE_PREFIX}OK");
+    let bad_name = format!("{KEYHOLE_VARIABLE_PREFIX}BAD");
     let vars = [
         var("DB_ROLE", "secret-role-name", false, true, false, false),
         public("ENVIRONMENT", "prod"),
-        public("KEYHOLE_SECRET_OK", "vault:kv/$ENVIRONMENT/db#password"),
+        public(&ok, "vault:kv/$ENVIRONMENT/db#password"),
     ];
     let out = expand_variables(&vars).unwrap();
     assert_eq!(text(&out[2]), "vault:kv/prod/db#password");
     let mut bad = vars.to_vec();
-    bad.push(public("KEYHOLE_SECRET_BAD", "vault:kv/$DB_ROLE#password"));
+    bad.push(public(&bad_name, "vault:kv/$DB_ROLE#password"));
     let err = expand_variables(&bad).unwrap_err().to_string();
-    assert!(
-        err.contains("KEYHOLE_SECRET_BAD") && err.contains("DB_ROLE"),
-        "{err}"
-    );
+    assert!(err.contains(&bad_name) && err.contains("DB_ROLE"), "{err}");
     assert!(!err.contains("secret-role-name"), "{err}");
 }
 

@@ -51,7 +51,7 @@ impl std::fmt::Display for SecretName {
 }
 
 /// Names come from job variables, so they are not secret; cap what an error echoes.
-pub(crate) fn printable(s: &str) -> String {
+pub fn printable(s: &str) -> String {
     let mut out: String = s.chars().take(64).flat_map(char::escape_default).collect();
     if s.chars().count() > 64 {
         out.push('…');

@@ -82,7 +82,7 @@ pub struct CachePlan {
     pub key: String,
     pub paths: Vec<String>,
     /// `cache:untracked`: the files git does not track are cached too (see
-    /// [`super::untracked`]).
+    /// `keyhole_broker::transfer::untracked`).
     #[serde(default)]
     pub untracked: bool,
     pub when: When,
@@ -164,7 +164,7 @@ pub struct ArtifactUpload {
     #[serde(default)]
     pub exclude: Vec<String>,
     /// `artifacts:untracked`: the files git does not track are archived too, `exclude`
-    /// applying to them (see [`super::untracked`]).
+    /// applying to them (see `keyhole_broker::transfer::untracked`).
     #[serde(default)]
     pub untracked: bool,
     pub when: When,

@@ -1,6 +1,23 @@
 //! The pod contract between `keyhole-runner` (which builds job pods) and `keyhole-broker` (which
-//! runs in them). Both compile against this module, so a pod the runner builds is always one the
+//! runs in them). Both compile against this crate, so a pod the runner builds is always one the
 //! broker understands. Each item says who writes it and who reads it.
+//!
+//! # Layout
+//!
+//! * the crate root: container, volume, file and Secret-key names of the job pod, the services
+//!   wait, the end-of-log marker and the broker's exit codes.
+//! * [`env`]: every `KEYHOLE_*` environment variable name (the broker's settings and the
+//!   runner's own).
+//! * [`reference`]: the secret reference model and the `KEYHOLE_SECRET_<NAME>` grammar; uses
+//!   nothing else here.
+//! * [`transfer`]: the plan of the transfer containers (artifacts, caches), which the runner
+//!   writes into the per-job Secret.
+//!
+//! It is compiled into the broker binary, so it depends only on serde, secrecy and thiserror.
+
+pub mod env;
+pub mod reference;
+pub mod transfer;
 
 /// Name of the broker's native-sidecar container (an init container with
 /// `restartPolicy: Always`). Written by the runner; read by the runner when it reports a
@@ -25,7 +42,7 @@ pub const INPUT_SA_TOKEN: &str = "token";
 pub const INPUT_KUBE_TOKEN: &str = "kube-token";
 /// File in [`INPUTS_DIR`]: the PEM bundle that signs Vault's certificate, projected from the
 /// ConfigMap the runner's `vault_ca_config_map` names (public data, but in the broker's inputs
-/// only: the build container has no use for it). Read by the broker (`KEYHOLE_VAULT_CA_FILE`).
+/// only: the build container has no use for it). Read by the broker ([`env::VAULT_CA_FILE`]).
 pub const INPUT_VAULT_CA: &str = "vault-ca.crt";
 /// File in [`INPUTS_DIR`]: the pod's annotations (downward API, `key="value"` lines), carrying
 /// the references under [`REFERENCE_ANNOTATION_PREFIX`]. Written by the kubelet.
@@ -86,16 +103,10 @@ pub const DONE_FIFO: &str = "done";
 /// FIFO in [`RUNTIME_DIR`], only when the job has services to wait for: the generated job
 /// script reads a line from it before its first command. The broker opens it once the script
 /// is reading (the job's containers, services included, have started), then writes the line
-/// once every service in [`WAIT_FOR_SERVICES_ENV`] accepted a connection or the wait timed out
+/// once every service in [`env::WAIT_FOR_SERVICES`] accepted a connection or the wait timed out
 /// (with a warning in the trace). Created by the broker before it reports ready; read by the
 /// build script.
 pub const SERVICES_FIFO: &str = "services";
-
-/// The broker's environment variable listing the services to wait for:
-/// [`encode_service_waits`]'s text. Written by the runner; read by the broker.
-pub const WAIT_FOR_SERVICES_ENV: &str = "KEYHOLE_WAIT_FOR_SERVICES";
-/// Seconds the broker waits for services before the job starts anyway.
-pub const WAIT_FOR_SERVICES_TIMEOUT_ENV: &str = "KEYHOLE_WAIT_FOR_SERVICES_TIMEOUT";
 
 /// A service the job waits for: its container name and the TCP ports on the pod's loopback of
 /// which one must accept a connection.
@@ -123,7 +134,12 @@ pub fn decode_service_waits(text: &str) -> Result<Vec<ServiceWait>, String> {
     text.split(',')
         .filter(|e| !e.is_empty())
         .map(|entry| {
-            let bad = || format!("{WAIT_FOR_SERVICES_ENV}: {entry:?} is not `name:port[+port...]`");
+            let bad = || {
+                format!(
+                    "{}: {entry:?} is not `name:port[+port...]`",
+                    env::WAIT_FOR_SERVICES
+                )
+            };
             let (name, ports) = entry.split_once(':').ok_or_else(bad)?;
             let ports = ports
                 .split('+')

@@ -2,16 +2,16 @@
 //!
 //! Two sources feed the same model. Keyhole references come from job variables named
 //! `KEYHOLE_SECRET_<NAME>` (see [`parse_keyhole`] and `docs/secrets.md` for the grammar); GitLab's
-//! own `secrets:` keyword arrives in the job payload (see [`from_gitlab_secrets`]).
+//! own `secrets:` keyword arrives in the job payload and is parsed by the runner
+//! (`keyhole_runner::secrets::from_gitlab_secrets`), which passes the broker both kinds in this
+//! model.
 
-mod gitlab;
 mod keyhole;
 mod name;
 mod vault_path;
 
-pub use gitlab::{GitlabSecretsError, from_gitlab_secrets};
 pub use keyhole::{KEYHOLE_VARIABLE_PREFIX, ReferenceError, parse_keyhole};
-pub use name::{NameError, SecretName};
+pub use name::{NameError, SecretName, printable};
 pub use vault_path::{RESERVED_MOUNTS, check_vault_location};
 
 /// One secret a job asks for.

@@ -1,6 +1,10 @@
-use serde::Deserialize;
+//! GitLab's own `secrets:` keyword, as the job payload carries it, converted into Keyhole's
+//! reference model: the runner alone reads it and passes the broker the result.
 
-use super::{Engine, SecretName, SecretRef, Source, VaultRef, VaultServer};
+use keyhole_contract::reference::{
+    Engine, SecretName, SecretRef, Source, VaultRef, VaultServer, check_vault_location, printable,
+};
+use serde::Deserialize;
 
 /// A `secrets:` entry from the GitLab job payload that Keyhole cannot use.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -74,7 +78,7 @@ pub fn from_gitlab_secrets(
     let mut refs = Vec::with_capacity(map.len());
     for (name, value) in map {
         let entry_err = |problem: String| GitlabSecretsError::Entry {
-            name: super::name::printable(name),
+            name: printable(name),
             problem,
         };
         let secret_name = SecretName::new(name).map_err(|e| entry_err(e.to_string()))?;
@@ -108,12 +112,12 @@ pub fn from_gitlab_secrets(
             });
         let mount = vault.engine.path.trim_matches('/').to_owned();
         let path = vault.path.trim_matches('/').to_owned();
-        super::check_vault_location(&mount, &path).map_err(|problem| {
+        check_vault_location(&mount, &path).map_err(|problem| {
             entry_err(format!(
                 "the Vault location {:?} (engine path {:?}, path {:?}) {problem}",
-                super::name::printable(&format!("{mount}/{path}")),
-                super::name::printable(&mount),
-                super::name::printable(&path),
+                printable(&format!("{mount}/{path}")),
+                printable(&mount),
+                printable(&path),
             ))
         })?;
         let role = vault
@@ -161,7 +165,7 @@ mod tests {
     use super::*;
 
     fn fixture() -> serde_json::Value {
-        let text = include_str!("../../tests/fixtures/job-response-vault-example.json");
+        let text = include_str!("../gitlab/fixtures/job-response-vault-example.json");
         let job: serde_json::Value = serde_json::from_str(text).unwrap();
         job["secrets"].clone()
     }
