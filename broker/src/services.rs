@@ -2,7 +2,7 @@
 //! connections on one of its ports, or once the wait timed out (with a warning in the trace,
 //! as gitlab-runner's "probably didn't start properly"). The broker does the probing because it
 //! shares the pod's loopback with the services and already writes to the trace; the script
-//! waits on [`contract::SERVICES_FIFO`], which the broker opens once it is done.
+//! waits on [`keyhole_contract::SERVICES_FIFO`], which the broker opens once it is done.
 
 use std::path::Path;
 use std::time::{Duration, Instant};

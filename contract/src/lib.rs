@@ -6,9 +6,9 @@
 //!
 //! * the crate root: container, volume, file and Secret-key names of the job pod, the services
 //!   wait, the end-of-log marker and the broker's exit codes.
-//! * [`env`]: every `KEYHOLE_*` environment variable name (the broker's settings and the
+//! * [`env`](mod@env): every `KEYHOLE_*` environment variable name (the broker's settings and the
 //!   runner's own).
-//! * [`reference`]: the secret reference model and the `KEYHOLE_SECRET_<NAME>` grammar; uses
+//! * [`reference`](mod@reference): the secret reference model and the `KEYHOLE_SECRET_<NAME>` grammar; uses
 //!   nothing else here.
 //! * [`transfer`]: the plan of the transfer containers (artifacts, caches), which the runner
 //!   writes into the per-job Secret.
