@@ -169,6 +169,14 @@ async fn schema_and_templates_refuse_bad_values_and_say_which() {
         ),
         (&["--set", "tenants[0].serviceAccount=app"], &["tenants"]),
         (
+            &["--set", "imageRegistry=https://registry.example.com"],
+            &["/imageRegistry", "does not match pattern"],
+        ),
+        (
+            &["--set", "imageTag=v1/2"],
+            &["/imageTag", "does not match pattern"],
+        ),
+        (
             &[
                 "--set",
                 "tenants[0].project=a/b",
@@ -186,6 +194,78 @@ async fn schema_and_templates_refuse_bad_values_and_say_which() {
             assert!(err.contains(needle), "{args:?}: {needle:?} not in: {err}");
         }
     }
+}
+
+/// Issue 13: the chart's images are the three scripts/build-images makes, under
+/// `imageRegistry` with `imageTag` (default: the chart's appVersion, the script's default tag);
+/// a value naming an image of its own wins for that image only.
+#[tokio::test]
+async fn the_charts_images_are_those_build_images_makes_unless_named() {
+    let bed = TestBed::connect().await;
+    let images = |extra: &[&str]| {
+        let mut args = vec![
+            "--show-only",
+            "templates/deployment.yaml",
+            "--show-only",
+            "templates/configmap.yaml",
+        ];
+        args.extend_from_slice(extra);
+        let rendered = helm_template(&bed, &args).unwrap_or_else(|e| panic!("{e}"));
+        let docs = documents(&rendered);
+        let runner =
+            only(&docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["image"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+        let config: toml::Table = toml::from_str(
+            only(&docs, "ConfigMap")["data"]["config.toml"]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap();
+        let keyhole = &config["runners"].as_array().unwrap()[0]["keyhole"];
+        let named = |key: &str| keyhole[key].as_str().unwrap().to_owned();
+        (runner, named("broker_image"), named("git_image"))
+    };
+    let version = env!("CARGO_PKG_VERSION");
+    assert_eq!(
+        images(&[]),
+        (
+            format!("registry.example.com/keyhole/runner:{version}"),
+            format!("registry.example.com/keyhole/broker:{version}"),
+            format!("registry.example.com/keyhole/checkout:{version}"),
+        )
+    );
+    assert_eq!(
+        images(&[
+            "--set",
+            "imageRegistry=reg.internal:5000/ci",
+            "--set",
+            "imageTag=rc1"
+        ]),
+        (
+            "reg.internal:5000/ci/runner:rc1".to_owned(),
+            "reg.internal:5000/ci/broker:rc1".to_owned(),
+            "reg.internal:5000/ci/checkout:rc1".to_owned(),
+        )
+    );
+    assert_eq!(
+        images(&[
+            "--set",
+            "image.repository=mirror/runner",
+            "--set",
+            "image.tag=pinned",
+            "--set",
+            "broker.image=mirror/broker@sha256:0123",
+            "--set",
+            "jobs.gitImage=mirror/git:2",
+        ]),
+        (
+            "mirror/runner:pinned".to_owned(),
+            "mirror/broker@sha256:0123".to_owned(),
+            "mirror/git:2".to_owned(),
+        )
+    );
 }
 
 #[tokio::test]

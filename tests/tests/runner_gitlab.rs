@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use keyhole_runner::config::{Config, ServiceAccountRule, UserNamespaceRoot};
-use keyhole_tests::coordinator::FinalStatus;
+use keyhole_tests::coordinator::{FinalState, FinalStatus};
 use keyhole_tests::gitlab_mode::{
     Setup, assert_numbered_lines_once, config, numbered_lines_script, setup, start_runner,
     start_runner_with, stop, trace_text, wait_for_trace,
@@ -1080,6 +1080,103 @@ async fn private_images_are_pulled_with_the_jobs_registry_login() {
             .map(|s| s.metadata.name.clone())
             .collect::<Vec<_>>()
     );
+}
+
+/// A job's pull policy, how it ended and its trace.
+type PolicyOutcome<'a> = (&'a str, FinalState, String);
+
+fn assert_failed_to_pull((policy, done, trace): &PolicyOutcome) {
+    assert_eq!(done.status, FinalStatus::Failed, "{policy}: {trace}");
+    assert_eq!(
+        done.failure_reason.as_deref(),
+        Some("image_pull_failure"),
+        "{policy}: {trace}"
+    );
+    assert!(trace.contains("cannot get its image"), "{policy}: {trace}");
+}
+
+fn assert_ran((policy, done, trace): &PolicyOutcome) {
+    assert_eq!(done.status, FinalStatus::Success, "{policy}: {trace}");
+    assert!(trace.contains(&format!("\nran-with-{policy}")), "{trace}");
+}
+
+/// containerd's socket on the bed (scripts/lib/up.sh, RUN_DIR).
+const CONTAINERD_SOCKET: &str = "/run/keyhole-testbed/containerd.sock";
+
+/// Issue 13: `pull_policy` as the kubelet honours it, against the bed's registry, with an image
+/// (the checkout image `scripts/test-all` pushed there) first removed from the node:
+/// - `never` fails as an image pull failure while the node lacks the image;
+/// - `if-not-present` pulls it (here with the job's login), and then runs it again *without* a
+///   login, which only works because nothing is pulled;
+/// - `always` asks the registry each time, so without a login it fails even though the node has
+///   the image.
+///
+/// Needs the images `scripts/test-all` builds and pushes to the bed's registry
+/// (`scripts/build-images --tag dev --push <registry>/keyhole`).
+#[tokio::test]
+async fn pull_policies_decide_when_the_registry_is_asked() {
+    let s = setup("glpolicy").await;
+    let registry = s.bed.env.registry().unwrap();
+    let image = format!("{}/keyhole/checkout:dev", registry.addr);
+    let password = registry.password().unwrap();
+    let mut remove = keyhole_tests::bed_command(&s.bed.env, "ctr");
+    remove.args([
+        "--address",
+        CONTAINERD_SOCKET,
+        "-n",
+        "k8s.io",
+        "images",
+        "rm",
+        &image,
+    ]);
+    let removed = keyhole_tests::run(&mut remove).unwrap();
+    let stderr = String::from_utf8_lossy(&removed.stderr);
+    assert!(
+        removed.status.success() || stderr.contains("not found"),
+        "removing {image} from the node: {stderr}"
+    );
+    let login = json!([{"type": "registry", "url": registry.addr, "username": registry.user, "password": password}]);
+    let job = |policy: &str, with_login: bool| {
+        let mut job = s
+            .gitlab
+            .job()
+            .variable("GIT_STRATEGY", "none")
+            .image_spec(json!({"name": image, "pull_policy": [policy]}))
+            .script([format!("echo ran-with-{policy}")]);
+        if with_login {
+            job = job.credentials(login.clone());
+        }
+        job.enqueue().unwrap()
+    };
+    let (tx, handle) = start_runner(&s);
+    let mut outcomes = Vec::new();
+    // One at a time: each step depends on what the node holds after the one before.
+    for (policy, with_login) in [
+        ("never", true),
+        ("if-not-present", true),
+        ("if-not-present", false),
+        ("always", false),
+    ] {
+        let enqueued = job(policy, with_login);
+        let done = s
+            .gitlab
+            .wait_for_final(enqueued.id, Duration::from_secs(180))
+            .await
+            .unwrap();
+        outcomes.push((policy, done, trace_text(&s, enqueued.id)));
+    }
+    stop(tx, handle).await;
+    assert_failed_to_pull(&outcomes[0]);
+    assert_ran(&outcomes[1]);
+    assert_ran(&outcomes[2]);
+    assert_failed_to_pull(&outcomes[3]);
+    assert!(
+        outcomes
+            .iter()
+            .all(|(_, _, trace)| !trace.contains(&password)),
+        "the registry password reached a trace"
+    );
+    no_job_pods_left(&s).await;
 }
 
 /// The bed's private registry: its address, its login, and an image only it has.

@@ -170,3 +170,24 @@ other's paths), or two tenants writing the same role (the second would replace t
 {{- end -}}
 {{- end -}}
 {{- end -}}
+
+{{/*
+The images scripts/build-images makes: <imageRegistry>/<name>:<imageTag or appVersion>, unless
+a value names an image of its own.
+*/}}
+{{- define "keyhole.imageTag" -}}
+{{- default .Chart.AppVersion .Values.imageTag -}}
+{{- end }}
+
+{{- define "keyhole.runnerImage" -}}
+{{- $repository := default (printf "%s/runner" .Values.imageRegistry) .Values.image.repository -}}
+{{- printf "%s:%s" $repository (default (include "keyhole.imageTag" .) .Values.image.tag) -}}
+{{- end }}
+
+{{- define "keyhole.brokerImage" -}}
+{{- default (printf "%s/broker:%s" .Values.imageRegistry (include "keyhole.imageTag" .)) .Values.broker.image -}}
+{{- end }}
+
+{{- define "keyhole.checkoutImage" -}}
+{{- default (printf "%s/checkout:%s" .Values.imageRegistry (include "keyhole.imageTag" .)) .Values.jobs.gitImage -}}
+{{- end }}
