@@ -5,7 +5,12 @@
 set -euo pipefail
 scripts/testbed status >/dev/null || { echo "test bed not up: run scripts/testbed up" >&2; exit 1; }
 eval "$(scripts/testbed env)"
-command -v /usr/bin/time >/dev/null || apt-get install -y -qq time >/dev/null
+if [[ ! -x /usr/bin/time ]]; then
+  # GNU time measures each run's peak RSS (P2). Installed in the open, never silently.
+  ((EUID == 0)) || { echo "bench: needs GNU time (/usr/bin/time): apt-get install time" >&2; exit 1; }
+  echo "bench: installing GNU time for the peak RSS figures (apt-get install time)" >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y time >&2 || { echo "bench: apt-get install time failed" >&2; exit 1; }
+fi
 RUNS=${RUNS:-5}
 ns=keyhole-bench
 work=$(mktemp -d /dev/shm/keyhole-bench.XXXXXX)
@@ -84,9 +89,17 @@ agent_run() {
 
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 k_us=(); k_rss=(); a_us=(); a_rss=()
+# measured NAME OUTPUT: a run's "<microseconds> <KiB>", or the bench stops saying which run failed
+# (a figure from a failed run would be empty or wrong, never printed).
+measured() {
+  [[ $2 =~ ^[0-9]+\ [0-9]+$ ]] || { echo "bench: a $1 run measured nothing (got '$2'); see the errors above" >&2; exit 1; }
+}
 for _ in $(seq "$RUNS"); do
-  read -r us rss < <(keyhole_run); k_us+=("$us"); k_rss+=("$rss")
-  read -r us rss < <(agent_run); a_us+=("$us"); a_rss+=("$rss")
+  # Command substitution, not `< <(...)`: a failing run fails the bench.
+  result=$(keyhole_run); measured keyhole-broker "$result"
+  read -r us rss <<<"$result"; k_us+=("$us"); k_rss+=("$rss")
+  result=$(agent_run); measured "Vault Agent" "$result"
+  read -r us rss <<<"$result"; a_us+=("$us"); a_rss+=("$rss")
 done
 k_ms=$(printf '%s\n' "${k_us[@]}" | median); a_ms=$(printf '%s\n' "${a_us[@]}" | median)
 k_kib=$(printf '%s\n' "${k_rss[@]}" | median); a_kib=$(printf '%s\n' "${a_rss[@]}" | median)

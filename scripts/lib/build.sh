@@ -206,9 +206,14 @@ install_debian_packages() {
     die "apt-get install ${missing[*]} failed"
 }
 
+# The parts `scripts/testbed build [PART]` knows.
+BUILD_PARTS=(etcd kubernetes containerd runc helm vault redis registry s3)
+
 cmd_build() {
-  install_debian_packages
   local only=${1:-all}
+  [[ $only == all || " ${BUILD_PARTS[*]} " == *" $only "* ]] ||
+    die "unknown part '$only': scripts/testbed build [$(IFS='|' && echo "${BUILD_PARTS[*]}")]"
+  install_debian_packages
   [[ $only == all || $only == etcd ]] && build_part etcd "$ETCD_VERSION" build_etcd
   [[ $only == all || $only == kubernetes ]] && build_part kubernetes "$KUBERNETES_VERSION" build_kubernetes
   [[ $only == all || $only == containerd ]] && build_part containerd "$CONTAINERD_VERSION" build_containerd

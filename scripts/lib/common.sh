@@ -40,6 +40,8 @@ GIT_IMAGE=${GIT_IMAGE:-keyhole.local/git:2}
 KEYHOLE_CACHE=${KEYHOLE_CACHE:-/var/cache/keyhole-testbed}
 # Running state (PKI, data dirs, pids, logs) of one bed; `down` removes it.
 KEYHOLE_TESTBED_DIR=${KEYHOLE_TESTBED_DIR:-/var/lib/keyhole-testbed}
+# The file `up` leaves in KEYHOLE_TESTBED_DIR: `down` removes no directory without it.
+BED_MARKER=.keyhole-testbed
 
 export GOMODCACHE="$KEYHOLE_CACHE/go/mod"
 export GOCACHE="$KEYHOLE_CACHE/go/build"

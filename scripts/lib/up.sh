@@ -510,9 +510,12 @@ cmd_up() {
     # started before the registry was part of it cannot get it in place: start it afresh.
     log "the running bed has no working registry: restarting it"
   fi
+  refuse_foreign_dir "$KEYHOLE_TESTBED_DIR"
   cmd_down >/dev/null 2>&1 || true
   local t0=$SECONDS
   mkdir -p "$KEYHOLE_TESTBED_DIR"/{pids,logs}
+  # What `down` checks before it removes the directory: it removes only a bed's own state.
+  touch "$KEYHOLE_TESTBED_DIR/$BED_MARKER"
   link_binaries
   generate_pki
   write_kubeconfig "$KEYHOLE_TESTBED_DIR/admin.kubeconfig" admin
@@ -593,9 +596,21 @@ unmount_under() { # dir: unmounts every mount below it, deepest first
   done
 }
 
+# is_bed_dir DIR: DIR is a bed's state: `up` left its marker there (or, from before the marker,
+# its pids/ and admin.kubeconfig). `up` and `down` write into and remove no other directory.
+is_bed_dir() {
+  [[ -f $1/$BED_MARKER ]] || [[ -d $1/pids && -f $1/admin.kubeconfig ]]
+}
+
+refuse_foreign_dir() {
+  [[ ! -e $1 ]] || is_bed_dir "$1" ||
+    die "$1 is not a test bed's state (no $BED_MARKER): not using or removing it; point KEYHOLE_TESTBED_DIR at a new or a bed's directory"
+}
+
 cmd_down() {
   local d=$KEYHOLE_TESTBED_DIR
   [[ -d $d ]] || return 0
+  refuse_foreign_dir "$d"
   if pid_alive kube-apiserver && pid_alive kubelet; then
     # Let the kubelet tear pods down through CRI so their network namespaces and mounts go too.
     kubectl_admin delete pods --all --all-namespaces --grace-period=0 --force --wait=false >/dev/null 2>&1 || true
