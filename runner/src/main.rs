@@ -269,7 +269,18 @@ async fn exec(args: &LocalArgs) -> Result<i32> {
 }
 
 fn main() {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // --help and --version print to stdout and succeed; a usage mistake is EX_USAGE.
+        Err(e) => {
+            let _ = e.print();
+            std::process::exit(if e.use_stderr() {
+                failure::USAGE.into()
+            } else {
+                0
+            });
+        }
+    };
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let result = match cli.command {
         Command::Render(args) => render(&args).map(|()| 0),
@@ -290,8 +301,127 @@ fn main() {
     match result {
         Ok(code) => std::process::exit(code),
         Err(e) => {
-            eprintln!("keyhole-runner: error: {e:#}");
-            std::process::exit(2);
+            let (code, message) = failure::report(&e);
+            eprint!("{message}");
+            std::process::exit(code.into());
+        }
+    }
+}
+
+/// How the binary ends when a command fails (not when a job fails: `exec` exits with the
+/// script's code). Exit codes from sysexits(3), so scripts and supervisors can tell a mistake to
+/// fix from a dependency to wait for; the message is the error and, one per line, its causes.
+mod failure {
+    use keyhole_runner::config::ConfigError;
+    use keyhole_runner::gitlab::GitlabError;
+    use keyhole_runner::pipeline::PipelineError;
+
+    /// EX_USAGE: bad flags, a config file or `.gitlab-ci.yml` the runner refuses, a token GitLab
+    /// refuses. Fix the input; running again unchanged fails the same way.
+    pub const USAGE: u8 = 64;
+    /// EX_UNAVAILABLE: GitLab or the Kubernetes API cannot be reached. Running again later may
+    /// work.
+    pub const UNAVAILABLE: u8 = 69;
+    /// Anything else, e.g. `verify` found problems.
+    pub const OTHER: u8 = 1;
+
+    /// The exit code and the text for stderr: `keyhole-runner: error: <what>` and a
+    /// `  Caused by: <why>` line per cause (ripgrep's and uv's shape).
+    pub fn report(err: &anyhow::Error) -> (u8, String) {
+        let mut text = format!("keyhole-runner: error: {err}\n");
+        for cause in err.chain().skip(1) {
+            // A cause of several lines keeps them under its own.
+            let cause = cause.to_string().replace('\n', "\n    ");
+            text.push_str(&format!("  Caused by: {cause}\n"));
+        }
+        (exit_code(err), text)
+    }
+
+    /// The most telling cause decides: the first one in the chain this knows.
+    fn exit_code(err: &anyhow::Error) -> u8 {
+        err.chain().find_map(code_of).unwrap_or(OTHER)
+    }
+
+    fn code_of(cause: &(dyn std::error::Error + 'static)) -> Option<u8> {
+        if cause.is::<ConfigError>() || cause.is::<PipelineError>() {
+            return Some(USAGE);
+        }
+        if let Some(e) = cause.downcast_ref::<GitlabError>() {
+            return match e {
+                GitlabError::Unreachable { .. } | GitlabError::GaveUp { .. } => Some(UNAVAILABLE),
+                GitlabError::InvalidRunnerToken { .. } | GitlabError::Config { .. } => Some(USAGE),
+                GitlabError::Status { status, .. } if *status >= 500 => Some(UNAVAILABLE),
+                _ => None,
+            };
+        }
+        if let Some(e) = cause.downcast_ref::<kube::Error>() {
+            return matches!(e, kube::Error::HyperError(_) | kube::Error::Service(_))
+                .then_some(UNAVAILABLE);
+        }
+        if cause.is::<kube::config::InferConfigError>()
+            || cause.is::<kube::config::KubeconfigError>()
+        {
+            return Some(USAGE);
+        }
+        None
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use anyhow::Context as _;
+
+        fn refused_config() -> anyhow::Error {
+            let text = "[[runners]]\nurl = \"https://gitlab.example.com\"\n[runners.kubernetes]\nprivileged = true\n";
+            keyhole_runner::config::load_str(text, "config.toml", &|_| None)
+                .map(|_| ())
+                .context("loading the runner config")
+                .unwrap_err()
+        }
+
+        #[test]
+        fn a_refused_config_is_a_usage_error_with_its_causes() {
+            let (code, text) = report(&refused_config());
+            assert_eq!(code, USAGE);
+            insta::assert_snapshot!(text);
+        }
+
+        #[test]
+        fn an_unreachable_gitlab_is_unavailable() {
+            let err = anyhow::Error::new(GitlabError::Unreachable {
+                action: "verify the runner token".into(),
+                reason: "could not connect: Connection refused (os error 111)".into(),
+            })
+            .context("starting the runner");
+            let (code, text) = report(&err);
+            assert_eq!(code, UNAVAILABLE);
+            insta::assert_snapshot!(text);
+        }
+
+        #[test]
+        fn a_refused_token_is_a_usage_error_and_a_5xx_is_unavailable() {
+            let token = anyhow::Error::new(GitlabError::InvalidRunnerToken {
+                action: "verify the runner token".into(),
+            });
+            assert_eq!(report(&token).0, USAGE);
+            let status = |status| {
+                anyhow::Error::new(GitlabError::Status {
+                    action: "request a job".into(),
+                    status,
+                    hint: "",
+                })
+            };
+            assert_eq!(report(&status(502)).0, UNAVAILABLE);
+            assert_eq!(report(&status(404)).0, OTHER);
+        }
+
+        #[test]
+        fn other_errors_exit_1() {
+            let err = anyhow::anyhow!("2 problem(s) found");
+            assert_eq!(
+                report(&err),
+                (OTHER, "keyhole-runner: error: 2 problem(s) found\n".into())
+            );
         }
     }
 }

@@ -81,16 +81,17 @@ fn render_prints_the_pod_and_a_redacted_secret_without_a_cluster() {
 #[test]
 fn unknown_jobs_and_bad_files_say_what_to_do() {
     let (code, out) = run(&["render", "examples/vault-kv/.gitlab-ci.yml", "nope"], &[]);
-    assert_ne!(code, 0);
+    assert_eq!(code, 64, "EX_USAGE: {out}");
     assert!(
         out.contains("nope") && out.contains("read-secrets"),
         "{out}"
     );
     let (code, out) = run(&["render", "examples/no-such/.gitlab-ci.yml", "x"], &[]);
-    assert_ne!(code, 0);
+    assert_eq!(code, 64, "EX_USAGE: {out}");
     assert!(out.contains("examples/no-such/.gitlab-ci.yml"), "{out}");
     let (code, out) = run(&["verify", "--config", "/nonexistent/config.toml"], &[]);
-    assert_ne!(code, 0);
+    assert_eq!(code, 64, "EX_USAGE: {out}");
+    assert!(out.starts_with("keyhole-runner: error: "), "{out}");
     assert!(
         out.contains("/nonexistent/config.toml") && out.contains("--config"),
         "{out}"
@@ -111,7 +112,7 @@ fn run_refuses_a_config_asking_for_what_keyhole_does_not_do() {
     .unwrap();
     let (code, out) = run(&["run", "--config", config.to_str().unwrap()], &[]);
     std::fs::remove_dir_all(&dir).unwrap();
-    assert_ne!(code, 0, "{out}");
+    assert_eq!(code, 64, "EX_USAGE: {out}");
     assert!(out.contains("will not start"), "{out}");
     assert!(
         out.contains("runners[0].kubernetes.privileged: job pods always pass PodSecurity"),
@@ -253,7 +254,7 @@ async fn verify_checks_the_token_the_runners_rights_and_vault() {
         &["verify", "--config", config.to_str().unwrap()],
         &[("KUBECONFIG", &kube)],
     );
-    assert_ne!(code, 0, "{out}");
+    assert_eq!(code, 1, "problems found: {out}");
     assert!(out.contains("PROBLEM  GitLab"), "{out}");
     assert!(
         out.contains("PROBLEM  the runner may get secrets, delete secrets"),
@@ -292,7 +293,7 @@ fn version_names_the_commit_and_completions_cover_every_command() {
         }
     }
     let (code, out) = run(&["completion", "tcsh"], &[]);
-    assert_ne!(code, 0);
+    assert_eq!(code, 64, "EX_USAGE: {out}");
     assert!(
         out.contains("bash") && out.contains("fish"),
         "names the shells: {out}"
