@@ -262,6 +262,19 @@ pub async fn user_namespace_probe(
     })
 }
 
+/// An error and its causes on one line: reqwest's own text ("error sending request for url")
+/// leaves out why (refused, timed out, an untrusted certificate).
+fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut cause = err.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
 async fn check_vault(runner: &RunnerConfig, report: &mut VerifyReport) {
     let k = &runner.keyhole;
     report.ok(format!("broker image {}", k.broker_image));
@@ -285,7 +298,13 @@ async fn check_vault(runner: &RunnerConfig, report: &mut VerifyReport) {
             s => report.problem(format!("Vault {addr} answered {s} to sys/health")),
         },
         Err(e) => report.note(format!(
-            "Vault {addr} cannot be reached from here ({e}); job pods may still reach it, check the NetworkPolicy"
+            "Vault {addr} cannot be reached from here ({}); job pods may still reach it, check the NetworkPolicy{}",
+            error_chain(&e),
+            if k.vault_ca_config_map.is_some() {
+                " (the brokers trust vault_ca_config_map's CA, this check only the system's)"
+            } else {
+                ""
+            }
         )),
     }
     if !k.vault_allowed.is_empty()
@@ -301,6 +320,22 @@ async fn check_vault(runner: &RunnerConfig, report: &mut VerifyReport) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("error sending request")]
+    struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn an_error_chain_says_why() {
+        let err = Outer(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "invalid peer certificate: UnknownIssuer",
+        ));
+        assert_eq!(
+            error_chain(&err),
+            "error sending request: invalid peer certificate: UnknownIssuer"
+        );
+    }
 
     /// `verify` would report a right as both missing and extra; the chart's Role is checked
     /// against NEEDED by the deploy tests, so this also keeps UNWANTED out of the chart.
