@@ -2,7 +2,8 @@
 //! shell blocks and runs them in order (namespace, token and pull Secrets, values file, `helm
 //! install --wait`, the Vault secret and role, `keyhole-runner verify` in the runner pod), then
 //! hands GitLab's side of the section's `.gitlab-ci.yml` to the runner through the coordinator.
-//! So the quick start cannot drift from what works.
+//! So the quick start cannot drift from what works. And the images as they ship: no shell, a
+//! numeric non-root user (docs/security.md).
 //!
 //! What the test supplies, and why:
 //! - The settings block's variables: the bed's registry, coordinator, Vault and a namespace of
@@ -20,13 +21,14 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use std::net::SocketAddr;
 
+use k8s_openapi::api::core::v1::Pod;
 use keyhole_tests::coordinator::FinalStatus;
 use keyhole_tests::{
-    BedEnv, Coordinator, CoordinatorOptions, TestBed, bed_command, bed_script, repo_dir, run,
-    run_ok,
+    BedEnv, Coordinator, CoordinatorOptions, TestBed, TestNamespace, bed_command, bed_script,
+    pod_logs, repo_dir, run, run_ok, run_pod_to_completion,
 };
+use kube::Api;
 use serde_json::{Value, json};
 
 /// The section of README.md the test runs.
@@ -249,11 +251,7 @@ async fn the_readmes_quick_start_runs_a_pipeline_with_a_vault_secret() {
         "step 1 (scripts/build-images) is the one block test-all runs instead"
     );
 
-    let gitlab = Coordinator::start(CoordinatorOptions {
-        bind: SocketAddr::from(([10, 213, 0, 1], 0)),
-        long_poll: Duration::from_secs(5),
-        ..CoordinatorOptions::default()
-    })
+    let gitlab = Coordinator::start(CoordinatorOptions::on_bed_bridge(Duration::from_secs(5)))
     .await
     .unwrap();
     let work = tempfile::tempdir().unwrap();
@@ -366,4 +364,81 @@ async fn the_readmes_quick_start_runs_a_pipeline_with_a_vault_secret() {
         !trace.contains(password.trim()),
         "the password reached the job log"
     );
+}
+
+/// The runner and broker images (as `scripts/test-all` pulled them from the bed's registry):
+/// their binary runs as the image's own user under `runAsNonRoot` with no `runAsUser` (so the
+/// image names a numeric non-root uid), and there is no shell to land in: `/bin/sh` does not
+/// start.
+#[tokio::test]
+async fn the_shipped_images_run_as_a_numeric_non_root_user_and_have_no_shell() {
+    let bed = TestBed::connect().await;
+    let ns = TestNamespace::create(
+        &bed,
+        "images",
+        &[("pod-security.kubernetes.io/enforce", "restricted")],
+    )
+    .await
+    .unwrap();
+    let pods: Api<Pod> = ns.api();
+    for (image, binary) in [
+        ("keyhole.local/runner:dev", "keyhole-runner"),
+        ("keyhole.local/broker:dev", "keyhole-broker"),
+    ] {
+        let pod = |name: &str, command: &[&str]| -> Pod {
+            serde_json::from_value(json!({
+                "metadata": {"name": name},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "automountServiceAccountToken": false,
+                    "securityContext": {"runAsNonRoot": true, "seccompProfile": {"type": "RuntimeDefault"}},
+                    "containers": [{
+                        "name": "c", "image": image, "imagePullPolicy": "Never", "command": command,
+                        "securityContext": {"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
+                                            "capabilities": {"drop": ["ALL"]}},
+                    }],
+                },
+            }))
+            .unwrap()
+        };
+        let version = format!("{binary}-version");
+        let done = run_pod_to_completion(
+            &pods,
+            &pod(
+                &version,
+                &[&format!("/usr/local/bin/{binary}"), "--version"],
+            ),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            done.status.as_ref().and_then(|s| s.phase.as_deref()),
+            Some("Succeeded"),
+            "{image}: {:?}",
+            done.status
+        );
+        let log = pod_logs(&pods, &version, "c").await.unwrap();
+        assert!(log.contains(env!("CARGO_PKG_VERSION")), "{image}: {log}");
+        let shell = format!("{binary}-shell");
+        let done = run_pod_to_completion(&pods, &pod(&shell, &["/bin/sh", "-c", "true"]))
+            .await
+            .unwrap();
+        let state = done
+            .status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref())
+            .and_then(|c| c.first())
+            .and_then(|c| c.state.as_ref())
+            .and_then(|s| s.terminated.as_ref())
+            .unwrap_or_else(|| panic!("{image}: /bin/sh did not end: {:?}", done.status));
+        assert_eq!(
+            state.reason.as_deref(),
+            Some("StartError"),
+            "{image}: {state:?}"
+        );
+        assert!(
+            state.message.as_deref().unwrap_or("").contains("/bin/sh"),
+            "{image}: {state:?}"
+        );
+    }
 }
