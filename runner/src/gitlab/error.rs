@@ -3,8 +3,6 @@
 
 use std::time::Duration;
 
-use super::payload::PayloadError;
-
 /// Why a call to GitLab failed.
 #[derive(Debug, thiserror::Error)]
 pub enum GitlabError {
@@ -107,6 +105,38 @@ impl GitlabError {
 /// Statuses that say "try again later".
 pub(crate) fn is_transient_status(status: u16) -> bool {
     matches!(status, 408 | 429 | 500..=599)
+}
+
+/// Why a job payload could not be read. Never holds a value from the payload.
+#[derive(Debug, thiserror::Error)]
+pub enum PayloadError {
+    #[error(
+        "the job payload from GitLab is not valid JSON ({category} at line {line}, column {column}); \
+         check that the runner's `url` points at GitLab itself and not at a proxy error page"
+    )]
+    Syntax {
+        category: &'static str,
+        line: usize,
+        column: usize,
+    },
+    #[error(
+        "the job payload from GitLab has no `{field}`, which keyhole-runner needs; this GitLab \
+         version may not be supported (report it with the field name)"
+    )]
+    Missing { field: String },
+    #[error(
+        "in the job payload from GitLab, `{field}` is {found} where {expected} was expected; this \
+         GitLab version may not be supported (report it with the field name)"
+    )]
+    WrongType {
+        field: String,
+        expected: &'static str,
+        found: &'static str,
+    },
+    #[error("in the job payload from GitLab, `{field}` {reason}")]
+    Invalid { field: String, reason: String },
+    #[error("the job uses `{field}`, which keyhole-runner does not support: {reason}")]
+    Unsupported { field: String, reason: String },
 }
 
 #[cfg(test)]

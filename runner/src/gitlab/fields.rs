@@ -7,7 +7,7 @@
 
 use serde_json::{Map, Value};
 
-use super::payload::PayloadError;
+use super::error::PayloadError;
 
 /// A JSON object together with its path in the payload, for error messages.
 #[derive(Clone)]

@@ -8,6 +8,7 @@
 use secrecy::SecretString;
 use serde_json::Value;
 
+use super::error::PayloadError;
 use super::fields::Obj;
 use crate::job::{
     GitCheckout, GitStrategy, Image, Job, Project, RegistryCredential, Service, Variable,
@@ -31,38 +32,6 @@ pub struct GitlabFeatures {
     pub token_mask_prefixes: Vec<String>,
     /// GitLab renders `section_start`/`section_end` markers in the trace.
     pub trace_sections: bool,
-}
-
-/// Why a job payload could not be read. Never holds a value from the payload.
-#[derive(Debug, thiserror::Error)]
-pub enum PayloadError {
-    #[error(
-        "the job payload from GitLab is not valid JSON ({category} at line {line}, column {column}); \
-         check that the runner's `url` points at GitLab itself and not at a proxy error page"
-    )]
-    Syntax {
-        category: &'static str,
-        line: usize,
-        column: usize,
-    },
-    #[error(
-        "the job payload from GitLab has no `{field}`, which keyhole-runner needs; this GitLab \
-         version may not be supported (report it with the field name)"
-    )]
-    Missing { field: String },
-    #[error(
-        "in the job payload from GitLab, `{field}` is {found} where {expected} was expected; this \
-         GitLab version may not be supported (report it with the field name)"
-    )]
-    WrongType {
-        field: String,
-        expected: &'static str,
-        found: &'static str,
-    },
-    #[error("in the job payload from GitLab, `{field}` {reason}")]
-    Invalid { field: String, reason: String },
-    #[error("the job uses `{field}`, which keyhole-runner does not support: {reason}")]
-    Unsupported { field: String, reason: String },
 }
 
 /// Parses a `jobs/request` 201 body.

@@ -18,15 +18,15 @@ use serde_json::{Value, json};
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
-use super::client::{GitlabClient, header, retry_until, token_header, transient_status_to_error};
 use super::error::GitlabError;
+use super::http::{Http, header, retry_until, token_header, transient_status_to_error};
 use super::outcome::JobOutcome;
 use super::protocol::{
     JOB_STATUS_HEADER, JOB_TOKEN_HEADER, RemoteStatus, TRACE_UPDATE_INTERVAL_HEADER, content_range,
     parse_range_size, parse_update_interval,
 };
 use super::retry::Backoff;
-use super::trace::{Resync, TraceBuffer, TraceSender};
+use super::trace::{Resync, TraceBuffer};
 
 /// The runner's handle on one job. Cheap to clone; clones share the trace and the status.
 #[derive(Clone)]
@@ -46,7 +46,7 @@ impl fmt::Debug for JobSession {
 }
 
 struct SessionInner {
-    client: GitlabClient,
+    http: Arc<Http>,
     job_id: u64,
     token: SecretString,
     state: Mutex<TraceState>,
@@ -94,11 +94,11 @@ enum Patched {
 }
 
 impl JobSession {
-    pub(super) fn new(client: GitlabClient, job_id: u64, token: SecretString) -> Self {
-        let trace = client.config().trace;
+    pub(super) fn new(http: Arc<Http>, job_id: u64, token: SecretString) -> Self {
+        let trace = http.config().trace;
         Self {
             inner: Arc::new(SessionInner {
-                client,
+                http,
                 job_id,
                 token,
                 state: Mutex::new(TraceState {
@@ -165,7 +165,7 @@ impl JobSession {
     /// [`GitlabError::JobGone`] when GitLab no longer knows the job as this runner's.
     pub async fn finish(&self, outcome: JobOutcome) -> Result<(), GitlabError> {
         let inner = &self.inner;
-        let config = inner.client.config();
+        let config = inner.http.config();
         let give_up = Instant::now() + config.final_update_deadline;
         let action = format!("report the end of job {}", inner.job_id);
         inner.finishing.store(true, Ordering::SeqCst);
@@ -226,7 +226,7 @@ impl JobSession {
     pub(super) async fn append(&self, bytes: &[u8]) -> Result<(), GitlabError> {
         let inner = &self.inner;
         inner.ensure_loop();
-        let max_patch = inner.client.config().trace.max_patch;
+        let max_patch = inner.http.config().trace.max_patch;
         let mut rest = bytes;
         while !rest.is_empty() {
             // Registered before looking at the buffer, so that a wake-up between the look
@@ -264,7 +264,7 @@ impl JobSession {
     }
 
     pub(super) async fn flush(&self) -> Result<RemoteStatus, GitlabError> {
-        let give_up = Instant::now() + self.inner.client.config().retry.deadline;
+        let give_up = Instant::now() + self.inner.http.config().retry.deadline;
         self.inner.flush_until(give_up).await
     }
 
@@ -280,8 +280,7 @@ impl SessionInner {
     }
 
     fn url(&self, suffix: &str) -> Result<Url, GitlabError> {
-        self.client
-            .endpoint(&format!("jobs/{}{suffix}", self.job_id))
+        self.http.endpoint(&format!("jobs/{}{suffix}", self.job_id))
     }
 
     fn interval(&self) -> Duration {
@@ -356,9 +355,8 @@ impl SessionInner {
     /// One `PUT jobs/:id`; the caller holds `send_lock`.
     async fn put_state(&self, body: &Value, action: &str) -> Result<PutAnswer, GitlabError> {
         let response = self
-            .client
-            .inner
             .http
+            .client
             .put(self.url("")?)
             .headers(self.job_token_header()?)
             .json(body)
@@ -385,9 +383,9 @@ impl SessionInner {
         let action = format!("update job {}", self.job_id);
         let body = json!({ "token": self.token.expose_secret(), "state": "running" });
         let (body, action_ref) = (&body, action.as_str());
-        let give_up = Instant::now() + self.client.config().retry.deadline;
+        let give_up = Instant::now() + self.http.config().retry.deadline;
         retry_until(
-            self.client.config().retry,
+            self.http.config().retry,
             give_up,
             &action,
             move || async move {
@@ -404,7 +402,7 @@ impl SessionInner {
     /// Sends the next chunk of the trace, if any.
     async fn patch_once(&self) -> Result<Patched, GitlabError> {
         let _one_at_a_time = self.send_lock.lock().await;
-        let max_patch = self.client.config().trace.max_patch;
+        let max_patch = self.http.config().trace.max_patch;
         let chunk = {
             let state = self.lock();
             if let Some(Closed::Gone(status)) = state.closed {
@@ -425,9 +423,8 @@ impl SessionInner {
             reason: "the trace is longer than 2^64 bytes".into(),
         })?;
         let response = self
-            .client
-            .inner
             .http
+            .client
             .patch(self.url("/trace")?)
             .headers(self.job_token_header()?)
             .header(CONTENT_RANGE, range)
@@ -476,7 +473,7 @@ impl SessionInner {
 
     /// Sends every pending byte, retrying transient errors until `give_up`.
     async fn flush_until(&self, give_up: Instant) -> Result<RemoteStatus, GitlabError> {
-        let policy = self.client.config().retry;
+        let policy = self.http.config().retry;
         let started = Instant::now();
         let mut backoff = Backoff::new(policy);
         loop {
@@ -527,7 +524,7 @@ impl SessionInner {
 
     /// How long the background sender may sleep.
     fn idle_wait(&self) -> Duration {
-        let trace = self.client.config().trace;
+        let trace = self.http.config().trace;
         let state = self.lock();
         if state.buffer.pending() >= trace.max_patch || state.buffer.room() == 0 {
             return Duration::ZERO;
@@ -542,7 +539,7 @@ impl SessionInner {
 
     fn keep_alive_due(&self) -> bool {
         !self.finishing.load(Ordering::SeqCst)
-            && self.lock().last_contact.elapsed() >= self.client.config().trace.keep_alive_interval
+            && self.lock().last_contact.elapsed() >= self.http.config().trace.keep_alive_interval
     }
 
     fn is_closed(&self) -> bool {
@@ -577,7 +574,7 @@ async fn run_sender(session: Weak<SessionInner>, wake: Arc<Notify>) {
                 return;
             }
             if backoff.is_none() {
-                backoff = Some(Backoff::new(inner.client.config().retry));
+                backoff = Some(Backoff::new(inner.http.config().retry));
             }
             retry_in.unwrap_or_else(|| inner.idle_wait())
         };
@@ -618,5 +615,32 @@ async fn run_sender(session: Weak<SessionInner>, wake: Arc<Notify>) {
                 Ok(_) => {}
             }
         }
+    }
+}
+
+/// The executor's handle on a job's trace. Cheap to clone; all clones feed one stream.
+#[derive(Debug, Clone)]
+pub struct TraceSender {
+    session: JobSession,
+}
+
+impl TraceSender {
+    /// Appends log bytes. Returns once all of them are buffered; waits while the buffer is
+    /// full (see [`super::TraceConfig::buffer_limit`]). Fails with [`GitlabError::JobGone`] once
+    /// GitLab dropped the job and [`GitlabError::TraceClosed`] after `finish`.
+    pub async fn append(&self, bytes: &[u8]) -> Result<(), GitlabError> {
+        self.session.append(bytes).await
+    }
+
+    /// Sends everything appended so far, retrying transient errors within the retry
+    /// deadline, and returns GitLab's latest word on the job. A gone job gives
+    /// `Ok(RemoteStatus::Gone)`, not an error: there is nothing left to send to.
+    pub async fn flush(&self) -> Result<RemoteStatus, GitlabError> {
+        self.session.flush().await
+    }
+
+    /// Bytes GitLab has acknowledged.
+    pub fn sent(&self) -> u64 {
+        self.session.trace_acknowledged()
     }
 }

@@ -7,16 +7,14 @@
 //! response, a 5xx or a timeout never loses or duplicates a byte: the same chunk is sent
 //! again, and GitLab's 416 tells how much of it had landed.
 //!
-//! [`TraceSender`] is the handle the executor appends to; the sending itself is done by the
-//! job session (see [`super::JobSession`]).
+//! The handle the executor appends to, [`super::TraceSender`], and the sending itself are the
+//! job session's (`session.rs`); this module knows nothing of HTTP.
 
 use std::collections::VecDeque;
 use std::fmt;
 use std::time::Duration;
 
-use super::error::GitlabError;
-use super::protocol::{DEFAULT_UPDATE_INTERVAL, RemoteStatus};
-use super::session::JobSession;
+use super::protocol::DEFAULT_UPDATE_INTERVAL;
 
 /// How the trace is sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -208,33 +206,6 @@ impl TraceBuffer {
     /// Drops everything pending (the job is gone: nobody will read it).
     pub fn discard(&mut self) {
         self.pending.clear();
-    }
-}
-
-/// The executor's handle on a job's trace. Cheap to clone; all clones feed one stream.
-#[derive(Debug, Clone)]
-pub struct TraceSender {
-    pub(super) session: JobSession,
-}
-
-impl TraceSender {
-    /// Appends log bytes. Returns once all of them are buffered; waits while the buffer is
-    /// full (see [`TraceConfig::buffer_limit`]). Fails with [`GitlabError::JobGone`] once
-    /// GitLab dropped the job and [`GitlabError::TraceClosed`] after `finish`.
-    pub async fn append(&self, bytes: &[u8]) -> Result<(), GitlabError> {
-        self.session.append(bytes).await
-    }
-
-    /// Sends everything appended so far, retrying transient errors within the retry
-    /// deadline, and returns GitLab's latest word on the job. A gone job gives
-    /// `Ok(RemoteStatus::Gone)`, not an error: there is nothing left to send to.
-    pub async fn flush(&self) -> Result<RemoteStatus, GitlabError> {
-        self.session.flush().await
-    }
-
-    /// Bytes GitLab has acknowledged.
-    pub fn sent(&self) -> u64 {
-        self.session.trace_acknowledged()
     }
 }
 

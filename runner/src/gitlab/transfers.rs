@@ -5,8 +5,8 @@
 use keyhole_contract::transfer::{ArtifactUpload, Dependency, Format, When};
 use secrecy::SecretString;
 
+use super::error::PayloadError;
 use super::fields::Obj;
-use super::payload::PayloadError;
 use crate::job::{CacheEntry, Transfers};
 
 /// The three lists, validated.
@@ -138,7 +138,8 @@ mod tests {
     use secrecy::ExposeSecret as _;
     use serde_json::json;
 
-    use crate::gitlab::payload::{PayloadError, job_from_value};
+    use crate::gitlab::error::PayloadError;
+    use crate::gitlab::payload::job_from_value;
 
     fn payload(extra: serde_json::Value) -> serde_json::Value {
         let mut p = json!({
