@@ -188,24 +188,7 @@ impl<'c> Builder<'c> {
     }
 
     fn build(&self, opts: &LoadOptions) -> Result<Job, PipelineError> {
-        if let Some((key, node)) = self
-            .job
-            .iter()
-            .find(|(k, _)| !JOB_KEYS.contains(&k.as_str()))
-        {
-            return Err(self.fail(
-                &node.at,
-                Some(key),
-                "is not a GitLab job keyword (a typo? a job holds script, image, variables, ...)",
-            ));
-        }
-        if let Some(run) = self.job.get("run") {
-            return Err(self.fail(
-                &run.at,
-                Some("run"),
-                "CI/CD steps (`run:`) are not supported by keyhole-runner exec; use `script:`",
-            ));
-        }
+        self.check_keys()?;
         let defaults = self.defaults()?;
         let (inherit_default, inherit_variables) = self.inherit()?;
         let pick = |key: &str| -> Option<&'c Node> {
@@ -218,23 +201,7 @@ impl<'c> Builder<'c> {
             }
         };
 
-        let script = match self.job.get("script") {
-            Some(node) if !node.is_null() => script::commands(node, self.name, "script")?,
-            _ => {
-                return Err(self.fail(
-                    self.at,
-                    None,
-                    "has no `script:`; a job needs the commands to run",
-                ));
-            }
-        };
-        if script.is_empty() {
-            return Err(self.fail(
-                self.at,
-                Some("script"),
-                "is empty; a job needs commands to run",
-            ));
-        }
+        let script = self.script()?;
         let before_script = pick("before_script")
             .map(|n| script::commands(n, self.name, "before_script"))
             .transpose()?
@@ -263,15 +230,7 @@ impl<'c> Builder<'c> {
             .map(str::to_owned)
             .collect();
 
-        let global = match self.config.get("variables") {
-            Some(node) => variables::read(node, None)?,
-            None => Variables::new(),
-        };
-        let own = match self.job.get("variables") {
-            Some(node) => variables::read(node, Some(self.name))?,
-            None => Variables::new(),
-        };
-        let yaml_vars = variables::merge(&global, &inherit_variables, own);
+        let yaml_vars = self.yaml_variables(&inherit_variables)?;
         let gitlab_secrets = self
             .job
             .get("secrets")
@@ -312,6 +271,66 @@ impl<'c> Builder<'c> {
                 ..Transfers::default()
             },
         })
+    }
+
+    /// Refuses a key GitLab does not know in a job, and `run:` (CI/CD steps).
+    fn check_keys(&self) -> Result<(), PipelineError> {
+        if let Some((key, node)) = self
+            .job
+            .iter()
+            .find(|(k, _)| !JOB_KEYS.contains(&k.as_str()))
+        {
+            return Err(self.fail(
+                &node.at,
+                Some(key),
+                "is not a GitLab job keyword (a typo? a job holds script, image, variables, ...)",
+            ));
+        }
+        if let Some(run) = self.job.get("run") {
+            return Err(self.fail(
+                &run.at,
+                Some("run"),
+                "CI/CD steps (`run:`) are not supported by keyhole-runner exec; use `script:`",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The job's own `script:`, which it must have and which may not be empty (never taken
+    /// from `default:`).
+    fn script(&self) -> Result<Vec<String>, PipelineError> {
+        let script = match self.job.get("script") {
+            Some(node) if !node.is_null() => script::commands(node, self.name, "script")?,
+            _ => {
+                return Err(self.fail(
+                    self.at,
+                    None,
+                    "has no `script:`; a job needs the commands to run",
+                ));
+            }
+        };
+        if script.is_empty() {
+            return Err(self.fail(
+                self.at,
+                Some("script"),
+                "is empty; a job needs commands to run",
+            ));
+        }
+        Ok(script)
+    }
+
+    /// The file's global `variables:` as `inherit:variables` lets them through, then the
+    /// job's own, which win.
+    fn yaml_variables(&self, inherit: &Inherit) -> Result<Variables, PipelineError> {
+        let global = match self.config.get("variables") {
+            Some(node) => variables::read(node, None)?,
+            None => Variables::new(),
+        };
+        let own = match self.job.get("variables") {
+            Some(node) => variables::read(node, Some(self.name))?,
+            None => Variables::new(),
+        };
+        Ok(variables::merge(&global, inherit, own))
     }
 
     /// `default:` entries plus the deprecated top-level ones, refusing a key defined both ways
