@@ -120,6 +120,8 @@ where
                 metrics: None,
                 retry: crate::execute::ApiRetry::from_config(&runner.kubernetes),
                 image_pulls: true,
+                // One job: a watch of its pod alone.
+                pod_watch: None,
             })
             .await;
             interrupt.abort();

@@ -15,7 +15,7 @@ use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::config::{Config, RunnerConfig};
 use crate::execute::{
-    Control, FailureKind, JobRun, Outcome, TraceChunk, TraceWriter, execute_timed,
+    Control, FailureKind, JobRun, Outcome, PodWatch, TraceChunk, TraceWriter, execute_timed,
 };
 use crate::gitlab::{
     ClientConfig, FailureReason, GitlabClient, JobOutcome, JobPayload, JobRequest, RemoteStatus,
@@ -53,6 +53,9 @@ struct Service {
     journal: Option<Journal>,
     instance: Arc<str>,
     active: ActiveJobs,
+    /// The watch of this process's job pods in the runner's namespace, shared by its jobs
+    /// and by the runners of this process that use the same namespace.
+    pod_watch: Option<PodWatch>,
 }
 
 /// The kube client for a runner: `runners.kubernetes.host` if set, else in-cluster or
@@ -121,27 +124,67 @@ pub async fn run_until(
         info!(address = %addr, "serving /healthz, /readyz and /metrics");
         tokio::spawn(crate::metrics::serve(listener, metrics.clone()));
     }
+    let (services, mut leases) = connect_all(&config, kube, &process).await?;
+    info!(instance = %process.instance, "runner instance (its job pods carry this id; its Lease says it is alive)");
+    metrics.set_ready(true);
+    let running = serve(&config, &services, stop).await?;
+    metrics.set_ready(false);
+    drain(
+        &services,
+        running,
+        Duration::from_secs(config.shutdown_timeout),
+    )
+    .await;
+    leases.abort_all();
+    for (i, service) in services.iter().enumerate() {
+        if !services[..i].iter().any(|s| s.same_lease_as(service)) {
+            let ns = &service.runner.kubernetes.namespace;
+            crate::instance::release(&service.kube, ns, &process.instance).await;
+        }
+    }
+    info!("stopped");
+    Ok(())
+}
+
+/// Connects every `[[runners]]` entry. Runners of this process in one namespace share one
+/// instance Lease (renewed by the returned tasks) and one watch of the job pods.
+async fn connect_all(
+    config: &Config,
+    kube: Option<kube::Client>,
+    process: &Process,
+) -> Result<(Vec<Service>, tokio::task::JoinSet<()>)> {
     let mut services: Vec<Service> = Vec::new();
     let mut leases = tokio::task::JoinSet::new();
     for (i, runner) in config.runners.iter().enumerate() {
-        let service = Service::connect(runner.clone(), kube.clone(), &process)
+        let mut service = Service::connect(runner.clone(), kube.clone(), process)
             .await
             .with_context(|| format!("runners[{i}] ({:?})", runner.name))?;
-        if !services.iter().any(|s| s.same_lease_as(&service)) {
-            leases.spawn(crate::instance::keep_alive(
-                service.kube.clone(),
-                service.runner.kubernetes.namespace.clone(),
-                process.instance.to_string(),
-            ));
+        match services.iter().find(|s| s.same_lease_as(&service)) {
+            Some(s) => service.pod_watch = s.pod_watch.clone(),
+            None => {
+                service.pod_watch = Some(service.watch_pods());
+                leases.spawn(crate::instance::keep_alive(
+                    service.kube.clone(),
+                    service.runner.kubernetes.namespace.clone(),
+                    process.instance.to_string(),
+                ));
+            }
         }
         services.push(service);
     }
-    info!(instance = %process.instance, "runner instance (its job pods carry this id; its Lease says it is alive)");
-    metrics.set_ready(true);
+    Ok((services, leases))
+}
 
+/// Recovers and reaps each runner's leftovers, then takes jobs until `stop`, within
+/// `concurrent`; returns the jobs still running.
+async fn serve(
+    config: &Config,
+    services: &[Service],
+    stop: watch::Receiver<bool>,
+) -> Result<tokio::task::JoinSet<()>> {
     let slots = Arc::new(Semaphore::new(config.concurrent));
     let mut pollers = tokio::task::JoinSet::new();
-    for service in &services {
+    for service in services {
         service.recover().await;
         service.reap().await;
         let s = service.clone();
@@ -154,9 +197,12 @@ pub async fn run_until(
         let mut jobs = jobs.context("a runner's job loop failed")??;
         running.spawn(async move { while jobs.join_next().await.is_some() {} });
     }
+    Ok(running)
+}
 
-    metrics.set_ready(false);
-    let grace = Duration::from_secs(config.shutdown_timeout);
+/// Lets the running jobs finish within `grace`, then aborts the rest (and gives them a
+/// minute to report).
+async fn drain(services: &[Service], mut running: tokio::task::JoinSet<()>, grace: Duration) {
     info!(runners = services.len(), grace = ?grace, "stopping: no new jobs; waiting for running ones");
     let drained = tokio::time::timeout(grace, async {
         while running.join_next().await.is_some() {}
@@ -164,7 +210,7 @@ pub async fn run_until(
     .await;
     if drained.is_err() {
         warn!("shutdown grace period over: aborting the remaining jobs");
-        for service in &services {
+        for service in services {
             service.abort_all();
         }
         let _ = tokio::time::timeout(Duration::from_secs(60), async {
@@ -172,15 +218,6 @@ pub async fn run_until(
         })
         .await;
     }
-    leases.abort_all();
-    for (i, service) in services.iter().enumerate() {
-        if !services[..i].iter().any(|s| s.same_lease_as(service)) {
-            let ns = &service.runner.kubernetes.namespace;
-            crate::instance::release(&service.kube, ns, &process.instance).await;
-        }
-    }
-    info!("stopped");
-    Ok(())
 }
 
 /// The runner's journal: the Secret `journal_secret` names (which must be readable: a journal
@@ -308,7 +345,22 @@ impl Service {
             journal,
             instance: process.instance.clone(),
             active: process.active.clone(),
+            pod_watch: None,
         })
+    }
+
+    /// Starts the one watch of this process's job pods in the runner's namespace (its
+    /// instance label), which its jobs share.
+    fn watch_pods(&self) -> PodWatch {
+        let pods = kube::Api::namespaced(self.kube.clone(), &self.runner.kubernetes.namespace);
+        let selector = format!(
+            "{}={},{}={}",
+            crate::pod::MANAGED_BY_LABEL,
+            crate::pod::MANAGED_BY,
+            crate::instance::INSTANCE_LABEL,
+            self.instance
+        );
+        PodWatch::start(pods, &selector)
     }
 
     /// Whether `other` keeps its instance Lease where this one does (same cluster, same
@@ -638,6 +690,7 @@ impl Service {
                     retry: crate::execute::ApiRetry::from_config(&self.runner.kubernetes),
                     // The runner's Role has no right to read Events (docs/deploy.md).
                     image_pulls: false,
+                    pod_watch: self.pod_watch.clone(),
                 })
                 .await
             }

@@ -32,7 +32,16 @@
 //!   in the same run. Both ends read the kernel's uptime (pods share the node's kernel). Three
 //!   variants: no secrets, one Vault secret, a repository checkout.
 //!
-//! Arguments name the figures to run (`P4 P5 P6 P7 P10`; all when none). Figures are printed,
+//! - `P8 api_requests_per_job=…`: the Kubernetes API requests the runner makes per job, as the
+//!   apiserver's audit log counts them (`scripts/lib/audit.sh`) under the runner's own user: a
+//!   ServiceAccount with the chart's runner and journal Roles, the journal in a Secret as the
+//!   chart deploys it. `P8_JOBS` (100) short jobs, `concurrent = 10`; by verb and resource.
+//! - `P9 jobs_per_min=… floor_per_min=… ratio=…`: `P9_JOBS` (500) short jobs through one runner
+//!   with `concurrent = P9_CONCURRENT` (50), enqueued at once, against as many bare pods of the
+//!   same image and hardening created, run to completion and deleted by as many workers; the
+//!   runner's peak RSS and the jobs that did not succeed.
+//!
+//! Arguments name the figures to run (`P4 P5 P6 P7 P8 P9 P10`; all when none). Figures are printed,
 //! not asserted. P4–P6 need the bed (`scripts/testbed up`) and the broker image
 //! `keyhole.local/broker:dev` on it; P10 needs neither, only `/usr/bin/time` (GNU time).
 
@@ -41,6 +50,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
+use keyhole_tests::bench::api::{JOURNAL_SECRET, Requests, RunnerIdentity, runner_identity};
 use keyhole_tests::bench::artifacts::{
     BrokerRun, RoundTrip, Shape, TransferDirs, artifacts_entry, compare_trees, fetch_plan,
     free_bytes, mib_per_s, run_transfer, store_plan, take_job, verdict, write_data,
@@ -94,7 +104,7 @@ fn env_number(name: &str, default: u64) -> Result<u64> {
 }
 
 /// The figures this bench prints, in the order it runs them.
-const FIGURES: [&str; 5] = ["P4", "P5", "P6", "P7", "P10"];
+const FIGURES: [&str; 7] = ["P4", "P5", "P6", "P7", "P8", "P9", "P10"];
 
 /// The figures named on the command line (any letter case), all of them when none is.
 fn selected_figures() -> Result<Vec<&'static str>> {
@@ -126,9 +136,11 @@ async fn run() -> Result<()> {
     let p5_jobs = size("P5", "P5_JOBS", 100)?;
     let p6_mib = size("P6", "P6_MIB", 100)?;
     let p7_runs = size("P7", "P7_RUNS", 7)?;
+    let p8_jobs = size("P8", "P8_JOBS", 100)?;
+    let p9_jobs = size("P9", "P9_JOBS", 500)?;
     let p10_files = size("P10", "P10_FILES", 1000)?;
     let p10_mib = size("P10", "P10_MIB", 1024)?;
-    if p4_jobs + p5_jobs + p6_mib + p7_runs > 0 {
+    if p4_jobs + p5_jobs + p6_mib + p7_runs + p8_jobs + p9_jobs > 0 {
         let bench = Bench::new().await?;
         if p4_jobs > 0 {
             p4(&bench, p4_jobs).await?;
@@ -141,6 +153,17 @@ async fn run() -> Result<()> {
         }
         if p7_runs > 0 {
             p7(&bench, p7_runs).await?;
+        }
+        if p8_jobs > 0 || p9_jobs > 0 {
+            // An hour: P9's 500 jobs take minutes.
+            let identity = runner_identity(&bench.bed, &bench.ns.name, 3600).await?;
+            if p8_jobs > 0 {
+                p8(&bench, &identity, p8_jobs).await?;
+            }
+            if p9_jobs > 0 {
+                let concurrent = env_number("P9_CONCURRENT", 50)?;
+                p9(&bench, &identity, p9_jobs, concurrent).await?;
+            }
         }
     }
     if p10_files + p10_mib > 0 {
@@ -242,6 +265,44 @@ output_limit = {output_limit_kib}
             .tempdir_in("/dev/shm")?;
         let config = self.config(&gitlab, name, concurrent, output_limit_kib, journal.path());
         let kubeconfig = self.bed.env.kubeconfig.display().to_string();
+        let mut runner = RunnerProcess::start(
+            &self.binary,
+            &config,
+            &[("KUBECONFIG", &kubeconfig), ("RUST_LOG", "info")],
+        )?;
+        runner.wait_ready(READY_DEADLINE).await?;
+        gitlab.wait_for_pollers(1, READY_DEADLINE).await?;
+        Ok(Phase {
+            gitlab,
+            runner,
+            _journal: journal,
+        })
+    }
+}
+
+impl Bench {
+    /// [`Bench::phase`] as the runner's own ServiceAccount (`identity`), with the journal in
+    /// its Secret as the chart deploys it.
+    async fn phase_as(
+        &self,
+        name: &str,
+        concurrent: u64,
+        identity: &RunnerIdentity,
+    ) -> Result<Phase> {
+        let gitlab = Coordinator::start(CoordinatorOptions::default()).await?;
+        let journal = tempfile::Builder::new()
+            .prefix("keyhole-bench-journal-")
+            .tempdir_in("/dev/shm")?;
+        let config = self
+            .config(&gitlab, name, concurrent, 4096, journal.path())
+            .replace(
+                "  [runners.keyhole]\n",
+                &format!(
+                    "  [runners.keyhole]\n  journal_secret = \"{}/{JOURNAL_SECRET}\"\n",
+                    self.ns.name
+                ),
+            );
+        let kubeconfig = identity.kubeconfig.display().to_string();
         let mut runner = RunnerProcess::start(
             &self.binary,
             &config,
@@ -508,6 +569,177 @@ async fn p7_floor(pods: &Api<Pod>, run: u64) -> Result<f64> {
     pods.delete(&name, &Default::default()).await?;
     let ran = first_uptime_line(&log).with_context(|| format!("floor pod log: {log:?}"))?;
     Ok(ran - created)
+}
+
+/// P8's goal: Kubernetes API requests per job.
+const P8_GOAL: f64 = 10.0;
+
+/// P8: the runner's Kubernetes API requests per job, counted by the apiserver's audit log
+/// under the runner's own user, over `n` short jobs (10 at a time).
+async fn p8(bench: &Bench, identity: &RunnerIdentity, n: u64) -> Result<()> {
+    eprintln!("P8: {n} jobs, counting the runner's API requests in the apiserver's audit log");
+    let audit_dir = bench.bed.path("logs");
+    let before = keyhole_tests::bench::api::count_requests_in(&audit_dir, &identity.user)?;
+    let phase = bench.phase_as("p8", 10, identity).await?;
+    let started = Instant::now();
+    let jobs = (0..n)
+        .map(|i| phase.short_job(&format!("p8-{i}")))
+        .collect::<Result<Vec<_>>>()?;
+    let mut failed = 0;
+    for job in &jobs {
+        if let Err(e) = phase.wait_success(job).await {
+            eprintln!("P8: {e:#}");
+            failed += 1;
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let (log, _gitlab) = phase.stop().await?;
+    // The log backend writes each event as its request ends; a moment for the last ones.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = keyhole_tests::bench::api::count_requests_in(&audit_dir, &identity.user)?;
+    let diff = |a: &std::collections::BTreeMap<String, u64>,
+                b: &std::collections::BTreeMap<String, u64>| {
+        a.iter()
+            .map(|(k, v)| (k.clone(), v - b.get(k).copied().unwrap_or(0)))
+            .filter(|(_, v)| *v > 0)
+            .collect::<std::collections::BTreeMap<_, _>>()
+    };
+    let total = after.total - before.total;
+    let per_job = total as f64 / n.max(1) as f64;
+    println!(
+        "P8 api_requests_per_job={per_job:.2} goal={}(<={P8_GOAL}) requests={total} jobs={n} failed={failed} by_verb={} by_resource={} seconds={seconds:.0} runner_warnings={}",
+        verdict(per_job <= P8_GOAL),
+        Requests::breakdown(&diff(&after.by_verb, &before.by_verb)),
+        Requests::breakdown(&diff(&after.by_resource, &before.by_resource)),
+        log.problem_count,
+    );
+    for line in log.problems.iter().take(10) {
+        eprintln!("P8 runner: {line}");
+    }
+    Ok(())
+}
+
+/// P9's goals: throughput against the bare-pod floor, the runner's peak RSS.
+const P9_GOAL_RATIO: f64 = 0.8;
+const P9_GOAL_RSS_MIB: u64 = 64;
+
+/// P9: `n` short jobs through one runner with `concurrent` slots against `n` bare pods run by
+/// `concurrent` workers; jobs (pods) per minute each.
+async fn p9(bench: &Bench, identity: &RunnerIdentity, n: u64, concurrent: u64) -> Result<()> {
+    eprintln!("P9: {n} bare pods, then {n} jobs, {concurrent} at a time");
+    let floor_s = p9_floor(bench, n, concurrent).await?;
+    let phase = bench.phase_as("p9", concurrent, identity).await?;
+    let started = Instant::now();
+    let jobs = (0..n)
+        .map(|i| phase.short_job(&format!("p9-{i}")))
+        .collect::<Result<Vec<_>>>()?;
+    let mut lost = 0;
+    for job in &jobs {
+        if let Err(e) = phase.wait_success(job).await {
+            eprintln!("P9: {e:#}");
+            lost += 1;
+        }
+    }
+    let keyhole_s = started.elapsed().as_secs_f64();
+    let rss = phase.runner.peak_rss_kib()?;
+    let cpu = phase.runner.cpu_time()?.as_secs_f64();
+    let (log, _gitlab) = phase.stop().await?;
+    let per_min = |s: f64| n as f64 * 60.0 / s.max(0.001);
+    let ratio = per_min(keyhole_s) / per_min(floor_s);
+    println!(
+        "P9 jobs_per_min={:.0} floor_per_min={:.0} ratio={ratio:.2} goal={}(>={P9_GOAL_RATIO}) rss_kib={rss} rss_goal={}(<{P9_GOAL_RSS_MIB}MiB) jobs={n} concurrent={concurrent} lost={lost} seconds={keyhole_s:.0} floor_seconds={floor_s:.0} runner_cpu_s={cpu:.1} runner_warnings={}",
+        per_min(keyhole_s),
+        per_min(floor_s),
+        verdict(ratio >= P9_GOAL_RATIO),
+        verdict(rss < P9_GOAL_RSS_MIB * 1024),
+        log.problem_count,
+    );
+    for line in log.problems.iter().take(10) {
+        eprintln!("P9 runner: {line}");
+    }
+    Ok(())
+}
+
+/// P9's floor: `n` bare pods (the build container's image and hardening, the jobs' command),
+/// `concurrent` at a time, each created, seen to succeed (one watch of them all, as a lean
+/// controller would) and deleted. The seconds it took.
+async fn p9_floor(bench: &Bench, n: u64, concurrent: u64) -> Result<f64> {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+    use tokio::sync::oneshot;
+    type Waiters = Arc<Mutex<HashMap<String, oneshot::Sender<String>>>>;
+    let pods: Api<Pod> = Api::namespaced(bench.bed.client.clone(), &bench.ns.name);
+    let waiters: Waiters = Arc::default();
+    let watch = tokio::spawn({
+        let (pods, waiters) = (pods.clone(), waiters.clone());
+        async move {
+            use futures::StreamExt;
+            use kube::runtime::{WatchStreamExt, watcher};
+            let stream = watcher(pods, watcher::Config::default().labels("bench=p9-floor"))
+                .default_backoff()
+                .applied_objects();
+            let mut stream = std::pin::pin!(stream);
+            while let Some(pod) = stream.next().await {
+                let Ok(pod) = pod else { continue };
+                let phase = pod.status.and_then(|s| s.phase).unwrap_or_default();
+                if phase == "Succeeded" || phase == "Failed" {
+                    let name = pod.metadata.name.unwrap_or_default();
+                    let waiter = waiters
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&name);
+                    if let Some(w) = waiter {
+                        let _ = w.send(phase);
+                    }
+                }
+            }
+        }
+    });
+    let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let started = Instant::now();
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..concurrent {
+        let (pods, waiters, next) = (pods.clone(), waiters.clone(), next.clone());
+        workers.spawn(async move {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= n {
+                    return Ok::<(), anyhow::Error>(());
+                }
+                let name = format!("p9-floor-{i}");
+                let pod: Pod = serde_json::from_value(json!({
+                    "metadata": {"name": name, "labels": {"bench": "p9-floor"}},
+                    "spec": {
+                        "restartPolicy": "Never",
+                        "automountServiceAccountToken": false,
+                        "securityContext": {"runAsNonRoot": true, "runAsUser": 1000, "runAsGroup": 1000,
+                            "fsGroup": 1000, "seccompProfile": {"type": "RuntimeDefault"}},
+                        "containers": [{"name": "build", "image": "keyhole.local/busybox:1",
+                            "imagePullPolicy": "Never", "command": ["sh", "-c", "echo bench job"],
+                            "securityContext": {"allowPrivilegeEscalation": false,
+                                "capabilities": {"drop": ["ALL"]}}}]
+                    }
+                }))?;
+                let (tx, rx) = oneshot::channel();
+                waiters
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(name.clone(), tx);
+                pods.create(&PostParams::default(), &pod).await?;
+                let phase = tokio::time::timeout(JOB_DEADLINE, rx)
+                    .await
+                    .with_context(|| format!("floor pod {name} did not end"))??;
+                ensure!(phase == "Succeeded", "floor pod {name} ended {phase}");
+                pods.delete(&name, &Default::default()).await?;
+            }
+        });
+    }
+    while let Some(done) = workers.join_next().await {
+        done??;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    watch.abort();
+    Ok(seconds)
 }
 
 /// P6: a job writing `mib` MiB of counter lines; every line must reach GitLab's trace once.

@@ -1,8 +1,10 @@
 //! Pure helpers of the benchmarks (`scripts/bench`): percentiles of latency samples, and the
 //! counter log a job writes (numbered fixed-length lines) with the check that it reached the
 //! trace with no line lost, duplicated or damaged. [`artifacts`]: the parts of P10 (artifacts
-//! through `keyhole-broker transfer store|fetch`).
+//! through `keyhole-broker transfer store|fetch`). [`api`]: P8's and P9's runner identity and
+//! the count of its requests in the apiserver's audit log.
 
+pub mod api;
 pub mod artifacts;
 pub mod start;
 

@@ -101,6 +101,7 @@ async fn run_job(
         metrics: None,
         retry: keyhole_runner::execute::ApiRetry::default(),
         image_pulls: false,
+        pod_watch: None,
     })
     .await;
     let trace = String::from_utf8_lossy(&collector.await.unwrap()).into_owned();

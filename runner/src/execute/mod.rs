@@ -3,11 +3,13 @@
 mod events;
 mod follow;
 mod log_end;
+mod pod_watch;
 mod retry;
 mod run;
 mod status;
 
 pub use events::image_line;
+pub use pod_watch::PodWatch;
 pub use retry::{ApiRetry, is_transient, with_retry};
 pub use run::{
     Control, JobRun, Level, TraceChunk, TraceWriter, delete_pod, execute, execute_timed,

@@ -2,21 +2,23 @@
 //! broker's masked log into the trace → exit code → delete. The Secret is owned by the pod, so
 //! deleting the pod removes it too.
 
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use keyhole_broker::contract;
 use kube::api::{DeleteParams, LogParams, PostParams, PropagationPolicy};
-use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
+use secrecy::SecretString;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::follow::follow_log;
+use super::pod_watch::{PodEvent, PodEvents, PodWatch};
 use super::status::{
-    ContainerView, FailureKind, Outcome, observe, progress_line, service_stop_warning, verdict,
+    ContainerView, FailureKind, Outcome, PodView, observe, progress_line, service_stop_warning,
+    verdict,
 };
 use crate::pod::JobObjects;
 
@@ -50,6 +52,9 @@ pub struct JobRun {
     /// [`super::events`]). Needs `list` and `watch` on events, which the service's Role does
     /// not have (docs/deploy.md); `exec` runs with its user's rights and asks for them.
     pub image_pulls: bool,
+    /// The process's shared watch of its job pods in the pod's namespace; `None` watches
+    /// this pod alone (one request more to list it, one to watch it).
+    pub pod_watch: Option<PodWatch>,
 }
 
 impl std::fmt::Debug for JobRun {
@@ -176,12 +181,14 @@ pub async fn execute(run: JobRun) -> Outcome {
 /// the backstop when it failed). None: the deletion is done already.
 pub async fn execute_timed(mut run: JobRun) -> (Outcome, Instant, Option<JoinHandle<()>>) {
     let trace = TraceWriter(run.trace.clone());
-    let pod = run.objects.pod.clone();
+    let pod = &run.objects.pod;
     let name = pod.metadata.name.clone().unwrap_or_default();
     let ns = pod.metadata.namespace.clone().unwrap_or_default();
     let pods: Api<Pod> = Api::namespaced(run.client.clone(), &ns);
     let secrets: Api<Secret> = Api::namespaced(run.client.clone(), &ns);
 
+    // Subscribed before the pod exists, so that none of its events is missed.
+    let mut events = PodEvents::open(run.pod_watch.as_ref(), &pods, &name);
     if let Err((message, ended)) = create_objects(&run, &pods, &secrets, &trace).await {
         return (failed(FailureKind::System, None, message), ended, None);
     }
@@ -195,120 +202,179 @@ pub async fn execute_timed(mut run: JobRun) -> (Outcome, Instant, Option<JoinHan
             trace.clone(),
         )))
     });
+    let mut watching = Watching {
+        pods: pods.clone(),
+        name: name.clone(),
+        trace: trace.clone(),
+        metrics: run.metrics.clone(),
+        // The broker cuts the job's output at the limit; its own lines come on top.
+        log_limit: run
+            .output_limit
+            .saturating_mul(1024)
+            .saturating_add(BROKER_LINES_ALLOWANCE),
+        log_end_token: run.objects.log_end_token.clone(),
+        created_at: Instant::now(),
+        started: false,
+        last_progress: String::new(),
+        last_view: None,
+        log_task: None,
+        warned_services: BTreeSet::new(),
+    };
+    let (outcome, delete_grace) = watch_to_outcome(&mut run, &mut events, &mut watching).await;
+    let ended = Instant::now();
+    drop((image_pulls, events));
+    let log_task = watching.log_task.take();
+    let deletion = wind_down(&pods, &name, &outcome, log_task, delete_grace, &trace).await;
+    (outcome, ended, deletion)
+}
 
-    let grace = pod
+/// Follows the pod's events, the job's deadlines and its controller until the job's outcome
+/// is known; returns it with the grace period the pod's deletion gets (0 after an abort).
+async fn watch_to_outcome(
+    run: &mut JobRun,
+    events: &mut PodEvents,
+    w: &mut Watching,
+) -> (Outcome, i64) {
+    let grace = run
+        .objects
+        .pod
         .spec
         .as_ref()
         .and_then(|s| s.termination_grace_period_seconds)
         .unwrap_or(30);
-    let events = watcher(
-        pods.clone(),
-        watcher::Config::default().fields(&format!("metadata.name={name}")),
-    )
-    .default_backoff();
-    let mut events = std::pin::pin!(events);
     let deadline = tokio::time::sleep(run.timeout);
     let mut deadline = std::pin::pin!(deadline);
     let start_deadline = tokio::time::sleep(run.start_timeout);
     let mut start_deadline = std::pin::pin!(start_deadline);
-    let mut started = false;
-    let created_at = std::time::Instant::now();
-    let mut last_progress = String::new();
-    let mut last_view = None;
-    let mut log_task: Option<tokio::task::JoinHandle<bool>> = None;
-    let mut delete_grace = grace;
-    let mut warned_services = std::collections::BTreeSet::new();
-
-    let outcome = loop {
+    let system = |message: &str| failed(FailureKind::System, None, message);
+    loop {
         tokio::select! {
-            event = events.next() => {
-                let pod = match event {
-                    Some(Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p))) => p,
-                    Some(Ok(watcher::Event::Delete(_))) => {
-                        break failed(FailureKind::System, None, "the job pod was deleted by someone else");
-                    }
-                    Some(Ok(_)) => continue,
-                    Some(Err(e)) => {
-                        trace.warn(&format!("watching the pod: {e}; retrying")).await;
-                        continue;
-                    }
-                    None => break failed(FailureKind::System, None, "the pod watch ended"),
-                };
-                let v = observe(&pod);
-                // Once the build container runs, its output is in the trace: a progress line
-                // now would land in the middle of it (e.g. `build exited 0` when the watch
-                // never showed the container running).
-                if !started && matches!(v.build, ContainerView::Running { .. } | ContainerView::Terminated { .. }) {
-                    started = true;
-                    let latency = created_at.elapsed();
-                    tracing::info!(pod = %name, start_ms = latency.as_millis() as u64, "build container started");
-                    if let Some(m) = &run.metrics {
-                        m.pod_started(latency);
+            event = events.next() => match event {
+                PodEvent::Applied(pod) => {
+                    if let Some(outcome) = w.on_pod(&pod).await {
+                        return (outcome, grace);
                     }
                 }
-                if !started {
-                    let line = progress_line(&v);
-                    if line != last_progress {
-                        trace.info(&line).await;
-                        last_progress = line;
-                    }
-                }
-                if log_task.is_none() && matches!(v.broker, ContainerView::Running { .. }) {
-                    log_task = Some(tokio::spawn(follow_log(
-                        pods.clone(),
-                        name.clone(),
-                        trace.clone(),
-                        // The broker cuts the job's output at the limit; its own lines
-                        // come on top.
-                        run.output_limit.saturating_mul(1024).saturating_add(BROKER_LINES_ALLOWANCE),
-                        run.objects.log_end_token.clone(),
-                    )));
-                }
-                for stop in &v.service_stops {
-                    if warned_services.insert(stop.container.clone()) {
-                        trace.warn(&service_stop_warning(stop)).await;
-                    }
-                }
-                if let Some(outcome) = verdict(&v, started) {
-                    if let Outcome::Failed { kind: FailureKind::Script, exit_code: None, message } = &outcome {
-                        // A build container that could not start: printed at the end for the
-                        // other kinds; a script failure's own output usually says why, this
-                        // one has none.
-                        trace.error(message).await;
-                    }
-                    break outcome;
-                }
-                last_view = Some(v);
-            }
+                PodEvent::Deleted => return (system("the job pod was deleted by someone else"), grace),
+                PodEvent::Trouble(e) => w.trace.warn(&format!("watching the pod: {e}; retrying")).await,
+                PodEvent::Ended => return (system("the pod watch ended"), grace),
+            },
             _ = &mut deadline => {
-                trace.error(&format!("Job timed out after {}s; stopping it (after_script still runs)", run.timeout.as_secs())).await;
-                break failed(FailureKind::Timeout, None, format!("execution took longer than {}s", run.timeout.as_secs()));
+                let secs = run.timeout.as_secs();
+                w.trace.error(&format!("Job timed out after {secs}s; stopping it (after_script still runs)")).await;
+                return (failed(FailureKind::Timeout, None, format!("execution took longer than {secs}s")), grace);
             }
-            _ = &mut start_deadline, if !started => {
-                let detail = last_view.as_ref().map(progress_line).unwrap_or_else(|| "no status yet".into());
-                let kind = if last_view.as_ref().is_some_and(|v| v.unschedulable.is_some()) { FailureKind::Unschedulable } else { FailureKind::System };
-                break failed(kind, None, format!("the pod did not start within {}s ({detail})", run.start_timeout.as_secs()));
-            }
+            _ = &mut start_deadline, if !w.started => return (w.start_timeout(run.start_timeout), grace),
             changed = run.control.changed() => {
                 let control = if changed.is_ok() { *run.control.borrow() } else { Control::Abort };
                 match control {
-                    Control::Run => continue,
+                    Control::Run => {}
                     Control::Cancel => {
-                        trace.info("Job canceled: stopping the script; after_script still runs").await;
-                        break failed(FailureKind::Canceled, None, "canceled");
+                        w.trace.info("Job canceled: stopping the script; after_script still runs").await;
+                        return (failed(FailureKind::Canceled, None, "canceled"), grace);
                     }
-                    Control::Abort => {
-                        delete_grace = 0;
-                        break failed(FailureKind::Canceled, None, "aborted");
-                    }
+                    Control::Abort => return (failed(FailureKind::Canceled, None, "aborted"), 0),
                 }
             }
         }
-    };
-    let ended = Instant::now();
-    drop(image_pulls);
-    let deletion = wind_down(&pods, &name, &outcome, log_task, delete_grace, &trace).await;
-    (outcome, ended, deletion)
+    }
+}
+
+/// What a running job knows of its pod, and what it does as the pod changes: progress lines
+/// until the build container starts, the log follower once the broker runs, a warning per
+/// failed service, the outcome once the pod's state says it.
+struct Watching {
+    pods: Api<Pod>,
+    name: String,
+    trace: TraceWriter,
+    metrics: Option<crate::metrics::Metrics>,
+    log_limit: u64,
+    log_end_token: SecretString,
+    created_at: Instant,
+    /// The build container runs (or ran): its output is in the trace from here on.
+    started: bool,
+    last_progress: String,
+    last_view: Option<PodView>,
+    log_task: Option<JoinHandle<bool>>,
+    warned_services: BTreeSet<String>,
+}
+
+impl Watching {
+    /// Takes one state of the pod; the job's outcome once it has one.
+    async fn on_pod(&mut self, pod: &Pod) -> Option<Outcome> {
+        let v = observe(pod);
+        if !self.started
+            && matches!(
+                v.build,
+                ContainerView::Running { .. } | ContainerView::Terminated { .. }
+            )
+        {
+            self.started = true;
+            let latency = self.created_at.elapsed();
+            tracing::info!(pod = %self.name, start_ms = latency.as_millis() as u64, "build container started");
+            if let Some(m) = &self.metrics {
+                m.pod_started(latency);
+            }
+        }
+        // Once the build container runs, its output is in the trace: a progress line now
+        // would land in the middle of it (e.g. `build exited 0` when the watch never showed
+        // the container running).
+        if !self.started {
+            let line = progress_line(&v);
+            if line != self.last_progress {
+                self.trace.info(&line).await;
+                self.last_progress = line;
+            }
+        }
+        if self.log_task.is_none() && matches!(v.broker, ContainerView::Running { .. }) {
+            self.log_task = Some(tokio::spawn(follow_log(
+                self.pods.clone(),
+                self.name.clone(),
+                self.trace.clone(),
+                self.log_limit,
+                self.log_end_token.clone(),
+            )));
+        }
+        for stop in &v.service_stops {
+            if self.warned_services.insert(stop.container.clone()) {
+                self.trace.warn(&service_stop_warning(stop)).await;
+            }
+        }
+        if let Some(outcome) = verdict(&v, self.started) {
+            if let Outcome::Failed {
+                kind: FailureKind::Script,
+                exit_code: None,
+                message,
+            } = &outcome
+            {
+                // A build container that could not start: printed at the end for the other
+                // kinds; a script failure's own output usually says why, this one has none.
+                self.trace.error(message).await;
+            }
+            return Some(outcome);
+        }
+        self.last_view = Some(v);
+        None
+    }
+
+    /// The outcome of a pod that did not start within `limit`.
+    fn start_timeout(&self, limit: Duration) -> Outcome {
+        let view = self.last_view.as_ref();
+        let detail = view.map_or_else(|| "no status yet".into(), progress_line);
+        let kind = if view.is_some_and(|v| v.unschedulable.is_some()) {
+            FailureKind::Unschedulable
+        } else {
+            FailureKind::System
+        };
+        failed(
+            kind,
+            None,
+            format!(
+                "the pod did not start within {}s ({detail})",
+                limit.as_secs()
+            ),
+        )
+    }
 }
 
 /// A task that ends with its owner.
