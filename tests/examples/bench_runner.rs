@@ -600,11 +600,12 @@ async fn p8(bench: &Bench, identity: &RunnerIdentity, n: u64) -> Result<()> {
     let diff = |a: &std::collections::BTreeMap<String, u64>,
                 b: &std::collections::BTreeMap<String, u64>| {
         a.iter()
-            .map(|(k, v)| (k.clone(), v - b.get(k).copied().unwrap_or(0)))
+            .map(|(k, v)| (k.clone(), v.saturating_sub(b.get(k).copied().unwrap_or(0))))
             .filter(|(_, v)| *v > 0)
             .collect::<std::collections::BTreeMap<_, _>>()
     };
-    let total = after.total - before.total;
+    // Saturating: a rotation may have dropped the oldest file (scripts/lib/audit.sh).
+    let total = after.total.saturating_sub(before.total);
     let per_job = total as f64 / n.max(1) as f64;
     println!(
         "P8 api_requests_per_job={per_job:.2} goal={}(<={P8_GOAL}) requests={total} jobs={n} failed={failed} by_verb={} by_resource={} seconds={seconds:.0} runner_warnings={}",
