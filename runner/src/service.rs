@@ -18,7 +18,8 @@ use crate::execute::{
     Control, FailureKind, JobRun, Outcome, PodWatch, TraceChunk, TraceWriter, execute_timed,
 };
 use crate::gitlab::{
-    ClientConfig, FailureReason, GitlabClient, JobOutcome, JobPayload, JobRequest, RemoteStatus,
+    ClientConfig, FailureReason, GitlabClient, JobOutcome, JobPayload, JobRequest, PayloadError,
+    RemoteStatus,
 };
 use crate::journal::{DirJournal, Entry, Journal, SecretJournal};
 use crate::metrics::Metrics;
@@ -307,6 +308,16 @@ pub fn failure_reason(kind: FailureKind) -> FailureReason {
     }
 }
 
+/// GitLab's failure reason for a job whose payload this runner cannot read: a feature it does
+/// not implement is `runner_unsupported` (the job asks too much, the runner is fine); a payload
+/// it cannot make sense of is the runner's (or GitLab's) fault, `runner_system_failure`.
+fn unreadable_reason(error: &PayloadError) -> FailureReason {
+    match error {
+        PayloadError::Unsupported { .. } => FailureReason::RunnerUnsupported,
+        _ => FailureReason::RunnerSystemFailure,
+    }
+}
+
 impl Service {
     /// Checks a runner's GitLab token and cluster, and opens its journal.
     async fn connect(
@@ -472,12 +483,7 @@ impl Service {
     }
 
     /// Fails a job whose payload cannot be read, saying why in its trace.
-    async fn fail_unreadable(
-        &self,
-        job_id: u64,
-        token: SecretString,
-        error: &(dyn std::fmt::Display + Sync),
-    ) {
+    async fn fail_unreadable(&self, job_id: u64, token: SecretString, error: &PayloadError) {
         self.metrics.gitlab_error("jobs/request");
         warn!(job = job_id, error = %error, "job payload unreadable; failing the job");
         let session = self.gitlab.job_session(job_id, token);
@@ -490,7 +496,7 @@ impl Service {
             .await;
         let _ = session
             .finish(JobOutcome::Failed {
-                reason: FailureReason::RunnerSystemFailure,
+                reason: unreadable_reason(error),
                 exit_code: None,
             })
             .await;
@@ -827,5 +833,29 @@ impl std::fmt::Debug for Service {
         f.debug_struct("Service")
             .field("runner", &self.runner.name)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unsupported_feature_is_runner_unsupported_and_a_broken_payload_a_system_failure() {
+        let unsupported = PayloadError::Unsupported {
+            field: "run".into(),
+            reason: "CI steps (`run:`) are not implemented; use `script:`".into(),
+        };
+        assert!(matches!(
+            unreadable_reason(&unsupported),
+            FailureReason::RunnerUnsupported
+        ));
+        let broken = PayloadError::Missing {
+            field: "job_info".into(),
+        };
+        assert!(matches!(
+            unreadable_reason(&broken),
+            FailureReason::RunnerSystemFailure
+        ));
     }
 }
