@@ -106,18 +106,20 @@ pub async fn wait_until_allowed(
     sa: (&str, &str),
     access: Access<'_>,
 ) -> Result<()> {
-    let deadline = tokio::time::Instant::now() + RBAC_PROPAGATION;
-    loop {
-        if service_account_may(client, sa, access).await? {
-            return Ok(());
+    let answer = crate::eventually(RBAC_PROPAGATION, Duration::from_millis(100), async || {
+        match service_account_may(client, sa, access).await {
+            Ok(false) => None,
+            Ok(true) => Some(Ok(())),
+            Err(e) => Some(Err(e)),
         }
-        if tokio::time::Instant::now() >= deadline {
-            bail!(
-                "{}:{} was still not allowed to {access} after {RBAC_PROPAGATION:?}",
-                sa.0,
-                sa.1
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    })
+    .await;
+    match answer {
+        Some(answer) => answer,
+        None => bail!(
+            "{}:{} was still not allowed to {access} after {RBAC_PROPAGATION:?}",
+            sa.0,
+            sa.1
+        ),
     }
 }

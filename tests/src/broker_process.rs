@@ -356,3 +356,15 @@ impl BrokerProcess {
         })
     }
 }
+
+/// The lease id on a secret's audit line.
+pub fn lease_of(stderr: &str, secret: &str) -> String {
+    let line = stderr
+        .lines()
+        .find(|l| l.contains(&format!("audit secret={secret} ")))
+        .unwrap_or_else(|| panic!("no audit line for {secret}:\n{stderr}"));
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix("lease="))
+        .unwrap_or_else(|| panic!("no lease on {line:?}"))
+        .to_owned()
+}

@@ -77,6 +77,18 @@ impl Default for CoordinatorOptions {
     }
 }
 
+impl CoordinatorOptions {
+    /// Listening on the bed's bridge (`10.213.0.1`), where job and runner pods reach it, with
+    /// `jobs/request` held `long_poll`.
+    pub fn on_bed_bridge(long_poll: Duration) -> Self {
+        Self {
+            bind: SocketAddr::from(([10, 213, 0, 1], 0)),
+            long_poll,
+            ..Self::default()
+        }
+    }
+}
+
 /// Shared between the handlers and the test.
 pub(crate) struct Shared {
     pub(crate) runner_token: String,

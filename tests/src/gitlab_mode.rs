@@ -3,17 +3,12 @@
 //! reach it, and the runner config that points at both; the runner service started in the
 //! test's process, and its jobs' traces waited for. Shared by the GitLab-mode suites.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::ServiceAccount;
 use keyhole_runner::config::{Config, RunnerConfig};
-use kube::Api;
-use kube::api::PostParams;
 use secrecy::SecretString;
-use serde_json::json;
 
-use crate::{Coordinator, CoordinatorOptions, TestBed, TestNamespace};
+use crate::{Coordinator, CoordinatorOptions, JobNamespace, TestBed, TestNamespace, eventually};
 
 /// What a GitLab-mode test works with.
 #[derive(Debug)]
@@ -26,29 +21,15 @@ pub struct Setup {
 
 /// A namespace named after `tag`, its default job ServiceAccount, and a coordinator.
 pub async fn setup(tag: &str) -> Setup {
-    let bed = TestBed::connect().await;
-    let ns = TestNamespace::create(
-        &bed,
-        tag,
-        &[("pod-security.kubernetes.io/enforce", "restricted")],
-    )
-    .await
-    .unwrap();
-    Api::<ServiceAccount>::namespaced(bed.client.clone(), &ns.name)
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": "keyhole-job"}})).unwrap(),
-        )
+    let JobNamespace { bed, ns, .. } = JobNamespace::builder(tag)
+        .restricted()
+        .service_account("keyhole-job")
+        .create()
+        .await;
+    // Pods fetch the repository from the coordinator, so it listens on the bed's bridge.
+    let gitlab = Coordinator::start(CoordinatorOptions::on_bed_bridge(Duration::from_secs(2)))
         .await
         .unwrap();
-    // Pods fetch the repository from the coordinator, so it listens on the bed's bridge.
-    let gitlab = Coordinator::start(CoordinatorOptions {
-        bind: SocketAddr::from(([10, 213, 0, 1], 0)),
-        long_poll: Duration::from_secs(2),
-        ..CoordinatorOptions::default()
-    })
-    .await
-    .unwrap();
     let journal = std::env::temp_dir().join(format!("keyhole-journal-{}", ns.name));
     Setup {
         bed,
@@ -139,11 +120,15 @@ pub fn trace_text(s: &Setup, id: u64) -> String {
 
 /// Waits (bounded, 2 min, looking every 100 ms) until the job's trace contains `marker`.
 pub async fn wait_for_trace(s: &Setup, id: u64, marker: &str) {
-    for _ in 0..1200 {
-        if trace_text(s, id).contains(marker) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{marker:?} never reached the trace:\n{}", trace_text(s, id));
+    let seen = eventually(
+        Duration::from_secs(120),
+        Duration::from_millis(100),
+        async || trace_text(s, id).contains(marker).then_some(()),
+    )
+    .await;
+    assert!(
+        seen.is_some(),
+        "{marker:?} never reached the trace:\n{}",
+        trace_text(s, id)
+    );
 }

@@ -12,7 +12,9 @@ mod broker_process;
 mod cache_store;
 pub mod chart;
 pub mod coordinator;
+mod eventually;
 pub mod exposure;
+mod fixture;
 pub mod gitlab_ci;
 pub mod gitlab_mode;
 mod helm;
@@ -26,9 +28,13 @@ mod vault;
 
 pub use access::{Access, service_account_may, wait_until_allowed};
 pub use bed::{BedEnv, RedisEnv, RegistryEnv, TestBed};
-pub use broker_process::{BrokerDirs, BrokerExit, BrokerProcess, broker_binary, runner_binary};
+pub use broker_process::{
+    BrokerDirs, BrokerExit, BrokerProcess, broker_binary, lease_of, runner_binary,
+};
 pub use cache_store::bed_cache_config;
 pub use coordinator::{Coordinator, CoordinatorOptions};
+pub use eventually::eventually;
+pub use fixture::{JobNamespace, JobNamespaceBuilder};
 pub use helm::{HelmRelease, bed_command, bed_script, chart_dir, repo_dir, run, run_ok};
 pub use namespace::TestNamespace;
 pub use outage::OutageProxy;
@@ -36,4 +42,7 @@ pub use pods::{pod_logs, run_pod_to_completion, wait_for_pod};
 pub use redis::{Redis, Reply};
 pub use runner_process::{RunnerLog, RunnerProcess};
 pub use silent::SilentServer;
-pub use vault::{AuditedCall, VaultAdmin, audited_calls_of_namespace};
+pub use vault::{
+    AuditedCall, OwnVault, VaultAdmin, VaultRole, VaultRoleRemoved, audited_calls_of_namespace,
+    free_port, rfc3339_seconds,
+};

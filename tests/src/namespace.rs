@@ -3,7 +3,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use anyhow::Result;
 use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{DeleteParams, ObjectMeta, PostParams};
+use kube::api::{DeleteParams, ListParams, ObjectMeta, PostParams};
 use kube::{Api, Client, Config};
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -63,6 +63,49 @@ impl TestNamespace {
             config: bed.admin_config.clone(),
             name,
         })
+    }
+
+    /// Creates the object `value` (JSON as `kubectl create` takes it, namespace left out) in
+    /// this namespace; panics with the apiserver's answer if it refuses.
+    pub async fn create_object<K>(&self, value: serde_json::Value) -> K
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + serde::de::DeserializeOwned
+            + serde::Serialize
+            + std::fmt::Debug,
+        <K as kube::Resource>::DynamicType: Default,
+    {
+        let object: K = serde_json::from_value(value).expect("the object's JSON");
+        self.api::<K>()
+            .create(&PostParams::default(), &object)
+            .await
+            .unwrap_or_else(|e| panic!("creating {object:?} in {}: {e}", self.name))
+    }
+
+    /// The pods and Secrets of the runner's jobs still here (`pod/<name>`, `secret/<name>`):
+    /// those labelled `app.kubernetes.io/managed-by=keyhole-runner`.
+    pub async fn runner_objects_left(&self) -> Vec<String> {
+        use k8s_openapi::api::core::v1::{Pod, Secret};
+        let runners = ListParams::default().labels("app.kubernetes.io/managed-by=keyhole-runner");
+        let pods = self
+            .api::<Pod>()
+            .list(&runners)
+            .await
+            .expect("listing pods");
+        let secrets = self
+            .api::<Secret>()
+            .list(&runners)
+            .await
+            .expect("listing Secrets");
+        let named = |kind: &str, meta: &ObjectMeta| {
+            format!("{kind}/{}", meta.name.as_deref().unwrap_or_default())
+        };
+        pods.items
+            .iter()
+            .map(|p| named("pod", &p.metadata))
+            .chain(secrets.items.iter().map(|s| named("secret", &s.metadata)))
+            .collect()
     }
 
     pub fn api<K>(&self) -> Api<K>

@@ -22,6 +22,16 @@ impl VaultAdmin {
         }
     }
 
+    /// Root of another Vault (e.g. an [`OwnVault`]) at `addr`, with the token `token`.
+    pub fn at(addr: &str, token: &str) -> Self {
+        crate::bed::install_crypto_provider();
+        Self {
+            http: reqwest::Client::new(),
+            addr: addr.to_owned(),
+            token: token.to_owned(),
+        }
+    }
+
     fn url(&self, path: &str) -> String {
         format!("{}/v1/{}", self.addr, path.trim_start_matches('/'))
     }
@@ -54,23 +64,34 @@ impl VaultAdmin {
     /// Lets the ServiceAccount `job` of namespace `namespace` log in (kubernetes auth, audience
     /// `vault`, role and policy both named after the namespace) and read `paths`.
     pub async fn grant_job_in_namespace(&self, namespace: &str, paths: &[String]) -> Result<()> {
-        let mut policy: String = paths
-            .iter()
-            .map(|p| format!("path \"{p}\" {{ capabilities = [\"read\"] }}\n"))
-            .collect();
-        policy.push_str("path \"sys/internal/ui/mounts/*\" { capabilities = [\"read\"] }\n");
+        self.grant(namespace, &VaultRole::new("job").read_all(paths))
+            .await
+    }
+
+    /// Writes `role` for `namespace`: a policy and a kubernetes-auth role, both named after the
+    /// namespace, bound to the role's ServiceAccount there (audience `vault`). `{ns}` in a path
+    /// stands for the namespace.
+    pub async fn grant(&self, namespace: &str, role: &VaultRole) -> Result<()> {
+        let rule = |path: &str, capability: &str| {
+            let path = path.replace("{ns}", namespace);
+            format!("path \"{path}\" {{ capabilities = [\"{capability}\"] }}\n")
+        };
+        let mut policy: String = role.read.iter().map(|p| rule(p, "read")).collect();
+        policy.push_str(&rule("sys/internal/ui/mounts/*", "read"));
+        policy.extend(role.update.iter().map(|p| rule(p, "update")));
         self.write(
             &format!("sys/policies/acl/{namespace}"),
             serde_json::json!({"policy": policy}),
         )
         .await?;
-        self.write(
-            &format!("auth/kubernetes/role/{namespace}"),
-            serde_json::json!({"bound_service_account_names": ["job"],
-                "bound_service_account_namespaces": [namespace], "audience": "vault",
-                "token_policies": [namespace], "token_ttl": "300s"}),
-        )
-        .await?;
+        let mut auth_role = serde_json::json!({"bound_service_account_names": [role.service_account],
+            "bound_service_account_namespaces": [namespace], "audience": "vault",
+            "token_policies": [namespace], "token_ttl": role.token_ttl});
+        if let Some(max) = &role.token_max_ttl {
+            auth_role["token_max_ttl"] = max.as_str().into();
+        }
+        self.write(&format!("auth/kubernetes/role/{namespace}"), auth_role)
+            .await?;
         Ok(())
     }
 
@@ -167,6 +188,161 @@ impl VaultAdmin {
     }
 }
 
+/// What a job's ServiceAccount may do in Vault (see [`VaultAdmin::grant`]): read some paths
+/// (and look up their mounts), update others, with tokens of `token_ttl` (300 s unless set).
+#[derive(Debug, Clone)]
+pub struct VaultRole {
+    service_account: String,
+    read: Vec<String>,
+    update: Vec<String>,
+    token_ttl: String,
+    token_max_ttl: Option<String>,
+}
+
+impl VaultRole {
+    pub fn new(service_account: &str) -> Self {
+        Self {
+            service_account: service_account.to_owned(),
+            read: Vec::new(),
+            update: Vec::new(),
+            token_ttl: "300s".to_owned(),
+            token_max_ttl: None,
+        }
+    }
+
+    /// May read `path` (`{ns}`: the namespace).
+    pub fn read(mut self, path: impl Into<String>) -> Self {
+        self.read.push(path.into());
+        self
+    }
+
+    pub fn read_all(mut self, paths: &[String]) -> Self {
+        self.read.extend(paths.iter().cloned());
+        self
+    }
+
+    /// May update `path` (e.g. `sys/leases/revoke`).
+    pub fn update(mut self, path: impl Into<String>) -> Self {
+        self.update.push(path.into());
+        self
+    }
+
+    pub fn token_ttl(mut self, ttl: &str) -> Self {
+        self.token_ttl = ttl.to_owned();
+        self
+    }
+
+    pub fn token_max_ttl(mut self, ttl: &str) -> Self {
+        self.token_max_ttl = Some(ttl.to_owned());
+        self
+    }
+}
+
+/// A Vault dev server of the test's own (the bed's binary, root token `root`) on a free loopback
+/// port, stopped (by its pid) when the test ends, panics included: for what would break other
+/// tests on the shared Vault, such as sealing it.
+#[derive(Debug)]
+pub struct OwnVault {
+    child: std::process::Child,
+    pub addr: String,
+    admin: VaultAdmin,
+}
+
+impl Drop for OwnVault {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl OwnVault {
+    /// Starts it and waits until it answers.
+    pub async fn start(bed: &crate::TestBed) -> Self {
+        let port = free_port();
+        let child = std::process::Command::new(bed.env.bin("vault"))
+            .args([
+                "server",
+                "-dev",
+                "-dev-root-token-id=root",
+                &format!("-dev-listen-address=127.0.0.1:{port}"),
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("the bed's vault binary");
+        let addr = format!("http://127.0.0.1:{port}");
+        let vault = Self {
+            child,
+            admin: VaultAdmin::at(&addr, "root"),
+            addr,
+        };
+        let health = format!("{}/v1/sys/health", vault.addr);
+        crate::eventually(
+            std::time::Duration::from_secs(60),
+            std::time::Duration::from_millis(100),
+            async || {
+                let answer = vault.admin.http.get(&health).send().await;
+                answer.is_ok_and(|r| r.status().is_success()).then_some(())
+            },
+        )
+        .await
+        .expect("our own dev Vault starts within 60 s");
+        vault
+    }
+
+    /// Its root.
+    pub fn admin(&self) -> &VaultAdmin {
+        &self.admin
+    }
+
+    /// Seals it (`PUT sys/seal`): from then on it answers every request 503 "Vault is sealed".
+    pub async fn seal(&self) {
+        self.admin
+            .write("sys/seal", serde_json::json!({}))
+            .await
+            .expect("our own Vault seals");
+    }
+}
+
+/// Removes the Vault role and policy named `name` (as the chart's NOTES make them) when dropped,
+/// panics included.
+#[derive(Debug)]
+pub struct VaultRoleRemoved {
+    env: BedEnv,
+    name: String,
+}
+
+impl VaultRoleRemoved {
+    pub fn on_drop(env: &BedEnv, name: &str) -> Self {
+        Self {
+            env: env.clone(),
+            name: name.to_owned(),
+        }
+    }
+}
+
+impl Drop for VaultRoleRemoved {
+    fn drop(&mut self) {
+        let _ = crate::bed_script(
+            &self.env,
+            &format!(
+                "vault delete auth/kubernetes/role/{0}; vault policy delete {0}",
+                self.name
+            ),
+        )
+        .output();
+    }
+}
+
+/// A loopback port with nothing listening on it.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// One entry of Vault's file audit device made with (or answering) a login of a pod in a given
 /// namespace: `request` or `response`, the operation and the path.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -203,4 +379,18 @@ pub fn audited_calls_of_namespace(
                 .to_owned(),
         })
         .collect())
+}
+
+/// RFC 3339 timestamps from one Vault compare as strings once their fractions are padded;
+/// compare them as parsed seconds to be safe.
+pub fn rfc3339_seconds(rfc3339: &str) -> f64 {
+    let out = std::process::Command::new("date")
+        .args(["-d", rfc3339, "+%s.%N"])
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
 }

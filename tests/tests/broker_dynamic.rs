@@ -4,13 +4,12 @@
 //! lease (the Redis user is gone) and the token. Needs `scripts/testbed up` (with Redis) and a
 //! built broker (`cargo build -p keyhole-broker`).
 
-use k8s_openapi::api::core::v1::ServiceAccount;
 use keyhole_contract::exit_code;
 use keyhole_tests::exposure::vault_tokens_of_namespace;
 use keyhole_tests::{
-    BrokerDirs, BrokerProcess, Redis, Reply, SilentServer, TestBed, TestNamespace, VaultAdmin,
+    BrokerDirs, BrokerProcess, JobNamespace, Redis, Reply, SilentServer, TestBed, TestNamespace,
+    VaultAdmin, VaultRole, eventually, lease_of, rfc3339_seconds,
 };
-use kube::api::PostParams;
 use serde_json::{Value, json};
 
 /// The bed's role: users live 6 s unless renewed, 60 s at most (`scripts/lib/up.sh`).
@@ -33,40 +32,18 @@ impl Job {
 
     /// [`Job::new`] whose policy may also read `extra` (dynamic paths).
     async fn with_paths(tag: &str, token_ttl: &str, extra: &[String]) -> Self {
-        let bed = TestBed::connect().await;
-        let vault = VaultAdmin::new(&bed.env);
-        let ns = TestNamespace::create(&bed, tag, &[]).await.unwrap();
+        let role = VaultRole::new("job")
+            .read(CREDS)
+            .read_all(extra)
+            .update("sys/leases/revoke")
+            .token_ttl(token_ttl)
+            .token_max_ttl("120s");
+        let JobNamespace { bed, ns, vault } = JobNamespace::builder(tag)
+            .service_account("job")
+            .vault_role(role)
+            .create()
+            .await;
         let name = ns.name.clone();
-        let sa: ServiceAccount =
-            serde_json::from_value(json!({"metadata": {"name": "job"}})).unwrap();
-        ns.api::<ServiceAccount>()
-            .create(&PostParams::default(), &sa)
-            .await
-            .unwrap();
-        let policy = format!(
-            "path \"{CREDS}\" {{ capabilities = [\"read\"] }}\n\
-             path \"sys/internal/ui/mounts/*\" {{ capabilities = [\"read\"] }}\n\
-             path \"sys/leases/revoke\" {{ capabilities = [\"update\"] }}\n"
-        ) + &extra
-            .iter()
-            .map(|p| format!("path \"{p}\" {{ capabilities = [\"read\"] }}\n"))
-            .collect::<String>();
-        vault
-            .write(
-                &format!("sys/policies/acl/{name}"),
-                json!({"policy": policy}),
-            )
-            .await
-            .unwrap();
-        vault
-            .write(
-                &format!("auth/kubernetes/role/{name}"),
-                json!({"bound_service_account_names": ["job"],
-                       "bound_service_account_namespaces": [name], "audience": "vault",
-                       "token_policies": [name], "token_ttl": token_ttl, "token_max_ttl": "120s"}),
-            )
-            .await
-            .unwrap();
         let dirs = BrokerDirs::new(tag).unwrap();
         dirs.write_service_account_tokens(&bed, &name, "job")
             .await
@@ -101,32 +78,6 @@ impl Job {
             .expect("expire_time")
             .to_owned()
     }
-}
-
-/// The lease id on a secret's audit line.
-fn lease_of(stderr: &str, secret: &str) -> String {
-    let line = stderr
-        .lines()
-        .find(|l| l.contains(&format!("audit secret={secret} ")))
-        .unwrap_or_else(|| panic!("no audit line for {secret}:\n{stderr}"));
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix("lease="))
-        .unwrap_or_else(|| panic!("no lease on {line:?}"))
-        .to_owned()
-}
-
-/// RFC 3339 timestamps from one Vault compare as strings once their fractions are padded;
-/// compare them as parsed seconds to be safe.
-fn seconds(rfc3339: &str) -> f64 {
-    let out = std::process::Command::new("date")
-        .args(["-d", rfc3339, "+%s.%N"])
-        .output()
-        .unwrap();
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
 }
 
 #[tokio::test]
@@ -189,7 +140,7 @@ async fn dynamic_credentials_work_are_renewed_and_are_revoked_at_sigterm() {
         .unwrap();
     let later_expiry = job.expire_time(&lease).await;
     assert!(
-        seconds(&later_expiry) > seconds(&first_expiry),
+        rfc3339_seconds(&later_expiry) > rfc3339_seconds(&first_expiry),
         "expire_time {first_expiry} -> {later_expiry}"
     );
     // The token (9 s) would end before the lease it keeps alive: renewed too.
@@ -299,18 +250,16 @@ async fn sigterm_during_resolution_revokes_what_was_issued_and_exits_at_once() {
         .await
         .unwrap();
     // The quick read has issued its lease; the broker has not collected it yet.
-    let issued = async {
-        loop {
+    let issued = eventually(
+        std::time::Duration::from_secs(30),
+        std::time::Duration::from_millis(100),
+        async || {
             let leases = vault.leases_under(&format!("{quick}/")).await;
-            if !leases.is_empty() {
-                return leases;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
-    };
-    let issued = tokio::time::timeout(std::time::Duration::from_secs(30), issued)
-        .await
-        .expect("the quick read issued no lease");
+            (!leases.is_empty()).then_some(leases)
+        },
+    )
+    .await
+    .expect("the quick read issued no lease");
     assert_eq!(issued.len(), 1, "{issued:?}");
 
     let signalled = std::time::Instant::now();

@@ -6,16 +6,12 @@
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-use keyhole_contract::exit_code;
 use keyhole_broker::leases::END_DEADLINE;
+use keyhole_contract::exit_code;
 use keyhole_tests::{
-    AuditedCall, BrokerDirs, BrokerExit, BrokerProcess, TestBed, TestNamespace, VaultAdmin,
-    audited_calls_of_namespace,
+    AuditedCall, BrokerDirs, BrokerExit, BrokerProcess, JobNamespace, OwnVault, TestBed,
+    TestNamespace, VaultAdmin, VaultRole, audited_calls_of_namespace, free_port, lease_of,
 };
-use kube::Api;
-use kube::api::PostParams;
 use serde_json::json;
 
 const DB_PASSWORD: &str = "db-pass-'quoted' $HOME \"x\" 0123";
@@ -23,14 +19,6 @@ const DB_USER: &str = "app-user-0123456789";
 const APP_TOKEN: &str = "app-token-k8s-0123456789";
 const FORBIDDEN: &str = "forbidden-value-0123456789";
 const OTHER_TEAM: &str = "other-team-secret-0123456789";
-
-async fn create<K>(api: &Api<K>, value: serde_json::Value)
-where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
-{
-    let object: K = serde_json::from_value(value).unwrap();
-    api.create(&PostParams::default(), &object).await.unwrap();
-}
 
 /// A job namespace with ServiceAccount `job`: Vault may read `kv/<ns>/*` (the secret `db`
 /// holds password and user), RBAC lets it get the Secret `app-creds` but not `not-yours`; the
@@ -43,54 +31,21 @@ struct Job {
 
 impl Job {
     async fn new(tag: &str) -> Self {
-        let bed = TestBed::connect().await;
-        let vault = VaultAdmin::new(&bed.env);
-        let ns = TestNamespace::create(&bed, tag, &[]).await.unwrap();
+        let JobNamespace { bed, ns, vault } = JobNamespace::builder(tag)
+            .service_account("job")
+            .secret("app-creds", json!({"token": APP_TOKEN}))
+            .secret("not-yours", json!({"token": FORBIDDEN}))
+            .secret_reader("read-app-creds", "job", "app-creds")
+            .vault_kv("db", json!({"password": DB_PASSWORD, "user": DB_USER}))
+            .vault_role(VaultRole::new("job").read("kv/data/{ns}/*"))
+            .create()
+            .await;
         let name = ns.name.clone();
-        create(
-            &ns.api::<ServiceAccount>(),
-            json!({"metadata": {"name": "job"}}),
-        )
-        .await;
-        create(
-            &ns.api::<Secret>(),
-            json!({"metadata": {"name": "app-creds"}, "stringData": {"token": APP_TOKEN}}),
-        )
-        .await;
-        create(
-            &ns.api::<Secret>(),
-            json!({"metadata": {"name": "not-yours"}, "stringData": {"token": FORBIDDEN}}),
-        )
-        .await;
-        create(
-            &ns.api::<Role>(),
-            json!({"metadata": {"name": "read-app-creds"}, "rules": [{"apiGroups": [""],
-                   "resources": ["secrets"], "resourceNames": ["app-creds"], "verbs": ["get"]}]}),
-        )
-        .await;
-        create(
-            &ns.api::<RoleBinding>(),
-            json!({"metadata": {"name": "job-read-app-creds"},
-                   "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "read-app-creds"},
-                   "subjects": [{"kind": "ServiceAccount", "name": "job", "namespace": name}]}),
-        )
-        .await;
-        vault
-            .write(
-                &format!("kv/data/{name}/db"),
-                json!({"data": {"password": DB_PASSWORD, "user": DB_USER}}),
-            )
-            .await
-            .unwrap();
         vault
             .write(
                 &format!("kv/data/other-team-{name}/db"),
                 json!({"data": {"password": OTHER_TEAM}}),
             )
-            .await
-            .unwrap();
-        vault
-            .grant_job_in_namespace(&name, &[format!("kv/data/{name}/*")])
             .await
             .unwrap();
         let dirs = BrokerDirs::new(tag).unwrap();
@@ -142,138 +97,51 @@ fn error_lines(stderr: &str) -> Vec<&str> {
         .collect()
 }
 
-/// A Vault dev server of the test's own (the bed's binary, root token `root`), stopped (by its
-/// pid) when the test ends, panics included: sealing the shared Vault would break other tests.
-struct OwnVault {
-    child: std::process::Child,
-    addr: String,
-    http: reqwest::Client,
-}
-
-impl Drop for OwnVault {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl OwnVault {
-    /// Starts it on a free loopback port and waits until it answers.
-    async fn start(bed: &TestBed) -> Self {
-        let port = free_port();
-        let child = std::process::Command::new(bed.env.bin("vault"))
-            .args([
-                "server",
-                "-dev",
-                "-dev-root-token-id=root",
-                &format!("-dev-listen-address=127.0.0.1:{port}"),
-            ])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("the bed's vault binary");
-        let vault = Self {
-            child,
-            addr: format!("http://127.0.0.1:{port}"),
-            http: reqwest::Client::new(),
-        };
-        tokio::time::timeout(Duration::from_secs(60), async {
-            while !vault
-                .http
-                .get(format!("{}/v1/sys/health", vault.addr))
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success())
-            {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        })
+/// Sets up `vault` as `scripts/lib/up.sh` sets up the bed's Vault for dynamic secrets: kubernetes
+/// auth against the bed's API server (reviewer: the bed's `kube-system/vault-auth`), the
+/// database engine on the bed's Redis with the role [`SHORT_LIVED`] (users live 6 s unless
+/// renewed, 60 s at most). ServiceAccount `job` of `namespace` logs in as role `namespace`
+/// with a token of 300 s (no token renewal within the test) and may read the role's
+/// credentials and revoke its leases.
+async fn configure_dynamic_secrets(vault: &OwnVault, bed: &TestBed, namespace: &str) {
+    let vault = vault.admin();
+    let write = async |path: &str, body: serde_json::Value| {
+        vault.write(path, body).await.unwrap();
+    };
+    let reviewer = bed
+        .service_account_token("kube-system", "vault-auth", &[])
         .await
-        .expect("our own dev Vault starts");
-        vault
-    }
-
-    /// `PUT /v1/<path>` as root; panics with Vault's answer unless it is a success.
-    async fn write(&self, path: &str, body: serde_json::Value) {
-        let resp = self
-            .http
-            .put(format!("{}/v1/{path}", self.addr))
-            .header("X-Vault-Token", "root")
-            .json(&body)
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("our own Vault, {path}: {e}"));
-        let status = resp.status();
-        let text = resp.text().await.unwrap_or_default();
-        assert!(
-            status.is_success(),
-            "our own Vault, {path}: {status}: {text}"
-        );
-    }
-
-    /// Seals it (`PUT sys/seal`): from then on it answers every request 503 "Vault is sealed".
-    async fn seal(&self) {
-        self.write("sys/seal", json!({})).await;
-    }
-
-    /// Sets it up as `scripts/lib/up.sh` sets up the bed's Vault for dynamic secrets: kubernetes
-    /// auth against the bed's API server (reviewer: the bed's `kube-system/vault-auth`), the
-    /// database engine on the bed's Redis with the role [`SHORT_LIVED`] (users live 6 s unless
-    /// renewed, 60 s at most). ServiceAccount `job` of `namespace` logs in as role `namespace`
-    /// with a token of 300 s (no token renewal within the test) and may read the role's
-    /// credentials and revoke its leases.
-    async fn configure_dynamic_secrets(&self, bed: &TestBed, namespace: &str) {
-        let reviewer = bed
-            .service_account_token("kube-system", "vault-auth", &[])
-            .await
-            .unwrap();
-        let ca = std::fs::read_to_string(bed.path("pki/ca.crt")).unwrap();
-        self.write("sys/auth/kubernetes", json!({"type": "kubernetes"}))
-            .await;
-        self.write(
-            "auth/kubernetes/config",
-            json!({"kubernetes_host": bed.env.apiserver_url, "kubernetes_ca_cert": ca,
-                   "token_reviewer_jwt": reviewer, "disable_local_ca_jwt": true}),
-        )
-        .await;
-        let redis = bed.env.redis.as_ref().expect("the bed has Redis");
-        let (host, port) = redis.addr.rsplit_once(':').unwrap();
-        let password = std::fs::read_to_string(&redis.password_file).unwrap();
-        self.write("sys/mounts/database", json!({"type": "database"}))
-            .await;
-        self.write(
-            "database/config/redis",
-            json!({"plugin_name": "redis-database-plugin", "host": host, "port": port.parse::<u16>().unwrap(),
-                   "tls": false, "username": "default", "password": password.trim(), "allowed_roles": "*"}),
-        )
-        .await;
-        self.write(
-            "database/roles/short-lived",
-            json!({"db_name": "redis", "creation_statements": "[\"~*\", \"+@read\", \"+ping\"]",
-                   "default_ttl": "6s", "max_ttl": "60s"}),
-        )
-        .await;
-        let policy = format!(
-            "path \"{SHORT_LIVED}\" {{ capabilities = [\"read\"] }}\n\
-             path \"sys/internal/ui/mounts/*\" {{ capabilities = [\"read\"] }}\n\
-             path \"sys/leases/revoke\" {{ capabilities = [\"update\"] }}\n"
-        );
-        self.write(
-            &format!("sys/policies/acl/{namespace}"),
-            json!({"policy": policy}),
-        )
-        .await;
-        self.write(
-            &format!("auth/kubernetes/role/{namespace}"),
-            json!({"bound_service_account_names": ["job"],
-                   "bound_service_account_namespaces": [namespace], "audience": "vault",
-                   "token_policies": [namespace], "token_ttl": "300s"}),
-        )
-        .await;
-    }
+        .unwrap();
+    let ca = std::fs::read_to_string(bed.path("pki/ca.crt")).unwrap();
+    write("sys/auth/kubernetes", json!({"type": "kubernetes"})).await;
+    write(
+        "auth/kubernetes/config",
+        json!({"kubernetes_host": bed.env.apiserver_url, "kubernetes_ca_cert": ca,
+               "token_reviewer_jwt": reviewer, "disable_local_ca_jwt": true}),
+    )
+    .await;
+    let redis = bed.env.redis.as_ref().expect("the bed has Redis");
+    let (host, port) = redis.addr.rsplit_once(':').unwrap();
+    let password = std::fs::read_to_string(&redis.password_file).unwrap();
+    write("sys/mounts/database", json!({"type": "database"})).await;
+    write(
+        "database/config/redis",
+        json!({"plugin_name": "redis-database-plugin", "host": host, "port": port.parse::<u16>().unwrap(),
+               "tls": false, "username": "default", "password": password.trim(), "allowed_roles": "*"}),
+    )
+    .await;
+    write(
+        "database/roles/short-lived",
+        json!({"db_name": "redis", "creation_statements": "[\"~*\", \"+@read\", \"+ping\"]",
+               "default_ttl": "6s", "max_ttl": "60s"}),
+    )
+    .await;
+    let role = VaultRole::new("job")
+        .read(SHORT_LIVED)
+        .update("sys/leases/revoke");
+    vault.grant(namespace, &role).await.unwrap();
 }
-
-/// The dynamic credentials [`OwnVault::configure_dynamic_secrets`] issues.
+/// The dynamic credentials [`configure_dynamic_secrets`] issues.
 const SHORT_LIVED: &str = "database/creds/short-lived";
 
 /// Deletes a user of the bed's Redis when dropped (panics included): a sealed Vault cannot
@@ -299,27 +167,6 @@ impl Drop for RedisUserRemoved {
             .stderr(std::process::Stdio::null())
             .status();
     }
-}
-
-/// The lease id on a secret's audit line.
-fn lease_of(stderr: &str, secret: &str) -> String {
-    let line = stderr
-        .lines()
-        .find(|l| l.contains(&format!("audit secret={secret} ")))
-        .unwrap_or_else(|| panic!("no audit line for {secret}:\n{stderr}"));
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix("lease="))
-        .unwrap_or_else(|| panic!("no lease on {line:?}"))
-        .to_owned()
-}
-
-/// A loopback port with nothing listening on it.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn with(mut settings: Vec<(String, String)>, extra: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -510,7 +357,7 @@ async fn a_vault_sealed_mid_job_keeps_delivered_files_warns_on_renewal_and_bound
     let job = Job::new("bfsealmid").await;
     let ns = job.ns.name.clone();
     let vault = OwnVault::start(&job.bed).await;
-    vault.configure_dynamic_secrets(&job.bed, &ns).await;
+    configure_dynamic_secrets(&vault, &job.bed, &ns).await;
     let addr = vault.addr.clone();
     job.dirs
         .write_references(&[

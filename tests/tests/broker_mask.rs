@@ -10,12 +10,8 @@ use std::process::Stdio;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use keyhole_contract::exit_code;
-use keyhole_tests::{BrokerDirs, BrokerProcess, TestBed, TestNamespace, VaultAdmin};
-use kube::Api;
-use kube::api::PostParams;
+use keyhole_tests::{BrokerDirs, BrokerProcess, JobNamespace, VaultRole};
 use serde_json::json;
 
 /// Fields of the whole Vault secret `db`.
@@ -31,14 +27,6 @@ const CERT: &str = "cert/with spaces+plus?and=more&symbol-0123456789/abcdefghijk
 const JOB_TOKEN: &str = "glcbt-64_ci-job-token-0123456789";
 /// A job variable too short to mask.
 const SHORT_PIN: &str = "Pk9#";
-
-async fn create<K>(api: &Api<K>, value: serde_json::Value)
-where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
-{
-    let object: K = serde_json::from_value(value).unwrap();
-    api.create(&PostParams::default(), &object).await.unwrap();
-}
 
 /// The job script: sources the env file, sends its stdout and stderr into the broker's log
 /// pipe (as the runner's script does), and prints every secret in the forms users print.
@@ -126,51 +114,19 @@ async fn a_job_printing_its_secrets_every_usual_way_shows_none_of_them() {
             .unwrap();
         assert!(found.success(), "this test needs {tool} on this machine");
     }
-    let bed = TestBed::connect().await;
-    let vault = VaultAdmin::new(&bed.env);
-    let ns = TestNamespace::create(&bed, "bmask", &[]).await.unwrap();
+    let JobNamespace { bed, ns, .. } = JobNamespace::builder("bmask")
+        .service_account("job")
+        .secret("app-creds", json!({"token": APP_TOKEN}))
+        .secret_reader("read-app-creds", "job", "app-creds")
+        .vault_kv(
+            "db",
+            json!({"password": DB_PASSWORD, "user": DB_USER, "pin": DB_PIN}),
+        )
+        .vault_kv("cert", json!({"value": CERT}))
+        .vault_role(VaultRole::new("job").read("kv/data/{ns}/*"))
+        .create()
+        .await;
     let name = ns.name.clone();
-    create(
-        &ns.api::<ServiceAccount>(),
-        json!({"metadata": {"name": "job"}}),
-    )
-    .await;
-    create(
-        &ns.api::<Secret>(),
-        json!({"metadata": {"name": "app-creds"}, "stringData": {"token": APP_TOKEN}}),
-    )
-    .await;
-    create(
-        &ns.api::<Role>(),
-        json!({"metadata": {"name": "read-app-creds"}, "rules": [{"apiGroups": [""],
-               "resources": ["secrets"], "resourceNames": ["app-creds"], "verbs": ["get"]}]}),
-    )
-    .await;
-    create(
-        &ns.api::<RoleBinding>(),
-        json!({"metadata": {"name": "job-read-app-creds"},
-               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "read-app-creds"},
-               "subjects": [{"kind": "ServiceAccount", "name": "job", "namespace": name}]}),
-    )
-    .await;
-    vault
-        .write(
-            &format!("kv/data/{name}/db"),
-            json!({"data": {"password": DB_PASSWORD, "user": DB_USER, "pin": DB_PIN}}),
-        )
-        .await
-        .unwrap();
-    vault
-        .write(
-            &format!("kv/data/{name}/cert"),
-            json!({"data": {"value": CERT}}),
-        )
-        .await
-        .unwrap();
-    vault
-        .grant_job_in_namespace(&name, &[format!("kv/data/{name}/*")])
-        .await
-        .unwrap();
     let dirs = BrokerDirs::new("bmask").unwrap();
     dirs.write_service_account_tokens(&bed, &name, "job")
         .await

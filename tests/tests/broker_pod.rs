@@ -5,9 +5,11 @@
 //! the broker image (`cargo build --profile broker -p keyhole-broker && scripts/testbed image
 //! keyhole.local/broker:dev target/broker/keyhole-broker`, done by `scripts/test-all`).
 
-use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
-use k8s_openapi::api::rbac::v1::Role;
-use keyhole_tests::{TestBed, TestNamespace, VaultAdmin, pod_logs, run_pod_to_completion};
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use keyhole_tests::{
+    JobNamespace, TestBed, TestNamespace, VaultAdmin, VaultRole, pod_logs, rfc3339_seconds,
+    run_pod_to_completion,
+};
 use kube::Api;
 use kube::api::PostParams;
 use serde_json::json;
@@ -39,14 +41,6 @@ fn sha256_hex(data: &[u8]) -> String {
         .to_owned()
 }
 
-async fn create<K>(api: &Api<K>, value: serde_json::Value)
-where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
-{
-    let object: K = serde_json::from_value(value).unwrap();
-    api.create(&PostParams::default(), &object).await.unwrap();
-}
-
 struct JobSetup {
     bed: TestBed,
     ns: TestNamespace,
@@ -55,57 +49,27 @@ struct JobSetup {
 }
 
 async fn job_setup(tag: &str) -> JobSetup {
-    let bed = TestBed::connect().await;
-    let vault = VaultAdmin::new(&bed.env);
-    let ns = TestNamespace::create(
-        &bed,
-        tag,
-        &[("pod-security.kubernetes.io/enforce", "restricted")],
-    )
-    .await
-    .unwrap();
-    let name = ns.name.clone();
+    let job = JobNamespace::builder(tag)
+        .restricted()
+        .service_account("job")
+        .secret_reader("read-app-creds", "job", "app-creds")
+        .vault_role(VaultRole::new("job").read("kv/data/{ns}/*"))
+        .create()
+        .await;
+    let name = job.name().to_owned();
     let db_password = format!("db-pass-{name}-\"quoted\" $HOME 'x'");
     let app_token = format!("app-token-{name}-0123456789");
-    create(
-        &ns.api::<ServiceAccount>(),
-        json!({"metadata": {"name": "job"}}),
-    )
-    .await;
-    create(
-        &ns.api::<Secret>(),
-        json!({"metadata": {"name": "app-creds"}, "stringData": {"token": app_token}}),
-    )
-    .await;
-    create(
-        &ns.api::<Secret>(),
+    job.ns
+        .create_object::<Secret>(
+            json!({"metadata": {"name": "app-creds"}, "stringData": {"token": app_token}}),
+        )
+        .await;
+    job.ns.create_object::<Secret>(
         json!({"metadata": {"name": "not-yours"}, "stringData": {"token": "forbidden-value-1234"}}),
     )
     .await;
-    create(
-        &ns.api::<Role>(),
-        json!({"metadata": {"name": "read-app-creds"}, "rules": [{"apiGroups": [""], "resources": ["secrets"],
-               "resourceNames": ["app-creds"], "verbs": ["get"]}]}),
-    )
-    .await;
-    create(
-        &ns.api::<k8s_openapi::api::rbac::v1::RoleBinding>(),
-        json!({"metadata": {"name": "job-read-app-creds"},
-               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "read-app-creds"},
-               "subjects": [{"kind": "ServiceAccount", "name": "job", "namespace": name}]}),
-    )
-    .await;
-    vault
-        .write(
-            &format!("kv/data/{name}/db"),
-            json!({"data": {"password": db_password}}),
-        )
-        .await
-        .unwrap();
-    vault
-        .grant_job_in_namespace(&name, &[format!("kv/data/{name}/*")])
-        .await
-        .unwrap();
+    job.write_kv("db", json!({"password": db_password})).await;
+    let JobNamespace { bed, ns, .. } = job;
     JobSetup {
         bed,
         ns,
@@ -184,12 +148,8 @@ async fn broker_delivers_vault_and_kubernetes_secrets_and_masks_them_in_the_job_
     let ns = &setup.ns.name;
     let ci_job_token = format!("glcbt-64_{ns}-ci-job-token");
     let deploy_config = format!("apiVersion: v1\nkind: Config\ntoken: file-var-{ns}\n");
-    create(
-        &setup.ns.api::<Secret>(),
-        json!({"metadata": {"name": "job-inputs"},
-               "stringData": {"var.CI_JOB_TOKEN": ci_job_token, "file.DEPLOY_CONFIG": deploy_config}}),
-    )
-    .await;
+    setup.ns.create_object::<Secret>(json!({"metadata": {"name": "job-inputs"},
+               "stringData": {"var.CI_JOB_TOKEN": ci_job_token, "file.DEPLOY_CONFIG": deploy_config}})).await;
     let script = r#"
         exec > /keyhole/run/log 2>&1
         . /keyhole/secrets/.env
@@ -390,11 +350,12 @@ async fn broker_logs_in_to_vault_with_the_jobs_gitlab_id_token() {
     let key =
         EncodingKey::from_rsa_pem(&std::fs::read(&setup.bed.env.jwt_signing_key).unwrap()).unwrap();
     let id_token = encode(&Header::new(Algorithm::RS256), &claims, &key).unwrap();
-    create(
-        &setup.ns.api::<Secret>(),
-        json!({"metadata": {"name": "job-inputs"}, "stringData": {"VAULT_ID_TOKEN": id_token}}),
-    )
-    .await;
+    setup
+        .ns
+        .create_object::<Secret>(
+            json!({"metadata": {"name": "job-inputs"}, "stringData": {"VAULT_ID_TOKEN": id_token}}),
+        )
+        .await;
     let pod = job_pod(
         &setup,
         json!({"secrets.keyhole.dev/DB_PASSWORD": format!("vault:kv/{ns}/db?engine=kv-v2#password")}),
@@ -429,16 +390,7 @@ async fn lease_expiry(vault: &VaultAdmin, lease_id: &str) -> f64 {
         .write_status("sys/leases/lookup", json!({"lease_id": lease_id}))
         .await;
     assert!(status.is_success(), "lookup of {lease_id}: {body}");
-    let text = body["data"]["expire_time"].as_str().expect("expire_time");
-    let out = std::process::Command::new("date")
-        .args(["-d", text, "+%s.%N"])
-        .output()
-        .unwrap();
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
+    rfc3339_seconds(body["data"]["expire_time"].as_str().expect("expire_time"))
 }
 
 #[tokio::test]

@@ -3,11 +3,9 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::ServiceAccount;
-use keyhole_contract::reference::Engine;
 use keyhole_broker::vault::{LoginMethod, RetryPolicy, VaultClient, VaultConfig, VaultError};
-use keyhole_tests::{TestBed, TestNamespace, VaultAdmin};
-use kube::api::{ObjectMeta, PostParams};
+use keyhole_contract::reference::Engine;
+use keyhole_tests::{JobNamespace, OwnVault, TestBed, TestNamespace, VaultAdmin, VaultRole};
 use secrecy::ExposeSecret;
 use serde_json::json;
 
@@ -59,35 +57,18 @@ mod tempfile_path {
 
 impl Fixture {
     async fn new(tag: &str) -> Self {
-        let bed = TestBed::connect().await;
-        let vault = VaultAdmin::new(&bed.env);
-        let ns = TestNamespace::create(&bed, tag, &[]).await.unwrap();
-        ns.api::<ServiceAccount>()
-            .create(
-                &PostParams::default(),
-                &ServiceAccount {
-                    metadata: ObjectMeta {
-                        name: Some("job".into()),
-                        ..ObjectMeta::default()
-                    },
-                    ..ServiceAccount::default()
-                },
-            )
-            .await
-            .unwrap();
-        let name = ns.name.clone();
-        vault
-            .grant_job_in_namespace(
-                &name,
-                &[
-                    format!("kv/data/{name}/*"),
-                    format!("kv1/{name}/*"),
+        let JobNamespace { bed, ns, vault } = JobNamespace::builder(tag)
+            .service_account("job")
+            .vault_role(
+                VaultRole::new("job")
+                    .read("kv/data/{ns}/*")
+                    .read("kv1/{ns}/*")
                     // Vault answers a mount lookup only to a token with a grant under it.
-                    "database/creds/short-lived".to_owned(),
-                ],
+                    .read("database/creds/short-lived"),
             )
-            .await
-            .unwrap();
+            .create()
+            .await;
+        let name = ns.name.clone();
         let jwt = bed
             .service_account_token(&ns.name, "job", &["vault"])
             .await
@@ -303,58 +284,13 @@ async fn an_address_off_the_allow_list_gets_no_request() {
     assert!(err.to_string().contains("allow-list"), "{err}");
 }
 
-/// A Vault dev server of the test's own, stopped (by its pid) when the test ends, panics
-/// included.
-struct OwnVault(std::process::Child);
-
-impl Drop for OwnVault {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test]
 async fn a_sealed_vault_is_reported_as_sealed_without_retrying() {
     // Sealing the shared Vault would break other tests: start a dev server of our own.
     let bed = TestBed::connect().await;
-    let port = 18200 + (std::process::id() % 500) as u16;
-    let addr = format!("http://127.0.0.1:{port}");
-    let _vault = OwnVault(
-        std::process::Command::new(bed.env.bin("vault"))
-            .args([
-                "server",
-                "-dev",
-                "-dev-root-token-id=root",
-                &format!("-dev-listen-address=127.0.0.1:{port}"),
-            ])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("the bed's vault binary"),
-    );
-    let http = reqwest::Client::new();
-    let mut up = false;
-    for _ in 0..100 {
-        if http
-            .get(format!("{addr}/v1/sys/health"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            up = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(up, "own dev Vault did not start");
-    http.put(format!("{addr}/v1/sys/seal"))
-        .header("X-Vault-Token", "root")
-        .send()
-        .await
-        .unwrap()
-        .error_for_status()
-        .unwrap();
+    let vault = OwnVault::start(&bed).await;
+    vault.seal().await;
+    let addr = vault.addr.clone();
     let mut client = VaultClient::new(config(&addr)).unwrap();
     let err = client.login(&placeholder_jwt_login()).await.unwrap_err();
     assert!(matches!(err, VaultError::Sealed { .. }), "{err}");

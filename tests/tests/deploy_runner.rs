@@ -11,7 +11,6 @@
 //! `scripts/testbed image keyhole.local/broker:dev target/release/keyhole-broker`.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,8 +20,8 @@ use keyhole_runner::instance::INSTANCE_LABEL;
 use keyhole_runner::pod::{JOB_ID_LABEL, MANAGED_BY, MANAGED_BY_LABEL};
 use keyhole_tests::coordinator::FinalStatus;
 use keyhole_tests::{
-    BedEnv, Coordinator, CoordinatorOptions, HelmRelease, TestBed, TestNamespace, VaultAdmin,
-    bed_command, bed_script, run_ok,
+    BedEnv, Coordinator, CoordinatorOptions, HelmRelease, JobNamespace, TestBed, TestNamespace,
+    VaultAdmin, VaultRoleRemoved, bed_command, bed_script, eventually, run_ok,
 };
 use kube::Api;
 use kube::api::{DeleteParams, ListParams, LogParams, PostParams};
@@ -40,25 +39,6 @@ const RUNNER_PORT: u16 = 9252;
 const RUNNER_READY: Duration = Duration::from_secs(180);
 const JOB_DONE: Duration = Duration::from_secs(240);
 const RUNNER_GONE: Duration = Duration::from_secs(150);
-
-/// Removes the tenant's Vault role and policy when dropped.
-struct VaultRole {
-    env: BedEnv,
-    name: String,
-}
-
-impl Drop for VaultRole {
-    fn drop(&mut self) {
-        let _ = bed_script(
-            &self.env,
-            &format!(
-                "vault delete auth/kubernetes/role/{0}; vault policy delete {0}",
-                self.name
-            ),
-        )
-        .output();
-    }
-}
 
 fn is_ready(pod: &Pod) -> bool {
     pod.status
@@ -161,22 +141,16 @@ async fn follow_log(pods: &Api<Pod>, name: &str) -> JoinHandle<Vec<String>> {
 async fn the_charts_runner_takes_a_job_and_completes_it_with_a_vault_secret() {
     let bed = TestBed::connect().await;
     let vault = VaultAdmin::new(&bed.env);
-    let ns = TestNamespace::create(
-        &bed,
-        "deployrun",
-        &[("pod-security.kubernetes.io/enforce", "restricted")],
-    )
-    .await
-    .unwrap();
+    let ns = JobNamespace::builder("deployrun")
+        .restricted()
+        .create_on(&bed)
+        .await
+        .ns;
     let jobs_ns = format!("{}-jobs", ns.name);
     // GitLab on the bed's bridge: the runner pod and the job pod's checkout reach it there.
-    let gitlab = Coordinator::start(CoordinatorOptions {
-        bind: SocketAddr::from(([10, 213, 0, 1], 0)),
-        long_poll: Duration::from_secs(5),
-        ..CoordinatorOptions::default()
-    })
-    .await
-    .unwrap();
+    let gitlab = Coordinator::start(CoordinatorOptions::on_bed_bridge(Duration::from_secs(5)))
+        .await
+        .unwrap();
 
     create_runner_token(&ns, &gitlab).await;
 
@@ -184,10 +158,7 @@ async fn the_charts_runner_takes_a_job_and_completes_it_with_a_vault_secret() {
     // unique to this run) reads one KV path. The values are unique to this run too.
     let project = "acme/deployed-app";
     let tenant_sa = format!("app-{}", ns.name);
-    let _vault_role = VaultRole {
-        env: bed.env.clone(),
-        name: tenant_sa.clone(),
-    };
+    let _vault_role = VaultRoleRemoved::on_drop(&bed.env, &tenant_sa);
     let password = format!("deployed-db-pw-{}", fastrand::u64(..));
     vault
         .write(
@@ -312,18 +283,20 @@ networkPolicy:
     // The runner counts the job (read through the apiserver's proxy to the pod). The count
     // follows the final update, so wait for it, bounded.
     let counted = "keyhole_runner_jobs_total{outcome=\"success\"} 1";
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let text = metrics(&bed.env, &ns.name, &runner_name).unwrap();
-        if text.contains(counted) {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{counted:?} not in /metrics:\n{text}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    let counted_in = eventually(
+        Duration::from_secs(30),
+        Duration::from_millis(500),
+        async || {
+            let text = metrics(&bed.env, &ns.name, &runner_name).unwrap();
+            text.contains(counted).then_some(())
+        },
+    )
+    .await;
+    assert!(
+        counted_in.is_some(),
+        "{counted:?} not in /metrics:\n{}",
+        metrics(&bed.env, &ns.name, &runner_name).unwrap()
+    );
 
     // The runner pod dies mid-job (force-deleted: killed at once, no shutdown, its Lease left
     // to expire, its emptyDirs gone). The Deployment's next pod finds the job in the journal
@@ -379,7 +352,7 @@ async fn kill_the_runner_mid_job(
         .script(["echo started", "sleep 600"])
         .enqueue()
         .unwrap();
-    let started = poll_until(JOB_DONE, || {
+    let started = eventually(JOB_DONE, POLL, async || {
         trace_text(gitlab, job.id)
             .contains("started\n")
             .then_some(())
@@ -425,15 +398,16 @@ async fn kill_the_runner_mid_job(
     );
     let jobs: Api<Pod> = Api::namespaced(pods.clone().into_client(), jobs_ns);
     let selector = ListParams::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
-    let mut pod_gone = None;
-    for _ in 0..120 {
-        if jobs.list(&selector).await.unwrap().items.is_empty() {
-            pod_gone = Some(killed.elapsed());
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    let pod_gone = pod_gone.expect("the dead runner's job pod is deleted");
+    let pod_gone = eventually(
+        Duration::from_secs(60),
+        Duration::from_millis(500),
+        async || {
+            let left = jobs.list(&selector).await.unwrap().items;
+            left.is_empty().then(|| killed.elapsed())
+        },
+    )
+    .await
+    .expect("the dead runner's job pod is deleted");
     eprintln!(
         "figure: runner pod killed mid-job: GitLab had the job's final state after {:.1} s, its pod was gone after {:.1} s",
         reported.as_secs_f64(),
@@ -526,19 +500,8 @@ fn watch_job_pods(jobs: Api<Pod>) -> (JobPods, JoinHandle<()>) {
     (seen, task)
 }
 
-/// Checks `check` every 200 ms until it returns `Some`, for at most `timeout`.
-async fn poll_until<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(found) = check() {
-            return Some(found);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
+/// How often the rolling-upgrade test looks again.
+const POLL: Duration = Duration::from_millis(200);
 
 fn trace_text(gitlab: &Coordinator, job: u64) -> String {
     String::from_utf8_lossy(&gitlab.trace(job)).into_owned()
@@ -558,21 +521,15 @@ async fn a_rolling_upgrade_of_two_replicas_drains_the_old_pods_and_loses_no_job(
     /// Jobs of the first pods: `concurrent` 3 on each of 2 replicas, so both take some.
     const JOBS: u64 = 6;
     let bed = TestBed::connect().await;
-    let ns = TestNamespace::create(
-        &bed,
-        "deployroll",
-        &[("pod-security.kubernetes.io/enforce", "restricted")],
-    )
-    .await
-    .unwrap();
+    let ns = JobNamespace::builder("deployroll")
+        .restricted()
+        .create_on(&bed)
+        .await
+        .ns;
     let jobs_ns = format!("{}-jobs", ns.name);
-    let gitlab = Coordinator::start(CoordinatorOptions {
-        bind: SocketAddr::from(([10, 213, 0, 1], 0)),
-        long_poll: Duration::from_secs(5),
-        ..CoordinatorOptions::default()
-    })
-    .await
-    .unwrap();
+    let gitlab = Coordinator::start(CoordinatorOptions::on_bed_bridge(Duration::from_secs(5)))
+        .await
+        .unwrap();
     create_runner_token(&ns, &gitlab).await;
     // The grace period covers the jobs' rest: the chart gives the runner 180 - 90 = 90 s to
     // drain (`shutdown_timeout`). A new log level is a config change: the pods roll.
@@ -620,7 +577,7 @@ networkPolicy:
             .map(|(uid, _)| uid.clone())
             .collect()
     };
-    let Some(old) = poll_until(RUNNER_READY, || {
+    let Some(old) = eventually(RUNNER_READY, POLL, async || {
         Some(ready_uids(&runners)).filter(|r| r.len() == 2)
     })
     .await
@@ -659,7 +616,7 @@ networkPolicy:
         let made = seen.get(&id)?;
         (made.len() == 1).then(|| made.values().next().cloned().unwrap_or_default())
     };
-    let running = poll_until(JOB_DONE, || {
+    let running = eventually(JOB_DONE, POLL, async || {
         jobs.iter()
             .zip(1..)
             .map(|(&id, n)| {
@@ -698,7 +655,7 @@ networkPolicy:
     // The config changes while the jobs run: the Deployment rolls its pods.
     let upgraded = Instant::now();
     tokio::task::block_in_place(|| release.upgrade(&values("info"))).unwrap();
-    let rolled = poll_until(RUNNER_READY, || {
+    let rolled = eventually(RUNNER_READY, POLL, async || {
         let new = &ready_uids(&runners) - &old;
         let seen = runners.lock().unwrap();
         let old_stopping = old.iter().all(|uid| seen[uid].terminating.is_some());
@@ -804,7 +761,7 @@ networkPolicy:
     }
 
     // The old pods drained their jobs and went; they were asked to stop while their jobs ran.
-    let Some(drained) = poll_until(RUNNER_GONE, || {
+    let Some(drained) = eventually(RUNNER_GONE, POLL, async || {
         let seen = runners.lock().unwrap();
         old.iter()
             .map(|uid| {

@@ -3,7 +3,6 @@
 //! exec` (the real binary) and through the coordinator (GitLab mode, the same YAML turned into
 //! a job payload, or a whole pipeline of them for the examples that hand files between jobs).
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -14,19 +13,12 @@ use keyhole_runner::pipeline::{LoadOptions, load_job};
 use keyhole_tests::coordinator::{FinalStatus, JobBuilder, StoredArtifact};
 use keyhole_tests::gitlab_ci::{PipelineJob, pipeline_jobs};
 use keyhole_tests::{
-    Coordinator, CoordinatorOptions, TestBed, TestNamespace, VaultAdmin, bed_cache_config,
+    Coordinator, CoordinatorOptions, TestBed, TestNamespace, VaultAdmin, bed_cache_config, repo_dir,
 };
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
 
 /// The `keyhole-runner` binary cargo built next to this test.
 fn runner_binary() -> PathBuf {
@@ -48,7 +40,7 @@ fn bed_env(bed: &TestBed, cmd: &mut Command, ns: &str) {
         env.testbed_dir.join("bin").display(),
         std::env::var("PATH").unwrap_or_default()
     );
-    cmd.current_dir(repo())
+    cmd.current_dir(repo_dir())
         .env("PATH", path)
         .env("KUBECONFIG", &env.kubeconfig)
         .env("VAULT_ADDR", &env.vault_addr)
@@ -215,10 +207,10 @@ fn assert_summary(r: &Streams, job: &str, ns: &str, verdict: &str) -> String {
 /// Job `job_name` of an example's `.gitlab-ci.yml`, as the runner's own parser reads it.
 fn example_job(example: &str, job_name: &str) -> Job {
     load_job(
-        &repo().join(format!("examples/{example}/.gitlab-ci.yml")),
+        &repo_dir().join(format!("examples/{example}/.gitlab-ci.yml")),
         job_name,
         &LoadOptions {
-            project_dir: repo().join("examples").join(example),
+            project_dir: repo_dir().join("examples").join(example),
             ci_project_dir: "/builds/acme/app".into(),
             job_id: 1,
         },
@@ -356,18 +348,14 @@ struct GitlabPipelines {
 
 impl GitlabPipelines {
     async fn start(bed: &TestBed, ns: &str, example: &str, service_account: &str) -> Self {
-        let file = repo().join(format!("examples/{example}/.gitlab-ci.yml"));
+        let file = repo_dir().join(format!("examples/{example}/.gitlab-ci.yml"));
         let yaml: Value = serde_saphyr::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
         let jobs = pipeline_jobs(&yaml, false).unwrap();
         // On the bed's bridge: the job pods' transfer containers upload and download
         // artifacts here.
-        let gitlab = Coordinator::start(CoordinatorOptions {
-            bind: SocketAddr::from(([10, 213, 0, 1], 0)),
-            long_poll: Duration::from_secs(2),
-            ..CoordinatorOptions::default()
-        })
-        .await
-        .unwrap();
+        let gitlab = Coordinator::start(CoordinatorOptions::on_bed_bridge(Duration::from_secs(2)))
+            .await
+            .unwrap();
         let mut config = runner_config(bed, ns, &gitlab, service_account);
         config.runners[0].cache = Some(bed_cache_config(&bed.env, ns).unwrap());
         let (stop, stop_rx) = watch::channel(false);

@@ -21,7 +21,6 @@
 //! Positive controls make the negatives count: each search must also find the values where
 //! they are by design (the tmpfs files, the two Secrets in etcd, a marker in the pod log).
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -29,8 +28,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::api::core::v1::Pod;
 use keyhole_runner::config::{Config, RunnerConfig};
 use keyhole_tests::coordinator::FinalStatus;
 use keyhole_tests::exposure::{
@@ -38,10 +36,11 @@ use keyhole_tests::exposure::{
     scan_entries, scan_namespace_objects, vault_tokens_of_namespace,
 };
 use keyhole_tests::{
-    Coordinator, CoordinatorOptions, TestBed, TestNamespace, VaultAdmin, runner_binary,
+    Coordinator, CoordinatorOptions, JobNamespace, TestBed, TestNamespace, VaultAdmin, VaultRole,
+    eventually, runner_binary,
 };
 use kube::Api;
-use kube::api::{ListParams, PostParams};
+use kube::api::ListParams;
 use secrecy::SecretString;
 use serde_json::json;
 use tokio::io::AsyncReadExt as _;
@@ -108,84 +107,24 @@ struct Setup {
     vault: VaultAdmin,
 }
 
-async fn create<K>(api: &Api<K>, value: serde_json::Value)
-where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
-{
-    api.create(
-        &PostParams::default(),
-        &serde_json::from_value(value).unwrap(),
-    )
-    .await
-    .unwrap();
-}
-
 /// A restricted namespace with the ServiceAccount `job`, the Vault secret (KV v2, fields `pem`
 /// and `shell`), a Vault role for `job` that reads it and the bed's dynamic Redis role, and the
 /// source Secret `job` may `get`.
 async fn setup(tag: &str, v: &Values) -> Setup {
-    let bed = TestBed::connect().await;
-    let ns = TestNamespace::create(
-        &bed,
-        tag,
-        &[("pod-security.kubernetes.io/enforce", "restricted")],
-    )
-    .await
-    .unwrap();
-    let name = ns.name.clone();
-    let vault = VaultAdmin::new(&bed.env);
-    create(
-        &ns.api::<ServiceAccount>(),
-        json!({"metadata": {"name": "job"}}),
-    )
-    .await;
-    vault
-        .write(
-            &format!("kv/data/{name}/app"),
-            json!({"data": {"pem": v.pem.text(), "shell": v.shell.text()}}),
+    let JobNamespace { bed, ns, vault } = JobNamespace::builder(tag)
+        .restricted()
+        .service_account("job")
+        .vault_kv("app", json!({"pem": v.pem.text(), "shell": v.shell.text()}))
+        .vault_role(
+            VaultRole::new("job")
+                .read("kv/data/{ns}/*")
+                .read("database/creds/short-lived")
+                .update("sys/leases/revoke"),
         )
-        .await
-        .unwrap();
-    let policy = format!(
-        "path \"kv/data/{name}/*\" {{ capabilities = [\"read\"] }}\n\
-         path \"database/creds/short-lived\" {{ capabilities = [\"read\"] }}\n\
-         path \"sys/leases/revoke\" {{ capabilities = [\"update\"] }}\n\
-         path \"sys/internal/ui/mounts/*\" {{ capabilities = [\"read\"] }}\n"
-    );
-    vault
-        .write(
-            &format!("sys/policies/acl/{name}"),
-            json!({"policy": policy}),
-        )
-        .await
-        .unwrap();
-    vault
-        .write(
-            &format!("auth/kubernetes/role/{name}"),
-            json!({"bound_service_account_names": ["job"],
-                "bound_service_account_namespaces": [name], "audience": "vault",
-                "token_policies": [name], "token_ttl": "300s"}),
-        )
-        .await
-        .unwrap();
-    create(
-        &ns.api::<Secret>(),
-        json!({"metadata": {"name": SOURCE_SECRET}, "stringData": {"unicode": v.unicode.text()}}),
-    )
-    .await;
-    create(
-        &ns.api::<Role>(),
-        json!({"metadata": {"name": "read-source"}, "rules": [{"apiGroups": [""],
-        "resources": ["secrets"], "resourceNames": [SOURCE_SECRET], "verbs": ["get"]}]}),
-    )
-    .await;
-    create(
-        &ns.api::<RoleBinding>(),
-        json!({"metadata": {"name": "read-source"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "read-source"},
-        "subjects": [{"kind": "ServiceAccount", "name": "job", "namespace": name}]}),
-    )
-    .await;
+        .secret(SOURCE_SECRET, json!({"unicode": v.unicode.text()}))
+        .secret_reader("read-source", "job", SOURCE_SECRET)
+        .create()
+        .await;
     Setup { bed, ns, vault }
 }
 
@@ -400,17 +339,12 @@ async fn search_while_running(
 
 /// Waits until `line` is a whole line of the text `read` returns.
 async fn wait_for_line(read: impl Fn() -> String, line: &str) -> String {
-    let waited = tokio::time::timeout(DEADLINE, async {
-        loop {
-            let text = read();
-            if has_line(&text, line) {
-                return text;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+    let waited = eventually(DEADLINE, Duration::from_millis(200), async || {
+        let text = read();
+        has_line(&text, line).then_some(text)
     })
     .await;
-    waited.unwrap_or_else(|_| panic!("the job never printed {line:?}:\n{}", read()))
+    waited.unwrap_or_else(|| panic!("the job never printed {line:?}:\n{}", read()))
 }
 
 /// Lets the paused job go on.
@@ -482,21 +416,11 @@ fn assert_revoked(trace: &str, lease: &str) {
 
 /// No pod and no per-job Secret of the runner left in the namespace.
 async fn assert_no_job_objects(s: &Setup) {
-    let pods: Api<Pod> = s.ns.api();
-    let secrets: Api<Secret> = s.ns.api();
-    let lp = ListParams::default().labels("app.kubernetes.io/managed-by=keyhole-runner");
-    let gone = tokio::time::timeout(DEADLINE, async {
-        loop {
-            let p = pods.list(&lp).await.unwrap().items.len();
-            let sec = secrets.list(&lp).await.unwrap().items.len();
-            if p == 0 && sec == 0 {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
+    let gone = eventually(DEADLINE, Duration::from_millis(500), async || {
+        s.ns.runner_objects_left().await.is_empty().then_some(())
     })
     .await;
-    assert!(gone.is_ok(), "the job's pod or Secret is still there");
+    assert!(gone.is_some(), "the job's pod or Secret is still there");
 }
 
 /// After the job: nothing of it in the cluster or Vault, and the searches again.
@@ -540,14 +464,12 @@ async fn search_after(
     );
     // The kubelet tears the pod's volumes down after the pod object is gone.
     let pod_dir = s.bed.path(format!("kubelet/pods/{}", design.uid));
-    let torn_down = tokio::time::timeout(DEADLINE, async {
-        while pod_dir.exists() {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+    let torn_down = eventually(DEADLINE, Duration::from_millis(200), async || {
+        (!pod_dir.exists()).then_some(())
     })
     .await;
     assert!(
-        torn_down.is_ok(),
+        torn_down.is_some(),
         "the kubelet did not remove {}",
         pod_dir.display()
     );
@@ -600,13 +522,9 @@ async fn a_gitlab_job_leaves_its_secrets_nowhere_but_where_keyhole_puts_them() {
     let log = runner_log();
     let values = Values::new("glexp");
     let s = setup("glexp", &values).await;
-    let gitlab = Coordinator::start(CoordinatorOptions {
-        bind: SocketAddr::from(([10, 213, 0, 1], 0)),
-        long_poll: Duration::from_secs(2),
-        ..CoordinatorOptions::default()
-    })
-    .await
-    .unwrap();
+    let gitlab = Coordinator::start(CoordinatorOptions::on_bed_bridge(Duration::from_secs(2)))
+        .await
+        .unwrap();
     let sha = gitlab
         .create_repo("acme/exposure", &[("README", "exposure test\n")])
         .unwrap();

@@ -15,7 +15,7 @@ use keyhole_tests::gitlab_mode::{
     assert_numbered_lines_once, config, numbered_lines_script, setup, start_runner_with, stop,
     trace_text, wait_for_trace,
 };
-use keyhole_tests::{repo_dir, run_ok};
+use keyhole_tests::{eventually, repo_dir, run_ok};
 
 /// The kubelet stops for 5 s while a job prints (its containers keep running under
 /// containerd) and starts again: the job completes and its trace has every line once, in
@@ -54,14 +54,13 @@ async fn a_kubelet_restart_mid_job_loses_no_line_and_the_job_completes() {
         .saturating_sub(1)
         .min(50);
     let marker = format!("line {printed} of 50");
-    while !trace().contains(&marker) {
-        assert!(
-            back.elapsed() < Duration::from_secs(120),
-            "{marker:?} never came:\n{}",
-            trace()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let came = eventually(
+        Duration::from_secs(120),
+        Duration::from_millis(100),
+        async || trace().contains(&marker).then_some(()),
+    )
+    .await;
+    assert!(came.is_some(), "{marker:?} never came:\n{}", trace());
     let caught_up = back.elapsed();
     let done = gitlab
         .wait_for_final(job.id, Duration::from_secs(180))
@@ -154,22 +153,26 @@ async fn a_full_node_makes_the_job_wait_with_the_reason_and_run_when_room_frees(
             .unwrap();
     }
     let fillers = ListParams::default().labels("keyhole-test=filler");
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
+    let full = eventually(
+        Duration::from_secs(300),
+        Duration::from_millis(500),
+        async || {
+            let (bound, waiting) = bound_and_waiting(&pods, &fillers).await;
+            (free_pod_slots(&bed.client, &node).await == 0 && waiting > 0)
+                .then_some((bound, waiting))
+        },
+    )
+    .await;
+    let Some((bound, waiting)) = full else {
         let (bound, waiting) = bound_and_waiting(&pods, &fillers).await;
-        if free_pod_slots(&bed.client, &node).await == 0 && waiting > 0 {
-            println!(
-                "node full: {bound} filler pods bound, {waiting} waiting, in {:.1} s",
-                fill_started.elapsed().as_secs_f64()
-            );
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
+        panic!(
             "the node never filled up ({bound} fillers bound, {waiting} waiting, {free} slots free at first)"
         );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    };
+    println!(
+        "node full: {bound} filler pods bound, {waiting} waiting, in {:.1} s",
+        fill_started.elapsed().as_secs_f64()
+    );
 
     let mut config = config(&s);
     config.runners[0].kubernetes.poll_timeout = 600;
@@ -205,14 +208,21 @@ async fn a_full_node_makes_the_job_wait_with_the_reason_and_run_when_room_frees(
             .unwrap();
     }
     let freed = Instant::now();
-    while !trace().contains("\nrunning on a node with room") {
-        assert!(
-            freed.elapsed() < Duration::from_secs(180),
-            "the job did not run once room freed:\n{}",
+    let ran = eventually(
+        Duration::from_secs(180),
+        Duration::from_millis(100),
+        async || {
             trace()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+                .contains("\nrunning on a node with room")
+                .then_some(())
+        },
+    )
+    .await;
+    assert!(
+        ran.is_some(),
+        "the job did not run once room freed:\n{}",
+        trace()
+    );
     let ran_after = freed.elapsed();
     let done = gitlab
         .wait_for_final(job.id, Duration::from_secs(120))

@@ -21,7 +21,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-
 use k8s_openapi::api::core::v1::Pod;
 use keyhole_tests::coordinator::FinalStatus;
 use keyhole_tests::{
@@ -252,8 +251,8 @@ async fn the_readmes_quick_start_runs_a_pipeline_with_a_vault_secret() {
     );
 
     let gitlab = Coordinator::start(CoordinatorOptions::on_bed_bridge(Duration::from_secs(5)))
-    .await
-    .unwrap();
+        .await
+        .unwrap();
     let work = tempfile::tempdir().unwrap();
     for linked in ["deploy", "scripts"] {
         std::os::unix::fs::symlink(repo_dir().join(linked), work.path().join(linked)).unwrap();

@@ -4,19 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use k8s_openapi::api::core::v1::ServiceAccount;
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-use keyhole_tests::{Coordinator, CoordinatorOptions, TestBed, TestNamespace};
-use kube::Api;
-use kube::api::PostParams;
+use keyhole_tests::{Coordinator, CoordinatorOptions, JobNamespace, TestBed, repo_dir};
 use serde_json::json;
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
 
 fn runner_binary() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
@@ -35,7 +24,9 @@ fn runner_binary() -> PathBuf {
 
 fn run(args: &[&str], envs: &[(&str, &Path)]) -> (i32, String) {
     let mut cmd = Command::new(runner_binary());
-    cmd.args(args).current_dir(repo()).env_remove("KUBECONFIG");
+    cmd.args(args)
+        .current_dir(repo_dir())
+        .env_remove("KUBECONFIG");
     for (k, v) in envs {
         cmd.env(k, v);
     }
@@ -138,31 +129,9 @@ fn kubeconfig(bed: &TestBed, token: &str, path: &Path) {
     .unwrap();
 }
 
-async fn create<K>(api: &Api<K>, value: serde_json::Value)
-where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
-{
-    api.create(
-        &PostParams::default(),
-        &serde_json::from_value(value).unwrap(),
-    )
-    .await
-    .unwrap();
-}
-
 // Multi-threaded: the coordinator keeps serving while the test waits for the process.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_checks_the_token_the_runners_rights_and_vault() {
-    let bed = TestBed::connect().await;
-    let ns = TestNamespace::create(&bed, "verify", &[]).await.unwrap();
-    let gitlab = Coordinator::start(CoordinatorOptions::default())
-        .await
-        .unwrap();
-    create(
-        &ns.api::<ServiceAccount>(),
-        json!({"metadata": {"name": "runner"}}),
-    )
-    .await;
     let rules = json!([
         {"apiGroups": [""], "resources": ["pods"], "verbs": ["create", "get", "list", "watch", "delete"]},
         {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
@@ -170,23 +139,17 @@ async fn verify_checks_the_token_the_runners_rights_and_vault() {
         {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "list", "create", "update", "delete"]},
         {"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["runner-journal"], "verbs": ["get", "patch"]}
     ]);
-    create(
-        &ns.api::<k8s_openapi::api::core::v1::Secret>(),
-        json!({"metadata": {"name": "runner-journal"}}),
-    )
-    .await;
-    create(
-        &ns.api::<Role>(),
-        json!({"metadata": {"name": "runner"}, "rules": rules}),
-    )
-    .await;
-    create(
-        &ns.api::<RoleBinding>(),
-        json!({"metadata": {"name": "runner"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "runner"},
-        "subjects": [{"kind": "ServiceAccount", "name": "runner", "namespace": ns.name}]}),
-    )
-    .await;
+    // The Role is new: create returns once RBAC serves it, before verify judges it.
+    let job = JobNamespace::builder("verify")
+        .service_account("runner")
+        .secret("runner-journal", json!({}))
+        .role("runner", "runner", rules)
+        .create()
+        .await;
+    let (bed, ns) = (&job.bed, &job.ns);
+    let gitlab = Coordinator::start(CoordinatorOptions::default())
+        .await
+        .unwrap();
     let token = bed
         .service_account_token(&ns.name, "runner", &[])
         .await
@@ -194,7 +157,7 @@ async fn verify_checks_the_token_the_runners_rights_and_vault() {
     let dir = std::env::temp_dir().join(format!("verify-{}", ns.name));
     std::fs::create_dir_all(&dir).unwrap();
     let kube = dir.join("kubeconfig");
-    kubeconfig(&bed, &token, &kube);
+    kubeconfig(bed, &token, &kube);
     let write_config = |runner_token: &str, journal: &str| {
         let path = dir.join("config.toml");
         std::fs::write(
@@ -211,14 +174,6 @@ async fn verify_checks_the_token_the_runners_rights_and_vault() {
         path
     };
     let config = write_config(gitlab.runner_token(), "runner-journal");
-    // The Role is new: wait until RBAC serves it before judging.
-    keyhole_tests::wait_until_allowed(
-        &bed.client,
-        (&ns.name, "runner"),
-        keyhole_tests::Access::new("create", "pods", &ns.name),
-    )
-    .await
-    .unwrap();
     let (code, out) = run(
         &["verify", "--config", config.to_str().unwrap()],
         &[("KUBECONFIG", &kube)],
@@ -234,21 +189,12 @@ async fn verify_checks_the_token_the_runners_rights_and_vault() {
         assert!(out.contains(needle), "missing {needle:?}:\n{out}");
     }
     // A wrong token and a runner that may read or delete Secrets are both problems.
-    create(&ns.api::<Role>(), json!({"metadata": {"name": "too-much"}, "rules": [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "delete"]}]})).await;
-    create(
-        &ns.api::<RoleBinding>(),
-        json!({"metadata": {"name": "too-much"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "too-much"},
-        "subjects": [{"kind": "ServiceAccount", "name": "runner", "namespace": ns.name}]}),
+    job.role(
+        "too-much",
+        "runner",
+        json!([{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "delete"]}]),
     )
     .await;
-    keyhole_tests::wait_until_allowed(
-        &bed.client,
-        (&ns.name, "runner"),
-        keyhole_tests::Access::new("get", "secrets", &ns.name),
-    )
-    .await
-    .unwrap();
     let config = write_config("glrt-wrong", "no-such-journal");
     let (code, out) = run(
         &["verify", "--config", config.to_str().unwrap()],

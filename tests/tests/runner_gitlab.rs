@@ -2,7 +2,6 @@
 //! API) hands out jobs, `keyhole-runner`'s service takes them, real pods with the broker run
 //! them on the bed, and the coordinator records the trace and final states.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Pod, Secret};
@@ -12,7 +11,7 @@ use keyhole_tests::gitlab_mode::{
     Setup, assert_numbered_lines_once, config, numbered_lines_script, setup, start_runner,
     start_runner_with, stop, trace_text, wait_for_trace,
 };
-use keyhole_tests::{Coordinator, CoordinatorOptions, OutageProxy};
+use keyhole_tests::{Coordinator, CoordinatorOptions, OutageProxy, eventually};
 use kube::Api;
 use kube::api::{ListParams, PostParams};
 use secrecy::SecretString;
@@ -20,18 +19,16 @@ use serde_json::json;
 use tokio::sync::watch;
 
 async fn no_job_pods_left(s: &Setup) {
-    let pods: Api<Pod> = s.ns.api();
-    for _ in 0..120 {
-        let left = pods
-            .list(&ListParams::default().labels("app.kubernetes.io/managed-by=keyhole-runner"))
-            .await
-            .unwrap();
-        if left.items.is_empty() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    panic!("job pods still present after 60 s");
+    let gone = eventually(
+        Duration::from_secs(60),
+        Duration::from_millis(500),
+        async || {
+            let left = s.ns.runner_objects_left().await;
+            (!left.iter().any(|o| o.starts_with("pod/"))).then_some(())
+        },
+    )
+    .await;
+    assert!(gone.is_some(), "job pods still present after 60 s");
 }
 
 #[tokio::test]
@@ -504,28 +501,28 @@ async fn a_job_pod_that_ended_without_its_runner_goes_with_its_secret_within_a_m
         .await
         .unwrap();
     // The deadline ends it: phase Failed, nobody deletes it.
-    let mut ended = None;
-    for _ in 0..120 {
-        let phase = pods.get(name).await.unwrap().status.and_then(|st| st.phase);
-        if phase.as_deref() == Some("Failed") {
-            ended = Some(std::time::Instant::now());
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    let ended = ended.expect("the pod reached its deadline within 60 s");
+    let ended = eventually(
+        Duration::from_secs(60),
+        Duration::from_millis(500),
+        async || {
+            let phase = pods.get(name).await.unwrap().status.and_then(|st| st.phase);
+            (phase.as_deref() == Some("Failed")).then(std::time::Instant::now)
+        },
+    )
+    .await
+    .expect("the pod reached its deadline within 60 s");
 
     let (tx, handle) = start_runner(&s);
-    let mut gone = None;
-    for _ in 0..240 {
-        let pod_left = pods.get_opt(name).await.unwrap().is_some();
-        let secret_left = secrets.get_opt(name).await.unwrap().is_some();
-        if !pod_left && !secret_left {
-            gone = Some(ended.elapsed());
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    let gone = eventually(
+        Duration::from_secs(120),
+        Duration::from_millis(500),
+        async || {
+            let pod_left = pods.get_opt(name).await.unwrap().is_some();
+            let secret_left = secrets.get_opt(name).await.unwrap().is_some();
+            (!pod_left && !secret_left).then(|| ended.elapsed())
+        },
+    )
+    .await;
     stop(tx, handle).await;
     let gone = gone.expect("the ended pod or its Secret was still there 2 minutes after");
     println!(
@@ -882,13 +879,9 @@ async fn the_jobs_kubernetes_user_runs_the_script_and_root_is_refused() {
 #[tokio::test]
 async fn every_runners_entry_is_served_with_its_own_token() {
     let s = setup("glmulti").await;
-    let second = Coordinator::start(CoordinatorOptions {
-        bind: SocketAddr::from(([10, 213, 0, 1], 0)),
-        long_poll: Duration::from_secs(2),
-        ..CoordinatorOptions::default()
-    })
-    .await
-    .unwrap();
+    let second = Coordinator::start(CoordinatorOptions::on_bed_bridge(Duration::from_secs(2)))
+        .await
+        .unwrap();
     let mut config = config(&s);
     let mut other = config.runners[0].clone();
     other.name = format!("second-{}", s.ns.name);
@@ -1324,15 +1317,17 @@ async fn another_instance_reaps_only_the_pods_of_dead_instances() {
     let mut second = config(&s);
     second.runners[0].keyhole.journal_dir = format!("{}-second", s.journal.display());
     let (tx_b, handle_b) = start_runner_with(&s, second);
-    let mut dead_gone = false;
-    for _ in 0..60 {
-        let dead = pods.get_opt("kh-9001-dead00").await.unwrap();
-        if dead.is_none_or(|p| p.metadata.deletion_timestamp.is_some()) {
-            dead_gone = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    let dead_gone = eventually(
+        Duration::from_secs(30),
+        Duration::from_millis(500),
+        async || {
+            let dead = pods.get_opt("kh-9001-dead00").await.unwrap();
+            dead.is_none_or(|p| p.metadata.deletion_timestamp.is_some())
+                .then_some(())
+        },
+    )
+    .await
+    .is_some();
     let done = s
         .gitlab
         .wait_for_final(job.id, Duration::from_secs(120))
@@ -1400,14 +1395,15 @@ async fn a_finished_jobs_pod_goes_promptly_even_with_a_service_that_ignores_sigt
     let reported = std::time::Instant::now();
     let pods: Api<Pod> = s.ns.api();
     let selector = ListParams::default().labels("app.kubernetes.io/managed-by=keyhole-runner");
-    let mut gone_after = None;
-    for _ in 0..240 {
-        if pods.list(&selector).await.unwrap().items.is_empty() {
-            gone_after = Some(reported.elapsed());
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    let gone_after = eventually(
+        Duration::from_secs(120),
+        Duration::from_millis(500),
+        async || {
+            let left = pods.list(&selector).await.unwrap().items;
+            left.is_empty().then(|| reported.elapsed())
+        },
+    )
+    .await;
     stop(tx, handle).await;
     assert_eq!(
         done.status,
@@ -1598,10 +1594,8 @@ async fn artifacts_follow_when_refuse_hostile_links_and_fail_the_job_when_too_la
     let mut s = setup("glartx").await;
     // A coordinator that takes at most 1 MiB per artifact.
     s.gitlab = Coordinator::start(CoordinatorOptions {
-        bind: SocketAddr::from(([10, 213, 0, 1], 0)),
-        long_poll: Duration::from_secs(2),
         max_artifacts_size: 1 << 20,
-        ..CoordinatorOptions::default()
+        ..CoordinatorOptions::on_bed_bridge(Duration::from_secs(2))
     })
     .await
     .unwrap();

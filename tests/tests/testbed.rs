@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::{Event, Pod, Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use keyhole_tests::{
-    TestBed, TestNamespace, VaultAdmin, pod_logs, run_pod_to_completion, wait_for_pod,
+    TestBed, TestNamespace, VaultAdmin, eventually, pod_logs, run_pod_to_completion, wait_for_pod,
 };
 use kube::api::{DeleteParams, ListParams, ObjectMeta, PostParams};
 use kube::runtime::wait::{await_condition, conditions};
@@ -129,15 +129,19 @@ async fn rbac_resource_names_decide_which_secret_a_service_account_may_get() {
         .unwrap();
 
     // The RBAC authorizer learns of new bindings through its informer: allow it a moment.
-    let mut got = as_job.get("a").await;
-    for _ in 0..50 {
-        if got.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        got = as_job.get("a").await;
-    }
-    let a = got.expect("resourceNames: [a] must allow get on a");
+    let got = eventually(
+        Duration::from_secs(5),
+        Duration::from_millis(100),
+        async || as_job.get("a").await.ok(),
+    )
+    .await;
+    let a = match got {
+        Some(a) => a,
+        None => as_job
+            .get("a")
+            .await
+            .expect("resourceNames: [a] must allow get on a"),
+    };
     assert_eq!(a.metadata.name.as_deref(), Some("a"));
 
     let denied_b = as_job
@@ -639,13 +643,11 @@ async fn validating_admission_policy_rejects_what_its_cel_expression_forbids() {
             "volumes": [{"name": "h", "hostPath": {"path": "/etc"}}]}
     }));
     // The apiserver compiles new policies asynchronously: allow it a few seconds.
-    let mut rejection = None;
-    for _ in 0..100 {
-        match pods.create(&PostParams::default(), &host_path).await {
-            Err(kube::Error::Api(s)) => {
-                rejection = Some(s);
-                break;
-            }
+    let rejection = eventually(
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        async || match pods.create(&PostParams::default(), &host_path).await {
+            Err(kube::Error::Api(s)) => Some(s),
             Ok(created) => {
                 let _ = pods
                     .delete(
@@ -653,11 +655,12 @@ async fn validating_admission_policy_rejects_what_its_cel_expression_forbids() {
                         &DeleteParams::default(),
                     )
                     .await;
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                None
             }
             Err(other) => panic!("unexpected error: {other:?}"),
-        }
-    }
+        },
+    )
+    .await;
     let _ = bindings.delete(&name, &DeleteParams::default()).await;
     let _ = policies.delete(&name, &DeleteParams::default()).await;
     let rejection = rejection.expect("the policy never took effect");
@@ -795,22 +798,24 @@ async fn private_registry_image_is_pulled_only_with_an_image_pull_secret_holding
     );
     // The kubelet reports each pull it made; Events are posted asynchronously.
     let events: Api<Event> = ns.api();
-    let mut pulled = Vec::new();
-    for _ in 0..50 {
-        pulled = events
-            .list(&ListParams::default().fields("involvedObject.name=with-secret"))
-            .await
-            .unwrap()
-            .items
-            .into_iter()
-            .filter(|e| e.reason.as_deref() == Some("Pulled"))
-            .filter_map(|e| e.message)
-            .collect();
-        if !pulled.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let pulled = eventually(
+        Duration::from_secs(5),
+        Duration::from_millis(100),
+        async || {
+            let pulled: Vec<String> = events
+                .list(&ListParams::default().fields("involvedObject.name=with-secret"))
+                .await
+                .unwrap()
+                .items
+                .into_iter()
+                .filter(|e| e.reason.as_deref() == Some("Pulled"))
+                .filter_map(|e| e.message)
+                .collect();
+            (!pulled.is_empty()).then_some(pulled)
+        },
+    )
+    .await
+    .unwrap_or_default();
     assert!(
         pulled
             .iter()
