@@ -22,6 +22,15 @@ pub const RUNNER_SA: &str = "kh-keyhole-runner";
 pub const POLICY_DEADLINE: Duration = Duration::from_secs(60);
 
 /// `helm template` of the chart with extra args; Ok(stdout) or Err(stderr).
+/// The runner's `config.toml` in the release's ConfigMap.
+pub fn config_text(cm: &k8s_openapi::api::core::v1::ConfigMap) -> String {
+    cm.data
+        .as_ref()
+        .and_then(|d| d.get("config.toml"))
+        .expect("the ConfigMap holds config.toml")
+        .clone()
+}
+
 pub fn helm_template(bed: &TestBed, extra: &[&str]) -> std::result::Result<String, String> {
     let chart = chart_dir().display().to_string();
     let mut args = vec![
