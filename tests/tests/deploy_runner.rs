@@ -8,7 +8,8 @@
 //! Needs `scripts/testbed up` and both images:
 //! `cargo build --release -p keyhole-runner -p keyhole-broker`, then
 //! `scripts/testbed image keyhole.local/runner:dev target/release/keyhole-runner` and
-//! `scripts/testbed image keyhole.local/broker:dev target/release/keyhole-broker`.
+//! `scripts/testbed image keyhole.local/broker:dev target/release/keyhole-broker` (or
+//! `scripts/test-all`'s image step, which pulls the shipped images under those names).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -189,6 +190,7 @@ vault:
 jobs:
   namespace: {jobs_ns}
   kubeApi: "{apiserver}"
+  gitImage: "keyhole.local/git:2"
 tenants:
   - project: {project}
     serviceAccount: {tenant_sa}
@@ -554,6 +556,7 @@ broker: {{image: "keyhole.local/broker:dev"}}
 jobs:
   namespace: {jobs_ns}
   kubeApi: "{apiserver}"
+  gitImage: "keyhole.local/git:2"
 networkPolicy:
   gitlab: {{cidrs: [10.213.0.1/32], ports: [{gitlab_port}]}}
   kubernetesApi: {{cidrs: [10.213.0.1/32], ports: [6443]}}
