@@ -65,9 +65,9 @@ where
         .await;
     let mut pod = None;
     let outcome = match prepare(job, runner, None) {
-        Err(errors) => {
-            for e in &errors {
-                trace.error(e).await;
+        Err(error) => {
+            for line in error.lines() {
+                trace.error(&line).await;
             }
             Outcome::Failed {
                 kind: FailureKind::Configuration,

@@ -219,7 +219,7 @@ fn render(args: &LocalArgs) -> Result<()> {
     let job = local_job(args, &runner)?;
     let name = keyhole_runner::pod::pod_name(job.id, "render");
     let prepared = keyhole_runner::prepare::prepare_named(&job, &runner, name, None)
-        .map_err(|errors| anyhow::anyhow!(errors.join("\n")))?;
+        .context("the job cannot run on this runner as configured")?;
     let mut out = String::new();
     let secrets = [
         (
@@ -315,9 +315,10 @@ mod failure {
     use keyhole_runner::config::ConfigError;
     use keyhole_runner::gitlab::GitlabError;
     use keyhole_runner::pipeline::PipelineError;
+    use keyhole_runner::prepare::PrepareError;
 
-    /// EX_USAGE: bad flags, a config file or `.gitlab-ci.yml` the runner refuses, a token GitLab
-    /// refuses. Fix the input; running again unchanged fails the same way.
+    /// EX_USAGE: bad flags, a config file or `.gitlab-ci.yml` the runner refuses (or a job it
+    /// will not run as configured), a token GitLab refuses. Fix the input; running again unchanged fails the same way.
     pub const USAGE: u8 = 64;
     /// EX_UNAVAILABLE: GitLab or the Kubernetes API cannot be reached. Running again later may
     /// work.
@@ -343,7 +344,7 @@ mod failure {
     }
 
     fn code_of(cause: &(dyn std::error::Error + 'static)) -> Option<u8> {
-        if cause.is::<ConfigError>() || cause.is::<PipelineError>() {
+        if cause.is::<ConfigError>() || cause.is::<PipelineError>() || cause.is::<PrepareError>() {
             return Some(USAGE);
         }
         if let Some(e) = cause.downcast_ref::<GitlabError>() {

@@ -6,16 +6,51 @@
 use std::time::Duration;
 
 use crate::cache::job_caches;
-use crate::config::{JobIdentity, RunnerConfig, ServiceAccountChoice, choose_service_account};
+use crate::config::{
+    JobIdentity, RunnerConfig, ServiceAccountChoice, ServiceAccountError, choose_service_account,
+};
 use crate::job::Job;
 use crate::pod::{
-    DEFAULT_JOB_TIMEOUT, JobObjects, PodRequest, build_job_objects, log_end_token, pod_name,
-    random_suffix,
+    DEFAULT_JOB_TIMEOUT, JobObjects, PodError, PodRequest, build_job_objects, log_end_token,
+    pod_name, random_suffix,
 };
 use crate::registry_auth::{AuthSource, PullAuth, RegistryAuthError, resolve};
 use crate::secrets::{JobSecrets, collect};
-use crate::variables::{RunnerFacts, complete_job};
+use crate::variables::{ExpandError, RunnerFacts, complete_job};
 use secrecy::SecretString;
+
+/// Why a job cannot start, found before anything touches the cluster: one variant per step of
+/// [`prepare_named`], so a caller can tell a bad reference from a pod the runner may not build.
+/// Every one is the job's or the runner's configuration (GitLab's `runner_configuration_error`),
+/// never the cluster's.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PrepareError {
+    /// The job's variables, image or services do not expand.
+    #[error(transparent)]
+    Variables(#[from] ExpandError),
+    /// A registry login (`DOCKER_AUTH_CONFIG`, GitLab's credentials) cannot be used.
+    #[error(transparent)]
+    RegistryLogin(#[from] RegistryAuthError),
+    /// No ServiceAccount the runner's rules allow for this job.
+    #[error(transparent)]
+    ServiceAccount(#[from] ServiceAccountError),
+    /// Secret references the job may not make or that do not parse, one line each.
+    #[error("{}", .0.join("\n"))]
+    Secrets(Vec<String>),
+    /// The pod the job asks for is one the runner does not build (an image, a user, a policy).
+    #[error(transparent)]
+    Pod(#[from] PodError),
+}
+
+impl PrepareError {
+    /// The trace lines that say what is wrong, one per problem.
+    pub fn lines(&self) -> Vec<String> {
+        match self {
+            Self::Secrets(problems) => problems.clone(),
+            other => vec![other.to_string()],
+        }
+    }
+}
 
 /// A job ready to run.
 #[derive(Debug, Clone)]
@@ -84,7 +119,7 @@ pub fn prepare(
     job: &Job,
     runner: &RunnerConfig,
     instance: Option<&str>,
-) -> Result<Prepared, Vec<String>> {
+) -> Result<Prepared, PrepareError> {
     prepare_named(job, runner, pod_name(job.id, &random_suffix()), instance)
 }
 
@@ -94,12 +129,12 @@ pub fn prepare_named(
     runner: &RunnerConfig,
     pod_name: String,
     instance: Option<&str>,
-) -> Result<Prepared, Vec<String>> {
+) -> Result<Prepared, PrepareError> {
     // Once per job, before anything reads a variable: the runner's own variables, then
     // GitLab's expansion of values, image and services (see crate::variables).
     let payload_job = job;
-    let job = &complete_job(job, &RunnerFacts::of(runner)).map_err(|e| vec![e.to_string()])?;
-    let pull_auth = pull_auth(payload_job, job, runner).map_err(|e| vec![e.to_string()])?;
+    let job = &complete_job(job, &RunnerFacts::of(runner))?;
+    let pull_auth = pull_auth(payload_job, job, runner)?;
     let identity = JobIdentity {
         project_path: job.project.path.as_deref(),
         ref_name: &job.git.ref_name,
@@ -110,9 +145,9 @@ pub fn prepare_named(
         &runner.keyhole.service_account_rules,
         &runner.kubernetes,
         job.public_variable("KUBERNETES_SERVICE_ACCOUNT_OVERWRITE"),
-    )
-    .map_err(|e| vec![e.to_string()])?;
-    let secrets = collect(job, &runner.keyhole, &service_account.name)?;
+    )?;
+    let secrets =
+        collect(job, &runner.keyhole, &service_account.name).map_err(PrepareError::Secrets)?;
     let timeout = job.timeout.unwrap_or(DEFAULT_JOB_TIMEOUT);
     let caches = job_caches(job, runner, timeout);
     let objects = build_job_objects(&PodRequest {
@@ -125,8 +160,7 @@ pub fn prepare_named(
         pull_auth: pull_auth.as_ref(),
         instance,
         caches: caches.plans,
-    })
-    .map_err(|e| vec![e.0])?;
+    })?;
     Ok(Prepared {
         objects,
         service_account,

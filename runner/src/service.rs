@@ -645,9 +645,9 @@ impl Service {
         received: Instant,
     ) -> (Outcome, Instant, Option<tokio::task::JoinHandle<()>>) {
         match prepare(job, &self.runner, Some(&*self.instance)) {
-            Err(errors) => {
-                for e in &errors {
-                    trace.error(e).await;
+            Err(error) => {
+                for line in error.lines() {
+                    trace.error(&line).await;
                 }
                 let outcome = Outcome::Failed {
                     kind: FailureKind::Configuration,
