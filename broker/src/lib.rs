@@ -6,7 +6,7 @@
 //!
 //! Leaves first; each line says what a module holds and which others it uses. The pod
 //! contract shared with the runner (names, reference grammar, transfer plan, exit codes) is
-//! the `keyhole-contract` crate, re-exported here as [`contract`].
+//! the `keyhole-contract` crate, which the runner depends on instead of this one.
 //!
 //! * [`blame`]: whose fix a failure needs; picks the exit code.
 //! * [`termination`]: SIGTERM and SIGINT, from the first instruction to the last.
@@ -46,6 +46,3 @@ pub mod termination;
 pub mod transfer;
 pub mod vault;
 
-/// The pod contract, shared with the runner. Re-exported under its old path for the code that
-/// still names it so (`runner/src/execute`); new code names `keyhole_contract`.
-pub use keyhole_contract as contract;

@@ -9,10 +9,6 @@ pub mod cache;
 mod deflate_pool;
 pub mod extract;
 pub mod gitlab;
-/// The transfer plan, shared with the runner. Re-exported under its old path for the code
-/// that still names it so (`runner/src/execute`, `tests/src/bench`); new code names
-/// `keyhole_contract::transfer`.
-pub use keyhole_contract::transfer as plan;
 pub mod run;
 pub mod select;
 pub mod untracked;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use futures::AsyncBufReadExt;
 use k8s_openapi::api::core::v1::Pod;
-use keyhole_broker::contract;
+use keyhole_contract as contract;
 use kube::Api;
 use kube::api::LogParams;
 use secrecy::{ExposeSecret as _, SecretString};

@@ -1,11 +1,11 @@
 //! Where the job log ends: the broker closes its log with one end marker on stdout and one on
-//! stderr, both carrying the job's log-end token ([`keyhole_broker::contract::log_end_marker`]).
+//! stderr, both carrying the job's log-end token ([`keyhole_contract::log_end_marker`]).
 //! Each stream is in order with itself, so once both markers came through, everything the
 //! broker wrote before them did too, and the runner can stop following at once instead of
 //! waiting for the kubelet to notice that the broker exited (up to a second). The markers are
 //! cut out of the trace; text around them passes unchanged, whatever the chunking.
 
-use keyhole_broker::contract::{LogStream, log_end_marker};
+use keyhole_contract::{LogStream, log_end_marker};
 
 /// Filters a log stream arriving in chunks of any size, removing the end markers.
 #[derive(Clone)]

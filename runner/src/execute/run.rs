@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use keyhole_broker::contract;
+use keyhole_contract as contract;
 use kube::api::{DeleteParams, LogParams, PostParams, PropagationPolicy};
 use kube::{Api, Client};
 use secrecy::SecretString;

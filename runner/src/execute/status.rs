@@ -2,8 +2,8 @@
 //! reached an end the job cannot recover from.
 
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
-use keyhole_broker::contract;
-use keyhole_broker::transfer::plan::{FETCH_CONTAINER, STORE_CONTAINER};
+use keyhole_contract as contract;
+use keyhole_contract::transfer::{FETCH_CONTAINER, STORE_CONTAINER};
 
 /// How a job ended, before it is mapped to GitLab's states.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -16,7 +16,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use keyhole_broker::transfer::plan::{
+use keyhole_contract::transfer::{
     ArtifactUpload, Dependency, Format, Plan, SCRIPT_STATUS_FILE, When,
 };
 use secrecy::SecretString;
