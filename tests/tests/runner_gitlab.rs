@@ -1261,13 +1261,17 @@ fn instance_pod(s: &Setup, name: &str, job_id: u64, instance: &str) -> Pod {
     .unwrap()
 }
 
-/// The Lease runner instance `instance` would keep, last renewed `ago` before now.
+/// The Lease runner instance `instance` would keep, last renewed `ago` before now. A dead
+/// instance's lasts 30 s (the runner's) and expired long ago; a live one's lasts an hour, as
+/// though renewed all along: nothing renews the hand-made one, and with 30 s a slow start on a
+/// busy bed let it expire mid-test, so the reaper rightly took the "live" pod (a flake).
 fn instance_lease(instance: &str, ago: Duration) -> k8s_openapi::api::coordination::v1::Lease {
     let renewed = k8s_openapi::jiff::Timestamp::now() - ago;
+    let duration = if ago.is_zero() { 3600 } else { 30 };
     serde_json::from_value(json!({
         "metadata": {"name": format!("keyhole-runner-{instance}"),
             "labels": {"app.kubernetes.io/managed-by": "keyhole-runner"}},
-        "spec": {"holderIdentity": instance, "leaseDurationSeconds": 30,
+        "spec": {"holderIdentity": instance, "leaseDurationSeconds": duration,
             "renewTime": k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(renewed)}
     }))
     .unwrap()
