@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, watch};
 use crate::config::RunnerConfig;
 use crate::execute::{Control, FailureKind, JobRun, Outcome, TraceChunk, TraceWriter, execute};
 use crate::job::Job;
-use crate::prepare::prepare;
+use crate::prepare::{Prepared, prepare};
 
 /// Where `exec` writes: the job's log, the runner's lines, and whether those are coloured
 /// (GitLab's colours, for a terminal).
@@ -36,24 +36,9 @@ where
     E: AsyncWrite + Unpin + Send + 'static,
 {
     let started = Instant::now();
-    let Terminal {
-        mut stdout,
-        mut stderr,
-        colour,
-    } = term;
-    let (tx, mut rx) = mpsc::channel::<TraceChunk>(256);
-    // One printer for both, so the runner's lines and the log keep their order.
-    let printer = tokio::spawn(async move {
-        while let Some(chunk) = rx.recv().await {
-            let out: &mut (dyn AsyncWrite + Unpin + Send) = match &chunk {
-                TraceChunk::Log(_) => &mut stdout,
-                TraceChunk::Runner { .. } => &mut stderr,
-            };
-            let _ = out.write_all(&chunk.into_bytes(colour)).await;
-            let _ = out.flush().await;
-        }
-        stderr
-    });
+    let colour = term.colour;
+    let (tx, rx) = mpsc::channel::<TraceChunk>(256);
+    let printer = spawn_printer(term, rx);
     let trace = TraceWriter(tx.clone());
     trace
         .info(&format!(
@@ -76,56 +61,9 @@ where
             }
         }
         Ok(prepared) => {
-            for line in prepared.announcements() {
-                trace.info(&line).await;
-            }
-            for line in &prepared.warnings {
-                trace.warn(line).await;
-            }
-            if !prepared.secrets.references.is_empty() {
-                let names: Vec<&str> = prepared
-                    .secrets
-                    .references
-                    .iter()
-                    .map(|r| r.name.as_str())
-                    .collect();
-                trace
-                    .info(&format!("Secrets to resolve: {}", names.join(", ")))
-                    .await;
-            }
-            let meta = &prepared.objects.pod.metadata;
-            pod = Some(format!(
-                "{}/{}",
-                meta.namespace.as_deref().unwrap_or_default(),
-                meta.name.as_deref().unwrap_or_default()
-            ));
-            let (control_tx, control_rx) = watch::channel(Control::Run);
-            let interrupt = tokio::spawn(async move {
-                if tokio::signal::ctrl_c().await.is_ok() {
-                    let _ = control_tx.send(Control::Cancel);
-                }
-                if tokio::signal::ctrl_c().await.is_ok() {
-                    let _ = control_tx.send(Control::Abort);
-                }
-                control_tx
-            });
-            let outcome = execute(JobRun {
-                client,
-                objects: prepared.objects,
-                timeout: prepared.timeout,
-                start_timeout: Duration::from_secs(runner.kubernetes.poll_timeout),
-                output_limit: runner.output_limit,
-                trace: tx.clone(),
-                control: control_rx,
-                metrics: None,
-                retry: crate::execute::ApiRetry::from_config(&runner.kubernetes),
-                image_pulls: true,
-                // One job: a watch of its pod alone.
-                pod_watch: None,
-            })
-            .await;
-            interrupt.abort();
-            outcome
+            announce(&trace, &prepared).await;
+            pod = Some(pod_ref(&prepared));
+            run_prepared(prepared, runner, client, tx.clone()).await
         }
     };
     if let Outcome::Failed {
@@ -151,6 +89,103 @@ where
         let _ = stderr.write_all(line.as_bytes()).await;
         let _ = stderr.flush().await;
     }
+    outcome
+}
+
+/// One printer for the job's log (stdout) and the runner's lines (stderr), so the two keep
+/// their order; it hands stderr back for the summary once every sender is gone.
+fn spawn_printer<O, E>(
+    term: Terminal<O, E>,
+    mut rx: mpsc::Receiver<TraceChunk>,
+) -> tokio::task::JoinHandle<E>
+where
+    O: AsyncWrite + Unpin + Send + 'static,
+    E: AsyncWrite + Unpin + Send + 'static,
+{
+    let Terminal {
+        mut stdout,
+        mut stderr,
+        colour,
+    } = term;
+    tokio::spawn(async move {
+        while let Some(chunk) = rx.recv().await {
+            let out: &mut (dyn AsyncWrite + Unpin + Send) = match &chunk {
+                TraceChunk::Log(_) => &mut stdout,
+                TraceChunk::Runner { .. } => &mut stderr,
+            };
+            let _ = out.write_all(&chunk.into_bytes(colour)).await;
+            let _ = out.flush().await;
+        }
+        stderr
+    })
+}
+
+/// What the runner tells before the pod exists: who the job runs as, whose registry logins,
+/// what it left out, which secrets it will resolve (names only).
+async fn announce(trace: &TraceWriter, prepared: &Prepared) {
+    for line in prepared.announcements() {
+        trace.info(&line).await;
+    }
+    for line in &prepared.warnings {
+        trace.warn(line).await;
+    }
+    if !prepared.secrets.references.is_empty() {
+        let names: Vec<&str> = prepared
+            .secrets
+            .references
+            .iter()
+            .map(|r| r.name.as_str())
+            .collect();
+        trace
+            .info(&format!("Secrets to resolve: {}", names.join(", ")))
+            .await;
+    }
+}
+
+/// `namespace/name` of the job's pod, for the summary line.
+fn pod_ref(prepared: &Prepared) -> String {
+    let meta = &prepared.objects.pod.metadata;
+    format!(
+        "{}/{}",
+        meta.namespace.as_deref().unwrap_or_default(),
+        meta.name.as_deref().unwrap_or_default()
+    )
+}
+
+/// Runs the prepared job's pod to its end. A first Ctrl-C cancels the job as GitLab's cancel
+/// does, a second one aborts it.
+async fn run_prepared(
+    prepared: Prepared,
+    runner: &RunnerConfig,
+    client: kube::Client,
+    trace: mpsc::Sender<TraceChunk>,
+) -> Outcome {
+    let (control_tx, control_rx) = watch::channel(Control::Run);
+    let interrupt = tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            let _ = control_tx.send(Control::Cancel);
+        }
+        if tokio::signal::ctrl_c().await.is_ok() {
+            let _ = control_tx.send(Control::Abort);
+        }
+        control_tx
+    });
+    let outcome = execute(JobRun {
+        client,
+        objects: prepared.objects,
+        timeout: prepared.timeout,
+        start_timeout: Duration::from_secs(runner.kubernetes.poll_timeout),
+        output_limit: runner.output_limit,
+        trace,
+        control: control_rx,
+        metrics: None,
+        retry: crate::execute::ApiRetry::from_config(&runner.kubernetes),
+        image_pulls: true,
+        // One job: a watch of its pod alone.
+        pod_watch: None,
+    })
+    .await;
+    interrupt.abort();
     outcome
 }
 

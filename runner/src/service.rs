@@ -18,8 +18,8 @@ use crate::execute::{
     Control, FailureKind, JobRun, Outcome, PodWatch, TraceChunk, TraceWriter, execute_timed,
 };
 use crate::gitlab::{
-    ClientConfig, FailureReason, GitlabClient, JobOutcome, JobPayload, JobRequest, PayloadError,
-    RemoteStatus,
+    ClientConfig, FailureReason, GitlabClient, JobOutcome, JobPayload, JobRequest, JobSession,
+    PayloadError, RemoteStatus, TraceSender,
 };
 use crate::journal::{DirJournal, Entry, Journal, SecretJournal};
 use crate::metrics::Metrics;
@@ -305,6 +305,60 @@ pub fn failure_reason(kind: FailureKind) -> FailureReason {
         FailureKind::Configuration => FailureReason::RunnerConfigurationError,
         FailureKind::Unschedulable => FailureReason::StuckOrTimeoutFailure,
         FailureKind::System => FailureReason::RunnerSystemFailure,
+    }
+}
+
+/// GitLab's word on the job (from every PUT/PATCH answer) drives cancel and abort.
+fn follow_gitlab_status(
+    mut status: watch::Receiver<RemoteStatus>,
+    control: watch::Sender<Control>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        while status.changed().await.is_ok() {
+            let s = *status.borrow();
+            if s.must_abort() {
+                let _ = control.send(Control::Abort);
+            } else if s.cancel_requested() {
+                let _ = control.send(Control::Cancel);
+            }
+        }
+    })
+}
+
+/// Sends the job's trace to GitLab in order. If GitLab drops the job, the rest is drained so
+/// the executor never blocks on a full channel.
+fn forward_trace(
+    sender: TraceSender,
+    mut chunks: mpsc::Receiver<TraceChunk>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        while let Some(chunk) = chunks.recv().await {
+            if sender.append(&chunk.into_bytes(true)).await.is_err() {
+                while chunks.recv().await.is_some() {}
+                break;
+            }
+        }
+    })
+}
+
+/// The trace's last line and the state GitLab is told.
+async fn last_words(trace: &TraceWriter, outcome: &Outcome) -> JobOutcome {
+    match outcome {
+        Outcome::Success => {
+            trace.info("Job succeeded").await;
+            JobOutcome::Success
+        }
+        Outcome::Failed {
+            kind,
+            exit_code,
+            message,
+        } => {
+            trace.error(&format!("Job failed: {message}")).await;
+            JobOutcome::Failed {
+                reason: failure_reason(*kind),
+                exit_code: *exit_code,
+            }
+        }
     }
 }
 
@@ -716,17 +770,8 @@ impl Service {
                 .gitlab
                 .job_session(job.id, token.clone())
                 .with_failure_reasons(payload.features.failure_reasons.clone());
-            match session.keep_alive().await {
-                Ok(RemoteStatus::Gone) => {
-                    warn!("GitLab withdrew the job before it started");
-                    return;
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    self.metrics.gitlab_error("jobs/:id");
-                    warn!(error = %e, "accepting the job failed; it stays with GitLab");
-                    return;
-                }
+            if !self.accepted(&session).await {
+                return;
             }
             self.metrics.job_started();
             let (control_tx, control_rx) = watch::channel(Control::Run);
@@ -734,29 +779,9 @@ impl Service {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(self.job_key(job.id), control_tx.clone());
-            // GitLab's word on the job (from every PUT/PATCH answer) drives cancel and abort.
-            let mut status = session.status();
-            let watcher = tokio::spawn(async move {
-                while status.changed().await.is_ok() {
-                    let s = *status.borrow();
-                    if s.must_abort() {
-                        let _ = control_tx.send(Control::Abort);
-                    } else if s.cancel_requested() {
-                        let _ = control_tx.send(Control::Cancel);
-                    }
-                }
-            });
-            let (trace_tx, mut trace_rx) = mpsc::channel::<TraceChunk>(256);
-            let sender = session.trace();
-            let forwarder = tokio::spawn(async move {
-                while let Some(chunk) = trace_rx.recv().await {
-                    if sender.append(&chunk.into_bytes(true)).await.is_err() {
-                        // GitLab dropped the job: keep draining so the executor never blocks.
-                        while trace_rx.recv().await.is_some() {}
-                        break;
-                    }
-                }
-            });
+            let watcher = follow_gitlab_status(session.status(), control_tx);
+            let (trace_tx, trace_rx) = mpsc::channel::<TraceChunk>(256);
+            let forwarder = forward_trace(session.trace(), trace_rx);
             let trace = TraceWriter(trace_tx.clone());
             trace
                 .info(&format!(
@@ -771,23 +796,7 @@ impl Service {
             let (outcome, ended, deletion) = self
                 .prepare_and_run(&job, &token, &trace, trace_tx.clone(), control_rx, received)
                 .await;
-            let result = match &outcome {
-                Outcome::Success => {
-                    trace.info("Job succeeded").await;
-                    JobOutcome::Success
-                }
-                Outcome::Failed {
-                    kind,
-                    exit_code,
-                    message,
-                } => {
-                    trace.error(&format!("Job failed: {message}")).await;
-                    JobOutcome::Failed {
-                        reason: failure_reason(*kind),
-                        exit_code: *exit_code,
-                    }
-                }
-            };
+            let result = last_words(&trace, &outcome).await;
             drop(trace);
             drop(trace_tx);
             let _ = forwarder.await;
@@ -810,21 +819,43 @@ impl Service {
                 }
             }
             watcher.abort();
-            // Only a deleted pod (or one the reaper will find) lets the job be forgotten.
-            if let Some(d) = deletion {
-                let _ = d.await;
-            }
-            if let Some(j) = &self.journal {
-                j.remove(job.id).await;
-            }
-            self.active
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&self.job_key(job.id));
+            self.forget(job.id, deletion).await;
             self.metrics.job_finished(label, received.elapsed());
         }
         .instrument(span)
         .await;
+    }
+
+    /// Takes the job from GitLab (the first `running` update): false when GitLab withdrew it
+    /// or cannot be told, and the job stays GitLab's.
+    async fn accepted(&self, session: &JobSession) -> bool {
+        match session.keep_alive().await {
+            Ok(RemoteStatus::Gone) => {
+                warn!("GitLab withdrew the job before it started");
+                false
+            }
+            Ok(_) => true,
+            Err(e) => {
+                self.metrics.gitlab_error("jobs/:id");
+                warn!(error = %e, "accepting the job failed; it stays with GitLab");
+                false
+            }
+        }
+    }
+
+    /// Lets the job go once its pod is deleted (or left to the reaper): out of the journal and
+    /// the active jobs.
+    async fn forget(&self, job_id: u64, deletion: Option<tokio::task::JoinHandle<()>>) {
+        if let Some(d) = deletion {
+            let _ = d.await;
+        }
+        if let Some(j) = &self.journal {
+            j.remove(job_id).await;
+        }
+        self.active
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.job_key(job_id));
     }
 }
 
