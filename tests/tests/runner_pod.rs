@@ -11,7 +11,7 @@ use keyhole_runner::execute::{Control, FailureKind, JobRun, Outcome, TraceChunk,
 use keyhole_runner::job::{Image, Job, Variable};
 use keyhole_runner::pod::samples::{sample_jobs, sample_runner};
 use keyhole_runner::prepare::prepare;
-use keyhole_tests::{TestBed, TestNamespace, VaultAdmin};
+use keyhole_tests::{TestBed, TestNamespace, VaultAdmin, eventually};
 use kube::Api;
 use kube::api::{ListParams, PostParams};
 use serde_json::json;
@@ -23,18 +23,6 @@ struct Setup {
     runner: RunnerConfig,
 }
 
-async fn create<K>(api: &Api<K>, value: serde_json::Value)
-where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
-{
-    api.create(
-        &PostParams::default(),
-        &serde_json::from_value(value).unwrap(),
-    )
-    .await
-    .unwrap();
-}
-
 async fn setup(tag: &str) -> Setup {
     let bed = TestBed::connect().await;
     let ns = TestNamespace::create(
@@ -44,11 +32,8 @@ async fn setup(tag: &str) -> Setup {
     )
     .await
     .unwrap();
-    create(
-        &ns.api::<ServiceAccount>(),
-        json!({"metadata": {"name": "job"}}),
-    )
-    .await;
+    ns.create_object::<ServiceAccount>(json!({"metadata": {"name": "job"}}))
+        .await;
     let mut runner = sample_runner(
         &ns.name,
         &bed.env.vault_pod_addr,
@@ -119,15 +104,17 @@ async fn assert_cleaned_up(s: &Setup) {
     let pods: Api<Pod> = s.ns.api();
     let secrets: Api<Secret> = s.ns.api();
     let lp = ListParams::default().labels("app.kubernetes.io/managed-by=keyhole-runner");
-    for _ in 0..120 {
-        let p = pods.list(&lp).await.unwrap().items.len();
-        let sec = secrets.list(&lp).await.unwrap().items.len();
-        if p == 0 && sec == 0 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    panic!("job pod or Secret still present after 60 s");
+    eventually(
+        Duration::from_secs(60),
+        Duration::from_millis(500),
+        async || {
+            let p = pods.list(&lp).await.unwrap().items.len();
+            let sec = secrets.list(&lp).await.unwrap().items.len();
+            (p == 0 && sec == 0).then_some(())
+        },
+    )
+    .await
+    .expect("job pod or Secret still present after 60 s");
 }
 
 #[tokio::test]
@@ -233,13 +220,12 @@ async fn secrets_from_vault_and_kubernetes_reach_the_script_masked() {
         .grant_job_in_namespace(&ns, &[format!("kv/data/{ns}/*")])
         .await
         .unwrap();
-    create(
-        &s.ns.api::<Secret>(),
+    s.ns.create_object::<Secret>(
         json!({"metadata": {"name": "api-credentials"}, "stringData": {"key": api_key}}),
     )
     .await;
-    create(&s.ns.api::<Role>(), json!({"metadata": {"name": "r"}, "rules": [{"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["api-credentials"], "verbs": ["get"]}]})).await;
-    create(&s.ns.api::<RoleBinding>(), json!({"metadata": {"name": "r"}, "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "r"},
+    s.ns.create_object::<Role>(json!({"metadata": {"name": "r"}, "rules": [{"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["api-credentials"], "verbs": ["get"]}]})).await;
+    s.ns.create_object::<RoleBinding>(json!({"metadata": {"name": "r"}, "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "r"},
         "subjects": [{"kind": "ServiceAccount", "name": "job", "namespace": ns}]})).await;
     let mut j = job(
         3,
@@ -288,8 +274,7 @@ async fn secrets_from_vault_and_kubernetes_reach_the_script_masked() {
 #[tokio::test]
 async fn a_secret_the_service_account_may_not_read_fails_the_job_before_the_script() {
     let s = setup("rundeny").await;
-    create(
-        &s.ns.api::<Secret>(),
+    s.ns.create_object::<Secret>(
         json!({"metadata": {"name": "not-yours"}, "stringData": {"k": "forbidden-value-1234"}}),
     )
     .await;
@@ -366,7 +351,8 @@ async fn cancel_stops_the_script_runs_after_script_and_deletes_the_pod() {
     let (tx, rx) = watch::channel(Control::Run);
     let pods: Api<Pod> = s.ns.api();
     let canceller = tokio::spawn(async move {
-        // Cancel once the build container runs.
+        // Cancel once the build container runs. (A plain loop: a task spawned on the runtime
+        // cannot hold `eventually`'s async closure, which is not Send for every lifetime.)
         loop {
             let list = pods.list(&ListParams::default()).await.unwrap();
             let running = list.items.iter().any(|p| {
@@ -407,11 +393,8 @@ async fn cancel_stops_the_script_runs_after_script_and_deletes_the_pod() {
 #[tokio::test]
 async fn every_snapshot_pod_is_admitted_by_a_restricted_namespace() {
     let s = setup("runadmit").await;
-    create(
-        &s.ns.api::<ServiceAccount>(),
-        json!({"metadata": {"name": "keyhole-job"}}),
-    )
-    .await;
+    s.ns.create_object::<ServiceAccount>(json!({"metadata": {"name": "keyhole-job"}}))
+        .await;
     let pods: Api<Pod> = s.ns.api();
     for (name, job) in sample_jobs(&s.bed.env.vault_pod_addr) {
         let runner = sample_runner(
@@ -512,8 +495,7 @@ async fn vault_over_tls_with_a_private_ca_from_a_config_map() {
         .await
         .unwrap();
     let ca = std::fs::read_to_string(&s.bed.env.vault_ca_file).unwrap();
-    create(
-        &s.ns.api::<k8s_openapi::api::core::v1::ConfigMap>(),
+    s.ns.create_object::<k8s_openapi::api::core::v1::ConfigMap>(
         json!({"metadata": {"name": "vault-ca"}, "data": {"ca.crt": ca}}),
     )
     .await;
@@ -595,6 +577,7 @@ async fn a_pod_deleted_while_the_broker_resolves_goes_at_once_and_leaves_no_toke
         tokio::spawn(async move {
             // Cancel once the quick read has issued its lease: the broker is logged in and the
             // stalled read is in flight.
+            // At most a minute; cancel either way (a plain loop, as above).
             for _ in 0..600 {
                 if !vault.leases_under(&format!("{quick}/")).await.is_empty() {
                     break;
