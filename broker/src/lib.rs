@@ -45,4 +45,3 @@ pub mod services;
 pub mod termination;
 pub mod transfer;
 pub mod vault;
-
