@@ -207,7 +207,9 @@ fn parse_bool(v: &str) -> Result<bool, String> {
     }
 }
 
-fn is_dns_subdomain(s: &str) -> bool {
+/// A Kubernetes object name (RFC 1123 subdomain): what a `k8s:` reference, a ConfigMap or a
+/// Secret the runner is told about may be called.
+pub fn is_dns_subdomain(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 253
         && s.split('.').all(|label| {

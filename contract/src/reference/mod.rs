@@ -10,7 +10,7 @@ mod keyhole;
 mod name;
 mod vault_path;
 
-pub use keyhole::{KEYHOLE_VARIABLE_PREFIX, ReferenceError, parse_keyhole};
+pub use keyhole::{KEYHOLE_VARIABLE_PREFIX, ReferenceError, is_dns_subdomain, parse_keyhole};
 pub use name::{NameError, SecretName, printable};
 pub use vault_path::{RESERVED_MOUNTS, check_vault_location};
 

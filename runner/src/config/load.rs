@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use keyhole_contract::env::runner as runner_env;
+use keyhole_contract::reference::is_dns_subdomain;
 use secrecy::SecretString;
 
 use super::keys::{RefusedKey, refused_keys};
@@ -288,20 +289,6 @@ pub fn journal_secret_parts(value: &str) -> Option<(&str, &str)> {
     let (namespace, name) = value.split_once('/')?;
     (is_dns_subdomain(namespace) && is_dns_subdomain(name) && !namespace.contains('.'))
         .then_some((namespace, name))
-}
-
-/// A Kubernetes object name (RFC 1123 subdomain).
-fn is_dns_subdomain(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 253
-        && s.split('.').all(|label| {
-            !label.is_empty()
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-        })
 }
 
 #[cfg(test)]
