@@ -3,15 +3,19 @@
 //! the authorizer allows them), Vault KV secrets under `kv/<namespace>/` and the Vault role of
 //! its job:
 //!
-//! ```ignore
+//! ```no_run
+//! # use keyhole_tests::{JobNamespace, VaultRole};
+//! # use serde_json::json;
+//! # async fn example() {
 //! let job = JobNamespace::builder("bfok")
 //!     .service_account("job")
-//!     .secret("app-creds", json!({"token": APP_TOKEN}))
+//!     .secret("app-creds", json!({"token": "app-token-value"}))
 //!     .secret_reader("read-app-creds", "job", "app-creds")
-//!     .vault_kv("db", json!({"password": DB_PASSWORD}))
+//!     .vault_kv("db", json!({"password": "db-password-value"}))
 //!     .vault_role(VaultRole::new("job").read("kv/data/{ns}/*"))
 //!     .create()
 //!     .await;
+//! # }
 //! ```
 
 use serde_json::{Value, json};
