@@ -65,7 +65,8 @@ struct Ran {
     output: String,
 }
 
-fn exec(bed: &TestBed, ns: &str, example: &str, job: &str, extra: &[&str]) -> Ran {
+/// `keyhole-runner exec` of one example's job in `ns`, set up for the bed.
+fn exec_command(bed: &TestBed, ns: &str, example: &str, job: &str) -> Command {
     let mut cmd = Command::new(runner_binary());
     cmd.args(["exec", &format!("examples/{example}/.gitlab-ci.yml"), job])
         .args(["--namespace", ns, "--pull-policy", "never"])
@@ -74,9 +75,14 @@ fn exec(bed: &TestBed, ns: &str, example: &str, job: &str, extra: &[&str]) -> Ra
             &bed.env.vault_pod_addr,
             "--kube-api",
             &bed.env.apiserver_url,
-        ])
-        .args(extra);
+        ]);
     bed_env(bed, &mut cmd, ns);
+    cmd
+}
+
+fn exec(bed: &TestBed, ns: &str, example: &str, job: &str, extra: &[&str]) -> Ran {
+    let mut cmd = exec_command(bed, ns, example, job);
+    cmd.args(extra);
     let out = cmd.output().unwrap();
     Ran {
         code: out.status.code().unwrap_or(-1),
@@ -118,16 +124,7 @@ fn exec_streams(bed: &TestBed, ns: &str, example: &str, job: &str) -> Streams {
     use std::io::{BufRead, BufReader, Read};
     use std::process::Stdio;
     use std::sync::{Arc, Mutex};
-    let mut cmd = Command::new(runner_binary());
-    cmd.args(["exec", &format!("examples/{example}/.gitlab-ci.yml"), job])
-        .args(["--namespace", ns, "--pull-policy", "never"])
-        .args([
-            "--vault-addr",
-            &bed.env.vault_pod_addr,
-            "--kube-api",
-            &bed.env.apiserver_url,
-        ]);
-    bed_env(bed, &mut cmd, ns);
+    let mut cmd = exec_command(bed, ns, example, job);
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
