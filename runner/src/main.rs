@@ -316,6 +316,7 @@ mod failure {
     use keyhole_runner::gitlab::GitlabError;
     use keyhole_runner::pipeline::PipelineError;
     use keyhole_runner::prepare::PrepareError;
+    use keyhole_runner::service::ServiceError;
 
     /// EX_USAGE: bad flags, a config file or `.gitlab-ci.yml` the runner refuses (or a job it
     /// will not run as configured), a token GitLab refuses. Fix the input; running again unchanged fails the same way.
@@ -347,6 +348,9 @@ mod failure {
         if cause.is::<ConfigError>() || cause.is::<PipelineError>() || cause.is::<PrepareError>() {
             return Some(USAGE);
         }
+        if let Some(e) = cause.downcast_ref::<ServiceError>() {
+            return service_code(e);
+        }
         if let Some(e) = cause.downcast_ref::<GitlabError>() {
             return match e {
                 GitlabError::Unreachable { .. } | GitlabError::GaveUp { .. } => Some(UNAVAILABLE),
@@ -365,6 +369,33 @@ mod failure {
             return Some(USAGE);
         }
         None
+    }
+
+    /// A `[[runners]]` entry the service refuses is the config's fault; otherwise the cause
+    /// it wraps decides (GitLab unreachable, the API server down, a kubeconfig it cannot use).
+    fn service_code(err: &ServiceError) -> Option<u8> {
+        use ServiceError as S;
+        match err {
+            S::NoRunners
+            | S::SameName { .. }
+            | S::NoToken
+            | S::NoUrl
+            | S::KubeHost { .. }
+            | S::JournalSecretName { .. } => Some(USAGE),
+            // Transparent: the GitLab error is not a link of its own in the chain.
+            S::Gitlab(e) => code_of(e),
+            // Boxed: the chain's next link is the box, which does not downcast to the error.
+            S::Runner { source, .. } => service_code(source),
+            S::Verify { .. }
+            | S::FindCluster(_)
+            | S::KubeClient(_)
+            | S::ApiServer(_)
+            | S::Lease { .. }
+            | S::Journal { .. }
+            | S::Listen { .. }
+            | S::SlotsClosed(_)
+            | S::JobLoop(_) => None,
+        }
     }
 
     #[cfg(test)]
@@ -414,6 +445,65 @@ mod failure {
             };
             assert_eq!(report(&status(502)).0, UNAVAILABLE);
             assert_eq!(report(&status(404)).0, OTHER);
+        }
+
+        /// A `[[runners]]` entry the service refuses to start with, as `keyhole-runner run` meets
+        /// it.
+        fn refused_runner(source: ServiceError) -> anyhow::Error {
+            anyhow::Error::new(ServiceError::Runner {
+                index: 0,
+                name: "ci".into(),
+                source: Box::new(source),
+            })
+        }
+
+        #[test]
+        fn a_service_config_error_is_a_usage_error() {
+            let mut runner = keyhole_runner::config::RunnerConfig::default();
+            let no_token = keyhole_runner::service::gitlab_client(&runner).unwrap_err();
+            let (code, text) = report(&refused_runner(no_token));
+            assert_eq!(code, USAGE);
+            assert_eq!(
+                text,
+                "keyhole-runner: error: runners[0] (\"ci\")\n  Caused by: no runner token: set \
+                 [[runners]] token or KEYHOLE_RUNNER_TOKEN (the glrt-… token from GitLab)\n"
+            );
+            runner.token = Some("glrt-x".to_string().into());
+            runner.url = "https://glrt-x:y@gitlab.example.com".into();
+            let credentials_in_url = keyhole_runner::service::gitlab_client(&runner).unwrap_err();
+            assert_eq!(report(&refused_runner(credentials_in_url)).0, USAGE);
+        }
+
+        #[test]
+        fn two_runners_with_one_name_are_a_usage_error() {
+            let mut config = keyhole_runner::config::Config::default();
+            let runner = keyhole_runner::config::RunnerConfig::default();
+            config.runners = vec![runner.clone(), runner];
+            let (_stop, stop) = tokio::sync::watch::channel(false);
+            let served = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap()
+                .block_on(keyhole_runner::service::serve_until(config, stop, None));
+            let (code, text) = report(&anyhow::Error::new(served.unwrap_err()));
+            assert_eq!(code, USAGE);
+            assert!(
+                text.contains("runners[0] and runners[1] are both named"),
+                "{text}"
+            );
+        }
+
+        #[test]
+        fn an_unreachable_gitlab_at_service_start_is_unavailable() {
+            let err = refused_runner(ServiceError::Verify {
+                url: "https://gitlab.example.com".into(),
+                source: GitlabError::Unreachable {
+                    action: "verify the runner token".into(),
+                    reason: "could not connect: Connection refused (os error 111)".into(),
+                },
+            });
+            let (code, text) = report(&err);
+            assert_eq!(code, UNAVAILABLE);
+            insta::assert_snapshot!(text);
         }
 
         #[test]

@@ -8,7 +8,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
 use secrecy::SecretString;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tracing::{Instrument, error, info, info_span, warn};
@@ -25,6 +24,9 @@ use crate::journal::{DirJournal, Entry, Journal, SecretJournal};
 use crate::metrics::Metrics;
 use crate::prepare::prepare;
 use crate::reaper::ActiveJob;
+
+mod error;
+pub use error::ServiceError;
 
 /// How often the reaper looks for orphaned pods: with [`crate::instance::LEASE_DURATION`], the
 /// pods of a runner process that died go within about a minute.
@@ -61,40 +63,48 @@ struct Service {
 
 /// The kube client for a runner: `runners.kubernetes.host` if set, else in-cluster or
 /// `KUBECONFIG`.
-pub async fn kube_client(runner: &RunnerConfig) -> Result<kube::Client> {
+pub async fn kube_client(runner: &RunnerConfig) -> Result<kube::Client, ServiceError> {
     let mut config = kube::Config::infer()
         .await
-        .context("finding the cluster: set KUBECONFIG or run the runner in a pod")?;
+        .map_err(ServiceError::FindCluster)?;
     if let Some(host) = &runner.kubernetes.host {
-        config.cluster_url = host
-            .parse()
-            .with_context(|| format!("runners.kubernetes.host {host:?} is not a URL"))?;
+        config.cluster_url = host.parse().map_err(|e| ServiceError::KubeHost {
+            host: host.clone(),
+            source: Box::new(e),
+        })?;
     }
-    kube::Client::try_from(config).context("creating the Kubernetes client")
+    kube::Client::try_from(config).map_err(ServiceError::KubeClient)
 }
 
 /// The GitLab client for a runner.
-pub fn gitlab_client(runner: &RunnerConfig) -> Result<GitlabClient> {
-    let token: SecretString = runner.token.clone().context(
-        "no runner token: set [[runners]] token or KEYHOLE_RUNNER_TOKEN (the glrt-… token from GitLab)",
-    )?;
-    anyhow::ensure!(
-        !runner.url.is_empty(),
-        "no GitLab URL: set [[runners]] url or KEYHOLE_RUNNER_URL"
-    );
+pub fn gitlab_client(runner: &RunnerConfig) -> Result<GitlabClient, ServiceError> {
+    let token: SecretString = runner.token.clone().ok_or(ServiceError::NoToken)?;
+    if runner.url.is_empty() {
+        return Err(ServiceError::NoUrl);
+    }
     let mut config = ClientConfig::new(runner.url.clone(), token);
     config.cache = runner.cache.is_some();
     Ok(GitlabClient::new(config)?)
 }
 
 /// Runs the service until SIGTERM/SIGINT.
-pub async fn run(config: Config) -> Result<()> {
+pub async fn run(config: Config) -> Result<(), ServiceError> {
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
         wait_for_signal().await;
         let _ = stop_tx.send(true);
     });
-    run_until(config, stop_rx, None).await
+    serve_until(config, stop_rx, None).await
+}
+
+/// [`serve_until`] for the tests in `keyhole-tests`, which still hold its result as an
+/// `anyhow::Result`; goes once they take [`ServiceError`].
+pub async fn run_until(
+    config: Config,
+    stop: watch::Receiver<bool>,
+    kube: Option<kube::Client>,
+) -> anyhow::Result<()> {
+    Ok(serve_until(config, stop, kube).await?)
 }
 
 /// [`run`] with the stop signal given (tests stop it without signals) and, optionally, the
@@ -102,15 +112,14 @@ pub async fn run(config: Config) -> Result<()> {
 ///
 /// Every `[[runners]]` entry is served, as gitlab-runner does: each asks its GitLab with its
 /// own token for at most its `limit` of jobs, and `concurrent` bounds them all together.
-pub async fn run_until(
+pub async fn serve_until(
     config: Config,
     stop: watch::Receiver<bool>,
     kube: Option<kube::Client>,
-) -> Result<()> {
-    anyhow::ensure!(
-        !config.runners.is_empty(),
-        "the config has no [[runners]] entry"
-    );
+) -> Result<(), ServiceError> {
+    if config.runners.is_empty() {
+        return Err(ServiceError::NoRunners);
+    }
     check_runner_names(&config.runners)?;
     let metrics = Metrics::new();
     let process = Process {
@@ -121,7 +130,10 @@ pub async fn run_until(
     if let Some(addr) = &config.listen_address {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
-            .with_context(|| format!("listen_address {addr:?}: cannot listen"))?;
+            .map_err(|source| ServiceError::Listen {
+                address: addr.clone(),
+                source,
+            })?;
         info!(address = %addr, "serving /healthz, /readyz and /metrics");
         tokio::spawn(crate::metrics::serve(listener, metrics.clone()));
     }
@@ -153,13 +165,17 @@ async fn connect_all(
     config: &Config,
     kube: Option<kube::Client>,
     process: &Process,
-) -> Result<(Vec<Service>, tokio::task::JoinSet<()>)> {
+) -> Result<(Vec<Service>, tokio::task::JoinSet<()>), ServiceError> {
     let mut services: Vec<Service> = Vec::new();
     let mut leases = tokio::task::JoinSet::new();
     for (i, runner) in config.runners.iter().enumerate() {
         let mut service = Service::connect(runner.clone(), kube.clone(), process)
             .await
-            .with_context(|| format!("runners[{i}] ({:?})", runner.name))?;
+            .map_err(|e| ServiceError::Runner {
+                index: i,
+                name: runner.name.clone(),
+                source: Box::new(e),
+            })?;
         match services.iter().find(|s| s.same_lease_as(&service)) {
             Some(s) => service.pod_watch = s.pod_watch.clone(),
             None => {
@@ -182,7 +198,7 @@ async fn serve(
     config: &Config,
     services: &[Service],
     stop: watch::Receiver<bool>,
-) -> Result<tokio::task::JoinSet<()>> {
+) -> Result<tokio::task::JoinSet<()>, ServiceError> {
     let slots = Arc::new(Semaphore::new(config.concurrent));
     let mut pollers = tokio::task::JoinSet::new();
     for service in services {
@@ -195,7 +211,7 @@ async fn serve(
     }
     let mut running = tokio::task::JoinSet::new();
     while let Some(jobs) = pollers.join_next().await {
-        let mut jobs = jobs.context("a runner's job loop failed")??;
+        let mut jobs = jobs.map_err(ServiceError::JobLoop)??;
         running.spawn(async move { while jobs.join_next().await.is_some() {} });
     }
     Ok(running)
@@ -224,14 +240,23 @@ async fn drain(services: &[Service], mut running: tokio::task::JoinSet<()>, grac
 /// The runner's journal: the Secret `journal_secret` names (which must be readable: a journal
 /// that fails only at the first crash is worse than none), else the directory `journal_dir`
 /// (a warning when it cannot be made: the runner runs on without).
-async fn open_journal(runner: &RunnerConfig, kube: &kube::Client) -> Result<Option<Journal>> {
+async fn open_journal(
+    runner: &RunnerConfig,
+    kube: &kube::Client,
+) -> Result<Option<Journal>, ServiceError> {
     let label = crate::pod::label_value(&runner.name);
     if let Some(value) = &runner.keyhole.journal_secret {
-        let (namespace, name) = crate::config::journal_secret_parts(value)
-            .with_context(|| format!("keyhole.journal_secret {value:?} is not NAMESPACE/NAME"))?;
+        let (namespace, name) = crate::config::journal_secret_parts(value).ok_or_else(|| {
+            ServiceError::JournalSecretName {
+                value: value.clone(),
+            }
+        })?;
         let journal = SecretJournal::open(kube.clone(), namespace, name, &label)
             .await
-            .with_context(|| format!("opening the job journal (keyhole.journal_secret = {value:?}): create the Secret and grant the runner get and patch on it (the chart does)"))?;
+            .map_err(|source| ServiceError::Journal {
+                value: value.clone(),
+                source,
+            })?;
         return Ok(Some(Journal::Secret(Box::new(journal))));
     }
     let dir = PathBuf::from(&runner.keyhole.journal_dir);
@@ -246,14 +271,16 @@ async fn open_journal(runner: &RunnerConfig, kube: &kube::Client) -> Result<Opti
 
 /// Runners label their pods (and find their orphans) by name, so two entries must not share
 /// one.
-fn check_runner_names(runners: &[RunnerConfig]) -> Result<()> {
+fn check_runner_names(runners: &[RunnerConfig]) -> Result<(), ServiceError> {
     let mut seen = BTreeMap::new();
     for (i, r) in runners.iter().enumerate() {
         let label = crate::pod::label_value(&r.name);
         if let Some(first) = seen.insert(label.clone(), i) {
-            anyhow::bail!(
-                "runners[{first}] and runners[{i}] are both named {label:?} (as a pod label); give each [[runners]] entry its own name, since a runner process tells its job pods apart by runner name and job id"
-            );
+            return Err(ServiceError::SameName {
+                first,
+                second: i,
+                label,
+            });
         }
     }
     Ok(())
@@ -263,20 +290,23 @@ fn check_runner_names(runners: &[RunnerConfig]) -> Result<()> {
 async fn acquire_both(
     own: &Arc<Semaphore>,
     shared: &Arc<Semaphore>,
-) -> Result<(
-    tokio::sync::OwnedSemaphorePermit,
-    tokio::sync::OwnedSemaphorePermit,
-)> {
+) -> Result<
+    (
+        tokio::sync::OwnedSemaphorePermit,
+        tokio::sync::OwnedSemaphorePermit,
+    ),
+    ServiceError,
+> {
     let mine = own
         .clone()
         .acquire_owned()
         .await
-        .context("job slots closed")?;
+        .map_err(ServiceError::SlotsClosed)?;
     let all = shared
         .clone()
         .acquire_owned()
         .await
-        .context("job slots closed")?;
+        .map_err(ServiceError::SlotsClosed)?;
     Ok((mine, all))
 }
 
@@ -378,7 +408,7 @@ impl Service {
         runner: RunnerConfig,
         kube: Option<kube::Client>,
         process: &Process,
-    ) -> Result<Self> {
+    ) -> Result<Self, ServiceError> {
         let kube = match kube {
             Some(k) => k,
             None => kube_client(&runner).await?,
@@ -387,10 +417,13 @@ impl Service {
         gitlab
             .verify()
             .await
-            .with_context(|| format!("checking the runner token with GitLab at {}", runner.url))?;
+            .map_err(|source| ServiceError::Verify {
+                url: runner.url.clone(),
+                source,
+            })?;
         kube.apiserver_version()
             .await
-            .context("the Kubernetes API server does not answer")?;
+            .map_err(ServiceError::ApiServer)?;
         if runner.keyhole.user_namespace_root != crate::config::UserNamespaceRoot::Off
             && let Err(problem) = crate::verify::user_namespace_probe(&kube, &runner).await
         {
@@ -399,7 +432,10 @@ impl Service {
         let ns = &runner.kubernetes.namespace;
         crate::instance::renew(&kube, ns, &process.instance)
             .await
-            .with_context(|| format!("keeping the runner's instance Lease in namespace {ns} (other runners reap the pods of an instance without one): grant the runner get, list, create, update and delete on leases.coordination.k8s.io there (the chart's Role does)"))?;
+            .map_err(|source| ServiceError::Lease {
+                namespace: ns.clone(),
+                source,
+            })?;
         info!(runner = %runner.name, url = %runner.url, namespace = %runner.kubernetes.namespace, "runner ready");
         let journal = open_journal(&runner, &kube).await?;
         Ok(Self {
@@ -456,7 +492,7 @@ impl Service {
         shared: Arc<Semaphore>,
         mut stop: watch::Receiver<bool>,
         check_interval: u64,
-    ) -> Result<tokio::task::JoinSet<()>> {
+    ) -> Result<tokio::task::JoinSet<()>, ServiceError> {
         let reaper = self.spawn_reaper();
         let mut running = tokio::task::JoinSet::new();
         let mut last_update: Option<String> = None;

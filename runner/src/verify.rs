@@ -112,7 +112,7 @@ pub async fn verify(config: &Config) -> VerifyReport {
 
 async fn check_gitlab(runner: &RunnerConfig, report: &mut VerifyReport) {
     match crate::service::gitlab_client(runner) {
-        Err(e) => report.problem(format!("GitLab: {e:#}")),
+        Err(e) => report.problem(format!("GitLab: {}", error_chain(&e))),
         Ok(client) => match client.verify().await {
             Ok(()) => report.ok(format!("GitLab {} accepts the runner token", runner.url)),
             Err(e) => report.problem(format!("GitLab {}: {e}", runner.url)),
@@ -123,7 +123,7 @@ async fn check_gitlab(runner: &RunnerConfig, report: &mut VerifyReport) {
 async fn check_cluster(runner: &RunnerConfig, report: &mut VerifyReport) {
     let client = match crate::service::kube_client(runner).await {
         Ok(c) => c,
-        Err(e) => return report.problem(format!("Kubernetes: {e:#}")),
+        Err(e) => return report.problem(format!("Kubernetes: {}", error_chain(&e))),
     };
     match client.apiserver_version().await {
         Ok(v) => report.ok(format!(
