@@ -259,18 +259,35 @@ output_limit = {output_limit_kib}
     async fn phase(&self, name: &str, concurrent: u64, output_limit_kib: u64) -> Result<Phase> {
         // Jobs skip the checkout (GIT_STRATEGY=none), so pods need not reach it: loopback.
         let gitlab = Coordinator::start(CoordinatorOptions::default()).await?;
-        // The journal on a memory-backed volume, as docs/runner.md deploys it.
-        let journal = tempfile::Builder::new()
-            .prefix("keyhole-bench-journal-")
-            .tempdir_in("/dev/shm")?;
+        let journal = journal_dir()?;
         let config = self.config(&gitlab, name, concurrent, output_limit_kib, journal.path());
-        let kubeconfig = self.bed.env.kubeconfig.display().to_string();
+        self.start_phase(gitlab, &config, &self.bed.env.kubeconfig, journal)
+            .await
+    }
+
+    /// Starts the runner binary with `config`, as the user of `kubeconfig`, and waits until it
+    /// is ready.
+    async fn start_runner(&self, config: &str, kubeconfig: &Path) -> Result<RunnerProcess> {
+        let kubeconfig = kubeconfig.display().to_string();
         let mut runner = RunnerProcess::start(
             &self.binary,
-            &config,
+            config,
             &[("KUBECONFIG", &kubeconfig), ("RUST_LOG", "info")],
         )?;
         runner.wait_ready(READY_DEADLINE).await?;
+        Ok(runner)
+    }
+
+    /// A phase of `gitlab` and a runner with `config` (its journal in `journal`), once the
+    /// runner polls for jobs.
+    async fn start_phase(
+        &self,
+        gitlab: Coordinator,
+        config: &str,
+        kubeconfig: &Path,
+        journal: tempfile::TempDir,
+    ) -> Result<Phase> {
+        let runner = self.start_runner(config, kubeconfig).await?;
         gitlab.wait_for_pollers(1, READY_DEADLINE).await?;
         Ok(Phase {
             gitlab,
@@ -278,6 +295,13 @@ output_limit = {output_limit_kib}
             _journal: journal,
         })
     }
+}
+
+/// A runner's journal directory, on a memory-backed volume as docs/runner.md deploys it.
+fn journal_dir() -> Result<tempfile::TempDir> {
+    Ok(tempfile::Builder::new()
+        .prefix("keyhole-bench-journal-")
+        .tempdir_in("/dev/shm")?)
 }
 
 impl Bench {
@@ -290,9 +314,7 @@ impl Bench {
         identity: &RunnerIdentity,
     ) -> Result<Phase> {
         let gitlab = Coordinator::start(CoordinatorOptions::default()).await?;
-        let journal = tempfile::Builder::new()
-            .prefix("keyhole-bench-journal-")
-            .tempdir_in("/dev/shm")?;
+        let journal = journal_dir()?;
         let config = self
             .config(&gitlab, name, concurrent, 4096, journal.path())
             .replace(
@@ -302,19 +324,8 @@ impl Bench {
                     self.ns.name
                 ),
             );
-        let kubeconfig = identity.kubeconfig.display().to_string();
-        let mut runner = RunnerProcess::start(
-            &self.binary,
-            &config,
-            &[("KUBECONFIG", &kubeconfig), ("RUST_LOG", "info")],
-        )?;
-        runner.wait_ready(READY_DEADLINE).await?;
-        gitlab.wait_for_pollers(1, READY_DEADLINE).await?;
-        Ok(Phase {
-            gitlab,
-            runner,
-            _journal: journal,
-        })
+        self.start_phase(gitlab, &config, &identity.kubeconfig, journal)
+            .await
     }
 }
 
@@ -332,6 +343,23 @@ impl Phase {
             .variable("GIT_STRATEGY", "none")
             .script(["echo bench job $CI_JOB_ID"])
             .enqueue()
+    }
+
+    /// Enqueues `n` short jobs at once (`<figure>-<i>`, in lower case) and waits for each; the
+    /// ones that succeeded. Each that did not is a line `<figure>: <why>` on stderr.
+    async fn run_short_jobs(&self, figure: &str, n: u64) -> Result<Vec<EnqueuedJob>> {
+        let prefix = figure.to_lowercase();
+        let jobs = (0..n)
+            .map(|i| self.short_job(&format!("{prefix}-{i}")))
+            .collect::<Result<Vec<_>>>()?;
+        let mut ok = Vec::new();
+        for job in jobs {
+            match self.wait_success(&job).await {
+                Ok(()) => ok.push(job),
+                Err(e) => eprintln!("{figure}: {e:#}"),
+            }
+        }
+        Ok(ok)
     }
 
     /// Waits for the job's end; an error names a job that did not succeed, with its trace end.
@@ -413,16 +441,7 @@ async fn p5(bench: &Bench, n: u64) -> Result<()> {
     eprintln!("P5: {n} concurrent jobs");
     let phase = bench.phase("p5", n, 4096).await?;
     let started = Instant::now();
-    let jobs = (0..n)
-        .map(|i| phase.short_job(&format!("p5-{i}")))
-        .collect::<Result<Vec<_>>>()?;
-    let mut ok = Vec::new();
-    for job in &jobs {
-        match phase.wait_success(job).await {
-            Ok(()) => ok.push(job.clone()),
-            Err(e) => eprintln!("P5: {e:#}"),
-        }
-    }
+    let ok = phase.run_short_jobs("P5", n).await?;
     let seconds = started.elapsed().as_secs_f64();
     let rss = phase.runner.peak_rss_kib()?;
     let (log, _gitlab) = phase.stop().await?;
@@ -433,7 +452,7 @@ async fn p5(bench: &Bench, n: u64) -> Result<()> {
         p(&t, 50.0),
         part(&log.added_ms, &ok, 99.0),
         part(&log.final_ms, &ok, 99.0),
-        jobs.len() - ok.len(),
+        n - ok.len() as u64,
         log.problem_count,
     );
     Ok(())
@@ -471,9 +490,7 @@ async fn p7(bench: &Bench, runs: u64) -> Result<()> {
     })
     .await?;
     let sha = gitlab.create_repo("bench/p7", &[("README.md", "p7\n")])?;
-    let journal = tempfile::Builder::new()
-        .prefix("keyhole-bench-journal-")
-        .tempdir_in("/dev/shm")?;
+    let journal = journal_dir()?;
     let config = bench
         .config(&gitlab, "p7", 1, 4096, journal.path())
         .replace(
@@ -483,13 +500,9 @@ async fn p7(bench: &Bench, runs: u64) -> Result<()> {
                 bench.bed.env.vault_pod_addr
             ),
         );
-    let kubeconfig = bench.bed.env.kubeconfig.display().to_string();
-    let mut runner = RunnerProcess::start(
-        &bench.binary,
-        &config,
-        &[("KUBECONFIG", &kubeconfig), ("RUST_LOG", "info")],
-    )?;
-    runner.wait_ready(READY_DEADLINE).await?;
+    let runner = bench
+        .start_runner(&config, &bench.bed.env.kubeconfig)
+        .await?;
     let pods: Api<Pod> = Api::namespaced(bench.bed.client.clone(), &ns);
     let mut floor = Vec::new();
     let mut variants: std::collections::BTreeMap<&str, Vec<f64>> = Default::default();
@@ -548,19 +561,7 @@ async fn p7(bench: &Bench, runs: u64) -> Result<()> {
 /// command, in seconds.
 async fn p7_floor(pods: &Api<Pod>, run: u64) -> Result<f64> {
     let name = format!("p7-floor-{run}");
-    let pod: Pod = serde_json::from_value(json!({
-        "metadata": {"name": name},
-        "spec": {
-            "restartPolicy": "Never",
-            "automountServiceAccountToken": false,
-            "securityContext": {"runAsNonRoot": true, "runAsUser": 1000, "runAsGroup": 1000,
-                "fsGroup": 1000, "seccompProfile": {"type": "RuntimeDefault"}},
-            "containers": [{"name": "build", "image": "keyhole.local/busybox:1",
-                "imagePullPolicy": "Never", "command": ["sh", "-c", "cat /proc/uptime"],
-                "securityContext": {"allowPrivilegeEscalation": false,
-                    "capabilities": {"drop": ["ALL"]}}}]
-        }
-    }))?;
+    let pod = floor_pod(json!({"name": name}), "cat /proc/uptime")?;
     let created = uptime_now()?;
     let done = run_pod_to_completion(pods, &pod).await?;
     let phase = done.status.and_then(|s| s.phase).unwrap_or_default();
@@ -569,6 +570,24 @@ async fn p7_floor(pods: &Api<Pod>, run: u64) -> Result<f64> {
     pods.delete(&name, &Default::default()).await?;
     let ran = first_uptime_line(&log).with_context(|| format!("floor pod log: {log:?}"))?;
     Ok(ran - created)
+}
+
+/// A bare pod with `metadata`, running `command` in a build container of the jobs' image and
+/// hardening.
+fn floor_pod(metadata: serde_json::Value, command: &str) -> Result<Pod> {
+    Ok(serde_json::from_value(json!({
+        "metadata": metadata,
+        "spec": {
+            "restartPolicy": "Never",
+            "automountServiceAccountToken": false,
+            "securityContext": {"runAsNonRoot": true, "runAsUser": 1000, "runAsGroup": 1000,
+                "fsGroup": 1000, "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [{"name": "build", "image": "keyhole.local/busybox:1",
+                "imagePullPolicy": "Never", "command": ["sh", "-c", command],
+                "securityContext": {"allowPrivilegeEscalation": false,
+                    "capabilities": {"drop": ["ALL"]}}}]
+        }
+    }))?)
 }
 
 /// P8's goal: Kubernetes API requests per job.
@@ -582,16 +601,7 @@ async fn p8(bench: &Bench, identity: &RunnerIdentity, n: u64) -> Result<()> {
     let before = keyhole_tests::bench::api::count_requests_in(&audit_dir, &identity.user)?;
     let phase = bench.phase_as("p8", 10, identity).await?;
     let started = Instant::now();
-    let jobs = (0..n)
-        .map(|i| phase.short_job(&format!("p8-{i}")))
-        .collect::<Result<Vec<_>>>()?;
-    let mut failed = 0;
-    for job in &jobs {
-        if let Err(e) = phase.wait_success(job).await {
-            eprintln!("P8: {e:#}");
-            failed += 1;
-        }
-    }
+    let failed = n - phase.run_short_jobs("P8", n).await?.len() as u64;
     let seconds = started.elapsed().as_secs_f64();
     let (log, _gitlab) = phase.stop().await?;
     // The log backend writes each event as its request ends; a moment for the last ones.
@@ -614,10 +624,16 @@ async fn p8(bench: &Bench, identity: &RunnerIdentity, n: u64) -> Result<()> {
         Requests::breakdown(&diff(&after.by_resource, &before.by_resource)),
         log.problem_count,
     );
-    for line in log.problems.iter().take(10) {
-        eprintln!("P8 runner: {line}");
-    }
+    print_problems("P8", &log);
     Ok(())
+}
+
+/// The runner's first ten problems (warnings, errors), a line `<figure> runner: <line>` each on
+/// stderr.
+fn print_problems(figure: &str, log: &RunnerLog) {
+    for line in log.problems.iter().take(10) {
+        eprintln!("{figure} runner: {line}");
+    }
 }
 
 /// P9's goals: throughput against the bare-pod floor, the runner's peak RSS.
@@ -631,16 +647,7 @@ async fn p9(bench: &Bench, identity: &RunnerIdentity, n: u64, concurrent: u64) -
     let floor_s = p9_floor(bench, n, concurrent).await?;
     let phase = bench.phase_as("p9", concurrent, identity).await?;
     let started = Instant::now();
-    let jobs = (0..n)
-        .map(|i| phase.short_job(&format!("p9-{i}")))
-        .collect::<Result<Vec<_>>>()?;
-    let mut lost = 0;
-    for job in &jobs {
-        if let Err(e) = phase.wait_success(job).await {
-            eprintln!("P9: {e:#}");
-            lost += 1;
-        }
-    }
+    let lost = n - phase.run_short_jobs("P9", n).await?.len() as u64;
     let keyhole_s = started.elapsed().as_secs_f64();
     let rss = phase.runner.peak_rss_kib()?;
     let cpu = phase.runner.cpu_time()?.as_secs_f64();
@@ -655,9 +662,7 @@ async fn p9(bench: &Bench, identity: &RunnerIdentity, n: u64, concurrent: u64) -
         verdict(rss < P9_GOAL_RSS_MIB * 1024),
         log.problem_count,
     );
-    for line in log.problems.iter().take(10) {
-        eprintln!("P9 runner: {line}");
-    }
+    print_problems("P9", &log);
     Ok(())
 }
 
@@ -708,19 +713,10 @@ async fn p9_floor(bench: &Bench, n: u64, concurrent: u64) -> Result<f64> {
                     return Ok::<(), anyhow::Error>(());
                 }
                 let name = format!("p9-floor-{i}");
-                let pod: Pod = serde_json::from_value(json!({
-                    "metadata": {"name": name, "labels": {"bench": "p9-floor"}},
-                    "spec": {
-                        "restartPolicy": "Never",
-                        "automountServiceAccountToken": false,
-                        "securityContext": {"runAsNonRoot": true, "runAsUser": 1000, "runAsGroup": 1000,
-                            "fsGroup": 1000, "seccompProfile": {"type": "RuntimeDefault"}},
-                        "containers": [{"name": "build", "image": "keyhole.local/busybox:1",
-                            "imagePullPolicy": "Never", "command": ["sh", "-c", "echo bench job"],
-                            "securityContext": {"allowPrivilegeEscalation": false,
-                                "capabilities": {"drop": ["ALL"]}}}]
-                    }
-                }))?;
+                let pod = floor_pod(
+                    json!({"name": name, "labels": {"bench": "p9-floor"}}),
+                    "echo bench job",
+                )?;
                 let (tx, rx) = oneshot::channel();
                 waiters
                     .lock()
@@ -837,29 +833,51 @@ fn check_packed(dirs: &TransferDirs, files: u64) -> Result<()> {
     Ok(())
 }
 
-/// One `transfer store` of `<project>/data` for the running job `job`; the run and the size
-/// of the archive GitLab then holds.
-async fn p10_store(
-    broker: &Path,
-    gitlab: &Coordinator,
-    job: &EnqueuedJob,
-    project: &Path,
-    dir: &Path,
-    compression: Option<&str>,
+/// What the transfers of one P10 data set share: the broker, the coordinator (and a client
+/// taking its jobs) and the project directory whose `data` holds the set.
+struct P10Case<'a> {
+    broker: &'a Path,
+    gitlab: &'a Coordinator,
+    http: &'a reqwest::Client,
+    project: &'a Path,
+    shape: Shape,
     files: u64,
-) -> Result<(BrokerRun, u64)> {
-    let plan = store_plan(gitlab, job, project, &["data"], compression);
-    let dirs = TransferDirs::create(dir, &plan, Some(0))?;
-    let uploads = || gitlab.counters().requests(Endpoint::UploadArtifacts);
-    let before = uploads();
-    let run = run_transfer(broker, "store", &dirs, || uploads() > before).await?;
-    check_packed(&dirs, files)?;
-    let archive = gitlab
-        .artifacts(job.id)
-        .into_iter()
-        .find(|a| a.artifact_type == "archive")
-        .context("transfer store exited 0, but GitLab holds no archive of the job")?;
-    Ok((run, archive.size))
+}
+
+impl P10Case<'_> {
+    /// A job `name` with `data` as its artifacts, taken from GitLab, and one `transfer store` of
+    /// them (its dirs under `dir`, at `compression` or the default level); the job, the run and
+    /// the size of the archive GitLab then holds.
+    async fn store(
+        &self,
+        name: &str,
+        dir: &Path,
+        compression: Option<&str>,
+    ) -> Result<(EnqueuedJob, BrokerRun, u64)> {
+        let gitlab = self.gitlab;
+        let job = gitlab
+            .job()
+            .name(name)
+            .artifacts(artifacts_entry(&["data"]))
+            .enqueue()?;
+        take_job(gitlab, self.http, &job).await?;
+        let level = compression
+            .map(|c| format!(", ARTIFACT_COMPRESSION_LEVEL={c}"))
+            .unwrap_or_default();
+        eprintln!("P10 {}: transfer store{level}", self.shape);
+        let plan = store_plan(gitlab, &job, self.project, &["data"], compression);
+        let dirs = TransferDirs::create(dir, &plan, Some(0))?;
+        let uploads = || gitlab.counters().requests(Endpoint::UploadArtifacts);
+        let before = uploads();
+        let run = run_transfer(self.broker, "store", &dirs, || uploads() > before).await?;
+        check_packed(&dirs, self.files)?;
+        let archive = gitlab
+            .artifacts(job.id)
+            .into_iter()
+            .find(|a| a.artifact_type == "archive")
+            .context("transfer store exited 0, but GitLab holds no archive of the job")?;
+        Ok((job, run, archive.size))
+    }
 }
 
 /// P10: a job's artifacts of `shape` through `keyhole-broker transfer store`, a dependent
@@ -897,23 +915,17 @@ async fn p10(broker: &Path, shape: Shape, goals: &Goals) -> Result<()> {
     })
     .await?;
     let http = reqwest::Client::new();
-    let build = gitlab
-        .job()
-        .name("p10-build")
-        .artifacts(artifacts_entry(&["data"]))
-        .enqueue()?;
-    take_job(&gitlab, &http, &build).await?;
-    eprintln!("P10 {shape}: transfer store");
-    let (store, archive) = p10_store(
+    let case = P10Case {
         broker,
-        &gitlab,
-        &build,
-        &project,
-        &work.path().join("store"),
-        None,
+        gitlab: &gitlab,
+        http: &http,
+        project: &project,
+        shape,
         files,
-    )
-    .await?;
+    };
+    let (build, store, archive) = case
+        .store("p10-build", &work.path().join("store"), None)
+        .await?;
 
     let test = gitlab
         .job()
@@ -969,23 +981,13 @@ async fn p10(broker: &Path, shape: Shape, goals: &Goals) -> Result<()> {
     );
 
     // The same store at the level a job can choose for speed (deflate level 1).
-    let again = gitlab
-        .job()
-        .name("p10-build-fastest")
-        .artifacts(artifacts_entry(&["data"]))
-        .enqueue()?;
-    take_job(&gitlab, &http, &again).await?;
-    eprintln!("P10 {shape}: transfer store, ARTIFACT_COMPRESSION_LEVEL=fastest");
-    let (fastest, fastest_archive) = p10_store(
-        broker,
-        &gitlab,
-        &again,
-        &project,
-        &work.path().join("store-fastest"),
-        Some("fastest"),
-        files,
-    )
-    .await?;
+    let (_, fastest, fastest_archive) = case
+        .store(
+            "p10-build-fastest",
+            &work.path().join("store-fastest"),
+            Some("fastest"),
+        )
+        .await?;
     let (pack, upload) = phases(&fastest);
     println!(
         "P10 case={shape} compression=fastest store_mib_s={:.0} store_rss_kib={} archive_bytes={fastest_archive} pack_mib_s={} upload_mib_s={} store_s={:.2} store_cpu_s={:.2} pack_goal={}(>={}MiB/s)",
