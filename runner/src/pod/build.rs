@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 use super::broker::{broker_container, inputs_sources};
 use super::containers::{build_container, build_image, flag_enabled, service_containers};
 use super::env::split_variables;
+use super::error::PodError;
 use super::metadata::pod_metadata;
 use super::resources::build_resources;
 use crate::config::{RunnerConfig, UserNamespaceRoot};
@@ -97,11 +98,6 @@ impl std::fmt::Debug for JobObjects {
             .finish_non_exhaustive()
     }
 }
-
-/// A job that cannot become a pod, with what to change.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct PodError(pub String);
 
 /// Builds the pod and the per-job Secret.
 pub fn build_job_objects(req: &PodRequest<'_>) -> Result<JobObjects, PodError> {
@@ -190,7 +186,7 @@ pub fn build_job_objects(req: &PodRequest<'_>) -> Result<JobObjects, PodError> {
         "metadata": {"name": req.pod_name, "namespace": k.namespace, "labels": labels, "annotations": annotations},
         "spec": spec
     }))
-    .map_err(|e| PodError(format!("internal error building the pod: {e}")))?;
+    .map_err(|e| PodError::Internal(e.to_string()))?;
     let pull_secret = req.pull_auth.map(|auth| {
         let data = auth.dockerconfigjson();
         job_secret(

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use keyhole_contract as contract;
 use serde_json::{Value, json};
 
-use super::build::PodError;
 use super::env::{env_list, literal_env_value};
+use super::error::PodError;
 use super::resources::service_resources;
 use crate::config::{KubernetesConfig, RunnerConfig, UserNamespaceRoot};
 use crate::job::{Image, Job, Service};
@@ -37,12 +37,7 @@ pub(super) fn restricted_as(
     let mut context = restricted();
     if let Some((uid, gid)) = image.user.as_deref().map(|u| run_as(u, what)).transpose()? {
         if uid == 0 && userns == UserNamespaceRoot::Off {
-            return Err(PodError(format!(
-                "{what}: `kubernetes: user` asks for uid 0 (root); this runner's job pods run as \
-                 non-root users (PodSecurity `restricted`): use a non-root uid or an image that \
-                 works without root, or ask the runner's administrator for root in a user \
-                 namespace (`[runners.keyhole] user_namespace_root`)"
-            )));
+            return Err(PodError::RootWithoutUserNamespace { what: what.into() });
         }
         if uid == 0 {
             // Root in the pod's own user namespace; PodSecurity allows it there.
@@ -64,18 +59,20 @@ pub(super) fn restricted_as(
 fn allowed_id(
     id: i64,
     allowed: &[String],
-    kind: &str,
-    key: &str,
+    kind: &'static str,
+    key: &'static str,
     what: &str,
 ) -> Result<(), PodError> {
     if allowed.is_empty() || allowed.iter().any(|a| a.trim() == id.to_string()) {
         return Ok(());
     }
-    Err(PodError(format!(
-        "{what}: `kubernetes: user` asks for {kind} {id}, which this runner does not allow \
-         ({key}: {}); use one of those or ask the runner's administrator",
-        allowed.join(", ")
-    )))
+    Err(PodError::IdNotAllowed {
+        what: what.into(),
+        kind,
+        id,
+        key,
+        allowed: allowed.to_vec(),
+    })
 }
 
 /// Parses `uid` or `uid:gid` (numbers: the pod cannot resolve names from the image).
@@ -90,12 +87,9 @@ fn run_as(user: &str, what: &str) -> Result<(i64, Option<i64>), PodError> {
         Some((u, g)) => (u, Some(g)),
         None => (user, None),
     };
-    let bad = || {
-        PodError(format!(
-            "{what}: `kubernetes: user` is {:?}; give a numeric `uid` or `uid:gid` (names cannot be \
-             resolved before the container starts)",
-            user.chars().take(40).collect::<String>()
-        ))
+    let bad = || PodError::UserNotNumeric {
+        what: what.into(),
+        user: user.chars().take(40).collect(),
     };
     let uid = number(uid).ok_or_else(bad)?;
     let gid = gid.map(|g| number(g).ok_or_else(bad)).transpose()?;
@@ -108,18 +102,18 @@ fn pull_policy(policies: &[String], allowed: &[String]) -> Result<Option<&'stati
         return Ok(None);
     };
     if !allowed.is_empty() && !allowed.iter().any(|a| a == first) {
-        return Err(PodError(format!(
-            "pull_policy {first:?} is not allowed by this runner (allowed: {})",
-            allowed.join(", ")
-        )));
+        return Err(PodError::PullPolicyNotAllowed {
+            policy: first.clone(),
+            allowed: allowed.to_vec(),
+        });
     }
     match first.as_str() {
         "always" => Ok(Some("Always")),
         "if-not-present" => Ok(Some("IfNotPresent")),
         "never" => Ok(Some("Never")),
-        other => Err(PodError(format!(
-            "pull_policy {other:?} is not one of always, if-not-present, never"
-        ))),
+        other => Err(PodError::PullPolicyUnknown {
+            policy: other.into(),
+        }),
     }
 }
 
@@ -170,11 +164,10 @@ pub(super) fn build_image(
         image.user = Some("0".into());
     }
     if !image_allowed(&image.name, &k.allowed_images) {
-        return Err(PodError(format!(
-            "image {:?} is not allowed by this runner (allowed_images: {})",
-            image.name,
-            k.allowed_images.join(", ")
-        )));
+        return Err(PodError::ImageNotAllowed {
+            image: image.name,
+            allowed: k.allowed_images.clone(),
+        });
     }
     Ok(image)
 }
@@ -261,9 +254,7 @@ fn entrypoint<'a>(given: &'a Option<Vec<String>>, what: &str) -> Result<Entrypoi
     match given.as_deref() {
         None => Ok(Entrypoint::Image),
         Some(e) if e.iter().all(String::is_empty) => Ok(Entrypoint::Cleared),
-        Some(e) if e[0].is_empty() => Err(PodError(format!(
-            "{what}: the entrypoint's first element is empty, so there is no program to run; write [\"\"] to clear the image's entrypoint, or name the program first"
-        ))),
+        Some(e) if e[0].is_empty() => Err(PodError::EntrypointWithoutProgram { what: what.into() }),
         Some(e) => Ok(Entrypoint::Given(e)),
     }
 }
@@ -309,9 +300,7 @@ fn service_start(service: &Service, what: &str) -> Result<Start, PodError> {
                 args: None,
             },
             _ => {
-                return Err(PodError(format!(
-                    "{what}: `entrypoint: [\"\"]` clears the image's entrypoint and leaves nothing to run; give the service a `command:`"
-                )));
+                return Err(PodError::ServiceWithoutCommand { what: what.into() });
             }
         },
     })
@@ -354,11 +343,9 @@ fn readiness_ports(service: &Service, what: &str) -> Result<Vec<u16>, PodError> 
             .ok()
             .filter(|&p| p != 0)
             .map(|p| vec![p])
-            .ok_or_else(|| {
-                PodError(format!(
-                    "{what}: {HEALTHCHECK_TCP_PORT} is {:?}; give a TCP port number from 1 to 65535",
-                    v.chars().take(20).collect::<String>()
-                ))
+            .ok_or_else(|| PodError::HealthcheckPort {
+                what: what.into(),
+                value: v.chars().take(20).collect(),
             }),
         None => Ok(service.ports.clone()),
     }
@@ -375,11 +362,10 @@ pub(super) fn service_containers(
     let mut used_names: Vec<String> = vec![contract::BUILD_CONTAINER.into()];
     for (i, service) in job.services.iter().enumerate() {
         if !image_allowed(&service.image.name, &k.allowed_services) {
-            return Err(PodError(format!(
-                "service image {:?} is not allowed by this runner (allowed_services: {})",
-                service.image.name,
-                k.allowed_services.join(", ")
-            )));
+            return Err(PodError::ServiceImageNotAllowed {
+                image: service.image.name.clone(),
+                allowed: k.allowed_services.clone(),
+            });
         }
         let name = service
             .aliases
@@ -441,16 +427,16 @@ mod tests {
         assert_eq!(run_as("1001:0", "image").unwrap(), (1001, Some(0)));
         for bad in ["root", "", ":1", "1:", "-5", "99999999999", "1:2:3"] {
             let err = run_as(bad, "image").unwrap_err();
-            assert!(err.0.contains("numeric `uid`"), "{bad}: {err}");
+            assert!(err.to_string().contains("numeric `uid`"), "{bad}: {err}");
         }
         let mut root = image(None);
         root.user = Some("0:0".into());
         let mut k = KubernetesConfig::default();
         let err = restricted_as(&root, "service \"pg\"", &k, UserNamespaceRoot::Off).unwrap_err();
         assert!(
-            err.0.contains("service \"pg\"")
-                && err.0.contains("uid 0 (root)")
-                && err.0.contains("user_namespace_root"),
+            err.to_string().contains("service \"pg\"")
+                && err.to_string().contains("uid 0 (root)")
+                && err.to_string().contains("user_namespace_root"),
             "{err}"
         );
         for mode in [UserNamespaceRoot::Allowed, UserNamespaceRoot::Always] {
@@ -465,7 +451,7 @@ mod tests {
         k.allowed_users = v(&["1000"]);
         let err = restricted_as(&root, "image", &k, UserNamespaceRoot::Allowed).unwrap_err();
         assert!(
-            err.0.contains("user 0") && err.0.contains("allowed_users"),
+            err.to_string().contains("user 0") && err.to_string().contains("allowed_users"),
             "{err}"
         );
         k.allowed_users = v(&["1000", "0"]);
@@ -481,13 +467,15 @@ mod tests {
         k.allowed_groups = v(&["1000"]);
         let err = restricted_as(&img, "image", &k, UserNamespaceRoot::Off).unwrap_err();
         assert!(
-            err.0.contains("group 3000") && err.0.contains("allowed_groups: 1000"),
+            err.to_string().contains("group 3000")
+                && err.to_string().contains("allowed_groups: 1000"),
             "{err}"
         );
         img.user = Some("3000".into());
         let err = restricted_as(&img, "image", &k, UserNamespaceRoot::Off).unwrap_err();
         assert!(
-            err.0.contains("user 3000") && err.0.contains("allowed_users: 1000, 2000"),
+            err.to_string().contains("user 3000")
+                && err.to_string().contains("allowed_users: 1000, 2000"),
             "{err}"
         );
         img.user = Some("2000:1000".into());
@@ -512,7 +500,7 @@ mod tests {
         s.variables = vec![(HEALTHCHECK_TCP_PORT.into(), "http".into())];
         let err = readiness_ports(&s, "service \"web\"").unwrap_err();
         assert!(
-            err.0
+            err.to_string()
                 .contains("service \"web\": HEALTHCHECK_TCP_PORT is \"http\""),
             "{err}"
         );
@@ -570,7 +558,7 @@ mod tests {
     fn an_entrypoint_without_a_program_is_refused_by_name() {
         let err = build_start(&image(Some(&["", "-x"])), "S".into(), false).unwrap_err();
         assert!(
-            err.0
+            err.to_string()
                 .contains("image: the entrypoint's first element is empty"),
             "{err}"
         );
@@ -616,7 +604,10 @@ mod tests {
             }
         );
         let err = start(Some(&[""]), None).unwrap_err();
-        assert!(err.0.contains("give the service a `command:`"), "{err}");
+        assert!(
+            err.to_string().contains("give the service a `command:`"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -9,7 +9,7 @@ use keyhole_contract as contract;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 
-use super::build::PodError;
+use super::error::PodError;
 use crate::config::RunnerConfig;
 use crate::job::Job;
 
@@ -90,9 +90,7 @@ fn check_secret_names(secret_data: &BTreeMap<String, ByteString>) -> Result<(), 
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
         {
-            return Err(PodError(format!(
-                "variable {name:?} cannot be delivered: a masked or file variable's name may use only letters, digits, '_', '.' and '-'"
-            )));
+            return Err(PodError::SecretName { name: name.into() });
         }
     }
     Ok(())

@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 use keyhole_contract as contract;
 use secrecy::ExposeSecret;
 
-use super::build::{JOB_ID_LABEL, MANAGED_BY, MANAGED_BY_LABEL, PodError, RUNNER_LABEL};
+use super::build::{JOB_ID_LABEL, MANAGED_BY, MANAGED_BY_LABEL, RUNNER_LABEL};
+use super::error::PodError;
 use crate::config::RunnerConfig;
 use crate::job::Job;
 use crate::secrets::{JobSecrets, annotation_value};
@@ -79,15 +80,21 @@ fn apply_job_overrides(
         }
         let Some(allowed) = allowed else { continue };
         let Some((key, value)) = v.value.expose_secret().split_once('=') else {
-            return Err(PodError(format!("{} must be KEY=VALUE", v.key)));
+            return Err(PodError::OverrideNotKeyValue {
+                variable: v.key.clone(),
+            });
         };
-        let re = regex::Regex::new(&format!("^(?:{allowed})$"))
-            .map_err(|e| PodError(format!("runner regex {allowed:?}: {e}")))?;
+        let re = regex::Regex::new(&format!("^(?:{allowed})$")).map_err(|e| {
+            PodError::OverrideRegex {
+                regex: allowed.clone(),
+                error: e.to_string(),
+            }
+        })?;
         if !re.is_match(key) || key.contains("keyhole.dev") || key.starts_with(prefix) {
-            return Err(PodError(format!(
-                "{}: {key:?} may not be set by jobs on this runner",
-                v.key
-            )));
+            return Err(PodError::OverrideNotAllowed {
+                variable: v.key.clone(),
+                key: key.into(),
+            });
         }
         map.insert(key.into(), value.into());
     }

@@ -5,6 +5,7 @@ mod build;
 mod checkout;
 mod containers;
 mod env;
+mod error;
 mod metadata;
 mod quantity;
 mod resources;
@@ -12,13 +13,14 @@ mod transfer;
 
 pub use build::{
     AFTER_SCRIPT_TIMEOUT, DEFAULT_JOB_TIMEOUT, JOB_ID_LABEL, JobObjects, MANAGED_BY,
-    MANAGED_BY_LABEL, PULL_SECRET_SUFFIX, PodError, PodRequest, RUNNER_LABEL, build_job_objects,
+    MANAGED_BY_LABEL, PULL_SECRET_SUFFIX, PodRequest, RUNNER_LABEL, build_job_objects,
     pull_secret_name,
 };
 pub use checkout::{CHECKOUT_CONTAINER, CHECKOUT_VOLUME};
 pub use containers::image_allowed;
+pub use error::PodError;
 pub use metadata::label_value;
-pub use quantity::{parse_quantity, resolve_override};
+pub use quantity::{QuantityError, parse_quantity, resolve_override};
 
 /// Every name [`pod_name`] gives with a [`random_suffix`], as a regular expression. The chart's
 /// admission policies reserve these names (`keyhole.jobNamePattern`, which a deploy test keeps

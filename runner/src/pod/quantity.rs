@@ -25,6 +25,24 @@ pub fn parse_quantity(q: &str) -> Option<f64> {
     (number.is_finite() && number >= 0.0).then_some(number * factor)
 }
 
+/// A job's resource override the runner does not take, or a cap it cannot compare with.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QuantityError {
+    /// The job's `key` variable is not a quantity.
+    #[error("{key}={wanted:?} is not a Kubernetes quantity (e.g. 500m, 2, 512Mi)")]
+    NotAQuantity { key: String, wanted: String },
+    /// The runner's `*_overwrite_max_allowed` for `key` is not a quantity.
+    #[error("the runner's cap for {key} ({max:?}) is not a quantity; fix the runner config")]
+    CapNotAQuantity { key: String, max: String },
+    /// The job asks for more than the runner's cap.
+    #[error("{key}={wanted} is above the runner's maximum {max}; ask for at most {max}")]
+    AboveCap {
+        key: String,
+        wanted: String,
+        max: String,
+    },
+}
+
 /// Picks a resource value: the job's override when the runner allows it and it is within the
 /// cap, else the runner's value. An override above the cap fails the job (as gitlab-runner does)
 /// rather than silently running with less than asked.
@@ -33,23 +51,27 @@ pub fn resolve_override(
     configured: Option<&str>,
     max_allowed: Option<&str>,
     wanted: Option<&str>,
-) -> Result<Option<String>, String> {
+) -> Result<Option<String>, QuantityError> {
     let Some(wanted) = wanted.filter(|w| !w.is_empty()) else {
         return Ok(configured.map(str::to_string));
     };
     let Some(max) = max_allowed else {
         return Ok(configured.map(str::to_string));
     };
-    let w = parse_quantity(wanted).ok_or_else(|| {
-        format!("{key}={wanted:?} is not a Kubernetes quantity (e.g. 500m, 2, 512Mi)")
+    let w = parse_quantity(wanted).ok_or_else(|| QuantityError::NotAQuantity {
+        key: key.into(),
+        wanted: wanted.into(),
     })?;
-    let m = parse_quantity(max).ok_or_else(|| {
-        format!("the runner's cap for {key} ({max:?}) is not a quantity; fix the runner config")
+    let m = parse_quantity(max).ok_or_else(|| QuantityError::CapNotAQuantity {
+        key: key.into(),
+        max: max.into(),
     })?;
     if w > m {
-        return Err(format!(
-            "{key}={wanted} is above the runner's maximum {max}; ask for at most {max}"
-        ));
+        return Err(QuantityError::AboveCap {
+            key: key.into(),
+            wanted: wanted.into(),
+            max: max.into(),
+        });
     }
     Ok(Some(wanted.to_string()))
 }
@@ -78,11 +100,13 @@ mod tests {
         assert!(
             r(Some("2"))
                 .unwrap_err()
+                .to_string()
                 .contains("above the runner's maximum 1")
         );
         assert!(
             r(Some("two"))
                 .unwrap_err()
+                .to_string()
                 .contains("not a Kubernetes quantity")
         );
         // Without a cap the override is ignored, as in gitlab-runner.

@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 
-use super::build::PodError;
+use super::error::PodError;
 use super::quantity::resolve_override;
 use crate::config::KubernetesConfig;
 use crate::job::Job;
@@ -43,7 +43,7 @@ pub(super) fn build_resources(k: &KubernetesConfig, job: &Job) -> Result<Value, 
             max.as_deref(),
             job.public_variable(key),
         )
-        .map_err(PodError)
+        .map_err(PodError::from)
     };
     Ok(resources(&[
         (

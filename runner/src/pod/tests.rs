@@ -132,7 +132,10 @@ fn resource_overrides_are_capped_and_refused_above_the_cap() {
         caches: Vec::new(),
     })
     .unwrap_err();
-    assert!(err.0.contains("above the runner's maximum 1Gi"), "{err}");
+    assert!(
+        err.to_string().contains("above the runner's maximum 1Gi"),
+        "{err}"
+    );
 }
 
 #[test]

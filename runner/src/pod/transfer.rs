@@ -14,7 +14,7 @@ use keyhole_contract::transfer::{
 };
 use serde_json::{Value, json};
 
-use super::build::PodError;
+use super::error::PodError;
 use crate::config::RunnerConfig;
 use crate::job::Job;
 
@@ -42,11 +42,7 @@ pub(super) fn plan(
         return Ok(None);
     }
     let Some(token) = job.token.clone() else {
-        return Err(PodError(
-            "the job has artifacts, dependencies or caches but no job token; only GitLab jobs \
-             move files"
-                .into(),
-        ));
+        return Err(PodError::TransferWithoutToken);
     };
     let plan = Plan {
         gitlab_url: runner.url.trim_end_matches('/').to_owned(),
@@ -68,8 +64,7 @@ pub(super) fn plan(
 
 /// The plan as it goes into the per-job Secret.
 pub(super) fn plan_secret(plan: &Plan) -> Result<(String, ByteString), PodError> {
-    let json = serde_json::to_vec(plan)
-        .map_err(|e| PodError(format!("internal error writing the transfer plan: {e}")))?;
+    let json = serde_json::to_vec(plan).map_err(|e| PodError::TransferPlan(e.to_string()))?;
     Ok((PLAN_SECRET_KEY.to_owned(), ByteString(json)))
 }
 
