@@ -4,8 +4,12 @@
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::api::core::v1::{
+    ConfigMapProjection, Container, DownwardAPIProjection, DownwardAPIVolumeFile, ExecAction,
+    Lifecycle, LifecycleHandler, ObjectFieldSelector, SecretProjection, SecurityContext,
+    ServiceAccountTokenProjection, VolumeProjection,
+};
 use keyhole_contract as contract;
-use serde_json::{Value, json};
 
 /// How long the broker's postStart hook waits for the delivery: as long as the startup probe
 /// used to allow (600 one-second probes). The broker gives up on Vault and the apiserver long
@@ -13,6 +17,7 @@ use serde_json::{Value, json};
 const DELIVERY_WAIT_SECONDS: &str = "600";
 
 use super::env::env_list;
+use super::parts::{key_to_path, mount, read_only_mount, restricted};
 use super::resources::broker_resources;
 use crate::config::RunnerConfig;
 use crate::secrets::{JobSecrets, VaultMethod};
@@ -80,19 +85,65 @@ pub(super) fn inputs_sources<'a>(
     secrets: &JobSecrets,
     pod_name: &str,
     secret_keys: impl Iterator<Item = &'a String>,
-) -> Vec<Value> {
+) -> Vec<VolumeProjection> {
     let expiry = runner.keyhole.token_expiration_seconds.max(600);
+    let token = |audience: Option<&str>, path: &str| VolumeProjection {
+        service_account_token: Some(ServiceAccountTokenProjection {
+            audience: audience.map(Into::into),
+            expiration_seconds: Some(expiry),
+            path: path.into(),
+        }),
+        ..Default::default()
+    };
+    let ca_bundle = |name: &str, path: &str| VolumeProjection {
+        config_map: Some(ConfigMapProjection {
+            name: name.into(),
+            items: Some(vec![key_to_path("ca.crt", path)]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let annotations = VolumeProjection {
+        downward_api: Some(DownwardAPIProjection {
+            items: Some(vec![DownwardAPIVolumeFile {
+                path: contract::INPUT_ANNOTATIONS.into(),
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: "metadata.annotations".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }]),
+        }),
+        ..Default::default()
+    };
+    let job_secret = VolumeProjection {
+        secret: Some(SecretProjection {
+            name: pod_name.into(),
+            items: Some(
+                secret_keys
+                    .map(|key| {
+                        key_to_path(key, format!("{}/{key}", contract::INPUT_JOB_SECRET_DIR))
+                    })
+                    .collect(),
+            ),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
     let mut sources = vec![
-        json!({"serviceAccountToken": {"audience": runner.keyhole.vault_audience, "expirationSeconds": expiry, "path": contract::INPUT_SA_TOKEN}}),
-        json!({"downwardAPI": {"items": [{"path": contract::INPUT_ANNOTATIONS, "fieldRef": {"fieldPath": "metadata.annotations"}}]}}),
-        json!({"secret": {"name": pod_name, "items": secret_keys.map(|key| json!({"key": key, "path": format!("{}/{key}", contract::INPUT_JOB_SECRET_DIR)})).collect::<Vec<_>>()}}),
+        token(
+            Some(&runner.keyhole.vault_audience),
+            contract::INPUT_SA_TOKEN,
+        ),
+        annotations,
+        job_secret,
     ];
     if let (Some(_), Some(ca)) = (&secrets.vault, &runner.keyhole.vault_ca_config_map) {
-        sources.push(json!({"configMap": {"name": ca, "items": [{"key": "ca.crt", "path": contract::INPUT_VAULT_CA}]}}));
+        sources.push(ca_bundle(ca, contract::INPUT_VAULT_CA));
     }
     if secrets.uses_kubernetes {
-        sources.insert(1, json!({"serviceAccountToken": {"expirationSeconds": expiry, "path": contract::INPUT_KUBE_TOKEN}}));
-        sources.insert(2, json!({"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "kube-ca.crt"}]}}));
+        sources.insert(1, token(None, contract::INPUT_KUBE_TOKEN));
+        sources.insert(2, ca_bundle("kube-root-ca.crt", "kube-ca.crt"));
     }
     sources
 }
@@ -112,7 +163,7 @@ pub(super) fn broker_container(
     secrets: &JobSecrets,
     waits: &[contract::ServiceWait],
     other_user: bool,
-) -> Value {
+) -> Container {
     let mut env = broker_env(runner, secrets);
     if other_user {
         let security = &runner.kubernetes.pod_security_context;
@@ -135,33 +186,46 @@ pub(super) fn broker_container(
             runner.kubernetes.services_timeout_secs().to_string(),
         );
     }
-    json!({
-        "name": contract::BROKER_CONTAINER,
-        "image": runner.keyhole.broker_image,
-        "restartPolicy": "Always",
-        "args": ["run"],
-        "env": env_list(&env),
-        "resources": broker_resources(&runner.kubernetes),
+    Container {
+        name: contract::BROKER_CONTAINER.into(),
+        image: Some(runner.keyhole.broker_image.clone()),
+        restart_policy: Some("Always".into()),
+        args: Some(vec!["run".into()]),
+        env: Some(env_list(&env)),
+        resources: Some(broker_resources(&runner.kubernetes)),
         // The build container starts only once every secret is delivered: the kubelet runs a
         // sidecar's postStart hook before it starts the next container, and this one returns
         // the moment the broker marks the delivery done (or fails when the broker exits). A
         // startup probe would do the same a second later: the kubelet probes at most once a
         // second, from when it admitted the pod, and syncs the pod again only at its next
         // status relist after the probe (P7 in scripts/bench runner: 1.9 s → 1.0 s).
-        "lifecycle": {
-            "postStart": {"exec": {"command": ["/usr/local/bin/keyhole-broker", "ready", "--wait", DELIVERY_WAIT_SECONDS]}}
-        },
-        "securityContext": {
-            "allowPrivilegeEscalation": false,
-            "capabilities": {"drop": ["ALL"]},
-            "runAsNonRoot": true,
-            "readOnlyRootFilesystem": true,
-            "seccompProfile": {"type": "RuntimeDefault"}
-        },
-        "volumeMounts": [
-            {"name": contract::INPUTS_VOLUME, "mountPath": contract::INPUTS_DIR, "readOnly": true},
-            {"name": contract::SECRETS_VOLUME, "mountPath": contract::SECRETS_DIR},
-            {"name": contract::RUNTIME_VOLUME, "mountPath": contract::RUNTIME_DIR}
-        ]
-    })
+        lifecycle: Some(Lifecycle {
+            post_start: Some(LifecycleHandler {
+                exec: Some(ExecAction {
+                    command: Some(
+                        [
+                            "/usr/local/bin/keyhole-broker",
+                            "ready",
+                            "--wait",
+                            DELIVERY_WAIT_SECONDS,
+                        ]
+                        .map(String::from)
+                        .into(),
+                    ),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        security_context: Some(SecurityContext {
+            read_only_root_filesystem: Some(true),
+            ..restricted()
+        }),
+        volume_mounts: Some(vec![
+            read_only_mount(contract::INPUTS_VOLUME, contract::INPUTS_DIR),
+            mount(contract::SECRETS_VOLUME, contract::SECRETS_DIR),
+            mount(contract::RUNTIME_VOLUME, contract::RUNTIME_DIR),
+        ]),
+        ..Default::default()
+    }
 }

@@ -3,22 +3,30 @@
 //! ServiceAccount token, through its own projected volume; the build container sees the
 //! secrets volume read-only and nothing else of the broker's.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::{
+    Container, HostAlias, LocalObjectReference, Pod, PodSecurityContext, PodSpec,
+    ProjectedVolumeSource, ResourceRequirements, Secret, Toleration, Volume, VolumeProjection,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use keyhole_contract as contract;
+use keyhole_contract::transfer::Plan;
 use secrecy::SecretString;
-use serde_json::{Value, json};
 
 use super::broker::{broker_container, inputs_sources};
+use super::checkout::{checkout, project_dir_root};
 use super::containers::{build_container, build_image, flag_enabled, service_containers};
-use super::env::split_variables;
+use super::env::{JobEnv, split_variables};
 use super::error::PodError;
 use super::metadata::pod_metadata;
+use super::parts::{empty_dir, restricted, runtime_default};
 use super::resources::build_resources;
+use super::transfer::transfer_parts;
 use crate::config::{RunnerConfig, UserNamespaceRoot};
-use crate::job::Job;
+use crate::job::{Image, Job};
 use crate::registry_auth::PullAuth;
 use crate::script::{ScriptOptions, build_script};
 use crate::secrets::JobSecrets;
@@ -85,9 +93,7 @@ pub struct JobObjects {
 
 impl std::fmt::Debug for JobObjects {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let name = |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
-            m.name.clone().unwrap_or_default()
-        };
+        let name = |m: &ObjectMeta| m.name.clone().unwrap_or_default();
         f.debug_struct("JobObjects")
             .field("pod", &name(&self.pod.metadata))
             .field("secret", &name(&self.secret.metadata))
@@ -104,89 +110,29 @@ pub fn build_job_objects(req: &PodRequest<'_>) -> Result<JobObjects, PodError> {
     let job = req.job;
     let runner = req.runner;
     let k = &runner.kubernetes;
-    let userns = runner.keyhole.user_namespace_root;
-    let image = build_image(job, k, userns)?;
+    let image = build_image(job, k, runner.keyhole.user_namespace_root)?;
     let resources = build_resources(k, job)?;
     let mut env = split_variables(job, runner, &req.log_end_token)?;
     let plan = super::transfer::plan(job, runner, &env.project_dir, &req.caches)?;
     let (labels, annotations) = pod_metadata(job, runner, req.secrets, req.instance)?;
-
-    let services = service_containers(job, k, userns, &env.public)?;
-    let hand_off = plan.as_ref().is_some_and(|p| p.stores());
-    let script = job_script(req, &env.project_dir, !services.waits.is_empty(), hand_off);
-    let honor_entrypoint = flag_enabled(job, "FF_KUBERNETES_HONOR_ENTRYPOINT");
-    let build = build_container(
-        &image,
-        runner,
-        script,
-        &env.public,
-        resources,
-        honor_entrypoint,
-    )?;
-    // The checkout runs as the build container's user, so the job owns its checked-out files
-    // (a job running as another uid, or as root without capabilities, could not change them).
-    let build_user = build["securityContext"].clone();
-    let mut containers = vec![build];
-    containers.extend(services.containers);
-
-    // The transfer plan is for the transfer containers alone, not one of the broker's inputs.
-    let sources = inputs_sources(runner, req.secrets, &req.pod_name, env.secret_data.keys());
-    let transfers = plan.as_ref().map(|plan| {
-        super::transfer::transfer_parts(
-            plan,
-            runner,
-            &req.pod_name,
-            &super::checkout::project_dir_root(&env.project_dir),
-            &build_user,
-        )
-    });
+    let spec = job_pod_spec(req, &image, resources, &env, plan.as_ref())?;
+    // The transfer plan is for the transfer containers alone, not one of the broker's inputs:
+    // it joins the Secret after the inputs volume has listed the Secret's keys.
     if let Some(plan) = &plan {
         let (key, value) = super::transfer::plan_secret(plan)?;
         env.secret_data.insert(key, value);
     }
-    let mut init_containers = vec![broker_container(
-        runner,
-        req.secrets,
-        &services.waits,
-        image.user.is_some(),
-    )];
-    let mut volumes = vec![
-        json!({"name": contract::INPUTS_VOLUME, "projected": {"sources": sources}}),
-        json!({"name": contract::SECRETS_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}}),
-        json!({"name": contract::RUNTIME_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}),
-        json!({"name": "builds", "emptyDir": {}}),
-    ];
-    if let Some((container, volume)) = super::checkout::checkout(
-        job,
-        &runner.keyhole.git_image,
-        &req.pod_name,
-        &env.project_dir,
-        &build_user,
-    ) {
-        init_containers.push(container);
-        volumes.push(volume);
-    }
-    if let Some(parts) = transfers {
-        init_containers.extend(parts.fetch);
-        containers.extend(parts.store);
-        volumes.extend(parts.volumes);
-    }
-
-    let mut spec = pod_spec(req, init_containers, containers, volumes);
-    if userns != UserNamespaceRoot::Off {
-        // The pod's own user namespace: ids in it map to an unprivileged range on the node.
-        spec["hostUsers"] = json!(false);
-    }
-    if !services.host_aliases.is_empty() {
-        spec["hostAliases"] = json!([{"ip": "127.0.0.1", "hostnames": services.host_aliases}]);
-    }
-    let pod: Pod = serde_json::from_value(json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": req.pod_name, "namespace": k.namespace, "labels": labels, "annotations": annotations},
-        "spec": spec
-    }))
-    .map_err(|e| PodError::Internal(e.to_string()))?;
+    let pod = Pod {
+        metadata: ObjectMeta {
+            name: Some(req.pod_name.clone()),
+            namespace: Some(k.namespace.clone()),
+            labels: Some(labels.clone()),
+            annotations: Some(annotations),
+            ..Default::default()
+        },
+        spec: Some(spec),
+        ..Default::default()
+    };
     let pull_secret = req.pull_auth.map(|auth| {
         let data = auth.dockerconfigjson();
         job_secret(
@@ -212,16 +158,101 @@ pub fn build_job_objects(req: &PodRequest<'_>) -> Result<JobObjects, PodError> {
     })
 }
 
+/// The pod's containers (build, services, the transfers' store), init containers (broker,
+/// checkout, the transfers' fetch) and volumes, in the pod-level spec.
+fn job_pod_spec(
+    req: &PodRequest<'_>,
+    image: &Image,
+    resources: ResourceRequirements,
+    env: &JobEnv,
+    plan: Option<&Plan>,
+) -> Result<PodSpec, PodError> {
+    let (job, runner) = (req.job, req.runner);
+    let userns = runner.keyhole.user_namespace_root;
+    let services = service_containers(job, &runner.kubernetes, userns, &env.public)?;
+    let hand_off = plan.is_some_and(Plan::stores);
+    let script = job_script(req, &env.project_dir, !services.waits.is_empty(), hand_off);
+    let honor_entrypoint = flag_enabled(job, "FF_KUBERNETES_HONOR_ENTRYPOINT");
+    let build = build_container(
+        image,
+        runner,
+        script,
+        &env.public,
+        resources,
+        honor_entrypoint,
+    )?;
+    // The checkout runs as the build container's user, so the job owns its checked-out files
+    // (a job running as another uid, or as root without capabilities, could not change them).
+    let build_user = build.security_context.clone().unwrap_or_else(restricted);
+    let mut containers = vec![build];
+    containers.extend(services.containers);
+    let mut init_containers = vec![broker_container(
+        runner,
+        req.secrets,
+        &services.waits,
+        image.user.is_some(),
+    )];
+    let sources = inputs_sources(runner, req.secrets, &req.pod_name, env.secret_data.keys());
+    let mut volumes = base_volumes(sources);
+    if let Some((container, volume)) = checkout(
+        job,
+        &runner.keyhole.git_image,
+        &req.pod_name,
+        &env.project_dir,
+        &build_user,
+    ) {
+        init_containers.push(container);
+        volumes.push(volume);
+    }
+    if let Some(plan) = plan {
+        let builds_root = project_dir_root(&env.project_dir);
+        let parts = transfer_parts(plan, runner, &req.pod_name, &builds_root, &build_user);
+        init_containers.extend(parts.fetch);
+        containers.extend(parts.store);
+        volumes.extend(parts.volumes);
+    }
+    let mut spec = pod_spec(req, init_containers, containers, volumes);
+    if userns != UserNamespaceRoot::Off {
+        // The pod's own user namespace: ids in it map to an unprivileged range on the node.
+        spec.host_users = Some(false);
+    }
+    if !services.host_aliases.is_empty() {
+        spec.host_aliases = Some(vec![HostAlias {
+            ip: "127.0.0.1".into(),
+            hostnames: Some(services.host_aliases),
+        }]);
+    }
+    Ok(spec)
+}
+
+/// The volumes of every job pod: the broker's inputs (from `sources`), the secrets and the
+/// runtime files (in memory), the builds.
+fn base_volumes(sources: Vec<VolumeProjection>) -> Vec<Volume> {
+    vec![
+        Volume {
+            name: contract::INPUTS_VOLUME.into(),
+            projected: Some(ProjectedVolumeSource {
+                sources: Some(sources),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        empty_dir(contract::SECRETS_VOLUME, Some("16Mi")),
+        empty_dir(contract::RUNTIME_VOLUME, Some("1Mi")),
+        empty_dir("builds", None),
+    ]
+}
+
 /// One of the job's Secrets: immutable, labelled like its pod (which will own it).
 fn job_secret(
     name: String,
     req: &PodRequest<'_>,
-    labels: &std::collections::BTreeMap<String, String>,
+    labels: &BTreeMap<String, String>,
     type_: &str,
-    data: std::collections::BTreeMap<String, ByteString>,
+    data: BTreeMap<String, ByteString>,
 ) -> Secret {
     Secret {
-        metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+        metadata: ObjectMeta {
             name: Some(name),
             namespace: Some(req.runner.kubernetes.namespace.clone()),
             labels: Some(labels.clone()),
@@ -268,70 +299,70 @@ fn job_script(
 /// scheduling settings.
 fn pod_spec(
     req: &PodRequest<'_>,
-    init_containers: Vec<Value>,
-    containers: Vec<Value>,
-    volumes: Vec<Value>,
-) -> Value {
+    init_containers: Vec<Container>,
+    containers: Vec<Container>,
+    volumes: Vec<Volume>,
+) -> PodSpec {
     let k = &req.runner.kubernetes;
     let security = &k.pod_security_context;
     let timeout = req.job.timeout.unwrap_or(DEFAULT_JOB_TIMEOUT);
+    let deadline = i64::try_from(timeout.as_secs().saturating_add(60)).unwrap_or(i64::MAX);
     let grace = k
         .pod_termination_grace_period_seconds
         .unwrap_or(AFTER_SCRIPT_TIMEOUT.as_secs() as i64 + 30);
-    let mut spec = json!({
-        "restartPolicy": "Never",
-        "serviceAccountName": req.service_account,
-        "automountServiceAccountToken": false,
-        "enableServiceLinks": false,
-        "terminationGracePeriodSeconds": grace,
-        "activeDeadlineSeconds": timeout.as_secs() + 60,
-        "securityContext": {
-            "runAsNonRoot": true,
-            "runAsUser": security.run_as_user,
-            "runAsGroup": security.run_as_group,
-            "fsGroup": security.fs_group,
-            "supplementalGroups": security.supplemental_groups,
-            "seccompProfile": {"type": "RuntimeDefault"}
-        },
-        "initContainers": init_containers,
-        "containers": containers,
-        "volumes": volumes
-    });
-    if !k.node_selector.is_empty() {
-        spec["nodeSelector"] = json!(k.node_selector);
-    }
-    if !k.node_tolerations.is_empty() {
-        spec["tolerations"] = Value::Array(
-            k.node_tolerations
-                .iter()
-                .map(|(kv, effect)| match kv.split_once('=') {
-                    Some((key, value)) => {
-                        json!({"key": key, "operator": "Equal", "value": value, "effect": effect})
-                    }
-                    None => json!({"key": kv, "operator": "Exists", "effect": effect}),
-                })
-                .collect(),
-        );
-    }
     let own_pull_secret = req.pull_auth.map(|_| pull_secret_name(&req.pod_name));
-    let pull_secrets: Vec<Value> = k
+    let pull_secrets: Vec<LocalObjectReference> = k
         .image_pull_secrets
         .iter()
         .chain(&own_pull_secret)
-        .map(|n| json!({"name": n}))
+        .map(|name| LocalObjectReference { name: name.clone() })
         .collect();
-    if !pull_secrets.is_empty() {
-        spec["imagePullSecrets"] = Value::Array(pull_secrets);
+    PodSpec {
+        restart_policy: Some("Never".into()),
+        service_account_name: Some(req.service_account.clone()),
+        automount_service_account_token: Some(false),
+        enable_service_links: Some(false),
+        termination_grace_period_seconds: Some(grace),
+        active_deadline_seconds: Some(deadline),
+        security_context: Some(PodSecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(security.run_as_user),
+            run_as_group: Some(security.run_as_group),
+            fs_group: Some(security.fs_group),
+            supplemental_groups: Some(security.supplemental_groups.clone()),
+            seccomp_profile: Some(runtime_default()),
+            ..Default::default()
+        }),
+        init_containers: Some(init_containers),
+        containers,
+        volumes: Some(volumes),
+        node_selector: (!k.node_selector.is_empty()).then(|| k.node_selector.clone()),
+        tolerations: (!k.node_tolerations.is_empty()).then(|| tolerations(&k.node_tolerations)),
+        image_pull_secrets: (!pull_secrets.is_empty()).then_some(pull_secrets),
+        priority_class_name: k.priority_class_name.clone(),
+        runtime_class_name: k.runtime_class_name.clone(),
+        scheduler_name: k.scheduler_name.clone(),
+        dns_policy: k.dns_policy.clone(),
+        ..Default::default()
     }
-    for (field, value) in [
-        ("priorityClassName", &k.priority_class_name),
-        ("runtimeClassName", &k.runtime_class_name),
-        ("schedulerName", &k.scheduler_name),
-        ("dnsPolicy", &k.dns_policy),
-    ] {
-        if let Some(v) = value {
-            spec[field] = json!(v);
-        }
-    }
-    spec
+}
+
+/// `node_tolerations` (`"key=value"` or `"key"` → effect) as the pod's tolerations.
+fn tolerations(node_tolerations: &BTreeMap<String, String>) -> Vec<Toleration> {
+    node_tolerations
+        .iter()
+        .map(|(kv, effect)| {
+            let (key, operator, value) = match kv.split_once('=') {
+                Some((key, value)) => (key, "Equal", Some(value.to_string())),
+                None => (kv.as_str(), "Exists", None),
+            };
+            Toleration {
+                key: Some(key.into()),
+                operator: Some(operator.into()),
+                value,
+                effect: Some(effect.clone()),
+                ..Default::default()
+            }
+        })
+        .collect()
 }

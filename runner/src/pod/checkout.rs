@@ -2,9 +2,13 @@
 //! script runs. It alone sees the job token (one file from the per-job Secret), so the token is
 //! never in a URL, argv or env of any container, and never in the build container at all.
 
+use k8s_openapi::api::core::v1::{
+    Container, ProjectedVolumeSource, SecretProjection, SecurityContext, Volume, VolumeProjection,
+};
 use keyhole_contract as contract;
-use serde_json::{Value, json};
 
+use super::parts::{env_var, key_to_path, mount, read_only_mount};
+use super::resources::resources;
 use crate::job::{GitStrategy, Job};
 
 /// Name of the checkout init container.
@@ -35,8 +39,8 @@ pub fn checkout(
     git_image: &str,
     pod_name: &str,
     project_dir: &str,
-    security_context: &Value,
-) -> Option<(Value, Value)> {
+    security_context: &SecurityContext,
+) -> Option<(Container, Volume)> {
     if job.git.strategy == GitStrategy::None || job.token.is_none() {
         return None;
     }
@@ -51,32 +55,55 @@ pub fn checkout(
         job.git.refspecs.join(" ")
     };
     let literal = super::env::literal_env_value;
-    let env = json!([
-        {"name": "REPO_URL", "value": literal(repo_url)},
-        {"name": "CI_COMMIT_SHA", "value": literal(&job.git.sha)},
-        {"name": "CI_PROJECT_DIR", "value": literal(project_dir)},
-        {"name": "GIT_DEPTH", "value": job.git.depth.map(|d| d.to_string()).unwrap_or_default()},
-        {"name": "GIT_REFSPECS", "value": literal(&refspecs)},
-        {"name": "GIT_TERMINAL_PROMPT", "value": "0"},
-        {"name": "HOME", "value": "/tmp"}
-    ]);
-    let container = json!({
-        "name": CHECKOUT_CONTAINER,
-        "image": git_image,
-        "command": ["sh", "-c", literal(SCRIPT)],
-        "env": env,
-        "securityContext": security_context,
-        "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}},
-        "volumeMounts": [
-            {"name": CHECKOUT_VOLUME, "mountPath": CHECKOUT_DIR, "readOnly": true},
-            {"name": contract::RUNTIME_VOLUME, "mountPath": contract::RUNTIME_DIR},
-            {"name": "builds", "mountPath": project_dir_root(project_dir)}
-        ]
-    });
-    let volume = json!({"name": CHECKOUT_VOLUME, "projected": {"sources": [
-        {"secret": {"name": pod_name, "items": [{"key": "var.CI_JOB_TOKEN", "path": "token"}]}}
-    ]}});
-    Some((container, volume))
+    let env = vec![
+        env_var("REPO_URL", literal(repo_url)),
+        env_var("CI_COMMIT_SHA", literal(&job.git.sha)),
+        env_var("CI_PROJECT_DIR", literal(project_dir)),
+        env_var(
+            "GIT_DEPTH",
+            job.git.depth.map(|d| d.to_string()).unwrap_or_default(),
+        ),
+        env_var("GIT_REFSPECS", literal(&refspecs)),
+        env_var("GIT_TERMINAL_PROMPT", "0"),
+        env_var("HOME", "/tmp"),
+    ];
+    let container = Container {
+        name: CHECKOUT_CONTAINER.into(),
+        image: Some(git_image.into()),
+        command: Some(vec!["sh".into(), "-c".into(), literal(SCRIPT)]),
+        env: Some(env),
+        security_context: Some(security_context.clone()),
+        resources: Some(resources(&[
+            ("requests.cpu", Some("10m".into())),
+            ("requests.memory", Some("32Mi".into())),
+        ])),
+        volume_mounts: Some(vec![
+            read_only_mount(CHECKOUT_VOLUME, CHECKOUT_DIR),
+            mount(contract::RUNTIME_VOLUME, contract::RUNTIME_DIR),
+            mount("builds", &project_dir_root(project_dir)),
+        ]),
+        ..Default::default()
+    };
+    Some((container, token_volume(pod_name)))
+}
+
+/// The checkout's own volume: the job token from the per-job Secret, nothing else of it.
+fn token_volume(pod_name: &str) -> Volume {
+    Volume {
+        name: CHECKOUT_VOLUME.into(),
+        projected: Some(ProjectedVolumeSource {
+            sources: Some(vec![VolumeProjection {
+                secret: Some(SecretProjection {
+                    name: pod_name.into(),
+                    items: Some(vec![key_to_path("var.CI_JOB_TOKEN", "token")]),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
 }
 
 /// The builds volume is mounted at the builds dir, the parent of every project dir.

@@ -3,24 +3,15 @@
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::api::core::v1::{Container, ResourceRequirements, SecurityContext};
 use keyhole_contract as contract;
-use serde_json::{Value, json};
 
 use super::env::{env_list, literal_env_value};
 use super::error::PodError;
+use super::parts::{mount, read_only_mount, restricted};
 use super::resources::service_resources;
 use crate::config::{KubernetesConfig, RunnerConfig, UserNamespaceRoot};
 use crate::job::{Image, Job, Service};
-
-/// PodSecurity `restricted`'s container-level demands.
-pub(super) fn restricted() -> Value {
-    json!({
-        "allowPrivilegeEscalation": false,
-        "capabilities": {"drop": ["ALL"]},
-        "runAsNonRoot": true,
-        "seccompProfile": {"type": "RuntimeDefault"}
-    })
-}
 
 /// [`restricted`] with the image's `kubernetes: {user}` applied: the job may pick any
 /// non-root uid (and gid) for its own container. uid 0 only in a user namespace
@@ -33,7 +24,7 @@ pub(super) fn restricted_as(
     what: &str,
     k: &KubernetesConfig,
     userns: UserNamespaceRoot,
-) -> Result<Value, PodError> {
+) -> Result<SecurityContext, PodError> {
     let mut context = restricted();
     if let Some((uid, gid)) = image.user.as_deref().map(|u| run_as(u, what)).transpose()? {
         if uid == 0 && userns == UserNamespaceRoot::Off {
@@ -41,16 +32,14 @@ pub(super) fn restricted_as(
         }
         if uid == 0 {
             // Root in the pod's own user namespace; PodSecurity allows it there.
-            context["runAsNonRoot"] = json!(false);
+            context.run_as_non_root = Some(false);
         }
         allowed_id(uid, &k.allowed_users, "user", "allowed_users", what)?;
         if let Some(gid) = gid {
             allowed_id(gid, &k.allowed_groups, "group", "allowed_groups", what)?;
         }
-        context["runAsUser"] = json!(uid);
-        if let Some(gid) = gid {
-            context["runAsGroup"] = json!(gid);
-        }
+        context.run_as_user = Some(uid);
+        context.run_as_group = gid;
     }
     Ok(context)
 }
@@ -179,9 +168,9 @@ pub(super) fn build_container(
     runner: &RunnerConfig,
     script: String,
     public_env: &BTreeMap<String, String>,
-    resources: Value,
+    resources: ResourceRequirements,
     honor_entrypoint: bool,
-) -> Result<Value, PodError> {
+) -> Result<Container, PodError> {
     let k = &runner.kubernetes;
     let policies = if image.pull_policy.is_empty() {
         &k.pull_policy.0
@@ -190,24 +179,22 @@ pub(super) fn build_container(
     };
     let image_pull_policy = pull_policy(policies, &k.allowed_pull_policies)?;
     let start = build_start(image, script, honor_entrypoint)?;
-    let mut build = json!({
-        "name": contract::BUILD_CONTAINER,
-        "image": image.name,
-        "workingDir": runner.builds_dir,
-        "env": env_list(public_env),
-        "resources": resources,
-        "securityContext": restricted_as(image, "image", k, runner.keyhole.user_namespace_root)?,
-        "volumeMounts": [
-            {"name": contract::SECRETS_VOLUME, "mountPath": contract::SECRETS_DIR, "readOnly": true},
-            {"name": contract::RUNTIME_VOLUME, "mountPath": contract::RUNTIME_DIR},
-            {"name": "builds", "mountPath": runner.builds_dir}
-        ]
-    });
-    start.apply(&mut build);
-    if let Some(p) = image_pull_policy {
-        build["imagePullPolicy"] = json!(p);
-    }
-    Ok(build)
+    let security_context = restricted_as(image, "image", k, runner.keyhole.user_namespace_root)?;
+    Ok(start.apply(Container {
+        name: contract::BUILD_CONTAINER.into(),
+        image: Some(image.name.clone()),
+        image_pull_policy: image_pull_policy.map(Into::into),
+        working_dir: Some(runner.builds_dir.clone()),
+        env: Some(env_list(public_env)),
+        resources: Some(resources),
+        security_context: Some(security_context),
+        volume_mounts: Some(vec![
+            read_only_mount(contract::SECRETS_VOLUME, contract::SECRETS_DIR),
+            mount(contract::RUNTIME_VOLUME, contract::RUNTIME_DIR),
+            mount("builds", &runner.builds_dir),
+        ]),
+        ..Default::default()
+    }))
 }
 
 /// A container's `command` and `args`; `None` keeps the image's `ENTRYPOINT` / `CMD`.
@@ -221,23 +208,17 @@ impl Start {
     /// Sets `command` and `args` so that they reach the process as written: the kubelet
     /// expands `$(NAME)` and `$$` in both, as in env values, which would change a script's
     /// `$$` (the shell's pid) or `$(BASE)` (a command substitution) behind the job's back.
-    fn apply(self, container: &mut Value) {
-        if let Some(c) = self.command {
-            container["command"] = literal_list(&c);
-        }
-        if let Some(a) = self.args {
-            container["args"] = literal_list(&a);
+    fn apply(self, container: Container) -> Container {
+        Container {
+            command: self.command.as_deref().map(literal_list),
+            args: self.args.as_deref().map(literal_list),
+            ..container
         }
     }
 }
 
-fn literal_list(items: &[String]) -> Value {
-    Value::Array(
-        items
-            .iter()
-            .map(|item| Value::String(literal_env_value(item)))
-            .collect(),
-    )
+fn literal_list(items: &[String]) -> Vec<String> {
+    items.iter().map(|item| literal_env_value(item)).collect()
 }
 
 /// What `entrypoint:` asks for: `[]` and `[""]` clear the image's entrypoint (the usual way to
@@ -317,7 +298,7 @@ pub(super) fn flag_enabled(job: &Job, name: &str) -> bool {
 /// The job's service containers, the aliases they answer to, and what the job waits for.
 #[derive(Debug, Default)]
 pub(super) struct ServiceContainers {
-    pub containers: Vec<Value>,
+    pub containers: Vec<Container>,
     /// Every alias (the pod's `hostAliases` point them at localhost: a pod shares one network
     /// namespace).
     pub host_aliases: Vec<String>,
@@ -385,18 +366,18 @@ pub(super) fn service_containers(
         }
         let mut env = public_env.clone();
         env.extend(service.variables.iter().cloned());
-        let mut c = json!({
-            "name": name,
-            "image": service.image.name,
-            "env": env_list(&env),
-            "resources": service_resources(k),
-            "securityContext": restricted_as(&service.image, &what, k, userns)?,
-        });
-        service_start(service, &what)?.apply(&mut c);
-        if let Some(p) = pull_policy(&service.image.pull_policy, &k.allowed_pull_policies)? {
-            c["imagePullPolicy"] = json!(p);
-        }
-        out.containers.push(c);
+        let security_context = restricted_as(&service.image, &what, k, userns)?;
+        let start = service_start(service, &what)?;
+        let image_pull_policy = pull_policy(&service.image.pull_policy, &k.allowed_pull_policies)?;
+        out.containers.push(start.apply(Container {
+            name,
+            image: Some(service.image.name.clone()),
+            image_pull_policy: image_pull_policy.map(Into::into),
+            env: Some(env_list(&env)),
+            resources: Some(service_resources(k)),
+            security_context: Some(security_context),
+            ..Default::default()
+        }));
     }
     Ok(out)
 }
@@ -442,10 +423,10 @@ mod tests {
         for mode in [UserNamespaceRoot::Allowed, UserNamespaceRoot::Always] {
             let context = restricted_as(&root, "image", &k, mode).unwrap();
             assert_eq!(
-                (&context["runAsUser"], &context["runAsNonRoot"]),
-                (&json!(0), &json!(false))
+                (context.run_as_user, context.run_as_non_root),
+                (Some(0), Some(false))
             );
-            assert_eq!(context["capabilities"], json!({"drop": ["ALL"]}));
+            assert_eq!(context.capabilities.and_then(|c| c.drop), Some(v(&["ALL"])));
         }
         // An allow-list must name root for a job to get it.
         k.allowed_users = v(&["1000"]);
@@ -460,9 +441,9 @@ mod tests {
         let mut img = image(None);
         img.user = Some("2000:3000".into());
         let context = restricted_as(&img, "image", &k, UserNamespaceRoot::Off).unwrap();
-        assert_eq!(context["runAsUser"], 2000);
-        assert_eq!(context["runAsGroup"], 3000);
-        assert_eq!(context["runAsNonRoot"], true);
+        assert_eq!(context.run_as_user, Some(2000));
+        assert_eq!(context.run_as_group, Some(3000));
+        assert_eq!(context.run_as_non_root, Some(true));
         k.allowed_users = v(&["1000", "2000"]);
         k.allowed_groups = v(&["1000"]);
         let err = restricted_as(&img, "image", &k, UserNamespaceRoot::Off).unwrap_err();
@@ -480,8 +461,10 @@ mod tests {
         );
         img.user = Some("2000:1000".into());
         assert_eq!(
-            restricted_as(&img, "image", &k, UserNamespaceRoot::Off).unwrap()["runAsUser"],
-            2000
+            restricted_as(&img, "image", &k, UserNamespaceRoot::Off)
+                .unwrap()
+                .run_as_user,
+            Some(2000)
         );
     }
 

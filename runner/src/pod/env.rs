@@ -5,11 +5,12 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::EnvVar;
 use keyhole_contract as contract;
 use secrecy::{ExposeSecret, SecretString};
-use serde_json::{Value, json};
 
 use super::error::PodError;
+use super::parts::env_var;
 use crate::config::RunnerConfig;
 use crate::job::Job;
 
@@ -97,12 +98,10 @@ fn check_secret_names(secret_data: &BTreeMap<String, ByteString>) -> Result<(), 
 }
 
 /// A container's `env` list, every value as it is (see [`literal_env_value`]).
-pub(super) fn env_list(vars: &BTreeMap<String, String>) -> Value {
-    Value::Array(
-        vars.iter()
-            .map(|(k, v)| json!({"name": k, "value": literal_env_value(v)}))
-            .collect(),
-    )
+pub(super) fn env_list(vars: &BTreeMap<String, String>) -> Vec<EnvVar> {
+    vars.iter()
+        .map(|(k, v)| env_var(k, literal_env_value(v)))
+        .collect()
 }
 
 /// `value` as an env value Kubernetes hands over unchanged. The kubelet expands `$(NAME)` in
@@ -197,7 +196,7 @@ mod tests {
             );
         }
         let list = env_list(&BTreeMap::from([("K".to_string(), "$(BASE)".to_string())]));
-        assert_eq!(list, json!([{"name": "K", "value": "$$(BASE)"}]));
+        assert_eq!(list, [env_var("K", "$$(BASE)")]);
     }
 
     proptest! {

@@ -105,9 +105,6 @@ pub enum PodError {
     /// The transfer plan did not serialize (a bug).
     #[error("internal error writing the transfer plan: {0}")]
     TransferPlan(String),
-    /// The pod did not convert to its Kubernetes type (a bug).
-    #[error("internal error building the pod: {0}")]
-    Internal(String),
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ mod containers;
 mod env;
 mod error;
 mod metadata;
+mod parts;
 mod quantity;
 mod resources;
 mod transfer;

@@ -1,7 +1,10 @@
 //! Requests and limits of the pod's containers: the runner's settings, with the job's capped
 //! overrides for the build container (`KUBERNETES_CPU_REQUEST` and friends).
 
-use serde_json::{Value, json};
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
 use super::error::PodError;
 use super::quantity::resolve_override;
@@ -9,9 +12,9 @@ use crate::config::KubernetesConfig;
 use crate::job::Job;
 
 /// `resources` from `("requests.cpu", Some("100m"))`-style pairs; unset ones are left out.
-pub(super) fn resources(pairs: &[(&str, Option<String>)]) -> Value {
-    let mut requests = serde_json::Map::new();
-    let mut limits = serde_json::Map::new();
+pub(super) fn resources(pairs: &[(&str, Option<String>)]) -> ResourceRequirements {
+    let mut requests = BTreeMap::new();
+    let mut limits = BTreeMap::new();
     for (key, value) in pairs {
         if let Some(v) = value {
             let (kind, resource) = key.split_once('.').unwrap_or(("requests", key));
@@ -20,22 +23,22 @@ pub(super) fn resources(pairs: &[(&str, Option<String>)]) -> Value {
             } else {
                 &mut requests
             };
-            target.insert(resource.to_string(), json!(v));
+            target.insert(resource.to_string(), Quantity(v.clone()));
         }
     }
-    let mut out = serde_json::Map::new();
-    if !requests.is_empty() {
-        out.insert("requests".into(), Value::Object(requests));
+    ResourceRequirements {
+        requests: (!requests.is_empty()).then_some(requests),
+        limits: (!limits.is_empty()).then_some(limits),
+        ..Default::default()
     }
-    if !limits.is_empty() {
-        out.insert("limits".into(), Value::Object(limits));
-    }
-    Value::Object(out)
 }
 
 /// The build container's: configured values, overridden by the job's variables up to the
 /// runner's `*_overwrite_max_allowed`.
-pub(super) fn build_resources(k: &KubernetesConfig, job: &Job) -> Result<Value, PodError> {
+pub(super) fn build_resources(
+    k: &KubernetesConfig,
+    job: &Job,
+) -> Result<ResourceRequirements, PodError> {
     let over = |key: &str, configured: &Option<String>, max: &Option<String>| {
         resolve_override(
             key,
@@ -90,7 +93,7 @@ pub(super) fn build_resources(k: &KubernetesConfig, job: &Job) -> Result<Value, 
 }
 
 /// The broker's (`helper_*` settings): small defaults, as it only moves secrets and the log.
-pub(super) fn broker_resources(k: &KubernetesConfig) -> Value {
+pub(super) fn broker_resources(k: &KubernetesConfig) -> ResourceRequirements {
     resources(&[
         (
             "requests.cpu",
@@ -109,7 +112,7 @@ pub(super) fn broker_resources(k: &KubernetesConfig) -> Value {
 }
 
 /// Each service container's (`service_*` settings).
-pub(super) fn service_resources(k: &KubernetesConfig) -> Value {
+pub(super) fn service_resources(k: &KubernetesConfig) -> ResourceRequirements {
     resources(&[
         ("requests.cpu", k.service_cpu_request.clone()),
         ("limits.cpu", k.service_cpu_limit.clone()),

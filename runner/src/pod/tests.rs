@@ -538,3 +538,42 @@ fn a_job_without_transfers_has_no_transfer_containers_and_ends_its_own_log() {
             .contains_key(keyhole_contract::transfer::PLAN_SECRET_KEY)
     );
 }
+
+/// The runner's scheduling settings reach the pod as Kubernetes spells them; unset ones are
+/// left out rather than given empty.
+#[test]
+fn the_runners_scheduling_settings_reach_the_pod_spec() {
+    let job = sample_jobs(VAULT).remove(0).1;
+    let mut runner = sample_runner("jobs", VAULT, "keyhole.local/broker:dev");
+    let spec = objects_for(&job, &runner, None, &log_end_token_text())
+        .pod
+        .spec
+        .unwrap();
+    assert_eq!(
+        (&spec.tolerations, &spec.node_selector, &spec.dns_policy),
+        (&None, &None, &None)
+    );
+    let k = &mut runner.kubernetes;
+    k.node_tolerations = [
+        ("dedicated=ci".to_string(), "NoSchedule".to_string()),
+        ("spot".to_string(), "NoExecute".to_string()),
+    ]
+    .into();
+    k.node_selector = [("pool".to_string(), "ci".to_string())].into();
+    k.priority_class_name = Some("ci-low".into());
+    k.dns_policy = Some("ClusterFirst".into());
+    let spec = objects_for(&job, &runner, None, &log_end_token_text())
+        .pod
+        .spec
+        .unwrap();
+    assert_eq!(
+        serde_json::to_value(&spec.tolerations).unwrap(),
+        json!([
+            {"key": "dedicated", "operator": "Equal", "value": "ci", "effect": "NoSchedule"},
+            {"key": "spot", "operator": "Exists", "effect": "NoExecute"}
+        ])
+    );
+    assert_eq!(spec.node_selector, Some(runner.kubernetes.node_selector));
+    assert_eq!(spec.priority_class_name.as_deref(), Some("ci-low"));
+    assert_eq!(spec.dns_policy.as_deref(), Some("ClusterFirst"));
+}

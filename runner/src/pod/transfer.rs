@@ -7,14 +7,16 @@
 //! nothing of the broker's: no secrets volume, no inputs, no ServiceAccount token.
 
 use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{Container, SecretVolumeSource, SecurityContext, Volume};
 use keyhole_contract as contract;
 use keyhole_contract::transfer::{
     CachePlan, FETCH_CONTAINER, PLAN_DIR, PLAN_FILE, PLAN_SECRET_KEY, Plan, SCRATCH_DIR,
     STORE_CONTAINER,
 };
-use serde_json::{Value, json};
 
 use super::error::PodError;
+use super::parts::{empty_dir, key_to_path, mount, read_only_mount};
+use super::resources::resources;
 use crate::config::RunnerConfig;
 use crate::job::Job;
 
@@ -25,9 +27,9 @@ const SCRATCH_VOLUME: &str = "keyhole-transfer-scratch";
 
 /// What the transfers add to a job pod.
 pub(super) struct TransferParts {
-    pub fetch: Option<Value>,
-    pub store: Option<Value>,
-    pub volumes: Vec<Value>,
+    pub fetch: Option<Container>,
+    pub store: Option<Container>,
+    pub volumes: Vec<Volume>,
 }
 
 /// What the job's transfer containers do; `None` when it moves no files.
@@ -74,32 +76,46 @@ pub(super) fn transfer_parts(
     runner: &RunnerConfig,
     pod_name: &str,
     builds_root: &str,
-    security_context: &Value,
+    security_context: &SecurityContext,
 ) -> TransferParts {
-    let container = |name: &str, verb: &str| {
-        let mut context = security_context.clone();
-        context["readOnlyRootFilesystem"] = json!(true);
-        json!({
-            "name": name,
-            "image": runner.keyhole.broker_image,
-            "args": ["transfer", verb],
-            "securityContext": context,
-            "resources": {"requests": {"cpu": "50m", "memory": "32Mi"}, "limits": {"memory": "256Mi"}},
-            "volumeMounts": [
-                {"name": PLAN_VOLUME, "mountPath": PLAN_DIR, "readOnly": true},
-                {"name": SCRATCH_VOLUME, "mountPath": SCRATCH_DIR},
-                {"name": contract::RUNTIME_VOLUME, "mountPath": contract::RUNTIME_DIR},
-                {"name": "builds", "mountPath": builds_root}
-            ]
-        })
+    let container = |name: &str, verb: &str| Container {
+        name: name.into(),
+        image: Some(runner.keyhole.broker_image.clone()),
+        args: Some(vec!["transfer".into(), verb.into()]),
+        security_context: Some(SecurityContext {
+            read_only_root_filesystem: Some(true),
+            ..security_context.clone()
+        }),
+        resources: Some(resources(&[
+            ("requests.cpu", Some("50m".into())),
+            ("requests.memory", Some("32Mi".into())),
+            ("limits.memory", Some("256Mi".into())),
+        ])),
+        volume_mounts: Some(vec![
+            read_only_mount(PLAN_VOLUME, PLAN_DIR),
+            mount(SCRATCH_VOLUME, SCRATCH_DIR),
+            mount(contract::RUNTIME_VOLUME, contract::RUNTIME_DIR),
+            mount("builds", builds_root),
+        ]),
+        ..Default::default()
     };
     TransferParts {
         fetch: plan.fetches().then(|| container(FETCH_CONTAINER, "fetch")),
         store: plan.stores().then(|| container(STORE_CONTAINER, "store")),
-        volumes: vec![
-            json!({"name": PLAN_VOLUME, "secret": {"secretName": pod_name, "defaultMode": 0o440,
-                "items": [{"key": PLAN_SECRET_KEY, "path": PLAN_FILE}]}}),
-            json!({"name": SCRATCH_VOLUME, "emptyDir": {}}),
-        ],
+        volumes: vec![plan_volume(pod_name), empty_dir(SCRATCH_VOLUME, None)],
+    }
+}
+
+/// The plan's volume ([`PLAN_VOLUME`]), its file mode `0440`.
+fn plan_volume(pod_name: &str) -> Volume {
+    Volume {
+        name: PLAN_VOLUME.into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(pod_name.into()),
+            default_mode: Some(0o440),
+            items: Some(vec![key_to_path(PLAN_SECRET_KEY, PLAN_FILE)]),
+            ..Default::default()
+        }),
+        ..Default::default()
     }
 }
