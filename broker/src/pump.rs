@@ -38,14 +38,17 @@ pub fn create_fifo_with_mode(path: &Path, mode: u32) -> io::Result<()> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
 }
 
-/// Returns once the job's script wrote to its `done` FIFO ([`keyhole_contract::DONE_FIFO`]).
-pub async fn wait_for_done(fifo: &Path) -> io::Result<()> {
+/// Returns once the job's script wrote to its `done` FIFO ([`keyhole_contract::DONE_FIFO`]),
+/// with the exit status it wrote ([`keyhole_contract::parse_done`]). One read: the script's
+/// one small write arrives whole (a pipe write of up to `PIPE_BUF` bytes is atomic).
+pub async fn wait_for_done(fifo: &Path) -> io::Result<Option<u8>> {
     // Read-write, like the log FIFO: no EOF, no blocking open.
     let mut rx = pipe::OpenOptions::new()
         .read_write(true)
         .open_receiver(fifo)?;
-    let mut byte = [0u8; 1];
-    rx.read_exact(&mut byte).await.map(|_| ())
+    let mut written = [0u8; 8];
+    let n = rx.read(&mut written).await?;
+    Ok(keyhole_contract::parse_done(&written[..n]))
 }
 
 /// Masks everything written to the FIFO into `out`, within `limits`, until `shutdown` turns
@@ -166,6 +169,30 @@ mod tests {
         pumped.unwrap();
         let _ = std::fs::remove_dir_all(fifo.parent().unwrap());
         (out, started.elapsed())
+    }
+
+    /// The script's last act, as the generated script does it (`printf '%s\n' "$rc" >&3`
+    /// with `3<>done`), reaches the broker whole; an older script's `.` carries no status.
+    #[tokio::test]
+    async fn the_done_fifo_gives_the_scripts_exit_status() {
+        for (name, written, status) in [
+            ("done-rc", &b"42\n"[..], Some(42)),
+            ("done-dot", b".", None),
+        ] {
+            let fifo = fifo_in_temp_dir(name);
+            let waiting = tokio::spawn({
+                let fifo = fifo.clone();
+                async move { wait_for_done(&fifo).await }
+            });
+            let mut f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&fifo)
+                .unwrap();
+            f.write_all(written).unwrap();
+            assert_eq!(waiting.await.unwrap().unwrap(), status, "{name}");
+            let _ = std::fs::remove_dir_all(fifo.parent().unwrap());
+        }
     }
 
     #[tokio::test]

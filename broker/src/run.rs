@@ -81,9 +81,16 @@ pub async fn run(config: RunConfig) -> i32 {
         onto_stdout: log_end.is_some(),
         own_stderr: None,
         job_ran: false,
+        script_status: None,
     };
     let code = run_job(&config, &mut stdout, &mut closing, terminated.clone()).await;
     if let Some(token) = log_end {
+        // The script's status just before the stdout marker: once the runner has both
+        // markers it has the status too, without waiting for the pod's.
+        if let Some(status) = closing.script_status {
+            let line = contract::script_exit_line(&token, status);
+            let _ = stdout.write_all(line.as_bytes()).await;
+        }
         // Both streams end with a marker: the kubelet interleaves them, each in order.
         let marker = contract::log_end_marker(contract::LogStream::Stdout, &token);
         let _ = stdout.write_all(marker.as_bytes()).await;
@@ -114,6 +121,8 @@ struct Closing {
     own_stderr: Option<std::os::fd::OwnedFd>,
     /// The job's script ran (the log was relayed until its end).
     job_ran: bool,
+    /// The exit status the script wrote to its `done` FIFO, if it did.
+    script_status: Option<u8>,
 }
 
 /// Why a run ends before or instead of a clean shutdown.
@@ -404,12 +413,14 @@ async fn relay_until_the_end(
         ));
     }
     let done = config.runtime_dir.join(contract::DONE_FIFO);
+    let (status_tx, status_rx) = watch::channel(None);
     // The script opens it read-write (so it never blocks): the group needs both.
     match crate::pump::create_fifo_with_mode(&done, 0o660) {
         Ok(()) => {
             held.paths.push(done.clone());
             tokio::spawn(async move {
-                if crate::pump::wait_for_done(&done).await.is_ok() {
+                if let Ok(status) = crate::pump::wait_for_done(&done).await {
+                    let _ = status_tx.send(status);
                     let _ = stop_tx.send(true);
                 }
             });
@@ -433,6 +444,7 @@ async fn relay_until_the_end(
         keep_alive
     );
     closing.job_ran = true;
+    closing.script_status = *status_rx.borrow();
     // The closing lines follow the job's last output in the log: on stdout, the same stream
     // (the kubelet interleaves the two streams in no fixed order). The stderr marker still
     // goes to the real stderr, after everything written there before.

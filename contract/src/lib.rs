@@ -93,11 +93,13 @@ pub const RUNTIME_DIR: &str = "/keyhole/run";
 /// FIFO in [`RUNTIME_DIR`]: the build script writes its output here; the broker masks it and
 /// writes it to its own stdout, the only path to the container log. Created by the broker.
 pub const LOG_FIFO: &str = "log";
-/// FIFO in [`RUNTIME_DIR`]: the generated job script writes one byte here as its very last act,
-/// so the broker drains the log, wipes, revokes and ends its log at once rather than when the
-/// kubelet's SIGTERM comes (late on a busy node). Opened read-write by the script, which never
-/// blocks. A job that writes it early only cuts its own trace short and loses its own
-/// secrets. Created by the broker; written by the build script.
+/// FIFO in [`RUNTIME_DIR`]: the generated job script writes its exit status here (`0`–`255`
+/// and a newline, [`parse_done`]) as its very last act, so the broker drains the log, wipes,
+/// revokes and ends its log at once rather than when the kubelet's SIGTERM comes (late on a
+/// busy node), and passes the status on in [`script_exit_line`]. Opened read-write by the
+/// script, which never blocks. A job that writes it early only cuts its own trace short,
+/// loses its own secrets and names its own status, as a script's `exit` does. Created by the
+/// broker; written by the build script.
 pub const DONE_FIFO: &str = "done";
 
 /// FIFO in [`RUNTIME_DIR`], only when the job has services to wait for: the generated job
@@ -189,6 +191,46 @@ pub fn log_end_marker(stream: LogStream, token: &str) -> String {
     format!("keyhole-broker: end of log ({stream}) {token}\n")
 }
 
+/// What the job script wrote to [`DONE_FIFO`]: its exit status, or None for anything else
+/// (an older script writes a single `.`).
+pub fn parse_done(written: &[u8]) -> Option<u8> {
+    let text = std::str::from_utf8(written).ok()?;
+    let digits = text.strip_suffix('\n').unwrap_or(text);
+    if digits.is_empty() || digits.len() > 3 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// The start of the broker's line on stdout, just before its end marker, that gives the job
+/// script's exit status: `keyhole-broker: script exited <token> ` and then
+/// [`script_exit_line`]'s three digits and a newline. The token makes it the broker's (the job
+/// cannot print it unmasked), so the runner can end the job at the log's end instead of at the
+/// kubelet's next status update. Absent when the script's end was not seen (killed, canceled,
+/// or a job whose uploads follow its script).
+pub fn script_exit_prefix(token: &str) -> String {
+    format!("keyhole-broker: script exited {token} ")
+}
+
+/// The whole exit line for `status`, see [`script_exit_prefix`]: fixed width, `000`–`255`.
+pub fn script_exit_line(token: &str, status: u8) -> String {
+    format!("{}{status:03}\n", script_exit_prefix(token))
+}
+
+/// Reads the three digits and newline after [`script_exit_prefix`] (exactly
+/// [`SCRIPT_EXIT_TAIL`] bytes); None if they are not that.
+pub fn parse_script_exit_tail(tail: &[u8]) -> Option<u8> {
+    match tail {
+        [a, b, c, b'\n'] if [a, b, c].iter().all(|d| d.is_ascii_digit()) => {
+            std::str::from_utf8(&tail[..3]).ok()?.parse().ok()
+        }
+        _ => None,
+    }
+}
+
+/// The length of what follows [`script_exit_prefix`] in [`script_exit_line`].
+pub const SCRIPT_EXIT_TAIL: usize = 4;
+
 /// Exit codes of `keyhole-broker run`. Read by the runner to choose the job's failure reason.
 pub mod exit_code {
     /// Clean shutdown after the job.
@@ -232,6 +274,39 @@ mod tests {
         for bad in ["db", "db:", "db:0", "db:70000", ":80", "db:80+x"] {
             let err = decode_service_waits(bad).unwrap_err();
             assert!(err.contains(&format!("{bad:?}")), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_done_fifo_carries_the_exit_status_and_nothing_else_counts() {
+        assert_eq!(parse_done(b"0\n"), Some(0));
+        assert_eq!(parse_done(b"255\n"), Some(255));
+        assert_eq!(parse_done(b"7"), Some(7));
+        for other in [
+            &b"."[..],
+            b"",
+            b"\n",
+            b"256\n",
+            b"-1\n",
+            b"1 2\n",
+            b"0001\n",
+            b"\xff\n",
+        ] {
+            assert_eq!(parse_done(other), None, "{other:?}");
+        }
+    }
+
+    #[test]
+    fn the_exit_line_is_fixed_width_and_reads_back() {
+        let token = "0123456789abcdef0123456789abcdef";
+        for status in [0u8, 7, 42, 255] {
+            let line = script_exit_line(token, status);
+            let tail = line.strip_prefix(&script_exit_prefix(token)).unwrap();
+            assert_eq!(tail.len(), SCRIPT_EXIT_TAIL);
+            assert_eq!(parse_script_exit_tail(tail.as_bytes()), Some(status));
+        }
+        for bad in [&b"00\n\n"[..], b"0000", b"abc\n", b"256\n", b"12\n"] {
+            assert_eq!(parse_script_exit_tail(bad), None, "{bad:?}");
         }
     }
 }

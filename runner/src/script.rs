@@ -182,11 +182,12 @@ pub fn build_script(
             status = sh_quote(&status)
         );
     } else {
-        // Tell the broker the job is over (see contract::DONE_FIFO); `<>` never blocks.
+        // Tell the broker the job is over, and its exit status (see contract::DONE_FIFO):
+        // one write, so it arrives whole; `<>` never blocks.
         let done = format!("{}/{}", contract::RUNTIME_DIR, contract::DONE_FIFO);
         let _ = writeln!(
             out,
-            "{{ printf . >&3; }} 3<>{} 2>/dev/null || :",
+            "{{ printf '%s\\n' \"$keyhole_rc\" >&3; }} 3<>{} 2>/dev/null || :",
             sh_quote(&done)
         );
     }
@@ -285,6 +286,31 @@ mod tests {
         assert!(out.contains("$ echo one\u{1b}[0;m\none\n"), "{out}");
         assert!(out.contains("$ false"), "{out}");
         assert!(!out.contains("never"), "{out}");
+    }
+
+    /// The script's last act: its exit status, after_script included, to the `done` FIFO (a
+    /// plain file here), which the broker passes on to the runner.
+    #[test]
+    fn the_exit_status_goes_to_the_done_fifo_after_after_script() {
+        let tmp = std::env::temp_dir().join(format!("keyhole-done-{}", std::process::id()));
+        std::fs::create_dir_all(&tmp).unwrap();
+        let (log, done) = (tmp.join("log"), tmp.join("done"));
+        let text = build_script(
+            &[],
+            &strings(&["exit 3"]),
+            &strings(&["echo cleanup"]),
+            &opts(tmp.join("project").to_str().unwrap()),
+        )
+        .replace("'/keyhole/run/log'", &sh_quote(log.to_str().unwrap()))
+        .replace("'/keyhole/run/done'", &sh_quote(done.to_str().unwrap()));
+        let status = Command::new("sh").arg("-c").arg(&text).status().unwrap();
+        let written = std::fs::read(&done).unwrap();
+        let output = std::fs::read_to_string(&log).unwrap();
+        std::fs::remove_dir_all(&tmp).unwrap();
+        assert_eq!(status.code(), Some(3));
+        assert_eq!(written, b"3\n");
+        assert_eq!(contract::parse_done(&written), Some(3));
+        assert!(output.contains("cleanup"), "{output}");
     }
 
     #[test]

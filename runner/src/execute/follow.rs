@@ -13,6 +13,7 @@ use keyhole_contract as contract;
 use kube::Api;
 use kube::api::LogParams;
 use secrecy::{ExposeSecret as _, SecretString};
+use tokio::sync::oneshot;
 
 use super::log_end::LogEnd;
 use super::run::TraceWriter;
@@ -91,13 +92,15 @@ impl Sink {
 /// Follows the broker's log into the trace until the broker's log-end markers for
 /// `log_end_token` came through, opening it again after a broken stream. Returns whether the
 /// markers came: they follow the whole job output, so without them the trace may lack the
-/// job's last lines.
+/// job's last lines. Once they came, sends the script's exit status on `script_status` if the
+/// broker gave it.
 pub(super) async fn follow_log(
     pods: Api<Pod>,
     name: String,
     trace: TraceWriter,
     limit: u64,
     log_end_token: SecretString,
+    script_status: Option<oneshot::Sender<u8>>,
 ) -> bool {
     let mut sink = Sink {
         trace: trace.clone(),
@@ -111,7 +114,12 @@ pub(super) async fn follow_log(
     let mut warned = false;
     loop {
         let why = match follow_once(&pods, &name, &mut position, &mut sink).await {
-            StreamEnd::Complete => return true,
+            StreamEnd::Complete => {
+                if let (Some(tx), Some(status)) = (script_status, sink.end.script_status()) {
+                    let _ = tx.send(status);
+                }
+                return true;
+            }
             StreamEnd::Cut { progressed, why } => {
                 if progressed {
                     last_progress = Instant::now();

@@ -11,14 +11,14 @@ use keyhole_contract as contract;
 use kube::api::{DeleteParams, LogParams, PostParams, PropagationPolicy};
 use kube::{Api, Client};
 use secrecy::SecretString;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use super::follow::follow_log;
 use super::pod_watch::{PodEvent, PodEvents, PodWatch};
 use super::status::{
-    ContainerView, FailureKind, Outcome, PodView, observe, progress_line, service_stop_warning,
-    verdict,
+    self, ContainerView, FailureKind, Outcome, PodView, observe, progress_line,
+    service_stop_warning, verdict,
 };
 use crate::pod::JobObjects;
 
@@ -218,6 +218,7 @@ pub async fn execute_timed(mut run: JobRun) -> (Outcome, Instant, Option<JoinHan
         last_progress: String::new(),
         last_view: None,
         log_task: None,
+        script_status: None,
         warned_services: BTreeSet::new(),
     };
     let (outcome, delete_grace) = watch_to_outcome(&mut run, &mut events, &mut watching).await;
@@ -247,8 +248,21 @@ async fn watch_to_outcome(
     let start_deadline = tokio::time::sleep(run.start_timeout);
     let mut start_deadline = std::pin::pin!(start_deadline);
     let system = |message: &str| failed(FailureKind::System, None, message);
+    // The script's status from the log's end; only for a job whose script is its end.
+    let (status_tx, mut script_status) = oneshot::channel();
+    let mut status_open = !has_store_container(&run.objects.pod);
+    if status_open {
+        w.script_status = Some(status_tx);
+    }
     loop {
         tokio::select! {
+            status = &mut script_status, if status_open => {
+                status_open = false;
+                if let Some(outcome) = status.ok().and_then(status::outcome_of_script_status) {
+                    w.started = true;
+                    return (outcome, grace);
+                }
+            }
             event = events.next() => match event {
                 PodEvent::Applied(pod) => {
                     if let Some(outcome) = w.on_pod(&pod).await {
@@ -296,7 +310,19 @@ struct Watching {
     last_progress: String,
     last_view: Option<PodView>,
     log_task: Option<JoinHandle<bool>>,
+    /// Handed to the log follower: the script's exit status when its log ends.
+    script_status: Option<oneshot::Sender<u8>>,
     warned_services: BTreeSet<String>,
+}
+
+/// Whether the pod uploads artifacts or cache after the script: then the job's end is the
+/// uploads', not the script's.
+fn has_store_container(pod: &Pod) -> bool {
+    pod.spec.as_ref().is_some_and(|spec| {
+        spec.containers
+            .iter()
+            .any(|c| c.name == contract::transfer::STORE_CONTAINER)
+    })
 }
 
 impl Watching {
@@ -333,6 +359,7 @@ impl Watching {
                 self.trace.clone(),
                 self.log_limit,
                 self.log_end_token.clone(),
+                self.script_status.take(),
             )));
         }
         for stop in &v.service_stops {

@@ -289,6 +289,28 @@ pub fn observe(pod: &Pod) -> PodView {
     }
 }
 
+/// The outcome of a script that exited with `code` by itself (not killed by the kubelet).
+fn script_exited(code: i32) -> Outcome {
+    if code == 0 {
+        return Outcome::Success;
+    }
+    Outcome::Failed {
+        kind: FailureKind::Script,
+        exit_code: Some(code),
+        message: format!("exit code {code}"),
+    }
+}
+
+/// The outcome from the exit status the script itself reported at the log's end
+/// ([`keyhole_contract::script_exit_line`]), without waiting for the pod's status: for a normal
+/// exit only. A status of 128 or more is a signal's (SIGKILL by the OOM killer: 137): None,
+/// so that the pod's status, which says why (`OOMKilled`), decides. The script's own word is
+/// what gitlab-runner's Kubernetes executor goes by too (its shell reports its exit code in
+/// the log); a job that lies about it lies about itself.
+pub fn outcome_of_script_status(status: u8) -> Option<Outcome> {
+    (status < 128).then(|| script_exited(i32::from(status)))
+}
+
 /// How the job ended, if the pod's state says it has (pure): an image that cannot be pulled, a
 /// container that cannot start, the broker failing before the script started, a failed
 /// checkout, the build container's exit, or the pod failing as a whole.
@@ -374,7 +396,7 @@ pub fn verdict(v: &PodView, started: bool) -> Option<Outcome> {
                     "the build container ran out of memory (OOMKilled, exit code {code}); raise its memory limit"
                 ),
             ),
-            (code, _) => failed(FailureKind::Script, Some(code), format!("exit code {code}")),
+            (code, _) => Some(script_exited(code)),
         };
     }
     if v.phase == "Failed" {
@@ -469,6 +491,37 @@ mod tests {
 
     fn pod(status: serde_json::Value) -> Pod {
         serde_json::from_value(json!({"metadata": {"name": "p"}, "status": status})).unwrap()
+    }
+
+    #[test]
+    fn the_scripts_own_status_decides_a_normal_exit_and_leaves_a_kill_to_the_pod() {
+        assert_eq!(outcome_of_script_status(0), Some(Outcome::Success));
+        assert_eq!(
+            outcome_of_script_status(3),
+            Some(Outcome::Failed {
+                kind: FailureKind::Script,
+                exit_code: Some(3),
+                message: "exit code 3".into()
+            })
+        );
+        // The same outcome as the pod's status gives for that exit.
+        let terminated = |code: i32| {
+            let build = json!({"name": "build", "image": "i", "imageID": "", "ready": false,
+                "restartCount": 0, "state": {"terminated": {"exitCode": code, "reason": "Error"}}});
+            verdict(
+                &observe(&pod(
+                    json!({"phase": "Running", "containerStatuses": [build]}),
+                )),
+                true,
+            )
+        };
+        for code in [0u8, 1, 3, 127] {
+            assert_eq!(outcome_of_script_status(code), terminated(i32::from(code)));
+        }
+        // 137 may be the OOM killer's SIGKILL: the pod's status says so, the script cannot.
+        for killed in [128u8, 137, 143, 255] {
+            assert_eq!(outcome_of_script_status(killed), None);
+        }
     }
 
     #[test]
