@@ -17,7 +17,7 @@ use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
 
-use crate::TestBed;
+use crate::{JobNamespace, JobNamespaceBuilder, TestBed, TestNamespace, VaultAdmin};
 
 /// A deadline against hangs while waiting for the broker, not a speed assertion.
 const WAIT_DEADLINE: Duration = Duration::from_secs(120);
@@ -234,6 +234,71 @@ impl Drop for BrokerDirs {
     }
 }
 
+/// A job namespace and a broker's directories for it on this machine, with real tokens of the
+/// namespace's ServiceAccount `job`; [`Self::settings`] log in to Vault as the role named after
+/// the namespace (the name [`VaultAdmin::grant`] gives it).
+#[derive(Debug)]
+pub struct BrokerJob {
+    pub bed: TestBed,
+    pub ns: TestNamespace,
+    /// The bed's Vault, as root.
+    pub vault: VaultAdmin,
+    pub dirs: BrokerDirs,
+}
+
+impl BrokerJob {
+    /// Sets up the namespace `namespace` describes (it must have the ServiceAccount `job`) and
+    /// the broker's directories, tagged with the namespace's prefix; panics on what fails.
+    pub async fn create(namespace: JobNamespaceBuilder) -> Self {
+        let tag = namespace.prefix().to_owned();
+        let JobNamespace { bed, ns, vault } = namespace.create().await;
+        let dirs = BrokerDirs::new(&tag).unwrap_or_else(|e| panic!("{e:#}"));
+        dirs.write_service_account_tokens(&bed, &ns.name, "job")
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        Self {
+            bed,
+            ns,
+            vault,
+            dirs,
+        }
+    }
+
+    /// [`BrokerDirs::bed_settings`] of the namespace, Vault role the namespace's name.
+    pub fn settings(&self) -> Vec<(String, String)> {
+        self.dirs
+            .bed_settings(&self.bed, &self.ns.name, &self.ns.name)
+    }
+
+    /// Writes `refs` as the pod's annotations and starts the broker with `settings`.
+    pub fn spawn(&self, refs: &[(&str, &str)], settings: &[(String, String)]) -> BrokerProcess {
+        self.dirs
+            .write_references(refs)
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        BrokerProcess::spawn(settings).unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
+    /// [`Self::spawn`] with `settings` and waits until the broker is ready; returns it and its
+    /// stderr so far.
+    pub async fn start_with(
+        &self,
+        refs: &[(&str, &str)],
+        settings: &[(String, String)],
+    ) -> (BrokerProcess, String) {
+        let mut broker = self.spawn(refs, settings);
+        let stderr = broker
+            .wait_ready()
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        (broker, stderr)
+    }
+
+    /// [`Self::start_with`] the namespace's [`Self::settings`].
+    pub async fn start(&self, refs: &[(&str, &str)]) -> (BrokerProcess, String) {
+        self.start_with(refs, &self.settings()).await
+    }
+}
+
 /// A running `keyhole-broker run`; killed on drop if still running.
 #[derive(Debug)]
 pub struct BrokerProcess {
@@ -249,6 +314,30 @@ pub struct BrokerExit {
     pub code: Option<i32>,
     pub stdout: String,
     pub stderr: String,
+}
+
+impl BrokerExit {
+    /// Panics, showing stderr, unless the broker exited with `code`.
+    pub fn assert_code(&self, code: i32) {
+        assert_eq!(self.code, Some(code), "{}", self.stderr);
+    }
+
+    /// Panics, showing stderr, unless stderr holds `text`.
+    pub fn assert_stderr_has(&self, text: &str) {
+        assert!(
+            self.stderr.contains(text),
+            "{text:?} not in stderr:\n{}",
+            self.stderr
+        );
+    }
+
+    /// The `keyhole-broker: error: ` lines of stderr.
+    pub fn error_lines(&self) -> Vec<&str> {
+        self.stderr
+            .lines()
+            .filter(|l| l.starts_with("keyhole-broker: error: "))
+            .collect()
+    }
 }
 
 impl BrokerProcess {
@@ -334,6 +423,12 @@ impl BrokerProcess {
             .status()?;
         anyhow::ensure!(status.success(), "kill -TERM {pid} failed");
         Ok(())
+    }
+
+    /// Sends SIGTERM ([`Self::terminate`]) and waits for the exit ([`Self::wait`]).
+    pub async fn stop(self) -> Result<BrokerExit> {
+        self.terminate()?;
+        self.wait().await
     }
 
     /// Waits for the broker to exit and collects its output.

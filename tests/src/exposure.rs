@@ -27,7 +27,7 @@ use anyhow::{Context, Result};
 use k8s_openapi::api::core::v1::{Event, Pod};
 use kube::Api;
 use kube::api::ListParams;
-use serde_json::{Value, json};
+use serde_json::json;
 
 pub use etcd::{ETCD_URL, Etcd, EtcdEntry, EtcdRecorder, scan_entries};
 pub use needle::{Form, Needle};
@@ -135,9 +135,7 @@ pub async fn vault_tokens_of_namespace(
 
 /// Whether Vault still knows the lease (`sys/leases/lookup`).
 pub async fn lease_exists(vault: &VaultAdmin, lease_id: &str) -> bool {
-    let (status, body): (_, Value) = vault
-        .write_status("sys/leases/lookup", json!({"lease_id": lease_id}))
-        .await;
+    let (status, body) = vault.lease_lookup(lease_id).await;
     status.is_success() && body["data"]["id"].as_str() == Some(lease_id)
 }
 

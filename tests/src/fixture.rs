@@ -79,6 +79,11 @@ pub struct JobNamespaceBuilder {
 }
 
 impl JobNamespaceBuilder {
+    /// The prefix of the namespace's name.
+    pub(crate) fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     /// PodSecurity `restricted` enforced, as the runner's job namespaces are installed.
     pub fn restricted(self) -> Self {
         self.label("pod-security.kubernetes.io/enforce", "restricted")
@@ -218,4 +223,18 @@ impl JobNamespace {
             .await
             .unwrap_or_else(|e| panic!("{e:#}"));
     }
+}
+
+/// A pod's `securityContext` that PodSecurity `restricted` admits, as the runner's job pods
+/// have it: not root (uid, gid and fsGroup 1000), the runtime's default seccomp profile.
+pub fn restricted_pod_security() -> Value {
+    json!({"runAsNonRoot": true, "runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000,
+           "seccompProfile": {"type": "RuntimeDefault"}})
+}
+
+/// A container's `securityContext` that PodSecurity `restricted` admits: no privilege
+/// escalation, no capabilities, not root, the runtime's default seccomp profile.
+pub fn restricted_container_security() -> Value {
+    json!({"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]},
+           "runAsNonRoot": true, "seccompProfile": {"type": "RuntimeDefault"}})
 }

@@ -29,12 +29,14 @@ mod vault;
 pub use access::{Access, service_account_may, wait_until_allowed};
 pub use bed::{BedEnv, RedisEnv, RegistryEnv, TestBed};
 pub use broker_process::{
-    BrokerDirs, BrokerExit, BrokerProcess, broker_binary, lease_of, runner_binary,
+    BrokerDirs, BrokerExit, BrokerJob, BrokerProcess, broker_binary, lease_of, runner_binary,
 };
 pub use cache_store::bed_cache_config;
 pub use coordinator::{Coordinator, CoordinatorOptions};
 pub use eventually::eventually;
-pub use fixture::{JobNamespace, JobNamespaceBuilder};
+pub use fixture::{
+    JobNamespace, JobNamespaceBuilder, restricted_container_security, restricted_pod_security,
+};
 pub use helm::{HelmRelease, bed_command, bed_script, chart_dir, repo_dir, run, run_ok};
 pub use namespace::TestNamespace;
 pub use outage::OutageProxy;
@@ -44,5 +46,5 @@ pub use runner_process::{RunnerLog, RunnerProcess};
 pub use silent::SilentServer;
 pub use vault::{
     AuditedCall, OwnVault, VaultAdmin, VaultRole, VaultRoleRemoved, audited_calls_of_namespace,
-    free_port, rfc3339_seconds,
+    free_port, id_token_claims, rfc3339_seconds,
 };

@@ -1,6 +1,6 @@
 use anyhow::{Context, Result};
 use reqwest::StatusCode;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::BedEnv;
 
@@ -113,6 +113,56 @@ impl VaultAdmin {
         let status = resp.status();
         let text = resp.text().await?;
         Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
+    }
+
+    /// `DELETE /v1/<path>` as root; fails on any non-2xx answer.
+    pub async fn delete(&self, path: &str) -> Result<()> {
+        self.http
+            .delete(self.url(path))
+            .header("X-Vault-Token", &self.token)
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .with_context(|| format!("Vault delete {path}"))?;
+        Ok(())
+    }
+
+    /// The JWT auth role `name` for GitLab ID tokens ([`id_token_claims`]) of `project` on a
+    /// protected ref: tokens with the policy `policy`, living `ttl`.
+    pub async fn jwt_role(&self, name: &str, project: &str, policy: &str, ttl: &str) -> Result<()> {
+        let role = json!({"role_type": "jwt", "user_claim": "sub",
+            "bound_audiences": [ID_TOKEN_AUDIENCE],
+            "bound_claims": {"project_path": project, "ref_protected": "true"},
+            "token_policies": [policy], "token_ttl": ttl});
+        self.write(&format!("auth/jwt/role/{name}"), role).await?;
+        Ok(())
+    }
+
+    /// Vault's view of a lease (`sys/leases/lookup`): status and body, whatever they are.
+    pub async fn lease_lookup(&self, lease_id: &str) -> (StatusCode, Value) {
+        self.write_status("sys/leases/lookup", json!({"lease_id": lease_id}))
+            .await
+    }
+
+    /// When the lease ends (its `expire_time`), in seconds since the epoch; panics when Vault
+    /// does not know it.
+    pub async fn lease_expiry(&self, lease_id: &str) -> f64 {
+        let (status, body) = self.lease_lookup(lease_id).await;
+        assert!(
+            status.is_success(),
+            "lookup of {lease_id}: {status}: {body}"
+        );
+        rfc3339_seconds(body["data"]["expire_time"].as_str().expect("expire_time"))
+    }
+
+    /// Panics unless Vault no longer knows the lease (its lookup answers 400).
+    pub async fn assert_lease_gone(&self, lease_id: &str) {
+        let (status, body) = self.lease_lookup(lease_id).await;
+        assert_eq!(
+            status.as_u16(),
+            400,
+            "Vault still knows the lease {lease_id}: {body}"
+        );
     }
 
     /// Vault's lease ids under `prefix` (`LIST sys/leases/lookup/<prefix>`, prefix ending in
@@ -332,6 +382,24 @@ impl Drop for VaultRoleRemoved {
         )
         .output();
     }
+}
+
+/// The audience of the ID tokens the bed's Vault takes (`jwt` auth).
+const ID_TOKEN_AUDIENCE: &str = "https://vault.keyhole.test";
+
+/// The claims of a GitLab ID token for a job of `project` on its protected branch `main`, from
+/// the bed's issuer, valid for 10 minutes from now; sign them with the bed's JWT signing key.
+pub fn id_token_claims(env: &BedEnv, project: &str) -> Value {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("the clock is past 1970")
+        .as_secs();
+    json!({
+        "iss": env.jwt_issuer, "aud": ID_TOKEN_AUDIENCE,
+        "sub": format!("project_path:{project}:ref_type:branch:ref:main"),
+        "project_path": project, "ref_protected": "true",
+        "iat": now, "nbf": now, "exp": now + 600
+    })
 }
 
 /// A loopback port with nothing listening on it.
