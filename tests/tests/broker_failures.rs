@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use keyhole_broker::leases::END_DEADLINE;
 use keyhole_contract::exit_code;
 use keyhole_tests::{
-    AuditedCall, BrokerDirs, BrokerExit, BrokerProcess, JobNamespace, OwnVault, TestBed,
-    TestNamespace, VaultAdmin, VaultRole, audited_calls_of_namespace, free_port, lease_of,
+    AuditedCall, BrokerExit, BrokerJob, BrokerProcess, JobNamespace, OwnVault, TestBed, VaultAdmin,
+    VaultRole, audited_calls_of_namespace, free_port, lease_of,
 };
 use serde_json::json;
 
@@ -23,52 +23,71 @@ const OTHER_TEAM: &str = "other-team-secret-0123456789";
 /// A job namespace with ServiceAccount `job`: Vault may read `kv/<ns>/*` (the secret `db`
 /// holds password and user), RBAC lets it get the Secret `app-creds` but not `not-yours`; the
 /// broker's inputs hold real tokens of that ServiceAccount.
-struct Job {
-    bed: TestBed,
-    ns: TestNamespace,
-    dirs: BrokerDirs,
+struct Job(BrokerJob);
+
+impl std::ops::Deref for Job {
+    type Target = BrokerJob;
+
+    fn deref(&self) -> &BrokerJob {
+        &self.0
+    }
 }
 
 impl Job {
     async fn new(tag: &str) -> Self {
-        let JobNamespace { bed, ns, vault } = JobNamespace::builder(tag)
-            .service_account("job")
-            .secret("app-creds", json!({"token": APP_TOKEN}))
-            .secret("not-yours", json!({"token": FORBIDDEN}))
-            .secret_reader("read-app-creds", "job", "app-creds")
-            .vault_kv("db", json!({"password": DB_PASSWORD, "user": DB_USER}))
-            .vault_role(VaultRole::new("job").read("kv/data/{ns}/*"))
-            .create()
-            .await;
-        let name = ns.name.clone();
-        vault
+        let job = BrokerJob::create(
+            JobNamespace::builder(tag)
+                .service_account("job")
+                .secret("app-creds", json!({"token": APP_TOKEN}))
+                .secret("not-yours", json!({"token": FORBIDDEN}))
+                .secret_reader("read-app-creds", "job", "app-creds")
+                .vault_kv("db", json!({"password": DB_PASSWORD, "user": DB_USER}))
+                .vault_role(VaultRole::new("job").read("kv/data/{ns}/*")),
+        )
+        .await;
+        job.vault
             .write(
-                &format!("kv/data/other-team-{name}/db"),
+                &format!("kv/data/other-team-{}/db", job.ns.name),
                 json!({"data": {"password": OTHER_TEAM}}),
             )
             .await
             .unwrap();
-        let dirs = BrokerDirs::new(tag).unwrap();
-        dirs.write_service_account_tokens(&bed, &name, "job")
-            .await
-            .unwrap();
-        Self { bed, ns, dirs }
+        Self(job)
     }
 
-    fn settings(&self) -> Vec<(String, String)> {
-        self.dirs
-            .bed_settings(&self.bed, &self.ns.name, &self.ns.name)
+    /// The namespace's settings with `extra` in place of those of the same name.
+    fn settings_with(&self, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+        let mut settings = self.settings();
+        for (k, v) in extra {
+            settings.retain(|(key, _)| key != k);
+            settings.push(((*k).to_owned(), (*v).to_owned()));
+        }
+        settings
     }
 
-    /// Runs the broker with `refs` and `settings` to its exit (it must fail before ready).
-    async fn run_to_failure(
+    /// [`Self::fails_with`] the namespace's settings.
+    async fn fails(&self, code: i32, refs: &[(&str, &str)]) -> BrokerExit {
+        self.fails_with(code, refs, &self.settings()).await
+    }
+
+    /// Runs the broker with `refs` and `settings` to its exit (it must fail before ready), which
+    /// must be `code` with nothing left behind.
+    async fn fails_with(
         &self,
+        code: i32,
         refs: &[(&str, &str)],
-        settings: Vec<(String, String)>,
+        settings: &[(String, String)],
     ) -> BrokerExit {
-        self.dirs.write_references(refs).unwrap();
-        let broker = BrokerProcess::spawn(&settings).unwrap();
-        let exit = broker.wait().await.unwrap();
+        let exit = self.spawn(refs, settings).wait().await.unwrap();
+        exit.assert_code(code);
+        self.assert_nothing_left(&exit);
+        exit
+    }
+
+    /// Ends the job of a ready `broker` (SIGTERM): it exits 0 with nothing left behind.
+    async fn ends_well(&self, broker: BrokerProcess) -> BrokerExit {
+        let exit = broker.stop().await.unwrap();
+        exit.assert_code(exit_code::OK);
         self.assert_nothing_left(&exit);
         exit
     }
@@ -90,11 +109,11 @@ impl Job {
     }
 }
 
-fn error_lines(stderr: &str) -> Vec<&str> {
-    stderr
-        .lines()
-        .filter(|l| l.starts_with("keyhole-broker: error: "))
-        .collect()
+/// The error lines of `exit`, which must be `count`.
+fn errors(exit: &BrokerExit, count: usize) -> Vec<&str> {
+    let errors = exit.error_lines();
+    assert_eq!(errors.len(), count, "{}", exit.stderr);
+    errors
 }
 
 /// Sets up `vault` as `scripts/lib/up.sh` sets up the bed's Vault for dynamic secrets: kubernetes
@@ -169,14 +188,6 @@ impl Drop for RedisUserRemoved {
     }
 }
 
-fn with(mut settings: Vec<(String, String)>, extra: &[(&str, &str)]) -> Vec<(String, String)> {
-    for (k, v) in extra {
-        settings.retain(|(key, _)| key != k);
-        settings.push(((*k).to_owned(), (*v).to_owned()));
-    }
-    settings
-}
-
 #[tokio::test]
 async fn success_delivers_secrets_and_job_variables_and_no_value_reaches_its_output() {
     let job = Job::new("bfok").await;
@@ -193,14 +204,12 @@ async fn success_delivers_secrets_and_job_variables_and_no_value_reaches_its_out
     job.dirs
         .write_input("job/VAULT_ID_TOKEN", id_token.as_bytes())
         .unwrap();
-    job.dirs
-        .write_references(&[
+    let (broker, stderr) = job
+        .start(&[
             ("DB_PASSWORD", &format!("vault:kv/{ns}/db#password")),
             ("APP_TOKEN", "k8s:app-creds/token?file=false"),
         ])
-        .unwrap();
-    let mut broker = BrokerProcess::spawn(&job.settings()).unwrap();
-    let stderr = broker.wait_ready().await.unwrap();
+        .await;
     assert!(
         stderr.contains("2 secret(s) and 2 job variable(s) delivered; ready"),
         "{stderr}"
@@ -241,9 +250,7 @@ async fn success_delivers_secrets_and_job_variables_and_no_value_reaches_its_out
             "db={DB_PASSWORD}\napp={APP_TOKEN}\njob-token={ci_job_token}\nid={id_token}\nconfig-line=secret: file-var-0123456789\njob done\n"
         ))
         .unwrap();
-    broker.terminate().unwrap();
-    let exit = broker.wait().await.unwrap();
-    assert_eq!(exit.code, Some(exit_code::OK), "{}", exit.stderr);
+    let exit = job.ends_well(broker).await;
     for line in [
         "db=[MASKED]",
         "app=[MASKED]",
@@ -261,24 +268,9 @@ async fn success_delivers_secrets_and_job_variables_and_no_value_reaches_its_out
             exit.stderr
         );
     }
-    assert!(
-        exit.stderr
-            .contains("audit variable=CI_JOB_TOKEN source=job-secret:var.CI_JOB_TOKEN"),
-        "{}",
-        exit.stderr
-    );
-    assert!(
-        exit.stderr
-            .contains("audit variable=DEPLOY_CONFIG source=job-secret:file.DEPLOY_CONFIG"),
-        "{}",
-        exit.stderr
-    );
-    assert!(
-        exit.stderr.contains("Vault token revoked"),
-        "{}",
-        exit.stderr
-    );
-    job.assert_nothing_left(&exit);
+    exit.assert_stderr_has("audit variable=CI_JOB_TOKEN source=job-secret:var.CI_JOB_TOKEN");
+    exit.assert_stderr_has("audit variable=DEPLOY_CONFIG source=job-secret:file.DEPLOY_CONFIG");
+    exit.assert_stderr_has("Vault token revoked");
 }
 
 #[tokio::test]
@@ -288,31 +280,26 @@ async fn vault_down_is_unavailable_after_the_deadline() {
     let ns = &job.ns.name;
     let started = std::time::Instant::now();
     let exit = job
-        .run_to_failure(
+        .fails_with(
+            exit_code::UNAVAILABLE,
             &[("DB_PASSWORD", &format!("vault:kv/{ns}/db#password"))],
-            with(
-                job.settings(),
-                &[
-                    ("KEYHOLE_VAULT_ADDR", &addr),
-                    ("KEYHOLE_VAULT_DEADLINE", "2"),
-                ],
-            ),
+            &job.settings_with(&[
+                ("KEYHOLE_VAULT_ADDR", &addr),
+                ("KEYHOLE_VAULT_DEADLINE", "2"),
+            ]),
         )
         .await;
     let failed_after = started.elapsed();
-    assert_eq!(exit.code, Some(exit_code::UNAVAILABLE), "{}", exit.stderr);
     // The failure comes within 10 s of the 2 s deadline, and nothing was delivered.
     assert!(
         failed_after < std::time::Duration::from_secs(12),
         "failed {failed_after:?} after start, deadline 2 s"
     );
-    job.assert_nothing_left(&exit);
     println!(
         "FIGURE vault-unreachable-at-start: the broker failed {:.1} s after it started (KEYHOLE_VAULT_DEADLINE 2 s), no file written",
         failed_after.as_secs_f64()
     );
-    let errors = error_lines(&exit.stderr);
-    assert_eq!(errors.len(), 1, "{}", exit.stderr);
+    let errors = errors(&exit, 1);
     assert!(
         errors[0].contains(&format!("secret DB_PASSWORD (vault:kv/{ns}/db#password)"))
             && errors[0].contains(&format!("Vault at {addr} could not be reached"))
@@ -330,18 +317,16 @@ async fn a_sealed_vault_is_unavailable() {
     let addr = vault.addr.clone();
     vault.seal().await;
     let exit = job
-        .run_to_failure(
+        .fails_with(
+            exit_code::UNAVAILABLE,
             &[("DB_PASSWORD", "vault:kv/app/db#password")],
-            with(job.settings(), &[("KEYHOLE_VAULT_ADDR", &addr)]),
+            &job.settings_with(&[("KEYHOLE_VAULT_ADDR", &addr)]),
         )
         .await;
-    assert_eq!(exit.code, Some(exit_code::UNAVAILABLE), "{}", exit.stderr);
-    let errors = error_lines(&exit.stderr);
     assert!(
-        errors.len() == 1
-            && errors[0].contains(&format!(
-                "Vault at {addr} is sealed; unseal it (vault operator unseal) and rerun the job"
-            )),
+        errors(&exit, 1)[0].contains(&format!(
+            "Vault at {addr} is sealed; unseal it (vault operator unseal) and rerun the job"
+        )),
         "{}",
         exit.stderr
     );
@@ -359,15 +344,15 @@ async fn a_vault_sealed_mid_job_keeps_delivered_files_warns_on_renewal_and_bound
     let vault = OwnVault::start(&job.bed).await;
     configure_dynamic_secrets(&vault, &job.bed, &ns).await;
     let addr = vault.addr.clone();
-    job.dirs
-        .write_references(&[
-            ("REDIS_USER", &format!("vault:{SHORT_LIVED}#username")),
-            ("REDIS_PASSWORD", &format!("vault:{SHORT_LIVED}#password")),
-        ])
-        .unwrap();
-    let mut broker =
-        BrokerProcess::spawn(&with(job.settings(), &[("KEYHOLE_VAULT_ADDR", &addr)])).unwrap();
-    let stderr = broker.wait_ready().await.unwrap();
+    let (mut broker, stderr) = job
+        .start_with(
+            &[
+                ("REDIS_USER", &format!("vault:{SHORT_LIVED}#username")),
+                ("REDIS_PASSWORD", &format!("vault:{SHORT_LIVED}#password")),
+            ],
+            &job.settings_with(&[("KEYHOLE_VAULT_ADDR", &addr)]),
+        )
+        .await;
     let lease = lease_of(&stderr, "REDIS_PASSWORD");
     let read = |name: &str| std::fs::read(job.dirs.secrets.join(name)).unwrap();
     let delivered = [read("REDIS_USER"), read("REDIS_PASSWORD")];
@@ -412,15 +397,14 @@ async fn a_vault_sealed_mid_job_keeps_delivered_files_warns_on_renewal_and_bound
     );
 
     let ended = Instant::now();
-    broker.terminate().unwrap();
-    let exit = broker.wait().await.unwrap();
+    let exit = broker.stop().await.unwrap();
     let took = ended.elapsed();
     eprintln!(
         "FIGURE vault-sealed-mid-job: renewal warning {:.1} s after the seal; broker exit {} ms after the job's end (revocation attempted, refused as sealed)",
         warned.as_secs_f64(),
         took.as_millis()
     );
-    assert_eq!(exit.code, Some(exit_code::OK), "{}", exit.stderr);
+    exit.assert_code(exit_code::OK);
     assert!(
         took < END_DEADLINE + Duration::from_secs(2),
         "the broker took {took:?} to end: {}",
@@ -435,11 +419,7 @@ async fn a_vault_sealed_mid_job_keeps_delivered_files_warns_on_renewal_and_bound
             "keyhole-broker: warning: revoking the Vault token: Vault at {addr} is sealed; it and the leases it holds expire at their TTL\n"
         ),
     ] {
-        assert!(
-            exit.stderr.contains(&attempt),
-            "{attempt:?} in:\n{}",
-            exit.stderr
-        );
+        exit.assert_stderr_has(&attempt);
     }
     assert!(
         !exit.stderr.contains("Vault token revoked"),
@@ -461,25 +441,18 @@ async fn permission_denied_missing_path_and_missing_field_fail_the_job_each_with
     let job = Job::new("bfdeny").await;
     let ns = &job.ns.name;
     let exit = job
-        .run_to_failure(
+        .fails(
+            exit_code::SECRETS_FAILED,
             &[
                 ("DENIED", &format!("vault:kv/other-team-{ns}/db#password")),
                 ("MISSING", &format!("vault:kv/{ns}/nope#password")),
                 ("FIELD", &format!("vault:kv/{ns}/db#passwd")),
                 ("FINE", &format!("vault:kv/{ns}/db#password")),
             ],
-            job.settings(),
         )
         .await;
-    assert_eq!(
-        exit.code,
-        Some(exit_code::SECRETS_FAILED),
-        "{}",
-        exit.stderr
-    );
     // One line per failed reference, sorted by name; the readable one is not reported.
-    let errors = error_lines(&exit.stderr);
-    assert_eq!(errors.len(), 3, "{}", exit.stderr);
+    let errors = errors(&exit, 3);
     assert!(
         errors[0].starts_with(&format!(
             "keyhole-broker: error: secret DENIED (vault:kv/other-team-{ns}/db#password): Vault denied read of kv/other-team-{ns}/db: "
@@ -502,33 +475,22 @@ async fn permission_denied_missing_path_and_missing_field_fail_the_job_each_with
             "keyhole-broker: error: secret MISSING (vault:kv/{ns}/nope#password): Vault has nothing at kv/{ns}/nope; check the mount, path and version"
         )
     );
-    assert!(
-        exit.stderr.contains("Vault token revoked"),
-        "{}",
-        exit.stderr
-    );
+    exit.assert_stderr_has("Vault token revoked");
 }
 
 #[tokio::test]
 async fn a_bad_reference_fails_before_anything_is_read() {
     let job = Job::new("bfref").await;
     let exit = job
-        .run_to_failure(
+        .fails(
+            exit_code::SECRETS_FAILED,
             &[
                 ("API_KEY", "vault:kv/team/api?version=0#key"),
                 ("X", "vault:kv"),
             ],
-            job.settings(),
         )
         .await;
-    assert_eq!(
-        exit.code,
-        Some(exit_code::SECRETS_FAILED),
-        "{}",
-        exit.stderr
-    );
-    let errors = error_lines(&exit.stderr);
-    assert_eq!(errors.len(), 2, "{}", exit.stderr);
+    let errors = errors(&exit, 2);
     assert!(
         errors[0].contains(
             "secret API_KEY: the vault: reference has a version that is not a positive number; expected vault:"
@@ -556,24 +518,19 @@ async fn an_address_off_the_allow_list_gets_no_request() {
     listener.set_nonblocking(true).unwrap();
     let addr = format!("http://{}", listener.local_addr().unwrap());
     let exit = job
-        .run_to_failure(
+        .fails_with(
+            exit_code::BAD_INPUTS,
             &[("DB_PASSWORD", "vault:kv/app/db#password")],
-            with(
-                job.settings(),
-                &[
-                    ("KEYHOLE_VAULT_ADDR", &addr),
-                    ("KEYHOLE_VAULT_ALLOWED", "https://vault.example.com:8200"),
-                ],
-            ),
+            &job.settings_with(&[
+                ("KEYHOLE_VAULT_ADDR", &addr),
+                ("KEYHOLE_VAULT_ALLOWED", "https://vault.example.com:8200"),
+            ]),
         )
         .await;
-    assert_eq!(exit.code, Some(exit_code::BAD_INPUTS), "{}", exit.stderr);
-    let errors = error_lines(&exit.stderr);
     assert!(
-        errors.len() == 1
-            && errors[0].contains(&format!(
-                "Vault at {addr} is not on the broker's allow-list; add it to vault.allowed_addresses"
-            )),
+        errors(&exit, 1)[0].contains(&format!(
+            "Vault at {addr} is not on the broker's allow-list; add it to vault.allowed_addresses"
+        )),
         "{}",
         exit.stderr
     );
@@ -588,22 +545,16 @@ async fn a_kubernetes_secret_the_service_account_may_not_read_fails_the_job() {
     let job = Job::new("bfk8s").await;
     let ns = &job.ns.name;
     let exit = job
-        .run_to_failure(
+        .fails(
+            exit_code::SECRETS_FAILED,
             &[
                 ("STOLEN", "k8s:not-yours/token"),
                 ("APP_TOKEN", "k8s:app-creds/token"),
             ],
-            job.settings(),
         )
         .await;
     assert_eq!(
-        exit.code,
-        Some(exit_code::SECRETS_FAILED),
-        "{}",
-        exit.stderr
-    );
-    assert_eq!(
-        error_lines(&exit.stderr),
+        exit.error_lines(),
         [format!(
             "keyhole-broker: error: secret STOLEN (k8s:not-yours/token): service account {ns}/job may not read secret not-yours in namespace {ns}; grant it get on that Secret (Role with resourceNames: [not-yours])"
         )]
@@ -618,14 +569,13 @@ async fn a_job_variable_named_like_a_secret_is_refused_naming_both() {
         .write_input("job/var.DB_PASSWORD", b"from-gitlab-0123456789")
         .unwrap();
     let exit = job
-        .run_to_failure(
+        .fails(
+            exit_code::BAD_INPUTS,
             &[("DB_PASSWORD", &format!("vault:kv/{ns}/db#password"))],
-            job.settings(),
         )
         .await;
-    assert_eq!(exit.code, Some(exit_code::BAD_INPUTS), "{}", exit.stderr);
     assert_eq!(
-        error_lines(&exit.stderr),
+        exit.error_lines(),
         [format!(
             "keyhole-broker: error: job variable DB_PASSWORD (per-job Secret key \"var.DB_PASSWORD\") and secret DB_PASSWORD (vault:kv/{ns}/db#password) both define $DB_PASSWORD; rename the variable or the secret"
         )]
@@ -641,37 +591,32 @@ async fn the_kubernetes_client_is_set_up_only_for_kubernetes_references() {
     let job = Job::new("bfkube").await;
     let ns = &job.ns.name;
     let missing_ca = job.dirs.inputs.join("no-such-ca.crt");
-    let settings = with(
-        job.settings(),
-        &[("KEYHOLE_KUBE_CA_FILE", &missing_ca.display().to_string())],
-    );
+    let settings =
+        job.settings_with(&[("KEYHOLE_KUBE_CA_FILE", &missing_ca.display().to_string())]);
 
-    job.dirs
-        .write_references(&[("DB_PASSWORD", &format!("vault:kv/{ns}/db#password"))])
-        .unwrap();
-    let mut broker = BrokerProcess::spawn(&settings).unwrap();
-    let stderr = broker.wait_ready().await.unwrap();
+    let (broker, stderr) = job
+        .start_with(
+            &[("DB_PASSWORD", &format!("vault:kv/{ns}/db#password"))],
+            &settings,
+        )
+        .await;
     assert!(
         stderr.contains("1 secret(s) and 0 job variable(s) delivered; ready"),
         "{stderr}"
     );
-    broker.terminate().unwrap();
-    let exit = broker.wait().await.unwrap();
-    assert_eq!(exit.code, Some(exit_code::OK), "{}", exit.stderr);
-    job.assert_nothing_left(&exit);
+    job.ends_well(broker).await;
 
     let exit = job
-        .run_to_failure(
+        .fails_with(
+            exit_code::BAD_INPUTS,
             &[
                 ("DB_PASSWORD", &format!("vault:kv/{ns}/db#password")),
                 ("APP_TOKEN", "k8s:app-creds/token"),
             ],
-            settings,
+            &settings,
         )
         .await;
-    assert_eq!(exit.code, Some(exit_code::BAD_INPUTS), "{}", exit.stderr);
-    let errors = error_lines(&exit.stderr);
-    assert_eq!(errors.len(), 1, "{}", exit.stderr);
+    let errors = errors(&exit, 1);
     assert!(errors[0].contains("the Kubernetes client"), "{}", errors[0]);
 }
 
@@ -707,19 +652,11 @@ async fn references_to_vaults_own_apis_fail_before_any_request() {
     ];
     for (name, reference, problem) in cases {
         let exit = job
-            .run_to_failure(&[(name, reference)], job.settings())
+            .fails(exit_code::SECRETS_FAILED, &[(name, reference)])
             .await;
-        assert_eq!(
-            exit.code,
-            Some(exit_code::SECRETS_FAILED),
-            "{reference}: {}",
-            exit.stderr
-        );
-        let errors = error_lines(&exit.stderr);
+        let errors = errors(&exit, 1);
         assert!(
-            errors.len() == 1
-                && errors[0].contains(&format!("secret {name}"))
-                && errors[0].contains(problem),
+            errors[0].contains(&format!("secret {name}")) && errors[0].contains(problem),
             "{reference}: {}",
             exit.stderr
         );
@@ -767,22 +704,15 @@ async fn a_stated_engine_is_checked_against_the_mount_before_any_read() {
         .await
         .unwrap();
     let exit = job
-        .run_to_failure(
+        .fails(
+            exit_code::SECRETS_FAILED,
             &[
                 ("KEYS", &format!("vault:{transit}/keys/k?engine=kv-v1")),
                 ("DB", &format!("vault:kv/{ns}/db?engine=kv-v1#password")),
             ],
-            job.settings(),
         )
         .await;
-    assert_eq!(
-        exit.code,
-        Some(exit_code::SECRETS_FAILED),
-        "{}",
-        exit.stderr
-    );
-    let errors = error_lines(&exit.stderr);
-    assert_eq!(errors.len(), 2, "{}", exit.stderr);
+    let errors = errors(&exit, 2);
     assert!(
         errors[0].contains("secret DB")
             && errors[0].contains("states engine=kv-v1 but Vault mount kv is kv-v2"),
@@ -795,11 +725,7 @@ async fn a_stated_engine_is_checked_against_the_mount_before_any_read() {
         "{}",
         errors[1]
     );
-    assert!(
-        exit.stderr.contains("Vault token revoked"),
-        "{}",
-        exit.stderr
-    );
+    exit.assert_stderr_has("Vault token revoked");
     let calls = audited_calls_of_namespace(&job.bed.env.vault_audit_log, &ns).unwrap();
     let paths: std::collections::BTreeSet<&str> = calls
         .iter()
@@ -830,73 +756,49 @@ async fn vault_over_tls_needs_its_ca_bundle_and_an_allowed_address() {
     let refs = [("DB_PASSWORD", format!("vault:kv/{ns}/db#password"))];
     let refs: Vec<(&str, &str)> = refs.iter().map(|(n, r)| (*n, r.as_str())).collect();
 
-    job.dirs.write_references(&refs).unwrap();
-    let trusted = with(
-        job.settings(),
-        &[
-            ("KEYHOLE_VAULT_ADDR", &tls),
-            ("KEYHOLE_VAULT_CA_FILE", &ca),
-            ("KEYHOLE_VAULT_ALLOWED", &tls),
-        ],
-    );
-    let mut broker = BrokerProcess::spawn(&trusted).unwrap();
-    broker.wait_ready().await.unwrap();
+    let trusted = job.settings_with(&[
+        ("KEYHOLE_VAULT_ADDR", &tls),
+        ("KEYHOLE_VAULT_CA_FILE", &ca),
+        ("KEYHOLE_VAULT_ALLOWED", &tls),
+    ]);
+    let (broker, _) = job.start_with(&refs, &trusted).await;
     assert_eq!(
         std::fs::read_to_string(job.dirs.secrets.join("DB_PASSWORD")).unwrap(),
         DB_PASSWORD
     );
-    broker.terminate().unwrap();
-    let exit = broker.wait().await.unwrap();
-    assert_eq!(exit.code, Some(exit_code::OK), "{}", exit.stderr);
-    assert!(
-        exit.stderr.contains("Vault token revoked"),
-        "{}",
-        exit.stderr
-    );
-    job.assert_nothing_left(&exit);
+    job.ends_well(broker)
+        .await
+        .assert_stderr_has("Vault token revoked");
 
     let exit = job
-        .run_to_failure(
+        .fails_with(
+            exit_code::BAD_INPUTS,
             &refs,
-            with(
-                job.settings(),
-                &[
-                    ("KEYHOLE_VAULT_ADDR", &tls),
-                    ("KEYHOLE_VAULT_DEADLINE", "30"),
-                ],
-            ),
+            &job.settings_with(&[
+                ("KEYHOLE_VAULT_ADDR", &tls),
+                ("KEYHOLE_VAULT_DEADLINE", "30"),
+            ]),
         )
         .await;
-    assert_eq!(exit.code, Some(exit_code::BAD_INPUTS), "{}", exit.stderr);
-    let errors = error_lines(&exit.stderr);
+    let errors = errors(&exit, 1);
     assert!(
-        errors.len() == 1
-            && errors[0].contains(&format!(
-                "Vault at {tls} presented a certificate the broker does not trust"
-            ))
-            && errors[0].contains("vault_ca_config_map"),
+        errors[0].contains(&format!(
+            "Vault at {tls} presented a certificate the broker does not trust"
+        )) && errors[0].contains("vault_ca_config_map"),
         "{}",
         exit.stderr
     );
 
     let exit = job
-        .run_to_failure(
+        .fails_with(
+            exit_code::BAD_INPUTS,
             &refs,
-            with(
-                job.settings(),
-                &[
-                    ("KEYHOLE_VAULT_ADDR", &tls),
-                    ("KEYHOLE_VAULT_CA_FILE", &ca),
-                    ("KEYHOLE_VAULT_ALLOWED", &job.bed.env.vault_addr),
-                ],
-            ),
+            &job.settings_with(&[
+                ("KEYHOLE_VAULT_ADDR", &tls),
+                ("KEYHOLE_VAULT_CA_FILE", &ca),
+                ("KEYHOLE_VAULT_ALLOWED", &job.bed.env.vault_addr),
+            ]),
         )
         .await;
-    assert_eq!(exit.code, Some(exit_code::BAD_INPUTS), "{}", exit.stderr);
-    assert!(
-        exit.stderr
-            .contains(&format!("Vault at {tls} is not on the broker's allow-list")),
-        "{}",
-        exit.stderr
-    );
+    exit.assert_stderr_has(&format!("Vault at {tls} is not on the broker's allow-list"));
 }
