@@ -7,91 +7,42 @@
 use keyhole_contract::exit_code;
 use keyhole_tests::exposure::vault_tokens_of_namespace;
 use keyhole_tests::{
-    BrokerDirs, BrokerProcess, JobNamespace, Redis, Reply, SilentServer, TestBed, TestNamespace,
-    VaultAdmin, VaultRole, eventually, lease_of, rfc3339_seconds,
+    BrokerJob, JobNamespace, Redis, Reply, SilentServer, TestBed, VaultAdmin, VaultRole,
+    eventually, lease_of,
 };
-use serde_json::{Value, json};
+use serde_json::json;
 
 /// The bed's role: users live 6 s unless renewed, 60 s at most (`scripts/lib/up.sh`).
 const CREDS: &str = "database/creds/short-lived";
 
-struct Job {
-    bed: TestBed,
-    vault: VaultAdmin,
-    ns: TestNamespace,
-    dirs: BrokerDirs,
-}
-
-impl Job {
-    /// A namespace whose ServiceAccount `job` logs in to Vault (kubernetes auth, role named
-    /// after the namespace) with a token of `token_ttl`, and may read the bed's Redis
-    /// credentials and revoke its own leases.
-    async fn new(tag: &str, token_ttl: &str) -> Self {
-        Self::with_paths(tag, token_ttl, &[]).await
-    }
-
-    /// [`Job::new`] whose policy may also read `extra` (dynamic paths).
-    async fn with_paths(tag: &str, token_ttl: &str, extra: &[String]) -> Self {
-        let role = VaultRole::new("job")
-            .read(CREDS)
-            .read_all(extra)
-            .update("sys/leases/revoke")
-            .token_ttl(token_ttl)
-            .token_max_ttl("120s");
-        let JobNamespace { bed, ns, vault } = JobNamespace::builder(tag)
+/// A namespace whose ServiceAccount `job` logs in to Vault (kubernetes auth, role named after
+/// the namespace) with a token of `token_ttl`, and may read the bed's Redis credentials and
+/// `extra` (dynamic paths) and revoke its own leases.
+async fn job(tag: &str, token_ttl: &str, extra: &[String]) -> BrokerJob {
+    let role = VaultRole::new("job")
+        .read(CREDS)
+        .read_all(extra)
+        .update("sys/leases/revoke")
+        .token_ttl(token_ttl)
+        .token_max_ttl("120s");
+    BrokerJob::create(
+        JobNamespace::builder(tag)
             .service_account("job")
-            .vault_role(role)
-            .create()
-            .await;
-        let name = ns.name.clone();
-        let dirs = BrokerDirs::new(tag).unwrap();
-        dirs.write_service_account_tokens(&bed, &name, "job")
-            .await
-            .unwrap();
-        Self {
-            bed,
-            vault,
-            ns,
-            dirs,
-        }
-    }
-
-    fn settings(&self) -> Vec<(String, String)> {
-        self.dirs
-            .bed_settings(&self.bed, &self.ns.name, &self.ns.name)
-    }
-
-    /// Vault's view of a lease (`sys/leases/lookup`), as root.
-    async fn lookup(&self, lease_id: &str) -> (u16, Value) {
-        let (status, body) = self
-            .vault
-            .write_status("sys/leases/lookup", json!({"lease_id": lease_id}))
-            .await;
-        (status.as_u16(), body)
-    }
-
-    async fn expire_time(&self, lease_id: &str) -> String {
-        let (status, body) = self.lookup(lease_id).await;
-        assert_eq!(status, 200, "lookup of {lease_id}: {body}");
-        body["data"]["expire_time"]
-            .as_str()
-            .expect("expire_time")
-            .to_owned()
-    }
+            .vault_role(role),
+    )
+    .await
 }
 
 #[tokio::test]
 async fn dynamic_credentials_work_are_renewed_and_are_revoked_at_sigterm() {
     // A token TTL (9 s) just over the lease's (6 s): the broker must renew both.
-    let job = Job::new("dyn", "9s").await;
-    job.dirs
-        .write_references(&[
+    let job = job("dyn", "9s", &[]).await;
+    let (mut broker, stderr) = job
+        .start(&[
             ("REDIS_USER", &format!("vault:{CREDS}#username")),
             ("REDIS_PASSWORD", &format!("vault:{CREDS}#password")),
         ])
-        .unwrap();
-    let mut broker = BrokerProcess::spawn(&job.settings()).unwrap();
-    let stderr = broker.wait_ready().await.unwrap();
+        .await;
 
     // Two fields of one path: one read, one lease.
     assert_eq!(
@@ -132,15 +83,15 @@ async fn dynamic_credentials_work_are_renewed_and_are_revoked_at_sigterm() {
     assert!(admin.acl_users().await.unwrap().contains(&user));
 
     // Renewed during the job: Vault moves the lease's expiry forward.
-    let first_expiry = job.expire_time(&lease).await;
+    let first_expiry = job.vault.lease_expiry(&lease).await;
     let renewed = format!("lease {lease} renewed; ttl ");
     broker
         .wait_for_stderr("a lease renewal", |s| s.contains(&renewed))
         .await
         .unwrap();
-    let later_expiry = job.expire_time(&lease).await;
+    let later_expiry = job.vault.lease_expiry(&lease).await;
     assert!(
-        rfc3339_seconds(&later_expiry) > rfc3339_seconds(&first_expiry),
+        later_expiry > first_expiry,
         "expire_time {first_expiry} -> {later_expiry}"
     );
     // The token (9 s) would end before the lease it keeps alive: renewed too.
@@ -159,24 +110,14 @@ async fn dynamic_credentials_work_are_renewed_and_are_revoked_at_sigterm() {
     let mut again = Redis::connect(&redis_addr).await.unwrap();
     assert!(again.auth(&user, &password).await.unwrap());
 
-    broker.terminate().unwrap();
-    let exit = broker.wait().await.unwrap();
-    assert_eq!(exit.code, Some(exit_code::OK), "{}", exit.stderr);
-    assert!(
-        exit.stderr.contains(&format!("lease {lease} revoked")),
-        "{}",
-        exit.stderr
-    );
-    assert!(
-        exit.stderr.contains("Vault token revoked"),
-        "{}",
-        exit.stderr
-    );
+    let exit = broker.stop().await.unwrap();
+    exit.assert_code(exit_code::OK);
+    exit.assert_stderr_has(&format!("lease {lease} revoked"));
+    exit.assert_stderr_has("Vault token revoked");
     for value in [&user, &password] {
         assert!(!exit.stderr.contains(value.as_str()), "{}", exit.stderr);
     }
-    let (status, body) = job.lookup(&lease).await;
-    assert_eq!(status, 400, "Vault no longer knows the lease: {body}");
+    job.vault.assert_lease_gone(&lease).await;
     assert!(
         !admin.acl_users().await.unwrap().contains(&user),
         "the Redis user is gone"
@@ -188,12 +129,10 @@ async fn dynamic_credentials_work_are_renewed_and_are_revoked_at_sigterm() {
 
 #[tokio::test]
 async fn a_failed_renewal_is_logged_and_the_job_goes_on() {
-    let job = Job::new("dynfail", "120s").await;
-    job.dirs
-        .write_references(&[("REDIS_PASSWORD", &format!("vault:{CREDS}#password"))])
-        .unwrap();
-    let mut broker = BrokerProcess::spawn(&job.settings()).unwrap();
-    let stderr = broker.wait_ready().await.unwrap();
+    let job = job("dynfail", "120s", &[]).await;
+    let (mut broker, stderr) = job
+        .start(&[("REDIS_PASSWORD", &format!("vault:{CREDS}#password"))])
+        .await;
     let lease = lease_of(&stderr, "REDIS_PASSWORD");
     // Someone revokes the lease behind the broker's back: its next renewal must fail.
     job.vault
@@ -213,9 +152,8 @@ async fn a_failed_renewal_is_logged_and_the_job_goes_on() {
     );
     // The job goes on: its log is still relayed.
     job.dirs.write_job_log("still running\n").unwrap();
-    broker.terminate().unwrap();
-    let exit = broker.wait().await.unwrap();
-    assert_eq!(exit.code, Some(exit_code::OK), "{}", exit.stderr);
+    let exit = broker.stop().await.unwrap();
+    exit.assert_code(exit_code::OK);
     assert!(exit.stdout.contains("still running"), "{}", exit.stdout);
     assert_eq!(job.dirs.secret_files().unwrap(), Vec::<String>::new());
 }
@@ -235,14 +173,14 @@ async fn sigterm_during_resolution_revokes_what_was_issued_and_exits_at_once() {
         .quick_and_stalled_roles(&format!("{tag}-{}", std::process::id()), &silent)
         .await
         .unwrap();
-    let job = Job::with_paths(tag, "60s", &[quick.clone(), stalled.clone()]).await;
-    job.dirs
-        .write_references(&[
+    let job = job(tag, "60s", &[quick.clone(), stalled.clone()]).await;
+    let mut broker = job.spawn(
+        &[
             ("QUICK", &format!("vault:{quick}#password")),
             ("STALLED", &format!("vault:{stalled}#password")),
-        ])
-        .unwrap();
-    let mut broker = BrokerProcess::spawn(&job.settings()).unwrap();
+        ],
+        &job.settings(),
+    );
     broker
         .wait_for_stderr("the pending read", |s| {
             s.contains(&format!("reading STALLED from vault:{stalled}"))
@@ -263,24 +201,15 @@ async fn sigterm_during_resolution_revokes_what_was_issued_and_exits_at_once() {
     assert_eq!(issued.len(), 1, "{issued:?}");
 
     let signalled = std::time::Instant::now();
-    broker.terminate().unwrap();
-    let exit = broker.wait().await.unwrap();
+    let exit = broker.stop().await.unwrap();
     let took = signalled.elapsed();
     println!(
         "figure: broker exit after SIGTERM during resolution: {} ms",
         took.as_millis()
     );
-    assert_eq!(exit.code, Some(exit_code::TERMINATED), "{}", exit.stderr);
-    assert!(
-        exit.stderr.contains("terminated during resolution"),
-        "{}",
-        exit.stderr
-    );
-    assert!(
-        exit.stderr.contains("Vault token revoked"),
-        "{}",
-        exit.stderr
-    );
+    exit.assert_code(exit_code::TERMINATED);
+    exit.assert_stderr_has("terminated during resolution");
+    exit.assert_stderr_has("Vault token revoked");
     assert!(!exit.stderr.contains("delivered; ready"), "{}", exit.stderr);
     // Well inside any grace period (the kubelet's SIGKILL comes after 30 s or more): the broker
     // did not wait for the pending read.
