@@ -11,7 +11,7 @@ use std::process::Stdio;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use keyhole_contract::exit_code;
-use keyhole_tests::{BrokerDirs, BrokerProcess, JobNamespace, VaultRole};
+use keyhole_tests::{BrokerJob, JobNamespace, VaultRole};
 use serde_json::json;
 
 /// Fields of the whole Vault secret `db`.
@@ -114,37 +114,31 @@ async fn a_job_printing_its_secrets_every_usual_way_shows_none_of_them() {
             .unwrap();
         assert!(found.success(), "this test needs {tool} on this machine");
     }
-    let JobNamespace { bed, ns, .. } = JobNamespace::builder("bmask")
-        .service_account("job")
-        .secret("app-creds", json!({"token": APP_TOKEN}))
-        .secret_reader("read-app-creds", "job", "app-creds")
-        .vault_kv(
-            "db",
-            json!({"password": DB_PASSWORD, "user": DB_USER, "pin": DB_PIN}),
-        )
-        .vault_kv("cert", json!({"value": CERT}))
-        .vault_role(VaultRole::new("job").read("kv/data/{ns}/*"))
-        .create()
-        .await;
-    let name = ns.name.clone();
-    let dirs = BrokerDirs::new("bmask").unwrap();
-    dirs.write_service_account_tokens(&bed, &name, "job")
-        .await
-        .unwrap();
+    let job = BrokerJob::create(
+        JobNamespace::builder("bmask")
+            .service_account("job")
+            .secret("app-creds", json!({"token": APP_TOKEN}))
+            .secret_reader("read-app-creds", "job", "app-creds")
+            .vault_kv(
+                "db",
+                json!({"password": DB_PASSWORD, "user": DB_USER, "pin": DB_PIN}),
+            )
+            .vault_kv("cert", json!({"value": CERT}))
+            .vault_role(VaultRole::new("job").read("kv/data/{ns}/*")),
+    )
+    .await;
+    let (name, dirs) = (&job.ns.name, &job.dirs);
     dirs.write_input("job/var.CI_JOB_TOKEN", JOB_TOKEN.as_bytes())
         .unwrap();
     dirs.write_input("job/var.SHORT_PIN", SHORT_PIN.as_bytes())
         .unwrap();
-    dirs.write_references(&[
-        ("DB", &format!("vault:kv/{name}/db")),
-        ("APP", "k8s:app-creds"),
-        ("CERT", &format!("vault:kv/{name}/cert?file=false#value")),
-    ])
-    .unwrap();
-
-    let settings = dirs.bed_settings(&bed, &name, &name);
-    let mut broker = BrokerProcess::spawn(&settings).unwrap();
-    let before_job = broker.wait_ready().await.unwrap();
+    let (broker, before_job) = job
+        .start(&[
+            ("DB", &format!("vault:kv/{name}/db")),
+            ("APP", "k8s:app-creds"),
+            ("CERT", &format!("vault:kv/{name}/cert?file=false#value")),
+        ])
+        .await;
     for warning in [
         "keyhole-broker: warning: secret DB field \"pin\" is shorter than 8 bytes and cannot be masked in the log",
         "keyhole-broker: warning: job variable SHORT_PIN (per-job Secret key \"var.SHORT_PIN\") is shorter than 8 bytes and cannot be masked in the log",
@@ -174,9 +168,8 @@ async fn a_job_printing_its_secrets_every_usual_way_shows_none_of_them() {
         .status()
         .unwrap();
     assert!(status.success());
-    broker.terminate().unwrap();
-    let exit = broker.wait().await.unwrap();
-    assert_eq!(exit.code, Some(exit_code::OK), "{}", exit.stderr);
+    let exit = broker.stop().await.unwrap();
+    exit.assert_code(exit_code::OK);
     assert!(
         exit.stdout.contains("job done") && exit.stdout.contains("+ jq -r .password"),
         "{}",
