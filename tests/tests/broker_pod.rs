@@ -5,10 +5,10 @@
 //! the broker image (`cargo build --profile broker -p keyhole-broker && scripts/testbed image
 //! keyhole.local/broker:dev target/broker/keyhole-broker`, done by `scripts/test-all`).
 
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::{ContainerStatus, Pod, Secret};
 use keyhole_tests::{
-    JobNamespace, TestBed, TestNamespace, VaultAdmin, VaultRole, pod_logs, rfc3339_seconds,
-    run_pod_to_completion,
+    JobNamespace, TestBed, TestNamespace, VaultAdmin, VaultRole, id_token_claims, pod_logs,
+    restricted_container_security, restricted_pod_security, run_pod_to_completion,
 };
 use kube::Api;
 use kube::api::PostParams;
@@ -16,11 +16,6 @@ use serde_json::json;
 
 const BROKER_IMAGE: &str = "keyhole.local/broker:dev";
 const BUSYBOX: &str = "keyhole.local/busybox:1";
-
-fn restricted() -> serde_json::Value {
-    json!({"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]},
-           "runAsNonRoot": true, "seccompProfile": {"type": "RuntimeDefault"}})
-}
 
 fn sha256_hex(data: &[u8]) -> String {
     let out = std::process::Command::new("sha256sum")
@@ -44,6 +39,8 @@ fn sha256_hex(data: &[u8]) -> String {
 struct JobSetup {
     bed: TestBed,
     ns: TestNamespace,
+    /// The bed's Vault, as root.
+    vault: VaultAdmin,
     db_password: String,
     app_token: String,
 }
@@ -69,17 +66,19 @@ async fn job_setup(tag: &str) -> JobSetup {
     )
     .await;
     job.write_kv("db", json!({"password": db_password})).await;
-    let JobNamespace { bed, ns, .. } = job;
+    let JobNamespace { bed, ns, vault } = job;
     JobSetup {
         bed,
         ns,
+        vault,
         db_password,
         app_token,
     }
 }
 
-/// A job pod with the broker as native sidecar. `vault_env` picks the Vault login (role,
-/// method); `extra_sources` adds projected sources (e.g. the per-job Secret).
+/// A job pod with the broker as native sidecar, logging in to Vault as the role named after
+/// the namespace. `vault_env` adds to the broker's settings (e.g. the login method);
+/// `extra_sources` adds projected sources (e.g. the per-job Secret).
 fn job_pod(
     setup: &JobSetup,
     annotations: serde_json::Value,
@@ -101,6 +100,7 @@ fn job_pod(
         json!({"name": "KEYHOLE_KUBE_API", "value": env.apiserver_url}),
         json!({"name": "KEYHOLE_KUBE_CA_FILE", "value": "/keyhole/inputs/ca.crt"}),
         json!({"name": "KEYHOLE_NAMESPACE", "value": setup.ns.name}),
+        json!({"name": "KEYHOLE_VAULT_ROLE", "value": setup.ns.name}),
     ];
     broker_env.extend(vault_env.as_array().cloned().unwrap_or_default());
     serde_json::from_value(json!({
@@ -110,8 +110,7 @@ fn job_pod(
             "serviceAccountName": "job",
             "automountServiceAccountToken": false,
             "terminationGracePeriodSeconds": 30,
-            "securityContext": {"runAsNonRoot": true, "runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000,
-                                "seccompProfile": {"type": "RuntimeDefault"}},
+            "securityContext": restricted_pod_security(),
             "volumes": [
                 {"name": "keyhole-inputs", "projected": {"sources": sources}},
                 {"name": "keyhole-secrets", "emptyDir": {"medium": "Memory", "sizeLimit": "4Mi"}},
@@ -123,7 +122,7 @@ fn job_pod(
                 "env": broker_env,
                 "startupProbe": {"exec": {"command": ["/usr/local/bin/keyhole-broker", "ready"]},
                                  "periodSeconds": 1, "failureThreshold": 60},
-                "securityContext": restricted(),
+                "securityContext": restricted_container_security(),
                 "volumeMounts": [
                     {"name": "keyhole-inputs", "mountPath": "/keyhole/inputs", "readOnly": true},
                     {"name": "keyhole-secrets", "mountPath": "/keyhole/secrets"},
@@ -132,7 +131,7 @@ fn job_pod(
             "containers": [{
                 "name": "build", "image": BUSYBOX, "imagePullPolicy": "Never",
                 "command": ["sh", "-c", script],
-                "securityContext": restricted(),
+                "securityContext": restricted_container_security(),
                 "volumeMounts": [
                     {"name": "keyhole-secrets", "mountPath": "/keyhole/secrets", "readOnly": true},
                     {"name": "keyhole-run", "mountPath": "/keyhole/run"}]
@@ -140,6 +139,33 @@ fn job_pod(
         }
     }))
     .unwrap()
+}
+
+/// The broker's log of the pod `job`, which must have succeeded.
+async fn succeeded_broker_log(pods: &Api<Pod>, done: &Pod) -> String {
+    let log = pod_logs(pods, "job", "keyhole-broker").await.unwrap();
+    assert_eq!(
+        done.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded"),
+        "broker log:\n{log}"
+    );
+    log
+}
+
+/// Panics unless the broker's `log` holds each of `lines`.
+fn assert_broker_said(log: &str, lines: &[&str]) {
+    for line in lines {
+        assert!(log.contains(line), "missing {line:?} in broker log:\n{log}");
+    }
+}
+
+/// The broker's status in the pod (its first init container), once there is one.
+fn broker_status(pod: Option<&Pod>) -> Option<&ContainerStatus> {
+    pod?.status
+        .as_ref()?
+        .init_container_statuses
+        .as_ref()?
+        .first()
 }
 
 #[tokio::test]
@@ -175,41 +201,36 @@ async fn broker_delivers_vault_and_kubernetes_secrets_and_masks_them_in_the_job_
             "secrets.keyhole.dev/APP_TOKEN": "k8s:app-creds/token?file=false"
         }),
         script,
-        json!([{"name": "KEYHOLE_VAULT_ROLE", "value": ns}]),
+        json!([]),
         json!([{"secret": {"name": "job-inputs", "items": [
             {"key": "var.CI_JOB_TOKEN", "path": "job/var.CI_JOB_TOKEN"},
             {"key": "file.DEPLOY_CONFIG", "path": "job/file.DEPLOY_CONFIG"}]}}]),
     );
     let pods: Api<Pod> = setup.ns.api();
     let done = run_pod_to_completion(&pods, &pod).await.unwrap();
-    let log = pod_logs(&pods, "job", "keyhole-broker").await.unwrap();
-    assert_eq!(
-        done.status.as_ref().unwrap().phase.as_deref(),
-        Some("Succeeded"),
-        "broker log:\n{log}"
+    let log = succeeded_broker_log(&pods, &done).await;
+    assert_broker_said(
+        &log,
+        &[
+            "db=[MASKED]",
+            "app=[MASKED]",
+            "db-b64=[MASKED]",
+            &format!("db-sha={}", sha256_hex(setup.db_password.as_bytes())),
+            "job-token=[MASKED]",
+            &format!("job-token-sha={}", sha256_hex(ci_job_token.as_bytes())),
+            "deploy-config-path=/keyhole/secrets/DEPLOY_CONFIG",
+            &format!("deploy-config-sha={}", sha256_hex(deploy_config.as_bytes())),
+            "deploy-config-mode=400 1000",
+            "audit variable=CI_JOB_TOKEN source=job-secret:var.CI_JOB_TOKEN path=/keyhole/secrets/.env",
+            "audit variable=DEPLOY_CONFIG source=job-secret:file.DEPLOY_CONFIG path=/keyhole/secrets/DEPLOY_CONFIG",
+            "db-mode=400 1000",
+            "secrets-read-only",
+            "inputs-hidden",
+            "no-sa-token",
+            "job done",
+            "Vault token revoked",
+        ],
     );
-
-    for line in [
-        "db=[MASKED]",
-        "app=[MASKED]",
-        "db-b64=[MASKED]",
-        &format!("db-sha={}", sha256_hex(setup.db_password.as_bytes())),
-        "job-token=[MASKED]",
-        &format!("job-token-sha={}", sha256_hex(ci_job_token.as_bytes())),
-        "deploy-config-path=/keyhole/secrets/DEPLOY_CONFIG",
-        &format!("deploy-config-sha={}", sha256_hex(deploy_config.as_bytes())),
-        "deploy-config-mode=400 1000",
-        "audit variable=CI_JOB_TOKEN source=job-secret:var.CI_JOB_TOKEN path=/keyhole/secrets/.env",
-        "audit variable=DEPLOY_CONFIG source=job-secret:file.DEPLOY_CONFIG path=/keyhole/secrets/DEPLOY_CONFIG",
-        "db-mode=400 1000",
-        "secrets-read-only",
-        "inputs-hidden",
-        "no-sa-token",
-        "job done",
-        "Vault token revoked",
-    ] {
-        assert!(log.contains(line), "missing {line:?} in broker log:\n{log}");
-    }
     assert!(
         log.contains("audit secret=DB_PASSWORD source=vault:kv/"),
         "{log}"
@@ -251,7 +272,7 @@ async fn broker_refuses_a_secret_the_service_account_may_not_read_and_the_job_ne
             "secrets.keyhole.dev/STOLEN": "k8s:not-yours/token"
         }),
         "echo the job must not run > /keyhole/run/log",
-        json!([{"name": "KEYHOLE_VAULT_ROLE", "value": ns}]),
+        json!([]),
         json!([]),
     );
     let pods: Api<Pod> = setup.ns.api();
@@ -259,23 +280,20 @@ async fn broker_refuses_a_secret_the_service_account_may_not_read_and_the_job_ne
     // The broker exits with the contract's failure code and restarts (restartPolicy Always);
     // wait for its first termination.
     let failed = keyhole_tests::wait_for_pod(&pods, "job", |p: Option<&Pod>| {
-        p.and_then(|p| p.status.as_ref())
-            .and_then(|s| s.init_container_statuses.as_ref())
-            .and_then(|c| c.first())
-            .is_some_and(|c| {
-                c.last_state
+        broker_status(p).is_some_and(|c| {
+            c.last_state
+                .as_ref()
+                .and_then(|s| s.terminated.as_ref())
+                .is_some()
+                || c.state
                     .as_ref()
                     .and_then(|s| s.terminated.as_ref())
                     .is_some()
-                    || c.state
-                        .as_ref()
-                        .and_then(|s| s.terminated.as_ref())
-                        .is_some()
-            })
+        })
     })
     .await
     .unwrap();
-    let status = &failed.status.unwrap().init_container_statuses.unwrap()[0];
+    let status = broker_status(Some(&failed)).unwrap();
     let terminated = status
         .last_state
         .as_ref()
@@ -330,23 +348,12 @@ async fn broker_logs_in_to_vault_with_the_jobs_gitlab_id_token() {
 
     let setup = job_setup("brokerjwt").await;
     let ns = setup.ns.name.clone();
-    let vault = VaultAdmin::new(&setup.bed.env);
-    vault
-        .write(
-            &format!("auth/jwt/role/{ns}"),
-            json!({"role_type": "jwt", "user_claim": "sub", "bound_audiences": ["https://vault.keyhole.test"],
-                   "bound_claims": {"project_path": "group/app", "ref_protected": "true"},
-                   "token_policies": [ns], "token_ttl": "120s"}),
-        )
+    setup
+        .vault
+        .jwt_role(&ns, "group/app", &ns, "120s")
         .await
         .unwrap();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let claims = json!({"iss": setup.bed.env.jwt_issuer, "aud": "https://vault.keyhole.test",
-        "sub": "project_path:group/app:ref_type:branch:ref:main", "project_path": "group/app",
-        "ref_protected": "true", "iat": now, "nbf": now, "exp": now + 600});
+    let claims = id_token_claims(&setup.bed.env, "group/app");
     let key =
         EncodingKey::from_rsa_pem(&std::fs::read(&setup.bed.env.jwt_signing_key).unwrap()).unwrap();
     let id_token = encode(&Header::new(Algorithm::RS256), &claims, &key).unwrap();
@@ -361,36 +368,17 @@ async fn broker_logs_in_to_vault_with_the_jobs_gitlab_id_token() {
         json!({"secrets.keyhole.dev/DB_PASSWORD": format!("vault:kv/{ns}/db?engine=kv-v2#password")}),
         "exec > /keyhole/run/log 2>&1; echo \"db=$(cat /keyhole/secrets/DB_PASSWORD)\"; echo job done",
         json!([{"name": "KEYHOLE_VAULT_AUTH_METHOD", "value": "jwt"},
-               {"name": "KEYHOLE_VAULT_AUTH_MOUNT", "value": "jwt"},
-               {"name": "KEYHOLE_VAULT_ROLE", "value": ns}]),
+               {"name": "KEYHOLE_VAULT_AUTH_MOUNT", "value": "jwt"}]),
         json!([{"secret": {"name": "job-inputs", "items": [{"key": "VAULT_ID_TOKEN", "path": "job/VAULT_ID_TOKEN"}]}}]),
     );
     let pods: Api<Pod> = setup.ns.api();
     let done = run_pod_to_completion(&pods, &pod).await.unwrap();
-    let log = pod_logs(&pods, "job", "keyhole-broker").await.unwrap();
-    assert_eq!(
-        done.status.unwrap().phase.as_deref(),
-        Some("Succeeded"),
-        "broker log:\n{log}"
-    );
-    assert!(
-        log.contains("db=[MASKED]") && log.contains("job done"),
-        "{log}"
-    );
-    assert!(log.contains("Vault token revoked"), "{log}");
+    let log = succeeded_broker_log(&pods, &done).await;
+    assert_broker_said(&log, &["db=[MASKED]", "job done", "Vault token revoked"]);
     assert!(
         !log.contains(&setup.db_password) && !log.contains(&id_token),
         "{log}"
     );
-}
-
-/// Vault's view of a lease's expiry (`sys/leases/lookup`), as seconds since the epoch.
-async fn lease_expiry(vault: &VaultAdmin, lease_id: &str) -> f64 {
-    let (status, body) = vault
-        .write_status("sys/leases/lookup", json!({"lease_id": lease_id}))
-        .await;
-    assert!(status.is_success(), "lookup of {lease_id}: {body}");
-    rfc3339_seconds(body["data"]["expire_time"].as_str().expect("expire_time"))
 }
 
 #[tokio::test]
@@ -401,7 +389,7 @@ async fn broker_delivers_dynamic_credentials_renews_their_lease_and_revokes_it_w
     const CREDS: &str = "database/creds/short-lived";
     let setup = job_setup("brokerdyn").await;
     let ns = setup.ns.name.clone();
-    let vault = VaultAdmin::new(&setup.bed.env);
+    let vault = &setup.vault;
     vault
         .write(
             &format!("sys/policies/acl/{ns}"),
@@ -444,16 +432,13 @@ async fn broker_delivers_dynamic_credentials_renews_their_lease_and_revokes_it_w
             "secrets.keyhole.dev/REDIS_PASSWORD": format!("vault:{CREDS}#password"),
         }),
         &script,
-        json!([{"name": "KEYHOLE_VAULT_ROLE", "value": ns}]),
+        json!([]),
         json!([]),
     );
     let pods: Api<Pod> = setup.ns.api();
     pods.create(&PostParams::default(), &pod).await.unwrap();
     keyhole_tests::wait_for_pod(&pods, "job", |p: Option<&Pod>| {
-        p.and_then(|p| p.status.as_ref())
-            .and_then(|s| s.init_container_statuses.as_ref())
-            .and_then(|c| c.first())
-            .is_some_and(|c| c.started == Some(true))
+        broker_status(p).is_some_and(|c| c.started == Some(true))
     })
     .await
     .unwrap();
@@ -488,7 +473,7 @@ async fn broker_delivers_dynamic_credentials_renews_their_lease_and_revokes_it_w
                     .split_whitespace()
                     .find_map(|w| w.strip_prefix("lease="))
             {
-                first_expiry = Some(lease_expiry(&vault, id).await);
+                first_expiry = Some(vault.lease_expiry(id).await);
                 lease = Some(id.to_owned());
             }
             if let Some(id) = &lease
@@ -505,7 +490,7 @@ async fn broker_delivers_dynamic_credentials_renews_their_lease_and_revokes_it_w
         "no lease renewal in the broker log:\n{seen}"
     );
     let lease = lease.expect("a lease id on the audit line");
-    let renewed_expiry = lease_expiry(&vault, &lease).await;
+    let renewed_expiry = vault.lease_expiry(&lease).await;
     assert!(
         renewed_expiry > first_expiry.unwrap(),
         "Vault moved the lease's expiry forward: {first_expiry:?} -> {renewed_expiry}"
@@ -542,26 +527,15 @@ async fn broker_delivers_dynamic_credentials_renews_their_lease_and_revokes_it_w
     })
     .await
     .unwrap();
-    let log = pod_logs(&pods, "job", "keyhole-broker").await.unwrap();
-    assert_eq!(
-        done.status.unwrap().phase.as_deref(),
-        Some("Succeeded"),
-        "broker log:\n{log}"
+    let log = succeeded_broker_log(&pods, &done).await;
+    assert_broker_said(
+        &log,
+        &[
+            "redis-says=+OK +PONG +OK",
+            "job done",
+            &format!("lease {lease} revoked"),
+            "Vault token revoked",
+        ],
     );
-    for line in [
-        "redis-says=+OK +PONG +OK",
-        "job done",
-        &format!("lease {lease} revoked"),
-        "Vault token revoked",
-    ] {
-        assert!(log.contains(line), "missing {line:?} in broker log:\n{log}");
-    }
-    let (status, body) = vault
-        .write_status("sys/leases/lookup", json!({"lease_id": lease}))
-        .await;
-    assert_eq!(
-        status.as_u16(),
-        400,
-        "Vault no longer knows the lease: {body}"
-    );
+    vault.assert_lease_gone(&lease).await;
 }
