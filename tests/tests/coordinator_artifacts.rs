@@ -16,73 +16,123 @@ use sha2::{Digest, Sha256};
 /// Upper bound for waits; only reached when something is broken.
 const WAIT: Duration = Duration::from_secs(60);
 
-async fn start(max_artifacts_size: u64) -> (Coordinator, reqwest::Client) {
-    let coordinator = Coordinator::start(CoordinatorOptions {
+async fn start(max_artifacts_size: u64) -> Coordinator {
+    Coordinator::start(CoordinatorOptions {
         long_poll: Duration::from_millis(200),
         max_artifacts_size,
         ..CoordinatorOptions::default()
     })
     .await
-    .expect("starting the coordinator");
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(300))
-        .build()
-        .unwrap();
-    (coordinator, http)
+    .expect("starting the coordinator")
 }
 
-/// Takes the next queued job (`jobs/request`), which makes it running; returns its payload.
-async fn take(coordinator: &Coordinator, http: &reqwest::Client, queued: &EnqueuedJob) -> Value {
-    let response = http
-        .post(format!("{}/api/v4/jobs/request", coordinator.url()))
-        .json(&json!({ "token": coordinator.runner_token() }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::CREATED);
-    let payload: Value = response.json().await.unwrap();
-    assert_eq!(payload["id"], queued.id);
-    payload
+/// gitlab-runner's side of the Runner API: takes jobs, finishes them, and uploads and downloads
+/// artifacts as `artifacts-uploader` and `artifacts-downloader` do.
+struct Runner<'a> {
+    gitlab: &'a Coordinator,
+    http: reqwest::Client,
 }
 
-/// Queues a job and takes it.
-async fn running(coordinator: &Coordinator, http: &reqwest::Client) -> EnqueuedJob {
-    let queued = coordinator.job().enqueue().unwrap();
-    take(coordinator, http, &queued).await;
-    queued
-}
-
-/// The runner's final update: the job succeeded.
-async fn finish(coordinator: &Coordinator, http: &reqwest::Client, job: &EnqueuedJob) {
-    let response = http
-        .put(format!("{}/api/v4/jobs/{}", coordinator.url(), job.id))
-        .header("JOB-TOKEN", &job.token)
-        .json(&json!({ "token": job.token, "state": "success", "exit_code": 0 }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-}
-
-/// `POST jobs/:id/artifacts` as gitlab-runner sends it; `token` None sends no `JOB-TOKEN`.
-async fn upload(
-    coordinator: &Coordinator,
-    http: &reqwest::Client,
-    job_id: u64,
-    token: Option<&str>,
-    query: &[(&str, &str)],
-    part: Part,
-) -> reqwest::Response {
-    let url = reqwest::Url::parse_with_params(
-        &format!("{}/api/v4/jobs/{job_id}/artifacts", coordinator.url()),
-        query,
-    )
-    .unwrap();
-    let mut request = http.post(url).multipart(Form::new().part("file", part));
-    if let Some(token) = token {
-        request = request.header("JOB-TOKEN", token);
+impl<'a> Runner<'a> {
+    fn of(gitlab: &'a Coordinator) -> Self {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(300))
+            .build()
+            .unwrap();
+        Self { gitlab, http }
     }
-    request.send().await.unwrap()
+
+    fn url(&self, path: &str) -> String {
+        format!("{}/api/v4/{path}", self.gitlab.url())
+    }
+
+    /// Takes the next queued job (`jobs/request`), which makes it running; returns its payload.
+    async fn take(&self, queued: &EnqueuedJob) -> Value {
+        let response = self
+            .http
+            .post(self.url("jobs/request"))
+            .json(&json!({ "token": self.gitlab.runner_token() }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::CREATED);
+        let payload: Value = response.json().await.unwrap();
+        assert_eq!(payload["id"], queued.id);
+        payload
+    }
+
+    /// Queues a job and takes it.
+    async fn running(&self) -> EnqueuedJob {
+        let queued = self.gitlab.job().enqueue().unwrap();
+        self.take(&queued).await;
+        queued
+    }
+
+    /// The final update: the job succeeded.
+    async fn finish(&self, job: &EnqueuedJob) {
+        let response = self
+            .http
+            .put(self.url(&format!("jobs/{}", job.id)))
+            .header("JOB-TOKEN", &job.token)
+            .json(&json!({ "token": job.token, "state": "success", "exit_code": 0 }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+
+    /// `POST jobs/:id/artifacts` as gitlab-runner sends it; `token` None sends no `JOB-TOKEN`.
+    async fn upload_with(
+        &self,
+        job_id: u64,
+        token: Option<&str>,
+        query: &[(&str, &str)],
+        part: Part,
+    ) -> reqwest::Response {
+        let url =
+            reqwest::Url::parse_with_params(&self.url(&format!("jobs/{job_id}/artifacts")), query)
+                .unwrap();
+        let mut request = self
+            .http
+            .post(url)
+            .multipart(Form::new().part("file", part));
+        if let Some(token) = token {
+            request = request.header("JOB-TOKEN", token);
+        }
+        request.send().await.unwrap()
+    }
+
+    /// [`Self::upload_with`] the job's own token.
+    async fn upload(
+        &self,
+        job: &EnqueuedJob,
+        query: &[(&str, &str)],
+        part: Part,
+    ) -> reqwest::Response {
+        self.upload_with(job.id, Some(&job.token), query, part)
+            .await
+    }
+
+    /// Uploads `bytes` as the job's `artifacts.zip` archive ([`archive_query`]).
+    async fn upload_archive(&self, job: &EnqueuedJob, bytes: Vec<u8>) -> StatusCode {
+        self.upload(job, &archive_query(), file(bytes, "artifacts.zip"))
+            .await
+            .status()
+    }
+
+    /// [`Self::upload_archive`], which must be taken (201).
+    async fn store_archive(&self, job: &EnqueuedJob, bytes: Vec<u8>) {
+        assert_eq!(self.upload_archive(job, bytes).await, StatusCode::CREATED);
+    }
+
+    /// `GET jobs/:id/artifacts`; `token` None sends no `JOB-TOKEN`.
+    async fn download(&self, job_id: u64, token: Option<&str>) -> reqwest::Response {
+        let mut request = self.http.get(self.url(&format!("jobs/{job_id}/artifacts")));
+        if let Some(token) = token {
+            request = request.header("JOB-TOKEN", token);
+        }
+        request.send().await.unwrap()
+    }
 }
 
 fn archive_query() -> Vec<(&'static str, &'static str)> {
@@ -95,41 +145,6 @@ fn archive_query() -> Vec<(&'static str, &'static str)> {
 
 fn file(bytes: Vec<u8>, name: &str) -> Part {
     Part::bytes(bytes).file_name(name.to_owned())
-}
-
-async fn upload_archive(
-    coordinator: &Coordinator,
-    http: &reqwest::Client,
-    job: &EnqueuedJob,
-    bytes: Vec<u8>,
-) -> StatusCode {
-    upload(
-        coordinator,
-        http,
-        job.id,
-        Some(&job.token),
-        &archive_query(),
-        file(bytes, "artifacts.zip"),
-    )
-    .await
-    .status()
-}
-
-/// `GET jobs/:id/artifacts`; `token` None sends no `JOB-TOKEN`.
-async fn download(
-    coordinator: &Coordinator,
-    http: &reqwest::Client,
-    job_id: u64,
-    token: Option<&str>,
-) -> reqwest::Response {
-    let mut request = http.get(format!(
-        "{}/api/v4/jobs/{job_id}/artifacts",
-        coordinator.url()
-    ));
-    if let Some(token) = token {
-        request = request.header("JOB-TOKEN", token);
-    }
-    request.send().await.unwrap()
 }
 
 /// Bytes that differ from chunk to chunk and seed to seed.
@@ -156,14 +171,12 @@ fn stored_files(coordinator: &Coordinator) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upload_then_download_is_byte_exact_also_for_a_dependent_job() {
-    let (coordinator, http) = start(100 * 1024 * 1024).await;
-    let build = running(&coordinator, &http).await;
+    let coordinator = start(100 * 1024 * 1024).await;
+    let runner = Runner::of(&coordinator);
+    let build = runner.running().await;
     let archive = bytes(3 * 1024 * 1024 + 17, 1);
 
-    assert_eq!(
-        upload_archive(&coordinator, &http, &build, archive.clone()).await,
-        StatusCode::CREATED
-    );
+    runner.store_archive(&build, archive.clone()).await;
     let stored = coordinator
         .wait_for_artifacts(build.id, 1, WAIT)
         .await
@@ -183,7 +196,7 @@ async fn upload_then_download_is_byte_exact_also_for_a_dependent_job() {
     assert!(stored.read().unwrap() == archive);
 
     // The job itself may fetch them while it runs.
-    let response = download(&coordinator, &http, build.id, Some(&build.token)).await;
+    let response = runner.download(build.id, Some(&build.token)).await;
     assert_eq!(response.status(), StatusCode::OK);
     let headers = response.headers().clone();
     assert_eq!(headers["content-type"], "application/zip");
@@ -196,7 +209,7 @@ async fn upload_then_download_is_byte_exact_also_for_a_dependent_job() {
         "attachment; filename=\"artifacts.zip\"; filename*=UTF-8''artifacts.zip"
     );
     assert!(response.bytes().await.unwrap() == archive);
-    finish(&coordinator, &http, &build).await;
+    runner.finish(&build).await;
 
     // A later job depends on it: GitLab puts the later job's own token in `dependencies[]`,
     // with the archive's name and size.
@@ -211,7 +224,7 @@ async fn upload_then_download_is_byte_exact_also_for_a_dependent_job() {
         .dependency(build.id, "build")
         .enqueue()
         .unwrap();
-    let payload = take(&coordinator, &http, &test).await;
+    let payload = runner.take(&test).await;
     assert_eq!(
         payload["dependencies"],
         json!([{
@@ -222,17 +235,14 @@ async fn upload_then_download_is_byte_exact_also_for_a_dependent_job() {
     assert_eq!(payload["artifacts"][0]["paths"], json!(["out/"]));
     assert_eq!(payload["artifacts"][0]["when"], "always");
 
-    let response = download(&coordinator, &http, build.id, Some(&test.token)).await;
+    let response = runner.download(build.id, Some(&test.token)).await;
     assert_eq!(response.status(), StatusCode::OK);
     assert!(response.bytes().await.unwrap() == archive);
 
     // `direct_download` is taken (and answered from the coordinator itself).
-    let response = http
-        .get(format!(
-            "{}/api/v4/jobs/{}/artifacts?direct_download=true",
-            coordinator.url(),
-            build.id
-        ))
+    let response = runner
+        .http
+        .get(runner.url(&format!("jobs/{}/artifacts?direct_download=true", build.id)))
         .header("JOB-TOKEN", &test.token)
         .send()
         .await
@@ -241,8 +251,8 @@ async fn upload_then_download_is_byte_exact_also_for_a_dependent_job() {
     assert!(response.bytes().await.unwrap() == archive);
 
     // Once the dependent job is over, its token is no good.
-    finish(&coordinator, &http, &test).await;
-    let response = download(&coordinator, &http, build.id, Some(&test.token)).await;
+    runner.finish(&test).await;
+    let response = runner.download(build.id, Some(&test.token)).await;
     assert_eq!(response.status(), StatusCode::FORBIDDEN);
     let counters = coordinator.counters();
     assert_eq!(counters.requests(Endpoint::UploadArtifacts), 1);
@@ -251,25 +261,20 @@ async fn upload_then_download_is_byte_exact_also_for_a_dependent_job() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upload_needs_the_token_of_the_job_while_it_runs() {
-    let (coordinator, http) = start(1024 * 1024).await;
-    let job = running(&coordinator, &http).await;
-    let other = running(&coordinator, &http).await;
+    let coordinator = start(1024 * 1024).await;
+    let runner = Runner::of(&coordinator);
+    let job = runner.running().await;
+    let other = runner.running().await;
     let queued = coordinator.job().enqueue().unwrap();
     let archive = bytes(1000, 2);
     let query = archive_query();
     let send = |id: u64, token: Option<String>| {
-        let (coordinator, http, archive, query) = (&coordinator, &http, archive.clone(), &query);
+        let (runner, archive, query) = (&runner, archive.clone(), &query);
         async move {
-            upload(
-                coordinator,
-                http,
-                id,
-                token.as_deref(),
-                query,
-                file(archive, "artifacts.zip"),
-            )
-            .await
-            .status()
+            runner
+                .upload_with(id, token.as_deref(), query, file(archive, "artifacts.zip"))
+                .await
+                .status()
         }
     };
 
@@ -293,7 +298,7 @@ async fn upload_needs_the_token_of_the_job_while_it_runs() {
         StatusCode::FORBIDDEN
     );
     // A finished job.
-    finish(&coordinator, &http, &other).await;
+    runner.finish(&other).await;
     assert_eq!(
         send(other.id, Some(other.token.clone())).await,
         StatusCode::FORBIDDEN
@@ -313,22 +318,16 @@ async fn upload_needs_the_token_of_the_job_while_it_runs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn download_needs_a_known_token_of_a_running_job() {
-    let (coordinator, http) = start(1024 * 1024).await;
-    let build = running(&coordinator, &http).await;
-    assert_eq!(
-        upload_archive(&coordinator, &http, &build, bytes(5000, 3)).await,
-        StatusCode::CREATED
-    );
-    finish(&coordinator, &http, &build).await;
-    let test = running(&coordinator, &http).await;
+    let coordinator = start(1024 * 1024).await;
+    let runner = Runner::of(&coordinator);
+    let build = runner.running().await;
+    runner.store_archive(&build, bytes(5000, 3)).await;
+    runner.finish(&build).await;
+    let test = runner.running().await;
 
     let status = |token: Option<String>| {
-        let (coordinator, http, id) = (&coordinator, &http, build.id);
-        async move {
-            download(coordinator, http, id, token.as_deref())
-                .await
-                .status()
-        }
+        let (runner, id) = (&runner, build.id);
+        async move { runner.download(id, token.as_deref()).await.status() }
     };
     // No token, an unknown one: 401.
     assert_eq!(status(None).await, StatusCode::UNAUTHORIZED);
@@ -345,44 +344,41 @@ async fn download_needs_a_known_token_of_a_running_job() {
     assert_eq!(status(Some(test.token.clone())).await, StatusCode::OK);
 
     // No such job: 403, as GitLab's `authenticate_job_via_dependent_job!` answers.
-    let response = download(&coordinator, &http, 999_999, Some(&test.token)).await;
+    let response = runner.download(999_999, Some(&test.token)).await;
     assert_eq!(response.status(), StatusCode::FORBIDDEN);
 
     // A job with reports but no archive: 404.
-    let reports = running(&coordinator, &http).await;
-    let response = upload(
-        &coordinator,
-        &http,
-        reports.id,
-        Some(&reports.token),
-        &[("artifact_format", "gzip"), ("artifact_type", "junit")],
-        file(bytes(300, 4), "junit.xml.gz"),
-    )
-    .await;
+    let reports = runner.running().await;
+    let response = runner
+        .upload(
+            &reports,
+            &[("artifact_format", "gzip"), ("artifact_type", "junit")],
+            file(bytes(300, 4), "junit.xml.gz"),
+        )
+        .await;
     assert_eq!(response.status(), StatusCode::CREATED);
-    let response = download(&coordinator, &http, reports.id, Some(&test.token)).await;
+    let response = runner.download(reports.id, Some(&test.token)).await;
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
     // And a job without anything.
-    let response = download(&coordinator, &http, test.id, Some(&test.token)).await;
+    let response = runner.download(test.id, Some(&test.token)).await;
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upload_over_the_limit_is_413_and_leaves_nothing_behind() {
     const MAX: u64 = 1024 * 1024;
-    let (coordinator, http) = start(MAX).await;
-    let job = running(&coordinator, &http).await;
+    let coordinator = start(MAX).await;
+    let runner = Runner::of(&coordinator);
+    let job = runner.running().await;
 
     // Known length (Content-Length), far over the limit: refused before reading.
-    let response = upload(
-        &coordinator,
-        &http,
-        job.id,
-        Some(&job.token),
-        &archive_query(),
-        file(bytes(4 * MAX as usize, 5), "artifacts.zip"),
-    )
-    .await;
+    let response = runner
+        .upload(
+            &job,
+            &archive_query(),
+            file(bytes(4 * MAX as usize, 5), "artifacts.zip"),
+        )
+        .await;
     assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["message"], "file size has reached maximum size limit");
@@ -394,25 +390,14 @@ async fn an_upload_over_the_limit_is_413_and_leaves_nothing_behind() {
         over.chunks(64 * 1024).map(|c| Ok(c.to_vec())).collect();
     let part = Part::stream(reqwest::Body::wrap_stream(futures::stream::iter(chunks)))
         .file_name("artifacts.zip");
-    let response = upload(
-        &coordinator,
-        &http,
-        job.id,
-        Some(&job.token),
-        &archive_query(),
-        part,
-    )
-    .await;
+    let response = runner.upload(&job, &archive_query(), part).await;
     assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(coordinator.artifacts(job.id), []);
     assert_eq!(stored_files(&coordinator), 0);
 
     // Exactly the limit is taken.
     let exact = bytes(MAX as usize, 7);
-    assert_eq!(
-        upload_archive(&coordinator, &http, &job, exact.clone()).await,
-        StatusCode::CREATED
-    );
+    runner.store_archive(&job, exact.clone()).await;
     let stored = coordinator.artifacts(job.id);
     assert_eq!(stored.len(), 1);
     assert_eq!(stored[0].size, MAX);
@@ -422,19 +407,17 @@ async fn an_upload_over_the_limit_is_413_and_leaves_nothing_behind() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_artifacts_are_not_found_nor_offered_to_dependent_jobs() {
-    let (coordinator, http) = start(1024 * 1024).await;
-    let build = running(&coordinator, &http).await;
+    let coordinator = start(1024 * 1024).await;
+    let runner = Runner::of(&coordinator);
+    let build = runner.running().await;
     let first = bytes(2000, 8);
-    assert_eq!(
-        upload_archive(&coordinator, &http, &build, first.clone()).await,
-        StatusCode::CREATED
-    );
-    let test = running(&coordinator, &http).await;
-    let response = download(&coordinator, &http, build.id, Some(&test.token)).await;
+    runner.store_archive(&build, first.clone()).await;
+    let test = runner.running().await;
+    let response = runner.download(build.id, Some(&test.token)).await;
     assert_eq!(response.status(), StatusCode::OK);
 
     coordinator.expire_artifacts(build.id);
-    let response = download(&coordinator, &http, build.id, Some(&test.token)).await;
+    let response = runner.download(build.id, Some(&test.token)).await;
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
     let stored = coordinator.artifacts(build.id);
     assert!(stored.iter().all(|a| a.expired), "{stored:?}");
@@ -446,7 +429,7 @@ async fn expired_artifacts_are_not_found_nor_offered_to_dependent_jobs() {
         .dependency(build.id, "build")
         .enqueue()
         .unwrap();
-    let payload = take(&coordinator, &http, &later).await;
+    let payload = runner.take(&later).await;
     assert_eq!(
         payload["dependencies"],
         json!([{ "id": build.id, "token": later.token, "name": "build" }])
@@ -454,39 +437,29 @@ async fn expired_artifacts_are_not_found_nor_offered_to_dependent_jobs() {
 
     // The expired archive no longer stands in the way of a new one.
     let second = bytes(2500, 9);
-    assert_eq!(
-        upload_archive(&coordinator, &http, &build, second.clone()).await,
-        StatusCode::CREATED
-    );
-    let response = download(&coordinator, &http, build.id, Some(&later.token)).await;
+    runner.store_archive(&build, second.clone()).await;
+    let response = runner.download(build.id, Some(&later.token)).await;
     assert_eq!(response.status(), StatusCode::OK);
     assert!(response.bytes().await.unwrap() == second);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_artifact_per_type_and_only_types_and_formats_gitlab_knows() {
-    let (coordinator, http) = start(1024 * 1024).await;
-    let job = running(&coordinator, &http).await;
+    let coordinator = start(1024 * 1024).await;
+    let runner = Runner::of(&coordinator);
+    let job = runner.running().await;
     let archive = bytes(4000, 10);
-    assert_eq!(
-        upload_archive(&coordinator, &http, &job, archive.clone()).await,
-        StatusCode::CREATED
-    );
+    runner.store_archive(&job, archive.clone()).await;
     // The same bytes again (a retry after a lost answer): accepted, stored once.
-    assert_eq!(
-        upload_archive(&coordinator, &http, &job, archive.clone()).await,
-        StatusCode::CREATED
-    );
+    runner.store_archive(&job, archive.clone()).await;
     // Other bytes: 400 with GitLab's message.
-    let response = upload(
-        &coordinator,
-        &http,
-        job.id,
-        Some(&job.token),
-        &archive_query(),
-        file(bytes(4000, 11), "artifacts.zip"),
-    )
-    .await;
+    let response = runner
+        .upload(
+            &job,
+            &archive_query(),
+            file(bytes(4000, 11), "artifacts.zip"),
+        )
+        .await;
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
     let body: Value = response.json().await.unwrap();
     assert_eq!(
@@ -496,18 +469,16 @@ async fn one_artifact_per_type_and_only_types_and_formats_gitlab_knows() {
 
     // Reports are kept by type, one of each; no type nor format means archive and zip.
     let report = |kind: &'static str, format: &'static str, seed: u64| {
-        let (coordinator, http, job) = (&coordinator, &http, &job);
+        let (runner, job) = (&runner, &job);
         async move {
-            upload(
-                coordinator,
-                http,
-                job.id,
-                Some(&job.token),
-                &[("artifact_type", kind), ("artifact_format", format)],
-                file(bytes(100, seed), &format!("{kind}.gz")),
-            )
-            .await
-            .status()
+            runner
+                .upload(
+                    job,
+                    &[("artifact_type", kind), ("artifact_format", format)],
+                    file(bytes(100, seed), &format!("{kind}.gz")),
+                )
+                .await
+                .status()
         }
     };
     assert_eq!(report("junit", "gzip", 12).await, StatusCode::CREATED);
@@ -519,16 +490,10 @@ async fn one_artifact_per_type_and_only_types_and_formats_gitlab_knows() {
     );
     assert_eq!(report("sast", "tarzstd", 16).await, StatusCode::BAD_REQUEST);
 
-    let other = running(&coordinator, &http).await;
-    let response = upload(
-        &coordinator,
-        &http,
-        other.id,
-        Some(&other.token),
-        &[],
-        file(bytes(10, 17), "a.zip"),
-    )
-    .await;
+    let other = runner.running().await;
+    let response = runner
+        .upload(&other, &[], file(bytes(10, 17), "a.zip"))
+        .await;
     assert_eq!(response.status(), StatusCode::CREATED);
     let defaults = coordinator.artifacts(other.id);
     assert_eq!(
@@ -541,12 +506,9 @@ async fn one_artifact_per_type_and_only_types_and_formats_gitlab_knows() {
     );
 
     // No `file` part: 400.
-    let response = http
-        .post(format!(
-            "{}/api/v4/jobs/{}/artifacts",
-            coordinator.url(),
-            other.id
-        ))
+    let response = runner
+        .http
+        .post(runner.url(&format!("jobs/{}/artifacts", other.id)))
         .header("JOB-TOKEN", &other.token)
         .multipart(Form::new().text("metadata", "x"))
         .send()
@@ -572,14 +534,15 @@ async fn one_artifact_per_type_and_only_types_and_formats_gitlab_knows() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn injected_faults_hit_uploads_and_downloads() {
-    let (coordinator, http) = start(1024 * 1024).await;
-    let job = running(&coordinator, &http).await;
+    let coordinator = start(1024 * 1024).await;
+    let runner = Runner::of(&coordinator);
+    let job = runner.running().await;
     let archive = bytes(6000, 20);
 
     coordinator.inject(Endpoint::UploadArtifacts, Fault::Status(503), 2);
     for _ in 0..2 {
         assert_eq!(
-            upload_archive(&coordinator, &http, &job, archive.clone()).await,
+            runner.upload_archive(&job, archive.clone()).await,
             StatusCode::SERVICE_UNAVAILABLE
         );
     }
@@ -587,25 +550,22 @@ async fn injected_faults_hit_uploads_and_downloads() {
     // Stored, but the answer is lost; the retry with the same bytes is taken.
     coordinator.inject(Endpoint::UploadArtifacts, Fault::AcceptThenStatus(500), 1);
     assert_eq!(
-        upload_archive(&coordinator, &http, &job, archive.clone()).await,
+        runner.upload_archive(&job, archive.clone()).await,
         StatusCode::INTERNAL_SERVER_ERROR
     );
     assert_eq!(coordinator.artifacts(job.id).len(), 1);
-    assert_eq!(
-        upload_archive(&coordinator, &http, &job, archive.clone()).await,
-        StatusCode::CREATED
-    );
+    runner.store_archive(&job, archive.clone()).await;
     assert_eq!(coordinator.artifacts(job.id).len(), 1);
     assert_eq!(stored_files(&coordinator), 1);
 
     coordinator.inject(Endpoint::DownloadArtifacts, Fault::Status(503), 1);
-    let response = download(&coordinator, &http, job.id, Some(&job.token)).await;
+    let response = runner.download(job.id, Some(&job.token)).await;
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     coordinator
         .wait_for_faults(Endpoint::DownloadArtifacts, 1, WAIT)
         .await
         .unwrap();
-    let response = download(&coordinator, &http, job.id, Some(&job.token)).await;
+    let response = runner.download(job.id, Some(&job.token)).await;
     assert_eq!(response.status(), StatusCode::OK);
     assert!(response.bytes().await.unwrap() == archive);
 
@@ -648,8 +608,9 @@ fn block(base: &[u8], i: u64) -> Vec<u8> {
 async fn a_one_gib_upload_and_download_stream_through_bounded_memory() {
     const BLOCK: u64 = 1024 * 1024;
     const BLOCKS: u64 = 1024;
-    let (coordinator, http) = start(2 * BLOCKS * BLOCK).await;
-    let job = running(&coordinator, &http).await;
+    let coordinator = start(2 * BLOCKS * BLOCK).await;
+    let runner = Runner::of(&coordinator);
+    let job = runner.running().await;
     let base = bytes(BLOCK as usize, 30);
     let before = peak_rss();
 
@@ -658,20 +619,12 @@ async fn a_one_gib_upload_and_download_stream_through_bounded_memory() {
         move |i| Ok::<_, std::io::Error>(block(&base, i))
     });
     let part = Part::stream(reqwest::Body::wrap_stream(stream)).file_name("big.zip".to_owned());
-    let response = upload(
-        &coordinator,
-        &http,
-        job.id,
-        Some(&job.token),
-        &archive_query(),
-        part,
-    )
-    .await;
+    let response = runner.upload(&job, &archive_query(), part).await;
     assert_eq!(response.status(), StatusCode::CREATED);
     let stored = coordinator.artifacts(job.id);
     assert_eq!(stored[0].size, BLOCKS * BLOCK);
 
-    let response = download(&coordinator, &http, job.id, Some(&job.token)).await;
+    let response = runner.download(job.id, Some(&job.token)).await;
     assert_eq!(response.status(), StatusCode::OK);
     let mut body = response.bytes_stream();
     let (mut offset, mut pending) = (0u64, Vec::new());
