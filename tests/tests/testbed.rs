@@ -10,7 +10,8 @@ use k8s_openapi::api::core::v1::{Event, Pod, Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use keyhole_tests::{
-    TestBed, TestNamespace, VaultAdmin, eventually, pod_logs, run_pod_to_completion, wait_for_pod,
+    TestBed, TestNamespace, VaultAdmin, eventually, id_token_claims, pod_logs,
+    restricted_container_security, restricted_pod_security, run_pod_to_completion, wait_for_pod,
 };
 use kube::api::{DeleteParams, ListParams, ObjectMeta, PostParams};
 use kube::runtime::wait::{await_condition, conditions};
@@ -52,14 +53,34 @@ fn is_forbidden(err: &kube::Error) -> bool {
     matches!(err, kube::Error::Api(s) if s.code == 403)
 }
 
-/// A restricted-compliant security context for containers.
-fn restricted_container_security() -> serde_json::Value {
-    json!({
-        "allowPrivilegeEscalation": false,
-        "capabilities": {"drop": ["ALL"]},
-        "runAsNonRoot": true,
-        "seccompProfile": {"type": "RuntimeDefault"}
-    })
+/// A busybox container `name` running `command` (the image is on the node), with the fields
+/// of `extra` on top.
+fn busybox(name: &str, command: &[&str], extra: serde_json::Value) -> serde_json::Value {
+    let mut container =
+        json!({"name": name, "image": BUSYBOX, "imagePullPolicy": "Never", "command": command});
+    if let (Some(fields), Some(extra)) = (container.as_object_mut(), extra.as_object()) {
+        fields.extend(extra.clone());
+    }
+    container
+}
+
+/// A namespace where PodSecurity `restricted` (latest) is enforced.
+async fn restricted_namespace(bed: &TestBed, prefix: &str) -> TestNamespace {
+    let labels = [
+        ("pod-security.kubernetes.io/enforce", "restricted"),
+        ("pod-security.kubernetes.io/enforce-version", "latest"),
+    ];
+    TestNamespace::create(bed, prefix, &labels).await.unwrap()
+}
+
+/// Panics, showing the pod's status, unless the pod is in `phase`.
+fn assert_phase(pod: &Pod, phase: &str) {
+    assert_eq!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some(phase),
+        "{:#?}",
+        pod.status
+    );
 }
 
 #[tokio::test]
@@ -188,22 +209,19 @@ async fn vault_kubernetes_auth_accepts_only_the_bound_service_account_and_audien
         .await
         .unwrap();
 
-    let login = |jwt: String| {
-        let vault = vault.clone();
-        let role = role.clone();
-        async move {
-            vault
-                .login("kubernetes", json!({"role": role, "jwt": jwt}))
-                .await
-                .unwrap()
-        }
+    // Logs in with a token of `service_account` for `audience`.
+    let login = async |service_account: &str, audience: &str| {
+        let jwt = bed
+            .service_account_token(&ns.name, service_account, &[audience])
+            .await
+            .unwrap();
+        vault
+            .login("kubernetes", json!({"role": role, "jwt": jwt}))
+            .await
+            .unwrap()
     };
 
-    let app_token = bed
-        .service_account_token(&ns.name, "app", &["vault"])
-        .await
-        .unwrap();
-    let (status, body) = login(app_token).await;
+    let (status, body) = login("app", "vault").await;
     assert!(status.is_success(), "bound SA must log in: {status} {body}");
     let client_token = body["auth"]["client_token"]
         .as_str()
@@ -213,22 +231,14 @@ async fn vault_kubernetes_auth_accepts_only_the_bound_service_account_and_audien
         "Vault must know which SA logged in"
     );
 
-    let other_token = bed
-        .service_account_token(&ns.name, "other", &["vault"])
-        .await
-        .unwrap();
-    let (status, body) = login(other_token).await;
+    let (status, body) = login("other", "vault").await;
     assert_eq!(
         status.as_u16(),
         403,
         "an unbound SA must be refused: {body}"
     );
 
-    let wrong_audience = bed
-        .service_account_token(&ns.name, "app", &["not-vault"])
-        .await
-        .unwrap();
-    let (status, body) = login(wrong_audience).await;
+    let (status, body) = login("app", "not-vault").await;
     assert_eq!(
         status.as_u16(),
         403,
@@ -236,24 +246,13 @@ async fn vault_kubernetes_auth_accepts_only_the_bound_service_account_and_audien
     );
 
     // Leave nothing behind on Vault: revoke the token, delete the role.
-    reqwest::Client::new()
-        .put(format!("{}/v1/auth/token/revoke-self", bed.env.vault_addr))
-        .header("X-Vault-Token", client_token)
-        .send()
+    VaultAdmin::at(&bed.env.vault_addr, client_token)
+        .write("auth/token/revoke-self", json!({}))
         .await
-        .unwrap()
-        .error_for_status()
         .unwrap();
-    reqwest::Client::new()
-        .delete(format!(
-            "{}/v1/auth/kubernetes/role/{role}",
-            bed.env.vault_addr
-        ))
-        .header("X-Vault-Token", &bed.env.vault_token)
-        .send()
+    vault
+        .delete(&format!("auth/kubernetes/role/{role}"))
         .await
-        .unwrap()
-        .error_for_status()
         .unwrap();
 }
 
@@ -265,32 +264,11 @@ async fn vault_jwt_auth_trusts_id_tokens_signed_by_the_test_key_only() {
     let vault = VaultAdmin::new(&bed.env);
     let role = format!("jwt-test-{}", std::process::id());
     vault
-        .write(
-            &format!("auth/jwt/role/{role}"),
-            json!({
-                "role_type": "jwt",
-                "user_claim": "sub",
-                "bound_audiences": ["https://vault.keyhole.test"],
-                "bound_claims": {"project_path": "group/app", "ref_protected": "true"},
-                "token_policies": ["default"],
-                "token_ttl": "60s"
-            }),
-        )
+        .jwt_role(&role, "group/app", "default", "60s")
         .await
         .unwrap();
 
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let claims = |project: &str| {
-        json!({
-            "iss": bed.env.jwt_issuer, "aud": "https://vault.keyhole.test",
-            "sub": format!("project_path:{project}:ref_type:branch:ref:main"),
-            "project_path": project, "ref_protected": "true",
-            "iat": now, "nbf": now, "exp": now + 300
-        })
-    };
+    let claims = |project: &str| id_token_claims(&bed.env, project);
     let pem = std::fs::read(&bed.env.jwt_signing_key).unwrap();
     let key = EncodingKey::from_rsa_pem(&pem).unwrap();
     let sign = |c: serde_json::Value| encode(&Header::new(Algorithm::RS256), &c, &key).unwrap();
@@ -338,13 +316,9 @@ async fn vault_jwt_auth_trusts_id_tokens_signed_by_the_test_key_only() {
     if let Some(token) = body["auth"]["client_token"].as_str() {
         panic!("forged token got a Vault token ({} chars)", token.len());
     }
-    reqwest::Client::new()
-        .delete(format!("{}/v1/auth/jwt/role/{role}", bed.env.vault_addr))
-        .header("X-Vault-Token", &bed.env.vault_token)
-        .send()
+    vault
+        .delete(&format!("auth/jwt/role/{role}"))
         .await
-        .unwrap()
-        .error_for_status()
         .unwrap();
 }
 
@@ -361,22 +335,13 @@ fn strange_key() -> Vec<u8> {
 #[tokio::test]
 async fn pod_security_restricted_rejects_privileged_pods_and_admits_compliant_ones() {
     let bed = TestBed::connect().await;
-    let ns = TestNamespace::create(
-        &bed,
-        "psa",
-        &[
-            ("pod-security.kubernetes.io/enforce", "restricted"),
-            ("pod-security.kubernetes.io/enforce-version", "latest"),
-        ],
-    )
-    .await
-    .unwrap();
+    let ns = restricted_namespace(&bed, "psa").await;
     let pods: Api<Pod> = ns.api();
 
     let privileged = pod_from_json(json!({
         "metadata": {"name": "privileged"},
-        "spec": {"containers": [{"name": "c", "image": BUSYBOX, "imagePullPolicy": "Never",
-            "command": ["true"], "securityContext": {"privileged": true}}]}
+        "spec": {"containers": [
+            busybox("c", &["true"], json!({"securityContext": {"privileged": true}}))]}
     }));
     let err = pods
         .create(&PostParams::default(), &privileged)
@@ -395,12 +360,12 @@ async fn pod_security_restricted_rejects_privileged_pods_and_admits_compliant_on
         "metadata": {"name": "compliant"},
         "spec": {
             "restartPolicy": "Never",
-            "securityContext": {"runAsNonRoot": true, "runAsUser": 1000, "seccompProfile": {"type": "RuntimeDefault"}},
-            "containers": [{"name": "c", "image": BUSYBOX, "imagePullPolicy": "Never",
-                "command": ["sh", "-c", "id -u"], "securityContext": restricted_container_security()}]}
+            "securityContext": restricted_pod_security(),
+            "containers": [busybox("c", &["sh", "-c", "id -u"],
+                json!({"securityContext": restricted_container_security()}))]}
     }));
     let done = run_pod_to_completion(&pods, &compliant).await.unwrap();
-    assert_eq!(done.status.unwrap().phase.as_deref(), Some("Succeeded"));
+    assert_phase(&done, "Succeeded");
     assert_eq!(
         pod_logs(&pods, "compliant", "c").await.unwrap().trim(),
         "1000"
@@ -412,16 +377,21 @@ async fn busybox_pod_runs_on_the_kubelet_and_reports_its_log_and_exit_code() {
     let bed = TestBed::connect().await;
     let ns = TestNamespace::create(&bed, "run", &[]).await.unwrap();
     let pods: Api<Pod> = ns.api();
+    let script = "echo hello from $(hostname); echo to-stderr >&2; exit 3";
     let pod = pod_from_json(json!({
         "metadata": {"name": "busybox"},
-        "spec": {"restartPolicy": "Never", "containers": [{"name": "job", "image": BUSYBOX,
-            "imagePullPolicy": "Never",
-            "command": ["sh", "-c", "echo hello from $(hostname); echo to-stderr >&2; exit 3"]}]}
+        "spec": {"restartPolicy": "Never",
+            "containers": [busybox("job", &["sh", "-c", script], json!({}))]}
     }));
     let done = run_pod_to_completion(&pods, &pod).await.unwrap();
-    let status = done.status.unwrap();
-    assert_eq!(status.phase.as_deref(), Some("Failed"));
-    let terminated = status.container_statuses.unwrap()[0]
+    assert_phase(&done, "Failed");
+    let terminated = done
+        .status
+        .as_ref()
+        .unwrap()
+        .container_statuses
+        .as_ref()
+        .unwrap()[0]
         .state
         .as_ref()
         .and_then(|s| s.terminated.clone())
@@ -471,8 +441,7 @@ async fn projected_volume_memory_volume_and_native_sidecar_behave_as_keyhole_nee
             "restartPolicy": "Never",
             "automountServiceAccountToken": false,
             "terminationGracePeriodSeconds": 10,
-            "securityContext": {"runAsNonRoot": true, "runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000,
-                "seccompProfile": {"type": "RuntimeDefault"}},
+            "securityContext": restricted_pod_security(),
             "volumes": [
                 {"name": "inputs", "projected": {"defaultMode": 0o440, "sources": [
                     {"serviceAccountToken": {"audience": "vault", "expirationSeconds": 600, "path": "token"}},
@@ -481,19 +450,18 @@ async fn projected_volume_memory_volume_and_native_sidecar_behave_as_keyhole_nee
                 {"name": "secrets", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}},
                 {"name": "shared", "emptyDir": {}}
             ],
-            "initContainers": [{"name": "broker", "image": BUSYBOX, "imagePullPolicy": "Never",
-                "restartPolicy": "Always", "command": ["sh", "-c", sidecar_script],
+            "initContainers": [busybox("broker", &["sh", "-c", sidecar_script], json!({
+                "restartPolicy": "Always",
                 "startupProbe": {"exec": {"command": ["test", "-f", "/shared/sidecar-started"]},
                     "periodSeconds": 1, "failureThreshold": 30},
                 "securityContext": restricted_container_security(),
-                "volumeMounts": [{"name": "shared", "mountPath": "/shared"}]}],
-            "containers": [{"name": "build", "image": BUSYBOX, "imagePullPolicy": "Never",
-                "command": ["sh", "-c", main_script],
+                "volumeMounts": [{"name": "shared", "mountPath": "/shared"}]}))],
+            "containers": [busybox("build", &["sh", "-c", main_script], json!({
                 "securityContext": restricted_container_security(),
                 "volumeMounts": [
                     {"name": "inputs", "mountPath": "/inputs", "readOnly": true},
                     {"name": "secrets", "mountPath": "/keyhole/secrets", "readOnly": true},
-                    {"name": "shared", "mountPath": "/shared", "readOnly": true}]}]
+                    {"name": "shared", "mountPath": "/shared", "readOnly": true}]}))]
         }
     }));
     let done = run_pod_to_completion(&pods, &pod).await.unwrap();
@@ -566,9 +534,8 @@ async fn deleting_a_pod_garbage_collects_the_secret_it_owns() {
     let pods: Api<Pod> = ns.api();
     let pod = pod_from_json(json!({
         "metadata": {"name": "owner"},
-        "spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": BUSYBOX,
-            "imagePullPolicy": "Never", "command": ["sleep", "3600"]}],
-            "terminationGracePeriodSeconds": 0}
+        "spec": {"restartPolicy": "Never", "terminationGracePeriodSeconds": 0,
+            "containers": [busybox("c", &["sleep", "3600"], json!({}))]}
     }));
     let pod = pods.create(&PostParams::default(), &pod).await.unwrap();
     let mut owned = secret("owned", &[("k", "v")]);
@@ -639,7 +606,7 @@ async fn validating_admission_policy_rejects_what_its_cel_expression_forbids() {
     let pods: Api<Pod> = ns.api();
     let host_path = pod_from_json(json!({
         "metadata": {"generateName": "hostpath-"},
-        "spec": {"containers": [{"name": "c", "image": BUSYBOX, "imagePullPolicy": "Never", "command": ["true"]}],
+        "spec": {"containers": [busybox("c", &["true"], json!({}))],
             "volumes": [{"name": "h", "hostPath": {"path": "/etc"}}]}
     }));
     // The apiserver compiles new policies asynchronously: allow it a few seconds.
@@ -673,7 +640,7 @@ async fn validating_admission_policy_rejects_what_its_cel_expression_forbids() {
 
     let plain = pod_from_json(json!({
         "metadata": {"name": "plain"},
-        "spec": {"containers": [{"name": "c", "image": BUSYBOX, "imagePullPolicy": "Never", "command": ["true"]}]}
+        "spec": {"containers": [busybox("c", &["true"], json!({}))]}
     }));
     pods.create(&PostParams::default(), &plain).await.unwrap();
 }
@@ -726,16 +693,7 @@ async fn private_registry_image_is_pulled_only_with_an_image_pull_secret_holding
         "the registry must accept its user"
     );
 
-    let ns = TestNamespace::create(
-        &bed,
-        "pull",
-        &[
-            ("pod-security.kubernetes.io/enforce", "restricted"),
-            ("pod-security.kubernetes.io/enforce-version", "latest"),
-        ],
-    )
-    .await
-    .unwrap();
+    let ns = restricted_namespace(&bed, "pull").await;
     let secrets: Api<Secret> = ns.api();
     for (name, secret_password) in [
         ("registry", password.as_str()),
@@ -766,8 +724,7 @@ async fn private_registry_image_is_pulled_only_with_an_image_pull_secret_holding
             "spec": {
                 "restartPolicy": "Never",
                 "automountServiceAccountToken": false,
-                "securityContext": {"runAsNonRoot": true, "runAsUser": 1000,
-                    "seccompProfile": {"type": "RuntimeDefault"}},
+                "securityContext": restricted_pod_security(),
                 "imagePullSecrets": pull_secret.map(|s| vec![json!({"name": s})]),
                 "containers": [{"name": "c", "image": registry.private_image,
                     "imagePullPolicy": "Always", "command": ["echo", "pulled"],
@@ -786,12 +743,7 @@ async fn private_registry_image_is_pulled_only_with_an_image_pull_secret_holding
     let done = run_pod_to_completion(&pods, &pod("with-secret", Some("registry")))
         .await
         .unwrap();
-    assert_eq!(
-        done.status.as_ref().and_then(|s| s.phase.as_deref()),
-        Some("Succeeded"),
-        "{:#?}",
-        done.status
-    );
+    assert_phase(&done, "Succeeded");
     assert_eq!(
         pod_logs(&pods, "with-secret", "c").await.unwrap().trim(),
         "pulled"
@@ -960,16 +912,10 @@ async fn s3_store_serves_presigned_sigv4_requests_and_refuses_unsigned_or_wrongl
     let pod = pod_from_json(json!({
         "metadata": {"name": "cache-get"},
         "spec": {"restartPolicy": "Never", "automountServiceAccountToken": false,
-            "containers": [{"name": "job", "image": BUSYBOX, "imagePullPolicy": "Never",
-                "command": ["wget", "-q", "-O", "-", url.as_str()]}]}
+            "containers": [busybox("job", &["wget", "-q", "-O", "-", url.as_str()], json!({}))]}
     }));
     let done = run_pod_to_completion(&pods, &pod).await.unwrap();
-    assert_eq!(
-        done.status.as_ref().and_then(|s| s.phase.as_deref()),
-        Some("Succeeded"),
-        "{:#?}",
-        done.status
-    );
+    assert_phase(&done, "Succeeded");
     assert_eq!(
         pod_logs(&pods, "cache-get", "job").await.unwrap(),
         String::from_utf8(body.clone()).unwrap(),
