@@ -43,6 +43,34 @@ async fn start(long_poll: Duration) -> (Coordinator, GitlabClient) {
     (coordinator, client)
 }
 
+/// A coordinator answering at once and a client with `adjust` made to [`config`].
+async fn start_adjusted(adjust: impl FnOnce(&mut ClientConfig)) -> (Coordinator, GitlabClient) {
+    let coordinator = Coordinator::start(CoordinatorOptions::default())
+        .await
+        .unwrap();
+    let mut cfg = config(&coordinator, coordinator.runner_token());
+    adjust(&mut cfg);
+    let client = GitlabClient::new(cfg).unwrap();
+    (coordinator, client)
+}
+
+/// The state each of the job's updates reported, in order.
+fn update_states(coordinator: &Coordinator, job_id: u64) -> Vec<String> {
+    coordinator
+        .updates(job_id)
+        .into_iter()
+        .map(|u| u.state)
+        .collect()
+}
+
+/// The script failed with `exit_code`.
+fn script_failure(exit_code: i32) -> JobOutcome {
+    JobOutcome::Failed {
+        reason: FailureReason::ScriptFailure,
+        exit_code: Some(exit_code),
+    }
+}
+
 /// Requests the next job, which the test has queued.
 async fn take_job(client: &GitlabClient) -> JobPayload {
     match client.request_job(None).await.unwrap() {
@@ -201,35 +229,25 @@ async fn keep_alive_sees_canceling_and_the_job_ends_canceled() {
     status.wait_for(|s| s.cancel_requested()).await.unwrap();
 
     session.trace().append(b"canceled by user\n").await.unwrap();
-    session
-        .finish(JobOutcome::Failed {
-            reason: FailureReason::ScriptFailure,
-            exit_code: Some(143),
-        })
-        .await
-        .unwrap();
+    session.finish(script_failure(143)).await.unwrap();
     let fin = coordinator.wait_for_final(queued.id, WAIT).await.unwrap();
     assert_eq!(fin.status, FinalStatus::Canceled);
     assert_eq!(fin.exit_code, Some(143));
-    let states: Vec<_> = coordinator
-        .updates(queued.id)
-        .into_iter()
-        .map(|u| u.state)
-        .collect();
-    assert_eq!(states, ["running", "running", "failed"]);
+    assert_eq!(
+        update_states(&coordinator, queued.id),
+        ["running", "running", "failed"]
+    );
     assert_eq!(coordinator.trace(queued.id), b"canceled by user\n");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trace_arrives_byte_exact_through_5xx_lost_answers_and_416() {
-    let coordinator = Coordinator::start(CoordinatorOptions::default())
-        .await
-        .unwrap();
-    let mut cfg = config(&coordinator, coordinator.runner_token());
-    // Smaller than the log: appends must wait for GitLab (backpressure).
-    cfg.trace.buffer_limit = 3 * 1024 * 1024;
-    cfg.request_timeout = Duration::from_secs(2);
-    let client = GitlabClient::new(cfg).unwrap();
+    let (coordinator, client) = start_adjusted(|cfg| {
+        // Smaller than the log: appends must wait for GitLab (backpressure).
+        cfg.trace.buffer_limit = 3 * 1024 * 1024;
+        cfg.request_timeout = Duration::from_secs(2);
+    })
+    .await;
     let queued = coordinator.job().enqueue().unwrap();
     let (_payload, session) = start_job(&client).await;
     let trace = session.trace();
@@ -302,13 +320,7 @@ async fn final_update_is_retried_until_gitlab_records_it() {
     coordinator.inject(Endpoint::UpdateJob, Fault::Status(202), 1);
     // Recorded, but the answer is lost: the retry must be accepted as the same update.
     coordinator.inject(Endpoint::UpdateJob, Fault::AcceptThenStatus(502), 1);
-    session
-        .finish(JobOutcome::Failed {
-            reason: FailureReason::ScriptFailure,
-            exit_code: Some(3),
-        })
-        .await
-        .unwrap();
+    session.finish(script_failure(3)).await.unwrap();
 
     let fin = coordinator.wait_for_final(queued.id, WAIT).await.unwrap();
     assert_eq!(fin.status, FinalStatus::Failed);
@@ -319,12 +331,10 @@ async fn final_update_is_retried_until_gitlab_records_it() {
     assert_eq!(counters.faults(Endpoint::UpdateJob), 6);
     // keep-alive + 6 faulted + the one that got through.
     assert_eq!(counters.requests(Endpoint::UpdateJob), 8);
-    let states: Vec<_> = coordinator
-        .updates(queued.id)
-        .into_iter()
-        .map(|u| u.state)
-        .collect();
-    assert_eq!(states, ["running", "failed", "failed"]);
+    assert_eq!(
+        update_states(&coordinator, queued.id),
+        ["running", "failed", "failed"]
+    );
     assert!(matches!(
         session.trace().append(b"late").await,
         Err(GitlabError::TraceClosed { .. })
@@ -333,12 +343,8 @@ async fn final_update_is_retried_until_gitlab_records_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn final_update_gives_up_at_its_deadline() {
-    let coordinator = Coordinator::start(CoordinatorOptions::default())
-        .await
-        .unwrap();
-    let mut cfg = config(&coordinator, coordinator.runner_token());
-    cfg.final_update_deadline = Duration::from_secs(1);
-    let client = GitlabClient::new(cfg).unwrap();
+    let (coordinator, client) =
+        start_adjusted(|cfg| cfg.final_update_deadline = Duration::from_secs(1)).await;
     coordinator.job().enqueue().unwrap();
     let (_payload, session) = start_job(&client).await;
     coordinator.inject(Endpoint::UpdateJob, Fault::Status(503), 100_000);
