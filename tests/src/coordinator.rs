@@ -194,6 +194,11 @@ impl Coordinator {
         JobBuilder::new(self)
     }
 
+    /// [`Self::job`] without a checkout (`GIT_STRATEGY=none`): for jobs that need no repository.
+    pub fn job_without_checkout(&self) -> JobBuilder<'_> {
+        self.job().variable("GIT_STRATEGY", "none")
+    }
+
     /// Queues a raw payload (it needs `id`, `token` and
     /// `job_info.project_full_path`); `jobs/request` hands jobs out in order.
     pub fn enqueue(&self, payload: Value) -> Result<EnqueuedJob> {
@@ -243,6 +248,11 @@ impl Coordinator {
             .get(&job_id)
             .map(|j| j.trace.clone())
             .unwrap_or_default()
+    }
+
+    /// [`Self::trace`] as text.
+    pub fn trace_text(&self, job_id: u64) -> String {
+        String::from_utf8_lossy(&self.trace(job_id)).into_owned()
     }
 
     pub fn final_state(&self, job_id: u64) -> Option<FinalState> {

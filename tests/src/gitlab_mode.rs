@@ -8,7 +8,14 @@ use std::time::Duration;
 use keyhole_runner::config::{Config, RunnerConfig};
 use secrecy::SecretString;
 
-use crate::{Coordinator, CoordinatorOptions, JobNamespace, TestBed, TestNamespace, eventually};
+use crate::coordinator::FinalState;
+use crate::{
+    Coordinator, CoordinatorOptions, JobNamespace, OutageProxy, TestBed, TestNamespace, eventually,
+};
+
+/// How long a test waits for a job's final state: a deadline against hangs, not a speed
+/// assertion.
+pub const JOB_DEADLINE: Duration = Duration::from_secs(180);
 
 /// What a GitLab-mode test works with.
 #[derive(Debug)]
@@ -95,13 +102,62 @@ pub fn start_runner(s: &Setup) -> RunningService {
 
 /// [`start_runner`] with a config the test adjusted.
 pub fn start_runner_with(s: &Setup, config: Config) -> RunningService {
+    start_service(config, s.bed.client.clone())
+}
+
+/// [`start_runner`] talking to the apiserver through `proxy`, which the test can take down.
+pub fn start_runner_via(s: &Setup, proxy: &OutageProxy) -> RunningService {
+    start_service(config(s), s.bed.client_at(&proxy.url()).unwrap())
+}
+
+/// Runs the service with `config`, talking to the apiserver with `client`, in the background.
+pub fn start_service(config: Config, client: kube::Client) -> RunningService {
     let (tx, rx) = tokio::sync::watch::channel(false);
-    let handle = tokio::spawn(keyhole_runner::service::run_until(
-        config,
-        rx,
-        Some(s.bed.client.clone()),
-    ));
+    let handle = tokio::spawn(keyhole_runner::service::run_until(config, rx, Some(client)));
     (tx, handle)
+}
+
+/// Runs the service with [`config`] until every job of `ids` has its final state, then stops
+/// it; see [`run_jobs_with`].
+pub async fn run_jobs<const N: usize>(s: &Setup, ids: [u64; N]) -> [(FinalState, String); N] {
+    run_jobs_with(s, config(s), ids).await
+}
+
+/// Runs the service with `config` until every job of `ids` has its final state (each waited
+/// for in turn, up to [`JOB_DEADLINE`]), then stops it. Returns each job's final state and
+/// trace, in the order of `ids`.
+pub async fn run_jobs_with<const N: usize>(
+    s: &Setup,
+    config: Config,
+    ids: [u64; N],
+) -> [(FinalState, String); N] {
+    let (tx, handle) = start_runner_with(s, config);
+    let mut ended = Vec::with_capacity(N);
+    for id in ids {
+        ended.push(job_end(s, id).await);
+    }
+    stop(tx, handle).await;
+    ended.try_into().expect("one end per job")
+}
+
+/// Waits (up to [`JOB_DEADLINE`]) for the job's final state; returns it with the job's trace.
+pub async fn job_end(s: &Setup, id: u64) -> (FinalState, String) {
+    job_end_within(s, id, JOB_DEADLINE).await
+}
+
+/// [`job_end`] with another deadline.
+pub async fn job_end_within(s: &Setup, id: u64, within: Duration) -> (FinalState, String) {
+    let done = s.gitlab.wait_for_final(id, within).await.unwrap();
+    (done, trace_text(s, id))
+}
+
+/// Asserts that `trace` contains each of `lines`, naming the first one missing.
+#[track_caller]
+pub fn assert_trace_has<S: AsRef<str>>(trace: &str, lines: impl IntoIterator<Item = S>) {
+    for line in lines {
+        let line = line.as_ref();
+        assert!(trace.contains(line), "missing {line:?}:\n{trace}");
+    }
 }
 
 /// Stops the service gracefully and waits for it to end, which must be without an error.
@@ -115,7 +171,7 @@ pub async fn stop(
 
 /// The job's trace as GitLab holds it, as text.
 pub fn trace_text(s: &Setup, id: u64) -> String {
-    String::from_utf8_lossy(&s.gitlab.trace(id)).into_owned()
+    s.gitlab.trace_text(id)
 }
 
 /// Waits (bounded, 2 min, looking every 100 ms) until the job's trace contains `marker`.

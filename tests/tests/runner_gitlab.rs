@@ -6,17 +6,53 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use keyhole_runner::config::{Config, ServiceAccountRule, UserNamespaceRoot};
-use keyhole_tests::coordinator::{FinalState, FinalStatus};
+use keyhole_tests::coordinator::{EnqueuedJob, FinalState, FinalStatus, JobBuilder};
 use keyhole_tests::gitlab_mode::{
-    Setup, assert_numbered_lines_once, config, numbered_lines_script, setup, start_runner,
+    Setup, assert_numbered_lines_once, assert_trace_has, config, job_end, job_end_within,
+    numbered_lines_script, run_jobs, run_jobs_with, setup, start_runner, start_runner_via,
     start_runner_with, stop, trace_text, wait_for_trace,
 };
 use keyhole_tests::{Coordinator, CoordinatorOptions, OutageProxy, eventually};
 use kube::Api;
 use kube::api::{ListParams, PostParams};
 use secrecy::SecretString;
-use serde_json::json;
-use tokio::sync::watch;
+use serde_json::{Value, json};
+
+const BUSYBOX: &str = "keyhole.local/busybox:1";
+
+/// A job of project `acme/app` (id 7) that checks out a new repository of `files`.
+fn job_with_repo<'a>(s: &'a Setup, files: &[(&str, &str)]) -> JobBuilder<'a> {
+    let sha = s.gitlab.create_repo("acme/app", files).unwrap();
+    s.gitlab.job().project(7, "acme/app").sha(&sha)
+}
+
+/// A job (no checkout) that prints `started` and sleeps ten minutes: one to interrupt.
+fn long_job(s: &Setup) -> EnqueuedJob {
+    s.gitlab
+        .job_without_checkout()
+        .script(["echo started", "sleep 600"])
+        .enqueue()
+        .unwrap()
+}
+
+/// A busybox job (no checkout) with `services`.
+fn job_with_services<'a>(
+    s: &'a Setup,
+    services: impl IntoIterator<Item = Value>,
+) -> JobBuilder<'a> {
+    let mut job = s.gitlab.job_without_checkout().image(BUSYBOX);
+    for service in services {
+        job = job.service(service);
+    }
+    job
+}
+
+/// [`config`] with the runner waiting up to `seconds` for a job's services.
+fn waiting_for_services(s: &Setup, seconds: u64) -> Config {
+    let mut config = config(s);
+    config.runners[0].kubernetes.wait_for_services_timeout = seconds;
+    config
+}
 
 async fn no_job_pods_left(s: &Setup) {
     let gone = eventually(
@@ -34,15 +70,7 @@ async fn no_job_pods_left(s: &Setup) {
 #[tokio::test]
 async fn a_gitlab_job_checks_out_its_repository_runs_masked_and_succeeds() {
     let s = setup("glok").await;
-    let sha = s
-        .gitlab
-        .create_repo("acme/app", &[("hello.txt", "hello from the repository\n")])
-        .unwrap();
-    let job = s
-        .gitlab
-        .job()
-        .project(7, "acme/app")
-        .sha(&sha)
+    let job = job_with_repo(&s, &[("hello.txt", "hello from the repository\n")])
         .script([
             "cat hello.txt",
             "git --version 2>/dev/null || echo 'no git in the build image'",
@@ -53,29 +81,23 @@ async fn a_gitlab_job_checks_out_its_repository_runs_masked_and_succeeds() {
         .secret_variable("MASKED_VAR", "masked-variable-value-12345")
         .enqueue()
         .unwrap();
-    let (tx, handle) = start_runner(&s);
-    let done = s
-        .gitlab
-        .wait_for_final(job.id, Duration::from_secs(180))
-        .await
-        .unwrap();
-    let trace = trace_text(&s, job.id);
-    stop(tx, handle).await;
+    let [(done, trace)] = run_jobs(&s, [job.id]).await;
     assert_eq!(done.status, FinalStatus::Success, "{trace}");
     assert_eq!(
         done.trace_len,
         s.gitlab.trace(job.id).len(),
         "the trace was flushed before the final update"
     );
-    for line in [
-        "Checked out",
-        "hello from the repository",
-        "masked: [MASKED]",
-        "job token: [MASKED]",
-        "Job succeeded",
-    ] {
-        assert!(trace.contains(line), "missing {line:?}:\n{trace}");
-    }
+    assert_trace_has(
+        &trace,
+        [
+            "Checked out",
+            "hello from the repository",
+            "masked: [MASKED]",
+            "job token: [MASKED]",
+            "Job succeeded",
+        ],
+    );
     assert!(
         !trace.contains(&job.token),
         "the job token reached the trace"
@@ -92,19 +114,11 @@ async fn a_failing_script_is_reported_with_its_exit_code() {
     let s = setup("glfail").await;
     let job = s
         .gitlab
-        .job()
-        .variable("GIT_STRATEGY", "none")
+        .job_without_checkout()
         .script(["echo about to fail", "exit 7"])
         .enqueue()
         .unwrap();
-    let (tx, handle) = start_runner(&s);
-    let done = s
-        .gitlab
-        .wait_for_final(job.id, Duration::from_secs(180))
-        .await
-        .unwrap();
-    let trace = trace_text(&s, job.id);
-    stop(tx, handle).await;
+    let [(done, trace)] = run_jobs(&s, [job.id]).await;
     assert_eq!(done.status, FinalStatus::Failed, "{trace}");
     assert_eq!(done.failure_reason.as_deref(), Some("script_failure"));
     assert_eq!(done.exit_code, Some(7));
@@ -124,25 +138,15 @@ async fn cancel_from_gitlab_runs_after_script_and_ends_the_job() {
     let s = setup("glcancel").await;
     let job = s
         .gitlab
-        .job()
-        .variable("GIT_STRATEGY", "none")
+        .job_without_checkout()
         .script(["echo started", "sleep 600"])
         .after_script(["echo after_script ran"])
         .enqueue()
         .unwrap();
     let (tx, handle) = start_runner(&s);
-    wait_for_trace(
-        &s, job.id, "started
-",
-    )
-    .await;
+    wait_for_trace(&s, job.id, "started\n").await;
     s.gitlab.cancel(job.id);
-    let done = s
-        .gitlab
-        .wait_for_final(job.id, Duration::from_secs(120))
-        .await
-        .unwrap();
-    let trace = trace_text(&s, job.id);
+    let (done, trace) = job_end_within(&s, job.id, Duration::from_secs(120)).await;
     stop(tx, handle).await;
     assert_eq!(done.status, FinalStatus::Canceled, "{trace}");
     assert!(trace.contains("after_script ran"), "{trace}");
@@ -154,56 +158,34 @@ async fn timeout_image_and_reference_failures_get_their_failure_reasons() {
     let s = setup("glreasons").await;
     let timeout = s
         .gitlab
-        .job()
-        .variable("GIT_STRATEGY", "none")
+        .job_without_checkout()
         .script(["sleep 600"])
         .timeout(6)
         .enqueue()
         .unwrap();
     let image = s
         .gitlab
-        .job()
-        .variable("GIT_STRATEGY", "none")
+        .job_without_checkout()
         .image("keyhole.local/no-such-image:1")
         .enqueue()
         .unwrap();
     let reference = s
         .gitlab
-        .job()
-        .variable("GIT_STRATEGY", "none")
+        .job_without_checkout()
         .variable("KEYHOLE_SECRET_BAD", "s3:bucket/key")
         .enqueue()
         .unwrap();
-    let (tx, handle) = start_runner(&s);
-    let t = s
-        .gitlab
-        .wait_for_final(timeout.id, Duration::from_secs(180))
-        .await
-        .unwrap();
-    let i = s
-        .gitlab
-        .wait_for_final(image.id, Duration::from_secs(180))
-        .await
-        .unwrap();
-    let r = s
-        .gitlab
-        .wait_for_final(reference.id, Duration::from_secs(180))
-        .await
-        .unwrap();
-    stop(tx, handle).await;
+    let [(t, tt), (i, it), (r, rt)] = run_jobs(&s, [timeout.id, image.id, reference.id]).await;
     assert_eq!(
         t.failure_reason.as_deref(),
         Some("job_execution_timeout"),
-        "{}",
-        trace_text(&s, timeout.id)
+        "{tt}"
     );
     assert_eq!(
         i.failure_reason.as_deref(),
         Some("image_pull_failure"),
-        "{}",
-        trace_text(&s, image.id)
+        "{it}"
     );
-    let rt = trace_text(&s, reference.id);
     assert_eq!(r.status, FinalStatus::Failed, "{rt}");
     assert!(rt.contains("secret BAD") && rt.contains("expected"), "{rt}");
     no_job_pods_left(&s).await;
@@ -212,19 +194,9 @@ async fn timeout_image_and_reference_failures_get_their_failure_reasons() {
 #[tokio::test]
 async fn a_runner_restarted_mid_job_reports_it_and_removes_its_pod() {
     let s = setup("glrestart").await;
-    let job = s
-        .gitlab
-        .job()
-        .variable("GIT_STRATEGY", "none")
-        .script(["echo started", "sleep 600"])
-        .enqueue()
-        .unwrap();
+    let job = long_job(&s);
     let (_tx, handle) = start_runner(&s);
-    wait_for_trace(
-        &s, job.id, "started
-",
-    )
-    .await;
+    wait_for_trace(&s, job.id, "started\n").await;
     // A crash: the service and its job tasks vanish; the pod and the journal stay.
     handle.abort();
     let _ = handle.await;
@@ -233,11 +205,7 @@ async fn a_runner_restarted_mid_job_reports_it_and_removes_its_pod() {
     assert_eq!(before, 1, "the job pod outlives the crashed runner");
     let restarted = std::time::Instant::now();
     let (tx, handle) = start_runner(&s);
-    let done = s
-        .gitlab
-        .wait_for_final(job.id, Duration::from_secs(120))
-        .await
-        .unwrap();
+    let (done, trace) = job_end_within(&s, job.id, Duration::from_secs(120)).await;
     let reported_after = restarted.elapsed();
     stop(tx, handle).await;
     println!(
@@ -249,7 +217,7 @@ async fn a_runner_restarted_mid_job_reports_it_and_removes_its_pod() {
         done.failure_reason.as_deref(),
         Some("runner_system_failure")
     );
-    assert!(trace_text(&s, job.id).contains("restarted while this job ran"));
+    assert!(trace.contains("restarted while this job ran"));
     no_job_pods_left(&s).await;
     let _ = std::fs::remove_dir_all(&s.journal);
 }
@@ -272,13 +240,7 @@ async fn a_dead_runner_pods_job_is_reported_by_the_next_pod_through_the_journal_
         .unwrap();
     let mut with_secret = config(&s);
     with_secret.runners[0].keyhole.journal_secret = Some(format!("{}/keyhole-journal", s.ns.name));
-    let job = s
-        .gitlab
-        .job()
-        .variable("GIT_STRATEGY", "none")
-        .script(["echo started", "sleep 600"])
-        .enqueue()
-        .unwrap();
+    let job = long_job(&s);
     let (_tx, first) = start_runner_with(&s, with_secret.clone());
     wait_for_trace(&s, job.id, "started\n").await;
     let key = format!(
@@ -312,14 +274,9 @@ async fn a_dead_runner_pods_job_is_reported_by_the_next_pod_through_the_journal_
         s.gitlab.final_state(job.id).is_none(),
         "the job was reported while its instance's Lease was still alive"
     );
-    let done = s
-        .gitlab
-        .wait_for_final(job.id, Duration::from_secs(120))
-        .await
-        .unwrap();
+    let (done, trace) = job_end_within(&s, job.id, Duration::from_secs(120)).await;
     let reported_after = died.elapsed();
     stop(tx, second).await;
-    let trace = trace_text(&s, job.id);
     assert_eq!(done.status, FinalStatus::Failed, "{trace}");
     assert_eq!(
         done.failure_reason.as_deref(),
@@ -352,25 +309,15 @@ async fn stopping_the_runner_takes_no_new_jobs_and_lets_running_ones_finish() {
     let s = setup("gldrain").await;
     let job = s
         .gitlab
-        .job()
-        .variable("GIT_STRATEGY", "none")
+        .job_without_checkout()
         .script(["echo started", "sleep 4", "echo finished"])
         .enqueue()
         .unwrap();
     let (tx, handle) = start_runner(&s);
-    wait_for_trace(
-        &s, job.id, "started
-",
-    )
-    .await;
+    wait_for_trace(&s, job.id, "started\n").await;
     // SIGTERM's equivalent: stop taking jobs, drain the running one.
     tx.send(true).unwrap();
-    let later = s
-        .gitlab
-        .job()
-        .variable("GIT_STRATEGY", "none")
-        .enqueue()
-        .unwrap();
+    let later = s.gitlab.job_without_checkout().enqueue().unwrap();
     handle.await.unwrap().unwrap();
     let done = s
         .gitlab
@@ -404,9 +351,8 @@ async fn service_account_rules_bound_the_overwrite_and_trust_only_gitlabs_projec
     // acme/app's protected refs, and claims to be acme/app through CI_PROJECT_PATH.
     let spoof = s
         .gitlab
-        .job()
+        .job_without_checkout()
         .project(9, "evil/x")
-        .variable("GIT_STRATEGY", "none")
         .variable("CI_PROJECT_PATH", "acme/app")
         .variable("KUBERNETES_SERVICE_ACCOUNT_OVERWRITE", "app-deployer")
         .enqueue()
@@ -415,9 +361,8 @@ async fn service_account_rules_bound_the_overwrite_and_trust_only_gitlabs_projec
     // rules cannot tell whose job it is, so the reserved account stays out of reach.
     let mut payload = s
         .gitlab
-        .job()
+        .job_without_checkout()
         .project(7, "acme/app")
-        .variable("GIT_STRATEGY", "none")
         .variable("KUBERNETES_SERVICE_ACCOUNT_OVERWRITE", "app-deployer")
         .payload();
     payload["job_info"]
@@ -437,20 +382,9 @@ async fn service_account_rules_bound_the_overwrite_and_trust_only_gitlabs_projec
         service_account: "app-deployer".into(),
         ..Default::default()
     }];
-    let (tx, handle) = start_runner_with(&s, config);
-    let spoofed = s
-        .gitlab
-        .wait_for_final(spoof.id, Duration::from_secs(120))
-        .await
-        .unwrap();
-    let unknown = s
-        .gitlab
-        .wait_for_final(anonymous.id, Duration::from_secs(120))
-        .await
-        .unwrap();
-    stop(tx, handle).await;
+    let [(spoofed, trace), (unknown, anonymous_trace)] =
+        run_jobs_with(&s, config, [spoof.id, anonymous.id]).await;
 
-    let trace = trace_text(&s, spoof.id);
     assert_eq!(spoofed.status, FinalStatus::Failed, "{trace}");
     assert!(
         trace.contains("service_account_rules[0] reserves")
@@ -458,7 +392,7 @@ async fn service_account_rules_bound_the_overwrite_and_trust_only_gitlabs_projec
         "{trace}"
     );
     assert!(!trace.contains("ServiceAccount app-deployer"), "{trace}");
-    let trace = trace_text(&s, anonymous.id);
+    let trace = anonymous_trace;
     assert_eq!(unknown.status, FinalStatus::Failed, "{trace}");
     assert!(trace.contains("no project path from GitLab"), "{trace}");
     assert!(!trace.contains("ServiceAccount app-deployer"), "{trace}");
@@ -476,18 +410,13 @@ async fn a_job_pod_that_ended_without_its_runner_goes_with_its_secret_within_a_m
     let pods: Api<Pod> = s.ns.api();
     let secrets: Api<Secret> = s.ns.api();
     let name = "kh-4242-ghost1";
-    let restricted = json!({"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]},
-        "runAsNonRoot": true, "runAsUser": 1000, "seccompProfile": {"type": "RuntimeDefault"}});
-    let pod: Pod = serde_json::from_value(json!({
-        "metadata": {"name": name, "labels": {MANAGED_BY_LABEL: MANAGED_BY,
-            RUNNER_LABEL: "ghost", JOB_ID_LABEL: "4242"}},
-        "spec": {"restartPolicy": "Never", "activeDeadlineSeconds": 2,
-            "terminationGracePeriodSeconds": 1, "automountServiceAccountToken": false,
-            "containers": [{"name": "build", "image": "keyhole.local/busybox:1",
-                "imagePullPolicy": "Never", "command": ["sleep", "600"],
-                "securityContext": restricted}]}
-    }))
-    .unwrap();
+    let mut pod = sleeping_job_pod(
+        name,
+        json!({MANAGED_BY_LABEL: MANAGED_BY, RUNNER_LABEL: "ghost", JOB_ID_LABEL: "4242"}),
+    );
+    pod["spec"]["activeDeadlineSeconds"] = 2.into();
+    pod["spec"]["terminationGracePeriodSeconds"] = 1.into();
+    let pod: Pod = serde_json::from_value(pod).unwrap();
     let created = pods.create(&PostParams::default(), &pod).await.unwrap();
     let secret: Secret = serde_json::from_value(json!({
         "metadata": {"name": name, "ownerReferences": [{"apiVersion": "v1", "kind": "Pod",
@@ -546,8 +475,7 @@ async fn image_entrypoints_follow_gitlab_runners_kubernetes_semantics() {
     let enqueue = |image: serde_json::Value, extra: Option<(&str, &str)>, script: &str| {
         let mut b = s
             .gitlab
-            .job()
-            .variable("GIT_STRATEGY", "none")
+            .job_without_checkout()
             .image_spec(image)
             .script([script]);
         if let Some((k, v)) = extra {
@@ -573,21 +501,15 @@ async fn image_entrypoints_follow_gitlab_runners_kubernetes_semantics() {
     );
     let replaced = enqueue(json!({"name": "keyhole.local/wrapper:1"}), None, wrapped);
     let broken = enqueue(
-        json!({"name": "keyhole.local/busybox:1", "entrypoint": ["/no/such/entrypoint"]}),
+        json!({"name": BUSYBOX, "entrypoint": ["/no/such/entrypoint"]}),
         None,
         "echo never",
     );
-    let (tx, handle) = start_runner(&s);
-    let mut results = Vec::new();
-    for job in [&cleared, &given, &honored, &replaced, &broken] {
-        let done = s
-            .gitlab
-            .wait_for_final(job.id, Duration::from_secs(180))
-            .await
-            .unwrap();
-        results.push((done, trace_text(&s, job.id)));
-    }
-    stop(tx, handle).await;
+    let results = run_jobs(
+        &s,
+        [cleared.id, given.id, honored.id, replaced.id, broken.id],
+    )
+    .await;
     for (i, expected) in [
         "\ngit version",
         "\nwrapped=yes",
@@ -628,9 +550,8 @@ async fn variables_are_expanded_like_gitlab_and_reach_the_job_byte_exact() {
     let var = |key: &str, value: &str, raw: bool| json!({"key": key, "value": value, "public": true, "file": false, "masked": false, "raw": raw});
     let passing = s
         .gitlab
-        .job()
-        .variable("GIT_STRATEGY", "none")
-        .variable("BUSYBOX_IMAGE", "keyhole.local/busybox:1")
+        .job_without_checkout()
+        .variable("BUSYBOX_IMAGE", BUSYBOX)
         .image("$BUSYBOX_IMAGE")
         .variable("BASE", "base-value")
         .variable("EXPANDED", "x-$BASE-${BASE}-$$BASE-$NO_SUCH_VARIABLE-end")
@@ -655,59 +576,48 @@ async fn variables_are_expanded_like_gitlab_and_reach_the_job_byte_exact() {
         .unwrap();
     let failing = s
         .gitlab
-        .job()
-        .variable("GIT_STRATEGY", "none")
+        .job_without_checkout()
         .script(["exit 3"])
         .after_script(["printf '<after_script status=%s>\\n' \"$CI_JOB_STATUS\""])
         .enqueue()
         .unwrap();
     let debug = s
         .gitlab
-        .job()
-        .variable("GIT_STRATEGY", "none")
+        .job_without_checkout()
         .variable("CI_DEBUG_TRACE", "true")
         .secret_variable("DEBUG_SECRET", "debug-secret-value-8472")
         .script(["echo \"$DEBUG_SECRET\" >/dev/null", "echo traced"])
         .enqueue()
         .unwrap();
-    let (tx, handle) = start_runner(&s);
-    let mut finals = Vec::new();
-    for id in [passing.id, failing.id, debug.id] {
-        finals.push(
-            s.gitlab
-                .wait_for_final(id, Duration::from_secs(180))
-                .await
-                .unwrap(),
-        );
-    }
-    stop(tx, handle).await;
+    let [passed, failed, debugged] = run_jobs(&s, [passing.id, failing.id, debug.id]).await;
 
-    let trace = trace_text(&s, passing.id);
-    assert_eq!(finals[0].status, FinalStatus::Success, "{trace}");
-    for line in [
-        "<EXPANDED=x-base-value-base-value-$BASE--end>",
-        "<RAW_VALUE=raw-$BASE-${BASE}-$$-$(BASE)-end>",
-        "<SUBSTITUTION=now $(date) and $(BASE) and $(NOT_SET)>",
-        "<lower_Case_name=keeps-its-case>",
-        "<CI_SERVER=yes>",
-        "<file content as expected>",
-        "<status while running=running>",
-        "<script keeps $(BASE) and $$>",
-        "<after_script status=success>",
-    ] {
-        assert!(trace.contains(line), "missing {line:?}:\n{trace}");
-    }
+    let (done, trace) = passed;
+    assert_eq!(done.status, FinalStatus::Success, "{trace}");
+    assert_trace_has(
+        &trace,
+        [
+            "<EXPANDED=x-base-value-base-value-$BASE--end>",
+            "<RAW_VALUE=raw-$BASE-${BASE}-$$-$(BASE)-end>",
+            "<SUBSTITUTION=now $(date) and $(BASE) and $(NOT_SET)>",
+            "<lower_Case_name=keeps-its-case>",
+            "<CI_SERVER=yes>",
+            "<file content as expected>",
+            "<status while running=running>",
+            "<script keeps $(BASE) and $$>",
+            "<after_script status=success>",
+        ],
+    );
 
-    let trace = trace_text(&s, failing.id);
-    assert_eq!(finals[1].status, FinalStatus::Failed, "{trace}");
-    assert_eq!(finals[1].exit_code, Some(3), "{trace}");
+    let (done, trace) = failed;
+    assert_eq!(done.status, FinalStatus::Failed, "{trace}");
+    assert_eq!(done.exit_code, Some(3), "{trace}");
     assert!(
         trace.contains("<after_script status=failed>"),
         "missing the failed status:\n{trace}"
     );
 
-    let trace = trace_text(&s, debug.id);
-    assert_eq!(finals[2].status, FinalStatus::Success, "{trace}");
+    let (done, trace) = debugged;
+    assert_eq!(done.status, FinalStatus::Success, "{trace}");
     assert!(
         trace.contains("CI_DEBUG_TRACE") && trace.contains("may print secret"),
         "no debug-trace warning:\n{trace}"
@@ -729,40 +639,27 @@ async fn variables_are_expanded_like_gitlab_and_reach_the_job_byte_exact() {
 #[tokio::test]
 async fn the_script_waits_for_its_services_and_warns_about_a_silent_one() {
     let s = setup("glsvc").await;
-    let busybox = "keyhole.local/busybox:1";
-    let job = s
-        .gitlab
-        .job()
-        .variable("GIT_STRATEGY", "none")
-        .image(busybox)
-        .service(json!({
-            "name": busybox, "alias": "web,www",
+    let job = job_with_services(&s, [
+        json!({
+            "name": BUSYBOX, "alias": "web,www",
             "entrypoint": ["sh", "-c"],
             "command": ["sleep 3; mkdir -p /tmp/www; echo served-by-web > /tmp/www/index.html; exec httpd -f -p 8080 -h /tmp/www"],
             "ports": [{"number": 8080, "protocol": "http"}]
-        }))
-        .service(json!({
-            "name": busybox, "alias": "silent",
+        }),
+        json!({
+            "name": BUSYBOX, "alias": "silent",
             "entrypoint": ["sleep"],
             "command": ["600"],
             "variables": [{"key": "HEALTHCHECK_TCP_PORT", "value": "9999", "public": true, "file": false, "masked": false, "raw": false}]
-        }))
+        }),
+    ])
         .script([
             "wget -q -O- http://web:8080/index.html",
             "wget -q -O- http://www:8080/index.html | sed 's/web/www alias/'",
         ])
         .enqueue()
         .unwrap();
-    let mut config = config(&s);
-    config.runners[0].kubernetes.wait_for_services_timeout = 6;
-    let (tx, handle) = start_runner_with(&s, config);
-    let done = s
-        .gitlab
-        .wait_for_final(job.id, Duration::from_secs(180))
-        .await
-        .unwrap();
-    stop(tx, handle).await;
-    let trace = trace_text(&s, job.id);
+    let [(done, trace)] = run_jobs_with(&s, waiting_for_services(&s, 6), [job.id]).await;
     assert_eq!(done.status, FinalStatus::Success, "{trace}");
     assert!(
         trace.contains("waiting for services to be up and running (timeout 6 s)"),
@@ -791,31 +688,19 @@ async fn the_script_waits_for_its_services_and_warns_about_a_silent_one() {
 #[tokio::test]
 async fn a_service_that_needs_root_is_named_in_the_trace_with_what_to_do() {
     let s = setup("glsvcroot").await;
-    let busybox = "keyhole.local/busybox:1";
-    let job = s
-        .gitlab
-        .job()
-        .variable("GIT_STRATEGY", "none")
-        .image(busybox)
-        .service(json!({
-            "name": busybox, "alias": "db",
+    let job = job_with_services(
+        &s,
+        [json!({
+            "name": BUSYBOX, "alias": "db",
             "entrypoint": ["sh", "-c"],
             "command": ["mkdir /var/lib/db && exec httpd -f -p 5432 -h /var/lib/db"],
             "ports": [{"number": 5432, "protocol": "tcp"}]
-        }))
-        .script(["echo the script ran"])
-        .enqueue()
-        .unwrap();
-    let mut config = config(&s);
-    config.runners[0].kubernetes.wait_for_services_timeout = 5;
-    let (tx, handle) = start_runner_with(&s, config);
-    let done = s
-        .gitlab
-        .wait_for_final(job.id, Duration::from_secs(180))
-        .await
-        .unwrap();
-    stop(tx, handle).await;
-    let trace = trace_text(&s, job.id);
+        })],
+    )
+    .script(["echo the script ran"])
+    .enqueue()
+    .unwrap();
+    let [(done, trace)] = run_jobs_with(&s, waiting_for_services(&s, 5), [job.id]).await;
     assert_eq!(done.status, FinalStatus::Success, "{trace}");
     assert!(
         trace.contains("*** WARNING: service db exited with code 1 (Error) while the job ran")
@@ -835,10 +720,9 @@ async fn the_jobs_kubernetes_user_runs_the_script_and_root_is_refused() {
     let s = setup("gluser").await;
     let enqueue = |user: &str| {
         s.gitlab
-            .job()
-            .variable("GIT_STRATEGY", "none")
+            .job_without_checkout()
             .secret_variable("PROJECT_SECRET", "s3cr3t-value-for-user-test")
-            .image_spec(json!({"name": "keyhole.local/busybox:1",
+            .image_spec(json!({"name": BUSYBOX,
                 "executor_opts": {"kubernetes": {"user": user}}}))
             .script([
                 "echo \"uid=$(id -u) gid=$(id -g)\"",
@@ -849,25 +733,13 @@ async fn the_jobs_kubernetes_user_runs_the_script_and_root_is_refused() {
     };
     let other = enqueue("1234:2345");
     let root = enqueue("0");
-    let (tx, handle) = start_runner(&s);
-    let done = s
-        .gitlab
-        .wait_for_final(other.id, Duration::from_secs(180))
-        .await
-        .unwrap();
-    let refused = s
-        .gitlab
-        .wait_for_final(root.id, Duration::from_secs(180))
-        .await
-        .unwrap();
-    stop(tx, handle).await;
-    let trace = trace_text(&s, other.id);
+    let [(done, trace), (refused, root_trace)] = run_jobs(&s, [other.id, root.id]).await;
     assert_eq!(done.status, FinalStatus::Success, "{trace}");
     assert!(
         trace.contains("\nuid=1234 gid=2345") && trace.contains("\nsecret-readable"),
         "{trace}"
     );
-    let trace = trace_text(&s, root.id);
+    let trace = root_trace;
     assert_eq!(refused.status, FinalStatus::Failed, "{trace}");
     assert!(trace.contains("uid 0 (root)"), "{trace}");
     no_job_pods_left(&s).await;
@@ -948,35 +820,15 @@ async fn two_runners_entries_with_one_name_are_refused() {
 async fn a_job_whose_pod_meets_an_apiserver_outage_runs_once_it_is_back() {
     let s = setup("gloutage").await;
     let proxy = OutageProxy::start(&s.bed.env.apiserver_url).await.unwrap();
-    let sha = s
-        .gitlab
-        .create_repo("acme/app", &[("hello.txt", "hello\n")])
-        .unwrap();
-    let (tx, rx) = watch::channel(false);
-    let handle = tokio::spawn(keyhole_runner::service::run_until(
-        config(&s),
-        rx,
-        Some(s.bed.client_at(&proxy.url()).unwrap()),
-    ));
+    let job = job_with_repo(&s, &[("hello.txt", "hello\n")]).script(["cat hello.txt"]);
+    let (tx, handle) = start_runner_via(&s, &proxy);
     // Let the service connect through the relay before the outage starts.
     tokio::time::sleep(Duration::from_secs(1)).await;
     proxy.set_down(true);
-    let job = s
-        .gitlab
-        .job()
-        .project(7, "acme/app")
-        .sha(&sha)
-        .script(["cat hello.txt"])
-        .enqueue()
-        .unwrap();
+    let job = job.enqueue().unwrap();
     wait_for_trace(&s, job.id, "retrying in").await;
     proxy.set_down(false);
-    let done = s
-        .gitlab
-        .wait_for_final(job.id, Duration::from_secs(180))
-        .await
-        .unwrap();
-    let trace = trace_text(&s, job.id);
+    let (done, trace) = job_end(&s, job.id).await;
     stop(tx, handle).await;
     assert_eq!(done.status, FinalStatus::Success, "{trace}");
     assert!(
@@ -1003,8 +855,7 @@ async fn private_images_are_pulled_with_the_jobs_registry_login() {
     };
     let pulled = || {
         s.gitlab
-            .job()
-            .variable("GIT_STRATEGY", "none")
+            .job_without_checkout()
             .image_spec(json!({"name": reg.image, "pull_policy": ["always"]}))
             .script(["echo pulled-and-ran"])
     };
@@ -1021,17 +872,7 @@ async fn private_images_are_pulled_with_the_jobs_registry_login() {
         .enqueue()
         .unwrap();
     let without = pulled().enqueue().unwrap();
-    let (tx, handle) = start_runner(&s);
-    let mut finals = Vec::new();
-    for job in [&with_credentials, &with_variable, &without] {
-        let done = s
-            .gitlab
-            .wait_for_final(job.id, Duration::from_secs(180))
-            .await
-            .unwrap();
-        finals.push((done, trace_text(&s, job.id)));
-    }
-    stop(tx, handle).await;
+    let finals = run_jobs(&s, [with_credentials.id, with_variable.id, without.id]).await;
     let (done, trace) = &finals[0];
     assert_eq!(done.status, FinalStatus::Success, "{trace}");
     assert!(
@@ -1132,8 +973,7 @@ async fn pull_policies_decide_when_the_registry_is_asked() {
     let job = |policy: &str, with_login: bool| {
         let mut job = s
             .gitlab
-            .job()
-            .variable("GIT_STRATEGY", "none")
+            .job_without_checkout()
             .image_spec(json!({"name": image, "pull_policy": [policy]}))
             .script([format!("echo ran-with-{policy}")]);
         if with_login {
@@ -1150,13 +990,8 @@ async fn pull_policies_decide_when_the_registry_is_asked() {
         ("if-not-present", false),
         ("always", false),
     ] {
-        let enqueued = job(policy, with_login);
-        let done = s
-            .gitlab
-            .wait_for_final(enqueued.id, Duration::from_secs(180))
-            .await
-            .unwrap();
-        outcomes.push((policy, done, trace_text(&s, enqueued.id)));
+        let (done, trace) = job_end(&s, job(policy, with_login).id).await;
+        outcomes.push((policy, done, trace));
     }
     stop(tx, handle).await;
     assert_failed_to_pull(&outcomes[0]);
@@ -1194,17 +1029,9 @@ fn base64_of(text: &str) -> String {
 #[tokio::test]
 async fn a_root_job_runs_in_a_user_namespace_with_an_unprivileged_uid_on_the_node() {
     let s = setup("gluserns").await;
-    let sha = s
-        .gitlab
-        .create_repo("acme/app", &[("hello.txt", "hello\n")])
-        .unwrap();
-    let job = s
-        .gitlab
-        .job()
-        .project(7, "acme/app")
-        .sha(&sha)
+    let job = job_with_repo(&s, &[("hello.txt", "hello\n")])
         .secret_variable("ROOT_JOB_SECRET", "r00t-job-secret-value")
-        .image_spec(json!({"name": "keyhole.local/busybox:1",
+        .image_spec(json!({"name": BUSYBOX,
             "executor_opts": {"kubernetes": {"user": "0"}}}))
         .script([
             "echo \"uid=$(id -u)\"",
@@ -1220,44 +1047,46 @@ async fn a_root_job_runs_in_a_user_namespace_with_an_unprivileged_uid_on_the_nod
     keyhole_runner::verify::user_namespace_probe(&s.bed.client, &config.runners[0])
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    let (tx, handle) = start_runner_with(&s, config);
-    let done = s
-        .gitlab
-        .wait_for_final(job.id, Duration::from_secs(180))
-        .await
-        .unwrap();
-    stop(tx, handle).await;
-    let trace = trace_text(&s, job.id);
+    let [(done, trace)] = run_jobs_with(&s, config, [job.id]).await;
     assert_eq!(done.status, FinalStatus::Success, "{trace}");
-    for line in [
-        "\nuid=0",
-        "\nmap 0 shifted 65536",
-        "\nwrote-etc",
-        "\nchanged-checkout",
-        "\nread-secret",
-    ] {
-        assert!(trace.contains(line), "missing {line:?}:\n{trace}");
-    }
+    assert_trace_has(
+        &trace,
+        [
+            "\nuid=0",
+            "\nmap 0 shifted 65536",
+            "\nwrote-etc",
+            "\nchanged-checkout",
+            "\nread-secret",
+        ],
+    );
     no_job_pods_left(&s).await;
 }
 
-/// A job pod made by hand as runner instance `instance` of the test's runner would make it.
-fn instance_pod(s: &Setup, name: &str, job_id: u64, instance: &str) -> Pod {
-    serde_json::from_value(json!({
-        "metadata": {"name": name, "labels": {
-            "app.kubernetes.io/managed-by": "keyhole-runner",
-            "keyhole.dev/runner": format!("test-{}", s.ns.name),
-            "keyhole.dev/job-id": job_id.to_string(),
-            "keyhole.dev/instance": instance}},
+/// A job pod made by hand (it sleeps ten minutes, PodSecurity restricted) with `labels`.
+fn sleeping_job_pod(name: &str, labels: Value) -> Value {
+    json!({
+        "metadata": {"name": name, "labels": labels},
         "spec": {
             "restartPolicy": "Never",
             "automountServiceAccountToken": false,
             "securityContext": {"runAsNonRoot": true, "runAsUser": 1000, "seccompProfile": {"type": "RuntimeDefault"}},
-            "containers": [{"name": "c", "image": "keyhole.local/busybox:1", "imagePullPolicy": "Never",
+            "containers": [{"name": "build", "image": BUSYBOX, "imagePullPolicy": "Never",
                 "command": ["sleep", "600"],
                 "securityContext": {"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}}}]
         }
-    }))
+    })
+}
+
+/// A job pod made by hand as runner instance `instance` of the test's runner would make it.
+fn instance_pod(s: &Setup, name: &str, job_id: u64, instance: &str) -> Pod {
+    serde_json::from_value(sleeping_job_pod(
+        name,
+        json!({
+            "app.kubernetes.io/managed-by": "keyhole-runner",
+            "keyhole.dev/runner": format!("test-{}", s.ns.name),
+            "keyhole.dev/job-id": job_id.to_string(),
+            "keyhole.dev/instance": instance}),
+    ))
     .unwrap()
 }
 
@@ -1311,8 +1140,7 @@ async fn another_instance_reaps_only_the_pods_of_dead_instances() {
     }
     let job = s
         .gitlab
-        .job()
-        .variable("GIT_STRATEGY", "none")
+        .job_without_checkout()
         .script(["echo started", "sleep 10", "echo finished"])
         .enqueue()
         .unwrap();
@@ -1332,15 +1160,10 @@ async fn another_instance_reaps_only_the_pods_of_dead_instances() {
     )
     .await
     .is_some();
-    let done = s
-        .gitlab
-        .wait_for_final(job.id, Duration::from_secs(120))
-        .await
-        .unwrap();
+    let (done, trace) = job_end_within(&s, job.id, Duration::from_secs(120)).await;
     let live = pods.get_opt("kh-9002-live00").await.unwrap();
     stop(tx_b, handle_b).await;
     stop(tx_a, handle_a).await;
-    let trace = trace_text(&s, job.id);
     assert_eq!(done.status, FinalStatus::Success, "{trace}");
     assert!(trace.contains("\nfinished"), "{trace}");
     assert!(
@@ -1372,30 +1195,23 @@ async fn another_instance_reaps_only_the_pods_of_dead_instances() {
 #[tokio::test]
 async fn a_finished_jobs_pod_goes_promptly_even_with_a_service_that_ignores_sigterm() {
     let s = setup("glgrace").await;
-    let busybox = "keyhole.local/busybox:1";
-    let job = s
-        .gitlab
-        .job()
-        .variable("GIT_STRATEGY", "none")
-        .image(busybox)
-        .service(json!({
-            "name": busybox, "alias": "stubborn",
+    let job = job_with_services(
+        &s,
+        [json!({
+            "name": BUSYBOX, "alias": "stubborn",
             "entrypoint": ["sh", "-c"],
             "command": ["trap '' TERM; while :; do sleep 1; done"]
-        }))
-        .script(["echo done"])
-        .enqueue()
-        .unwrap();
+        })],
+    )
+    .script(["echo done"])
+    .enqueue()
+    .unwrap();
     let mut config = config(&s);
     config.runners[0]
         .kubernetes
         .pod_termination_grace_period_seconds = None;
     let (tx, handle) = start_runner_with(&s, config);
-    let done = s
-        .gitlab
-        .wait_for_final(job.id, Duration::from_secs(180))
-        .await
-        .unwrap();
+    let (done, trace) = job_end(&s, job.id).await;
     let reported = std::time::Instant::now();
     let pods: Api<Pod> = s.ns.api();
     let selector = ListParams::default().labels("app.kubernetes.io/managed-by=keyhole-runner");
@@ -1409,12 +1225,7 @@ async fn a_finished_jobs_pod_goes_promptly_even_with_a_service_that_ignores_sigt
     )
     .await;
     stop(tx, handle).await;
-    assert_eq!(
-        done.status,
-        FinalStatus::Success,
-        "{}",
-        trace_text(&s, job.id)
-    );
+    assert_eq!(done.status, FinalStatus::Success, "{trace}");
     let gone_after = gone_after.expect("the pod was still there 120 s after the job was reported");
     println!(
         "figure: finished job's pod gone {:.1} s after the final state",
@@ -1463,23 +1274,19 @@ async fn a_two_stage_pipeline_passes_artifacts_and_a_junit_report_through_gitlab
         ]))
         .enqueue()
         .unwrap();
-    let done = s
-        .gitlab
-        .wait_for_final(build.id, Duration::from_secs(180))
-        .await
-        .unwrap();
-    let trace = trace_text(&s, build.id);
+    let (done, trace) = job_end(&s, build.id).await;
     assert_eq!(done.status, FinalStatus::Success, "{trace}");
-    for line in [
-        "Uploading artifacts for successful job",
-        "Uploading artifacts as \"archive\" to coordinator... 201 Created",
-        "Uploading artifacts as \"junit\" to coordinator... 201 Created",
-        // dist/build.log, reached by `paths` and by `untracked`: counted per way, as
-        // gitlab-runner counts.
-        "excluded 2 files",
-    ] {
-        assert!(trace.contains(line), "missing {line:?}:\n{trace}");
-    }
+    assert_trace_has(
+        &trace,
+        [
+            "Uploading artifacts for successful job",
+            "Uploading artifacts as \"archive\" to coordinator... 201 Created",
+            "Uploading artifacts as \"junit\" to coordinator... 201 Created",
+            // dist/build.log, reached by `paths` and by `untracked`: counted per way, as
+            // gitlab-runner counts.
+            "excluded 2 files",
+        ],
+    );
     // dist/app, dist/sub/blob.bin, and the untracked notes/untracked.txt and report.xml.
     let archived = format!("201 Created  id={} files=4 ", build.id);
     assert!(trace.contains(&archived), "missing {archived:?}:\n{trace}");
@@ -1546,32 +1353,21 @@ async fn a_two_stage_pipeline_passes_artifacts_and_a_junit_report_through_gitlab
         ])
         .enqueue()
         .unwrap();
-    let done = s
-        .gitlab
-        .wait_for_final(test.id, Duration::from_secs(180))
-        .await
-        .unwrap();
-    let trace = trace_text(&s, test.id);
+    let (done, trace) = job_end(&s, test.id).await;
     assert_eq!(done.status, FinalStatus::Success, "{trace}");
 
     // Artifacts that expire between GitLab's payload and the download: the job fails before
     // its script, saying so (gitlab-runner's downloader fails on 404 too).
     let late = s
         .gitlab
-        .job()
+        .job_without_checkout()
         .name("late")
-        .variable("GIT_STRATEGY", "none")
         .dependency(build.id, "build")
         .script(["echo 'the script ran'"])
         .enqueue()
         .unwrap();
     s.gitlab.expire_artifacts(build.id);
-    let late_done = s
-        .gitlab
-        .wait_for_final(late.id, Duration::from_secs(180))
-        .await
-        .unwrap();
-    let late_trace = trace_text(&s, late.id);
+    let (late_done, late_trace) = job_end(&s, late.id).await;
     stop(tx, handle).await;
     assert_eq!(late_done.status, FinalStatus::Failed, "{late_trace}");
     assert!(late_trace.contains("not found"), "{late_trace}");
@@ -1580,16 +1376,17 @@ async fn a_two_stage_pipeline_passes_artifacts_and_a_junit_report_through_gitlab
         "{late_trace}"
     );
     assert!(!late_trace.contains("the script ran"), "{late_trace}");
-    for line in [
-        format!("Downloading artifacts for build ({})", build.id),
-        "Downloading artifacts from coordinator... ok".to_owned(),
-        "the binary".to_owned(),
-        format!("{blob_sum}  dist/sub/blob.bin"),
-        "modes and links kept".to_owned(),
-        "source".to_owned(),
-    ] {
-        assert!(trace.contains(&line), "missing {line:?}:\n{trace}");
-    }
+    assert_trace_has(
+        &trace,
+        [
+            format!("Downloading artifacts for build ({})", build.id),
+            "Downloading artifacts from coordinator... ok".to_owned(),
+            "the binary".to_owned(),
+            format!("{blob_sum}  dist/sub/blob.bin"),
+            "modes and links kept".to_owned(),
+            "source".to_owned(),
+        ],
+    );
     no_job_pods_left(&s).await;
 }
 
@@ -1608,8 +1405,7 @@ async fn artifacts_follow_when_refuse_hostile_links_and_fail_the_job_when_too_la
     // links to the transfer container's plan (which holds the job token) and to the root.
     let failing = s
         .gitlab
-        .job()
-        .variable("GIT_STRATEGY", "none")
+        .job_without_checkout()
         .script([
             "mkdir -p out",
             "echo partial > out/log.txt",
@@ -1628,8 +1424,7 @@ async fn artifacts_follow_when_refuse_hostile_links_and_fail_the_job_when_too_la
     // A job whose archive is over the limit: GitLab answers 413 and the job fails.
     let too_large = s
         .gitlab
-        .job()
-        .variable("GIT_STRATEGY", "none")
+        .job_without_checkout()
         .script(["head -c 3000000 /dev/urandom > big.bin"])
         .artifacts(json!([
             {"name": "big", "paths": ["big.bin"], "when": "on_success",
@@ -1637,19 +1432,10 @@ async fn artifacts_follow_when_refuse_hostile_links_and_fail_the_job_when_too_la
         ]))
         .enqueue()
         .unwrap();
-    let failed = s
-        .gitlab
-        .wait_for_final(failing.id, Duration::from_secs(180))
-        .await
-        .unwrap();
-    let large = s
-        .gitlab
-        .wait_for_final(too_large.id, Duration::from_secs(180))
-        .await
-        .unwrap();
+    let (failed, trace) = job_end(&s, failing.id).await;
+    let (large, large_trace) = job_end(&s, too_large.id).await;
     stop(tx, handle).await;
 
-    let trace = trace_text(&s, failing.id);
     assert_eq!(failed.status, FinalStatus::Failed, "{trace}");
     assert_eq!(failed.exit_code, Some(3), "{trace}");
     assert!(
@@ -1687,7 +1473,7 @@ async fn artifacts_follow_when_refuse_hostile_links_and_fail_the_job_when_too_la
             .is_symlink()
     );
 
-    let trace = trace_text(&s, too_large.id);
+    let trace = large_trace;
     assert_eq!(large.status, FinalStatus::Failed, "{trace}");
     assert!(trace.contains("too large archive"), "{trace}");
     assert!(
@@ -1718,18 +1504,15 @@ async fn a_cache_saved_by_one_job_is_restored_by_the_next_and_through_a_fallback
     };
     let run = |job: keyhole_tests::coordinator::JobBuilder<'_>| {
         let job = job.variable("GIT_STRATEGY", "none").enqueue().unwrap();
-        let gitlab = &s.gitlab;
+        let s = &s;
         async move {
-            let done = gitlab
-                .wait_for_final(job.id, Duration::from_secs(180))
-                .await
-                .unwrap();
-            (job, done)
+            let (done, trace) = job_end(s, job.id).await;
+            (job, done, trace)
         }
     };
 
     // The first job finds no cache (a warning, not a failure) and saves one.
-    let (first, done) = run(s
+    let (first, done, trace) = run(s
         .gitlab
         .job()
         .cache(cache("deps", "pull-push", &[]))
@@ -1738,17 +1521,17 @@ async fn a_cache_saved_by_one_job_is_restored_by_the_next_and_through_a_fallback
             "mkdir -p vendor/sub && echo 'cached library' > vendor/sub/lib.txt",
         ]))
     .await;
-    let trace = trace_text(&s, first.id);
     assert_eq!(done.status, FinalStatus::Success, "{trace}");
-    for line in [
-        "Checking cache for deps...",
-        "Failed to extract cache",
-        "nothing restored",
-        "Creating cache deps...",
-        "Created cache",
-    ] {
-        assert!(trace.contains(line), "missing {line:?}:\n{trace}");
-    }
+    assert_trace_has(
+        &trace,
+        [
+            "Checking cache for deps...",
+            "Failed to extract cache",
+            "nothing restored",
+            "Creating cache deps...",
+            "Created cache",
+        ],
+    );
     // The object sits where gitlab-runner puts it: <Path>/runner/<short token>/project/<id>/<key>.
     let object = format!(
         "{}/runner/{}/project/123/deps",
@@ -1768,37 +1551,36 @@ async fn a_cache_saved_by_one_job_is_restored_by_the_next_and_through_a_fallback
     );
 
     // The next job with the same key gets the files back; `pull` does not save.
-    let (second, done) = run(s
+    let (second, done, trace) = run(s
         .gitlab
         .job()
         .cache(cache("deps", "pull", &[]))
         .script(["cat vendor/sub/lib.txt"]))
     .await;
-    let trace = trace_text(&s, second.id);
     assert_eq!(done.status, FinalStatus::Success, "{trace}");
     assert!(trace.contains("Successfully extracted cache"), "{trace}");
     assert!(trace.contains("cached library"), "{trace}");
     assert!(!trace.contains("Creating cache"), "{trace}");
 
     // A new key falls back to the old one.
-    let (third, done) = run(s
+    let (third, done, trace) = run(s
         .gitlab
         .job()
         .cache(cache("feature-deps", "pull", &["deps"]))
         .script(["cat vendor/sub/lib.txt"]))
     .await;
-    let trace = trace_text(&s, third.id);
     stop(tx, handle).await;
     assert_eq!(done.status, FinalStatus::Success, "{trace}");
-    for line in [
-        "Checking cache for feature-deps...",
-        "feature-deps: cache not found",
-        "Checking cache for deps...",
-        "Successfully extracted cache",
-        "cached library",
-    ] {
-        assert!(trace.contains(line), "missing {line:?}:\n{trace}");
-    }
+    assert_trace_has(
+        &trace,
+        [
+            "Checking cache for feature-deps...",
+            "feature-deps: cache not found",
+            "Checking cache for deps...",
+            "Successfully extracted cache",
+            "cached library",
+        ],
+    );
     // The store's secret key never reaches a job: not its trace, not its pod's Secret.
     for id in [first.id, second.id, third.id] {
         assert!(!trace_text(&s, id).contains(&secret_key));
@@ -1815,8 +1597,7 @@ async fn gitlab_down_for_a_minute_mid_job_loses_no_trace_and_gets_the_final_stat
     let s = setup("gldown").await;
     let job = s
         .gitlab
-        .job()
-        .variable("GIT_STRATEGY", "none")
+        .job_without_checkout()
         .script([numbered_lines_script(80, "1")])
         .enqueue()
         .unwrap();
@@ -1829,12 +1610,7 @@ async fn gitlab_down_for_a_minute_mid_job_loses_no_trace_and_gets_the_final_stat
     tokio::time::sleep_until(outage_end.into()).await;
     wait_for_trace(&s, job.id, "line 60 of 80").await;
     let caught_up = outage_end.elapsed();
-    let done = s
-        .gitlab
-        .wait_for_final(job.id, Duration::from_secs(300))
-        .await
-        .unwrap();
-    let trace = trace_text(&s, job.id);
+    let (done, trace) = job_end_within(&s, job.id, Duration::from_secs(300)).await;
     stop(tx, handle).await;
     assert_eq!(done.status, FinalStatus::Success, "{trace}");
     assert_numbered_lines_once(&trace, 80);
@@ -1860,17 +1636,11 @@ async fn an_apiserver_restart_mid_job_loses_no_trace_and_doubles_none() {
     let proxy = OutageProxy::start(&s.bed.env.apiserver_url).await.unwrap();
     let job = s
         .gitlab
-        .job()
-        .variable("GIT_STRATEGY", "none")
+        .job_without_checkout()
         .script([numbered_lines_script(60, "0.5")])
         .enqueue()
         .unwrap();
-    let (tx, rx) = watch::channel(false);
-    let handle = tokio::spawn(keyhole_runner::service::run_until(
-        config(&s),
-        rx,
-        Some(s.bed.client_at(&proxy.url()).unwrap()),
-    ));
+    let (tx, handle) = start_runner_via(&s, &proxy);
     wait_for_trace(&s, job.id, "line 10 of 60").await;
     proxy.set_down(true);
     tokio::time::sleep(Duration::from_secs(10)).await;
@@ -1879,12 +1649,7 @@ async fn an_apiserver_restart_mid_job_loses_no_trace_and_doubles_none() {
     // Line 30 came out during the outage (one line each half second from line 10 on).
     wait_for_trace(&s, job.id, "line 30 of 60").await;
     let caught_up = back.elapsed();
-    let done = s
-        .gitlab
-        .wait_for_final(job.id, Duration::from_secs(180))
-        .await
-        .unwrap();
-    let trace = trace_text(&s, job.id);
+    let (done, trace) = job_end(&s, job.id).await;
     stop(tx, handle).await;
     assert_eq!(done.status, FinalStatus::Success, "{trace}");
     assert_numbered_lines_once(&trace, 60);
