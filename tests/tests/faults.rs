@@ -12,10 +12,12 @@ use serde_json::json;
 
 use keyhole_tests::coordinator::FinalStatus;
 use keyhole_tests::gitlab_mode::{
-    assert_numbered_lines_once, config, numbered_lines_script, setup, start_runner_with, stop,
-    trace_text, wait_for_trace,
+    RunningService, Setup, assert_numbered_lines_once, config, numbered_lines_script, setup,
+    start_runner_with, stop, trace_text, wait_for_trace,
 };
-use keyhole_tests::{eventually, repo_dir, run_ok};
+use keyhole_tests::{
+    eventually, repo_dir, restricted_container_security, restricted_pod_security, run_ok,
+};
 
 /// The kubelet stops for 5 s while a job prints (its containers keep running under
 /// containerd) and starts again: the job completes and its trace has every line once, in
@@ -23,20 +25,32 @@ use keyhole_tests::{eventually, repo_dir, run_ok};
 /// One fault at a time: each would disturb the other's job.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// Waits (up to `within`) for the job's final state, stops the runner and removes its journal;
+/// the job must have succeeded. Returns its trace.
+async fn succeeded(s: &Setup, job_id: u64, runner: RunningService, within: Duration) -> String {
+    let done = s.gitlab.wait_for_final(job_id, within).await.unwrap();
+    let text = trace_text(s, job_id);
+    let (tx, service) = runner;
+    stop(tx, service).await;
+    let _ = std::fs::remove_dir_all(&s.journal);
+    assert_eq!(done.status, FinalStatus::Success, "{text}");
+    text
+}
+
 #[tokio::test]
 async fn a_kubelet_restart_mid_job_loses_no_line_and_the_job_completes() {
     let _turn = SERIAL.lock().await;
     let s = setup("kubeletrs").await;
-    let (gitlab, journal) = (&s.gitlab, &s.journal);
     let mut config = config(&s);
     config.concurrent = 2;
-    let job = gitlab
+    let job = s
+        .gitlab
         .job()
         .variable("GIT_STRATEGY", "none")
         .script([numbered_lines_script(50, "0.5")])
         .enqueue()
         .unwrap();
-    let (tx, service) = start_runner_with(&s, config);
+    let runner = start_runner_with(&s, config);
     let trace = || trace_text(&s, job.id);
     wait_for_trace(&s, job.id, "line 5 of 50").await;
     let line_5_seen = Instant::now();
@@ -62,14 +76,7 @@ async fn a_kubelet_restart_mid_job_loses_no_line_and_the_job_completes() {
     .await;
     assert!(came.is_some(), "{marker:?} never came:\n{}", trace());
     let caught_up = back.elapsed();
-    let done = gitlab
-        .wait_for_final(job.id, Duration::from_secs(180))
-        .await
-        .unwrap();
-    let text = trace();
-    stop(tx, service).await;
-    let _ = std::fs::remove_dir_all(journal);
-    assert_eq!(done.status, FinalStatus::Success, "{text}");
+    let text = succeeded(&s, job.id, runner, Duration::from_secs(180)).await;
     assert_numbered_lines_once(&text, 50);
     println!(
         "FIGURE kubelet-restart-5s: the trace caught up {:.1} s after the kubelet was back; no line lost or doubled",
@@ -122,12 +129,10 @@ fn filler(name: &str) -> Pod {
         "spec": {
             "terminationGracePeriodSeconds": 0,
             "automountServiceAccountToken": false,
-            "securityContext": {"runAsNonRoot": true, "runAsUser": 1000,
-                "seccompProfile": {"type": "RuntimeDefault"}},
+            "securityContext": restricted_pod_security(),
             "containers": [{"name": "sleep", "image": "keyhole.local/busybox:1",
                 "imagePullPolicy": "Never", "command": ["sleep", "3600"],
-                "securityContext": {"allowPrivilegeEscalation": false,
-                    "capabilities": {"drop": ["ALL"]}}}]
+                "securityContext": restricted_container_security()}]
         }
     }))
     .unwrap()
@@ -182,7 +187,7 @@ async fn a_full_node_makes_the_job_wait_with_the_reason_and_run_when_room_frees(
         .script(["echo running on a node with room"])
         .enqueue()
         .unwrap();
-    let (tx, service) = start_runner_with(&s, config);
+    let runner = start_runner_with(&s, config);
     let trace = || trace_text(&s, job.id);
     wait_for_trace(&s, job.id, "Too many pods").await;
     // Still waiting a few seconds later, not failed.
@@ -224,15 +229,8 @@ async fn a_full_node_makes_the_job_wait_with_the_reason_and_run_when_room_frees(
         trace()
     );
     let ran_after = freed.elapsed();
-    let done = gitlab
-        .wait_for_final(job.id, Duration::from_secs(120))
-        .await
-        .unwrap();
-    let text = trace();
-    stop(tx, service).await;
+    let text = succeeded(&s, job.id, runner, Duration::from_secs(120)).await;
     pods.delete_collection(&now, &fillers).await.unwrap();
-    let _ = std::fs::remove_dir_all(&s.journal);
-    assert_eq!(done.status, FinalStatus::Success, "{text}");
     assert!(text.contains("Too many pods"), "{text}");
     println!(
         "FIGURE node-out-of-pods: the job waited Pending with the scheduler's reason; it ran {:.1} s after a pod of the node was deleted",
