@@ -99,6 +99,13 @@ impl Values {
             marker: Needle::new("MARKER", format!("marker-{id}")),
         }
     }
+
+    /// The planted secrets with `others` (values known only once the job runs).
+    fn secrets_and<'a>(&'a self, others: &[&'a Needle]) -> Vec<&'a Needle> {
+        let mut all = vec![&self.pem, &self.shell, &self.unicode, &self.masked];
+        all.extend(others);
+        all
+    }
 }
 
 struct Setup {
@@ -223,6 +230,19 @@ struct Design {
 }
 
 impl Design {
+    /// The design around the namespace's running job pod; `journal` is the runner's job
+    /// journal, if it keeps one.
+    async fn of_running_job(s: &Setup, journal: Option<PathBuf>) -> Self {
+        let pod = job_pod(s).await;
+        Self {
+            namespace: s.ns.name.clone(),
+            pod: pod.metadata.name.clone().unwrap(),
+            uid: pod.metadata.uid.clone().unwrap(),
+            testbed_dir: s.bed.env.testbed_dir.clone(),
+            journal,
+        }
+    }
+
     fn allows(&self, f: &Finding) -> bool {
         let job_secret = JOB_SECRET_VALUES.contains(&f.needle.as_str());
         let source = f.needle == UNICODE_VALUE;
@@ -345,6 +365,25 @@ async fn wait_for_line(read: impl Fn() -> String, line: &str) -> String {
     })
     .await;
     waited.unwrap_or_else(|| panic!("the job never printed {line:?}:\n{}", read()))
+}
+
+/// Controls while the job runs: the broker's Vault token is visible, and the one dynamic lease
+/// the trace names exists. Returns the lease.
+async fn live_lease(s: &Setup, trace: &str) -> String {
+    let tokens = vault_tokens_of_namespace(&s.vault, &s.ns.name)
+        .await
+        .unwrap();
+    assert!(
+        !tokens.is_empty(),
+        "control: the broker's Vault token must be visible while the job runs"
+    );
+    let leases = audited_leases(trace);
+    assert_eq!(leases.len(), 1, "one dynamic lease expected:\n{trace}");
+    assert!(
+        lease_exists(&s.vault, &leases[0]).await,
+        "control: the lease must exist while the job runs"
+    );
+    leases[0].clone()
 }
 
 /// Lets the paused job go on.
@@ -574,24 +613,9 @@ async fn a_gitlab_job_leaves_its_secrets_nowhere_but_where_keyhole_puts_them() {
 
     let trace_of = || String::from_utf8_lossy(&gitlab.trace(job.id)).into_owned();
     let trace = wait_for_line(trace_of, "exposure-ready").await;
-    let pod = job_pod(&s).await;
-    let uid = pod.metadata.uid.clone().unwrap();
-    let design = Design {
-        namespace: s.ns.name.clone(),
-        pod: pod.metadata.name.clone().unwrap(),
-        uid: uid.clone(),
-        testbed_dir: s.bed.env.testbed_dir.clone(),
-        journal: Some(journal.clone()),
-    };
-    let redis = read_dynamic(&s, &uid);
-    let all = [
-        &values.pem,
-        &values.shell,
-        &values.unicode,
-        &values.masked,
-        &token,
-        &redis,
-    ];
+    let design = Design::of_running_job(&s, Some(journal.clone())).await;
+    let redis = read_dynamic(&s, &design.uid);
+    let all = values.secrets_and(&[&token, &redis]);
     let scanner = Scanner::new(&all).unwrap();
     search_while_running(&s, &design, &scanner, &values, &etcd).await;
     let journal_files = scanner.scan_tree(&journal).unwrap();
@@ -599,26 +623,14 @@ async fn a_gitlab_job_leaves_its_secrets_nowhere_but_where_keyhole_puts_them() {
         journal_files.iter().any(|f| f.needle == CI_JOB_TOKEN),
         "control: the runner's journal holds the job token while the job runs"
     );
-    let tokens = vault_tokens_of_namespace(&s.vault, &s.ns.name)
-        .await
-        .unwrap();
-    assert!(
-        !tokens.is_empty(),
-        "control: the broker's Vault token must be visible while the job runs"
-    );
-    let leases = audited_leases(&trace);
-    assert_eq!(leases.len(), 1, "one dynamic lease expected:\n{trace}");
-    assert!(
-        lease_exists(&s.vault, &leases[0]).await,
-        "control: the lease must exist while the job runs"
-    );
+    let lease = live_lease(&s, &trace).await;
 
-    release(&s, &uid);
+    release(&s, &design.uid);
     let done = gitlab.wait_for_final(job.id, DEADLINE).await.unwrap();
     let trace = trace_of();
     assert_eq!(done.status, FinalStatus::Success, "{trace}");
     assert_job_saw(&trace, &all);
-    assert_revoked(&trace, &leases[0]);
+    assert_revoked(&trace, &lease);
     assert!(
         has_line(&trace, "token=[MASKED]"),
         "the job token was not printed masked:\n{trace}"
@@ -633,7 +645,7 @@ async fn a_gitlab_job_leaves_its_secrets_nowhere_but_where_keyhole_puts_them() {
     stop.send(true).unwrap();
     service.await.unwrap().unwrap();
     let history = recorder.finish().await.unwrap();
-    search_after(&s, &design, &scanner, history, &etcd, &leases[0]).await;
+    search_after(&s, &design, &scanner, history, &etcd, &lease).await;
 
     let log_text = log.lock().unwrap()[log_start..].to_vec();
     assert!(
@@ -721,40 +733,14 @@ async fn an_exec_job_leaves_its_secrets_nowhere_but_where_keyhole_puts_them() {
     let (stderr, stderr_read) = collect(child.stderr.take().unwrap());
 
     let trace = wait_for_line(|| text(&stdout), "exposure-ready").await;
-    let pod = job_pod(&s).await;
-    let uid = pod.metadata.uid.clone().unwrap();
-    let design = Design {
-        namespace: s.ns.name.clone(),
-        pod: pod.metadata.name.clone().unwrap(),
-        uid: uid.clone(),
-        testbed_dir: s.bed.env.testbed_dir.clone(),
-        journal: None,
-    };
-    let redis = read_dynamic(&s, &uid);
-    let all = [
-        &values.pem,
-        &values.shell,
-        &values.unicode,
-        &values.masked,
-        &redis,
-    ];
+    let design = Design::of_running_job(&s, None).await;
+    let redis = read_dynamic(&s, &design.uid);
+    let all = values.secrets_and(&[&redis]);
     let scanner = Scanner::new(&all).unwrap();
     search_while_running(&s, &design, &scanner, &values, &etcd).await;
-    let leases = audited_leases(&trace);
-    assert_eq!(leases.len(), 1, "one dynamic lease expected:\n{trace}");
-    assert!(
-        lease_exists(&s.vault, &leases[0]).await,
-        "control: the lease must exist while the job runs"
-    );
-    assert!(
-        !vault_tokens_of_namespace(&s.vault, &s.ns.name)
-            .await
-            .unwrap()
-            .is_empty(),
-        "control: the broker's Vault token must be visible while the job runs"
-    );
+    let lease = live_lease(&s, &trace).await;
 
-    release(&s, &uid);
+    release(&s, &design.uid);
     let status = tokio::time::timeout(DEADLINE, child.wait())
         .await
         .expect("keyhole-runner exec did not finish")
@@ -772,7 +758,7 @@ async fn an_exec_job_leaves_its_secrets_nowhere_but_where_keyhole_puts_them() {
         text(&stderr)
     );
     assert_job_saw(&trace, &all);
-    assert_revoked(&trace, &leases[0]);
+    assert_revoked(&trace, &lease);
     let mut output = scanner.scan("exec stdout (the trace)", trace.as_bytes());
     output.extend(scanner.scan("exec stderr", text(&stderr).as_bytes()));
     assert!(
@@ -782,5 +768,5 @@ async fn an_exec_job_leaves_its_secrets_nowhere_but_where_keyhole_puts_them() {
     );
 
     let history = recorder.finish().await.unwrap();
-    search_after(&s, &design, &scanner, history, &etcd, &leases[0]).await;
+    search_after(&s, &design, &scanner, history, &etcd, &lease).await;
 }
