@@ -60,6 +60,27 @@ struct Ran {
     trace: String,
 }
 
+impl Ran {
+    /// The exit code and message of a job that failed as `kind`; panics with the outcome and
+    /// the trace otherwise.
+    #[track_caller]
+    fn failed_as(&self, kind: FailureKind) -> (Option<i32>, &str) {
+        match &self.outcome {
+            Outcome::Failed {
+                kind: failed,
+                exit_code,
+                message,
+            } if *failed == kind => (*exit_code, message),
+            other => panic!("{other:?}\n{}", self.trace),
+        }
+    }
+}
+
+/// Runs `job` to its end: at most 120 s, never canceled.
+async fn run(s: &Setup, job: &Job) -> Ran {
+    run_job(s, job, Duration::from_secs(120), never_cancel()).await
+}
+
 async fn run_job(
     s: &Setup,
     job: &Job,
@@ -99,6 +120,28 @@ fn never_cancel() -> watch::Receiver<Control> {
     rx
 }
 
+/// Puts `password` in Vault at `kv/<namespace>/db`, lets the namespace's jobs read
+/// `kv/<namespace>/*`, and gives `job` that password as the file variable `DB_PASSWORD`.
+async fn give_db_password(s: &Setup, job: &mut Job, password: &str) {
+    let ns = &s.ns.name;
+    let vault = VaultAdmin::new(&s.bed.env);
+    vault
+        .write(
+            &format!("kv/data/{ns}/db"),
+            json!({"data": {"password": password}}),
+        )
+        .await
+        .unwrap();
+    vault
+        .grant_job_in_namespace(ns, &[format!("kv/data/{ns}/*")])
+        .await
+        .unwrap();
+    job.variables.push(Variable::public(
+        "KEYHOLE_SECRET_DB_PASSWORD",
+        format!("vault:kv/{ns}/db#password"),
+    ));
+}
+
 /// No pod or Secret of the job is left (GC deletes the Secret with the pod).
 async fn assert_cleaned_up(s: &Setup) {
     let pods: Api<Pod> = s.ns.api();
@@ -120,13 +163,7 @@ async fn assert_cleaned_up(s: &Setup) {
 #[tokio::test]
 async fn a_job_runs_its_script_reports_success_and_leaves_nothing_behind() {
     let s = setup("runhello").await;
-    let r = run_job(
-        &s,
-        &job(1, &["echo hello from $CI_JOB_NAME", "id -u"]),
-        Duration::from_secs(120),
-        never_cancel(),
-    )
-    .await;
+    let r = run(&s, &job(1, &["echo hello from $CI_JOB_NAME", "id -u"])).await;
     assert_eq!(r.outcome, Outcome::Success, "{}", r.trace);
     assert!(
         r.trace.contains("$ echo hello from $CI_JOB_NAME"),
@@ -146,7 +183,7 @@ async fn a_job_runs_its_script_reports_success_and_leaves_nothing_behind() {
 async fn the_broker_cuts_the_log_at_output_limit_and_the_job_still_finishes() {
     let mut s = setup("runlimit").await;
     s.runner.output_limit = 256;
-    let r = run_job(
+    let r = run(
         &s,
         &job(
             2,
@@ -155,8 +192,6 @@ async fn the_broker_cuts_the_log_at_output_limit_and_the_job_still_finishes() {
                 "echo after-the-limit",
             ],
         ),
-        Duration::from_secs(120),
-        never_cancel(),
     )
     .await;
     assert_eq!(
@@ -188,15 +223,9 @@ async fn a_failing_script_fails_the_job_with_its_exit_code_and_after_script_runs
     let s = setup("runfail").await;
     let mut j = job(2, &["echo before", "exit 3", "echo never"]);
     j.after_script = vec!["echo after ran".into()];
-    let r = run_job(&s, &j, Duration::from_secs(120), never_cancel()).await;
-    match &r.outcome {
-        Outcome::Failed {
-            kind: FailureKind::Script,
-            exit_code: Some(3),
-            ..
-        } => {}
-        other => panic!("{other:?}\n{}", r.trace),
-    }
+    let r = run(&s, &j).await;
+    let (exit_code, _) = r.failed_as(FailureKind::Script);
+    assert_eq!(exit_code, Some(3), "{}", r.trace);
     assert!(r.trace.contains("after ran"), "{}", r.trace);
     assert!(!r.trace.contains("never\n"), "{}", r.trace);
     assert_cleaned_up(&s).await;
@@ -206,20 +235,8 @@ async fn a_failing_script_fails_the_job_with_its_exit_code_and_after_script_runs
 async fn secrets_from_vault_and_kubernetes_reach_the_script_masked() {
     let s = setup("runsecrets").await;
     let ns = s.ns.name.clone();
-    let vault = VaultAdmin::new(&s.bed.env);
     let db = format!("db-{ns}-\"q\" $HOME 'x' ✓");
     let api_key = format!("api-key-{ns}-0123456789");
-    vault
-        .write(
-            &format!("kv/data/{ns}/db"),
-            json!({"data": {"password": db}}),
-        )
-        .await
-        .unwrap();
-    vault
-        .grant_job_in_namespace(&ns, &[format!("kv/data/{ns}/*")])
-        .await
-        .unwrap();
     s.ns.create_object::<Secret>(
         json!({"metadata": {"name": "api-credentials"}, "stringData": {"key": api_key}}),
     )
@@ -236,15 +253,12 @@ async fn secrets_from_vault_and_kubernetes_reach_the_script_masked() {
             "stat -c '%a %u' \"$DB_PASSWORD\"",
         ],
     );
-    j.variables.push(Variable::public(
-        "KEYHOLE_SECRET_DB_PASSWORD",
-        format!("vault:kv/{ns}/db#password"),
-    ));
+    give_db_password(&s, &mut j, &db).await;
     j.variables.push(Variable::public(
         "KEYHOLE_SECRET_API_KEY",
         "k8s:api-credentials/key?file=false",
     ));
-    let r = run_job(&s, &j, Duration::from_secs(120), never_cancel()).await;
+    let r = run(&s, &j).await;
     assert_eq!(r.outcome, Outcome::Success, "{}", r.trace);
     for line in [
         "db=[MASKED]",
@@ -281,14 +295,8 @@ async fn a_secret_the_service_account_may_not_read_fails_the_job_before_the_scri
     let mut j = job(4, &["echo script ran"]);
     j.variables
         .push(Variable::public("KEYHOLE_SECRET_STOLEN", "k8s:not-yours/k"));
-    let r = run_job(&s, &j, Duration::from_secs(120), never_cancel()).await;
-    match &r.outcome {
-        Outcome::Failed {
-            kind: FailureKind::Configuration,
-            ..
-        } => {}
-        other => panic!("{other:?}\n{}", r.trace),
-    }
+    let r = run(&s, &j).await;
+    r.failed_as(FailureKind::Configuration);
     assert!(
         r.trace.contains("may not read secret not-yours"),
         "{}",
@@ -307,21 +315,12 @@ async fn an_image_that_does_not_exist_fails_as_an_image_pull_failure() {
         name: "keyhole.local/does-not-exist:1".into(),
         ..Image::default()
     });
-    let r = run_job(&s, &j, Duration::from_secs(120), never_cancel()).await;
-    match &r.outcome {
-        Outcome::Failed {
-            kind: FailureKind::ImagePull,
-            message,
-            ..
-        } => {
-            assert!(
-                message.contains("keyhole.local/does-not-exist:1")
-                    || message.contains("ErrImageNeverPull"),
-                "{message}"
-            );
-        }
-        other => panic!("{other:?}\n{}", r.trace),
-    }
+    let r = run(&s, &j).await;
+    let (_, message) = r.failed_as(FailureKind::ImagePull);
+    assert!(
+        message.contains("keyhole.local/does-not-exist:1") || message.contains("ErrImageNeverPull"),
+        "{message}"
+    );
     assert_cleaned_up(&s).await;
 }
 
@@ -331,13 +330,7 @@ async fn a_job_past_its_timeout_is_stopped_and_after_script_still_runs() {
     let mut j = job(6, &["echo started", "sleep 600"]);
     j.after_script = vec!["echo after timeout".into()];
     let r = run_job(&s, &j, Duration::from_secs(8), never_cancel()).await;
-    match &r.outcome {
-        Outcome::Failed {
-            kind: FailureKind::Timeout,
-            ..
-        } => {}
-        other => panic!("{other:?}\n{}", r.trace),
-    }
+    r.failed_as(FailureKind::Timeout);
     assert!(r.trace.contains("started"), "{}", r.trace);
     assert!(r.trace.contains("after timeout"), "{}", r.trace);
     assert_cleaned_up(&s).await;
@@ -377,13 +370,7 @@ async fn cancel_stops_the_script_runs_after_script_and_deletes_the_pod() {
     });
     let r = run_job(&s, &j, Duration::from_secs(300), rx).await;
     drop(canceller.await.unwrap());
-    match &r.outcome {
-        Outcome::Failed {
-            kind: FailureKind::Canceled,
-            ..
-        } => {}
-        other => panic!("{other:?}\n{}", r.trace),
-    }
+    r.failed_as(FailureKind::Canceled);
     assert!(r.trace.contains("started"), "{}", r.trace);
     assert!(r.trace.contains("after cancel"), "{}", r.trace);
     assert!(!r.trace.contains("never\n"), "{}", r.trace);
@@ -427,17 +414,10 @@ async fn a_script_out_of_memory_is_reported_as_oomkilled() {
             "x=$(head -c 200000000 /dev/zero | tr '\\0' a); echo ${#x}",
         ],
     );
-    let r = run_job(&s, &j, Duration::from_secs(120), never_cancel()).await;
-    match &r.outcome {
-        Outcome::Failed {
-            kind: FailureKind::Script,
-            exit_code: Some(137),
-            message,
-        } => {
-            assert!(message.contains("OOMKilled"), "{message}");
-        }
-        other => panic!("{other:?}\n{}", r.trace),
-    }
+    let r = run(&s, &j).await;
+    let (exit_code, message) = r.failed_as(FailureKind::Script);
+    assert_eq!(exit_code, Some(137), "{}", r.trace);
+    assert!(message.contains("OOMKilled"), "{message}");
     assert_cleaned_up(&s).await;
 }
 
@@ -449,23 +429,10 @@ async fn a_pod_that_cannot_be_scheduled_fails_with_the_schedulers_reason() {
         .node_selector
         .insert("keyhole.dev/no-such-node".into(), "true".into());
     s.runner.kubernetes.poll_timeout = 5;
-    let Ran { outcome, trace } = run_job(
-        &s,
-        &job(9, &["true"]),
-        Duration::from_secs(120),
-        never_cancel(),
-    )
-    .await;
-    match &outcome {
-        Outcome::Failed {
-            kind: FailureKind::Unschedulable,
-            message,
-            ..
-        } => {
-            assert!(message.contains("did not start within 5s"), "{message}");
-        }
-        other => panic!("{other:?}\n{trace}"),
-    }
+    let r = run(&s, &job(9, &["true"])).await;
+    let (_, message) = r.failed_as(FailureKind::Unschedulable);
+    assert!(message.contains("did not start within 5s"), "{message}");
+    let trace = &r.trace;
     assert!(
         trace.contains("node(s) didn't match") || trace.contains("node affinity/selector"),
         "{trace}"
@@ -481,19 +448,7 @@ async fn a_pod_that_cannot_be_scheduled_fails_with_the_schedulers_reason() {
 async fn vault_over_tls_with_a_private_ca_from_a_config_map() {
     let mut s = setup("runtls").await;
     let ns = s.ns.name.clone();
-    let vault = VaultAdmin::new(&s.bed.env);
     let password = format!("tls-{ns}-0123456789");
-    vault
-        .write(
-            &format!("kv/data/{ns}/db"),
-            json!({"data": {"password": password}}),
-        )
-        .await
-        .unwrap();
-    vault
-        .grant_job_in_namespace(&ns, &[format!("kv/data/{ns}/*")])
-        .await
-        .unwrap();
     let ca = std::fs::read_to_string(&s.bed.env.vault_ca_file).unwrap();
     s.ns.create_object::<k8s_openapi::api::core::v1::ConfigMap>(
         json!({"metadata": {"name": "vault-ca"}, "data": {"ca.crt": ca}}),
@@ -511,11 +466,8 @@ async fn vault_over_tls_with_a_private_ca_from_a_config_map() {
             "find /keyhole -type f 2>/dev/null | xargs grep -l 'BEGIN CERTIFICATE' 2>/dev/null || echo no-ca-in-reach",
         ],
     );
-    j.variables.push(Variable::public(
-        "KEYHOLE_SECRET_DB_PASSWORD",
-        format!("vault:kv/{ns}/db#password"),
-    ));
-    let r = run_job(&s, &j, Duration::from_secs(120), never_cancel()).await;
+    give_db_password(&s, &mut j, &password).await;
+    let r = run(&s, &j).await;
     assert_eq!(r.outcome, Outcome::Success, "{}", r.trace);
     for line in [
         "db=[MASKED]",
@@ -529,7 +481,7 @@ async fn vault_over_tls_with_a_private_ca_from_a_config_map() {
 
     // The same job without the bundle: the broker refuses the server's certificate.
     s.runner.keyhole.vault_ca_config_map = None;
-    let r = run_job(&s, &j, Duration::from_secs(120), never_cancel()).await;
+    let r = run(&s, &j).await;
     match &r.outcome {
         Outcome::Failed { .. } => {}
         other => panic!("{other:?}\n{}", r.trace),
