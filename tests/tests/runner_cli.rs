@@ -1,29 +1,19 @@
 //! The `keyhole-runner` binary's other commands: `render` (no cluster), `verify` (GitLab token,
 //! RBAC of the runner's own ServiceAccount, Vault), and the errors a user meets first.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use keyhole_tests::{Coordinator, CoordinatorOptions, JobNamespace, TestBed, repo_dir};
 use serde_json::json;
 
-fn runner_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .unwrap()
-        .join("keyhole-runner");
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo build -p keyhole-runner`",
-        bin.display()
-    );
-    bin
+/// `keyhole-runner` as cargo built it, refused when older than its sources.
+fn runner() -> Command {
+    Command::new(keyhole_tests::runner_binary().unwrap_or_else(|e| panic!("{e:#}")))
 }
 
 fn run(args: &[&str], envs: &[(&str, &Path)]) -> (i32, String) {
-    let mut cmd = Command::new(runner_binary());
+    let mut cmd = runner();
     cmd.args(args)
         .current_dir(repo_dir())
         .env_remove("KUBECONFIG");
@@ -313,7 +303,7 @@ fn the_render_example_works_as_written() {
         .skip(1)
         .take_while(|a| *a != ">")
         .collect();
-    let out = Command::new(runner_binary())
+    let out = runner()
         .args(&args)
         .current_dir(dir.path())
         .env_remove("KEYHOLE_CONFIG")
