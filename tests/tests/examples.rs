@@ -1,25 +1,13 @@
 //! The examples run as written, so they cannot rot: the same set-up script and pod manifest
 //! that `scripts/demo` uses, on the bed. Needs `scripts/testbed up` and the broker image.
 
-use std::process::Command;
-
-use keyhole_tests::{TestBed, TestNamespace};
+use keyhole_tests::{TestBed, TestNamespace, bed_script, run};
 
 #[tokio::test]
 async fn broker_vault_example_delivers_and_masks_the_secret() {
     let bed = TestBed::connect().await;
     let ns = TestNamespace::create(&bed, "example", &[]).await.unwrap();
-    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap();
-    let env = &bed.env;
-    let path = format!(
-        "{}:{}",
-        env.testbed_dir.join("bin").display(),
-        std::env::var("PATH").unwrap()
-    );
     let script = r#"
-        set -euo pipefail
         examples/broker-vault/setup.sh
         sed -e "s|\${NAMESPACE}|$NAMESPACE|g" -e "s|\${VAULT_POD_ADDR}|$KEYHOLE_VAULT_POD_ADDR|g" \
           examples/broker-vault/pod.yaml | kubectl -n "$NAMESPACE" apply -f - >/dev/null
@@ -28,18 +16,11 @@ async fn broker_vault_example_delivers_and_masks_the_secret() {
         vault kv get -mount=kv -field=password demo/db > "$SECRET_OUT"
     "#;
     let secret_out = std::env::temp_dir().join(format!("{}.secret", ns.name));
-    let out = Command::new("bash")
-        .args(["-c", script])
-        .current_dir(repo)
-        .env("PATH", path)
-        .env("KUBECONFIG", &env.kubeconfig)
-        .env("VAULT_ADDR", &env.vault_addr)
-        .env("VAULT_TOKEN", &env.vault_token)
-        .env("KEYHOLE_VAULT_POD_ADDR", &env.vault_pod_addr)
+    let out = run(bed_script(&bed.env, script)
+        .env("KEYHOLE_VAULT_POD_ADDR", &bed.env.vault_pod_addr)
         .env("NAMESPACE", &ns.name)
-        .env("SECRET_OUT", &secret_out)
-        .output()
-        .unwrap();
+        .env("SECRET_OUT", &secret_out))
+    .unwrap();
     let log = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
