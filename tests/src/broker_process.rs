@@ -13,10 +13,11 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result, bail};
-use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, BufReader};
+use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
 
+use crate::output::{Collected, collect_output, collected_text};
 use crate::{JobNamespace, JobNamespaceBuilder, TestBed, TestNamespace, VaultAdmin};
 
 /// A deadline against hangs while waiting for the broker, not a speed assertion.
@@ -305,7 +306,7 @@ pub struct BrokerProcess {
     child: Child,
     stderr: watch::Receiver<String>,
     readers: Vec<tokio::task::JoinHandle<()>>,
-    stdout: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    stdout: Collected,
 }
 
 /// How a broker run ended.
@@ -364,20 +365,7 @@ impl BrokerProcess {
                 });
             }
         });
-        let stdout = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let mut out = child.stdout.take().context("no stdout")?;
-        let sink = stdout.clone();
-        let stdout_task = tokio::spawn(async move {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = out.read(&mut buf).await {
-                if n == 0 {
-                    break;
-                }
-                if let Ok(mut s) = sink.lock() {
-                    s.extend_from_slice(&buf[..n]);
-                }
-            }
-        });
+        let (stdout, stdout_task) = collect_output(child.stdout.take().context("no stdout")?);
         Ok(Self {
             child,
             stderr,
@@ -439,14 +427,9 @@ impl BrokerProcess {
         for reader in self.readers.drain(..) {
             let _ = reader.await;
         }
-        let stdout = self
-            .stdout
-            .lock()
-            .map(|s| String::from_utf8_lossy(&s).into_owned())
-            .unwrap_or_default();
         Ok(BrokerExit {
             code: status.code(),
-            stdout,
+            stdout: collected_text(&self.stdout),
             stderr: self.stderr.borrow().clone(),
         })
     }

@@ -20,6 +20,7 @@ pub mod gitlab_mode;
 mod helm;
 mod namespace;
 mod outage;
+pub mod output;
 mod pods;
 mod redis;
 mod runner_process;

@@ -236,6 +236,24 @@ impl VaultAdmin {
         let text = resp.text().await?;
         Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
     }
+
+    /// Logs in at `auth/kubernetes` as `role` with a token of the ServiceAccount
+    /// `namespace/service_account` for `audience` (TokenRequest): Vault's status and body.
+    pub async fn login_as_service_account(
+        &self,
+        bed: &crate::TestBed,
+        (namespace, service_account): (&str, &str),
+        audience: &str,
+        role: &str,
+    ) -> (StatusCode, Value) {
+        let jwt = bed
+            .service_account_token(namespace, service_account, &[audience])
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        self.login("kubernetes", json!({"role": role, "jwt": jwt}))
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}"))
+    }
 }
 
 /// What a job's ServiceAccount may do in Vault (see [`VaultAdmin::grant`]): read some paths
