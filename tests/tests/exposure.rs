@@ -35,6 +35,7 @@ use keyhole_tests::exposure::{
     Etcd, Finding, Needle, Scanner, audited_leases, bed_state_dirs, lease_exists, report,
     scan_entries, scan_namespace_objects, vault_tokens_of_namespace,
 };
+use keyhole_tests::output::{collect_output, collected_text};
 use keyhole_tests::{
     Coordinator, CoordinatorOptions, JobNamespace, TestBed, TestNamespace, VaultAdmin, VaultRole,
     eventually, runner_binary,
@@ -43,7 +44,6 @@ use kube::Api;
 use kube::api::ListParams;
 use secrecy::SecretString;
 use serde_json::json;
-use tokio::io::AsyncReadExt as _;
 use tokio::sync::watch;
 
 const SOURCE_SECRET: &str = "source-credentials";
@@ -663,28 +663,6 @@ async fn a_gitlab_job_leaves_its_secrets_nowhere_but_where_keyhole_puts_them() {
 
 // --- exec mode: the keyhole-runner binary on a local .gitlab-ci.yml ----------------------------
 
-/// Collects a child's output while it runs; the task ends at the end of the output.
-fn collect(
-    mut from: impl tokio::io::AsyncRead + Unpin + Send + 'static,
-) -> (Arc<Mutex<Vec<u8>>>, tokio::task::JoinHandle<()>) {
-    let buffer = Arc::new(Mutex::new(Vec::new()));
-    let into = buffer.clone();
-    let task = tokio::spawn(async move {
-        let mut chunk = [0u8; 8192];
-        while let Ok(n) = from.read(&mut chunk).await {
-            if n == 0 {
-                break;
-            }
-            into.lock().unwrap().extend_from_slice(&chunk[..n]);
-        }
-    });
-    (buffer, task)
-}
-
-fn text(buffer: &Arc<Mutex<Vec<u8>>>) -> String {
-    String::from_utf8_lossy(&buffer.lock().unwrap()).into_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_exec_job_leaves_its_secrets_nowhere_but_where_keyhole_puts_them() {
     let binary = runner_binary().unwrap();
@@ -729,10 +707,10 @@ async fn an_exec_job_leaves_its_secrets_nowhere_but_where_keyhole_puts_them() {
         .kill_on_drop(true)
         .spawn()
         .unwrap_or_else(|e| panic!("starting {}: {e}", binary.display()));
-    let (stdout, stdout_read) = collect(child.stdout.take().unwrap());
-    let (stderr, stderr_read) = collect(child.stderr.take().unwrap());
+    let (stdout, stdout_read) = collect_output(child.stdout.take().unwrap());
+    let (stderr, stderr_read) = collect_output(child.stderr.take().unwrap());
 
-    let trace = wait_for_line(|| text(&stdout), "exposure-ready").await;
+    let trace = wait_for_line(|| collected_text(&stdout), "exposure-ready").await;
     let design = Design::of_running_job(&s, None).await;
     let redis = read_dynamic(&s, &design.uid);
     let all = values.secrets_and(&[&redis]);
@@ -751,16 +729,16 @@ async fn an_exec_job_leaves_its_secrets_nowhere_but_where_keyhole_puts_them() {
         let _ = stderr_read.await;
     })
     .await;
-    let trace = text(&stdout);
+    let trace = collected_text(&stdout);
     assert!(
         status.success(),
         "exec failed ({status}):\n{trace}\n{}",
-        text(&stderr)
+        collected_text(&stderr)
     );
     assert_job_saw(&trace, &all);
     assert_revoked(&trace, &lease);
     let mut output = scanner.scan("exec stdout (the trace)", trace.as_bytes());
-    output.extend(scanner.scan("exec stderr", text(&stderr).as_bytes()));
+    output.extend(scanner.scan("exec stderr", collected_text(&stderr).as_bytes()));
     assert!(
         output.is_empty(),
         "keyhole-runner exec printed secrets:\n{}",
