@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Event, Pod, Secret, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use keyhole_tests::{
     TestBed, TestNamespace, VaultAdmin, eventually, id_token_claims, pod_logs,
@@ -64,6 +64,14 @@ fn busybox(name: &str, command: &[&str], extra: serde_json::Value) -> serde_json
     container
 }
 
+/// A namespace of the test's own on the bed, and its pods.
+async fn namespace_for_pods(prefix: &str) -> (TestBed, TestNamespace, Api<Pod>) {
+    let bed = TestBed::connect().await;
+    let ns = TestNamespace::create(&bed, prefix, &[]).await.unwrap();
+    let pods = ns.api();
+    (bed, ns, pods)
+}
+
 /// A namespace where PodSecurity `restricted` (latest) is enforced.
 async fn restricted_namespace(bed: &TestBed, prefix: &str) -> TestNamespace {
     let labels = [
@@ -110,44 +118,14 @@ async fn rbac_resource_names_decide_which_secret_a_service_account_may_get() {
         .expect_err("a ServiceAccount with no Role must be denied");
     assert!(is_forbidden(&denied), "expected 403, got {denied:?}");
 
-    let role = Role {
-        metadata: ObjectMeta {
-            name: Some("read-a".into()),
-            ..ObjectMeta::default()
-        },
-        rules: Some(vec![PolicyRule {
-            api_groups: Some(vec![String::new()]),
-            resources: Some(vec!["secrets".into()]),
-            resource_names: Some(vec!["a".into()]),
-            verbs: vec!["get".into()],
-            ..PolicyRule::default()
-        }]),
-    };
-    ns.api::<Role>()
-        .create(&PostParams::default(), &role)
-        .await
-        .unwrap();
-    let binding = RoleBinding {
-        metadata: ObjectMeta {
-            name: Some("job-read-a".into()),
-            ..ObjectMeta::default()
-        },
-        role_ref: RoleRef {
-            api_group: "rbac.authorization.k8s.io".into(),
-            kind: "Role".into(),
-            name: "read-a".into(),
-        },
-        subjects: Some(vec![Subject {
-            kind: "ServiceAccount".into(),
-            name: "job".into(),
-            namespace: Some(ns.name.clone()),
-            ..Subject::default()
-        }]),
-    };
-    ns.api::<RoleBinding>()
-        .create(&PostParams::default(), &binding)
-        .await
-        .unwrap();
+    ns.create_object::<Role>(json!({"metadata": {"name": "read-a"},
+        "rules": [{"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["a"],
+                   "verbs": ["get"]}]}))
+        .await;
+    ns.create_object::<RoleBinding>(json!({"metadata": {"name": "job-read-a"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "read-a"},
+        "subjects": [{"kind": "ServiceAccount", "name": "job", "namespace": ns.name}]}))
+        .await;
 
     // The RBAC authorizer learns of new bindings through its informer: allow it a moment.
     let got = eventually(
@@ -211,14 +189,9 @@ async fn vault_kubernetes_auth_accepts_only_the_bound_service_account_and_audien
 
     // Logs in with a token of `service_account` for `audience`.
     let login = async |service_account: &str, audience: &str| {
-        let jwt = bed
-            .service_account_token(&ns.name, service_account, &[audience])
-            .await
-            .unwrap();
         vault
-            .login("kubernetes", json!({"role": role, "jwt": jwt}))
+            .login_as_service_account(&bed, (&ns.name, service_account), audience, &role)
             .await
-            .unwrap()
     };
 
     let (status, body) = login("app", "vault").await;
@@ -374,9 +347,7 @@ async fn pod_security_restricted_rejects_privileged_pods_and_admits_compliant_on
 
 #[tokio::test]
 async fn busybox_pod_runs_on_the_kubelet_and_reports_its_log_and_exit_code() {
-    let bed = TestBed::connect().await;
-    let ns = TestNamespace::create(&bed, "run", &[]).await.unwrap();
-    let pods: Api<Pod> = ns.api();
+    let (bed, _ns, pods) = namespace_for_pods("run").await;
     let script = "echo hello from $(hostname); echo to-stderr >&2; exit 3";
     let pod = pod_from_json(json!({
         "metadata": {"name": "busybox"},
@@ -411,8 +382,7 @@ async fn busybox_pod_runs_on_the_kubelet_and_reports_its_log_and_exit_code() {
 
 #[tokio::test]
 async fn projected_volume_memory_volume_and_native_sidecar_behave_as_keyhole_needs() {
-    let bed = TestBed::connect().await;
-    let ns = TestNamespace::create(&bed, "sidecar", &[]).await.unwrap();
+    let (_bed, ns, pods) = namespace_for_pods("sidecar").await;
     ns.api::<Secret>()
         .create(
             &PostParams::default(),
@@ -420,7 +390,6 @@ async fn projected_volume_memory_volume_and_native_sidecar_behave_as_keyhole_nee
         )
         .await
         .unwrap();
-    let pods: Api<Pod> = ns.api();
     let main_script = r#"
         test -f /shared/sidecar-started && echo "sidecar-first=yes"
         for f in token annotations job-token; do echo "$f=$(stat -Lc '%a %g' /inputs/$f)"; done
@@ -529,9 +498,7 @@ async fn projected_volume_memory_volume_and_native_sidecar_behave_as_keyhole_nee
 
 #[tokio::test]
 async fn deleting_a_pod_garbage_collects_the_secret_it_owns() {
-    let bed = TestBed::connect().await;
-    let ns = TestNamespace::create(&bed, "gc", &[]).await.unwrap();
-    let pods: Api<Pod> = ns.api();
+    let (_bed, ns, pods) = namespace_for_pods("gc").await;
     let pod = pod_from_json(json!({
         "metadata": {"name": "owner"},
         "spec": {"restartPolicy": "Never", "terminationGracePeriodSeconds": 0,
