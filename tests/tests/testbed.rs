@@ -241,46 +241,32 @@ async fn vault_jwt_auth_trusts_id_tokens_signed_by_the_test_key_only() {
         .await
         .unwrap();
 
-    let claims = |project: &str| id_token_claims(&bed.env, project);
     let pem = std::fs::read(&bed.env.jwt_signing_key).unwrap();
-    let key = EncodingKey::from_rsa_pem(&pem).unwrap();
-    let sign = |c: serde_json::Value| encode(&Header::new(Algorithm::RS256), &c, &key).unwrap();
+    let bed_key = EncodingKey::from_rsa_pem(&pem).unwrap();
+    let stranger = EncodingKey::from_rsa_pem(&strange_key()).unwrap();
+    // Logs in with an ID token of `project`, signed with `key`.
+    let login = async |project: &str, key: &EncodingKey| {
+        let claims = id_token_claims(&bed.env, project);
+        let jwt = encode(&Header::new(Algorithm::RS256), &claims, key).unwrap();
+        vault
+            .login("jwt", json!({"role": role, "jwt": jwt}))
+            .await
+            .unwrap()
+    };
 
-    let (status, body) = vault
-        .login(
-            "jwt",
-            json!({"role": role, "jwt": sign(claims("group/app"))}),
-        )
-        .await
-        .unwrap();
+    let (status, body) = login("group/app", &bed_key).await;
     assert!(
         status.is_success(),
         "a token with the bound claims must log in: {status} {body}"
     );
 
-    let (status, body) = vault
-        .login(
-            "jwt",
-            json!({"role": role, "jwt": sign(claims("group/other"))}),
-        )
-        .await
-        .unwrap();
+    let (status, body) = login("group/other", &bed_key).await;
     assert!(
         status.is_client_error() && body.to_string().contains("project_path"),
         "a token for another project must be refused on its claim: {status} {body}"
     );
 
-    let stranger = EncodingKey::from_rsa_pem(&strange_key()).unwrap();
-    let forged = encode(
-        &Header::new(Algorithm::RS256),
-        &claims("group/app"),
-        &stranger,
-    )
-    .unwrap();
-    let (status, body) = vault
-        .login("jwt", json!({"role": role, "jwt": forged}))
-        .await
-        .unwrap();
+    let (status, body) = login("group/app", &stranger).await;
     assert!(
         status.is_client_error(),
         "a token signed by another key must be refused: {status} {body}"
