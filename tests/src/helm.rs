@@ -33,8 +33,9 @@ pub fn bed_script(env: &BedEnv, script: &str) -> Command {
     cmd
 }
 
-/// The bed's `bin/` first on PATH, KUBECONFIG, VAULT_ADDR and VAULT_TOKEN, run from the repository.
-fn with_bed_env(cmd: &mut Command, env: &BedEnv) {
+/// Sets `cmd` up to talk to the bed: the bed's `bin/` first on PATH, KUBECONFIG, VAULT_ADDR and
+/// VAULT_TOKEN, run from the repository.
+pub fn with_bed_env<'c>(cmd: &'c mut Command, env: &BedEnv) -> &'c mut Command {
     let path = format!(
         "{}:{}",
         env.testbed_dir.join("bin").display(),
@@ -44,7 +45,7 @@ fn with_bed_env(cmd: &mut Command, env: &BedEnv) {
         .env("PATH", path)
         .env("KUBECONFIG", &env.kubeconfig)
         .env("VAULT_ADDR", &env.vault_addr)
-        .env("VAULT_TOKEN", &env.vault_token);
+        .env("VAULT_TOKEN", &env.vault_token)
 }
 
 /// Runs a command, failing with its stderr unless it exits 0; returns its stdout.
@@ -141,6 +142,17 @@ impl HelmRelease {
             "--namespace",
             &self.namespace,
         ]))
+    }
+
+    /// The Vault commands the release's NOTES print for the Vault admin: the block between
+    /// `# --- keyhole: vault setup ---` and `# --- keyhole: end ---`.
+    pub fn notes_vault_setup(&self) -> Result<String> {
+        let notes = self.notes()?;
+        notes
+            .split_once("# --- keyhole: vault setup ---")
+            .and_then(|(_, rest)| rest.split_once("# --- keyhole: end ---"))
+            .map(|(block, _)| block.to_owned())
+            .with_context(|| format!("no Vault block in NOTES:\n{notes}"))
     }
 
     /// `helm uninstall --wait` now, for tests that watch what an uninstall does (Drop would do

@@ -38,7 +38,9 @@ pub use eventually::eventually;
 pub use fixture::{
     JobNamespace, JobNamespaceBuilder, restricted_container_security, restricted_pod_security,
 };
-pub use helm::{HelmRelease, bed_command, bed_script, chart_dir, repo_dir, run, run_ok};
+pub use helm::{
+    HelmRelease, bed_command, bed_script, chart_dir, repo_dir, run, run_ok, with_bed_env,
+};
 pub use namespace::TestNamespace;
 pub use outage::OutageProxy;
 pub use pods::{pod_logs, run_pod_to_completion, wait_for_pod};

@@ -3,7 +3,6 @@
 //! exec` (the real binary) and through the coordinator (GitLab mode, the same YAML turned into
 //! a job payload, or a whole pipeline of them for the examples that hand files between jobs).
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -12,52 +11,26 @@ use keyhole_runner::job::Job;
 use keyhole_runner::pipeline::{LoadOptions, load_job};
 use keyhole_tests::coordinator::{FinalStatus, JobBuilder, StoredArtifact};
 use keyhole_tests::gitlab_ci::{PipelineJob, pipeline_jobs};
+use keyhole_tests::gitlab_mode::{JOB_DEADLINE, RunningService, start_service, stop};
 use keyhole_tests::{
-    Coordinator, CoordinatorOptions, TestBed, TestNamespace, VaultAdmin, bed_cache_config, repo_dir,
+    Coordinator, CoordinatorOptions, TestBed, TestNamespace, VaultAdmin, bed_cache_config,
+    bed_command, bed_script, repo_dir, run_ok, runner_binary, with_bed_env,
 };
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
-/// The `keyhole-runner` binary cargo built next to this test.
-fn runner_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().and_then(Path::parent).unwrap();
-    let bin = profile_dir.join("keyhole-runner");
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo build -p keyhole-runner` (cargo test --workspace builds it)",
-        bin.display()
-    );
-    bin
+/// A namespace named after `tag`, with `example`'s `setup.sh` run for it.
+async fn example_namespace(tag: &str, example: &str) -> (TestBed, TestNamespace) {
+    let bed = TestBed::connect().await;
+    let ns = TestNamespace::create(&bed, tag, &[]).await.unwrap();
+    setup_example(&bed, &ns.name, example);
+    (bed, ns)
 }
 
-fn bed_env(bed: &TestBed, cmd: &mut Command, ns: &str) {
-    let env = &bed.env;
-    let path = format!(
-        "{}:{}",
-        env.testbed_dir.join("bin").display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
-    cmd.current_dir(repo_dir())
-        .env("PATH", path)
-        .env("KUBECONFIG", &env.kubeconfig)
-        .env("VAULT_ADDR", &env.vault_addr)
-        .env("VAULT_TOKEN", &env.vault_token)
-        .env("NAMESPACE", ns);
-}
-
+/// Runs the example's `setup.sh` against the bed, for namespace `ns`.
 fn setup_example(bed: &TestBed, ns: &str, example: &str) {
-    let mut cmd = Command::new("bash");
-    cmd.arg(format!("examples/{example}/setup.sh"));
-    bed_env(bed, &mut cmd, ns);
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{example}/setup.sh failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_ok(bed_script(&bed.env, &format!("bash examples/{example}/setup.sh")).env("NAMESPACE", ns))
+        .unwrap_or_else(|e| panic!("{example}/setup.sh failed: {e:#}"));
 }
 
 struct Ran {
@@ -67,7 +40,8 @@ struct Ran {
 
 /// `keyhole-runner exec` of one example's job in `ns`, set up for the bed.
 fn exec_command(bed: &TestBed, ns: &str, example: &str, job: &str) -> Command {
-    let mut cmd = Command::new(runner_binary());
+    let mut cmd = Command::new(runner_binary().unwrap_or_else(|e| panic!("{e:#}")));
+    with_bed_env(&mut cmd, &bed.env).env("NAMESPACE", ns);
     cmd.args(["exec", &format!("examples/{example}/.gitlab-ci.yml"), job])
         .args(["--namespace", ns, "--pull-policy", "never"])
         .args([
@@ -76,7 +50,6 @@ fn exec_command(bed: &TestBed, ns: &str, example: &str, job: &str) -> Command {
             "--kube-api",
             &bed.env.apiserver_url,
         ]);
-    bed_env(bed, &mut cmd, ns);
     cmd
 }
 
@@ -305,19 +278,13 @@ async fn through_gitlab(
     }
     let queued = builder.enqueue().unwrap();
     let config = runner_config(bed, ns, &gitlab, service_account);
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let service = tokio::spawn(keyhole_runner::service::run_until(
-        config,
-        stop_rx,
-        Some(bed.client.clone()),
-    ));
+    let (tx, service) = start_service(config, bed.client.clone());
     let done = gitlab
-        .wait_for_final(queued.id, Duration::from_secs(180))
+        .wait_for_final(queued.id, JOB_DEADLINE)
         .await
         .unwrap();
-    let trace = String::from_utf8_lossy(&gitlab.trace(queued.id)).into_owned();
-    stop_tx.send(true).unwrap();
-    service.await.unwrap().unwrap();
+    let trace = gitlab.trace_text(queued.id);
+    stop(tx, service).await;
     (done.status, trace)
 }
 
@@ -339,8 +306,7 @@ struct GitlabPipelines {
     example: String,
     jobs: Vec<PipelineJob>,
     gitlab: Coordinator,
-    stop: watch::Sender<bool>,
-    service: JoinHandle<anyhow::Result<()>>,
+    service: RunningService,
 }
 
 impl GitlabPipelines {
@@ -355,18 +321,11 @@ impl GitlabPipelines {
             .unwrap();
         let mut config = runner_config(bed, ns, &gitlab, service_account);
         config.runners[0].cache = Some(bed_cache_config(&bed.env, ns).unwrap());
-        let (stop, stop_rx) = watch::channel(false);
-        let service = tokio::spawn(keyhole_runner::service::run_until(
-            config,
-            stop_rx,
-            Some(bed.client.clone()),
-        ));
         Self {
             example: example.into(),
             jobs,
             gitlab,
-            stop,
-            service,
+            service: start_service(config, bed.client.clone()),
         }
     }
 
@@ -405,22 +364,22 @@ impl GitlabPipelines {
             let queued = self.gitlab.enqueue(payload).unwrap();
             let done = self
                 .gitlab
-                .wait_for_final(queued.id, Duration::from_secs(180))
+                .wait_for_final(queued.id, JOB_DEADLINE)
                 .await
                 .unwrap();
             ran.push(RanJob {
                 name: planned.name.clone(),
                 id: queued.id,
                 status: done.status,
-                trace: String::from_utf8_lossy(&self.gitlab.trace(queued.id)).into_owned(),
+                trace: self.gitlab.trace_text(queued.id),
             });
         }
         ran
     }
 
     async fn stop(self) {
-        self.stop.send(true).unwrap();
-        self.service.await.unwrap().unwrap();
+        let (tx, service) = self.service;
+        stop(tx, service).await;
     }
 }
 
@@ -443,23 +402,21 @@ fn assert_has(text: &str, lines: &[&str]) {
 }
 
 fn vault_field(bed: &TestBed, path: &str, field: &str) -> String {
-    let mut cmd = Command::new("vault");
-    cmd.args(["kv", "get", "-mount=kv", &format!("-field={field}"), path]);
-    bed_env(bed, &mut cmd, "");
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
+    run_ok(bed_command(&bed.env, "vault").args([
+        "kv",
+        "get",
+        "-mount=kv",
+        &format!("-field={field}"),
+        path,
+    ]))
+    .unwrap()
+    .trim()
+    .to_string()
 }
 
 #[tokio::test]
 async fn hello_runs_and_cleans_up() {
-    let bed = TestBed::connect().await;
-    let ns = TestNamespace::create(&bed, "exhello", &[]).await.unwrap();
-    setup_example(&bed, &ns.name, "hello");
+    let (bed, ns) = example_namespace("exhello", "hello").await;
     let r = exec(&bed, &ns.name, "hello", "hello", &[]);
     assert_eq!(r.code, 0, "{}", r.output);
     assert_has(
@@ -487,11 +444,7 @@ async fn hello_runs_and_cleans_up() {
 /// still pending, then one summary line; on stdout only the job's log, for scripts to pipe.
 #[tokio::test]
 async fn exec_shows_progress_and_a_summary_on_stderr_and_only_the_job_log_on_stdout() {
-    let bed = TestBed::connect().await;
-    let ns = TestNamespace::create(&bed, "exprogress", &[])
-        .await
-        .unwrap();
-    setup_example(&bed, &ns.name, "hello");
+    let (bed, ns) = example_namespace("exprogress", "hello").await;
     let r = exec_streams(&bed, &ns.name, "hello", "hello");
     let stderr = r.stderr();
     assert_eq!(r.code, 0, "stdout:\n{}\nstderr:\n{stderr}", r.stdout);
@@ -573,9 +526,7 @@ async fn exec_shows_progress_and_a_summary_on_stderr_and_only_the_job_log_on_std
 
 #[tokio::test]
 async fn vault_kv_delivers_a_file_and_an_env_variable_both_masked() {
-    let bed = TestBed::connect().await;
-    let ns = TestNamespace::create(&bed, "exvault", &[]).await.unwrap();
-    setup_example(&bed, &ns.name, "vault-kv");
+    let (bed, ns) = example_namespace("exvault", "vault-kv").await;
     let password = vault_field(&bed, "examples/vault-kv/db", "password");
     let api_key = vault_field(&bed, "examples/vault-kv/api", "key");
     let r = exec(
@@ -622,9 +573,7 @@ async fn vault_kv_delivers_a_file_and_an_env_variable_both_masked() {
 
 #[tokio::test]
 async fn k8s_secret_is_read_by_the_allowed_service_account_and_refused_to_another() {
-    let bed = TestBed::connect().await;
-    let ns = TestNamespace::create(&bed, "exk8s", &[]).await.unwrap();
-    setup_example(&bed, &ns.name, "k8s-secret");
+    let (bed, ns) = example_namespace("exk8s", "k8s-secret").await;
     let allowed = exec(
         &bed,
         &ns.name,
@@ -686,9 +635,7 @@ fn id_token(bed: &TestBed, project: &str, protected: bool) -> String {
 
 #[tokio::test]
 async fn gitlab_secrets_log_in_with_the_id_token_and_vault_checks_its_claims() {
-    let bed = TestBed::connect().await;
-    let ns = TestNamespace::create(&bed, "exgitlab", &[]).await.unwrap();
-    setup_example(&bed, &ns.name, "gitlab-secrets");
+    let (bed, ns) = example_namespace("exgitlab", "gitlab-secrets").await;
     let password = vault_field(&bed, "examples/gitlab-secrets/db", "password");
     let token_file = std::env::temp_dir().join(format!("{}.jwt", ns.name));
     std::fs::write(&token_file, id_token(&bed, "acme/app", true)).unwrap();
@@ -737,9 +684,7 @@ async fn gitlab_secrets_log_in_with_the_id_token_and_vault_checks_its_claims() {
 
 #[tokio::test]
 async fn dynamic_secret_lease_is_renewed_during_the_job_and_revoked_after() {
-    let bed = TestBed::connect().await;
-    let ns = TestNamespace::create(&bed, "exdyn", &[]).await.unwrap();
-    setup_example(&bed, &ns.name, "dynamic");
+    let (bed, ns) = example_namespace("exdyn", "dynamic").await;
     let r = exec(
         &bed,
         &ns.name,
@@ -777,9 +722,7 @@ async fn dynamic_secret_lease_is_renewed_during_the_job_and_revoked_after() {
 
 #[tokio::test]
 async fn compat_expands_variables_like_gitlab_and_after_script_sees_the_job_status() {
-    let bed = TestBed::connect().await;
-    let ns = TestNamespace::create(&bed, "excompat", &[]).await.unwrap();
-    setup_example(&bed, &ns.name, "compat");
+    let (bed, ns) = example_namespace("excompat", "compat").await;
     let expected = [
         "expanded: hello from expand-variables, one dollar: $, unknown: <>",
         "raw: $GREETING ${CI_JOB_NAME} $$ stays as written",
@@ -845,9 +788,7 @@ async fn compat_expands_variables_like_gitlab_and_after_script_sees_the_job_stat
 
 #[tokio::test]
 async fn pipeline_passes_artifacts_a_junit_report_and_a_cache_from_build_to_test() {
-    let bed = TestBed::connect().await;
-    let ns = TestNamespace::create(&bed, "expipe", &[]).await.unwrap();
-    setup_example(&bed, &ns.name, "pipeline");
+    let (bed, ns) = example_namespace("expipe", "pipeline").await;
     // Run alone, a job says what it leaves out and runs its script.
     let r = exec(&bed, &ns.name, "pipeline", "build", &[]);
     assert_eq!(r.code, 0, "{}", r.output);
