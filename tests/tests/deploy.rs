@@ -316,18 +316,13 @@ async fn vault_commands_in_notes_let_a_tenant_read_its_paths_and_nothing_else() 
         HelmRelease::install(&bed.env, RELEASE, &ns.name, &test_values(&jobs_ns, true)).unwrap();
     let role = format!("{jobs_ns}-app");
     let _cleanup = VaultRoleRemoved::on_drop(&bed.env, &role);
-    let notes = release.notes().unwrap();
-    let block = notes
-        .split_once("# --- keyhole: vault setup ---")
-        .and_then(|(_, rest)| rest.split_once("# --- keyhole: end ---"))
-        .map(|(block, _)| block)
-        .unwrap_or_else(|| panic!("no Vault block in NOTES:\n{notes}"));
+    let block = release.notes_vault_setup().unwrap();
     assert!(block.contains("audience=vault"), "{block}");
     assert!(
         block.contains(&format!("bound_service_account_namespaces={jobs_ns}")),
         "{block}"
     );
-    run_ok(&mut bed_script(&bed.env, block)).unwrap();
+    run_ok(&mut bed_script(&bed.env, &block)).unwrap();
 
     vault
         .write(
