@@ -19,13 +19,14 @@ use futures::{AsyncBufReadExt, StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use keyhole_runner::instance::INSTANCE_LABEL;
 use keyhole_runner::pod::{JOB_ID_LABEL, MANAGED_BY, MANAGED_BY_LABEL};
-use keyhole_tests::coordinator::FinalStatus;
+use keyhole_tests::coordinator::{FinalState, FinalStatus};
+use keyhole_tests::gitlab_mode::assert_trace_has;
 use keyhole_tests::{
     BedEnv, Coordinator, CoordinatorOptions, HelmRelease, JobNamespace, TestBed, TestNamespace,
     VaultAdmin, VaultRoleRemoved, bed_command, bed_script, eventually, run_ok,
 };
 use kube::Api;
-use kube::api::{DeleteParams, ListParams, LogParams, PostParams};
+use kube::api::{DeleteParams, ListParams, LogParams};
 use kube::runtime::wait::await_condition;
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::json;
@@ -100,19 +101,89 @@ fn metrics(env: &BedEnv, namespace: &str, pod: &str) -> anyhow::Result<String> {
     ]))
 }
 
-/// The runner token, in a Secret of our own (not in Helm's release data): `runner-token`.
-async fn create_runner_token(ns: &TestNamespace, gitlab: &Coordinator) {
-    ns.api::<Secret>()
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({
-                "metadata": {"name": "runner-token"},
-                "stringData": {"token": gitlab.runner_token()}
-            }))
-            .unwrap(),
+/// Where a release runs: a PodSecurity-restricted namespace for it, the name of its jobs
+/// namespace, and a coordinator (GitLab) on the bed's bridge, where the runner pod and the job
+/// pods' checkout reach it, with the runner token in a Secret of our own (not in Helm's release
+/// data): `runner-token`.
+struct Deployment {
+    bed: TestBed,
+    ns: TestNamespace,
+    jobs_ns: String,
+    gitlab: Coordinator,
+}
+
+impl Deployment {
+    async fn new(tag: &str) -> Self {
+        let bed = TestBed::connect().await;
+        let ns = JobNamespace::builder(tag)
+            .restricted()
+            .create_on(&bed)
+            .await
+            .ns;
+        let jobs_ns = format!("{}-jobs", ns.name);
+        let gitlab = Coordinator::start(CoordinatorOptions::on_bed_bridge(Duration::from_secs(5)))
+            .await
+            .unwrap();
+        ns.create_object::<Secret>(json!({
+            "metadata": {"name": "runner-token"},
+            "stringData": {"token": gitlab.runner_token()}
+        }))
+        .await;
+        Self {
+            bed,
+            ns,
+            jobs_ns,
+            gitlab,
+        }
+    }
+
+    /// The chart's values for a runner image of this coordinator whose jobs run in busybox in
+    /// the jobs namespace. `runner` adds keys under `runner:` (indented two spaces), `more`
+    /// adds top-level keys, `network` adds keys under `networkPolicy:` (indented two spaces).
+    fn values(&self, runner: &str, more: &str, network: &str) -> String {
+        format!(
+            r#"
+image: {{repository: keyhole.local/runner, tag: dev, pullPolicy: Never}}
+runner:
+  url: "{url}"
+  logFormat: text
+  token: {{secretName: runner-token}}
+{runner}
+  kubernetes:
+    host: "{apiserver}"
+    image: "keyhole.local/busybox:1"
+    pull_policy: never
+    pod_termination_grace_period_seconds: 20
+broker: {{image: "keyhole.local/broker:dev"}}
+jobs:
+  namespace: {jobs_ns}
+  kubeApi: "{apiserver}"
+  gitImage: "keyhole.local/git:2"
+{more}
+networkPolicy:
+  gitlab: {{cidrs: [10.213.0.1/32], ports: [{gitlab_port}]}}
+  kubernetesApi: {{cidrs: [10.213.0.1/32], ports: [6443]}}
+{network}
+"#,
+            url = self.gitlab.url(),
+            apiserver = self.bed.env.apiserver_url,
+            jobs_ns = self.jobs_ns,
+            gitlab_port = self.gitlab.addr().port(),
         )
-        .await
-        .unwrap();
+    }
+}
+
+/// Waits up to `within` for the job's final state; fails with its trace and what the runner
+/// pods are doing.
+async fn job_final(gitlab: &Coordinator, pods: &Api<Pod>, id: u64, within: Duration) -> FinalState {
+    match gitlab.wait_for_final(id, within).await {
+        Ok(done) => done,
+        Err(e) => panic!(
+            "job {id}: {e:#}\ntrace:\n{}\n{}",
+            gitlab.trace_text(id),
+            describe_runner(pods).await
+        ),
+    }
 }
 
 /// Follows a pod's log in the background; the task returns its lines once the pod's container
@@ -140,20 +211,9 @@ async fn follow_log(pods: &Api<Pod>, name: &str) -> JoinHandle<Vec<String>> {
 
 #[tokio::test]
 async fn the_charts_runner_takes_a_job_and_completes_it_with_a_vault_secret() {
-    let bed = TestBed::connect().await;
+    let d = Deployment::new("deployrun").await;
+    let (bed, ns, jobs_ns, gitlab) = (&d.bed, &d.ns, &d.jobs_ns, &d.gitlab);
     let vault = VaultAdmin::new(&bed.env);
-    let ns = JobNamespace::builder("deployrun")
-        .restricted()
-        .create_on(&bed)
-        .await
-        .ns;
-    let jobs_ns = format!("{}-jobs", ns.name);
-    // GitLab on the bed's bridge: the runner pod and the job pod's checkout reach it there.
-    let gitlab = Coordinator::start(CoordinatorOptions::on_bed_bridge(Duration::from_secs(5)))
-        .await
-        .unwrap();
-
-    create_runner_token(&ns, &gitlab).await;
 
     // A tenant: its jobs run as their own ServiceAccount, whose Vault role (named like it, and
     // unique to this run) reads one KV path. The values are unique to this run too.
@@ -168,62 +228,38 @@ async fn the_charts_runner_takes_a_job_and_completes_it_with_a_vault_secret() {
         )
         .await
         .unwrap();
-    let apiserver = &bed.env.apiserver_url;
-    let gitlab_port = gitlab.addr().port();
-    let values = format!(
+    // Vault over TLS from the bed's own CA: the chart hands the bundle to the brokers.
+    let vault_and_tenant = format!(
         r#"
-image: {{repository: keyhole.local/runner, tag: dev, pullPolicy: Never}}
-runner:
-  url: "{url}"
-  logFormat: text
-  terminationGracePeriodSeconds: 120
-  token: {{secretName: runner-token}}
-  kubernetes:
-    host: "{apiserver}"
-    image: "keyhole.local/busybox:1"
-    pull_policy: never
-    pod_termination_grace_period_seconds: 20
-broker: {{image: "keyhole.local/broker:dev"}}
 vault:
   address: "{vault_addr}"
   caBundle: {ca_bundle}
-jobs:
-  namespace: {jobs_ns}
-  kubeApi: "{apiserver}"
-  gitImage: "keyhole.local/git:2"
 tenants:
   - project: {project}
     serviceAccount: {tenant_sa}
     vault:
       paths: ["kv/data/{ns}/*"]
-      tokenTtl: 2m
-networkPolicy:
-  gitlab: {{cidrs: [10.213.0.1/32], ports: [{gitlab_port}]}}
-  vault: {{cidrs: [10.213.0.1/32], ports: [8201]}}
-  kubernetesApi: {{cidrs: [10.213.0.1/32], ports: [6443]}}
-"#,
-        url = gitlab.url(),
-        // Vault over TLS from the bed's own CA: the chart hands the bundle to the brokers.
+      tokenTtl: 2m"#,
         vault_addr = bed.env.vault_tls_pod_addr,
         ca_bundle =
             serde_json::to_string(&std::fs::read_to_string(&bed.env.vault_ca_file).unwrap())
                 .unwrap(),
         ns = ns.name,
     );
+    let values = d.values(
+        "  terminationGracePeriodSeconds: 120",
+        &vault_and_tenant,
+        "  vault: {cidrs: [10.213.0.1/32], ports: [8201]}",
+    );
     let release = HelmRelease::install(&bed.env, RELEASE, &ns.name, &values).unwrap();
 
     // The Vault commands the chart prints, run as the Vault admin would.
-    let notes = release.notes().unwrap();
-    let block = notes
-        .split_once("# --- keyhole: vault setup ---")
-        .and_then(|(_, rest)| rest.split_once("# --- keyhole: end ---"))
-        .map(|(block, _)| block)
-        .unwrap_or_else(|| panic!("no Vault block in NOTES:\n{notes}"));
+    let block = release.notes_vault_setup().unwrap();
     assert!(
         block.contains(&format!("auth/kubernetes/role/{tenant_sa} ")),
         "the tenant's role is named like its ServiceAccount:\n{block}"
     );
-    run_ok(&mut bed_script(&bed.env, block)).unwrap();
+    run_ok(&mut bed_script(&bed.env, &block)).unwrap();
 
     let pods: Api<Pod> = ns.api();
     let runner_pod = ready_runner(&pods).await;
@@ -250,24 +286,18 @@ networkPolicy:
         ])
         .enqueue()
         .unwrap();
-    let done = match gitlab.wait_for_final(job.id, JOB_DONE).await {
-        Ok(done) => done,
-        Err(e) => panic!(
-            "{e:#}\ntrace:\n{}\n{}",
-            String::from_utf8_lossy(&gitlab.trace(job.id)),
-            describe_runner(&pods).await
-        ),
-    };
-    let trace = String::from_utf8_lossy(&gitlab.trace(job.id)).into_owned();
+    let done = job_final(gitlab, &pods, job.id, JOB_DONE).await;
+    let trace = gitlab.trace_text(job.id);
     assert_eq!(done.status, FinalStatus::Success, "{trace}");
-    for line in [
-        "Checked out",
-        "hello from the deployed runner",
-        "db password: [MASKED]",
-        "Job succeeded",
-    ] {
-        assert!(trace.contains(line), "missing {line:?}:\n{trace}");
-    }
+    assert_trace_has(
+        &trace,
+        [
+            "Checked out",
+            "hello from the deployed runner",
+            "db password: [MASKED]",
+            "Job succeeded",
+        ],
+    );
     // Over TLS, with the chart's CA bundle (vault.caBundle).
     let tls_login = format!("logging in to Vault at {}", bed.env.vault_tls_pod_addr);
     assert!(
@@ -304,7 +334,7 @@ networkPolicy:
     // to expire, its emptyDirs gone). The Deployment's next pod finds the job in the journal
     // Secret, reports it to GitLab and deletes its pod.
     let runner_name =
-        kill_the_runner_mid_job(&gitlab, &pods, &ns.api(), &jobs_ns, &runner_name).await;
+        kill_the_runner_mid_job(gitlab, &pods, &ns.api(), jobs_ns, &runner_name).await;
 
     // Deleting the release stops the runner gracefully: SIGTERM, no new jobs, "stopped", exit.
     let follow = follow_log(&pods, &runner_name).await;
@@ -349,18 +379,18 @@ async fn kill_the_runner_mid_job(
     runner_name: &str,
 ) -> String {
     let job = gitlab
-        .job()
-        .variable("GIT_STRATEGY", "none")
+        .job_without_checkout()
         .script(["echo started", "sleep 600"])
         .enqueue()
         .unwrap();
     let started = eventually(JOB_DONE, POLL, async || {
-        trace_text(gitlab, job.id)
+        gitlab
+            .trace_text(job.id)
             .contains("started\n")
             .then_some(())
     })
     .await;
-    assert!(started.is_some(), "{}", trace_text(gitlab, job.id));
+    assert!(started.is_some(), "{}", gitlab.trace_text(job.id));
     let journal = journal_secrets
         .get(&format!("{RELEASE}-keyhole-journal"))
         .await
@@ -380,15 +410,9 @@ async fn kill_the_runner_mid_job(
     .await
     .unwrap();
     let killed = Instant::now();
-    let done = match gitlab
-        .wait_for_final(job.id, Duration::from_secs(180))
-        .await
-    {
-        Ok(done) => done,
-        Err(e) => panic!("{e:#}\n{}", describe_runner(pods).await),
-    };
+    let done = job_final(gitlab, pods, job.id, Duration::from_secs(180)).await;
     let reported = killed.elapsed();
-    let trace = trace_text(gitlab, job.id);
+    let trace = gitlab.trace_text(job.id);
     assert_eq!(done.status, FinalStatus::Failed, "{trace}");
     assert_eq!(
         done.failure_reason.as_deref(),
@@ -505,10 +529,6 @@ fn watch_job_pods(jobs: Api<Pod>) -> (JobPods, JoinHandle<()>) {
 /// How often the rolling-upgrade test looks again.
 const POLL: Duration = Duration::from_millis(200);
 
-fn trace_text(gitlab: &Coordinator, job: u64) -> String {
-    String::from_utf8_lossy(&gitlab.trace(job)).into_owned()
-}
-
 /// How many of the trace's lines are exactly `line` (the job's output, not the echoed command).
 fn count_lines(trace: &str, line: &str) -> usize {
     trace.lines().filter(|l| l.trim_end() == line).count()
@@ -522,54 +542,23 @@ fn count_lines(trace: &str, line: &str) -> usize {
 async fn a_rolling_upgrade_of_two_replicas_drains_the_old_pods_and_loses_no_job() {
     /// Jobs of the first pods: `concurrent` 3 on each of 2 replicas, so both take some.
     const JOBS: u64 = 6;
-    let bed = TestBed::connect().await;
-    let ns = JobNamespace::builder("deployroll")
-        .restricted()
-        .create_on(&bed)
-        .await
-        .ns;
-    let jobs_ns = format!("{}-jobs", ns.name);
-    let gitlab = Coordinator::start(CoordinatorOptions::on_bed_bridge(Duration::from_secs(5)))
-        .await
-        .unwrap();
-    create_runner_token(&ns, &gitlab).await;
+    let d = Deployment::new("deployroll").await;
+    let (bed, ns, jobs_ns, gitlab) = (&d.bed, &d.ns, &d.jobs_ns, &d.gitlab);
     // The grace period covers the jobs' rest: the chart gives the runner 180 - 90 = 90 s to
     // drain (`shutdown_timeout`). A new log level is a config change: the pods roll.
     let values = |log_level: &str| {
-        format!(
-            r#"
-image: {{repository: keyhole.local/runner, tag: dev, pullPolicy: Never}}
-replicas: 2
-runner:
-  url: "{url}"
-  logFormat: text
-  logLevel: "{log_level}"
-  concurrent: 3
-  terminationGracePeriodSeconds: 180
-  token: {{secretName: runner-token}}
-  kubernetes:
-    host: "{apiserver}"
-    image: "keyhole.local/busybox:1"
-    pull_policy: never
-    pod_termination_grace_period_seconds: 20
-broker: {{image: "keyhole.local/broker:dev"}}
-jobs:
-  namespace: {jobs_ns}
-  kubeApi: "{apiserver}"
-  gitImage: "keyhole.local/git:2"
-networkPolicy:
-  gitlab: {{cidrs: [10.213.0.1/32], ports: [{gitlab_port}]}}
-  kubernetesApi: {{cidrs: [10.213.0.1/32], ports: [6443]}}
-"#,
-            url = gitlab.url(),
-            apiserver = bed.env.apiserver_url,
-            gitlab_port = gitlab.addr().port(),
+        d.values(
+            &format!(
+                "  logLevel: \"{log_level}\"\n  concurrent: 3\n  terminationGracePeriodSeconds: 180"
+            ),
+            "replicas: 2",
+            "",
         )
     };
     let release = HelmRelease::install(&bed.env, RELEASE, &ns.name, &values("")).unwrap();
     let pods: Api<Pod> = ns.api();
     let (runners, runner_watch) = watch_runner_pods(pods.clone());
-    let (job_pods, job_watch) = watch_job_pods(Api::namespaced(bed.client.clone(), &jobs_ns));
+    let (job_pods, job_watch) = watch_job_pods(Api::namespaced(bed.client.clone(), jobs_ns));
 
     let ready_uids = |runners: &RunnerPods| -> BTreeSet<String> {
         runners
@@ -601,9 +590,8 @@ networkPolicy:
     let jobs: Vec<u64> = (1..=JOBS)
         .map(|n| {
             gitlab
-                .job()
+                .job_without_checkout()
                 .name(&format!("long-{n}"))
-                .variable("GIT_STRATEGY", "none")
                 .script([
                     format!("echo started {n}"),
                     "sleep 40".to_owned(),
@@ -623,7 +611,7 @@ networkPolicy:
         jobs.iter()
             .zip(1..)
             .map(|(&id, n)| {
-                (count_lines(&trace_text(&gitlab, id), &format!("started {n}")) == 1)
+                (count_lines(&gitlab.trace_text(id), &format!("started {n}")) == 1)
                     .then(|| job_instance(id))
                     .flatten()
             })
@@ -631,7 +619,7 @@ networkPolicy:
     })
     .await;
     let Some(running) = running else {
-        let traces: Vec<String> = jobs.iter().map(|&id| trace_text(&gitlab, id)).collect();
+        let traces: Vec<String> = jobs.iter().map(|&id| gitlab.trace_text(id)).collect();
         let described = describe_runner(&pods).await;
         panic!(
             "the {JOBS} jobs did not all start within {JOB_DONE:?}; traces: {traces:#?}\njob pods: {:?}\n{described}",
@@ -683,9 +671,8 @@ networkPolicy:
 
     // A job after the upgrade: the old pods take no more, a new one runs it.
     let seventh = gitlab
-        .job()
+        .job_without_checkout()
         .name("after-upgrade")
-        .variable("GIT_STRATEGY", "none")
         .script(["echo seventh"])
         .enqueue()
         .unwrap()
@@ -693,23 +680,16 @@ networkPolicy:
 
     let all: Vec<u64> = jobs.iter().copied().chain([seventh]).collect();
     let finals = futures::future::join_all(all.iter().map(|&id| {
-        let gitlab = &gitlab;
+        let pods = &pods;
         async move {
-            let done = gitlab.wait_for_final(id, JOB_DONE).await;
+            let done = job_final(gitlab, pods, id, JOB_DONE).await;
             (id, done, Instant::now())
         }
     }))
     .await;
     let mut finished_at = BTreeMap::new();
     for (id, done, at) in finals {
-        let trace = trace_text(&gitlab, id);
-        let done = match done {
-            Ok(done) => done,
-            Err(e) => panic!(
-                "job {id}: {e:#}\ntrace:\n{trace}\n{}",
-                describe_runner(&pods).await
-            ),
-        };
+        let trace = gitlab.trace_text(id);
         assert_eq!(done.status, FinalStatus::Success, "job {id}:\n{trace}");
         assert!(
             !trace.contains("deleted by someone else"),
@@ -732,7 +712,7 @@ networkPolicy:
         .unwrap()
         .duration_since(enqueued);
     for (&id, n) in jobs.iter().zip(1..) {
-        let trace = trace_text(&gitlab, id);
+        let trace = gitlab.trace_text(id);
         // Once each: a job started again (on another pod) would print "started" twice.
         assert_eq!(
             count_lines(&trace, &format!("started {n}")),
@@ -745,7 +725,7 @@ networkPolicy:
             "job {id}:\n{trace}"
         );
     }
-    let trace = trace_text(&gitlab, seventh);
+    let trace = gitlab.trace_text(seventh);
     assert_eq!(count_lines(&trace, "seventh"), 1, "{trace}");
     {
         let seen = job_pods.lock().unwrap();
