@@ -11,7 +11,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
-use crate::{TestBed, bed_command, chart_dir, run};
+use crate::{
+    TestBed, bed_command, chart_dir, restricted_container_security, restricted_pod_security, run,
+};
 
 pub const BUSYBOX: &str = "keyhole.local/busybox:1";
 /// Release name of every test install; namespaces keep releases apart.
@@ -21,7 +23,6 @@ pub const RUNNER_SA: &str = "kh-keyhole-runner";
 /// Upper bound for a new admission policy to take effect; a deadline against hangs.
 pub const POLICY_DEADLINE: Duration = Duration::from_secs(60);
 
-/// `helm template` of the chart with extra args; Ok(stdout) or Err(stderr).
 /// The runner's `config.toml` in the release's ConfigMap.
 pub fn config_text(cm: &k8s_openapi::api::core::v1::ConfigMap) -> String {
     cm.data
@@ -31,6 +32,7 @@ pub fn config_text(cm: &k8s_openapi::api::core::v1::ConfigMap) -> String {
         .clone()
 }
 
+/// `helm template` of the chart with extra args; Ok(stdout) or Err(stderr).
 pub fn helm_template(bed: &TestBed, extra: &[&str]) -> std::result::Result<String, String> {
     let chart = chart_dir().display().to_string();
     let mut args = vec![
@@ -116,11 +118,6 @@ pub fn from_json<K: DeserializeOwned>(value: Value) -> K {
     serde_json::from_value(value).expect("test object JSON matches its schema")
 }
 
-pub fn restricted() -> Value {
-    json!({"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]},
-           "runAsNonRoot": true, "seccompProfile": {"type": "RuntimeDefault"}})
-}
-
 /// A job pod of the shape the runner builds (see the pod contract in `contract/src/lib.rs`):
 /// named `kh-<job id>-<6 random>`, the job labels, the projected `keyhole-inputs` volume whose
 /// only Secret is the per-job Secret named like the pod, memory-backed `keyhole-secrets`, the
@@ -139,8 +136,7 @@ pub fn job_pod(name: &str, service_account: &str) -> Value {
             "serviceAccountName": service_account,
             "automountServiceAccountToken": false,
             "terminationGracePeriodSeconds": 1,
-            "securityContext": {"runAsNonRoot": true, "runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000,
-                                "seccompProfile": {"type": "RuntimeDefault"}},
+            "securityContext": restricted_pod_security(),
             "volumes": [
                 {"name": "keyhole-inputs", "projected": {"defaultMode": 0o440, "sources": [
                     {"serviceAccountToken": {"audience": "vault", "expirationSeconds": 600, "path": "token"}},
@@ -154,22 +150,35 @@ pub fn job_pod(name: &str, service_account: &str) -> Value {
             "initContainers": [{
                 "name": "keyhole-broker", "image": BUSYBOX, "imagePullPolicy": "Never",
                 "restartPolicy": "Always", "command": ["sleep", "3600"],
-                "securityContext": restricted(),
-                "volumeMounts": [
-                    {"name": "keyhole-inputs", "mountPath": "/keyhole/inputs", "readOnly": true},
-                    {"name": "keyhole-secrets", "mountPath": "/keyhole/secrets"},
-                    {"name": "keyhole-run", "mountPath": "/keyhole/run"}]
+                "securityContext": restricted_container_security(),
+                "volumeMounts": broker_mounts()
             }],
             "containers": [{
                 "name": "build", "image": BUSYBOX, "imagePullPolicy": "Never",
                 "command": ["sh", "-c", "echo build"],
-                "securityContext": restricted(),
-                "volumeMounts": [
-                    {"name": "keyhole-secrets", "mountPath": "/keyhole/secrets", "readOnly": true},
-                    {"name": "keyhole-run", "mountPath": "/keyhole/run"}]
+                "securityContext": restricted_container_security(),
+                "volumeMounts": build_mounts()
             }]
         }
     })
+}
+
+/// The broker sidecar's mounts in a job pod: its inputs read-only, the secrets and the run
+/// directory writable.
+pub fn broker_mounts() -> Value {
+    json!([
+        {"name": "keyhole-inputs", "mountPath": "/keyhole/inputs", "readOnly": true},
+        {"name": "keyhole-secrets", "mountPath": "/keyhole/secrets"},
+        {"name": "keyhole-run", "mountPath": "/keyhole/run"}
+    ])
+}
+
+/// The build container's mounts in a job pod: the secrets read-only, the run directory.
+pub fn build_mounts() -> Value {
+    json!([
+        {"name": "keyhole-secrets", "mountPath": "/keyhole/secrets", "readOnly": true},
+        {"name": "keyhole-run", "mountPath": "/keyhole/run"}
+    ])
 }
 
 /// The per-job Secret the runner creates after the pod: same name, owned by the pod.

@@ -16,15 +16,25 @@ use keyhole_runner::pod::samples::sample_jobs;
 use keyhole_runner::prepare::prepare;
 use keyhole_tests::chart::{
     BUSYBOX, Outcome, POLICY_DEADLINE, RELEASE, RUNNER_SA, config_text, from_json, job_pod,
-    job_secret, refusal, refusal_once_effective, restricted, runner_client, test_values,
-    try_create,
+    job_secret, refusal, refusal_once_effective, runner_client, test_values, try_create,
 };
 use keyhole_tests::{
-    Access, HelmRelease, TestBed, TestNamespace, service_account_may, wait_until_allowed,
+    Access, HelmRelease, TestBed, TestNamespace, restricted_container_security,
+    restricted_pod_security, service_account_may, wait_until_allowed,
 };
 use kube::Api;
 use kube::api::{DeleteParams, ListParams, PostParams};
 use serde_json::{Value, json};
+
+/// Asserts that the apiserver answered 403 Forbidden to a request that must not be allowed.
+#[track_caller]
+fn assert_forbidden<T: std::fmt::Debug>(result: kube::Result<T>, what: &str) {
+    let denied = result.expect_err(what);
+    assert!(
+        matches!(denied, kube::Error::Api(ref s) if s.code == 403),
+        "{what}: {denied:?}"
+    );
+}
 
 #[tokio::test]
 async fn rbac_gives_the_runner_and_each_job_account_only_what_it_needs() {
@@ -166,34 +176,16 @@ async fn rbac_gives_the_runner_and_each_job_account_only_what_it_needs() {
         .get("app-db")
         .await
         .expect("app-deployer gets app-db");
-    let denied = as_app
-        .get("other-team-db")
-        .await
-        .expect_err("not its Secret");
-    assert!(
-        matches!(denied, kube::Error::Api(ref s) if s.code == 403),
-        "{denied:?}"
-    );
+    assert_forbidden(as_app.get("other-team-db").await, "not its Secret");
     let token = bed
         .service_account_token(&ns.name, RUNNER_SA, &[])
         .await
         .unwrap();
     let as_runner: Api<Secret> = Api::namespaced(bed.client_with_token(&token).unwrap(), j);
-    let denied = as_runner
-        .get("app-db")
-        .await
-        .expect_err("the runner reads no Secret");
-    assert!(
-        matches!(denied, kube::Error::Api(ref s) if s.code == 403),
-        "{denied:?}"
-    );
-    let denied = as_runner
-        .list(&ListParams::default())
-        .await
-        .expect_err("the runner lists no Secret");
-    assert!(
-        matches!(denied, kube::Error::Api(ref s) if s.code == 403),
-        "{denied:?}"
+    assert_forbidden(as_runner.get("app-db").await, "the runner reads no Secret");
+    assert_forbidden(
+        as_runner.list(&ListParams::default()).await,
+        "the runner lists no Secret",
     );
 }
 
@@ -492,9 +484,9 @@ async fn network_policy_selects_runner_made_job_pods_and_allows_only_the_listed_
     }
     let plain: Pod = from_json(json!({
         "metadata": {"name": "not-a-job", "labels": {"app.kubernetes.io/managed-by": "someone-else"}},
-        "spec": {"securityContext": {"runAsNonRoot": true, "runAsUser": 1000, "seccompProfile": {"type": "RuntimeDefault"}},
+        "spec": {"securityContext": restricted_pod_security(),
             "containers": [{"name": "c", "image": BUSYBOX, "imagePullPolicy": "Never", "command": ["sleep", "5"],
-                "securityContext": restricted()}]}
+                "securityContext": restricted_container_security()}]}
     }));
     admin.create(&PostParams::default(), &plain).await.unwrap();
 

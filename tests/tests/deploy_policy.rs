@@ -10,10 +10,11 @@ use k8s_openapi::api::core::v1::{Pod, Secret};
 use keyhole_runner::pod::{POD_NAME_PATTERN, PULL_SECRET_NAME_PATTERN};
 use keyhole_tests::chart::{
     BUSYBOX, POLICY_DEADLINE, RELEASE, RUNNER_SA, from_json, helm_template, is_policy_denial,
-    job_pod, job_secret, refusal, refusal_once_effective, restricted, runner_client, test_values,
+    job_pod, job_secret, refusal, refusal_once_effective, runner_client, test_values,
 };
 use keyhole_tests::{
-    Access, HelmRelease, TestBed, TestNamespace, pod_logs, wait_for_pod, wait_until_allowed,
+    Access, HelmRelease, TestBed, TestNamespace, pod_logs, restricted_container_security,
+    restricted_pod_security, wait_for_pod, wait_until_allowed,
 };
 use kube::api::{DeleteParams, PostParams};
 use kube::runtime::wait::await_condition;
@@ -174,11 +175,11 @@ async fn the_runner_cannot_mount_a_tenant_secret_by_naming_a_pod_like_it() {
             "restartPolicy": "Never",
             "serviceAccountName": "app-deployer",
             "automountServiceAccountToken": false,
-            "securityContext": {"runAsNonRoot": true, "runAsUser": 1000, "seccompProfile": {"type": "RuntimeDefault"}},
+            "securityContext": restricted_pod_security(),
             "volumes": [{"name": "loot", "secret": {"secretName": "app-db"}}],
             "containers": [{
                 "name": "c", "image": BUSYBOX, "imagePullPolicy": "Never",
-                "command": ["cat", "/loot/password"], "securityContext": restricted(),
+                "command": ["cat", "/loot/password"], "securityContext": restricted_container_security(),
                 "volumeMounts": [{"name": "loot", "mountPath": "/loot", "readOnly": true}]
             }]
         }
