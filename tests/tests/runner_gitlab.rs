@@ -12,7 +12,10 @@ use keyhole_tests::gitlab_mode::{
     numbered_lines_script, run_jobs, run_jobs_with, setup, start_runner, start_runner_via,
     start_runner_with, stop, trace_text, wait_for_trace,
 };
-use keyhole_tests::{Coordinator, CoordinatorOptions, OutageProxy, eventually};
+use keyhole_tests::{
+    Coordinator, CoordinatorOptions, OutageProxy, eventually, restricted_container_security,
+    restricted_pod_security,
+};
 use kube::Api;
 use kube::api::{ListParams, PostParams};
 use secrecy::SecretString;
@@ -1069,10 +1072,9 @@ fn sleeping_job_pod(name: &str, labels: Value) -> Value {
         "spec": {
             "restartPolicy": "Never",
             "automountServiceAccountToken": false,
-            "securityContext": {"runAsNonRoot": true, "runAsUser": 1000, "seccompProfile": {"type": "RuntimeDefault"}},
+            "securityContext": restricted_pod_security(),
             "containers": [{"name": "build", "image": BUSYBOX, "imagePullPolicy": "Never",
-                "command": ["sleep", "600"],
-                "securityContext": {"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}}}]
+                "command": ["sleep", "600"], "securityContext": restricted_container_security()}]
         }
     })
 }
