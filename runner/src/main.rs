@@ -483,7 +483,7 @@ mod failure {
             let served = tokio::runtime::Builder::new_current_thread()
                 .build()
                 .unwrap()
-                .block_on(keyhole_runner::service::serve_until(config, stop, None));
+                .block_on(keyhole_runner::service::run_until(config, stop, None));
             let (code, text) = report(&anyhow::Error::new(served.unwrap_err()));
             assert_eq!(code, USAGE);
             assert!(

@@ -94,17 +94,7 @@ pub async fn run(config: Config) -> Result<(), ServiceError> {
         wait_for_signal().await;
         let _ = stop_tx.send(true);
     });
-    serve_until(config, stop_rx, None).await
-}
-
-/// [`serve_until`] for the tests in `keyhole-tests`, which still hold its result as an
-/// `anyhow::Result`; goes once they take [`ServiceError`].
-pub async fn run_until(
-    config: Config,
-    stop: watch::Receiver<bool>,
-    kube: Option<kube::Client>,
-) -> anyhow::Result<()> {
-    Ok(serve_until(config, stop, kube).await?)
+    run_until(config, stop_rx, None).await
 }
 
 /// [`run`] with the stop signal given (tests stop it without signals) and, optionally, the
@@ -112,7 +102,7 @@ pub async fn run_until(
 ///
 /// Every `[[runners]]` entry is served, as gitlab-runner does: each asks its GitLab with its
 /// own token for at most its `limit` of jobs, and `concurrent` bounds them all together.
-pub async fn serve_until(
+pub async fn run_until(
     config: Config,
     stop: watch::Receiver<bool>,
     kube: Option<kube::Client>,

@@ -92,7 +92,7 @@ pub fn assert_numbered_lines_once(trace: &str, total: u32) {
 /// A runner service running in the test's process: send `true` to stop it gracefully.
 pub type RunningService = (
     tokio::sync::watch::Sender<bool>,
-    tokio::task::JoinHandle<anyhow::Result<()>>,
+    tokio::task::JoinHandle<Result<(), keyhole_runner::service::ServiceError>>,
 );
 
 /// Runs the service with [`config`] in the background.
@@ -163,7 +163,7 @@ pub fn assert_trace_has<S: AsRef<str>>(trace: &str, lines: impl IntoIterator<Ite
 /// Stops the service gracefully and waits for it to end, which must be without an error.
 pub async fn stop(
     tx: tokio::sync::watch::Sender<bool>,
-    handle: tokio::task::JoinHandle<anyhow::Result<()>>,
+    handle: tokio::task::JoinHandle<Result<(), keyhole_runner::service::ServiceError>>,
 ) {
     tx.send(true).unwrap();
     handle.await.unwrap().unwrap();
