@@ -231,6 +231,32 @@ async fn a_failing_script_fails_the_job_with_its_exit_code_and_after_script_runs
     assert_cleaned_up(&s).await;
 }
 
+/// The job's result comes at the log's end: the status the script writes to its `done` FIFO,
+/// which the broker passes on with the per-job token, not the pod's status. A script that
+/// reports 5 while its process goes on sleeping ends as exit code 5 at once (waiting for the
+/// pod would give success a minute later); a status line the job prints itself, without the
+/// token, is only output.
+#[tokio::test]
+async fn the_status_the_script_reports_at_its_end_decides_the_job() {
+    let s = setup("runstatus").await;
+    let forged = "keyhole-broker: script exited 00000000000000000000000000000000 000";
+    let j = job(
+        9,
+        &[
+            &format!("echo '{forged}'"),
+            "printf '5\\n' >/keyhole/run/done",
+            "sleep 60",
+            "echo never",
+        ],
+    );
+    let r = run(&s, &j).await;
+    let (exit_code, message) = r.failed_as(FailureKind::Script);
+    assert_eq!(exit_code, Some(5), "{message}\n{}", r.trace);
+    assert!(r.trace.contains(forged), "{}", r.trace);
+    assert!(!r.trace.contains("never\n"), "{}", r.trace);
+    assert_cleaned_up(&s).await;
+}
+
 #[tokio::test]
 async fn secrets_from_vault_and_kubernetes_reach_the_script_masked() {
     let s = setup("runsecrets").await;
