@@ -72,10 +72,7 @@ pub enum PodError {
     )]
     ServiceWithoutCommand { what: String },
     /// A service's `HEALTHCHECK_TCP_PORT` is no port; `value` is its first 20 characters.
-    #[error(
-        "{what}: {variable} is {value:?}; give a TCP port number from 1 to 65535",
-        variable = super::containers::HEALTHCHECK_TCP_PORT
-    )]
+    #[error("{what}: HEALTHCHECK_TCP_PORT is {value:?}; give a TCP port number from 1 to 65535")]
     HealthcheckPort { what: String, value: String },
     /// A resource override (`KUBERNETES_CPU_REQUEST` and friends) or its cap is wrong.
     #[error(transparent)]
