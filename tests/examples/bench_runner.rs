@@ -30,7 +30,9 @@
 //!   /proc/uptime`), against a bare pod of the same image and hardening from its create request
 //!   to its first command, medians of `P7_RUNS` (7) runs each, floor and variants taking turns
 //!   in the same run. Both ends read the kernel's uptime (pods share the node's kernel). Three
-//!   variants: no secrets, one Vault secret, a repository checkout.
+//!   variants: no secrets, one Vault secret, a repository checkout. `sidecar_floor_ms`: the
+//!   bare pod with a native sidecar started before it (postStart returning at once), the
+//!   kubelet's own cost of the one container step a job's ordering needs.
 //!
 //! - `P8 api_requests_per_job=…`: the Kubernetes API requests the runner makes per job, as the
 //!   apiserver's audit log counts them (`scripts/lib/audit.sh`) under the runner's own user: a
@@ -505,9 +507,11 @@ async fn p7(bench: &Bench, runs: u64) -> Result<()> {
         .await?;
     let pods: Api<Pod> = Api::namespaced(bench.bed.client.clone(), &ns);
     let mut floor = Vec::new();
+    let mut sidecar_floor = Vec::new();
     let mut variants: std::collections::BTreeMap<&str, Vec<f64>> = Default::default();
     for run in 0..runs {
-        floor.push(p7_floor(&pods, run).await?);
+        floor.push(p7_floor(&pods, run, false).await?);
+        sidecar_floor.push(p7_floor(&pods, run, true).await?);
         for variant in P7_VARIANTS {
             gitlab.wait_for_pollers(1, READY_DEADLINE).await?;
             let job = gitlab.job().name(&format!("p7-{variant}-{run}"));
@@ -534,6 +538,7 @@ async fn p7(bench: &Bench, runs: u64) -> Result<()> {
     }
     runner.stop(STOP_GRACE).await?;
     let floor_ms = median(&floor).unwrap_or(0.0) * 1000.0;
+    let sidecar_floor_ms = median(&sidecar_floor).unwrap_or(0.0) * 1000.0;
     for variant in P7_VARIANTS {
         let keyhole_ms = median(&variants[variant]).unwrap_or(0.0) * 1000.0;
         let goal = if variant == "checkout" { 1.5 } else { 1.25 };
@@ -543,7 +548,7 @@ async fn p7(bench: &Bench, runs: u64) -> Result<()> {
             .map(|s| format!("{:.0}", s * 1000.0))
             .collect();
         println!(
-            "P7 variant={variant} keyhole_ms={keyhole_ms:.0} floor_ms={floor_ms:.0} ratio={ratio:.2} goal={} runs={runs} keyhole_samples_ms={}",
+            "P7 variant={variant} keyhole_ms={keyhole_ms:.0} floor_ms={floor_ms:.0} ratio={ratio:.2} goal={} sidecar_floor_ms={sidecar_floor_ms:.0} runs={runs} keyhole_samples_ms={}",
             if ratio <= goal {
                 format!("PASS(<={goal})")
             } else {
@@ -554,14 +559,37 @@ async fn p7(bench: &Bench, runs: u64) -> Result<()> {
     }
     let floor_samples: Vec<String> = floor.iter().map(|s| format!("{:.0}", s * 1000.0)).collect();
     eprintln!("P7 floor samples_ms={}", floor_samples.join(","));
+    let sidecar_samples: Vec<String> = sidecar_floor
+        .iter()
+        .map(|s| format!("{:.0}", s * 1000.0))
+        .collect();
+    eprintln!("P7 sidecar floor samples_ms={}", sidecar_samples.join(","));
     Ok(())
 }
 
 /// One bare pod with the build container's image and hardening: create request → its first
-/// command, in seconds.
-async fn p7_floor(pods: &Api<Pod>, run: u64) -> Result<f64> {
-    let name = format!("p7-floor-{run}");
-    let pod = floor_pod(json!({"name": name}), "cat /proc/uptime")?;
+/// command, in seconds. `with_sidecar`: the pod also has a native sidecar whose postStart hook
+/// returns at once, started before the build container as the broker is: what the kubelet
+/// alone adds for one more container step, the floor for any design that starts the script
+/// only after a sidecar is ready.
+async fn p7_floor(pods: &Api<Pod>, run: u64, with_sidecar: bool) -> Result<f64> {
+    let name = if with_sidecar {
+        format!("p7-sidecar-floor-{run}")
+    } else {
+        format!("p7-floor-{run}")
+    };
+    let mut pod = floor_pod(json!({"name": name}), "cat /proc/uptime")?;
+    if with_sidecar {
+        let spec = pod.spec.as_mut().context("floor pod without spec")?;
+        spec.init_containers = Some(vec![serde_json::from_value(json!({
+            "name": "sidecar", "image": "keyhole.local/busybox:1", "imagePullPolicy": "Never",
+            "restartPolicy": "Always",
+            "command": ["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1; done"],
+            "lifecycle": {"postStart": {"exec": {"command": ["sh", "-c", ":"]}}},
+            "securityContext": {"allowPrivilegeEscalation": false,
+                "capabilities": {"drop": ["ALL"]}}
+        }))?]);
+    }
     let created = uptime_now()?;
     let done = run_pod_to_completion(pods, &pod).await?;
     let phase = done.status.and_then(|s| s.phase).unwrap_or_default();
