@@ -241,6 +241,16 @@ impl Job {
             .iter()
             .rev()
             .find(|v| v.key == "CI_DEBUG_TRACE")
-            .is_some_and(|v| crate::variables::go_bool(v.value.expose_secret()))
+            .is_some_and(|v| go_bool(v.value.expose_secret()))
+    }
+}
+
+/// Go's `strconv.ParseBool` on the lowercased value, then `ParseInt(value) == 1`: how
+/// gitlab-runner reads boolean variables such as `CI_DEBUG_TRACE`.
+pub fn go_bool(value: &str) -> bool {
+    match value.to_ascii_lowercase().as_str() {
+        "1" | "t" | "true" => true,
+        "0" | "f" | "false" => false,
+        _ => value.parse::<i32>() == Ok(1),
     }
 }

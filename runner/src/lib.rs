@@ -38,13 +38,17 @@
 //! * [`journal`], [`reaper`], [`metrics`]: what the service alone needs: the in-flight job
 //!   journal, the orphan-pod reaper (uses `execute`, `instance`, `pod`), Prometheus metrics
 //!   and health endpoints.
-//! * [`service`]: `keyhole-runner run`, the GitLab service. Uses `gitlab`, `prepare`,
-//!   `execute`, `journal`, `reaper`, `metrics`, `verify` and the model.
-//! * [`verify`]: `keyhole-runner verify`, the post-deploy checks. Uses `config`, `instance`,
-//!   `pod`, `service`.
+//! * [`connect`]: how the runner reaches GitLab and the cluster, the clients of a
+//!   `[[runners]]` entry, shared by `service`, `verify` and `exec`. Uses `config`, `gitlab` and
+//!   the service's error type.
+//! * [`service`]: `keyhole-runner run`, the GitLab service. Uses `connect`, `gitlab`,
+//!   `prepare`, `execute`, `journal`, `reaper`, `metrics`, `verify` and the model.
+//! * [`verify`]: `keyhole-runner verify`, the post-deploy checks. Uses `config`, `connect`,
+//!   `instance`, `pod`.
 
 pub mod cache;
 pub mod config;
+pub mod connect;
 pub mod execute;
 pub mod gitlab;
 pub mod instance;

@@ -256,7 +256,7 @@ fn redacted(mut secret: k8s_openapi::api::core::v1::Secret) -> k8s_openapi::api:
 async fn exec(args: &LocalArgs) -> Result<i32> {
     let runner = local_runner(args)?;
     let job = local_job(args, &runner)?;
-    let client = keyhole_runner::service::kube_client(&runner).await?;
+    let client = keyhole_runner::connect::kube_client(&runner).await?;
     let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
         && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let term = keyhole_runner::local::Terminal {
@@ -460,7 +460,7 @@ mod failure {
         #[test]
         fn a_service_config_error_is_a_usage_error() {
             let mut runner = keyhole_runner::config::RunnerConfig::default();
-            let no_token = keyhole_runner::service::gitlab_client(&runner).unwrap_err();
+            let no_token = keyhole_runner::connect::gitlab_client(&runner).unwrap_err();
             let (code, text) = report(&refused_runner(no_token));
             assert_eq!(code, USAGE);
             assert_eq!(
@@ -470,7 +470,7 @@ mod failure {
             );
             runner.token = Some("glrt-x".to_string().into());
             runner.url = "https://glrt-x:y@gitlab.example.com".into();
-            let credentials_in_url = keyhole_runner::service::gitlab_client(&runner).unwrap_err();
+            let credentials_in_url = keyhole_runner::connect::gitlab_client(&runner).unwrap_err();
             assert_eq!(report(&refused_runner(credentials_in_url)).0, USAGE);
         }
 

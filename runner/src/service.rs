@@ -13,19 +13,20 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::config::{Config, RunnerConfig};
+use crate::connect::{gitlab_client, kube_client};
 use crate::execute::{
     Control, FailureKind, JobRun, Outcome, PodWatch, TraceChunk, TraceWriter, execute_timed,
 };
 use crate::gitlab::{
-    ClientConfig, FailureReason, GitlabClient, JobOutcome, JobPayload, JobRequest, JobSession,
-    PayloadError, RemoteStatus, TraceSender,
+    FailureReason, GitlabClient, JobOutcome, JobPayload, JobRequest, JobSession, PayloadError,
+    RemoteStatus, TraceSender,
 };
 use crate::journal::{DirJournal, Entry, Journal, SecretJournal};
 use crate::metrics::Metrics;
 use crate::prepare::prepare;
 use crate::reaper::ActiveJob;
 
-mod error;
+pub(crate) mod error;
 pub use error::ServiceError;
 
 /// How often the reaper looks for orphaned pods: with [`crate::instance::LEASE_DURATION`], the
@@ -59,32 +60,6 @@ struct Service {
     /// The watch of this process's job pods in the runner's namespace, shared by its jobs
     /// and by the runners of this process that use the same namespace.
     pod_watch: Option<PodWatch>,
-}
-
-/// The kube client for a runner: `runners.kubernetes.host` if set, else in-cluster or
-/// `KUBECONFIG`.
-pub async fn kube_client(runner: &RunnerConfig) -> Result<kube::Client, ServiceError> {
-    let mut config = kube::Config::infer()
-        .await
-        .map_err(ServiceError::FindCluster)?;
-    if let Some(host) = &runner.kubernetes.host {
-        config.cluster_url = host.parse().map_err(|e| ServiceError::KubeHost {
-            host: host.clone(),
-            source: Box::new(e),
-        })?;
-    }
-    kube::Client::try_from(config).map_err(ServiceError::KubeClient)
-}
-
-/// The GitLab client for a runner.
-pub fn gitlab_client(runner: &RunnerConfig) -> Result<GitlabClient, ServiceError> {
-    let token: SecretString = runner.token.clone().ok_or(ServiceError::NoToken)?;
-    if runner.url.is_empty() {
-        return Err(ServiceError::NoUrl);
-    }
-    let mut config = ClientConfig::new(runner.url.clone(), token);
-    config.cache = runner.cache.is_some();
-    Ok(GitlabClient::new(config)?)
 }
 
 /// Runs the service until SIGTERM/SIGINT.

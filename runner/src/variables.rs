@@ -32,6 +32,10 @@ use crate::config::RunnerConfig;
 use crate::job::{Image, Job, Service, Transfers, Variable};
 use crate::pod::DEFAULT_JOB_TIMEOUT;
 
+/// Lives with the job model, which reads `CI_DEBUG_TRACE` with it; re-exported here, beside the
+/// other variable rules.
+pub use crate::job::go_bool;
+
 /// Why a job's variables cannot be completed. Names fields and variables, never values.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ExpandError {
@@ -131,16 +135,6 @@ fn go_platform(os: &str, arch: &str) -> String {
         other => other,
     };
     format!("{os}/{arch}")
-}
-
-/// Go's `strconv.ParseBool` on the lowercased value, then `ParseInt(value) == 1`: how
-/// gitlab-runner reads boolean variables such as `CI_DEBUG_TRACE`.
-pub fn go_bool(value: &str) -> bool {
-    match value.to_ascii_lowercase().as_str() {
-        "1" | "t" | "true" => true,
-        "0" | "f" | "false" => false,
-        _ => value.parse::<i32>() == Ok(1),
-    }
 }
 
 /// `CI_PROJECT_DIR`: the job's own public value (GitLab's, or `exec`'s), else

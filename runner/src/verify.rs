@@ -111,7 +111,7 @@ pub async fn verify(config: &Config) -> VerifyReport {
 }
 
 async fn check_gitlab(runner: &RunnerConfig, report: &mut VerifyReport) {
-    match crate::service::gitlab_client(runner) {
+    match crate::connect::gitlab_client(runner) {
         Err(e) => report.problem(format!("GitLab: {}", error_chain(&e))),
         Ok(client) => match client.verify().await {
             Ok(()) => report.ok(format!("GitLab {} accepts the runner token", runner.url)),
@@ -121,7 +121,7 @@ async fn check_gitlab(runner: &RunnerConfig, report: &mut VerifyReport) {
 }
 
 async fn check_cluster(runner: &RunnerConfig, report: &mut VerifyReport) {
-    let client = match crate::service::kube_client(runner).await {
+    let client = match crate::connect::kube_client(runner).await {
         Ok(c) => c,
         Err(e) => return report.problem(format!("Kubernetes: {}", error_chain(&e))),
     };

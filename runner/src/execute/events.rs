@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::Event;
 use kube::Api;
 use kube::runtime::watcher;
 
-use super::run::TraceWriter;
+use super::trace::TraceWriter;
 
 /// The line for one of the pod's Events, if it is about an image (pure): `<container>:
 /// <the kubelet's message>`, e.g. `build: Pulling image "busybox:1"`, `build: Successfully

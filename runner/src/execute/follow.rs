@@ -16,7 +16,7 @@ use secrecy::{ExposeSecret as _, SecretString};
 use tokio::sync::oneshot;
 
 use super::log_end::LogEnd;
-use super::run::TraceWriter;
+use super::trace::TraceWriter;
 
 /// How long the follower keeps trying to open the log again without getting a new byte.
 const NO_PROGRESS_LIMIT: Duration = Duration::from_secs(120);

@@ -31,14 +31,6 @@ use crate::registry_auth::PullAuth;
 use crate::script::{ScriptOptions, build_script};
 use crate::secrets::JobSecrets;
 
-/// Label on every pod and Secret the runner makes.
-pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
-pub const MANAGED_BY: &str = "keyhole-runner";
-/// Label carrying the runner's name, so a runner reaps only its own orphans.
-pub const RUNNER_LABEL: &str = "keyhole.dev/runner";
-/// Label carrying the job id.
-pub const JOB_ID_LABEL: &str = "keyhole.dev/job-id";
-
 /// Default timeout when neither the job nor GitLab sets one (gitlab-runner's default).
 pub const DEFAULT_JOB_TIMEOUT: Duration = Duration::from_secs(3600);
 /// GitLab's `after_script` timeout.

@@ -7,11 +7,18 @@ use std::collections::BTreeMap;
 use keyhole_contract as contract;
 use secrecy::ExposeSecret;
 
-use super::build::{JOB_ID_LABEL, MANAGED_BY, MANAGED_BY_LABEL, RUNNER_LABEL};
 use super::error::PodError;
 use crate::config::RunnerConfig;
 use crate::job::Job;
 use crate::secrets::{JobSecrets, annotation_value};
+
+/// Label on every pod and Secret the runner makes.
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+pub const MANAGED_BY: &str = "keyhole-runner";
+/// Label carrying the runner's name, so a runner reaps only its own orphans.
+pub const RUNNER_LABEL: &str = "keyhole.dev/runner";
+/// Label carrying the job id.
+pub const JOB_ID_LABEL: &str = "keyhole.dev/job-id";
 
 /// `(labels, annotations)` of the pod (the per-job Secret gets the same labels).
 pub(super) type Metadata = (BTreeMap<String, String>, BTreeMap<String, String>);

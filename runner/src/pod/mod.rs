@@ -13,14 +13,13 @@ mod resources;
 mod transfer;
 
 pub use build::{
-    AFTER_SCRIPT_TIMEOUT, DEFAULT_JOB_TIMEOUT, JOB_ID_LABEL, JobObjects, MANAGED_BY,
-    MANAGED_BY_LABEL, PULL_SECRET_SUFFIX, PodRequest, RUNNER_LABEL, build_job_objects,
-    pull_secret_name,
+    AFTER_SCRIPT_TIMEOUT, DEFAULT_JOB_TIMEOUT, JobObjects, PULL_SECRET_SUFFIX, PodRequest,
+    build_job_objects, pull_secret_name,
 };
 pub use checkout::{CHECKOUT_CONTAINER, CHECKOUT_VOLUME};
 pub use containers::image_allowed;
 pub use error::PodError;
-pub use metadata::label_value;
+pub use metadata::{JOB_ID_LABEL, MANAGED_BY, MANAGED_BY_LABEL, RUNNER_LABEL, label_value};
 pub use quantity::{QuantityError, parse_quantity, resolve_override};
 
 /// Every name [`pod_name`] gives with a [`random_suffix`], as a regular expression. The chart's
