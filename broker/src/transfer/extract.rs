@@ -38,9 +38,8 @@ use nix::unistd::{UnlinkatFlags, symlinkat, unlinkat};
 use zip::ZipArchive;
 use zip::read::ZipFile;
 
-use super::archive::{
-    ArchiveError, CopyError, copy_counted, is_type, open_dir_beneath, open_root, unix_time,
-};
+use super::archive::{ArchiveError, CopyError, copy_counted, is_type, open_dir_beneath, open_root};
+use super::dos_time::unix_time;
 
 /// What [`extract_zip`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

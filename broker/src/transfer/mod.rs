@@ -7,6 +7,8 @@
 pub mod archive;
 pub mod cache;
 mod deflate_pool;
+mod dos_time;
+pub mod entry;
 pub mod extract;
 pub mod gitlab;
 pub mod run;

@@ -32,7 +32,7 @@ use nix::sys::stat::{Mode, SFlag, fstat, fstatat};
 use walkdir::WalkDir;
 
 use super::archive::{is_type, open_dir_beneath, open_root};
-use super::select::{Entry, entry_of};
+use super::entry::{Entry, entry_of};
 
 /// The largest index read, and the most bytes its paths may add up to (a version 4 index
 /// compresses them): 256 MiB, far beyond a checkout's (a 100 000-file repository's index is
@@ -750,7 +750,7 @@ pub(super) mod tests {
     use std::process::Command;
 
     use super::*;
-    use crate::transfer::select::EntryKind;
+    use crate::transfer::entry::EntryKind;
 
     /// Runs git in `dir` with no user or system configuration; its stdout.
     pub(in crate::transfer) fn git(dir: &Path, args: &[&str]) -> Vec<u8> {

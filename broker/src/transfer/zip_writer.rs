@@ -15,7 +15,7 @@
 
 use std::io::{self, Seek, SeekFrom, Write};
 
-use super::archive::zip_time;
+use super::dos_time::zip_time;
 
 /// How an entry's data is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -417,7 +417,7 @@ mod tests {
             entry.read_to_string(&mut text).unwrap();
             assert_eq!(text, content);
             let time = entry.last_modified().unwrap();
-            assert_eq!(super::super::archive::unix_time(&time), 1_764_000_000);
+            assert_eq!(super::super::dos_time::unix_time(&time), 1_764_000_000);
         }
     }
 
