@@ -150,7 +150,7 @@ SH
     echo "redis needs libraries this machine lacks (above); install them with apt-get" >&2
     exit 1
   fi
-  "$out/redis-server" --version | grep -q "v=$v " || { echo "unpacked redis-server is not $v" >&2; exit 1; }
+  "$out/redis-server" --version | grep "v=$v " >/dev/null || { echo "unpacked redis-server is not $v" >&2; exit 1; }
 }
 
 # The OCI registry (distribution) from Debian's docker-registry package, unpacked like Redis: the
@@ -174,7 +174,7 @@ build_registry() {
     exit 1
   fi
   # Prints e.g. "github.com/docker/distribution 2.8.2+ds1".
-  "$out/registry" --version | grep -Eq " v?$v([+~ ]|\$)" || { echo "unpacked registry is not $v" >&2; exit 1; }
+  "$out/registry" --version | grep -E " v?$v([+~ ]|\$)" >/dev/null || { echo "unpacked registry is not $v" >&2; exit 1; }
 }
 
 # The S3 store (versitygw, see common.sh): one static binary, `versitygw posix DIR` at `up`.
@@ -186,7 +186,7 @@ build_s3() {
   go mod tidy
   CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X main.Version=$v -X main.Build=$v -X main.BuildTime=1970-01-01T00:00:00Z" \
     -o "$out/versitygw" github.com/versity/versitygw/cmd/versitygw
-  "$out/versitygw" --version | grep -q "$v" || { echo "built versitygw does not report $v" >&2; exit 1; }
+  "$out/versitygw" --version | grep "$v" >/dev/null || { echo "built versitygw does not report $v" >&2; exit 1; }
 }
 
 # Debian packages the bed needs: libseccomp for building runc, CNI plugins, busybox for the job

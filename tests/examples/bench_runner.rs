@@ -33,6 +33,8 @@
 //!   variants: no secrets, one Vault secret, a repository checkout. `sidecar_floor_ms`: the
 //!   bare pod with a native sidecar started before it (postStart returning at once), the
 //!   kubelet's own cost of the one container step a job's ordering needs.
+//!   `one_sync_floor_ms`: the bare pod behind a regular gate container whose postStart hook
+//!   waits for a marker its own process writes: the same ordering within one kubelet sync.
 //!
 //! - `P8 api_requests_per_job=…`: the Kubernetes API requests the runner makes per job, as the
 //!   apiserver's audit log counts them (`scripts/lib/audit.sh`) under the runner's own user: a
@@ -508,10 +510,12 @@ async fn p7(bench: &Bench, runs: u64) -> Result<()> {
     let pods: Api<Pod> = Api::namespaced(bench.bed.client.clone(), &ns);
     let mut floor = Vec::new();
     let mut sidecar_floor = Vec::new();
+    let mut one_sync_floor = Vec::new();
     let mut variants: std::collections::BTreeMap<&str, Vec<f64>> = Default::default();
     for run in 0..runs {
-        floor.push(p7_floor(&pods, run, false).await?);
-        sidecar_floor.push(p7_floor(&pods, run, true).await?);
+        floor.push(p7_floor(&pods, run, FloorShape::Bare).await?);
+        sidecar_floor.push(p7_floor(&pods, run, FloorShape::Sidecar).await?);
+        one_sync_floor.push(p7_floor(&pods, run, FloorShape::OneSync).await?);
         for variant in P7_VARIANTS {
             gitlab.wait_for_pollers(1, READY_DEADLINE).await?;
             let job = gitlab.job().name(&format!("p7-{variant}-{run}"));
@@ -539,6 +543,7 @@ async fn p7(bench: &Bench, runs: u64) -> Result<()> {
     runner.stop(STOP_GRACE).await?;
     let floor_ms = median(&floor).unwrap_or(0.0) * 1000.0;
     let sidecar_floor_ms = median(&sidecar_floor).unwrap_or(0.0) * 1000.0;
+    let one_sync_floor_ms = median(&one_sync_floor).unwrap_or(0.0) * 1000.0;
     for variant in P7_VARIANTS {
         let keyhole_ms = median(&variants[variant]).unwrap_or(0.0) * 1000.0;
         let goal = if variant == "checkout" { 1.5 } else { 1.25 };
@@ -548,7 +553,7 @@ async fn p7(bench: &Bench, runs: u64) -> Result<()> {
             .map(|s| format!("{:.0}", s * 1000.0))
             .collect();
         println!(
-            "P7 variant={variant} keyhole_ms={keyhole_ms:.0} floor_ms={floor_ms:.0} ratio={ratio:.2} goal={} sidecar_floor_ms={sidecar_floor_ms:.0} runs={runs} keyhole_samples_ms={}",
+            "P7 variant={variant} keyhole_ms={keyhole_ms:.0} floor_ms={floor_ms:.0} ratio={ratio:.2} goal={} sidecar_floor_ms={sidecar_floor_ms:.0} one_sync_floor_ms={one_sync_floor_ms:.0} runs={runs} keyhole_samples_ms={}",
             if ratio <= goal {
                 format!("PASS(<={goal})")
             } else {
@@ -564,31 +569,72 @@ async fn p7(bench: &Bench, runs: u64) -> Result<()> {
         .map(|s| format!("{:.0}", s * 1000.0))
         .collect();
     eprintln!("P7 sidecar floor samples_ms={}", sidecar_samples.join(","));
+    let one_sync_samples: Vec<String> = one_sync_floor
+        .iter()
+        .map(|s| format!("{:.0}", s * 1000.0))
+        .collect();
+    eprintln!("P7 one-sync floor samples_ms={}", one_sync_samples.join(","));
     Ok(())
 }
 
-/// One bare pod with the build container's image and hardening: create request → its first
-/// command, in seconds. `with_sidecar`: the pod also has a native sidecar whose postStart hook
-/// returns at once, started before the build container as the broker is: what the kubelet
-/// alone adds for one more container step, the floor for any design that starts the script
-/// only after a sidecar is ready.
-async fn p7_floor(pods: &Api<Pod>, run: u64, with_sidecar: bool) -> Result<f64> {
-    let name = if with_sidecar {
-        format!("p7-sidecar-floor-{run}")
-    } else {
-        format!("p7-floor-{run}")
+/// The floors P7 measures, each a pod with the build container's image, hardening and
+/// command (`cat /proc/uptime`), from its create request to that command.
+#[derive(Clone, Copy, PartialEq)]
+enum FloorShape {
+    /// The build container alone.
+    Bare,
+    /// A native sidecar whose postStart hook returns at once, started before the build
+    /// container as the broker is: what the kubelet alone adds for one more container step
+    /// (the next one waits for its status relist, once a second).
+    Sidecar,
+    /// Two regular containers: a gate whose postStart hook returns only once its own process
+    /// has written a marker, then the build container, which fails unless the marker is there.
+    /// The kubelet starts a pod's regular containers in order in one sync, each after the one
+    /// before's postStart hook returned, so the gate holds the build container back without
+    /// a relist: the floor for a job pod that keeps the broker-first ordering in one sync.
+    OneSync,
+}
+
+/// One floor pod of `shape`: create request → its first command, in seconds.
+async fn p7_floor(pods: &Api<Pod>, run: u64, shape: FloorShape) -> Result<f64> {
+    let (name, command) = match shape {
+        FloorShape::Bare => (format!("p7-floor-{run}"), "cat /proc/uptime"),
+        FloorShape::Sidecar => (format!("p7-sidecar-floor-{run}"), "cat /proc/uptime"),
+        FloorShape::OneSync => (
+            format!("p7-one-sync-floor-{run}"),
+            "test -e /gate/ready && cat /proc/uptime && touch /gate/done",
+        ),
     };
-    let mut pod = floor_pod(json!({"name": name}), "cat /proc/uptime")?;
-    if with_sidecar {
-        let spec = pod.spec.as_mut().context("floor pod without spec")?;
-        spec.init_containers = Some(vec![serde_json::from_value(json!({
-            "name": "sidecar", "image": "keyhole.local/busybox:1", "imagePullPolicy": "Never",
-            "restartPolicy": "Always",
-            "command": ["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1; done"],
-            "lifecycle": {"postStart": {"exec": {"command": ["sh", "-c", ":"]}}},
-            "securityContext": {"allowPrivilegeEscalation": false,
-                "capabilities": {"drop": ["ALL"]}}
-        }))?]);
+    let mut pod = floor_pod(json!({"name": name}), command)?;
+    let spec = pod.spec.as_mut().context("floor pod without spec")?;
+    let hardening = json!({"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}});
+    match shape {
+        FloorShape::Bare => {}
+        FloorShape::Sidecar => {
+            spec.init_containers = Some(vec![serde_json::from_value(json!({
+                "name": "sidecar", "image": "keyhole.local/busybox:1", "imagePullPolicy": "Never",
+                "restartPolicy": "Always",
+                "command": ["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1; done"],
+                "lifecycle": {"postStart": {"exec": {"command": ["sh", "-c", ":"]}}},
+                "securityContext": hardening
+            }))?]);
+        }
+        FloorShape::OneSync => {
+            let gate_mount = json!([{"name": "gate", "mountPath": "/gate"}]);
+            spec.volumes = Some(vec![serde_json::from_value(
+                json!({"name": "gate", "emptyDir": {"medium": "Memory"}}),
+            )?]);
+            spec.containers[0].volume_mounts = Some(serde_json::from_value(gate_mount.clone())?);
+            spec.containers.insert(0, serde_json::from_value(json!({
+                "name": "gate", "image": "keyhole.local/busybox:1", "imagePullPolicy": "Never",
+                "command": ["sh", "-c",
+                    "touch /gate/ready; until [ -e /gate/done ]; do sleep 0.05; done"],
+                "lifecycle": {"postStart": {"exec": {"command": ["sh", "-c",
+                    "until [ -e /gate/ready ]; do sleep 0.005; done"]}}},
+                "volumeMounts": gate_mount,
+                "securityContext": hardening
+            }))?);
+        }
     }
     let created = uptime_now()?;
     let done = run_pod_to_completion(pods, &pod).await?;
