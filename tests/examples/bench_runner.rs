@@ -573,7 +573,10 @@ async fn p7(bench: &Bench, runs: u64) -> Result<()> {
         .iter()
         .map(|s| format!("{:.0}", s * 1000.0))
         .collect();
-    eprintln!("P7 one-sync floor samples_ms={}", one_sync_samples.join(","));
+    eprintln!(
+        "P7 one-sync floor samples_ms={}",
+        one_sync_samples.join(",")
+    );
     Ok(())
 }
 
@@ -625,15 +628,18 @@ async fn p7_floor(pods: &Api<Pod>, run: u64, shape: FloorShape) -> Result<f64> {
                 json!({"name": "gate", "emptyDir": {"medium": "Memory"}}),
             )?]);
             spec.containers[0].volume_mounts = Some(serde_json::from_value(gate_mount.clone())?);
-            spec.containers.insert(0, serde_json::from_value(json!({
-                "name": "gate", "image": "keyhole.local/busybox:1", "imagePullPolicy": "Never",
-                "command": ["sh", "-c",
-                    "touch /gate/ready; until [ -e /gate/done ]; do sleep 0.05; done"],
-                "lifecycle": {"postStart": {"exec": {"command": ["sh", "-c",
-                    "until [ -e /gate/ready ]; do sleep 0.005; done"]}}},
-                "volumeMounts": gate_mount,
-                "securityContext": hardening
-            }))?);
+            spec.containers.insert(
+                0,
+                serde_json::from_value(json!({
+                    "name": "gate", "image": "keyhole.local/busybox:1", "imagePullPolicy": "Never",
+                    "command": ["sh", "-c",
+                        "touch /gate/ready; until [ -e /gate/done ]; do sleep 0.05; done"],
+                    "lifecycle": {"postStart": {"exec": {"command": ["sh", "-c",
+                        "until [ -e /gate/ready ]; do sleep 0.005; done"]}}},
+                    "volumeMounts": gate_mount,
+                    "securityContext": hardening
+                }))?,
+            );
         }
     }
     let created = uptime_now()?;
