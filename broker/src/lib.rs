@@ -26,6 +26,7 @@
 //! * [`pump`]: the log FIFO → mask → stdout. Uses `log_budget`, `mask`.
 //! * [`services`]: waits for the job's services before the script starts. Uses `pump`,
 //!   `termination`.
+//! * [`steps`]: the preparation steps' markers (checkout, artifacts' download).
 //! * [`run`]: `keyhole-broker run`, the I/O edge that ties the above together.
 //! * [`transfer`]: `keyhole-broker transfer`, artifacts and caches in their own containers;
 //!   uses nothing else here.
@@ -42,6 +43,7 @@ pub mod pump;
 pub mod resolve;
 pub mod run;
 pub mod services;
+pub mod steps;
 pub mod termination;
 pub mod transfer;
 pub mod vault;

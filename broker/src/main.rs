@@ -8,8 +8,8 @@ use keyhole_broker::run::{AuthMethod, KubeSettings, RunConfig, VaultSettings, ru
 use keyhole_broker::transfer;
 use keyhole_contract::{self as contract, env};
 
-/// Delivers a job's secrets as files and masks them out of its log. Runs as a native sidecar
-/// in each Keyhole job pod; see docs/broker.md.
+/// Delivers a job's secrets as files and masks them out of its log. Runs as the first
+/// container of each Keyhole job pod; see docs/broker.md.
 #[derive(Debug, Parser)]
 #[command(name = "keyhole-broker", version, about)]
 struct Cli {
@@ -50,6 +50,10 @@ enum Command {
         /// Where archives are written on their way.
         #[arg(long, env = env::SCRATCH_DIR, default_value = contract::transfer::SCRATCH_DIR)]
         scratch_dir: PathBuf,
+        /// `fetch`: the steps (container names, comma-separated) that must have succeeded
+        /// before it starts, e.g. the checkout it extracts into.
+        #[arg(long, env = env::WAIT_FOR_STEPS, default_value = "")]
+        wait_for_steps: String,
     },
 }
 
@@ -132,12 +136,20 @@ struct RunArgs {
     #[arg(long, env = env::CONCURRENCY, default_value_t = 16)]
     concurrency: usize,
     /// Services the job's script waits for (`name:port[+port...]`, comma-separated; see
-    /// `contract::SERVICES_FIFO`). Empty: the script starts at once.
+    /// `contract::GATE_FIFO`). Empty: the script starts at once.
     #[arg(long, env = env::WAIT_FOR_SERVICES, default_value = "")]
     wait_for_services: String,
     /// Seconds to wait for them before the job starts anyway, with a warning.
     #[arg(long, env = env::WAIT_FOR_SERVICES_TIMEOUT, default_value_t = 30)]
     wait_for_services_timeout: u64,
+    /// Preparation steps (container names, comma-separated; see `contract::step_done_marker`)
+    /// the job's script waits for. Empty: none.
+    #[arg(long, env = env::WAIT_FOR_STEPS, default_value = "")]
+    wait_for_steps: String,
+    /// After SIGTERM, how long to keep relaying a started script's output until it says it
+    /// is done (its `after_script` runs at a cancel), in seconds. 0: stop at once.
+    #[arg(long, env = env::CANCEL_WAIT, default_value_t = 0)]
+    cancel_wait_seconds: u64,
 }
 
 /// How often `ready --wait` looks for the marker: well below what a person notices, a few
@@ -170,14 +182,22 @@ fn main() {
             plan,
             runtime_dir,
             scratch_dir,
-        } => transfer(
-            verb,
-            transfer::run::Dirs {
-                plan,
-                runtime: runtime_dir,
-                scratch: scratch_dir,
-            },
-        ),
+            wait_for_steps,
+        } => match contract::decode_steps(&wait_for_steps) {
+            Ok(after) => transfer(
+                verb,
+                &after,
+                transfer::run::Dirs {
+                    plan,
+                    runtime: runtime_dir,
+                    scratch: scratch_dir,
+                },
+            ),
+            Err(e) => {
+                eprintln!("keyhole-broker: error: {}: {e}", env::WAIT_FOR_STEPS);
+                contract::transfer::EXIT_TRANSFER_FAILED
+            }
+        },
         Command::Run(args) => {
             let args = *args;
             let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
@@ -209,7 +229,7 @@ fn main() {
 
 /// `transfer fetch|store` on a runtime of its own (several threads: packing and unpacking
 /// run beside the network transfer).
-fn transfer(verb: TransferVerb, dirs: transfer::run::Dirs) -> i32 {
+fn transfer(verb: TransferVerb, after: &[String], dirs: transfer::run::Dirs) -> i32 {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -225,7 +245,7 @@ fn transfer(verb: TransferVerb, dirs: transfer::run::Dirs) -> i32 {
     runtime.block_on(async {
         let work = async {
             match verb {
-                TransferVerb::Fetch => transfer::run::fetch(&dirs).await,
+                TransferVerb::Fetch => fetch_after(after, &dirs).await,
                 TransferVerb::Store => transfer::run::store(&dirs).await,
             }
         };
@@ -245,9 +265,34 @@ fn transfer(verb: TransferVerb, dirs: transfer::run::Dirs) -> i32 {
     })
 }
 
+/// The download step: once the steps it comes `after` succeeded (it extracts into the
+/// checkout), then its marker when it succeeded too (see `contract::step_done_marker`).
+async fn fetch_after(after: &[String], dirs: &transfer::run::Dirs) -> i32 {
+    // Nothing ends this wait but the pod's end (the SIGTERM in `transfer`): a failed step is
+    // the runner's to report.
+    let (_never, stop) = tokio::sync::watch::channel(false);
+    keyhole_broker::steps::wait_for_steps(&dirs.runtime, after, &stop).await;
+    let code = transfer::run::fetch(dirs).await;
+    if code != 0 {
+        return code;
+    }
+    let step = contract::transfer::FETCH_CONTAINER;
+    match keyhole_broker::steps::mark_done(&dirs.runtime, step) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!(
+                "keyhole-broker: error: marking {step} done in {}: {e}",
+                dirs.runtime.display()
+            );
+            contract::transfer::EXIT_TRANSFER_FAILED
+        }
+    }
+}
+
 /// The run's settings; an error names the malformed setting.
 fn run_config(a: RunArgs) -> Result<RunConfig, String> {
     let service_waits = contract::decode_service_waits(&a.wait_for_services)?;
+    let steps = contract::decode_steps(&a.wait_for_steps)?;
     let owner = a.file_uid.map(|uid| Ownership {
         uid,
         gid: a.file_gid,
@@ -255,6 +300,8 @@ fn run_config(a: RunArgs) -> Result<RunConfig, String> {
     Ok(RunConfig {
         service_waits,
         services_timeout: Duration::from_secs(a.wait_for_services_timeout),
+        steps,
+        cancel_wait: Duration::from_secs(a.cancel_wait_seconds),
         inputs_dir: a.inputs_dir,
         secrets_dir: a.secrets_dir,
         runtime_dir: a.runtime_dir,

@@ -38,6 +38,42 @@ pub fn create_fifo_with_mode(path: &Path, mode: u32) -> io::Result<()> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
 }
 
+/// Whether the job's script runs, as [`keyhole_contract::ALIVE_FIFO`] tells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScriptLife {
+    /// Not past its gate yet (or not started at all).
+    NotYet,
+    /// Past its gate: the job's commands run.
+    Running,
+    /// Every process of the build container is gone.
+    Gone,
+}
+
+/// How often the alive FIFO is looked at while no script has opened it yet (a FIFO without a
+/// writer reads as its end at once).
+const LIFE_POLL: Duration = Duration::from_millis(20);
+
+/// Follows the script's life through the alive FIFO: [`ScriptLife::Running`] at its byte,
+/// [`ScriptLife::Gone`] when every process holding it has exited.
+pub async fn follow_script_life(fifo: &Path, life: watch::Sender<ScriptLife>) -> io::Result<()> {
+    let mut rx = pipe::OpenOptions::new().open_receiver(fifo)?;
+    let mut buf = [0u8; 64];
+    loop {
+        let n = rx.read(&mut buf).await?;
+        let running = *life.borrow() == ScriptLife::Running;
+        match (n, running) {
+            (0, true) => {
+                life.send_replace(ScriptLife::Gone);
+                return Ok(());
+            }
+            (0, false) => tokio::time::sleep(LIFE_POLL).await,
+            _ => {
+                life.send_replace(ScriptLife::Running);
+            }
+        }
+    }
+}
+
 /// Returns once the job's script wrote to its `done` FIFO ([`keyhole_contract::DONE_FIFO`]),
 /// with the exit status it wrote ([`keyhole_contract::parse_done`]). One read: the script's
 /// one small write arrives whole (a pipe write of up to `PIPE_BUF` bytes is atomic).
@@ -193,6 +229,31 @@ mod tests {
             assert_eq!(waiting.await.unwrap().unwrap(), status, "{name}");
             let _ = std::fs::remove_dir_all(fifo.parent().unwrap());
         }
+    }
+
+    /// The script opens the alive FIFO read-write and writes a byte; its end (every holder
+    /// exited) is the end of file, also when no one ever wrote `done`.
+    #[tokio::test]
+    async fn the_alive_fifo_tells_when_the_script_runs_and_when_it_is_gone() {
+        let fifo = fifo_in_temp_dir("alive");
+        let (tx, mut rx) = watch::channel(ScriptLife::NotYet);
+        let following = tokio::spawn({
+            let fifo = fifo.clone();
+            async move { follow_script_life(&fifo, tx).await }
+        });
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert_eq!(*rx.borrow(), ScriptLife::NotYet, "nobody opened it yet");
+        let mut script = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&fifo)
+            .unwrap();
+        script.write_all(b"1").unwrap();
+        rx.wait_for(|l| *l == ScriptLife::Running).await.unwrap();
+        drop(script);
+        rx.wait_for(|l| *l == ScriptLife::Gone).await.unwrap();
+        following.await.unwrap().unwrap();
+        let _ = std::fs::remove_dir_all(fifo.parent().unwrap());
     }
 
     #[tokio::test]

@@ -18,6 +18,7 @@ use crate::kube_secrets::service_account_of;
 use crate::leases::VaultSession;
 use crate::log_budget::LogLimits;
 use crate::mask::{MaskPlan, StreamMasker};
+use crate::pump::ScriptLife;
 use crate::resolve::{AuditEntry, KubeSource, Outcome, Unresolved, VaultSource, resolve_all};
 use crate::vault::{LoginMethod, RetryPolicy, VaultConfig};
 use keyhole_contract::reference::Source;
@@ -40,6 +41,17 @@ pub struct RunConfig {
     /// Services the job's script waits for (empty: it starts at once), and for how long.
     pub service_waits: Vec<contract::ServiceWait>,
     pub services_timeout: Duration,
+    /// Preparation steps (their container names) the script waits for, in its gate.
+    pub steps: Vec<String>,
+    /// After SIGTERM, how long a started script may still take to say it is done.
+    pub cancel_wait: Duration,
+}
+
+impl RunConfig {
+    /// Whether the job's script waits at [`contract::GATE_FIFO`] before its first command.
+    fn has_gate(&self) -> bool {
+        !self.service_waits.is_empty() || !self.steps.is_empty()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -103,8 +115,8 @@ pub async fn run(config: RunConfig) -> i32 {
             None => eprint!("{marker}"),
         }
     }
-    // The job said it was over before the kubelet stopped the pod: a native sidecar that exits
-    // now would be restarted, so wait for the SIGTERM.
+    // The job said it was over before the pod's deletion: wait for its SIGTERM (a broker run
+    // as a native sidecar, as it can be, would be restarted if it exited now).
     if closing.job_ran {
         let mut terminated = terminated;
         crate::termination::stopped(&mut terminated).await;
@@ -357,19 +369,25 @@ fn deliver(
         )
     })?;
     held.paths.push(fifo);
-    if !config.service_waits.is_empty() {
-        let gate = config.runtime_dir.join(contract::SERVICES_FIFO);
+    if config.has_gate() {
+        let gate = config.runtime_dir.join(contract::GATE_FIFO);
         crate::pump::create_fifo_with_mode(&gate, 0o640).map_err(|e| {
             Stop::failed(
                 exit_code::BAD_INPUTS,
-                vec![format!(
-                    "creating the services pipe {}: {e}",
-                    gate.display()
-                )],
+                vec![format!("creating the gate pipe {}: {e}", gate.display())],
             )
         })?;
         held.paths.push(gate);
     }
+    // The script opens it read-write (so it never blocks): the group needs both.
+    let alive = config.runtime_dir.join(contract::ALIVE_FIFO);
+    crate::pump::create_fifo_with_mode(&alive, 0o660).map_err(|e| {
+        Stop::failed(
+            exit_code::BAD_INPUTS,
+            vec![format!("creating the alive pipe {}: {e}", alive.display())],
+        )
+    })?;
+    held.paths.push(alive);
     let ready = config.secrets_dir.join(contract::READY_MARKER);
     std::fs::write(&ready, b"").map_err(|e| {
         Stop::failed(
@@ -395,20 +413,36 @@ async fn relay_until_the_end(
     masker: StreamMasker,
     mut terminated: watch::Receiver<bool>,
 ) -> Result<(), Stop> {
-    // The job ends at SIGTERM or when its script says so, whichever comes first.
+    // The job ends when its script says so, or at SIGTERM: at once when the script is not
+    // running the job's commands, else once it is done or gone or `cancel_wait` has passed.
+    // The kubelet stops every container of the pod together, and a canceled script still
+    // runs its after_script, whose output belongs in the trace.
     let (stop_tx, stop_rx) = watch::channel(false);
+    let (life_tx, mut life_rx) = watch::channel(ScriptLife::NotYet);
+    let alive = config.runtime_dir.join(contract::ALIVE_FIFO);
+    tokio::spawn(async move {
+        if let Err(e) = crate::pump::follow_script_life(&alive, life_tx).await {
+            eprintln!(
+                "keyhole-broker: warning: following {}: {e}; a canceled job's after_script may not reach the trace",
+                alive.display()
+            );
+        }
+    });
     tokio::spawn({
         let stop_tx = stop_tx.clone();
+        let cancel_wait = config.cancel_wait;
         async move {
             crate::termination::stopped(&mut terminated).await;
+            if *life_rx.borrow() == ScriptLife::Running {
+                let gone = life_rx.wait_for(|l| *l == ScriptLife::Gone);
+                let _ = tokio::time::timeout(cancel_wait, gone).await;
+            }
             let _ = stop_tx.send(true);
         }
     });
-    if !config.service_waits.is_empty() {
-        tokio::spawn(let_the_job_start_once_services_answer(
-            config.service_waits.clone(),
-            config.services_timeout,
-            config.runtime_dir.join(contract::SERVICES_FIFO),
+    if config.has_gate() {
+        tokio::spawn(let_the_job_start_once_prepared(
+            config.clone(),
             stop_rx.clone(),
         ));
     }
@@ -460,14 +494,12 @@ async fn relay_until_the_end(
     })
 }
 
-/// Waits for the job's services (see [`crate::services`]), says how each wait ended in the
-/// trace, then opens the script's gate.
-async fn let_the_job_start_once_services_answer(
-    waits: Vec<contract::ServiceWait>,
-    timeout: Duration,
-    gate: PathBuf,
-    stop: watch::Receiver<bool>,
-) {
+/// Waits for the job's preparation steps (see [`crate::steps`]), then its services (see
+/// [`crate::services`]), says how each service wait ended in the trace, then opens the
+/// script's gate. A step that fails leaves the gate shut: the runner ends the job from the
+/// step container's exit.
+async fn let_the_job_start_once_prepared(config: RunConfig, stop: watch::Receiver<bool>) {
+    let gate = config.runtime_dir.join(contract::GATE_FIFO);
     let gate = match crate::services::script_at_the_gate(&gate, stop.clone()).await {
         Ok(Some(gate)) => gate,
         Ok(None) => return,
@@ -479,10 +511,16 @@ async fn let_the_job_start_once_services_answer(
             return;
         }
     };
-    eprintln!("{}", crate::services::announce(&waits, timeout));
-    let outcomes = crate::services::wait_for_services(&waits, timeout, stop).await;
-    for line in crate::services::report(&waits, &outcomes, timeout) {
-        eprintln!("{line}");
+    if !crate::steps::wait_for_steps(&config.runtime_dir, &config.steps, &stop).await {
+        return;
+    }
+    let (waits, timeout) = (&config.service_waits, config.services_timeout);
+    if !waits.is_empty() {
+        eprintln!("{}", crate::services::announce(waits, timeout));
+        let outcomes = crate::services::wait_for_services(waits, timeout, stop).await;
+        for line in crate::services::report(waits, &outcomes, timeout) {
+            eprintln!("{line}");
+        }
     }
     if let Err(e) = crate::services::open_gate(gate) {
         eprintln!("keyhole-broker: warning: letting the job's script start: {e}");

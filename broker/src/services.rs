@@ -2,7 +2,7 @@
 //! connections on one of its ports, or once the wait timed out (with a warning in the trace,
 //! as gitlab-runner's "probably didn't start properly"). The broker does the probing because it
 //! shares the pod's loopback with the services and already writes to the trace; the script
-//! waits on [`keyhole_contract::SERVICES_FIFO`], which the broker opens once it is done.
+//! waits on [`keyhole_contract::GATE_FIFO`], which the broker opens once it is done.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -154,7 +154,10 @@ pub async fn script_at_the_gate(
 
 /// Lets the script past its gate: one line ends its `read`.
 pub fn open_gate(mut gate: std::fs::File) -> std::io::Result<()> {
-    std::io::Write::write_all(&mut gate, b"go\n")
+    std::io::Write::write_all(
+        &mut gate,
+        format!("{}\n", keyhole_contract::GATE_OPEN).as_bytes(),
+    )
 }
 
 /// How often the gate is tried while the script has not reached it yet.
@@ -229,7 +232,7 @@ mod tests {
     async fn the_gate_waits_for_a_script_that_comes_late_and_gives_up_at_the_job_end() {
         let dir = std::env::temp_dir().join(format!("kh-gate-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let fifo = dir.join(keyhole_contract::SERVICES_FIFO);
+        let fifo = dir.join(keyhole_contract::GATE_FIFO);
         crate::pump::create_fifo_with_mode(&fifo, 0o640).unwrap();
         // The script: a blocking open and read, 200 ms after the broker started trying.
         let reader = std::thread::spawn({

@@ -69,6 +69,14 @@ pub const LOG_BURST_KIB: &str = "KEYHOLE_LOG_BURST_KIB";
 pub const WAIT_FOR_SERVICES: &str = "KEYHOLE_WAIT_FOR_SERVICES";
 /// Seconds the broker waits for services before the job starts anyway.
 pub const WAIT_FOR_SERVICES_TIMEOUT: &str = "KEYHOLE_WAIT_FOR_SERVICES_TIMEOUT";
+/// The preparation steps to wait for (the broker before opening the gate, a step before it
+/// starts): [`crate::encode_steps`]'s text.
+pub const WAIT_FOR_STEPS: &str = "KEYHOLE_WAIT_FOR_STEPS";
+/// Seconds the broker keeps relaying after its SIGTERM (a canceled job) while the script,
+/// already past its gate, runs `after_script` and says it is done: the pod's grace period
+/// less the revocation's 10 s and a margin. The kubelet stops every container of the pod at
+/// once. 0: stop at the SIGTERM.
+pub const CANCEL_WAIT: &str = "KEYHOLE_CANCEL_WAIT_SECONDS";
 
 /// The runner's own settings: overrides of its config file for the first `[[runners]]`
 /// entry, so a Deployment can keep the token in a Secret and the rest in a ConfigMap

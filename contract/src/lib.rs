@@ -19,9 +19,8 @@ pub mod env;
 pub mod reference;
 pub mod transfer;
 
-/// Name of the broker's native-sidecar container (an init container with
-/// `restartPolicy: Always`). Written by the runner; read by the runner when it reports a
-/// broker failure.
+/// Name of the broker's container, the job pod's first. Written by the runner; read by the
+/// runner when it reports a broker failure.
 pub const BROKER_CONTAINER: &str = "keyhole-broker";
 
 /// Name of the job's build container. Written by the runner.
@@ -102,13 +101,62 @@ pub const LOG_FIFO: &str = "log";
 /// broker; written by the build script.
 pub const DONE_FIFO: &str = "done";
 
-/// FIFO in [`RUNTIME_DIR`], only when the job has services to wait for: the generated job
-/// script reads a line from it before its first command. The broker opens it once the script
-/// is reading (the job's containers, services included, have started), then writes the line
-/// once every service in [`env::WAIT_FOR_SERVICES`] accepted a connection or the wait timed out
-/// (with a warning in the trace). Created by the broker before it reports ready; read by the
-/// build script.
-pub const SERVICES_FIFO: &str = "services";
+/// FIFO in [`RUNTIME_DIR`], only when the job has services or preparation steps to wait
+/// for: the generated job script reads a line from it before its first command. The broker
+/// opens it once the script is reading (the job's containers, services included, have
+/// started), then writes the line once every step in [`env::WAIT_FOR_STEPS`] left its
+/// [`step_done_marker`] and every service in [`env::WAIT_FOR_SERVICES`] accepted a connection
+/// or the wait timed out (with a warning in the trace). Created by the broker before it
+/// reports ready; read by the build script.
+pub const GATE_FIFO: &str = "gate";
+/// The line the broker writes to [`GATE_FIFO`] to let the script start. Anything else (the
+/// end of file when the broker stopped first) stops the script before the job's commands.
+pub const GATE_OPEN: &str = "go";
+
+/// FIFO in [`RUNTIME_DIR`]: the build script opens it read-write (never blocks) once past its
+/// gate and writes one byte; every process of the build container inherits it, so the
+/// broker reads the end of file exactly when the build container's processes are all gone.
+/// At a SIGTERM (a canceled job: the kubelet stops every container of the pod at once) the
+/// broker keeps relaying while the script lives, for its `after_script`, up to
+/// [`env::CANCEL_WAIT`]. Created by the broker before it reports ready; opened by the build
+/// script.
+pub const ALIVE_FIFO: &str = "alive";
+
+/// File in [`RUNTIME_DIR`] a preparation step (the checkout, the artifacts' download: regular
+/// containers that start right after the broker, with the build container, in the same kubelet
+/// sync) creates once it has succeeded, as its last act. A failed step leaves none: the script
+/// stays at its gate and the runner fails the job from the step container's exit. Written by
+/// the step; read by the broker (and by a later step that must come after it).
+pub fn step_done_marker(step: &str) -> String {
+    format!("{step}.done")
+}
+
+/// Step container names, comma-separated (DNS labels never hold a comma).
+pub fn encode_steps(steps: &[&str]) -> String {
+    steps.join(",")
+}
+
+/// The inverse of [`encode_steps`]; the error names the entry that is not a container name.
+pub fn decode_steps(text: &str) -> Result<Vec<String>, String> {
+    text.split(',')
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            let label = !s.is_empty()
+                && s.len() <= 63
+                && s.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !s.starts_with('-')
+                && !s.ends_with('-');
+            if label {
+                Ok(s.to_owned())
+            } else {
+                Err(format!(
+                    "step {s:?} is not a container name (lowercase letters, digits and '-')"
+                ))
+            }
+        })
+        .collect()
+}
 
 /// A service the job waits for: its container name and the TCP ports on the pod's loopback of
 /// which one must accept a connection.

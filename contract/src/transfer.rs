@@ -17,7 +17,8 @@ pub const SCRATCH_DIR: &str = "/keyhole/scratch";
 pub const PLAN_FILE: &str = "plan.json";
 /// [`PLAN_FILE`] in [`PLAN_DIR`]: where the transfer containers read their plan.
 pub const PLAN_PATH: &str = "/keyhole/transfer/plan.json";
-/// Name of the init container that downloads dependencies' artifacts and restores caches.
+/// Name of the container that downloads dependencies' artifacts and restores caches (a
+/// preparation step, see [`crate::step_done_marker`]).
 pub const FETCH_CONTAINER: &str = "keyhole-fetch";
 /// Name of the container that uploads artifacts and saves caches once the script ended.
 pub const STORE_CONTAINER: &str = "keyhole-store";

@@ -398,13 +398,12 @@ async fn admission_policy_refuses_what_runner_made_pods_must_not_do_and_admits_a
             .unwrap_or_else(|e| panic!("sample job {what}: {e:?}"));
         let pod = prepared.objects.pod;
         let pod_name = pod.metadata.name.clone().unwrap();
-        let init: Vec<String> = pod
+        let containers: Vec<String> = pod
             .spec
             .as_ref()
-            .and_then(|s| s.init_containers.as_ref())
-            .map(|c| c.iter().map(|c| c.name.clone()).collect())
+            .map(|s| s.containers.iter().map(|c| c.name.clone()).collect())
             .unwrap_or_default();
-        checked_out |= init.iter().any(|c| c == CHECKOUT_CONTAINER);
+        checked_out |= containers.iter().any(|c| c == CHECKOUT_CONTAINER);
         let created = as_runner
             .create(&PostParams::default(), &pod)
             .await

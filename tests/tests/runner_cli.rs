@@ -51,7 +51,7 @@ fn render_prints_the_pod_and_a_redacted_secret_without_a_cluster() {
         "kind: Pod",
         "secrets.keyhole.dev/DB_PASSWORD: vault:kv/examples/vault-kv/db#password",
         "automountServiceAccountToken: false",
-        "restartPolicy: Always",
+        "postStart:",
         "medium: Memory",
         "namespace: jobs",
     ] {

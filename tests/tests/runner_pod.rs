@@ -333,6 +333,83 @@ async fn a_secret_the_service_account_may_not_read_fails_the_job_before_the_scri
     assert_cleaned_up(&s).await;
 }
 
+/// The kubelet starts the pod's next containers after the broker's postStart hook whatever it
+/// returned, so after a failed delivery the build container does start: its script must run
+/// none of the job's commands. The job tries to leave a mark the kubelet keeps after its
+/// container ends (its termination message); the build container's own log says why it
+/// stopped.
+#[tokio::test]
+async fn a_failed_delivery_runs_none_of_the_jobs_commands() {
+    let s = setup("rundead").await;
+    let mut j = job(5, &["echo script ran >/dev/termination-log"]);
+    j.before_script = vec!["echo before ran >/dev/termination-log".into()];
+    j.variables
+        .push(Variable::public("KEYHOLE_SECRET_STOLEN", "k8s:not-yours/k"));
+    let prepared = prepare(&j, &s.runner, None).unwrap_or_else(|e| panic!("{e:?}"));
+    let pods: Api<Pod> = s.ns.api();
+    let pod = pods
+        .create(&PostParams::default(), &prepared.objects.pod)
+        .await
+        .unwrap();
+    let name = pod.metadata.name.clone().unwrap();
+    let mut secret = prepared.objects.secret.clone();
+    secret.metadata.owner_references = Some(vec![
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+            api_version: "v1".into(),
+            kind: "Pod".into(),
+            name: name.clone(),
+            uid: pod.metadata.uid.clone().unwrap(),
+            ..Default::default()
+        },
+    ]);
+    s.ns.api::<Secret>()
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    let terminated = |p: &Pod, container: &str| {
+        p.status
+            .as_ref()?
+            .container_statuses
+            .as_ref()?
+            .iter()
+            .find(|c| c.name == container)?
+            .state
+            .as_ref()?
+            .terminated
+            .clone()
+    };
+    let ended = keyhole_tests::wait_for_pod(&pods, &name, |p: Option<&Pod>| {
+        p.is_some_and(|p| {
+            terminated(p, "build").is_some() && terminated(p, "keyhole-broker").is_some()
+        })
+    })
+    .await
+    .unwrap();
+    let broker = terminated(&ended, "keyhole-broker").unwrap();
+    assert_eq!(
+        broker.exit_code,
+        keyhole_contract::exit_code::SECRETS_FAILED
+    );
+    let build = terminated(&ended, "build").unwrap();
+    assert_eq!(build.exit_code, 1, "{build:?}");
+    assert!(
+        !build.message.clone().unwrap_or_default().contains("ran"),
+        "a job command ran: {build:?}"
+    );
+    let log = pods
+        .logs(
+            &name,
+            &kube::api::LogParams {
+                container: Some("build".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(log.trim(), keyhole_runner::script::NOT_DELIVERED);
+    pods.delete(&name, &Default::default()).await.unwrap();
+}
+
 #[tokio::test]
 async fn an_image_that_does_not_exist_fails_as_an_image_pull_failure() {
     let s = setup("runimage").await;

@@ -347,7 +347,7 @@ pub struct KeyholeConfig {
     /// `namespace/name` of a Secret that holds the journal instead of `journal_dir`, so that
     /// the next pod of a Deployment reports the jobs of a pod that died (the chart sets it).
     pub journal_secret: Option<String>,
-    /// Image of the init container that checks out the job's repository (needs `sh` and `git`).
+    /// Image of the container that checks out the job's repository (needs `sh` and `git`).
     pub git_image: String,
     /// Vault address the broker uses for `vault:` references; unset: `vault:` fails the job.
     pub vault_addr: Option<String>,

@@ -67,10 +67,14 @@ pub struct PodView {
     pub broker: ContainerView,
     /// The broker's last termination, also after the kubelet restarted it.
     pub broker_last_exit: Option<i32>,
+    /// The broker ended before the build container started: the kubelet starts the build
+    /// container after the broker's postStart hook whatever it returned, so after a failed
+    /// delivery it runs (and its script stops at once) although nothing was delivered.
+    pub broker_ended_before_build: bool,
     pub build: ContainerView,
-    /// The repository checkout init container, if the job has one.
+    /// The repository checkout container, if the job has one.
     pub checkout: ContainerView,
-    /// The init container downloading dependencies' artifacts, if the job has one.
+    /// The container downloading dependencies' artifacts, if the job has one.
     pub fetch: ContainerView,
     /// The container uploading artifacts after the script, if the job has one.
     pub store: ContainerView,
@@ -222,7 +226,10 @@ pub fn observe(pod: &Pod) -> PodView {
     let status = pod.status.clone().unwrap_or_default();
     let init = status.init_container_statuses.unwrap_or_default();
     let main = status.container_statuses.unwrap_or_default();
-    let broker = init.iter().find(|s| s.name == contract::BROKER_CONTAINER);
+    // Job pods have regular containers only; the init containers are searched too for pods
+    // made before (the broker a native sidecar, the checkout and download init containers).
+    let named = |name: &str| init.iter().chain(main.iter()).find(|s| s.name == name);
+    let broker = named(contract::BROKER_CONTAINER);
     let unschedulable = status
         .conditions
         .unwrap_or_default()
@@ -257,7 +264,7 @@ pub fn observe(pod: &Pod) -> PodView {
     let start_problem = start_problem(&essential);
     let service_stops = main
         .iter()
-        .filter(|s| s.name != contract::BUILD_CONTAINER && s.name != STORE_CONTAINER)
+        .filter(|s| !essential.iter().any(|e| e.name == s.name))
         .filter_map(|s| {
             Some(ServiceStop {
                 how: service_failure(s)?,
@@ -276,17 +283,37 @@ pub fn observe(pod: &Pod) -> PodView {
             .and_then(|b| b.last_state.as_ref())
             .and_then(|s| s.terminated.as_ref())
             .map(|t| t.exit_code),
-        build: view(main.iter().find(|s| s.name == contract::BUILD_CONTAINER)),
-        checkout: view(
-            init.iter()
-                .find(|s| s.name == crate::pod::CHECKOUT_CONTAINER),
-        ),
-        fetch: view(init.iter().find(|s| s.name == FETCH_CONTAINER)),
-        store: view(main.iter().find(|s| s.name == STORE_CONTAINER)),
+        broker_ended_before_build: ended_before(broker, named(contract::BUILD_CONTAINER)),
+        build: view(named(contract::BUILD_CONTAINER)),
+        checkout: view(named(crate::pod::CHECKOUT_CONTAINER)),
+        fetch: view(named(FETCH_CONTAINER)),
+        store: view(named(STORE_CONTAINER)),
         image_problem,
         start_problem,
         service_stops,
     }
+}
+
+/// Whether `first` has ended, and `then` had not started by then (the API's times are whole
+/// seconds: the same second counts as before).
+fn ended_before(first: Option<&ContainerStatus>, then: Option<&ContainerStatus>) -> bool {
+    let Some(ended) = first
+        .and_then(|s| s.state.as_ref())
+        .and_then(|s| s.terminated.as_ref())
+        .and_then(|t| t.finished_at.as_ref())
+    else {
+        return false;
+    };
+    let state = then.and_then(|s| s.state.as_ref());
+    let started = state
+        .and_then(|s| s.running.as_ref())
+        .and_then(|r| r.started_at.as_ref())
+        .or_else(|| {
+            state
+                .and_then(|s| s.terminated.as_ref())
+                .and_then(|t| t.started_at.as_ref())
+        });
+    started.is_none_or(|started| ended.0 <= started.0)
 }
 
 /// The outcome of a script that exited with `code` by itself (not killed by the kubelet).
@@ -337,7 +364,7 @@ pub fn verdict(v: &PodView, started: bool) -> Option<Outcome> {
         ContainerView::Terminated { exit_code, .. } if *exit_code != 0 => Some(*exit_code),
         _ => v.broker_last_exit.filter(|c| *c != 0),
     };
-    if let (Some(code), false) = (broker_exit, started) {
+    if let (Some(code), true) = (broker_exit, !started || v.broker_ended_before_build) {
         let (kind, message) = broker_failure(code);
         return failed(kind, None, message);
     }
@@ -424,7 +451,7 @@ pub fn verdict(v: &PodView, started: bool) -> Option<Outcome> {
 }
 
 /// A short human line for the pod's progress, printed when it changes: scheduling, the
-/// broker's delivery of the secrets, the init containers checking out the repository and
+/// broker's delivery of the secrets, the containers checking out the repository and
 /// downloading artifacts (when the job has them), the build container.
 pub fn progress_line(v: &PodView) -> String {
     if let Some(m) = &v.unschedulable {
@@ -702,6 +729,48 @@ mod tests {
         assert!(matches!(
             verdict(&evicted, true),
             Some(Outcome::Failed { kind: FailureKind::System, message, .. }) if message.contains("evicted: low memory")
+        ));
+    }
+
+    /// The kubelet starts the build container after a failed delivery too (its script stops
+    /// at once): the broker's failure is the job's, not the script's exit 1. A broker that
+    /// fails while the build container runs leaves the outcome to the build container.
+    #[test]
+    fn a_broker_that_failed_before_the_build_container_started_decides_the_job() {
+        let job_pod = |broker_end: &str, build_start: &str| {
+            observe(&pod(json!({"phase": "Failed", "containerStatuses": [
+                {"name": "keyhole-broker", "image": "b", "imageID": "", "ready": false, "restartCount": 0,
+                    "state": {"terminated": {"exitCode": 64, "finishedAt": broker_end}}},
+                {"name": "build", "image": "x", "imageID": "", "ready": false, "restartCount": 0,
+                    "state": {"terminated": {"exitCode": 1, "startedAt": build_start}}}]})))
+        };
+        for (broker_end, build_start) in [
+            ("2026-12-04T10:00:00Z", "2026-12-04T10:00:01Z"),
+            ("2026-12-04T10:00:00Z", "2026-12-04T10:00:00Z"),
+        ] {
+            let v = job_pod(broker_end, build_start);
+            assert!(v.broker_ended_before_build);
+            assert!(
+                matches!(
+                    verdict(&v, true),
+                    Some(Outcome::Failed {
+                        kind: FailureKind::Configuration,
+                        exit_code: None,
+                        ..
+                    })
+                ),
+                "{v:?}"
+            );
+        }
+        let mid_job = job_pod("2026-12-04T10:00:09Z", "2026-12-04T10:00:01Z");
+        assert!(!mid_job.broker_ended_before_build);
+        assert!(matches!(
+            verdict(&mid_job, true),
+            Some(Outcome::Failed {
+                kind: FailureKind::Script,
+                exit_code: Some(1),
+                ..
+            })
         ));
     }
 

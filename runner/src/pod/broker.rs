@@ -1,6 +1,6 @@
-//! The broker sidecar (a native sidecar: an init container with `restartPolicy: Always`) and
-//! its inputs volume: the only container with a ServiceAccount token, the per-job Secret and
-//! the Vault CA; the build container sees none of them.
+//! The broker container (the job pod's first) and its inputs volume: the only container with
+//! a ServiceAccount token, the per-job Secret and the Vault CA; the build container sees none
+//! of them.
 
 use std::collections::BTreeMap;
 
@@ -148,21 +148,24 @@ pub(super) fn inputs_sources<'a>(
     sources
 }
 
-/// The broker container. Its startup probe (`keyhole-broker ready`) holds the build container
-/// back until every secret is delivered.
+/// The broker container, the pod's first. Its postStart hook (`keyhole-broker ready`) holds
+/// the next containers back until every secret is delivered.
 ///
 /// `waits` are the services the job's script waits for: the broker, which shares the pod's
 /// loopback, probes their ports and then lets the script start (see
-/// [`contract::SERVICES_FIFO`]).
+/// [`contract::GATE_FIFO`]); `steps` the preparation containers it waits for first.
 ///
 /// `other_user`: the build container runs as a uid of the job's choosing (`kubernetes: user`),
 /// not the pod's, so the broker makes the files `0440` with the pod's `fsGroup` (which every
-/// container of the pod has) instead of `0400` for the pod's uid.
+/// container of the pod has) instead of `0400` for the pod's uid. `cancel_wait_seconds`: see
+/// [`contract::env::CANCEL_WAIT`].
 pub(super) fn broker_container(
     runner: &RunnerConfig,
     secrets: &JobSecrets,
     waits: &[contract::ServiceWait],
+    steps: &[&str],
     other_user: bool,
+    cancel_wait_seconds: u64,
 ) -> Container {
     let mut env = broker_env(runner, secrets);
     if other_user {
@@ -186,19 +189,31 @@ pub(super) fn broker_container(
             runner.kubernetes.services_timeout_secs().to_string(),
         );
     }
+    if cancel_wait_seconds > 0 {
+        env.insert(
+            contract::env::CANCEL_WAIT.into(),
+            cancel_wait_seconds.to_string(),
+        );
+    }
+    if !steps.is_empty() {
+        env.insert(
+            contract::env::WAIT_FOR_STEPS.into(),
+            contract::encode_steps(steps),
+        );
+    }
     Container {
         name: contract::BROKER_CONTAINER.into(),
         image: Some(runner.keyhole.broker_image.clone()),
-        restart_policy: Some("Always".into()),
         args: Some(vec!["run".into()]),
         env: Some(env_list(&env)),
         resources: Some(broker_resources(&runner.kubernetes)),
-        // The build container starts only once every secret is delivered: the kubelet runs a
-        // sidecar's postStart hook before it starts the next container, and this one returns
-        // the moment the broker marks the delivery done (or fails when the broker exits). A
-        // startup probe would do the same a second later: the kubelet probes at most once a
-        // second, from when it admitted the pod, and syncs the pod again only at its next
-        // status relist after the probe (P7 in scripts/bench runner: 1.9 s → 1.0 s).
+        // The build container starts only once every secret is delivered: the kubelet starts
+        // a pod's containers one after another, each once the one before's postStart hook has
+        // returned, and this one returns the moment the broker marks the delivery done (or
+        // fails when the broker exits: the next containers start then too, and the script,
+        // finding no ready marker, runs none of the job's commands). All in one kubelet sync:
+        // a native sidecar, or a startup probe, waits for the kubelet's next status relist,
+        // up to a second (P7 in scripts/bench runner).
         lifecycle: Some(Lifecycle {
             post_start: Some(LifecycleHandler {
                 exec: Some(ExecAction {

@@ -18,14 +18,16 @@ use secrecy::SecretString;
 
 use super::broker::{broker_container, inputs_sources};
 use super::checkout::{checkout, project_dir_root};
-use super::containers::{build_container, build_image, flag_enabled, service_containers};
+use super::containers::{
+    build_container, build_image, flag_enabled, restricted_as, service_containers,
+};
 use super::env::{JobEnv, split_variables};
 use super::error::PodError;
 use super::metadata::pod_metadata;
-use super::parts::{empty_dir, restricted, runtime_default};
+use super::parts::{empty_dir, env_var, runtime_default};
 use super::resources::build_resources;
 use super::transfer::transfer_parts;
-use crate::config::{RunnerConfig, UserNamespaceRoot};
+use crate::config::{KubernetesConfig, RunnerConfig, UserNamespaceRoot};
 use crate::job::{Image, Job};
 use crate::registry_auth::PullAuth;
 use crate::script::{ScriptOptions, build_script};
@@ -150,8 +152,12 @@ pub fn build_job_objects(req: &PodRequest<'_>) -> Result<JobObjects, PodError> {
     })
 }
 
-/// The pod's containers (build, services, the transfers' store), init containers (broker,
-/// checkout, the transfers' fetch) and volumes, in the pod-level spec.
+/// The pod's containers and volumes, in the pod-level spec. All are regular containers, in the
+/// order the kubelet starts them, one after another in one sync: the broker (its postStart hook
+/// returns once every secret is delivered), the preparation steps (checkout, the artifacts'
+/// download), the build container, the services, the transfers' store. No init container: each
+/// one, and each native sidecar, would cost the job a wait for the kubelet's next status
+/// relist (once a second) before the next container starts.
 fn job_pod_spec(
     req: &PodRequest<'_>,
     image: &Image,
@@ -162,8 +168,36 @@ fn job_pod_spec(
     let (job, runner) = (req.job, req.runner);
     let userns = runner.keyhole.user_namespace_root;
     let services = service_containers(job, &runner.kubernetes, userns, &env.public)?;
+    // The steps run as the build container's user, so the job owns the files they write (a
+    // job running as another uid, or as root without capabilities, could not change them).
+    let build_user = restricted_as(image, "image", &runner.kubernetes, userns)?;
+    let sources = inputs_sources(runner, req.secrets, &req.pod_name, env.secret_data.keys());
+    let mut volumes = base_volumes(sources);
+    let mut steps = Vec::new();
+    if let Some((container, volume)) = checkout(
+        job,
+        &runner.keyhole.git_image,
+        &req.pod_name,
+        &env.project_dir,
+        &build_user,
+    ) {
+        steps.push(container);
+        volumes.push(volume);
+    }
+    let mut store = None;
+    if let Some(plan) = plan {
+        let builds_root = project_dir_root(&env.project_dir);
+        let parts = transfer_parts(plan, runner, &req.pod_name, &builds_root, &build_user);
+        if let Some(fetch) = parts.fetch {
+            steps.push(after_steps(fetch, &steps));
+        }
+        store = parts.store;
+        volumes.extend(parts.volumes);
+    }
+    let step_names: Vec<&str> = steps.iter().map(|c| c.name.as_str()).collect();
     let hand_off = plan.is_some_and(Plan::stores);
-    let script = job_script(req, &env.project_dir, !services.waits.is_empty(), hand_off);
+    let gate = !services.waits.is_empty() || !step_names.is_empty();
+    let script = job_script(req, &env.project_dir, gate, hand_off);
     let honor_entrypoint = flag_enabled(job, "FF_KUBERNETES_HONOR_ENTRYPOINT");
     let build = build_container(
         image,
@@ -173,37 +207,20 @@ fn job_pod_spec(
         resources,
         honor_entrypoint,
     )?;
-    // The checkout runs as the build container's user, so the job owns its checked-out files
-    // (a job running as another uid, or as root without capabilities, could not change them).
-    let build_user = build.security_context.clone().unwrap_or_else(restricted);
-    let mut containers = vec![build];
-    containers.extend(services.containers);
-    let mut init_containers = vec![broker_container(
+    let broker = broker_container(
         runner,
         req.secrets,
         &services.waits,
+        &step_names,
         image.user.is_some(),
-    )];
-    let sources = inputs_sources(runner, req.secrets, &req.pod_name, env.secret_data.keys());
-    let mut volumes = base_volumes(sources);
-    if let Some((container, volume)) = checkout(
-        job,
-        &runner.keyhole.git_image,
-        &req.pod_name,
-        &env.project_dir,
-        &build_user,
-    ) {
-        init_containers.push(container);
-        volumes.push(volume);
-    }
-    if let Some(plan) = plan {
-        let builds_root = project_dir_root(&env.project_dir);
-        let parts = transfer_parts(plan, runner, &req.pod_name, &builds_root, &build_user);
-        init_containers.extend(parts.fetch);
-        containers.extend(parts.store);
-        volumes.extend(parts.volumes);
-    }
-    let mut spec = pod_spec(req, init_containers, containers, volumes);
+        cancel_wait_seconds(&runner.kubernetes),
+    );
+    let mut containers = vec![broker];
+    containers.extend(steps);
+    containers.push(build);
+    containers.extend(services.containers);
+    containers.extend(store);
+    let mut spec = pod_spec(req, containers, volumes);
     if userns != UserNamespaceRoot::Off {
         // The pod's own user namespace: ids in it map to an unprivileged range on the node.
         spec.host_users = Some(false);
@@ -215,6 +232,19 @@ fn job_pod_spec(
         }]);
     }
     Ok(spec)
+}
+
+/// `step` with the steps before it to wait for: they start together, and the download
+/// extracts into the checkout.
+fn after_steps(mut step: Container, before: &[Container]) -> Container {
+    if !before.is_empty() {
+        let names: Vec<&str> = before.iter().map(|c| c.name.as_str()).collect();
+        step.env.get_or_insert_with(Vec::new).push(env_var(
+            contract::env::WAIT_FOR_STEPS,
+            contract::encode_steps(&names),
+        ));
+    }
+    step
 }
 
 /// The volumes of every job pod: the broker's inputs (from `sources`), the secrets and the
@@ -257,12 +287,12 @@ fn job_secret(
     }
 }
 
-/// The script the build container runs; `wait_for_services` makes it wait for the broker's
-/// word that the services are up (or timed out) before the first command.
+/// The script the build container runs; `wait_at_gate` makes it wait for the broker's word
+/// that the steps are done and the services up (or timed out) before the first command.
 fn job_script(
     req: &PodRequest<'_>,
     project_dir: &str,
-    wait_for_services: bool,
+    wait_at_gate: bool,
     hand_off_to_store: bool,
 ) -> String {
     let job = req.job;
@@ -281,27 +311,33 @@ fn job_script(
                 .map(|r| r.name.as_str().to_string())
                 .collect(),
             debug_trace: job.debug_trace(),
-            wait_for_services,
+            wait_at_gate,
             hand_off_to_store,
         },
     )
 }
 
+/// The pod's grace period: room for `after_script` (it runs at a cancel) and the broker's
+/// revocations.
+fn termination_grace_seconds(k: &KubernetesConfig) -> i64 {
+    k.pod_termination_grace_period_seconds
+        .unwrap_or(AFTER_SCRIPT_TIMEOUT.as_secs() as i64 + 30)
+}
+
+/// How long the broker keeps relaying after a cancel's SIGTERM ([`contract::env::CANCEL_WAIT`]):
+/// the grace period less 10 s for its revocations and 5 s of margin.
+fn cancel_wait_seconds(k: &KubernetesConfig) -> u64 {
+    u64::try_from(termination_grace_seconds(k) - 15).unwrap_or(0)
+}
+
 /// The pod-level spec: no ServiceAccount token mounted, the job's deadline, the runner's
 /// scheduling settings.
-fn pod_spec(
-    req: &PodRequest<'_>,
-    init_containers: Vec<Container>,
-    containers: Vec<Container>,
-    volumes: Vec<Volume>,
-) -> PodSpec {
+fn pod_spec(req: &PodRequest<'_>, containers: Vec<Container>, volumes: Vec<Volume>) -> PodSpec {
     let k = &req.runner.kubernetes;
     let security = &k.pod_security_context;
     let timeout = req.job.timeout.unwrap_or(DEFAULT_JOB_TIMEOUT);
     let deadline = i64::try_from(timeout.as_secs().saturating_add(60)).unwrap_or(i64::MAX);
-    let grace = k
-        .pod_termination_grace_period_seconds
-        .unwrap_or(AFTER_SCRIPT_TIMEOUT.as_secs() as i64 + 30);
+    let grace = termination_grace_seconds(k);
     let own_pull_secret = req.pull_auth.map(|_| pull_secret_name(&req.pod_name));
     let pull_secrets: Vec<LocalObjectReference> = k
         .image_pull_secrets
@@ -325,7 +361,6 @@ fn pod_spec(
             seccomp_profile: Some(runtime_default()),
             ..Default::default()
         }),
-        init_containers: Some(init_containers),
         containers,
         volumes: Some(volumes),
         node_selector: (!k.node_selector.is_empty()).then(|| k.node_selector.clone()),

@@ -1,5 +1,5 @@
-//! The checkout init container: clones the job's repository into `$CI_PROJECT_DIR` before the
-//! script runs. It alone sees the job token (one file from the per-job Secret), so the token is
+//! The checkout container: clones the job's repository into `$CI_PROJECT_DIR` while the build
+//! container starts; the script waits for its marker (see [`contract::step_done_marker`]). It alone sees the job token (one file from the per-job Secret), so the token is
 //! never in a URL, argv or env of any container, and never in the build container at all.
 
 use k8s_openapi::api::core::v1::{
@@ -11,7 +11,7 @@ use super::parts::{env_var, key_to_path, mount, read_only_mount};
 use super::resources::resources;
 use crate::job::{GitStrategy, Job};
 
-/// Name of the checkout init container.
+/// Name of the checkout container.
 pub const CHECKOUT_CONTAINER: &str = "keyhole-checkout";
 /// Its private volume: the job token only.
 pub const CHECKOUT_VOLUME: &str = "keyhole-checkout";
@@ -31,9 +31,10 @@ for spec in $GIT_REFSPECS; do set -- "$@" "$spec"; done
 git -c credential.helper='!f() { echo username=gitlab-ci-token; printf "password=%s\n" "$(cat /keyhole/checkout/token)"; }; f' "$@"
 git -c advice.detachedHead=false checkout -q -f "$CI_COMMIT_SHA"
 printf '\033[36;1mChecked out %s\033[0;m\n' "$(git rev-parse --short HEAD)"
+: >"$DONE_MARKER"
 "#;
 
-/// `(init container, volume)` for jobs that have a repository and a token, else `None`.
+/// `(container, volume)` for jobs that have a repository and a token, else `None`.
 pub fn checkout(
     job: &Job,
     git_image: &str,
@@ -66,6 +67,14 @@ pub fn checkout(
         env_var("GIT_REFSPECS", literal(&refspecs)),
         env_var("GIT_TERMINAL_PROMPT", "0"),
         env_var("HOME", "/tmp"),
+        env_var(
+            "DONE_MARKER",
+            format!(
+                "{}/{}",
+                contract::RUNTIME_DIR,
+                contract::step_done_marker(CHECKOUT_CONTAINER)
+            ),
+        ),
     ];
     let container = Container {
         name: CHECKOUT_CONTAINER.into(),

@@ -86,7 +86,11 @@ fn only_the_broker_mounts_its_inputs_and_the_build_container_reads_secrets_read_
     let pod = render("x", &job).pod;
     let spec = pod.spec.unwrap();
     assert_eq!(spec.automount_service_account_token, Some(false));
-    for c in &spec.containers {
+    for c in spec
+        .containers
+        .iter()
+        .filter(|c| c.name != keyhole_contract::BROKER_CONTAINER)
+    {
         let mounts = c.volume_mounts.clone().unwrap_or_default();
         assert!(
             mounts
@@ -105,15 +109,26 @@ fn only_the_broker_mounts_its_inputs_and_the_build_container_reads_secrets_read_
         assert_eq!(sc.allow_privilege_escalation, Some(false));
         assert_eq!(sc.capabilities.unwrap().drop, Some(vec!["ALL".to_string()]));
     }
-    let broker = &spec.init_containers.unwrap()[0];
-    assert_eq!(broker.restart_policy.as_deref(), Some("Always"));
+    // Regular containers only, the broker first: the kubelet starts them in order in one
+    // sync, each after the one before's postStart hook returned.
+    assert_eq!(spec.init_containers, None);
+    let broker = &spec.containers[0];
+    assert_eq!(broker.name, keyhole_contract::BROKER_CONTAINER);
+    assert_eq!(broker.restart_policy, None);
+    assert!(
+        broker
+            .lifecycle
+            .as_ref()
+            .is_some_and(|l| l.post_start.is_some())
+    );
 }
 
 #[test]
 fn resource_overrides_are_capped_and_refused_above_the_cap() {
     let (_, mut job) = sample_jobs(VAULT).remove(1);
     let pod = render("x", &job).pod;
-    let build = &pod.spec.unwrap().containers[0];
+    let spec = pod.spec.unwrap();
+    let build = spec.containers.iter().find(|c| c.name == "build").unwrap();
     let limits = build.resources.clone().unwrap().limits.unwrap();
     assert_eq!(limits["memory"].0, "512Mi");
     job.variables
@@ -238,7 +253,7 @@ fn a_vault_ca_config_map_reaches_the_brokers_inputs_only_with_the_allow_list() {
             .contains(&serde_json::json!({"configMap": {"name": "vault-ca", "items": [{"key": "ca.crt", "path": "vault-ca.crt"}]}})),
         "{inputs}"
     );
-    let broker = spec["initContainers"]
+    let broker = spec["containers"]
         .as_array()
         .unwrap()
         .iter()
@@ -264,7 +279,12 @@ fn a_vault_ca_config_map_reaches_the_brokers_inputs_only_with_the_allow_list() {
         format!("{VAULT},https://vault.example.com:8200")
     );
     // No other container mounts the inputs (and with them the CA bundle).
-    for c in spec["containers"].as_array().unwrap() {
+    for c in spec["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["name"] != keyhole_contract::BROKER_CONTAINER)
+    {
         assert!(
             !c["volumeMounts"]
                 .to_string()
@@ -318,9 +338,6 @@ fn registry_logins_become_the_pods_own_pull_secret_and_nothing_mounts_it() {
         ["static-pull".to_string(), format!("{name}-registry")]
     );
     let mut spec_json = serde_json::to_value(&spec.containers).unwrap().to_string();
-    spec_json += &serde_json::to_value(&spec.init_containers)
-        .unwrap()
-        .to_string();
     spec_json += &serde_json::to_value(&spec.volumes).unwrap().to_string();
     assert!(!spec_json.contains("-registry"), "{spec_json}");
     assert!(!spec_json.contains("glcbt-pull-secret-value"));
@@ -397,7 +414,6 @@ fn root_in_a_user_namespace_runs_the_build_and_checkout_as_uid_0_without_capabil
             .as_array()
             .unwrap()
             .iter()
-            .chain(spec["initContainers"].as_array().unwrap())
             .find(|c| c["name"] == name)
             .unwrap_or_else(|| panic!("no container {name}"))
             .clone()
@@ -470,28 +486,61 @@ fn transfer_containers_get_their_plan_and_the_project_but_nothing_of_the_brokers
     let inputs = serde_json::to_string(&spec["volumes"][0]).unwrap();
     assert!(!inputs.contains(PLAN_SECRET_KEY), "{inputs}");
 
-    let inits: Vec<&str> = spec["initContainers"]
+    let containers = spec["containers"].as_array().unwrap();
+    let order: Vec<&str> = containers
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        order,
+        [
+            contract::BROKER_CONTAINER,
+            FETCH_CONTAINER,
+            contract::BUILD_CONTAINER,
+            STORE_CONTAINER
+        ],
+        "the kubelet starts them in this order"
+    );
+    let waits_for =
+        |steps: &str| json!({"name": contract::env::WAIT_FOR_STEPS, "value": steps}).to_string();
+    let env_of = |spec: &serde_json::Value, name: &str| {
+        let containers = spec["containers"].as_array().unwrap();
+        containers.iter().find(|c| c["name"] == name).unwrap()["env"].to_string()
+    };
+    assert!(!env_of(spec, FETCH_CONTAINER).contains(contract::env::WAIT_FOR_STEPS));
+    assert!(env_of(spec, contract::BROKER_CONTAINER).contains(&waits_for("keyhole-fetch")));
+    // With a checkout: the download extracts into it, so it waits for it; the broker opens
+    // the script's gate once both are done.
+    let mut with_checkout = job.clone();
+    with_checkout.git = sample_jobs(VAULT).remove(2).1.git;
+    let objects = objects_for(&with_checkout, &runner, None, &log_end_token_text());
+    let pod = serde_json::to_value(&objects.pod).unwrap();
+    let names: Vec<&str> = pod["spec"]["containers"]
         .as_array()
         .unwrap()
         .iter()
         .map(|c| c["name"].as_str().unwrap())
         .collect();
     assert_eq!(
-        inits.last(),
-        Some(&FETCH_CONTAINER),
-        "fetch runs last: {inits:?}"
+        names[..3],
+        [
+            contract::BROKER_CONTAINER,
+            crate::pod::CHECKOUT_CONTAINER,
+            FETCH_CONTAINER
+        ]
     );
-    let containers = spec["containers"].as_array().unwrap();
+    assert!(env_of(&pod["spec"], FETCH_CONTAINER).contains(&waits_for("keyhole-checkout")));
+    assert!(
+        env_of(&pod["spec"], contract::BROKER_CONTAINER)
+            .contains(&waits_for("keyhole-checkout,keyhole-fetch"))
+    );
     assert!(containers.iter().any(|c| c["name"] == STORE_CONTAINER));
     let build = containers
         .iter()
         .find(|c| c["name"] == contract::BUILD_CONTAINER)
         .unwrap();
-    for transfer in spec["initContainers"]
-        .as_array()
-        .unwrap()
+    for transfer in containers
         .iter()
-        .chain(containers)
         .filter(|c| c["name"] == FETCH_CONTAINER || c["name"] == STORE_CONTAINER)
     {
         let mounts: Vec<&str> = transfer["volumeMounts"]
@@ -514,11 +563,17 @@ fn transfer_containers_get_their_plan_and_the_project_but_nothing_of_the_brokers
     // The build container does not mount the plan.
     let build_mounts = serde_json::to_string(&build["volumeMounts"]).unwrap();
     assert!(!build_mounts.contains("transfer-plan"), "{build_mounts}");
-    // The script hands its exit code to the store container instead of ending the log.
+    // The script hands its exit code to the store container instead of ending the log,
+    // unless the job was canceled (nothing is uploaded then, and the broker needs the word).
     let script = serde_json::to_string(&build["command"]).unwrap()
         + &serde_json::to_string(&build["args"]).unwrap();
     assert!(script.contains("script-status"), "{script}");
-    assert!(!script.contains("/keyhole/run/done"), "{script}");
+    let canceled_branch = script.split("else").nth(1).unwrap_or_default();
+    assert!(
+        script.matches("/keyhole/run/done").count() == 1
+            && canceled_branch.contains("/keyhole/run/done"),
+        "{script}"
+    );
 }
 
 #[test]

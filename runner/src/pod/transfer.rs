@@ -1,5 +1,5 @@
-//! The job's transfer containers: `keyhole-fetch` (an init container after the checkout:
-//! downloads the dependencies' artifacts) and `keyhole-store` (beside the build container:
+//! The job's transfer containers: `keyhole-fetch` (starts with the build container and, once
+//! the checkout is done, downloads the dependencies' artifacts) and `keyhole-store` (beside the build container:
 //! waits for the script's end, uploads the artifacts). Both run `keyhole-broker transfer` from
 //! the broker's image (already on the node) as the build container's user, so the job owns
 //! what they extract and they can read what the job wrote. They mount the project directory,
