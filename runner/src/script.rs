@@ -143,33 +143,7 @@ pub fn build_script(
     out.push_str(shell_options);
     push_commands(&mut out, after_script);
     out.push_str("}\n");
-    if opts.wait_at_gate {
-        // Blocks until the broker writes a line: after the checkout and the artifacts'
-        // download succeeded (they run in containers of their own, beside this one) and every
-        // service answered or the wait timed out (the broker says which in the trace). The
-        // broker starts the services' clock when this read is waiting, i.e. when the job's
-        // containers have started.
-        // Anything but the broker's word (the end of file: the broker stopped first, e.g. the
-        // pod was deleted after a failed checkout) stops the script here.
-        let gate = format!("{}/{}", contract::RUNTIME_DIR, contract::GATE_FIFO);
-        let _ = writeln!(out, "read -r keyhole_gate <{} || :", sh_quote(&gate));
-        let _ = writeln!(
-            out,
-            "if [ \"$keyhole_gate\" != {} ]; then echo {}; exit 1; fi",
-            contract::GATE_OPEN,
-            sh_quote(NOT_PREPARED)
-        );
-    }
-    // Held by every process of this container until the last one exits: the broker learns
-    // from it that the script runs, and when it is gone (see contract::ALIVE_FIFO).
-    let alive = format!("{}/{}", contract::RUNTIME_DIR, contract::ALIVE_FIFO);
-    // `command` keeps a failed open from ending the shell (exec is a special built-in); no
-    // other redirection here: on `exec` it would stay for the whole script (stderr lost).
-    let _ = writeln!(
-        out,
-        "command exec 9<>{} && printf 1 >&9 || :",
-        sh_quote(&alive)
-    );
+    push_gate_and_alive(&mut out, opts.wait_at_gate);
     if opts.debug_trace {
         let _ = writeln!(
             out,
@@ -228,6 +202,38 @@ pub fn build_script(
     }
     out.push_str("exit $keyhole_rc\n");
     out
+}
+
+/// The script's wait at the broker's gate (when it has one) and its hold on the alive FIFO,
+/// just before the job's commands.
+fn push_gate_and_alive(out: &mut String, wait_at_gate: bool) {
+    if wait_at_gate {
+        // Blocks until the broker writes a line: after the checkout and the artifacts'
+        // download succeeded (they run in containers of their own, beside this one) and every
+        // service answered or the wait timed out (the broker says which in the trace). The
+        // broker starts the services' clock when this read is waiting, i.e. when the job's
+        // containers have started.
+        // Anything but the broker's word (the end of file: the broker stopped first, e.g. the
+        // pod was deleted after a failed checkout) stops the script here.
+        let gate = format!("{}/{}", contract::RUNTIME_DIR, contract::GATE_FIFO);
+        let _ = writeln!(out, "read -r keyhole_gate <{} || :", sh_quote(&gate));
+        let _ = writeln!(
+            out,
+            "if [ \"$keyhole_gate\" != {} ]; then echo {}; exit 1; fi",
+            contract::GATE_OPEN,
+            sh_quote(NOT_PREPARED)
+        );
+    }
+    // Held by every process of this container until the last one exits: the broker learns
+    // from it that the script runs, and when it is gone (see contract::ALIVE_FIFO).
+    let alive = format!("{}/{}", contract::RUNTIME_DIR, contract::ALIVE_FIFO);
+    // `command` keeps a failed open from ending the shell (exec is a special built-in); no
+    // other redirection here: on `exec` it would stay for the whole script (stderr lost).
+    let _ = writeln!(
+        out,
+        "command exec 9<>{} && printf 1 >&9 || :",
+        sh_quote(&alive)
+    );
 }
 
 /// Tells the broker the job is over, and its exit status (see contract::DONE_FIFO): one
@@ -352,6 +358,45 @@ mod tests {
         assert!(!log.exists(), "the log pipe was opened");
         assert!(!tmp.join("project").exists());
         std::fs::remove_dir_all(&tmp).unwrap();
+    }
+
+    /// At its gate the script runs the job's commands on the broker's `go` only: the gate's
+    /// end (the broker stopped first) stops it.
+    #[test]
+    fn the_gate_lets_the_commands_run_on_go_only() {
+        for (word, runs) in [("go\n", true), ("", false), ("stop\n", false)] {
+            let tmp = std::env::temp_dir().join(format!(
+                "keyhole-gate-{}-{}",
+                std::process::id(),
+                word.len()
+            ));
+            std::fs::create_dir_all(&tmp).unwrap();
+            let (log, gate, ran) = (tmp.join("log"), tmp.join("gate"), tmp.join("ran"));
+            std::fs::write(&gate, word).unwrap();
+            let text = build_script(
+                &[],
+                &strings(&[&format!("touch {}", sh_quote(ran.to_str().unwrap()))]),
+                &[],
+                &ScriptOptions {
+                    wait_at_gate: true,
+                    ..opts(tmp.join("project").to_str().unwrap())
+                },
+            )
+            .replace("'/keyhole/run/log'", &sh_quote(log.to_str().unwrap()))
+            .replace(
+                "'/keyhole/secrets/.ready'",
+                &sh_quote(tmp.to_str().unwrap()),
+            )
+            .replace("'/keyhole/run/gate'", &sh_quote(gate.to_str().unwrap()));
+            let status = Command::new("sh").arg("-c").arg(&text).status().unwrap();
+            let output = std::fs::read_to_string(&log).unwrap_or_default();
+            assert_eq!(ran.exists(), runs, "{word:?}: {output}");
+            assert_eq!(status.success(), runs, "{word:?}: {output}");
+            if !runs {
+                assert!(output.contains(NOT_PREPARED), "{output}");
+            }
+            std::fs::remove_dir_all(&tmp).unwrap();
+        }
     }
 
     /// What the job writes to stderr reaches the log too, whatever the script set up before.
