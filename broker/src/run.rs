@@ -2,7 +2,7 @@
 //! and renew leases → on SIGTERM drain, wipe, revoke leases and token. The I/O edge that ties
 //! the pure modules together.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -361,33 +361,24 @@ fn deliver(
     }
     let masker = StreamMasker::new(Arc::new(plan.build()));
     drop(plan);
-    let fifo = config.runtime_dir.join(contract::LOG_FIFO);
-    crate::pump::create_fifo(&fifo).map_err(|e| {
-        Stop::failed(
-            exit_code::BAD_INPUTS,
-            vec![format!("creating the log pipe {}: {e}", fifo.display())],
-        )
-    })?;
-    held.paths.push(fifo);
+    create_pipe(held, &config.runtime_dir, contract::LOG_FIFO, 0o620, "log")?;
     if config.has_gate() {
-        let gate = config.runtime_dir.join(contract::GATE_FIFO);
-        crate::pump::create_fifo_with_mode(&gate, 0o640).map_err(|e| {
-            Stop::failed(
-                exit_code::BAD_INPUTS,
-                vec![format!("creating the gate pipe {}: {e}", gate.display())],
-            )
-        })?;
-        held.paths.push(gate);
+        create_pipe(
+            held,
+            &config.runtime_dir,
+            contract::GATE_FIFO,
+            0o640,
+            "gate",
+        )?;
     }
     // The script opens it read-write (so it never blocks): the group needs both.
-    let alive = config.runtime_dir.join(contract::ALIVE_FIFO);
-    crate::pump::create_fifo_with_mode(&alive, 0o660).map_err(|e| {
-        Stop::failed(
-            exit_code::BAD_INPUTS,
-            vec![format!("creating the alive pipe {}: {e}", alive.display())],
-        )
-    })?;
-    held.paths.push(alive);
+    create_pipe(
+        held,
+        &config.runtime_dir,
+        contract::ALIVE_FIFO,
+        0o660,
+        "alive",
+    )?;
     let ready = config.secrets_dir.join(contract::READY_MARKER);
     std::fs::write(&ready, b"").map_err(|e| {
         Stop::failed(
@@ -401,6 +392,20 @@ fn deliver(
         job.variables.len()
     );
     Ok(masker)
+}
+
+/// Creates the FIFO `name` in `dir` with `mode` (see [`crate::pump::create_fifo_with_mode`])
+/// and hands it to `held`, which removes it at the end; `what` names it in the error.
+fn create_pipe(held: &mut Held, dir: &Path, name: &str, mode: u32, what: &str) -> Result<(), Stop> {
+    let path = dir.join(name);
+    crate::pump::create_fifo_with_mode(&path, mode).map_err(|e| {
+        Stop::failed(
+            exit_code::BAD_INPUTS,
+            vec![format!("creating the {what} pipe {}: {e}", path.display())],
+        )
+    })?;
+    held.paths.push(path);
+    Ok(())
 }
 
 /// Relays the job's masked log and keeps its leases alive until the job ends (its `done` pipe
