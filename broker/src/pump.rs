@@ -49,29 +49,21 @@ pub enum ScriptLife {
     Gone,
 }
 
-/// How often the alive FIFO is looked at while no script has opened it yet (a FIFO without a
-/// writer reads as its end at once).
-const LIFE_POLL: Duration = Duration::from_millis(20);
-
 /// Follows the script's life through the alive FIFO: [`ScriptLife::Running`] at its byte,
 /// [`ScriptLife::Gone`] when every process holding it has exited.
+///
+/// Waits on the FIFO's readiness alone, no polling: Linux reports the end (hang-up) of a FIFO
+/// opened for reading before any writer only once a writer has come and gone, so a read
+/// waits until the script opens it, and returns 0 only when every holder is gone, the
+/// script's byte read or not (a holder that never wrote is gone all the same).
 pub async fn follow_script_life(fifo: &Path, life: watch::Sender<ScriptLife>) -> io::Result<()> {
     let mut rx = pipe::OpenOptions::new().open_receiver(fifo)?;
     let mut buf = [0u8; 64];
-    loop {
-        let n = rx.read(&mut buf).await?;
-        let running = *life.borrow() == ScriptLife::Running;
-        match (n, running) {
-            (0, true) => {
-                life.send_replace(ScriptLife::Gone);
-                return Ok(());
-            }
-            (0, false) => tokio::time::sleep(LIFE_POLL).await,
-            _ => {
-                life.send_replace(ScriptLife::Running);
-            }
-        }
+    while rx.read(&mut buf).await? > 0 {
+        life.send_replace(ScriptLife::Running);
     }
+    life.send_replace(ScriptLife::Gone);
+    Ok(())
 }
 
 /// Returns once the job's script wrote to its `done` FIFO ([`keyhole_contract::DONE_FIFO`]),
@@ -231,27 +223,59 @@ mod tests {
         }
     }
 
-    /// The script opens the alive FIFO read-write and writes a byte; its end (every holder
-    /// exited) is the end of file, also when no one ever wrote `done`.
-    #[tokio::test]
-    async fn the_alive_fifo_tells_when_the_script_runs_and_when_it_is_gone() {
-        let fifo = fifo_in_temp_dir("alive");
-        let (tx, mut rx) = watch::channel(ScriptLife::NotYet);
+    /// A follower of a fresh alive FIFO named `name`, checked to wait while nobody opened it
+    /// (no end of file before a first holder).
+    async fn follow_fresh_alive_fifo(
+        name: &str,
+    ) -> (
+        std::path::PathBuf,
+        watch::Receiver<ScriptLife>,
+        tokio::task::JoinHandle<io::Result<()>>,
+    ) {
+        let fifo = fifo_in_temp_dir(name);
+        let (tx, rx) = watch::channel(ScriptLife::NotYet);
         let following = tokio::spawn({
             let fifo = fifo.clone();
             async move { follow_script_life(&fifo, tx).await }
         });
         tokio::time::sleep(Duration::from_millis(60)).await;
         assert_eq!(*rx.borrow(), ScriptLife::NotYet, "nobody opened it yet");
+        (fifo, rx, following)
+    }
+
+    /// Waits (10 s at most) until the follower says `life`.
+    async fn until_life(rx: &mut watch::Receiver<ScriptLife>, life: ScriptLife) {
+        tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|l| *l == life))
+            .await
+            .unwrap_or_else(|_| panic!("the follower never said {life:?}"))
+            .unwrap();
+    }
+
+    /// The script opens the alive FIFO read-write and writes a byte; its end (every holder
+    /// exited) is the end of file, also when no one ever wrote `done`.
+    #[tokio::test]
+    async fn the_alive_fifo_tells_when_the_script_runs_and_when_it_is_gone() {
+        let (fifo, mut rx, following) = follow_fresh_alive_fifo("alive").await;
         let mut script = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .open(&fifo)
             .unwrap();
         script.write_all(b"1").unwrap();
-        rx.wait_for(|l| *l == ScriptLife::Running).await.unwrap();
+        until_life(&mut rx, ScriptLife::Running).await;
         drop(script);
-        rx.wait_for(|l| *l == ScriptLife::Gone).await.unwrap();
+        until_life(&mut rx, ScriptLife::Gone).await;
+        following.await.unwrap().unwrap();
+        let _ = std::fs::remove_dir_all(fifo.parent().unwrap());
+    }
+
+    /// A holder that leaves without writing (a script killed right after opening it) is gone
+    /// as well: the follower says so at once instead of waiting on a FIFO no one holds.
+    #[tokio::test]
+    async fn a_holder_of_the_alive_fifo_that_left_without_a_byte_is_gone() {
+        let (fifo, mut rx, following) = follow_fresh_alive_fifo("alive-silent").await;
+        drop(std::fs::OpenOptions::new().write(true).open(&fifo).unwrap());
+        until_life(&mut rx, ScriptLife::Gone).await;
         following.await.unwrap().unwrap();
         let _ = std::fs::remove_dir_all(fifo.parent().unwrap());
     }
