@@ -25,18 +25,24 @@ const WAIT_DEADLINE: Duration = Duration::from_secs(120);
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
-/// The broker binary to run, checked to be newer than the broker's sources.
+/// The broker binary to run, checked to be newer than the broker's sources and the pod
+/// contract it links.
 pub fn broker_binary() -> Result<PathBuf> {
-    built_binary("keyhole-broker", "KEYHOLE_BROKER_BIN", &["broker/src"])
+    built_binary(
+        "keyhole-broker",
+        "KEYHOLE_BROKER_BIN",
+        &["broker/src", "contract/src"],
+    )
 }
 
 /// The `keyhole-runner` binary (`$KEYHOLE_RUNNER_BIN` or next to the tests), checked to be
-/// newer than the runner's and the broker's sources (it links the broker's pod contract).
+/// newer than the runner's sources and the pod contract it links (not the broker's: the
+/// runner does not link them, so a broker change does not ask for a runner rebuild).
 pub fn runner_binary() -> Result<PathBuf> {
     built_binary(
         "keyhole-runner",
         "KEYHOLE_RUNNER_BIN",
-        &["runner/src", "broker/src"],
+        &["runner/src", "contract/src"],
     )
 }
 
