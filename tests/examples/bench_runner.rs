@@ -30,11 +30,13 @@
 //!   /proc/uptime`), against a bare pod of the same image and hardening from its create request
 //!   to its first command, medians of `P7_RUNS` (7) runs each, floor and variants taking turns
 //!   in the same run. Both ends read the kernel's uptime (pods share the node's kernel). Three
-//!   variants: no secrets, one Vault secret, a repository checkout. `sidecar_floor_ms`: the
-//!   bare pod with a native sidecar started before it (postStart returning at once), the
-//!   kubelet's own cost of the one container step a job's ordering needs.
-//!   `one_sync_floor_ms`: the bare pod behind a regular gate container whose postStart hook
-//!   waits for a marker its own process writes: the same ordering within one kubelet sync.
+//!   variants: no secrets, one Vault secret, a repository checkout. `volume_floor_ms`: the
+//!   bare pod with one memory-backed `emptyDir` mounted, what any volume costs (the secrets
+//!   need one). `sidecar_floor_ms`: the bare pod with a native sidecar started before it
+//!   (postStart returning at once), the kubelet's own cost of the one container step a job's
+//!   ordering needs. `one_sync_floor_ms`: the bare pod behind a regular gate container, both
+//!   sharing a memory-backed volume, whose postStart hook waits for a marker its own process
+//!   writes: the same ordering within one kubelet sync, the shape of Keyhole's job pod.
 //!
 //! - `P8 api_requests_per_job=…`: the Kubernetes API requests the runner makes per job, as the
 //!   apiserver's audit log counts them (`scripts/lib/audit.sh`) under the runner's own user: a
@@ -43,7 +45,9 @@
 //! - `P9 jobs_per_min=… floor_per_min=… ratio=…`: `P9_JOBS` (500) short jobs through one runner
 //!   with `concurrent = P9_CONCURRENT` (50), enqueued at once, against as many bare pods of the
 //!   same image and hardening created, run to completion and deleted by as many workers; the
-//!   runner's peak RSS and the jobs that did not succeed.
+//!   runner's peak RSS and the jobs that did not succeed. `one_sync_floor_per_min`: the same
+//!   with P7's one-sync floor pods (a gate container before the build container, a shared
+//!   memory-backed volume), what the job pod's shape alone leaves of the node's throughput.
 //!
 //! Arguments name the figures to run (`P4 P5 P6 P7 P8 P9 P10`; all when none). Figures are printed,
 //! not asserted. P4–P6 need the bed (`scripts/testbed up`) and the broker image
@@ -508,14 +512,13 @@ async fn p7(bench: &Bench, runs: u64) -> Result<()> {
         .start_runner(&config, &bench.bed.env.kubeconfig)
         .await?;
     let pods: Api<Pod> = Api::namespaced(bench.bed.client.clone(), &ns);
-    let mut floor = Vec::new();
-    let mut sidecar_floor = Vec::new();
-    let mut one_sync_floor = Vec::new();
+    let mut floors: Vec<(FloorShape, Vec<f64>)> =
+        FloorShape::ALL.iter().map(|s| (*s, Vec::new())).collect();
     let mut variants: std::collections::BTreeMap<&str, Vec<f64>> = Default::default();
     for run in 0..runs {
-        floor.push(p7_floor(&pods, run, FloorShape::Bare).await?);
-        sidecar_floor.push(p7_floor(&pods, run, FloorShape::Sidecar).await?);
-        one_sync_floor.push(p7_floor(&pods, run, FloorShape::OneSync).await?);
+        for (shape, samples) in &mut floors {
+            samples.push(p7_floor(&pods, run, *shape).await?);
+        }
         for variant in P7_VARIANTS {
             gitlab.wait_for_pollers(1, READY_DEADLINE).await?;
             let job = gitlab.job().name(&format!("p7-{variant}-{run}"));
@@ -541,107 +544,149 @@ async fn p7(bench: &Bench, runs: u64) -> Result<()> {
         }
     }
     runner.stop(STOP_GRACE).await?;
-    let floor_ms = median(&floor).unwrap_or(0.0) * 1000.0;
-    let sidecar_floor_ms = median(&sidecar_floor).unwrap_or(0.0) * 1000.0;
-    let one_sync_floor_ms = median(&one_sync_floor).unwrap_or(0.0) * 1000.0;
-    for variant in P7_VARIANTS {
-        let keyhole_ms = median(&variants[variant]).unwrap_or(0.0) * 1000.0;
-        let goal = if variant == "checkout" { 1.5 } else { 1.25 };
-        let ratio = keyhole_ms / floor_ms.max(1.0);
-        let samples: Vec<String> = variants[variant]
-            .iter()
-            .map(|s| format!("{:.0}", s * 1000.0))
-            .collect();
-        println!(
-            "P7 variant={variant} keyhole_ms={keyhole_ms:.0} floor_ms={floor_ms:.0} ratio={ratio:.2} goal={} sidecar_floor_ms={sidecar_floor_ms:.0} one_sync_floor_ms={one_sync_floor_ms:.0} runs={runs} keyhole_samples_ms={}",
-            if ratio <= goal {
-                format!("PASS(<={goal})")
-            } else {
-                format!("MISS(<={goal})")
-            },
-            samples.join(",")
-        );
-    }
-    let floor_samples: Vec<String> = floor.iter().map(|s| format!("{:.0}", s * 1000.0)).collect();
-    eprintln!("P7 floor samples_ms={}", floor_samples.join(","));
-    let sidecar_samples: Vec<String> = sidecar_floor
-        .iter()
-        .map(|s| format!("{:.0}", s * 1000.0))
-        .collect();
-    eprintln!("P7 sidecar floor samples_ms={}", sidecar_samples.join(","));
-    let one_sync_samples: Vec<String> = one_sync_floor
-        .iter()
-        .map(|s| format!("{:.0}", s * 1000.0))
-        .collect();
-    eprintln!(
-        "P7 one-sync floor samples_ms={}",
-        one_sync_samples.join(",")
-    );
+    print_p7(runs, &floors, &variants);
     Ok(())
 }
 
-/// The floors P7 measures, each a pod with the build container's image, hardening and
-/// command (`cat /proc/uptime`), from its create request to that command.
+/// P7's lines: one per variant against the bare floor, with every floor's median beside it;
+/// each floor's samples on stderr.
+fn print_p7(
+    runs: u64,
+    floors: &[(FloorShape, Vec<f64>)],
+    variants: &std::collections::BTreeMap<&str, Vec<f64>>,
+) {
+    let ms = |samples: &[f64]| median(samples).unwrap_or(0.0) * 1000.0;
+    let listed = |samples: &[f64]| {
+        let all: Vec<String> = samples
+            .iter()
+            .map(|s| format!("{:.0}", s * 1000.0))
+            .collect();
+        all.join(",")
+    };
+    let floor_ms = floors
+        .iter()
+        .find(|(shape, _)| *shape == FloorShape::Bare)
+        .map_or(0.0, |(_, samples)| ms(samples));
+    let other_floors: Vec<String> = floors
+        .iter()
+        .filter(|(shape, _)| *shape != FloorShape::Bare)
+        .map(|(shape, samples)| format!("{}_ms={:.0}", shape.key(), ms(samples)))
+        .collect();
+    for variant in P7_VARIANTS {
+        let samples = variants.get(variant).map_or(&[][..], |v| v.as_slice());
+        let keyhole_ms = ms(samples);
+        let goal = if variant == "checkout" { 1.5 } else { 1.25 };
+        let ratio = keyhole_ms / floor_ms.max(1.0);
+        println!(
+            "P7 variant={variant} keyhole_ms={keyhole_ms:.0} floor_ms={floor_ms:.0} ratio={ratio:.2} goal={}(<={goal}) {} runs={runs} keyhole_samples_ms={}",
+            verdict(ratio <= goal),
+            other_floors.join(" "),
+            listed(samples)
+        );
+    }
+    for (shape, samples) in floors {
+        eprintln!("P7 {} samples_ms={}", shape.key(), listed(samples));
+    }
+}
+
+/// The floors P7 and P9 measure, each a pod with the build container's image, hardening and
+/// command, P7's from its create request to that command.
 #[derive(Clone, Copy, PartialEq)]
 enum FloorShape {
     /// The build container alone.
     Bare,
+    /// The build container with one memory-backed `emptyDir` mounted: what one volume costs.
+    /// The kubelet starts a pod's containers only once its volumes are mounted, and checks
+    /// that at once and then every 300 ms (`podAttachAndMountRetryInterval` in
+    /// pkg/kubelet/volumemanager); the volume manager's loops (100 ms each) never have them
+    /// ready for the first check, so a pod with any volume waits at least that 300 ms.
+    Volume,
     /// A native sidecar whose postStart hook returns at once, started before the build
-    /// container as the broker is: what the kubelet alone adds for one more container step
-    /// (the next one waits for its status relist, once a second).
+    /// container as the broker once was: what the kubelet alone adds for one more container
+    /// step (the next one waits for its status relist, once a second).
     Sidecar,
-    /// Two regular containers: a gate whose postStart hook returns only once its own process
-    /// has written a marker, then the build container, which fails unless the marker is there.
-    /// The kubelet starts a pod's regular containers in order in one sync, each after the one
-    /// before's postStart hook returned, so the gate holds the build container back without
-    /// a relist: the floor for a job pod that keeps the broker-first ordering in one sync.
+    /// Two regular containers sharing a memory-backed volume: a gate whose postStart hook
+    /// returns only once its own process has written a marker, then the build container,
+    /// which fails unless the marker is there. The kubelet starts a pod's regular containers
+    /// in order in one sync, each after the one before's postStart hook returned, so the gate
+    /// holds the build container back without a relist: the floor for a job pod that keeps
+    /// the broker-first ordering (the layout Keyhole has).
     OneSync,
+}
+
+impl FloorShape {
+    /// Every shape, in the order P7 runs them.
+    const ALL: [FloorShape; 4] = [
+        FloorShape::Bare,
+        FloorShape::Volume,
+        FloorShape::Sidecar,
+        FloorShape::OneSync,
+    ];
+
+    /// The shape's name in the bench's output.
+    fn key(self) -> &'static str {
+        match self {
+            FloorShape::Bare => "floor",
+            FloorShape::Volume => "volume_floor",
+            FloorShape::Sidecar => "sidecar_floor",
+            FloorShape::OneSync => "one_sync_floor",
+        }
+    }
+
+    /// A pod of this shape named by `metadata`, its build container running `command` (the
+    /// one-sync shape's after checking the gate's marker, then releasing the gate).
+    fn pod(self, metadata: serde_json::Value, command: &str) -> Result<Pod> {
+        let command = match self {
+            FloorShape::OneSync => format!("test -e /gate/ready && {command} && touch /gate/done"),
+            _ => command.to_owned(),
+        };
+        let mut pod = floor_pod(metadata, &command)?;
+        let spec = pod.spec.as_mut().context("floor pod without spec")?;
+        let hardening =
+            json!({"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}});
+        let gate_mount = json!([{"name": "gate", "mountPath": "/gate"}]);
+        let gate_volume = json!({"name": "gate", "emptyDir": {"medium": "Memory"}});
+        match self {
+            FloorShape::Bare => {}
+            FloorShape::Volume => {
+                spec.volumes = Some(vec![serde_json::from_value(gate_volume)?]);
+                spec.containers[0].volume_mounts = Some(serde_json::from_value(gate_mount)?);
+            }
+            FloorShape::Sidecar => {
+                spec.init_containers = Some(vec![serde_json::from_value(json!({
+                    "name": "sidecar", "image": "keyhole.local/busybox:1", "imagePullPolicy": "Never",
+                    "restartPolicy": "Always",
+                    "command": ["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1; done"],
+                    "lifecycle": {"postStart": {"exec": {"command": ["sh", "-c", ":"]}}},
+                    "securityContext": hardening
+                }))?]);
+            }
+            FloorShape::OneSync => {
+                spec.volumes = Some(vec![serde_json::from_value(gate_volume)?]);
+                spec.containers[0].volume_mounts =
+                    Some(serde_json::from_value(gate_mount.clone())?);
+                spec.containers.insert(
+                    0,
+                    serde_json::from_value(json!({
+                        "name": "gate", "image": "keyhole.local/busybox:1", "imagePullPolicy": "Never",
+                        "command": ["sh", "-c",
+                            "touch /gate/ready; until [ -e /gate/done ]; do sleep 0.05; done"],
+                        "lifecycle": {"postStart": {"exec": {"command": ["sh", "-c",
+                            "until [ -e /gate/ready ]; do sleep 0.005; done"]}}},
+                        "volumeMounts": gate_mount,
+                        "securityContext": hardening
+                    }))?,
+                );
+            }
+        }
+        Ok(pod)
+    }
 }
 
 /// One floor pod of `shape`: create request → its first command, in seconds.
 async fn p7_floor(pods: &Api<Pod>, run: u64, shape: FloorShape) -> Result<f64> {
-    let (name, command) = match shape {
-        FloorShape::Bare => (format!("p7-floor-{run}"), "cat /proc/uptime"),
-        FloorShape::Sidecar => (format!("p7-sidecar-floor-{run}"), "cat /proc/uptime"),
-        FloorShape::OneSync => (
-            format!("p7-one-sync-floor-{run}"),
-            "test -e /gate/ready && cat /proc/uptime && touch /gate/done",
-        ),
-    };
-    let mut pod = floor_pod(json!({"name": name}), command)?;
-    let spec = pod.spec.as_mut().context("floor pod without spec")?;
-    let hardening = json!({"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}});
-    match shape {
-        FloorShape::Bare => {}
-        FloorShape::Sidecar => {
-            spec.init_containers = Some(vec![serde_json::from_value(json!({
-                "name": "sidecar", "image": "keyhole.local/busybox:1", "imagePullPolicy": "Never",
-                "restartPolicy": "Always",
-                "command": ["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1; done"],
-                "lifecycle": {"postStart": {"exec": {"command": ["sh", "-c", ":"]}}},
-                "securityContext": hardening
-            }))?]);
-        }
-        FloorShape::OneSync => {
-            let gate_mount = json!([{"name": "gate", "mountPath": "/gate"}]);
-            spec.volumes = Some(vec![serde_json::from_value(
-                json!({"name": "gate", "emptyDir": {"medium": "Memory"}}),
-            )?]);
-            spec.containers[0].volume_mounts = Some(serde_json::from_value(gate_mount.clone())?);
-            spec.containers.insert(
-                0,
-                serde_json::from_value(json!({
-                    "name": "gate", "image": "keyhole.local/busybox:1", "imagePullPolicy": "Never",
-                    "command": ["sh", "-c",
-                        "touch /gate/ready; until [ -e /gate/done ]; do sleep 0.05; done"],
-                    "lifecycle": {"postStart": {"exec": {"command": ["sh", "-c",
-                        "until [ -e /gate/ready ]; do sleep 0.005; done"]}}},
-                    "volumeMounts": gate_mount,
-                    "securityContext": hardening
-                }))?,
-            );
-        }
-    }
+    let name = format!("p7-{}-{run}", shape.key().replace('_', "-"));
+    let pod = shape.pod(json!({"name": name}), "cat /proc/uptime")?;
     let created = uptime_now()?;
     let done = run_pod_to_completion(pods, &pod).await?;
     let phase = done.status.and_then(|s| s.phase).unwrap_or_default();
@@ -723,8 +768,9 @@ const P9_GOAL_RSS_MIB: u64 = 64;
 /// P9: `n` short jobs through one runner with `concurrent` slots against `n` bare pods run by
 /// `concurrent` workers; jobs (pods) per minute each.
 async fn p9(bench: &Bench, identity: &RunnerIdentity, n: u64, concurrent: u64) -> Result<()> {
-    eprintln!("P9: {n} bare pods, then {n} jobs, {concurrent} at a time");
-    let floor_s = p9_floor(bench, n, concurrent).await?;
+    eprintln!("P9: {n} bare pods, {n} one-sync floor pods, then {n} jobs, {concurrent} at a time");
+    let floor_s = p9_floor(bench, n, concurrent, FloorShape::Bare).await?;
+    let one_sync_s = p9_floor(bench, n, concurrent, FloorShape::OneSync).await?;
     let phase = bench.phase_as("p9", concurrent, identity).await?;
     let started = Instant::now();
     let lost = n - phase.run_short_jobs("P9", n).await?.len() as u64;
@@ -735,21 +781,22 @@ async fn p9(bench: &Bench, identity: &RunnerIdentity, n: u64, concurrent: u64) -
     let per_min = |s: f64| n as f64 * 60.0 / s.max(0.001);
     let ratio = per_min(keyhole_s) / per_min(floor_s);
     println!(
-        "P9 jobs_per_min={:.0} floor_per_min={:.0} ratio={ratio:.2} goal={}(>={P9_GOAL_RATIO}) rss_kib={rss} rss_goal={}(<{P9_GOAL_RSS_MIB}MiB) jobs={n} concurrent={concurrent} lost={lost} seconds={keyhole_s:.0} floor_seconds={floor_s:.0} runner_cpu_s={cpu:.1} runner_warnings={}",
+        "P9 jobs_per_min={:.0} floor_per_min={:.0} ratio={ratio:.2} goal={}(>={P9_GOAL_RATIO}) rss_kib={rss} rss_goal={}(<{P9_GOAL_RSS_MIB}MiB) jobs={n} concurrent={concurrent} lost={lost} seconds={keyhole_s:.0} floor_seconds={floor_s:.0} runner_cpu_s={cpu:.1} runner_warnings={} one_sync_floor_per_min={:.0} one_sync_floor_seconds={one_sync_s:.0}",
         per_min(keyhole_s),
         per_min(floor_s),
         verdict(ratio >= P9_GOAL_RATIO),
         verdict(rss < P9_GOAL_RSS_MIB * 1024),
         log.problem_count,
+        per_min(one_sync_s),
     );
     print_problems("P9", &log);
     Ok(())
 }
 
-/// P9's floor: `n` bare pods (the build container's image and hardening, the jobs' command),
-/// `concurrent` at a time, each created, seen to succeed (one watch of them all, as a lean
-/// controller would) and deleted. The seconds it took.
-async fn p9_floor(bench: &Bench, n: u64, concurrent: u64) -> Result<f64> {
+/// P9's floor: `n` pods of `shape` (the build container's image and hardening, the jobs'
+/// command), `concurrent` at a time, each created, seen to succeed (one watch of them all, as a
+/// lean controller would) and deleted. The seconds it took.
+async fn p9_floor(bench: &Bench, n: u64, concurrent: u64, shape: FloorShape) -> Result<f64> {
     use std::collections::HashMap;
     use std::sync::{Arc, Mutex};
     use tokio::sync::oneshot;
@@ -792,8 +839,8 @@ async fn p9_floor(bench: &Bench, n: u64, concurrent: u64) -> Result<f64> {
                 if i >= n {
                     return Ok::<(), anyhow::Error>(());
                 }
-                let name = format!("p9-floor-{i}");
-                let pod = floor_pod(
+                let name = format!("p9-{}-{i}", shape.key().replace('_', "-"));
+                let pod = shape.pod(
                     json!({"name": name, "labels": {"bench": "p9-floor"}}),
                     "echo bench job",
                 )?;
