@@ -130,22 +130,33 @@ pub(super) fn inputs_sources<'a>(
         }),
         ..Default::default()
     };
-    let mut sources = vec![
-        token(
+    let mut sources = Vec::new();
+    if logs_in_with_kubernetes_auth(secrets) {
+        sources.push(token(
             Some(&runner.keyhole.vault_audience),
             contract::INPUT_SA_TOKEN,
-        ),
-        annotations,
-        job_secret,
-    ];
+        ));
+    }
+    if secrets.uses_kubernetes {
+        sources.push(token(None, contract::INPUT_KUBE_TOKEN));
+        sources.push(ca_bundle("kube-root-ca.crt", "kube-ca.crt"));
+    }
+    sources.extend([annotations, job_secret]);
     if let (Some(_), Some(ca)) = (&secrets.vault, &runner.keyhole.vault_ca_config_map) {
         sources.push(ca_bundle(ca, contract::INPUT_VAULT_CA));
     }
-    if secrets.uses_kubernetes {
-        sources.insert(1, token(None, contract::INPUT_KUBE_TOKEN));
-        sources.insert(2, ca_bundle("kube-root-ca.crt", "kube-ca.crt"));
-    }
     sources
+}
+
+/// Whether the broker logs in to Vault with the pod's ServiceAccount token (Kubernetes auth).
+/// Only then does the pod carry a Vault-audience token: a job without Vault secrets, or whose
+/// login is GitLab's ID token (JWT auth), holds no such credential, and its pod costs the
+/// kubelet no token request.
+fn logs_in_with_kubernetes_auth(secrets: &JobSecrets) -> bool {
+    secrets
+        .vault
+        .as_ref()
+        .is_some_and(|v| v.method == VaultMethod::Kubernetes)
 }
 
 /// The broker container, the pod's first. Its postStart hook (`keyhole-broker ready`) holds

@@ -632,3 +632,37 @@ fn the_runners_scheduling_settings_reach_the_pod_spec() {
     assert_eq!(spec.priority_class_name.as_deref(), Some("ci-low"));
     assert_eq!(spec.dns_policy.as_deref(), Some("ClusterFirst"));
 }
+
+/// The Vault-audience ServiceAccount token is a credential: the broker gets one only when it
+/// logs in to Vault with Kubernetes auth. A job without secrets, or whose Vault login is
+/// GitLab's JWT (`secrets:` with an ID token), has none in its inputs, and the kubelet asks
+/// the apiserver for no token for its pod.
+#[test]
+fn only_a_job_that_logs_in_to_vault_with_kubernetes_auth_gets_a_vault_token() {
+    let mut logins = Vec::new();
+    for (name, job) in sample_jobs(VAULT) {
+        let runner = sample_runner("jobs", VAULT, "keyhole.local/broker:dev");
+        let secrets = collect(&job, &runner.keyhole, "keyhole-job").unwrap();
+        let kubernetes_login = matches!(
+            secrets.vault.as_ref().map(|v| &v.method),
+            Some(crate::secrets::VaultMethod::Kubernetes)
+        );
+        let spec = serde_json::to_value(render(name, &job).pod.spec.unwrap()).unwrap();
+        let vault_tokens: Vec<&serde_json::Value> = spec["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|v| v["projected"]["sources"].as_array())
+            .flatten()
+            .filter(|s| s["serviceAccountToken"]["audience"] == runner.keyhole.vault_audience)
+            .collect();
+        let expected = usize::from(kubernetes_login);
+        assert_eq!(vault_tokens.len(), expected, "{name}: {vault_tokens:?}");
+        logins.push(kubernetes_login);
+    }
+    // The samples cover both sides.
+    assert!(
+        logins.contains(&true) && logins.contains(&false),
+        "{logins:?}"
+    );
+}
