@@ -15,15 +15,11 @@ use crate::mask::StreamMasker;
 /// How long output may sit unflushed when the job is quiet (a prompt without a newline).
 const IDLE_FLUSH: Duration = Duration::from_millis(200);
 
-/// Creates the FIFO the build container writes its output to.
-pub fn create_fifo(path: &Path) -> io::Result<()> {
-    create_fifo_with_mode(path, 0o620)
-}
-
-/// [`create_fifo`] with other permissions: the services gate is read by the script (`0640`),
-/// the done pipe opened read-write (`0660`); the group is the pod's `fsGroup`, which every
-/// container of the pod has.
-pub fn create_fifo_with_mode(path: &Path, mode: u32) -> io::Result<()> {
+/// Creates the FIFO `path` with exactly `mode` (an old one there is replaced): the log pipe
+/// is written by the job's containers (`0620`), the gate read by the script (`0640`), the
+/// alive and done pipes opened read-write (`0660`); the group is the pod's `fsGroup`, which
+/// every container of the pod has.
+pub fn create_fifo(path: &Path, mode: u32) -> io::Result<()> {
     match std::fs::remove_file(path) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -167,7 +163,7 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let fifo = dir.join("log");
-        create_fifo(&fifo).unwrap();
+        create_fifo(&fifo, 0o620).unwrap();
         fifo
     }
 

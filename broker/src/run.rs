@@ -394,11 +394,11 @@ fn deliver(
     Ok(masker)
 }
 
-/// Creates the FIFO `name` in `dir` with `mode` (see [`crate::pump::create_fifo_with_mode`])
+/// Creates the FIFO `name` in `dir` with `mode` (see [`crate::pump::create_fifo`])
 /// and hands it to `held`, which removes it at the end; `what` names it in the error.
 fn create_pipe(held: &mut Held, dir: &Path, name: &str, mode: u32, what: &str) -> Result<(), Stop> {
     let path = dir.join(name);
-    crate::pump::create_fifo_with_mode(&path, mode).map_err(|e| {
+    crate::pump::create_fifo(&path, mode).map_err(|e| {
         Stop::failed(
             exit_code::BAD_INPUTS,
             vec![format!("creating the {what} pipe {}: {e}", path.display())],
@@ -454,7 +454,7 @@ async fn relay_until_the_end(
     let done = config.runtime_dir.join(contract::DONE_FIFO);
     let (status_tx, status_rx) = watch::channel(None);
     // The script opens it read-write (so it never blocks): the group needs both.
-    match crate::pump::create_fifo_with_mode(&done, 0o660) {
+    match crate::pump::create_fifo(&done, 0o660) {
         Ok(()) => {
             held.paths.push(done.clone());
             tokio::spawn(async move {

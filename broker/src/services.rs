@@ -233,7 +233,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("kh-gate-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let fifo = dir.join(keyhole_contract::GATE_FIFO);
-        crate::pump::create_fifo_with_mode(&fifo, 0o640).unwrap();
+        crate::pump::create_fifo(&fifo, 0o640).unwrap();
         // The script: a blocking open and read, 200 ms after the broker started trying.
         let reader = std::thread::spawn({
             let fifo = fifo.clone();

@@ -251,6 +251,14 @@ mod tests {
     use super::*;
     use std::process::Command;
 
+    /// `text` with each in-pod path of `moves` (quoted as the script quotes it) swapped for a
+    /// local one, so that the script runs on this machine.
+    fn relocated(text: &str, moves: &[(&str, &std::path::Path)]) -> String {
+        moves.iter().fold(text.to_owned(), |text, (in_pod, here)| {
+            text.replace(&sh_quote(in_pod), &sh_quote(here.to_str().unwrap()))
+        })
+    }
+
     fn opts(dir: &str) -> ScriptOptions {
         ScriptOptions {
             project_dir: dir.into(),
@@ -291,7 +299,7 @@ mod tests {
         ));
         std::fs::create_dir_all(&tmp).unwrap();
         let log = tmp.join("log");
-        let text = build_script(
+        let generated = build_script(
             &strings(before),
             &strings(script),
             &strings(after),
@@ -299,11 +307,13 @@ mod tests {
                 debug_trace,
                 ..opts(tmp.join("project").to_str().unwrap())
             },
-        )
-        .replace("'/keyhole/run/log'", &sh_quote(log.to_str().unwrap()))
-        .replace(
-            "'/keyhole/secrets/.ready'",
-            &sh_quote(tmp.to_str().unwrap()),
+        );
+        let text = relocated(
+            &generated,
+            &[
+                ("/keyhole/run/log", log.as_path()),
+                ("/keyhole/secrets/.ready", tmp.as_path()),
+            ],
         );
         let mut child = Command::new("sh")
             .arg("-c")
@@ -340,16 +350,18 @@ mod tests {
         let tmp = std::env::temp_dir().join(format!("keyhole-unready-{}", std::process::id()));
         std::fs::create_dir_all(&tmp).unwrap();
         let (log, ran) = (tmp.join("log"), tmp.join("ran"));
-        let text = build_script(
+        let generated = build_script(
             &strings(&[&format!("touch {}", sh_quote(ran.to_str().unwrap()))]),
             &strings(&["echo never"]),
             &strings(&["echo never"]),
             &opts(tmp.join("project").to_str().unwrap()),
-        )
-        .replace("'/keyhole/run/log'", &sh_quote(log.to_str().unwrap()))
-        .replace(
-            "'/keyhole/secrets/.ready'",
-            &sh_quote(tmp.join("no-marker").to_str().unwrap()),
+        );
+        let text = relocated(
+            &generated,
+            &[
+                ("/keyhole/run/log", log.as_path()),
+                ("/keyhole/secrets/.ready", tmp.join("no-marker").as_path()),
+            ],
         );
         let out = Command::new("sh").arg("-c").arg(&text).output().unwrap();
         assert_eq!(out.status.code(), Some(1));
@@ -373,7 +385,7 @@ mod tests {
             std::fs::create_dir_all(&tmp).unwrap();
             let (log, gate, ran) = (tmp.join("log"), tmp.join("gate"), tmp.join("ran"));
             std::fs::write(&gate, word).unwrap();
-            let text = build_script(
+            let generated = build_script(
                 &[],
                 &strings(&[&format!("touch {}", sh_quote(ran.to_str().unwrap()))]),
                 &[],
@@ -381,13 +393,15 @@ mod tests {
                     wait_at_gate: true,
                     ..opts(tmp.join("project").to_str().unwrap())
                 },
-            )
-            .replace("'/keyhole/run/log'", &sh_quote(log.to_str().unwrap()))
-            .replace(
-                "'/keyhole/secrets/.ready'",
-                &sh_quote(tmp.to_str().unwrap()),
-            )
-            .replace("'/keyhole/run/gate'", &sh_quote(gate.to_str().unwrap()));
+            );
+            let text = relocated(
+                &generated,
+                &[
+                    ("/keyhole/run/log", log.as_path()),
+                    ("/keyhole/secrets/.ready", tmp.as_path()),
+                    ("/keyhole/run/gate", gate.as_path()),
+                ],
+            );
             let status = Command::new("sh").arg("-c").arg(&text).status().unwrap();
             let output = std::fs::read_to_string(&log).unwrap_or_default();
             assert_eq!(ran.exists(), runs, "{word:?}: {output}");
@@ -425,18 +439,20 @@ mod tests {
         let tmp = std::env::temp_dir().join(format!("keyhole-done-{}", std::process::id()));
         std::fs::create_dir_all(&tmp).unwrap();
         let (log, done) = (tmp.join("log"), tmp.join("done"));
-        let text = build_script(
+        let generated = build_script(
             &[],
             &strings(&["exit 3"]),
             &strings(&["echo cleanup"]),
             &opts(tmp.join("project").to_str().unwrap()),
-        )
-        .replace("'/keyhole/run/log'", &sh_quote(log.to_str().unwrap()))
-        .replace(
-            "'/keyhole/secrets/.ready'",
-            &sh_quote(tmp.to_str().unwrap()),
-        )
-        .replace("'/keyhole/run/done'", &sh_quote(done.to_str().unwrap()));
+        );
+        let text = relocated(
+            &generated,
+            &[
+                ("/keyhole/run/log", log.as_path()),
+                ("/keyhole/secrets/.ready", tmp.as_path()),
+                ("/keyhole/run/done", done.as_path()),
+            ],
+        );
         let status = Command::new("sh").arg("-c").arg(&text).status().unwrap();
         let written = std::fs::read(&done).unwrap();
         let output = std::fs::read_to_string(&log).unwrap();
