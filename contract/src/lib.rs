@@ -141,8 +141,7 @@ pub fn decode_steps(text: &str) -> Result<Vec<String>, String> {
     text.split(',')
         .filter(|s| !s.is_empty())
         .map(|s| {
-            let label = !s.is_empty()
-                && s.len() <= 63
+            let label = s.len() <= 63
                 && s.bytes()
                     .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
                 && !s.starts_with('-')
